@@ -1,0 +1,354 @@
+//! Codex `auth.json` (ChatGPT login) parsing and the JWT claims we need from it.
+//!
+//! The JWTs are decoded without verifying their signatures: ChatGPT's signing keys are not ours to
+//! check against, and the tokens only matter to the upstream that issued them. The claims are used
+//! for bookkeeping (account id, plan, email, expiry), never for an authorisation decision here.
+
+use std::path::Path;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+const AUTH_CLAIMS: &str = "https://api.openai.com/auth";
+const PROFILE_CLAIMS: &str = "https://api.openai.com/profile";
+/// A real auth.json is a few KB; anything far larger is not one.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthJsonError {
+    #[error("cannot read the file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("file is larger than 1 MiB: not a Codex auth.json")]
+    TooLarge,
+    #[error("not valid JSON ({0})")]
+    NotJson(String),
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("auth_mode is {0:?}, not a ChatGPT login (log in with `codex login` using ChatGPT)")]
+    NotChatgpt(String),
+    #[error("missing the \"tokens\" object (is this a Codex auth.json from a ChatGPT login?)")]
+    MissingTokens,
+    #[error("tokens.{0} is missing, empty or not a string")]
+    MissingToken(&'static str),
+    #[error("tokens.{which} is not a decodable JWT: {reason}")]
+    BadJwt { which: &'static str, reason: String },
+    #[error(
+        "no ChatGPT account id: neither the token claims ({AUTH_CLAIMS} chatgpt_account_id) nor tokens.account_id carry one"
+    )]
+    NoAccountId,
+    #[error(
+        "tokens.account_id {file:?} does not match the account id in the token claims {claims:?}"
+    )]
+    AccountIdMismatch { file: String, claims: String },
+}
+
+/// What an import needs from an auth.json. `Debug` hides the tokens.
+#[derive(Clone)]
+pub struct CodexCredentials {
+    pub id_token: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub chatgpt_account_id: String,
+    pub chatgpt_user_id: Option<String>,
+    pub email: Option<String>,
+    pub plan: Option<String>,
+    /// From the access token's `exp`, as unix milliseconds.
+    pub access_token_expires_at_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for CodexCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodexCredentials")
+            .field("chatgpt_account_id", &self.chatgpt_account_id)
+            .field("chatgpt_user_id", &self.chatgpt_user_id)
+            .field("email", &self.email)
+            .field("plan", &self.plan)
+            .field(
+                "access_token_expires_at_ms",
+                &self.access_token_expires_at_ms,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn read_file(path: &Path) -> Result<CodexCredentials, AuthJsonError> {
+    let meta = std::fs::metadata(path)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(AuthJsonError::TooLarge);
+    }
+    parse(&std::fs::read(path)?)
+}
+
+pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
+    let doc: Value =
+        serde_json::from_slice(bytes).map_err(|e| AuthJsonError::NotJson(e.to_string()))?;
+    let doc = doc.as_object().ok_or(AuthJsonError::NotObject)?;
+
+    // Older files have no auth_mode; newer ones say "chatgpt" (or a chatgpt* variant).
+    if let Some(mode) = doc.get("auth_mode").and_then(Value::as_str) {
+        if !mode.to_ascii_lowercase().starts_with("chatgpt") {
+            return Err(AuthJsonError::NotChatgpt(mode.to_owned()));
+        }
+    }
+    let tokens = doc
+        .get("tokens")
+        .and_then(Value::as_object)
+        .ok_or(AuthJsonError::MissingTokens)?;
+
+    let id_token = required_str(tokens, "id_token")?;
+    let access_token = required_str(tokens, "access_token")?;
+    let refresh_token = required_str(tokens, "refresh_token")?;
+    let file_account_id = tokens
+        .get("account_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+
+    let id_claims = decode_jwt_payload(&id_token).map_err(|reason| AuthJsonError::BadJwt {
+        which: "id_token",
+        reason,
+    })?;
+    let access_claims =
+        decode_jwt_payload(&access_token).map_err(|reason| AuthJsonError::BadJwt {
+            which: "access_token",
+            reason,
+        })?;
+
+    let claim = |key: &str| auth_claim(&id_claims, key).or_else(|| auth_claim(&access_claims, key));
+    let chatgpt_account_id = match (claim("chatgpt_account_id"), file_account_id) {
+        (Some(c), Some(f)) if c != f => {
+            return Err(AuthJsonError::AccountIdMismatch {
+                file: f.to_owned(),
+                claims: c,
+            })
+        }
+        (Some(c), _) => c,
+        (None, Some(f)) => f.to_owned(),
+        (None, None) => return Err(AuthJsonError::NoAccountId),
+    };
+
+    let email = str_claim(&id_claims, "email")
+        .or_else(|| str_claim(&access_claims, "email"))
+        .or_else(|| {
+            access_claims
+                .get(PROFILE_CLAIMS)
+                .and_then(|p| p.get("email"))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        });
+
+    let access_token_expires_at_ms = access_claims.get("exp").and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_f64().map(|f| f as i64))
+            .map(|secs| secs.saturating_mul(1000))
+    });
+
+    Ok(CodexCredentials {
+        chatgpt_user_id: claim("chatgpt_user_id").or_else(|| claim("user_id")),
+        plan: claim("chatgpt_plan_type"),
+        id_token,
+        access_token,
+        refresh_token,
+        chatgpt_account_id,
+        email,
+        access_token_expires_at_ms,
+    })
+}
+
+fn required_str(tokens: &Map<String, Value>, key: &'static str) -> Result<String, AuthJsonError> {
+    tokens
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .ok_or(AuthJsonError::MissingToken(key))
+}
+
+fn auth_claim(claims: &Map<String, Value>, key: &str) -> Option<String> {
+    claims
+        .get(AUTH_CLAIMS)
+        .and_then(|ns| ns.get(key))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn str_claim(claims: &Map<String, Value>, key: &str) -> Option<String> {
+    claims
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The payload (second part) of a JWS compact token, as a JSON object. No signature check.
+pub fn decode_jwt_payload(token: &str) -> Result<Map<String, Value>, String> {
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 {
+        return Err(format!(
+            "expected 3 dot-separated parts, found {}",
+            parts.len()
+        ));
+    }
+    let payload = parts[1].trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| "payload is not base64url".to_owned())?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("payload is not a JSON object".to_owned()),
+        Err(_) => Err("payload is not JSON".to_owned()),
+    }
+}
+
+/// Test support: an unsigned JWT (`alg: none`) carrying `claims`. Public so integration tests and
+/// the simulator can mint tokens of the right shape.
+pub fn unsigned_jwt(claims: &Value) -> String {
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.sig",
+        b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(claims)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn id_token(account: &str) -> String {
+        unsigned_jwt(&json!({
+            "email": "alice@example.com",
+            AUTH_CLAIMS: {
+                "chatgpt_account_id": account,
+                "chatgpt_plan_type": "plus",
+                "chatgpt_user_id": "user-1"
+            }
+        }))
+    }
+
+    fn access_token(exp: i64) -> String {
+        unsigned_jwt(&json!({
+            "exp": exp,
+            AUTH_CLAIMS: {"chatgpt_account_id": "acct-1"}
+        }))
+    }
+
+    fn file(tokens: Value) -> Vec<u8> {
+        json!({
+            "auth_mode": "chatgpt",
+            "OPENAI_API_KEY": null,
+            "tokens": tokens,
+            "last_refresh": "2026-01-01T00:00:00Z"
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn good_tokens() -> Value {
+        json!({
+            "id_token": id_token("acct-1"),
+            "access_token": access_token(2_000_000_000),
+            "refresh_token": "rt_abc",
+            "account_id": "acct-1"
+        })
+    }
+
+    #[test]
+    fn parses_a_good_file() -> Result<(), AuthJsonError> {
+        let c = parse(&file(good_tokens()))?;
+        assert_eq!(c.chatgpt_account_id, "acct-1");
+        assert_eq!(c.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(c.plan.as_deref(), Some("plus"));
+        assert_eq!(c.chatgpt_user_id.as_deref(), Some("user-1"));
+        assert_eq!(c.access_token_expires_at_ms, Some(2_000_000_000_000));
+        assert_eq!(c.refresh_token, "rt_abc");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("rt_abc") && !dbg.contains(&c.access_token));
+        Ok(())
+    }
+
+    #[test]
+    fn account_id_falls_back_to_the_file_field() -> Result<(), AuthJsonError> {
+        let mut t = good_tokens();
+        t["id_token"] = json!(unsigned_jwt(&json!({"email": "a@b.c"})));
+        t["access_token"] = json!(unsigned_jwt(&json!({"exp": 1})));
+        let c = parse(&file(t))?;
+        assert_eq!(c.chatgpt_account_id, "acct-1");
+        assert_eq!(c.plan, None);
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_kinds() {
+        assert!(matches!(parse(b"{nope"), Err(AuthJsonError::NotJson(_))));
+        assert!(matches!(parse(b"[1]"), Err(AuthJsonError::NotObject)));
+        assert!(matches!(
+            parse(br#"{"auth_mode":"apikey","OPENAI_API_KEY":"sk-x"}"#),
+            Err(AuthJsonError::NotChatgpt(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"auth_mode":"chatgpt"}"#),
+            Err(AuthJsonError::MissingTokens)
+        ));
+        let mut t = good_tokens();
+        t.as_object_mut().map(|o| o.remove("refresh_token"));
+        assert!(matches!(
+            parse(&file(t)),
+            Err(AuthJsonError::MissingToken("refresh_token"))
+        ));
+        let mut t = good_tokens();
+        t["access_token"] = json!("");
+        assert!(matches!(
+            parse(&file(t)),
+            Err(AuthJsonError::MissingToken("access_token"))
+        ));
+        let mut t = good_tokens();
+        t["id_token"] = json!("not-a-jwt");
+        assert!(matches!(
+            parse(&file(t)),
+            Err(AuthJsonError::BadJwt {
+                which: "id_token",
+                ..
+            })
+        ));
+        let mut t = good_tokens();
+        t["access_token"] = json!("a.!!!.c");
+        assert!(matches!(
+            parse(&file(t)),
+            Err(AuthJsonError::BadJwt {
+                which: "access_token",
+                ..
+            })
+        ));
+        let mut t = good_tokens();
+        t["id_token"] = json!(unsigned_jwt(&json!({"email": "x@y.z"})));
+        t["access_token"] = json!(unsigned_jwt(&json!({"exp": 5})));
+        t.as_object_mut().map(|o| o.remove("account_id"));
+        assert!(matches!(parse(&file(t)), Err(AuthJsonError::NoAccountId)));
+        let mut t = good_tokens();
+        t["account_id"] = json!("acct-other");
+        assert!(matches!(
+            parse(&file(t)),
+            Err(AuthJsonError::AccountIdMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn jwt_payload_errors_are_described() {
+        assert!(decode_jwt_payload("a.b").is_err());
+        assert!(decode_jwt_payload("a.%%%.c").is_err());
+        let not_obj = format!(
+            "a.{}.c",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("[1,2]")
+        );
+        assert_eq!(
+            decode_jwt_payload(&not_obj).err().as_deref(),
+            Some("payload is not a JSON object")
+        );
+    }
+}

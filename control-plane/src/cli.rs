@@ -1,0 +1,791 @@
+//! The `codexmesh` command line. Data goes to stdout (`--json` for machines); messages, warnings
+//! and logs go to stderr. Exit codes: 0 ok, 1 error, 2 bad input file (or bad usage, from clap).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::authjson::{self, AuthJsonError};
+use crate::config::{ConfigError, Settings, SettingsFlags};
+use crate::envoy_bootstrap::{self, BootstrapError, BootstrapParams};
+use crate::server::{self, ServeError};
+use crate::store::{Account, Actor, ImportAction, Store, StoreError};
+use crate::up::UpError;
+use crate::util::{self, now_ms, RandomError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "codexmesh",
+    version,
+    about = "Pool several Codex (ChatGPT) accounts behind one endpoint"
+)]
+pub struct Cli {
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub settings: SettingsFlags,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and list pools
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Import Codex logins and manage accounts
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Create, list and revoke pool keys
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Pools, accounts and key counts
+    Status,
+    /// Run the gRPC Mesh service and the admin HTTP API
+    Serve,
+    /// Write the Envoy bootstrap for these settings
+    EnvoyBootstrap {
+        /// Output file
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Envoy node id (reported to the control plane)
+        #[arg(long, value_name = "ID", default_value = DEFAULT_NODE_ID)]
+        node_id: String,
+    },
+    /// Laptop mode: store, a default pool and key, serve, and Envoy, in one command
+    Up,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Create a pool (name: 1-64 of A-Z a-z 0-9 . _ -)
+    Create { name: String },
+    /// List pools
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    /// Import a Codex auth.json (ChatGPT login) into a pool
+    Import {
+        /// Path to the auth.json
+        path: PathBuf,
+        /// Pool to import into
+        #[arg(long)]
+        pool: String,
+        /// Label (default: the login's email, else its ChatGPT account id)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List accounts
+    List {
+        /// Only this pool's accounts
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Stop routing to an account
+    Pause {
+        #[arg(value_name = "ID|LABEL")]
+        account: String,
+    },
+    /// Route to a paused account again
+    Resume {
+        #[arg(value_name = "ID|LABEL")]
+        account: String,
+    },
+    /// Delete an account and its stored tokens
+    Remove {
+        #[arg(value_name = "ID|LABEL")]
+        account: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a pool key; the key is printed once
+    Create {
+        /// Pool the key gives access to
+        #[arg(long)]
+        pool: String,
+        /// Label (default: key-N)
+        #[arg(long)]
+        name: Option<String>,
+        /// Operator key (may see routing details)
+        #[arg(long)]
+        operator: bool,
+    },
+    /// List keys (never the keys themselves)
+    List {
+        /// Only this pool's keys
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Revoke a key
+    Revoke {
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+    },
+}
+
+pub const DEFAULT_NODE_ID: &str = "codexmesh-local";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Up(#[from] UpError),
+    #[error("{}: {source}", path.display())]
+    AuthJson {
+        path: PathBuf,
+        source: AuthJsonError,
+    },
+    #[error("envoy bootstrap: {0}")]
+    Bootstrap(#[from] BootstrapError),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    #[error("cannot write output: {0}")]
+    Output(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            // A bad input file is a usage error, like clap's own (2).
+            CliError::AuthJson { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve | Command::Up));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(run(cli));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs go to stderr. `RUST_LOG` takes `tracing` target syntax (`info`, `codexmesh_control_plane=debug`).
+fn init_logging(server: bool) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // sqlx reports database notices at info ("relation already exists, skipping"): not news.
+    let default = if server { "info,sqlx=warn" } else { "warn" };
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or_default());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = Settings::from_env(&cli.settings)?;
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Pool(cmd) => pool_cmd(&settings, &out, cmd).await,
+        Command::Account(cmd) => account_cmd(&settings, &out, cmd).await,
+        Command::Key(cmd) => key_cmd(&settings, &out, cmd).await,
+        Command::Status => status_cmd(&settings, &out).await,
+        Command::Serve => serve_cmd(&settings).await,
+        Command::EnvoyBootstrap { out: path, node_id } => {
+            envoy_bootstrap_cmd(&settings, &out, &path, &node_id)
+        }
+        Command::Up => Ok(crate::up::run(&settings).await?),
+    }
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn json<T: Serialize>(&self, value: &T) -> Result<(), CliError> {
+        let s = serde_json::to_string(value).map_err(|e| CliError::Output(e.to_string()))?;
+        self.line(&s)
+    }
+
+    fn line(&self, s: &str) -> Result<(), CliError> {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{s}")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| CliError::Output(e.to_string()))
+    }
+
+    fn table(&self, headers: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
+        self.line(render_table(headers, rows).trim_end())
+    }
+}
+
+fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let fmt_row = |cells: Vec<&str>| -> String {
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        line.trim_end().to_owned()
+    };
+    let mut s = fmt_row(headers.to_vec());
+    s.push('\n');
+    for row in rows {
+        s.push_str(&fmt_row(row.iter().map(String::as_str).collect()));
+        s.push('\n');
+    }
+    s
+}
+
+async fn open_store(settings: &Settings) -> Result<Store, CliError> {
+    Ok(Store::open(&settings.store).await?)
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_else(|| "-".to_owned())
+}
+
+fn expires_in(a: &Account, now: i64) -> String {
+    a.access_token_expires_at_ms
+        .map_or_else(|| "unknown".to_owned(), |t| util::human_until(t, now))
+}
+
+// ---- pool ----
+
+async fn pool_cmd(settings: &Settings, out: &Output, cmd: PoolCmd) -> Result<(), CliError> {
+    match cmd {
+        PoolCmd::Create { name } => {
+            // Validate before touching the store so bad input creates nothing.
+            crate::store::validate_pool_name(&name)?;
+            let store = open_store(settings).await?;
+            let pool = store.create_pool(&Actor::cli(), &name).await?;
+            if out.json {
+                out.json(&pool)
+            } else {
+                out.line(&format!("created pool {} ({})", pool.name, pool.id))
+            }
+        }
+        PoolCmd::List => {
+            let store = open_store(settings).await?;
+            let report = crate::status::build(&store).await?;
+            if out.json {
+                #[derive(Serialize)]
+                struct Row<'a> {
+                    #[serde(flatten)]
+                    pool: &'a crate::store::Pool,
+                    accounts: usize,
+                    keys: crate::status::KeyCounts,
+                }
+                let rows: Vec<Row> = report
+                    .pools
+                    .iter()
+                    .map(|p| Row {
+                        pool: &p.pool,
+                        accounts: p.accounts.len(),
+                        keys: p.keys,
+                    })
+                    .collect();
+                return out.json(&rows);
+            }
+            let rows: Vec<Vec<String>> = report
+                .pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.pool.name.clone(),
+                        p.pool.id.clone(),
+                        p.pool.strategy.to_string(),
+                        p.accounts.len().to_string(),
+                        format!("{} active, {} revoked", p.keys.active, p.keys.revoked),
+                        util::fmt_utc_ms(p.pool.created_at_ms),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                return out.line("no pools yet: codexmesh pool create NAME");
+            }
+            out.table(
+                &["POOL", "ID", "STRATEGY", "ACCOUNTS", "KEYS", "CREATED"],
+                &rows,
+            )
+        }
+    }
+}
+
+// ---- account ----
+
+async fn account_cmd(settings: &Settings, out: &Output, cmd: AccountCmd) -> Result<(), CliError> {
+    match cmd {
+        AccountCmd::Import { path, pool, name } => {
+            import_account(settings, out, &path, &pool, name.as_deref()).await
+        }
+        AccountCmd::List { pool } => {
+            let store = open_store(settings).await?;
+            let accounts = store.list_accounts(pool.as_deref()).await?;
+            if out.json {
+                return out.json(&accounts);
+            }
+            if accounts.is_empty() {
+                return out.line("no accounts: codexmesh account import PATH --pool NAME");
+            }
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = accounts
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.pool.clone(),
+                        a.label.clone(),
+                        a.id.clone(),
+                        a.chatgpt_account_id.clone(),
+                        opt(&a.plan),
+                        a.state.to_string(),
+                        expires_in(a, now),
+                    ]
+                })
+                .collect();
+            out.table(
+                &[
+                    "POOL",
+                    "LABEL",
+                    "ID",
+                    "CHATGPT ACCOUNT",
+                    "PLAN",
+                    "STATE",
+                    "TOKEN EXPIRES",
+                ],
+                &rows,
+            )
+        }
+        AccountCmd::Pause { account } => set_paused(settings, out, &account, true).await,
+        AccountCmd::Resume { account } => set_paused(settings, out, &account, false).await,
+        AccountCmd::Remove { account } => {
+            let store = open_store(settings).await?;
+            let removed = store.remove_account(&Actor::cli(), &account).await?;
+            if out.json {
+                #[derive(Serialize)]
+                struct Removed<'a> {
+                    removed: bool,
+                    #[serde(flatten)]
+                    account: &'a Account,
+                }
+                return out.json(&Removed {
+                    removed: true,
+                    account: &removed,
+                });
+            }
+            out.line(&format!(
+                "removed account {} ({}) from pool {}; its tokens are deleted",
+                removed.label, removed.id, removed.pool
+            ))
+        }
+    }
+}
+
+async fn import_account(
+    settings: &Settings,
+    out: &Output,
+    path: &Path,
+    pool: &str,
+    label: Option<&str>,
+) -> Result<(), CliError> {
+    // Parse and check everything before writing anything.
+    let creds = authjson::read_file(path).map_err(|source| CliError::AuthJson {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(l) = label {
+        crate::store::validate_label(l)?;
+    }
+    let store = open_store(settings).await?;
+    store.pool_by_name(pool).await?;
+    let key = settings.master_key()?;
+    let result = store
+        .import_account(&Actor::cli(), pool, label, &creds, &key)
+        .await?;
+    let a = &result.account;
+    if let Some(exp) = a.access_token_expires_at_ms {
+        if exp <= now_ms() {
+            eprintln!(
+                "warning: this access token already expired ({}); requests through the account \
+                 fail until it is refreshed or re-imported",
+                util::fmt_utc_ms(exp)
+            );
+        }
+    }
+    eprintln!(
+        "note: the gateway now uses this login's refresh token; do not keep using this \
+         auth.json in another Codex install (refresh tokens rotate)"
+    );
+    if out.json {
+        return out.json(&result);
+    }
+    let plan = a.plan.clone().unwrap_or_else(|| "unknown plan".to_owned());
+    match result.action {
+        ImportAction::Created => out.line(&format!(
+            "imported account {} ({}, {}) into pool {} as {}",
+            a.label, a.chatgpt_account_id, plan, a.pool, a.id
+        )),
+        ImportAction::Updated => out.line(&format!(
+            "account {} ({}) was already in pool {}: updated its tokens ({})",
+            a.label, a.chatgpt_account_id, a.pool, a.id
+        )),
+    }
+}
+
+async fn set_paused(
+    settings: &Settings,
+    out: &Output,
+    ident: &str,
+    paused: bool,
+) -> Result<(), CliError> {
+    let store = open_store(settings).await?;
+    let result = store
+        .set_account_paused(&Actor::cli(), ident, paused)
+        .await?;
+    if out.json {
+        return out.json(&result);
+    }
+    let a = &result.item;
+    let verb = if paused { "paused" } else { "resumed" };
+    if result.changed {
+        out.line(&format!("{verb} account {} ({})", a.label, a.id))
+    } else {
+        out.line(&format!(
+            "account {} ({}) is already {}",
+            a.label, a.id, a.state
+        ))
+    }
+}
+
+// ---- key ----
+
+#[derive(Serialize)]
+struct CreatedKey<'a> {
+    id: &'a str,
+    pool: &'a str,
+    label: &'a str,
+    key: &'a str,
+    operator: bool,
+}
+
+async fn key_cmd(settings: &Settings, out: &Output, cmd: KeyCmd) -> Result<(), CliError> {
+    match cmd {
+        KeyCmd::Create {
+            pool,
+            name,
+            operator,
+        } => {
+            if let Some(l) = &name {
+                crate::store::validate_label(l)?;
+            }
+            let store = open_store(settings).await?;
+            let (key, raw) =
+                crate::keys::issue(&store, &Actor::cli(), &pool, name.as_deref(), operator).await?;
+            if out.json {
+                return out.json(&CreatedKey {
+                    id: &key.id,
+                    pool: &key.pool,
+                    label: &key.label,
+                    key: raw.expose(),
+                    operator: key.operator,
+                });
+            }
+            out.line(raw.expose())?;
+            eprintln!(
+                "created key {} ({}) for pool {}{}. The key above is shown only once: store it now.",
+                key.id,
+                key.label,
+                key.pool,
+                if key.operator { " (operator)" } else { "" }
+            );
+            Ok(())
+        }
+        KeyCmd::List { pool } => {
+            let store = open_store(settings).await?;
+            let keys = store.list_keys(pool.as_deref()).await?;
+            if out.json {
+                return out.json(&keys);
+            }
+            if keys.is_empty() {
+                return out.line("no keys: codexmesh key create --pool NAME");
+            }
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.pool.clone(),
+                        k.id.clone(),
+                        k.label.clone(),
+                        k.status.to_string(),
+                        if k.operator { "yes" } else { "no" }.to_owned(),
+                        util::fmt_utc_ms(k.created_at_ms),
+                        k.revoked_at_ms
+                            .map_or_else(|| "-".to_owned(), util::fmt_utc_ms),
+                    ]
+                })
+                .collect();
+            out.table(
+                &[
+                    "POOL", "ID", "LABEL", "STATUS", "OPERATOR", "CREATED", "REVOKED",
+                ],
+                &rows,
+            )
+        }
+        KeyCmd::Revoke { key } => {
+            let store = open_store(settings).await?;
+            let result = store.revoke_key(&Actor::cli(), &key).await?;
+            if out.json {
+                return out.json(&result);
+            }
+            let k = &result.item;
+            if result.changed {
+                out.line(&format!(
+                    "revoked key {} ({}) of pool {}",
+                    k.id, k.label, k.pool
+                ))
+            } else {
+                out.line(&format!("key {} ({}) was already revoked", k.id, k.label))
+            }
+        }
+    }
+}
+
+// ---- status ----
+
+async fn status_cmd(settings: &Settings, out: &Output) -> Result<(), CliError> {
+    let store = open_store(settings).await?;
+    let report = crate::status::build(&store).await?;
+    if out.json {
+        return out.json(&report);
+    }
+    if report.pools.is_empty() {
+        return out.line("no pools yet: codexmesh pool create NAME (or codexmesh up)");
+    }
+    let now = now_ms();
+    let mut rows = Vec::new();
+    for p in &report.pools {
+        if p.accounts.is_empty() {
+            rows.push(vec![
+                p.pool.name.clone(),
+                "(no accounts)".to_owned(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for a in &p.accounts {
+            rows.push(vec![
+                p.pool.name.clone(),
+                a.label.clone(),
+                a.chatgpt_account_id.clone(),
+                opt(&a.plan),
+                a.state.to_string(),
+                expires_in(a, now),
+                format!("{}/{}", a.priority, a.weight),
+            ]);
+        }
+    }
+    out.table(
+        &[
+            "POOL",
+            "ACCOUNT",
+            "CHATGPT ACCOUNT ID",
+            "PLAN",
+            "STATE",
+            "TOKEN EXPIRES",
+            "PRIO/WEIGHT",
+        ],
+        &rows,
+    )?;
+    out.line("")?;
+    for p in &report.pools {
+        out.line(&format!(
+            "pool {}: {} active key(s), {} revoked",
+            p.pool.name, p.keys.active, p.keys.revoked
+        ))?;
+    }
+    out.line(&format!("store revision {}", report.revision))
+}
+
+// ---- serve ----
+
+async fn serve_cmd(settings: &Settings) -> Result<(), CliError> {
+    let signals = server::watch_signals();
+    let store = open_store(settings).await?;
+    let running = server::start(settings, store.clone()).await?;
+    // One line on stdout once both listeners are bound: harnesses wait for it.
+    Output { json: false }.line(&format!(
+        "codexmesh serving grpc={} admin={}",
+        running.grpc_addr, running.admin_addr
+    ))?;
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        signals.cancelled().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    running.finish().await?;
+    store.close().await;
+    Ok(())
+}
+
+// ---- envoy-bootstrap ----
+
+/// Envoy cannot dial an unspecified address: use loopback for 0.0.0.0 / [::].
+pub fn dialable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
+}
+
+/// Bootstrap parameters from the settings; `grpc` is where the control plane really listens.
+pub fn bootstrap_params(
+    settings: &Settings,
+    node_id: &str,
+    grpc: std::net::SocketAddr,
+) -> BootstrapParams {
+    BootstrapParams {
+        node_id: node_id.to_owned(),
+        listen: settings.gateway_listen,
+        admin_listen: settings.envoy_admin_listen,
+        control_plane_grpc: dialable(grpc),
+        upstream_base_url: settings.upstream_base_url.clone(),
+        // Envoy resolves relative paths against its own working directory: pin it down.
+        wasm_path: std::path::absolute(&settings.wasm_path)
+            .unwrap_or_else(|_| settings.wasm_path.clone()),
+    }
+}
+
+fn envoy_bootstrap_cmd(
+    settings: &Settings,
+    out: &Output,
+    path: &Path,
+    node_id: &str,
+) -> Result<(), CliError> {
+    if settings.grpc_listen.port() == 0 {
+        return Err(CliError::Usage(
+            "grpc_listen has port 0; Envoy needs the control plane's real port".to_owned(),
+        ));
+    }
+    if node_id.is_empty() || node_id.chars().any(char::is_control) {
+        return Err(CliError::Usage(
+            "--node-id must be non-empty printable text".to_owned(),
+        ));
+    }
+    let params = bootstrap_params(settings, node_id, settings.grpc_listen);
+    let yaml = envoy_bootstrap::render(&params)?;
+    util::write_file_atomically(path, &yaml).map_err(|source| CliError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    if out.json {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            path: &'a Path,
+            node_id: &'a str,
+        }
+        return out.json(&Written { path, node_id });
+    }
+    out.line(&format!("wrote {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from([
+            "codexmesh",
+            "pool",
+            "list",
+            "--json",
+            "--store",
+            "sqlite://x.db",
+        ])?;
+        assert!(cli.json);
+        assert_eq!(cli.settings.store.as_deref(), Some("sqlite://x.db"));
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_have_no_flags() {
+        assert!(Cli::try_parse_from(["codexmesh", "--push-token", "x", "status"]).is_err());
+        assert!(Cli::try_parse_from(["codexmesh", "--master-key", "x", "status"]).is_err());
+    }
+
+    #[test]
+    fn table_alignment() {
+        let t = render_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn unspecified_addresses_become_loopback() -> Result<(), std::net::AddrParseError> {
+        assert_eq!(dialable("0.0.0.0:5".parse()?).to_string(), "127.0.0.1:5");
+        assert_eq!(dialable("[::]:5".parse()?).to_string(), "[::1]:5");
+        assert_eq!(dialable("10.1.2.3:5".parse()?).to_string(), "10.1.2.3:5");
+        Ok(())
+    }
+}

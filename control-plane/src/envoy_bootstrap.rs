@@ -1,0 +1,274 @@
+//! Renders the Envoy bootstrap that `codexmesh up` (and the end-to-end tests) run Envoy with,
+//! from `envoy/bootstrap.template.yaml`. Nothing secret is rendered: the push token reaches the
+//! wasm service through Envoy's environment, credentials through the gRPC stream.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+const TEMPLATE: &str = include_str!("../../envoy/bootstrap.template.yaml");
+
+/// Everything the generated bootstrap depends on.
+#[derive(Debug, Clone)]
+pub struct BootstrapParams {
+    /// Envoy node id, reported to the control plane in SubscribeRequest.
+    pub node_id: String,
+    /// The data-path listener clients talk to.
+    pub listen: SocketAddr,
+    /// Envoy's admin interface (keep it on loopback).
+    pub admin_listen: SocketAddr,
+    /// Where the control plane's gRPC server listens.
+    pub control_plane_grpc: SocketAddr,
+    /// Upstream base, e.g. `https://chatgpt.com/backend-api`.
+    pub upstream_base_url: String,
+    /// The built `codexmesh_filter.wasm`.
+    pub wasm_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BootstrapError {
+    #[error("upstream base URL {0:?} is not an http(s) URL with a host (e.g. https://chatgpt.com/backend-api)")]
+    BadUpstreamUrl(String),
+    #[error("node id {0:?} must be 1-128 characters of [A-Za-z0-9._-]")]
+    BadNodeId(String),
+    #[error("wasm path {0:?} is not valid UTF-8")]
+    BadWasmPath(PathBuf),
+}
+
+/// The pieces of the upstream base URL the cluster and route need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" or "/backend-api").
+    pub base_path: String,
+}
+
+impl UpstreamTarget {
+    pub fn parse(url: &str) -> Result<Self, BootstrapError> {
+        let bad = || BootstrapError::BadUpstreamUrl(url.to_string());
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad());
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+            return Err(bad());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if after.is_empty() => default_port,
+                None => return Err(bad()),
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        if !host_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            tls,
+            host,
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// YAML double-quoted scalar (JSON string escaping is a subset YAML accepts).
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Renders the bootstrap as YAML.
+pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
+    let node_ok = !params.node_id.is_empty()
+        && params.node_id.len() <= 128
+        && params
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !node_ok {
+        return Err(BootstrapError::BadNodeId(params.node_id.clone()));
+    }
+    let wasm = params
+        .wasm_path
+        .to_str()
+        .ok_or_else(|| BootstrapError::BadWasmPath(params.wasm_path.clone()))?;
+    let upstream = UpstreamTarget::parse(&params.upstream_base_url)?;
+    let cluster_type = if upstream.host.parse::<IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "LOGICAL_DNS"
+    };
+    let tls = if upstream.tls {
+        format!(
+            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: {}\n        common_tls_context:\n          alpn_protocols: [h2, http/1.1]\n          validation_context:\n            trusted_ca: {{ filename: /etc/ssl/certs/ca-certificates.crt }}\n            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{ exact: {} }}",
+            quote(&upstream.host),
+            quote(&upstream.host)
+        )
+    } else {
+        String::new()
+    };
+    // TLS upstreams negotiate h2 by ALPN; plain ones (the simulator, an egress proxy) speak h1.
+    let protocol = if upstream.tls {
+        "        auto_config:\n          http_protocol_options: {}\n          http2_protocol_options: {}"
+    } else {
+        "        explicit_http_config:\n          http_protocol_options: {}"
+    };
+    let service_config = serde_json_string(&params.node_id);
+    let vars: [(&str, String); 16] = [
+        ("node_id", quote(&params.node_id)),
+        ("admin_host", quote(&params.admin_listen.ip().to_string())),
+        ("admin_port", params.admin_listen.port().to_string()),
+        ("listen_host", quote(&params.listen.ip().to_string())),
+        ("listen_port", params.listen.port().to_string()),
+        (
+            "control_plane_host",
+            quote(&params.control_plane_grpc.ip().to_string()),
+        ),
+        (
+            "control_plane_port",
+            params.control_plane_grpc.port().to_string(),
+        ),
+        ("wasm_path", quote(wasm)),
+        ("service_config", quote(&service_config)),
+        (
+            "upstream_prefix",
+            quote(&format!("{}/", upstream.base_path)),
+        ),
+        ("upstream_authority", quote(&upstream.authority())),
+        ("upstream_cluster_type", cluster_type.to_string()),
+        ("upstream_host", quote(&upstream.host)),
+        ("upstream_port", upstream.port.to_string()),
+        ("upstream_tls", tls),
+        ("upstream_protocol", protocol.to_string()),
+    ];
+    let mut out = TEMPLATE.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{{{name}}}}}"), &value);
+    }
+    Ok(out)
+}
+
+/// The service's plugin configuration (JSON; no secrets).
+fn serde_json_string(node_id: &str) -> String {
+    format!(
+        "{{\"role\":\"service\",\"node_id\":{},\"control_plane_cluster\":\"codexmesh_control_plane\",\"push_token_env\":\"CODEXMESH_PUSH_TOKEN\"}}",
+        quote(node_id)
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn params(url: &str) -> BootstrapParams {
+        BootstrapParams {
+            node_id: "envoy-1".into(),
+            listen: "127.0.0.1:18080".parse().unwrap(),
+            admin_listen: "127.0.0.1:19901".parse().unwrap(),
+            control_plane_grpc: "127.0.0.1:18090".parse().unwrap(),
+            upstream_base_url: url.into(),
+            wasm_path: "/tmp/x.wasm".into(),
+        }
+    }
+
+    #[test]
+    fn parses_upstream_urls() {
+        let t = UpstreamTarget::parse("https://chatgpt.com/backend-api").unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.base_path.as_str()),
+            (true, "chatgpt.com", 443, "/backend-api")
+        );
+        let t = UpstreamTarget::parse("http://127.0.0.1:9000/backend-api/").unwrap();
+        assert_eq!(
+            (t.port, t.base_path.as_str(), t.authority()),
+            (9000, "/backend-api", "127.0.0.1:9000".to_string())
+        );
+        let t = UpstreamTarget::parse("http://[::1]:81").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.base_path.as_str()),
+            ("::1", 81, "")
+        );
+        for bad in [
+            "ftp://x",
+            "http://",
+            "https://u@h/",
+            "http://h:0",
+            "http://h:x",
+            "chatgpt.com",
+            "http://h/p?q",
+        ] {
+            assert!(UpstreamTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        let yaml = render(&params("https://chatgpt.com/backend-api")).unwrap();
+        assert!(!yaml.contains("{{"), "unfilled placeholder");
+        assert!(yaml.contains("LOGICAL_DNS"));
+        assert!(yaml.contains("UpstreamTlsContext"));
+        assert!(yaml.contains("prefix_rewrite: \"/backend-api/\""));
+        assert!(yaml.contains("host_rewrite_literal: \"chatgpt.com\""));
+        let yaml = render(&params("http://127.0.0.1:9000/backend-api")).unwrap();
+        assert!(yaml.contains("type: STATIC") && !yaml.contains("UpstreamTlsContext"));
+        assert!(yaml.contains("host_rewrite_literal: \"127.0.0.1:9000\""));
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        assert!(matches!(
+            render(&params("nope")),
+            Err(BootstrapError::BadUpstreamUrl(_))
+        ));
+        let mut p = params("http://127.0.0.1:1");
+        p.node_id = "a b".into();
+        assert!(matches!(render(&p), Err(BootstrapError::BadNodeId(_))));
+    }
+}

@@ -1,0 +1,846 @@
+//! Store operations: pools, accounts, keys, outcomes, audit, snapshot reads.
+
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+
+use super::{
+    audit, col, col_bool, col_u32, is_unique_violation, Account, AccountState, AccountWithToken,
+    Actor, AuditEntry, Changed, ImportAction, ImportResult, KeyStatus, OutcomeRecord, Pool,
+    PoolKey, SnapshotData, Store, StoreError, Strategy,
+};
+use crate::authjson::CodexCredentials;
+use crate::crypto::MasterKey;
+use crate::util::{self, now_ms};
+
+const POOL_COLS: &str = "id, name, strategy, max_attempts, explain_routes, created_at";
+
+const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_name, a.label, \
+     a.chatgpt_account_id, a.chatgpt_user_id, a.email, a.plan, a.state, a.state_reason, \
+     a.cooldown_until, a.priority, a.weight, a.access_token_expires_at, a.tokens_updated_at, \
+     a.created_at, a.updated_at, a.sealed_access_token \
+     FROM accounts a JOIN pools p ON p.id = a.pool_id";
+
+const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name, k.label, k.key_hash, \
+     k.status, k.operator, k.created_at, k.revoked_at \
+     FROM pool_keys k JOIN pools p ON p.id = k.pool_id";
+
+const MAX_LABEL_LEN: usize = 128;
+
+/// Pool names: 1–64 of `[A-Za-z0-9._-]`.
+pub fn validate_pool_name(name: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid pool name {name:?}: use 1-64 characters from A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// Labels are for people: 1–128 characters, no control characters.
+pub fn validate_label(label: &str) -> Result<(), StoreError> {
+    let n = label.chars().count();
+    if (1..=MAX_LABEL_LEN).contains(&n)
+        && !label.chars().any(char::is_control)
+        && label.trim() == label
+    {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid label {label:?}: use 1-{MAX_LABEL_LEN} printable characters without \
+             leading or trailing spaces"
+        )))
+    }
+}
+
+fn pool_from_row(row: &AnyRow) -> Result<Pool, StoreError> {
+    let strategy: String = col(row, "strategy")?;
+    Ok(Pool {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        strategy: Strategy::parse(&strategy)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown strategy {strategy:?}")))?,
+        max_attempts: col_u32(row, "max_attempts")?,
+        explain_routes: col_bool(row, "explain_routes")?,
+        created_at_ms: col(row, "created_at")?,
+    })
+}
+
+fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
+    let state: String = col(row, "state")?;
+    Ok(Account {
+        id: col(row, "id")?,
+        pool_id: col(row, "pool_id")?,
+        pool: col(row, "pool_name")?,
+        label: col(row, "label")?,
+        chatgpt_account_id: col(row, "chatgpt_account_id")?,
+        chatgpt_user_id: col(row, "chatgpt_user_id")?,
+        email: col(row, "email")?,
+        plan: col(row, "plan")?,
+        state: AccountState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown account state {state:?}")))?,
+        state_reason: col(row, "state_reason")?,
+        cooldown_until_ms: col(row, "cooldown_until")?,
+        priority: col_u32(row, "priority")?,
+        weight: col_u32(row, "weight")?,
+        access_token_expires_at_ms: col(row, "access_token_expires_at")?,
+        tokens_updated_at_ms: col(row, "tokens_updated_at")?,
+        created_at_ms: col(row, "created_at")?,
+        updated_at_ms: col(row, "updated_at")?,
+    })
+}
+
+fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
+    let status: String = col(row, "status")?;
+    Ok(PoolKey {
+        id: col(row, "id")?,
+        pool_id: col(row, "pool_id")?,
+        pool: col(row, "pool_name")?,
+        label: col(row, "label")?,
+        key_hash_hex: col(row, "key_hash")?,
+        status: KeyStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown key status {status:?}")))?,
+        operator: col_bool(row, "operator")?,
+        created_at_ms: col(row, "created_at")?,
+        revoked_at_ms: col(row, "revoked_at")?,
+    })
+}
+
+async fn pool_by_name_tx(
+    tx: &mut Transaction<'static, Any>,
+    name: &str,
+) -> Result<Pool, StoreError> {
+    let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE name = $1"))
+        .bind(name.to_owned())
+        .fetch_optional(&mut **tx)
+        .await?;
+    match row {
+        Some(r) => pool_from_row(&r),
+        None => Err(StoreError::NotFound(format!("no pool named {name:?}"))),
+    }
+}
+
+/// One row out of an id-or-label lookup; several label matches are an error naming them.
+fn pick_one<T>(
+    rows: &[AnyRow],
+    what: &'static str,
+    ident: &str,
+    map: fn(&AnyRow) -> Result<T, StoreError>,
+    id_of: fn(&T) -> &str,
+) -> Result<T, StoreError> {
+    let mut found: Vec<T> = rows.iter().map(map).collect::<Result<_, _>>()?;
+    match found.len() {
+        0 => Err(StoreError::NotFound(format!(
+            "no {what} with id or label {ident:?}"
+        ))),
+        1 => Ok(found.remove(0)),
+        _ => Err(StoreError::Ambiguous {
+            what,
+            ident: ident.to_owned(),
+            ids: found.iter().map(id_of).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// Rows whose `id` equals `ident`, else those whose `label` does.
+async fn rows_by_id_or_label(
+    tx: &mut Transaction<'static, Any>,
+    select: &str,
+    alias: &str,
+    ident: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    let by_id = sqlx::query(&format!("{select} WHERE {alias}.id = $1"))
+        .bind(ident.to_owned())
+        .fetch_all(&mut **tx)
+        .await?;
+    if !by_id.is_empty() {
+        return Ok(by_id);
+    }
+    Ok(sqlx::query(&format!(
+        "{select} WHERE {alias}.label = $1 ORDER BY {alias}.id"
+    ))
+    .bind(ident.to_owned())
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+async fn resolve_account_tx(
+    tx: &mut Transaction<'static, Any>,
+    ident: &str,
+) -> Result<Account, StoreError> {
+    let rows = rows_by_id_or_label(tx, ACCOUNT_SELECT, "a", ident).await?;
+    pick_one(&rows, "account", ident, account_from_row, |a| &a.id)
+}
+
+async fn resolve_key_tx(
+    tx: &mut Transaction<'static, Any>,
+    ident: &str,
+) -> Result<PoolKey, StoreError> {
+    let rows = rows_by_id_or_label(tx, KEY_SELECT, "k", ident).await?;
+    pick_one(&rows, "key", ident, key_from_row, |k| &k.id)
+}
+
+/// Records the master key's fingerprint on first use and refuses a different key afterwards.
+async fn check_master_key_tx(
+    tx: &mut Transaction<'static, Any>,
+    key: &MasterKey,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('master_key_fp', $1) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key.fingerprint())
+    .execute(&mut **tx)
+    .await?;
+    let stored: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'master_key_fp'")
+        .fetch_one(&mut **tx)
+        .await?;
+    if stored == key.fingerprint() {
+        Ok(())
+    } else {
+        Err(StoreError::MasterKeyMismatch)
+    }
+}
+
+impl Store {
+    // ---- pools ----
+
+    pub async fn create_pool(&self, actor: &Actor, name: &str) -> Result<Pool, StoreError> {
+        validate_pool_name(name)?;
+        let (mut tx, revision) = self.begin_write().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM pools WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "a pool named {name:?} already exists"
+            )));
+        }
+        let pool = Pool {
+            id: util::new_id("pool")?,
+            name: name.to_owned(),
+            strategy: Strategy::RoundRobin,
+            max_attempts: 3,
+            explain_routes: false,
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(&format!(
+            "INSERT INTO pools ({POOL_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(pool.id.clone())
+        .bind(pool.name.clone())
+        .bind(pool.strategy.as_str())
+        .bind(i64::from(pool.max_attempts))
+        .bind(i64::from(pool.explain_routes))
+        .bind(pool.created_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("a pool named {name:?} already exists"))
+            } else {
+                e.into()
+            }
+        })?;
+        audit(
+            &mut tx,
+            actor,
+            "pool.create",
+            Some(&pool.id),
+            json!({"name": name}),
+            revision,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(pool)
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
+        sqlx::query(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(pool_from_row)
+            .collect()
+    }
+
+    pub async fn pool_by_name(&self, name: &str) -> Result<Pool, StoreError> {
+        let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE name = $1"))
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => pool_from_row(&r),
+            None => Err(StoreError::NotFound(format!("no pool named {name:?}"))),
+        }
+    }
+
+    // ---- accounts ----
+
+    /// Imports (or, for a ChatGPT account already in the pool, updates) an account's tokens,
+    /// sealed under `key`. A re-import brings a `needs_reauth` account back to `active` but
+    /// leaves a paused one paused.
+    pub async fn import_account(
+        &self,
+        actor: &Actor,
+        pool_name: &str,
+        label: Option<&str>,
+        creds: &CodexCredentials,
+        key: &MasterKey,
+    ) -> Result<ImportResult, StoreError> {
+        if let Some(l) = label {
+            validate_label(l)?;
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        check_master_key_tx(&mut tx, key).await?;
+        let pool = pool_by_name_tx(&mut tx, pool_name).await?;
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM accounts WHERE pool_id = $1 AND chatgpt_account_id = $2",
+        )
+        .bind(pool.id.clone())
+        .bind(creds.chatgpt_account_id.clone())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let now = now_ms();
+        let (id, action) = match existing {
+            Some(id) => (id, ImportAction::Updated),
+            None => (util::new_id("acc")?, ImportAction::Created),
+        };
+        let seal = |field: &str, value: &str| key.seal_str(&id, field, value);
+        let access = seal("access_token", &creds.access_token)?;
+        let refresh = seal("refresh_token", &creds.refresh_token)?;
+        let id_tok = seal("id_token", &creds.id_token)?;
+
+        match action {
+            ImportAction::Updated => {
+                sqlx::query(
+                    "UPDATE accounts SET \
+                       sealed_access_token = $1, sealed_refresh_token = $2, sealed_id_token = $3, \
+                       access_token_expires_at = $4, email = $5, plan = $6, chatgpt_user_id = $7, \
+                       label = COALESCE($8, label), tokens_updated_at = $9, updated_at = $9, \
+                       state_reason = CASE WHEN state = 'needs_reauth' THEN NULL ELSE state_reason END, \
+                       state = CASE WHEN state = 'needs_reauth' THEN 'active' ELSE state END \
+                     WHERE id = $10",
+                )
+                .bind(access)
+                .bind(refresh)
+                .bind(id_tok)
+                .bind(creds.access_token_expires_at_ms)
+                .bind(creds.email.clone())
+                .bind(creds.plan.clone())
+                .bind(creds.chatgpt_user_id.clone())
+                .bind(label.map(str::to_owned))
+                .bind(now)
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
+            ImportAction::Created => {
+                let label = match label {
+                    Some(l) => l.to_owned(),
+                    None => default_account_label(&mut tx, &pool.id, creds).await?,
+                };
+                sqlx::query(
+                    "INSERT INTO accounts (id, pool_id, label, chatgpt_account_id, chatgpt_user_id, \
+                       email, plan, state, priority, weight, access_token_expires_at, \
+                       sealed_access_token, sealed_refresh_token, sealed_id_token, \
+                       tokens_updated_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', 0, 1, $8, $9, $10, $11, $12, $12, $12)",
+                )
+                .bind(id.clone())
+                .bind(pool.id.clone())
+                .bind(label)
+                .bind(creds.chatgpt_account_id.clone())
+                .bind(creds.chatgpt_user_id.clone())
+                .bind(creds.email.clone())
+                .bind(creds.plan.clone())
+                .bind(creds.access_token_expires_at_ms)
+                .bind(access)
+                .bind(refresh)
+                .bind(id_tok)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let action_name = match action {
+            ImportAction::Created => "account.import",
+            ImportAction::Updated => "account.reimport",
+        };
+        audit(
+            &mut tx,
+            actor,
+            action_name,
+            Some(&id),
+            json!({"pool": pool.name, "chatgpt_account_id": creds.chatgpt_account_id}),
+            revision,
+        )
+        .await?;
+        let account = resolve_account_tx(&mut tx, &id).await?;
+        tx.commit().await?;
+        Ok(ImportResult {
+            action,
+            account,
+            revision,
+        })
+    }
+
+    pub async fn list_accounts(&self, pool: Option<&str>) -> Result<Vec<Account>, StoreError> {
+        let rows = match pool {
+            Some(name) => {
+                self.pool_by_name(name).await?;
+                sqlx::query(&format!(
+                    "{ACCOUNT_SELECT} WHERE p.name = $1 ORDER BY a.priority, a.label, a.id"
+                ))
+                .bind(name.to_owned())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "{ACCOUNT_SELECT} ORDER BY p.name, a.priority, a.label, a.id"
+                ))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(account_from_row).collect()
+    }
+
+    /// Pauses (`true`) or resumes (`false`) an account found by id or label.
+    pub async fn set_account_paused(
+        &self,
+        actor: &Actor,
+        ident: &str,
+        paused: bool,
+    ) -> Result<Changed<Account>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let account = resolve_account_tx(&mut tx, ident).await?;
+        let target = match (paused, account.state) {
+            (true, AccountState::Paused) | (false, AccountState::Active) => {
+                // Nothing to do: dropping the transaction also undoes the revision bump.
+                return Ok(Changed {
+                    changed: false,
+                    item: account,
+                });
+            }
+            (false, AccountState::NeedsReauth) => {
+                return Err(StoreError::Invalid(format!(
+                    "account {} needs re-authentication: import a fresh auth.json for it",
+                    account.label
+                )))
+            }
+            (true, _) => AccountState::Paused,
+            (false, _) => AccountState::Active,
+        };
+        sqlx::query(
+            "UPDATE accounts SET state = $1, state_reason = $2, cooldown_until = NULL, \
+             updated_at = $3 WHERE id = $4",
+        )
+        .bind(target.as_str())
+        .bind(paused.then(|| format!("paused by {}", actor.0)))
+        .bind(now_ms())
+        .bind(account.id.clone())
+        .execute(&mut *tx)
+        .await?;
+        let action = if paused {
+            "account.pause"
+        } else {
+            "account.resume"
+        };
+        audit(
+            &mut tx,
+            actor,
+            action,
+            Some(&account.id),
+            json!({"from": account.state}),
+            revision,
+        )
+        .await?;
+        let account = resolve_account_tx(&mut tx, &account.id).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: account,
+        })
+    }
+
+    /// Deletes an account and its sealed tokens.
+    pub async fn remove_account(&self, actor: &Actor, ident: &str) -> Result<Account, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let account = resolve_account_tx(&mut tx, ident).await?;
+        sqlx::query("DELETE FROM accounts WHERE id = $1")
+            .bind(account.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "account.remove",
+            Some(&account.id),
+            json!({"pool": account.pool, "label": account.label,
+                   "chatgpt_account_id": account.chatgpt_account_id}),
+            revision,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    // ---- keys ----
+
+    /// Stores a new key's hash. The caller generated the raw key and shows it once.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        pool_name: &str,
+        label: Option<&str>,
+        operator: bool,
+        key_hash_hex: &str,
+    ) -> Result<PoolKey, StoreError> {
+        if let Some(l) = label {
+            validate_label(l)?;
+        }
+        if key_hash_hex.len() != 64 || util::hex_decode(key_hash_hex).is_none() {
+            return Err(StoreError::Invalid(
+                "key hash must be 64 hex digits".to_owned(),
+            ));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let pool = pool_by_name_tx(&mut tx, pool_name).await?;
+        let id = util::new_id("key")?;
+        let label = match label {
+            Some(l) => l.to_owned(),
+            None => {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM pool_keys WHERE pool_id = $1")
+                        .bind(pool.id.clone())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                format!("key-{}", n + 1)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO pool_keys (id, pool_id, label, key_hash, status, operator, created_at) \
+             VALUES ($1, $2, $3, $4, 'active', $5, $6)",
+        )
+        .bind(id.clone())
+        .bind(pool.id.clone())
+        .bind(label.clone())
+        .bind(key_hash_hex.to_ascii_lowercase())
+        .bind(i64::from(operator))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict("a key with this hash already exists".to_owned())
+            } else {
+                e.into()
+            }
+        })?;
+        audit(
+            &mut tx,
+            actor,
+            "key.create",
+            Some(&id),
+            json!({"pool": pool.name, "label": label, "operator": operator}),
+            revision,
+        )
+        .await?;
+        let key = resolve_key_tx(&mut tx, &id).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    pub async fn list_keys(&self, pool: Option<&str>) -> Result<Vec<PoolKey>, StoreError> {
+        let rows = match pool {
+            Some(name) => {
+                self.pool_by_name(name).await?;
+                sqlx::query(&format!(
+                    "{KEY_SELECT} WHERE p.name = $1 ORDER BY k.created_at, k.id"
+                ))
+                .bind(name.to_owned())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("{KEY_SELECT} ORDER BY p.name, k.created_at, k.id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(key_from_row).collect()
+    }
+
+    pub async fn revoke_key(
+        &self,
+        actor: &Actor,
+        ident: &str,
+    ) -> Result<Changed<PoolKey>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let key = resolve_key_tx(&mut tx, ident).await?;
+        if key.status == KeyStatus::Revoked {
+            return Ok(Changed {
+                changed: false,
+                item: key,
+            });
+        }
+        sqlx::query("UPDATE pool_keys SET status = 'revoked', revoked_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(key.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "key.revoke",
+            Some(&key.id),
+            json!({"pool": key.pool, "label": key.label}),
+            revision,
+        )
+        .await?;
+        let key = resolve_key_tx(&mut tx, &key.id).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: key,
+        })
+    }
+
+    // ---- outcomes and audit ----
+
+    /// Appends outcome metadata. Not a snapshot input, so no revision bump.
+    pub async fn record_outcomes(
+        &self,
+        node_id: &str,
+        outcomes: &[OutcomeRecord],
+    ) -> Result<u32, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
+        let received = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for o in outcomes {
+            let (p, s) = (
+                o.primary.unwrap_or_default(),
+                o.secondary.unwrap_or_default(),
+            );
+            sqlx::query(
+                "INSERT INTO outcomes (received_at, node_id, pool_id, key_id, account_id, attempt, \
+                   status, error_code, started_at, latency_ms, request_path, snapshot_version, plan, \
+                   resets_at, primary_used_percent, primary_window_minutes, primary_resets_at, \
+                   secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
+                   quota_observed_at, credits_has_credits, credits_unlimited, credits_balance) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                   $17, $18, $19, $20, $21, $22, $23, $24)",
+            )
+            .bind(received)
+            .bind(node_id.to_owned())
+            .bind(o.pool_id.clone())
+            .bind(o.key_id.clone())
+            .bind(o.account_id.clone())
+            .bind(o.attempt)
+            .bind(o.status)
+            .bind(o.error_code.clone())
+            .bind(o.started_at_ms)
+            .bind(o.latency_ms)
+            .bind(o.request_path.clone())
+            .bind(o.snapshot_version)
+            .bind(o.plan.clone())
+            .bind(o.resets_at_unix)
+            .bind(o.primary.map(|_| p.used_percent))
+            .bind(o.primary.map(|_| p.window_minutes))
+            .bind(o.primary.map(|_| p.resets_at_unix))
+            .bind(o.secondary.map(|_| s.used_percent))
+            .bind(o.secondary.map(|_| s.window_minutes))
+            .bind(o.secondary.map(|_| s.resets_at_unix))
+            .bind(o.quota_observed_at_ms)
+            .bind(i64::from(o.credits_has_credits))
+            .bind(i64::from(o.credits_unlimited))
+            .bind(o.credits_balance.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(u32::try_from(outcomes.len()).unwrap_or(u32::MAX))
+    }
+
+    pub async fn count_outcomes(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outcomes")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Most recent outcomes for an account (newest first), for later health/quota work and tests.
+    pub async fn recent_outcomes(
+        &self,
+        account_id: &str,
+        limit: i64,
+    ) -> Result<Vec<OutcomeRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pool_id, key_id, account_id, attempt, status, error_code, started_at, \
+               latency_ms, request_path, snapshot_version, plan, resets_at, \
+               primary_used_percent, primary_window_minutes, primary_resets_at, \
+               secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
+               quota_observed_at, credits_has_credits, credits_unlimited, credits_balance \
+             FROM outcomes WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(account_id.to_owned())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let window =
+                    |prefix: &str| -> Result<Option<super::QuotaWindowRecord>, StoreError> {
+                        let used: Option<f64> = col(r, &format!("{prefix}_used_percent"))?;
+                        Ok(match used {
+                            Some(used_percent) => Some(super::QuotaWindowRecord {
+                                used_percent,
+                                window_minutes: col::<Option<i64>>(
+                                    r,
+                                    &format!("{prefix}_window_minutes"),
+                                )?
+                                .unwrap_or(0),
+                                resets_at_unix: col::<Option<i64>>(
+                                    r,
+                                    &format!("{prefix}_resets_at"),
+                                )?
+                                .unwrap_or(0),
+                            }),
+                            None => None,
+                        })
+                    };
+                Ok(OutcomeRecord {
+                    pool_id: col(r, "pool_id")?,
+                    key_id: col(r, "key_id")?,
+                    account_id: col(r, "account_id")?,
+                    attempt: col(r, "attempt")?,
+                    status: col(r, "status")?,
+                    error_code: col(r, "error_code")?,
+                    started_at_ms: col(r, "started_at")?,
+                    latency_ms: col(r, "latency_ms")?,
+                    request_path: col(r, "request_path")?,
+                    snapshot_version: col(r, "snapshot_version")?,
+                    plan: col(r, "plan")?,
+                    resets_at_unix: col(r, "resets_at")?,
+                    primary: window("primary")?,
+                    secondary: window("secondary")?,
+                    quota_observed_at_ms: col(r, "quota_observed_at")?,
+                    credits_has_credits: col_bool(r, "credits_has_credits")?,
+                    credits_unlimited: col_bool(r, "credits_unlimited")?,
+                    credits_balance: col(r, "credits_balance")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail, revision FROM audit_log \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: col(r, "id")?,
+                    at_ms: col(r, "at")?,
+                    actor: col(r, "actor")?,
+                    action: col(r, "action")?,
+                    target: col(r, "target")?,
+                    detail: col(r, "detail")?,
+                    revision: col(r, "revision")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- snapshot ----
+
+    /// Fails early when `key` is not the key this store's secrets were sealed with.
+    pub async fn verify_master_key(&self, key: &MasterKey) -> Result<(), StoreError> {
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'master_key_fp'")
+                .fetch_optional(&self.pool)
+                .await?;
+        match stored {
+            Some(fp) if fp != key.fingerprint() => Err(StoreError::MasterKeyMismatch),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads everything a snapshot needs, consistently with the revision it reports.
+    pub async fn snapshot_data(&self) -> Result<SnapshotData, StoreError> {
+        let mut tx = self.begin_consistent_read().await?;
+        let revision: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'revision'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let pools = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(pool_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = sqlx::query(&format!("{KEY_SELECT} ORDER BY k.created_at, k.id"))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(key_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let accounts = sqlx::query(&format!(
+            "{ACCOUNT_SELECT} ORDER BY a.priority, a.label, a.id"
+        ))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AccountWithToken {
+                account: account_from_row(r)?,
+                sealed_access_token: col(r, "sealed_access_token")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        tx.commit().await?;
+        Ok(SnapshotData {
+            revision,
+            pools,
+            keys,
+            accounts,
+        })
+    }
+}
+
+/// Email, else the ChatGPT account id; disambiguated when another account in the pool already
+/// uses it (one email can belong to several workspaces).
+async fn default_account_label(
+    tx: &mut Transaction<'static, Any>,
+    pool_id: &str,
+    creds: &CodexCredentials,
+) -> Result<String, StoreError> {
+    let base = creds
+        .email
+        .clone()
+        .unwrap_or_else(|| creds.chatgpt_account_id.clone());
+    let taken: Option<String> =
+        sqlx::query_scalar("SELECT id FROM accounts WHERE pool_id = $1 AND label = $2")
+            .bind(pool_id.to_owned())
+            .bind(base.clone())
+            .fetch_optional(&mut **tx)
+            .await?;
+    let label = if taken.is_some() {
+        let short: String = creds.chatgpt_account_id.chars().take(8).collect();
+        format!("{base}/{short}")
+    } else {
+        base
+    };
+    Ok(label.chars().take(MAX_LABEL_LEN).collect())
+}

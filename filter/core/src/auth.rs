@@ -1,0 +1,124 @@
+//! Pool-key authentication: the presented bearer is hashed and looked up in the snapshot.
+
+use sha2::{Digest, Sha256};
+
+use crate::errors::{ErrorKind, GatewayError};
+use crate::pb;
+use crate::snapshot::SnapshotIndex;
+
+/// SHA-256 of the raw key; the only form in which keys are stored or pushed.
+pub fn hash_key(raw: &str) -> [u8; 32] {
+    Sha256::digest(raw.as_bytes()).into()
+}
+
+/// Pulls the token out of an `Authorization` header value (`Bearer <token>`, scheme case-insensitive).
+pub fn bearer_token(authorization: Option<&str>) -> Result<&str, GatewayError> {
+    let value = authorization.ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::MissingKey,
+            "You didn't provide an API key. Send your codexmesh pool key as 'Authorization: Bearer <key>'.",
+        )
+    })?;
+    let value = value.trim();
+    let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed());
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(malformed());
+    }
+    Ok(token)
+}
+
+fn malformed() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::MalformedKey,
+        "The Authorization header must be 'Bearer <pool key>'.",
+    )
+}
+
+/// A key that passed authentication, with its pool.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthedKey<'a> {
+    pub pool: &'a pb::Pool,
+    pub key: &'a pb::PoolKey,
+}
+
+pub fn authenticate<'a>(
+    snapshot: &'a SnapshotIndex,
+    authorization: Option<&str>,
+) -> Result<AuthedKey<'a>, GatewayError> {
+    let token = bearer_token(authorization)?;
+    let (pool, key) = snapshot.key_by_hash(&hash_key(token)).ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::UnknownKey,
+            "Incorrect API key provided. Use a pool key issued by codexmesh.",
+        )
+    })?;
+    if key.status != pb::KeyStatus::Active as i32 {
+        return Err(GatewayError::new(
+            ErrorKind::RevokedKey,
+            "This pool key has been revoked.",
+        ));
+    }
+    Ok(AuthedKey { pool, key })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::sample;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn hash_is_sha256_hex_compatible() {
+        // Known vector: SHA-256("abc").
+        let h = hash_key("abc");
+        assert_eq!(h[0], 0xba);
+        assert_eq!(h[31], 0xad);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(Some("Bearer cmk_x")).unwrap(), "cmk_x");
+        assert_eq!(bearer_token(Some("bearer   cmk_x ")).unwrap(), "cmk_x");
+        assert_eq!(bearer_token(None).unwrap_err().kind, ErrorKind::MissingKey);
+        for bad in ["cmk_x", "Basic abc", "Bearer ", ""] {
+            assert_eq!(
+                bearer_token(Some(bad)).unwrap_err().kind,
+                ErrorKind::MalformedKey,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn live_key_finds_its_pool() {
+        let index = SnapshotIndex::new(sample());
+        let authed = authenticate(&index, Some("Bearer cmk_live")).unwrap();
+        assert_eq!(authed.pool.id, "pool-a");
+        assert_eq!(authed.key.id, "key-1");
+    }
+
+    #[test]
+    fn unknown_and_revoked_keys_are_401() {
+        let index = SnapshotIndex::new(sample());
+        let unknown = authenticate(&index, Some("Bearer cmk_guess")).unwrap_err();
+        assert_eq!(
+            (unknown.kind, unknown.status()),
+            (ErrorKind::UnknownKey, 401)
+        );
+        let revoked = authenticate(&index, Some("Bearer cmk_revoked")).unwrap_err();
+        assert_eq!(
+            (revoked.kind, revoked.status()),
+            (ErrorKind::RevokedKey, 401)
+        );
+        assert!(
+            !revoked.message.contains("cmk_revoked"),
+            "never echo the key"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! Errors the data path answers with, shaped like OpenAI's so SDKs and the Codex CLI show them.
+//!
+//! Each kind says where it came from and whether trying again may help (Pingora's rule): failover
+//! and the answer's status read that, not ad-hoc string matching.
+
+use std::fmt;
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client's own request is at fault (bad key, bad input): never counts against an account.
+    Client,
+    /// The ChatGPT backend answered with an error or could not be reached.
+    Upstream,
+    /// The gateway itself cannot serve (no routing table yet, no account left).
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    MissingKey,
+    MalformedKey,
+    UnknownKey,
+    RevokedKey,
+    /// No snapshot has reached this Envoy yet.
+    NotReady,
+    /// The pool has no account that may serve right now.
+    NoAccountAvailable,
+    /// The upstream filter found no hand-off from the downstream filter (a misconfigured route).
+    RouteMissing,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => 401,
+            Self::NotReady | Self::NoAccountAvailable => 503,
+            Self::RouteMissing => 500,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MissingKey | Self::MalformedKey | Self::UnknownKey => "invalid_api_key",
+            Self::RevokedKey => "invalid_api_key",
+            Self::NotReady => "gateway_not_ready",
+            Self::NoAccountAvailable => "no_account_available",
+            Self::RouteMissing => "gateway_misconfigured",
+        }
+    }
+
+    pub fn error_type(self) -> &'static str {
+        match self.source() {
+            ErrorSource::Client => "invalid_request_error",
+            ErrorSource::Upstream | ErrorSource::Internal => "server_error",
+        }
+    }
+
+    pub fn source(self) -> ErrorSource {
+        match self {
+            Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => {
+                ErrorSource::Client
+            }
+            Self::NotReady | Self::NoAccountAvailable | Self::RouteMissing => ErrorSource::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::NotReady | Self::NoAccountAvailable)
+    }
+}
+
+/// An error answer: status, OpenAI-shaped JSON body and extra headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// `{"error":{"message":..,"type":..,"param":null,"code":..}}`, as the OpenAI API answers.
+    pub fn body(&self) -> String {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind.error_type(),
+                "param": serde_json::Value::Null,
+                "code": self.kind.code(),
+            }
+        });
+        body.to_string()
+    }
+
+    /// Headers that go with the body.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("x-codexmesh-error", self.kind.code().to_string()),
+        ];
+        if self.kind.retryable() {
+            headers.push(("retry-after", "1".to_string()));
+        }
+        if self.kind.source() == ErrorSource::Client && self.kind.status() == 401 {
+            headers.push(("www-authenticate", "Bearer realm=\"codexmesh\"".to_string()));
+        }
+        headers
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.code(), self.message)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn unknown_key_is_an_openai_shaped_401() {
+        let err = GatewayError::new(ErrorKind::UnknownKey, "Incorrect API key provided.");
+        assert_eq!(err.status(), 401);
+        let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert_eq!(body["error"]["message"], "Incorrect API key provided.");
+        assert!(body["error"]["param"].is_null());
+    }
+
+    #[test]
+    fn message_with_quotes_stays_valid_json() {
+        let err = GatewayError::new(ErrorKind::NotReady, "a \"quoted\"\nline");
+        let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+        assert_eq!(body["error"]["message"], "a \"quoted\"\nline");
+        assert_eq!(body["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn only_internal_capacity_errors_are_retryable() {
+        assert!(ErrorKind::NotReady.retryable());
+        assert!(ErrorKind::NoAccountAvailable.retryable());
+        assert!(!ErrorKind::UnknownKey.retryable());
+        assert!(!ErrorKind::RouteMissing.retryable());
+        let retry = GatewayError::new(ErrorKind::NotReady, "x").headers();
+        assert!(retry.iter().any(|(k, v)| *k == "retry-after" && v == "1"));
+        let auth = GatewayError::new(ErrorKind::RevokedKey, "x").headers();
+        assert!(auth.iter().any(|(k, _)| *k == "www-authenticate"));
+        assert!(!auth.iter().any(|(k, _)| *k == "retry-after"));
+    }
+}

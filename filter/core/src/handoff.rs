@@ -1,0 +1,131 @@
+//! What the downstream filter hands to every upstream attempt, through Envoy filter state.
+//!
+//! Filter state never leaves Envoy, so this is where the ranking lives between the router's
+//! attempts. Only ids travel here: credentials are looked up in the snapshot at attempt time.
+
+/// The filter-state property name (`set_property(["codexmesh.route"])`).
+pub const PROPERTY: &str = "codexmesh.route";
+
+const FORMAT_TAG: &str = "cmr1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteHandoff {
+    pub snapshot_version: u64,
+    pub pool_id: String,
+    pub key_id: String,
+    pub max_attempts: u32,
+    /// Account ids in the order the attempts should take them.
+    pub ranked_accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoffError {
+    Malformed(&'static str),
+    /// An id contains a separator; the control plane never issues such ids.
+    BadId,
+}
+
+impl std::fmt::Display for HandoffError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Malformed(what) => write!(f, "route hand-off is malformed: {what}"),
+            Self::BadId => write!(f, "route hand-off id contains a separator"),
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), HandoffError> {
+    if id.contains(['\n', ',']) {
+        Err(HandoffError::BadId)
+    } else {
+        Ok(())
+    }
+}
+
+impl RouteHandoff {
+    /// A line-based text form: cheap to write and read in wasm, readable in a debugger.
+    pub fn encode(&self) -> Result<Vec<u8>, HandoffError> {
+        check_id(&self.pool_id)?;
+        check_id(&self.key_id)?;
+        for id in &self.ranked_accounts {
+            check_id(id)?;
+        }
+        Ok(format!(
+            "{FORMAT_TAG}\n{}\n{}\n{}\n{}\n{}",
+            self.snapshot_version,
+            self.pool_id,
+            self.key_id,
+            self.max_attempts,
+            self.ranked_accounts.join(",")
+        )
+        .into_bytes())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, HandoffError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| HandoffError::Malformed("not utf-8"))?;
+        let mut lines = text.split('\n');
+        if lines.next() != Some(FORMAT_TAG) {
+            return Err(HandoffError::Malformed("unknown format tag"));
+        }
+        let mut next = |what| lines.next().ok_or(HandoffError::Malformed(what));
+        let snapshot_version = next("version")?
+            .parse()
+            .map_err(|_| HandoffError::Malformed("version"))?;
+        let pool_id = next("pool")?.to_string();
+        let key_id = next("key")?.to_string();
+        let max_attempts = next("max attempts")?
+            .parse()
+            .map_err(|_| HandoffError::Malformed("max attempts"))?;
+        let accounts = next("accounts")?;
+        let ranked_accounts = if accounts.is_empty() {
+            Vec::new()
+        } else {
+            accounts.split(',').map(str::to_string).collect()
+        };
+        Ok(Self {
+            snapshot_version,
+            pool_id,
+            key_id,
+            max_attempts,
+            ranked_accounts,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn round_trip() {
+        let h = RouteHandoff {
+            snapshot_version: u64::MAX,
+            pool_id: "p".into(),
+            key_id: "k".into(),
+            max_attempts: 3,
+            ranked_accounts: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(RouteHandoff::decode(&h.encode().unwrap()).unwrap(), h);
+        let empty = RouteHandoff::default();
+        assert_eq!(
+            RouteHandoff::decode(&empty.encode().unwrap()).unwrap(),
+            empty
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_and_separators() {
+        assert!(RouteHandoff::decode(b"").is_err());
+        assert!(RouteHandoff::decode(b"cmr1\nx\np\nk\n3\na").is_err());
+        assert!(RouteHandoff::decode(b"cmr1\n1\np").is_err());
+        assert!(RouteHandoff::decode(&[0xff, 0xfe]).is_err());
+        let bad = RouteHandoff {
+            ranked_accounts: vec!["a,b".into()],
+            ..Default::default()
+        };
+        assert_eq!(bad.encode().unwrap_err(), HandoffError::BadId);
+    }
+}

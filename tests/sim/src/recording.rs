@@ -1,0 +1,285 @@
+//! The request log, and the layer that records every non-control request, decodes its body
+//! for handlers, and adds the quota headers to `/codex/*` answers.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::body::{self, DecodedBody, MAX_WIRE_BODY};
+use crate::clock::real_unix_now;
+use crate::state::Shared;
+
+/// At most this many records are kept (the oldest go first).
+pub const MAX_RECORDS: usize = 100_000;
+/// Only the newest this many records keep their decoded JSON body.
+pub const MAX_RECORDS_WITH_BODY: usize = 1_000;
+
+/// Append a record, keeping the log bounded.
+pub fn push_record(log: &mut Vec<RequestRecord>, record: RequestRecord) {
+    log.push(record);
+    if log.len() > MAX_RECORDS_WITH_BODY {
+        let idx = log.len() - MAX_RECORDS_WITH_BODY - 1;
+        log[idx].body_json = None;
+    }
+    if log.len() > MAX_RECORDS {
+        let extra = log.len() - MAX_RECORDS;
+        log.drain(..extra);
+    }
+}
+
+/// One request as the simulator received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// Arrival order (never reused, also across `DELETE /__sim/requests`).
+    pub seq: u64,
+    /// Simulated arrival time (unix ms).
+    pub at_unix_ms: i64,
+    /// Real arrival time (unix ms).
+    pub real_unix_ms: i64,
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Raw query string.
+    pub query: Option<String>,
+    /// Headers, lowercased names; repeated headers joined with ", ".
+    pub headers: BTreeMap<String, String>,
+    /// Body length on the wire.
+    pub body_len: usize,
+    /// Hex SHA-256 of the body as received (before decoding).
+    pub body_sha256: String,
+    /// Decoded body length, when decoding worked.
+    pub decoded_body_len: Option<usize>,
+    /// Top-level keys of a JSON object body.
+    pub body_json_keys: Option<Vec<String>>,
+    /// `model` of a JSON body.
+    pub model: Option<String>,
+    /// `stream` of a JSON body.
+    pub stream: Option<bool>,
+    /// Account of the bearer token (or, at the token endpoint, of the refresh token).
+    pub account_id: Option<String>,
+    /// Answer status (`null` until the handler answered).
+    pub status: Option<u16>,
+    /// The decoded JSON body (shown with `?include_body=1`).
+    #[serde(skip)]
+    pub body_json: Option<Value>,
+}
+
+/// The bearer token of a request.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.entry(name.as_str().to_ascii_lowercase())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    out
+}
+
+/// The refresh token named by a token-endpoint body (JSON or form).
+pub fn refresh_token_of(body: &[u8]) -> Option<String> {
+    if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) {
+        return m.get("refresh_token")?.as_str().map(str::to_string);
+    }
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+    form.into_iter()
+        .find(|(k, _)| k == "refresh_token")
+        .map(|(_, v)| v)
+}
+
+/// Axum middleware: record, decode, add quota headers.
+pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/__sim") {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let raw = match axum::body::to_bytes(body, MAX_WIRE_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(serde_json::json!({"detail": "Request body too large"})),
+            )
+                .into_response()
+        }
+    };
+    let decoded = body::decode(&parts.headers, &raw);
+    let json: Option<Value> = decoded
+        .as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice(b).ok());
+    let obj = json.as_ref().and_then(Value::as_object);
+    let now_ms = st.clock.now_ms();
+    let seq = {
+        let mut g = st.lock();
+        let account_id = if path == "/oauth/token" {
+            decoded
+                .as_ref()
+                .ok()
+                .and_then(|b| refresh_token_of(b))
+                .and_then(|rt| g.registry.owner_of_refresh_token(&rt).map(str::to_string))
+        } else {
+            bearer(&parts.headers)
+                .and_then(|t| g.registry.owner_of_access_token(t))
+                .map(str::to_string)
+        };
+        let seq = g.next_seq;
+        g.next_seq += 1;
+        push_record(
+            &mut g.requests,
+            RequestRecord {
+                seq,
+                at_unix_ms: now_ms,
+                real_unix_ms: (real_unix_now() * 1000.0) as i64,
+                method: parts.method.to_string(),
+                path: path.clone(),
+                query: parts.uri.query().map(str::to_string),
+                headers: header_map(&parts.headers),
+                body_len: raw.len(),
+                body_sha256: hex(&Sha256::digest(&raw)),
+                decoded_body_len: decoded.as_ref().ok().map(Vec::len),
+                body_json_keys: obj.map(|m| m.keys().cloned().collect()),
+                model: obj
+                    .and_then(|m| m.get("model"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                stream: obj.and_then(|m| m.get("stream")).and_then(Value::as_bool),
+                account_id,
+                status: None,
+                body_json: json.clone(),
+            },
+        );
+        seq
+    };
+    let mut req = Request::from_parts(parts, Body::from(raw));
+    req.extensions_mut()
+        .insert(DecodedBody(decoded.map(bytes::Bytes::from)));
+    let mut resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let mut g = st.lock();
+    let account_id = g
+        .requests
+        .iter()
+        .rev()
+        .find(|r| r.seq == seq)
+        .and_then(|r| r.account_id.clone());
+    if let Some(r) = g.requests.iter_mut().rev().find(|r| r.seq == seq) {
+        r.status = Some(status);
+    }
+    if path.contains("/codex/") && !resp.headers().contains_key("x-codex-primary-used-percent") {
+        if let Some(acc) = account_id.as_deref() {
+            let now = st.clock.now();
+            let reset_after = g.behavior.reset_after_headers;
+            if let Some(acc) = g.registry.get_mut(acc) {
+                acc.quota.roll(now);
+                crate::upstream::insert_quota_headers(resp.headers_mut(), acc, now, reset_after);
+            }
+        }
+    }
+    resp
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization", HeaderValue::from_static("bearer  xyz "));
+        assert_eq!(bearer(&h), Some("xyz"));
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn refresh_token_from_json_or_form() {
+        assert_eq!(
+            refresh_token_of(br#"{"refresh_token":"rt_1"}"#).as_deref(),
+            Some("rt_1")
+        );
+        assert_eq!(
+            refresh_token_of(b"grant_type=refresh_token&refresh_token=rt_2").as_deref(),
+            Some("rt_2")
+        );
+        assert_eq!(refresh_token_of(b"x=1"), None);
+    }
+
+    fn record(seq: u64) -> RequestRecord {
+        RequestRecord {
+            seq,
+            at_unix_ms: 0,
+            real_unix_ms: 0,
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            headers: BTreeMap::new(),
+            body_len: 0,
+            body_sha256: String::new(),
+            decoded_body_len: None,
+            body_json_keys: None,
+            model: None,
+            stream: None,
+            account_id: None,
+            status: None,
+            body_json: Some(Value::Null),
+        }
+    }
+
+    #[test]
+    fn log_is_bounded() {
+        let mut log = Vec::new();
+        for seq in 0..(MAX_RECORDS as u64 + 5) {
+            push_record(&mut log, record(seq));
+        }
+        assert_eq!(log.len(), MAX_RECORDS);
+        assert_eq!(log[0].seq, 5);
+        assert!(log[log.len() - MAX_RECORDS_WITH_BODY - 1]
+            .body_json
+            .is_none());
+        assert!(log[log.len() - MAX_RECORDS_WITH_BODY].body_json.is_some());
+    }
+
+    #[test]
+    fn headers_are_lowercased_and_joined() {
+        let mut h = HeaderMap::new();
+        h.append("X-A", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let m = header_map(&h);
+        assert_eq!(m.get("x-a").map(String::as_str), Some("1, 2"));
+    }
+}

@@ -1,0 +1,384 @@
+//! Shared simulator state: accounts, global behaviour knobs, the request log and the clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::accounts::Registry;
+use crate::clock::SimClock;
+use crate::recording::RequestRecord;
+
+/// Default reply of a model turn.
+pub const DEFAULT_REPLY: &str = "Hello from the codexmesh simulator.";
+
+/// How a refused WebSocket upgrade on `GET /codex/responses` is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebsocketMode {
+    /// 426 Upgrade Required: the CLI falls back to SSE at once.
+    #[default]
+    UpgradeRequired,
+    /// 404: the CLI retries a few times first.
+    NotFound,
+}
+
+impl WebsocketMode {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::UpgradeRequired => 426,
+            Self::NotFound => 404,
+        }
+    }
+}
+
+impl Serialize for WebsocketMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.status().to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for WebsocketMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let s = match &v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        match s.as_str() {
+            "426" => Ok(Self::UpgradeRequired),
+            "404" => Ok(Self::NotFound),
+            _ => Err(serde::de::Error::custom(
+                "websocket must be \"426\" or \"404\"",
+            )),
+        }
+    }
+}
+
+/// How an injected failure shows itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// A plain HTTP error answer (`status`, `body`).
+    #[default]
+    Http,
+    /// HTTP 200 SSE that sends `response.created`, then `response.failed` whose
+    /// `response.error` is `body` (default `{"code":"server_error","message":...}`).
+    SseFailed,
+    /// HTTP 200 SSE that sends `response.created` and the deltas, then closes without
+    /// `response.completed`.
+    SseTruncated,
+}
+
+/// One injected failure, used by the next matching request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectedFailure {
+    /// HTTP status (default 500; ignored by the SSE modes, which answer 200).
+    #[serde(default = "default_fail_status")]
+    pub status: u16,
+    /// Answer body (default: an error object matching the status).
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Only for requests resolved to this account.
+    #[serde(default)]
+    pub account_id: Option<String>,
+    /// Only for request paths containing this; default: model turns (`.../responses` and
+    /// `.../responses/compact`).
+    #[serde(default)]
+    pub path_contains: Option<String>,
+    /// Extra answer headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How it fails.
+    #[serde(default)]
+    pub mode: FailMode,
+}
+
+fn default_fail_status() -> u16 {
+    500
+}
+
+impl InjectedFailure {
+    /// Whether this failure applies to a request.
+    pub fn matches(&self, path: &str, account: Option<&str>) -> bool {
+        if let Some(want) = &self.account_id {
+            if account != Some(want.as_str()) {
+                return false;
+            }
+        }
+        match &self.path_contains {
+            Some(p) => path.contains(p.as_str()),
+            None => path.ends_with("/responses") || path.ends_with("/responses/compact"),
+        }
+    }
+
+    /// The answer body.
+    pub fn body_or_default(&self) -> Value {
+        if let Some(b) = &self.body {
+            return b.clone();
+        }
+        let (code, message) = match self.status {
+            429 => (
+                "rate_limit_exceeded",
+                "Rate limit reached. Please try again later.",
+            ),
+            503 => (
+                "server_is_overloaded",
+                "Our servers are currently overloaded. Please try again later.",
+            ),
+            s if s >= 500 => (
+                "server_error",
+                "The server had an error processing your request.",
+            ),
+            _ => ("invalid_request", "Injected failure."),
+        };
+        serde_json::json!({"error": {"type": code, "code": code, "message": message}})
+    }
+}
+
+/// Global behaviour knobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Behavior {
+    /// Delay before each SSE event after the first (ms).
+    pub event_delay_ms: u64,
+    /// How many `response.output_text.delta` events a turn sends.
+    pub delta_count: usize,
+    /// Reply text; `{account_id}`, `{model}` and `{seq}` are replaced.
+    pub reply_text: String,
+    /// Injected failures, used first to last.
+    pub fail_next: VecDeque<InjectedFailure>,
+    /// Answer to a WebSocket upgrade: "426" or "404".
+    pub websocket: WebsocketMode,
+    /// Delay before a model turn answers at all (ms).
+    pub response_delay_ms: u64,
+    /// Also send `x-codex-*-reset-after-seconds` headers.
+    pub reset_after_headers: bool,
+    /// Send an `x-codex-turn-state` header on model turns.
+    pub turn_state: bool,
+    /// Replace the model catalogue (a JSON array of model objects).
+    pub models: Option<Value>,
+    /// Delay of the token endpoint for accounts without their own (ms).
+    pub refresh_delay_ms: u64,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Self {
+            event_delay_ms: 0,
+            delta_count: 4,
+            reply_text: DEFAULT_REPLY.to_string(),
+            fail_next: VecDeque::new(),
+            websocket: WebsocketMode::default(),
+            response_delay_ms: 0,
+            reset_after_headers: true,
+            turn_state: true,
+            models: None,
+            refresh_delay_ms: 0,
+        }
+    }
+}
+
+/// A partial update of [`Behavior`] (what `POST /__sim/behavior` takes).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BehaviorPatch {
+    /// See [`Behavior::event_delay_ms`].
+    pub event_delay_ms: Option<u64>,
+    /// See [`Behavior::delta_count`].
+    pub delta_count: Option<usize>,
+    /// See [`Behavior::reply_text`].
+    pub reply_text: Option<String>,
+    /// Replaces the queue.
+    pub fail_next: Option<Vec<InjectedFailure>>,
+    /// Appends to the queue.
+    pub fail_next_append: Option<Vec<InjectedFailure>>,
+    /// See [`Behavior::websocket`].
+    pub websocket: Option<WebsocketMode>,
+    /// See [`Behavior::response_delay_ms`].
+    pub response_delay_ms: Option<u64>,
+    /// See [`Behavior::reset_after_headers`].
+    pub reset_after_headers: Option<bool>,
+    /// See [`Behavior::turn_state`].
+    pub turn_state: Option<bool>,
+    /// See [`Behavior::models`]; `null` restores the built-in catalogue.
+    #[serde(default, deserialize_with = "double_option")]
+    pub models: Option<Option<Value>>,
+    /// See [`Behavior::refresh_delay_ms`].
+    pub refresh_delay_ms: Option<u64>,
+    /// Restore every default first.
+    #[serde(default)]
+    pub reset: bool,
+}
+
+fn double_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Value>>, D::Error> {
+    Ok(Some(Option::<Value>::deserialize(d)?))
+}
+
+impl Behavior {
+    /// Apply a partial update.
+    pub fn apply(&mut self, p: BehaviorPatch) -> Result<(), String> {
+        if p.reset {
+            *self = Behavior::default();
+        }
+        if let Some(Some(models)) = &p.models {
+            if !models.is_array() {
+                return Err("models must be a JSON array of model objects".into());
+            }
+        }
+        if let Some(v) = p.event_delay_ms {
+            self.event_delay_ms = v;
+        }
+        if let Some(v) = p.delta_count {
+            self.delta_count = v;
+        }
+        if let Some(v) = p.reply_text {
+            self.reply_text = v;
+        }
+        if let Some(v) = p.fail_next {
+            self.fail_next = v.into();
+        }
+        if let Some(v) = p.fail_next_append {
+            self.fail_next.extend(v);
+        }
+        if let Some(v) = p.websocket {
+            self.websocket = v;
+        }
+        if let Some(v) = p.response_delay_ms {
+            self.response_delay_ms = v;
+        }
+        if let Some(v) = p.reset_after_headers {
+            self.reset_after_headers = v;
+        }
+        if let Some(v) = p.turn_state {
+            self.turn_state = v;
+        }
+        if let Some(v) = p.models {
+            self.models = v;
+        }
+        if let Some(v) = p.refresh_delay_ms {
+            self.refresh_delay_ms = v;
+        }
+        Ok(())
+    }
+
+    /// Take the first injected failure that applies to this request.
+    pub fn take_failure(&mut self, path: &str, account: Option<&str>) -> Option<InjectedFailure> {
+        let idx = self
+            .fail_next
+            .iter()
+            .position(|f| f.matches(path, account))?;
+        self.fail_next.remove(idx)
+    }
+}
+
+/// Everything behind the clock.
+#[derive(Debug, Default)]
+pub struct Inner {
+    /// Accounts and tokens.
+    pub registry: Registry,
+    /// Global knobs.
+    pub behavior: Behavior,
+    /// Request log.
+    pub requests: Vec<RequestRecord>,
+    /// Next request sequence number.
+    pub next_seq: u64,
+    /// Model turns served (for ids).
+    pub responses_served: u64,
+}
+
+/// The simulator's state, shared by every handler.
+#[derive(Debug, Default)]
+pub struct SimState {
+    /// The controllable clock.
+    pub clock: SimClock,
+    inner: Mutex<Inner>,
+}
+
+/// Shared handle.
+pub type Shared = Arc<SimState>;
+
+impl SimState {
+    /// Fresh state at real time.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lock the state (never held across an await).
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_failures_match_by_path_and_account() {
+        let mut b = Behavior::default();
+        b.apply(
+            serde_json::from_value(serde_json::json!({
+                "fail_next": [
+                    {"status": 503, "account_id": "b"},
+                    {"status": 500, "path_contains": "/wham/usage"},
+                    {"status": 502}
+                ]
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(b
+            .take_failure("/backend-api/codex/models", Some("a"))
+            .is_none());
+        assert_eq!(
+            b.take_failure("/backend-api/codex/responses", Some("a"))
+                .unwrap()
+                .status,
+            502
+        );
+        assert_eq!(
+            b.take_failure("/wham/usage", Some("a")).unwrap().status,
+            500
+        );
+        assert!(b.take_failure("/codex/responses", Some("a")).is_none());
+        assert_eq!(
+            b.take_failure("/codex/responses", Some("b"))
+                .unwrap()
+                .status,
+            503
+        );
+        assert!(b.fail_next.is_empty());
+    }
+
+    #[test]
+    fn websocket_mode_parses() {
+        let p: BehaviorPatch = serde_json::from_str(r#"{"websocket":"404"}"#).unwrap();
+        assert_eq!(p.websocket, Some(WebsocketMode::NotFound));
+        let p: BehaviorPatch = serde_json::from_str(r#"{"websocket":426}"#).unwrap();
+        assert_eq!(p.websocket, Some(WebsocketMode::UpgradeRequired));
+        assert!(serde_json::from_str::<BehaviorPatch>(r#"{"websocket":"200"}"#).is_err());
+    }
+
+    #[test]
+    fn models_null_restores_default() {
+        let mut b = Behavior::default();
+        b.apply(serde_json::from_str(r#"{"models":[{"slug":"x"}]}"#).unwrap())
+            .unwrap();
+        assert!(b.models.is_some());
+        b.apply(serde_json::from_str(r#"{"models":null}"#).unwrap())
+            .unwrap();
+        assert!(b.models.is_none());
+        assert!(b
+            .apply(serde_json::from_str(r#"{"models":{}}"#).unwrap())
+            .is_err());
+    }
+}

@@ -24,8 +24,10 @@ pub enum ErrorKind {
     RevokedKey,
     /// No snapshot has reached this Envoy yet.
     NotReady,
-    /// The pool has no account that may serve right now.
+    /// The pool has no account that may serve right now (paused, re-login, failing).
     NoAccountAvailable,
+    /// Every account's usage is spent: answered like the upstream's own 429.
+    PoolExhausted,
     /// The upstream filter found no hand-off from the downstream filter (a misconfigured route).
     RouteMissing,
 }
@@ -35,6 +37,7 @@ impl ErrorKind {
         match self {
             Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => 401,
             Self::NotReady | Self::NoAccountAvailable => 503,
+            Self::PoolExhausted => 429,
             Self::RouteMissing => 500,
         }
     }
@@ -45,6 +48,7 @@ impl ErrorKind {
             Self::RevokedKey => "invalid_api_key",
             Self::NotReady => "gateway_not_ready",
             Self::NoAccountAvailable => "no_account_available",
+            Self::PoolExhausted => "usage_limit_reached",
             Self::RouteMissing => "gateway_misconfigured",
         }
     }
@@ -61,13 +65,19 @@ impl ErrorKind {
             Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => {
                 ErrorSource::Client
             }
-            Self::NotReady | Self::NoAccountAvailable | Self::RouteMissing => ErrorSource::Internal,
+            Self::NotReady
+            | Self::NoAccountAvailable
+            | Self::PoolExhausted
+            | Self::RouteMissing => ErrorSource::Internal,
         }
     }
 
     /// Whether the same request may succeed if sent again later.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::NotReady | Self::NoAccountAvailable)
+        matches!(
+            self,
+            Self::NotReady | Self::NoAccountAvailable | Self::PoolExhausted
+        )
     }
 }
 
@@ -76,6 +86,10 @@ impl ErrorKind {
 pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
+    /// For PoolExhausted: the pool's earliest reset (unix seconds), when known.
+    pub resets_at_unix: Option<i64>,
+    /// Seconds a client should wait (Retry-After).
+    pub retry_after_secs: Option<i64>,
 }
 
 impl GatewayError {
@@ -83,6 +97,25 @@ impl GatewayError {
         Self {
             kind,
             message: message.into(),
+            resets_at_unix: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Every account's usage is spent; `earliest_ms` is the first moment one comes back.
+    pub fn pool_exhausted(pool: &str, earliest_ms: Option<i64>, now_ms: i64) -> Self {
+        let resets_at_unix = earliest_ms.map(|ms| (ms + 999) / 1000);
+        let retry_after_secs = earliest_ms.map(|ms| ((ms - now_ms).max(0) + 999) / 1000);
+        Self {
+            kind: ErrorKind::PoolExhausted,
+            message: format!(
+                "Every account in pool '{pool}' has reached its usage limit.{}",
+                retry_after_secs
+                    .map(|s| format!(" Try again in {s} seconds."))
+                    .unwrap_or_default()
+            ),
+            resets_at_unix,
+            retry_after_secs,
         }
     }
 
@@ -92,6 +125,22 @@ impl GatewayError {
 
     /// `{"error":{"message":..,"type":..,"param":null,"code":..}}`, as the OpenAI API answers.
     pub fn body(&self) -> String {
+        if self.kind == ErrorKind::PoolExhausted {
+            // The shape the Codex backend itself uses, so clients show the reset time.
+            let mut error = serde_json::json!({
+                "type": "usage_limit_reached",
+                "code": "usage_limit_reached",
+                "message": self.message,
+            });
+            if let (Some(at), Some(obj)) = (self.resets_at_unix, error.as_object_mut()) {
+                obj.insert("resets_at".into(), at.into());
+                obj.insert(
+                    "resets_in_seconds".into(),
+                    self.retry_after_secs.unwrap_or(0).into(),
+                );
+            }
+            return serde_json::json!({ "error": error }).to_string();
+        }
         let body = serde_json::json!({
             "error": {
                 "message": self.message,
@@ -109,7 +158,9 @@ impl GatewayError {
             ("content-type", "application/json".to_string()),
             ("x-codexmesh-error", self.kind.code().to_string()),
         ];
-        if self.kind.retryable() {
+        if let Some(secs) = self.retry_after_secs {
+            headers.push(("retry-after", secs.max(1).to_string()));
+        } else if self.kind.retryable() {
             headers.push(("retry-after", "1".to_string()));
         }
         if self.kind.source() == ErrorSource::Client && self.kind.status() == 401 {

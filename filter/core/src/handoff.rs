@@ -6,7 +6,7 @@
 /// The filter-state property name (`set_property(["codexmesh.route"])`).
 pub const PROPERTY: &str = "codexmesh.route";
 
-const FORMAT_TAG: &str = "cmr1";
+const FORMAT_TAG: &str = "cmr2";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteHandoff {
@@ -16,6 +16,11 @@ pub struct RouteHandoff {
     pub max_attempts: u32,
     /// Account ids in the order the attempts should take them.
     pub ranked_accounts: Vec<String>,
+    /// Strategy name and why the first account was chosen, for explanations and logs.
+    pub strategy: String,
+    pub reason: String,
+    /// Whether answers carry `x-codexmesh-route`.
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,16 +52,21 @@ impl RouteHandoff {
     pub fn encode(&self) -> Result<Vec<u8>, HandoffError> {
         check_id(&self.pool_id)?;
         check_id(&self.key_id)?;
+        check_id(&self.strategy)?;
+        check_id(&self.reason)?;
         for id in &self.ranked_accounts {
             check_id(id)?;
         }
         Ok(format!(
-            "{FORMAT_TAG}\n{}\n{}\n{}\n{}\n{}",
+            "{FORMAT_TAG}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.snapshot_version,
             self.pool_id,
             self.key_id,
             self.max_attempts,
-            self.ranked_accounts.join(",")
+            self.ranked_accounts.join(","),
+            self.strategy,
+            self.reason,
+            u8::from(self.explain),
         )
         .into_bytes())
     }
@@ -82,12 +92,18 @@ impl RouteHandoff {
         } else {
             accounts.split(',').map(str::to_string).collect()
         };
+        let strategy = next("strategy")?.to_string();
+        let reason = next("reason")?.to_string();
+        let explain = next("explain")? == "1";
         Ok(Self {
             snapshot_version,
             pool_id,
             key_id,
             max_attempts,
             ranked_accounts,
+            strategy,
+            reason,
+            explain,
         })
     }
 }
@@ -107,6 +123,9 @@ mod tests {
             key_id: "k".into(),
             max_attempts: 3,
             ranked_accounts: vec!["a".into(), "b".into()],
+            strategy: "quota_first".into(),
+            reason: "affinity".into(),
+            explain: true,
         };
         assert_eq!(RouteHandoff::decode(&h.encode().unwrap()).unwrap(), h);
         let empty = RouteHandoff::default();
@@ -119,8 +138,9 @@ mod tests {
     #[test]
     fn rejects_garbage_and_separators() {
         assert!(RouteHandoff::decode(b"").is_err());
-        assert!(RouteHandoff::decode(b"cmr1\nx\np\nk\n3\na").is_err());
-        assert!(RouteHandoff::decode(b"cmr1\n1\np").is_err());
+        assert!(RouteHandoff::decode(b"cmr2\nx\np\nk\n3\na\ns\nr\n0").is_err());
+        assert!(RouteHandoff::decode(b"cmr2\n1\np").is_err());
+        assert!(RouteHandoff::decode(b"cmr1\n1\np\nk\n3\na").is_err());
         assert!(RouteHandoff::decode(&[0xff, 0xfe]).is_err());
         let bad = RouteHandoff {
             ranked_accounts: vec!["a,b".into()],

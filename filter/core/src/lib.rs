@@ -4,13 +4,17 @@
 //! proxy-wasm adapter (`filter/wasm`) only moves bytes between Envoy and these functions. Time is
 //! always passed in (`now_unix_ms`): wasm has no system clock of its own.
 
+pub mod affinity;
 pub mod auth;
 pub mod config;
 pub mod errors;
 pub mod evidence;
 pub mod handoff;
+pub mod local;
 pub mod routing;
 pub mod snapshot;
 pub mod supervisor;
+pub mod turnstate;
+pub mod verdict;
 
 pub use codexmesh_proto::v1 as pb;

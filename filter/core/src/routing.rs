@@ -1,27 +1,175 @@
 //! Which accounts may serve a request, and in which order they are tried.
 //!
 //! The downstream filter ranks once per request; the upstream filter takes the k-th candidate on
-//! attempt k, re-checking eligibility against the newest snapshot.
+//! attempt k, re-checking eligibility against the newest snapshot and local state.
 
+use crate::affinity::rendezvous_score;
 use crate::errors::{ErrorKind, GatewayError};
+use crate::local::{token_fingerprint, LocalAccount, LocalTable};
 use crate::pb;
 
 /// Attempts per request when the pool does not say (first try included).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Never more than this, whatever the settings say: Envoy buffers the body for every retry.
 pub const MAX_ATTEMPTS_CAP: u32 = 10;
+/// How long a half-open probe is reserved for the request that took it.
+pub const PROBE_RESERVATION_MS: i64 = 30_000;
+/// Accounts whose quota score is within this fraction of the best share the traffic.
+const QUOTA_TIE_FRACTION: f64 = 0.02;
 
-/// Whether an account may take traffic at `now_unix_ms`, from the snapshot's view.
-pub fn is_eligible(account: &pb::Account, now_unix_ms: i64) -> bool {
-    match pb::AccountState::try_from(account.state) {
-        Ok(pb::AccountState::Active) => !account.access_token.is_empty(),
-        // A cooldown that has run out needs nobody's help to end.
-        Ok(pb::AccountState::CoolingDown) => {
-            !account.access_token.is_empty()
-                && account.cooldown_until_unix.saturating_mul(1000) <= now_unix_ms
+/// Thresholds and timings, with the defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub primary_threshold_percent: f64,
+    pub secondary_threshold_percent: f64,
+    pub circuit_failures: u32,
+    pub circuit_open_ms: u32,
+    pub cooldown_max_ms: u32,
+}
+
+impl Limits {
+    pub fn from_settings(s: Option<&pb::RoutingSettings>) -> Self {
+        let pct = |v: f64, d: f64| {
+            if v > 0.0 && v.is_finite() {
+                v.min(100.0)
+            } else {
+                d
+            }
+        };
+        let num = |v: u32, d: u32| if v > 0 { v } else { d };
+        Self {
+            primary_threshold_percent: pct(s.map_or(0.0, |s| s.primary_threshold_percent), 95.0),
+            secondary_threshold_percent: pct(
+                s.map_or(0.0, |s| s.secondary_threshold_percent),
+                99.0,
+            ),
+            circuit_failures: num(s.map_or(0, |s| s.circuit_failures), 3),
+            circuit_open_ms: num(s.map_or(0, |s| s.circuit_open_ms), 60_000),
+            cooldown_max_ms: num(s.map_or(0, |s| s.cooldown_max_ms), 1_800_000),
         }
-        _ => false,
     }
+}
+
+pub fn strategy(settings: Option<&pb::RoutingSettings>) -> pb::Strategy {
+    match settings.map(|s| pb::Strategy::try_from(s.strategy)) {
+        Some(Ok(pb::Strategy::Unspecified)) | Some(Err(_)) | None => pb::Strategy::QuotaFirst,
+        Some(Ok(s)) => s,
+    }
+}
+
+pub fn strategy_name(s: pb::Strategy) -> &'static str {
+    match s {
+        pb::Strategy::RoundRobin => "round_robin",
+        pb::Strategy::PrimaryFirst => "primary_first",
+        pb::Strategy::PriorityOrder => "priority_order",
+        pb::Strategy::QuotaFirst | pb::Strategy::Unspecified => "quota_first",
+    }
+}
+
+/// Why an account cannot take this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ineligible {
+    Paused,
+    NeedsReauth,
+    NoToken,
+    /// Its current token answered 401 here; waits for the control plane's refresh.
+    AuthRejected,
+    /// Usage spent (429 cooldown, or a window over its threshold) until then (unix ms; 0 =
+    /// unknown).
+    UsageLimited {
+        until_ms: i64,
+    },
+    CircuitOpen {
+        until_ms: i64,
+    },
+}
+
+impl Ineligible {
+    /// Whether the account is out only for quota reasons (so the pool-exhausted answer is 429).
+    pub fn is_usage(self) -> bool {
+        matches!(self, Self::UsageLimited { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eligibility {
+    Eligible,
+    /// The circuit's open period ended: one probe request may try it.
+    HalfOpen,
+    Out(Ineligible),
+}
+
+/// A quota window counts as used up to its `used_percent` until its reset time passes; after
+/// that it is fresh, without anyone's help.
+fn window_used(w: Option<&pb::QuotaWindow>, now_ms: i64) -> Option<(f64, i64)> {
+    let w = w?;
+    let resets_ms = w.resets_at_unix.saturating_mul(1000);
+    if w.resets_at_unix > 0 && resets_ms <= now_ms {
+        return Some((0.0, 0));
+    }
+    Some((w.used_percent, resets_ms))
+}
+
+pub fn eligibility(
+    account: &pb::Account,
+    local: &LocalAccount,
+    limits: &Limits,
+    now_ms: i64,
+) -> Eligibility {
+    match pb::AccountState::try_from(account.state) {
+        Ok(pb::AccountState::Active) => {}
+        Ok(pb::AccountState::CoolingDown) => {
+            let until_ms = account.cooldown_until_unix.saturating_mul(1000);
+            if until_ms > now_ms {
+                return Eligibility::Out(Ineligible::UsageLimited { until_ms });
+            }
+        }
+        Ok(pb::AccountState::NeedsReauth) => return Eligibility::Out(Ineligible::NeedsReauth),
+        _ => return Eligibility::Out(Ineligible::Paused),
+    }
+    if account.access_token.is_empty() {
+        return Eligibility::Out(Ineligible::NoToken);
+    }
+    if local.auth_failed_token != 0
+        && local.auth_failed_token == token_fingerprint(&account.access_token)
+    {
+        return Eligibility::Out(Ineligible::AuthRejected);
+    }
+    if local.cooldown_until_ms > now_ms {
+        return Eligibility::Out(Ineligible::UsageLimited {
+            until_ms: local.cooldown_until_ms,
+        });
+    }
+    if let Some(q) = account.quota.as_ref() {
+        for (w, threshold) in [
+            (q.primary.as_ref(), limits.primary_threshold_percent),
+            (q.secondary.as_ref(), limits.secondary_threshold_percent),
+        ] {
+            if let Some((used, resets_ms)) = window_used(w, now_ms) {
+                if used >= threshold {
+                    return Eligibility::Out(Ineligible::UsageLimited {
+                        until_ms: resets_ms,
+                    });
+                }
+            }
+        }
+    }
+    if local.circuit_open_until_ms > now_ms {
+        return Eligibility::Out(Ineligible::CircuitOpen {
+            until_ms: local.circuit_open_until_ms,
+        });
+    }
+    if local.circuit_open_until_ms > 0 {
+        // Open period over: one probe at a time.
+        return if local.probe_until_ms > now_ms {
+            Eligibility::Out(Ineligible::CircuitOpen {
+                until_ms: local.probe_until_ms,
+            })
+        } else {
+            Eligibility::HalfOpen
+        };
+    }
+    Eligibility::Eligible
 }
 
 /// The effective routing for a key: its override when it has one, else its pool's.
@@ -39,44 +187,265 @@ pub fn max_attempts(routing: Option<&pb::RoutingSettings>) -> u32 {
     }
 }
 
-/// Orders the pool's eligible accounts for one request. `turn` is a per-process counter that makes
-/// round robin rotate.
+/// Headroom that would otherwise be lost: remaining percent divided by the fraction of the
+/// window still to run, so an account about to reset is spent first. Unknown quota counts as a
+/// fresh window.
+pub fn quota_score(account: &pb::Account, now_ms: i64) -> f64 {
+    let window = |w: Option<&pb::QuotaWindow>| -> f64 {
+        let Some((used, resets_ms)) = window_used(w, now_ms) else {
+            return 100.0;
+        };
+        let remaining = (100.0 - used).max(0.0);
+        let window_ms = w.map_or(0, |w| i64::from(w.window_minutes)) * 60_000;
+        if resets_ms <= 0 || window_ms <= 0 {
+            return remaining;
+        }
+        let left = ((resets_ms - now_ms) as f64 / window_ms as f64).clamp(0.1, 1.0);
+        remaining / left
+    };
+    let q = account.quota.as_ref();
+    window(q.and_then(|q| q.primary.as_ref())).min(window(q.and_then(|q| q.secondary.as_ref())))
+}
+
+/// Why the first account was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `x-codex-turn-state` was issued by this account.
+    TurnState,
+    /// The session's rendezvous account.
+    Affinity,
+    /// The pool's strategy.
+    Strategy,
+    /// A half-open circuit probe goes first so the account can recover.
+    Probe,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TurnState => "turn_state",
+            Self::Affinity => "affinity",
+            Self::Strategy => "strategy",
+            Self::Probe => "probe",
+        }
+    }
+}
+
+/// What the request carries that steers the choice.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteInput<'a> {
+    pub affinity_key: Option<&'a str>,
+    /// The account that issued the replayed `x-codex-turn-state`, if known here.
+    pub turn_state_account: Option<&'a str>,
+    /// Per-process counter that makes round robin rotate.
+    pub turn: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ranking<'a> {
+    pub accounts: Vec<&'a pb::Account>,
+    pub reason: Reason,
+    pub strategy: pb::Strategy,
+    /// Half-open accounts this request takes the probe for (the caller records it).
+    pub probes: Vec<String>,
+}
+
+/// Orders the pool's eligible accounts for one request.
 pub fn rank<'a>(
     pool: &'a pb::Pool,
-    _routing: Option<&pb::RoutingSettings>,
-    turn: u64,
-    now_unix_ms: i64,
-) -> Result<Vec<&'a pb::Account>, GatewayError> {
-    let mut eligible: Vec<&pb::Account> = pool
-        .accounts
-        .iter()
-        .filter(|a| is_eligible(a, now_unix_ms))
-        .collect();
-    if eligible.is_empty() {
-        return Err(GatewayError::new(
-            ErrorKind::NoAccountAvailable,
-            format!(
-                "No account in pool '{}' can serve requests right now.",
-                pool.name
-            ),
-        ));
-    }
+    settings: Option<&pb::RoutingSettings>,
+    local: &LocalTable,
+    input: RouteInput<'_>,
+    now_ms: i64,
+) -> Result<Ranking<'a>, GatewayError> {
+    let limits = Limits::from_settings(settings);
+    let strategy = strategy(settings);
+    let mut eligible = Vec::new();
+    let mut half_open = Vec::new();
+    let mut out = Vec::new();
     // Stable base order, so every Envoy replica agrees on what "next" means.
-    eligible.sort_by(|a, b| a.id.cmp(&b.id));
-    let len = eligible.len() as u64;
-    // `turn % len` fits in usize because it is below `len`, itself a usize.
-    let start = usize::try_from(turn % len).unwrap_or(0);
-    eligible.rotate_left(start);
-    Ok(eligible)
+    let mut accounts: Vec<&pb::Account> = pool.accounts.iter().collect();
+    accounts.sort_by(|a, b| a.id.cmp(&b.id));
+    for account in accounts {
+        match eligibility(account, &local.get(&account.id), &limits, now_ms) {
+            Eligibility::Eligible => eligible.push(account),
+            Eligibility::HalfOpen => half_open.push(account),
+            Eligibility::Out(why) => out.push(why),
+        }
+    }
+    if eligible.is_empty() && half_open.is_empty() {
+        return Err(exhausted(pool, &out, now_ms));
+    }
+
+    let (mut ordered, mut reason) = order(&eligible, strategy, settings, input, now_ms);
+    if let Some(pinned) = input.turn_state_account {
+        if let Some(pos) = ordered.iter().position(|a| a.id == pinned) {
+            let account = ordered.remove(pos);
+            ordered.insert(0, account);
+            reason = Reason::TurnState;
+        }
+    }
+    // A recovering account is probed first (one request per open period); if the probe fails,
+    // the request fails over to the next candidate before the client sees anything.
+    let probes: Vec<String> = half_open.iter().map(|a| a.id.clone()).collect();
+    if !half_open.is_empty() && reason != Reason::TurnState {
+        reason = Reason::Probe;
+    }
+    let mut accounts = half_open;
+    accounts.extend(ordered);
+    if reason == Reason::TurnState {
+        // Keep the pinned account first even ahead of probes.
+        if let Some(pos) = accounts
+            .iter()
+            .position(|a| Some(a.id.as_str()) == input.turn_state_account)
+        {
+            let account = accounts.remove(pos);
+            accounts.insert(0, account);
+        }
+    }
+    Ok(Ranking {
+        accounts,
+        reason,
+        strategy,
+        probes,
+    })
+}
+
+fn order<'a>(
+    eligible: &[&'a pb::Account],
+    strategy: pb::Strategy,
+    settings: Option<&pb::RoutingSettings>,
+    input: RouteInput<'_>,
+    now_ms: i64,
+) -> (Vec<&'a pb::Account>, Reason) {
+    let mut list = eligible.to_vec();
+    match strategy {
+        pb::Strategy::PrimaryFirst => {
+            let owner = settings
+                .map(|s| s.primary_account_id.as_str())
+                .filter(|id| !id.is_empty());
+            list.sort_by(|a, b| {
+                let a_owner = owner == Some(a.id.as_str());
+                let b_owner = owner == Some(b.id.as_str());
+                b_owner
+                    .cmp(&a_owner)
+                    .then(a.priority.cmp(&b.priority))
+                    .then(a.id.cmp(&b.id))
+            });
+            (list, Reason::Strategy)
+        }
+        pb::Strategy::PriorityOrder => {
+            list.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.id.cmp(&b.id)));
+            (list, Reason::Strategy)
+        }
+        pb::Strategy::RoundRobin | pb::Strategy::QuotaFirst | pb::Strategy::Unspecified => {
+            if let Some(key) = input.affinity_key {
+                // Rendezvous over the eligible set: the session's account first, and a stable
+                // order behind it, so a session moves only when its account drops out.
+                list.sort_by(|a, b| {
+                    rendezvous_score(key, &b.id, b.weight)
+                        .total_cmp(&rendezvous_score(key, &a.id, a.weight))
+                        .then(a.id.cmp(&b.id))
+                });
+                return (list, Reason::Affinity);
+            }
+            if strategy == pb::Strategy::RoundRobin {
+                (weighted_round_robin(&list, input.turn), Reason::Strategy)
+            } else {
+                (quota_first(&list, input.turn, now_ms), Reason::Strategy)
+            }
+        }
+    }
+}
+
+/// Smooth weighted round robin: over `sum(weights)` turns each account leads `weight` times,
+/// interleaved. Deterministic in `turn`.
+fn weighted_round_robin<'a>(list: &[&'a pb::Account], turn: u64) -> Vec<&'a pb::Account> {
+    let weights: Vec<u64> = list
+        .iter()
+        .map(|a| u64::from(a.weight.clamp(1, 1000)))
+        .collect();
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        return list.to_vec();
+    }
+    // Replay the smooth-WRR state machine up to this turn's position in the cycle.
+    let step = turn % total;
+    let mut current = vec![0i64; list.len()];
+    let mut leader = 0usize;
+    for _ in 0..=step {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += i64::try_from(*w).unwrap_or(1);
+        }
+        leader = current
+            .iter()
+            .enumerate()
+            .max_by(|(ia, a), (ib, b)| a.cmp(b).then(ib.cmp(ia)))
+            .map_or(0, |(i, _)| i);
+        if let Some(c) = current.get_mut(leader) {
+            *c -= i64::try_from(total).unwrap_or(i64::MAX);
+        }
+    }
+    let mut out = list.to_vec();
+    out.rotate_left(leader);
+    out
+}
+
+/// Most headroom first; accounts within a hair of the best share traffic in turn, so fresh
+/// accounts are spent evenly rather than one after another.
+fn quota_first<'a>(list: &[&'a pb::Account], turn: u64, now_ms: i64) -> Vec<&'a pb::Account> {
+    let mut scored: Vec<(f64, &pb::Account)> =
+        list.iter().map(|a| (quota_score(a, now_ms), *a)).collect();
+    scored.sort_by(|(sa, a), (sb, b)| {
+        sb.total_cmp(sa)
+            .then(b.health.cmp(&a.health))
+            .then(a.id.cmp(&b.id))
+    });
+    let best = scored.first().map_or(0.0, |(s, _)| *s);
+    let tied = scored
+        .iter()
+        .take_while(|(s, _)| *s >= best * (1.0 - QUOTA_TIE_FRACTION))
+        .count()
+        .max(1);
+    let mut out: Vec<&pb::Account> = scored.into_iter().map(|(_, a)| a).collect();
+    let start = usize::try_from(turn % tied as u64).unwrap_or(0);
+    if let Some(head) = out.get_mut(..tied) {
+        head.rotate_left(start);
+    }
+    out
+}
+
+/// The answer when nobody can serve: 429 with the pool's earliest reset when every account is
+/// out for usage reasons, 503 otherwise.
+fn exhausted(pool: &pb::Pool, out: &[Ineligible], now_ms: i64) -> GatewayError {
+    if !out.is_empty() && out.iter().all(|w| w.is_usage()) {
+        let earliest = out
+            .iter()
+            .filter_map(|w| match w {
+                Ineligible::UsageLimited { until_ms } if *until_ms > now_ms => Some(*until_ms),
+                _ => None,
+            })
+            .min();
+        return GatewayError::pool_exhausted(&pool.name, earliest, now_ms);
+    }
+    GatewayError::new(
+        ErrorKind::NoAccountAvailable,
+        format!(
+            "No account in pool '{}' can serve requests right now (paused, needing re-login, or failing).",
+            pool.name
+        ),
+    )
 }
 
 /// Picks the account for attempt `attempt` (1-based) from the ranked ids, re-checking each against
-/// the newest snapshot: a candidate that became ineligible since ranking is skipped.
+/// the newest snapshot and local state: a candidate that became ineligible since is skipped.
 pub fn account_for_attempt<'a, F>(
     ranked: &[String],
     attempt: u32,
     lookup: F,
-    now_unix_ms: i64,
+    local: &LocalTable,
+    limits: &Limits,
+    now_ms: i64,
 ) -> Option<&'a pb::Account>
 where
     F: Fn(&str) -> Option<&'a pb::Account>,
@@ -86,7 +455,17 @@ where
         .iter()
         .skip(first)
         .filter_map(|id| lookup(id))
-        .find(|a| is_eligible(a, now_unix_ms))
+        .find(|a| {
+            // A probe reserved by this very request counts as eligible.
+            let l = local.get(&a.id);
+            match eligibility(a, &l, limits, now_ms) {
+                Eligibility::Eligible | Eligibility::HalfOpen => true,
+                Eligibility::Out(Ineligible::CircuitOpen { .. }) => {
+                    l.probe_until_ms > now_ms && l.circuit_open_until_ms <= now_ms
+                }
+                Eligibility::Out(_) => false,
+            }
+        })
 }
 
 #[cfg(test)]
@@ -95,6 +474,7 @@ mod tests {
     use super::*;
     use crate::snapshot::tests::{account, sample};
     use crate::snapshot::SnapshotIndex;
+    use std::collections::BTreeMap;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -102,61 +482,383 @@ mod tests {
         v.iter().map(|a| a.id.clone()).collect()
     }
 
-    #[test]
-    fn round_robin_rotates_over_active_accounts_only() {
-        let snap = sample();
-        let pool = &snap.pools[0];
-        assert_eq!(ids(&rank(pool, None, 0, 0).unwrap()), ["a1", "a2"]);
-        assert_eq!(ids(&rank(pool, None, 1, 0).unwrap()), ["a2", "a1"]);
-        assert_eq!(ids(&rank(pool, None, 2, 0).unwrap()), ["a1", "a2"]);
+    fn settings(strategy: pb::Strategy) -> pb::RoutingSettings {
+        pb::RoutingSettings {
+            strategy: strategy as i32,
+            ..Default::default()
+        }
+    }
+
+    fn pool(n: usize) -> pb::Pool {
+        pb::Pool {
+            id: "p".into(),
+            name: "p".into(),
+            accounts: (0..n)
+                .map(|i| account(&format!("a{i}"), pb::AccountState::Active))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn quota(used: f64, resets_unix: i64, minutes: u32) -> Option<pb::QuotaSummary> {
+        Some(pb::QuotaSummary {
+            primary: Some(pb::QuotaWindow {
+                used_percent: used,
+                window_minutes: minutes,
+                resets_at_unix: resets_unix,
+            }),
+            secondary: None,
+            observed_at_unix_ms: 0,
+        })
+    }
+
+    fn first(
+        p: &pb::Pool,
+        s: &pb::RoutingSettings,
+        local: &LocalTable,
+        input: RouteInput<'_>,
+        now: i64,
+    ) -> String {
+        rank(p, Some(s), local, input, now).unwrap().accounts[0]
+            .id
+            .clone()
     }
 
     #[test]
-    fn round_robin_spreads_evenly() {
-        let mut pool = sample().pools[0].clone();
-        pool.accounts.push(account("a4", pb::AccountState::Active));
-        let mut counts = std::collections::BTreeMap::new();
-        for turn in 0..300u64 {
-            *counts
-                .entry(rank(&pool, None, turn, 0).unwrap()[0].id.clone())
+    fn round_robin_rotates_over_active_accounts_only() {
+        let snap = sample();
+        let rr = settings(pb::Strategy::RoundRobin);
+        let l = LocalTable::default();
+        let r = |turn| {
+            ids(&rank(
+                &snap.pools[0],
+                Some(&rr),
+                &l,
+                RouteInput {
+                    turn,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap()
+            .accounts)
+        };
+        assert_eq!(r(0), ["a1", "a2"]);
+        assert_eq!(r(1), ["a2", "a1"]);
+        assert_eq!(r(2), ["a1", "a2"]);
+    }
+
+    #[test]
+    fn round_robin_is_exact_and_weights_are_honoured() {
+        let mut p = pool(3);
+        let rr = settings(pb::Strategy::RoundRobin);
+        let l = LocalTable::default();
+        let count = |p: &pb::Pool, n: u64| {
+            let mut c = BTreeMap::new();
+            for turn in 0..n {
+                *c.entry(first(
+                    p,
+                    &rr,
+                    &l,
+                    RouteInput {
+                        turn,
+                        ..Default::default()
+                    },
+                    0,
+                ))
                 .or_insert(0) += 1;
-        }
+            }
+            c
+        };
         assert_eq!(
-            counts.values().copied().collect::<Vec<_>>(),
+            count(&p, 300).values().copied().collect::<Vec<_>>(),
             [100, 100, 100]
+        );
+        p.accounts[2].weight = 2;
+        let c = count(&p, 400);
+        assert_eq!(c.values().copied().collect::<Vec<_>>(), [100, 100, 200]);
+        // Interleaved, not in runs: a2 never leads twice in a row more than once per cycle.
+        let seq: Vec<String> = (0..4)
+            .map(|turn| {
+                first(
+                    &p,
+                    &rr,
+                    &l,
+                    RouteInput {
+                        turn,
+                        ..Default::default()
+                    },
+                    0,
+                )
+            })
+            .collect();
+        assert_eq!(seq.iter().filter(|s| *s == "a2").count(), 2);
+    }
+
+    #[test]
+    fn quota_first_prefers_headroom_and_spends_soon_resetting_accounts_first() {
+        let mut p = pool(3);
+        let now = 1_000_000_000;
+        p.accounts[0].quota = quota(80.0, now / 1000 + 4 * 3600, 300);
+        p.accounts[1].quota = quota(30.0, now / 1000 + 4 * 3600, 300);
+        p.accounts[2].quota = quota(60.0, now / 1000 + 4 * 3600, 300);
+        let qf = settings(pb::Strategy::QuotaFirst);
+        let l = LocalTable::default();
+        assert_eq!(first(&p, &qf, &l, RouteInput::default(), now), "a1");
+        // a0 resets in 10 minutes with 20 % left: use it before it's lost.
+        p.accounts[0].quota = quota(80.0, now / 1000 + 600, 300);
+        assert_eq!(first(&p, &qf, &l, RouteInput::default(), now), "a0");
+    }
+
+    #[test]
+    fn quota_first_spreads_over_equal_accounts() {
+        let p = pool(3);
+        let qf = settings(pb::Strategy::QuotaFirst);
+        let l = LocalTable::default();
+        let mut c = BTreeMap::new();
+        for turn in 0..300 {
+            *c.entry(first(
+                &p,
+                &qf,
+                &l,
+                RouteInput {
+                    turn,
+                    ..Default::default()
+                },
+                0,
+            ))
+            .or_insert(0) += 1;
+        }
+        assert_eq!(c.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+    }
+
+    #[test]
+    fn default_strategy_is_quota_first() {
+        assert_eq!(strategy(None), pb::Strategy::QuotaFirst);
+        assert_eq!(
+            strategy(Some(&settings(pb::Strategy::Unspecified))),
+            pb::Strategy::QuotaFirst
         );
     }
 
     #[test]
-    fn huge_turn_counter_does_not_overflow_on_32_bit() {
-        let snap = sample();
-        let ranked = rank(&snap.pools[0], None, u64::MAX, 0).unwrap();
-        assert_eq!(ranked.len(), 2);
-    }
-
-    #[test]
-    fn cooldown_ends_on_its_own() {
-        let mut a = account("c", pb::AccountState::CoolingDown);
-        a.cooldown_until_unix = 100;
-        assert!(!is_eligible(&a, 99_999));
-        assert!(is_eligible(&a, 100_000));
-        let mut reauth = account("r", pb::AccountState::NeedsReauth);
-        assert!(!is_eligible(&reauth, 0));
-        reauth.state = pb::AccountState::Active as i32;
-        reauth.access_token.clear();
-        assert!(!is_eligible(&reauth, 0), "no token, no traffic");
-    }
-
-    #[test]
-    fn empty_pool_is_a_retryable_503() {
-        let mut pool = sample().pools[0].clone();
-        for a in &mut pool.accounts {
-            a.state = pb::AccountState::Paused as i32;
-        }
-        let err = rank(&pool, None, 0, 0).unwrap_err();
+    fn primary_first_and_priority_order() {
+        let mut p = pool(3);
+        p.accounts[0].priority = 5;
+        p.accounts[1].priority = 1;
+        p.accounts[2].priority = 3;
+        let l = LocalTable::default();
+        let mut pf = settings(pb::Strategy::PrimaryFirst);
+        pf.primary_account_id = "a2".into();
         assert_eq!(
-            (err.kind, err.status()),
-            (ErrorKind::NoAccountAvailable, 503)
+            ids(&rank(&p, Some(&pf), &l, RouteInput::default(), 0)
+                .unwrap()
+                .accounts),
+            ["a2", "a1", "a0"]
+        );
+        let po = settings(pb::Strategy::PriorityOrder);
+        assert_eq!(
+            ids(&rank(&p, Some(&po), &l, RouteInput::default(), 0)
+                .unwrap()
+                .accounts),
+            ["a1", "a2", "a0"]
+        );
+        // The owner cools down: the rest take over, in priority order.
+        let mut local = LocalTable::default();
+        local.set(
+            "a2",
+            LocalAccount {
+                cooldown_until_ms: 10,
+                ..Default::default()
+            },
+        );
+        assert_eq!(first(&p, &pf, &local, RouteInput::default(), 0), "a1");
+        assert_eq!(first(&p, &pf, &local, RouteInput::default(), 10), "a2");
+    }
+
+    #[test]
+    fn thresholds_exclude_and_a_reset_window_comes_back_by_itself() {
+        let mut p = pool(2);
+        let now = 1_000_000;
+        p.accounts[0].quota = quota(95.0, now / 1000 + 60, 300);
+        let qf = settings(pb::Strategy::QuotaFirst);
+        let l = LocalTable::default();
+        let r = rank(&p, Some(&qf), &l, RouteInput::default(), now).unwrap();
+        assert_eq!(ids(&r.accounts), ["a1"]);
+        // After the reset time the same (stale) evidence no longer counts.
+        let later = now + 61_000;
+        let r = rank(&p, Some(&qf), &l, RouteInput::default(), later).unwrap();
+        assert_eq!(r.accounts.len(), 2);
+        // Secondary threshold is 99 by default.
+        p.accounts[1].quota = Some(pb::QuotaSummary {
+            secondary: Some(pb::QuotaWindow {
+                used_percent: 98.9,
+                window_minutes: 10080,
+                resets_at_unix: 0,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            rank(&p, Some(&qf), &l, RouteInput::default(), now)
+                .unwrap()
+                .accounts
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn pool_exhausted_is_429_with_the_earliest_reset() {
+        let mut p = pool(2);
+        let now = 1_000_000;
+        p.accounts[0].quota = quota(100.0, 5_000, 300);
+        let mut local = LocalTable::default();
+        local.set(
+            "a1",
+            LocalAccount {
+                cooldown_until_ms: 3_000_000,
+                ..Default::default()
+            },
+        );
+        let err = rank(&p, None, &local, RouteInput::default(), now).unwrap_err();
+        assert_eq!((err.kind, err.status()), (ErrorKind::PoolExhausted, 429));
+        assert_eq!(err.resets_at_unix, Some(3_000));
+        let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+        assert_eq!(body["error"]["type"], "usage_limit_reached");
+        assert_eq!(body["error"]["resets_at"], 3_000);
+        assert!(err
+            .headers()
+            .iter()
+            .any(|(k, v)| *k == "retry-after" && v == "2000"));
+        // One paused account among them: not a quota problem any more → 503.
+        p.accounts[0].state = pb::AccountState::Paused as i32;
+        let err = rank(&p, None, &local, RouteInput::default(), now).unwrap_err();
+        assert_eq!(err.status(), 503);
+    }
+
+    #[test]
+    fn local_state_excludes_and_circuit_half_opens_for_one_probe() {
+        let p = pool(2);
+        let qf = settings(pb::Strategy::QuotaFirst);
+        let mut local = LocalTable::default();
+        local.set(
+            "a0",
+            LocalAccount {
+                circuit_open_until_ms: 100,
+                consecutive_failures: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            ids(&rank(&p, Some(&qf), &local, RouteInput::default(), 50)
+                .unwrap()
+                .accounts),
+            ["a1"]
+        );
+        let r = rank(&p, Some(&qf), &local, RouteInput::default(), 100).unwrap();
+        assert_eq!(
+            (ids(&r.accounts), r.reason, r.probes.clone()),
+            (
+                vec!["a0".to_string(), "a1".to_string()],
+                Reason::Probe,
+                vec!["a0".to_string()]
+            )
+        );
+        // While a probe is out, nobody else probes.
+        local.set(
+            "a0",
+            LocalAccount {
+                circuit_open_until_ms: 100,
+                probe_until_ms: 5_000,
+                consecutive_failures: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            ids(&rank(&p, Some(&qf), &local, RouteInput::default(), 200)
+                .unwrap()
+                .accounts),
+            ["a1"]
+        );
+        // 401 on the current token blocks only that token.
+        let mut p2 = pool(1);
+        let mut local = LocalTable::default();
+        local.set(
+            "a0",
+            LocalAccount {
+                auth_failed_token: token_fingerprint("token-a0"),
+                ..Default::default()
+            },
+        );
+        assert!(rank(&p2, None, &local, RouteInput::default(), 0).is_err());
+        p2.accounts[0].access_token = "refreshed".into();
+        assert!(rank(&p2, None, &local, RouteInput::default(), 0).is_ok());
+    }
+
+    #[test]
+    fn affinity_is_stable_and_moves_only_when_its_account_drops_out() {
+        let mut p = pool(4);
+        let qf = settings(pb::Strategy::QuotaFirst);
+        let l = LocalTable::default();
+        let owner = |p: &pb::Pool, key: &str, turn| {
+            first(
+                p,
+                &qf,
+                &l,
+                RouteInput {
+                    affinity_key: Some(key),
+                    turn,
+                    ..Default::default()
+                },
+                0,
+            )
+        };
+        let before: Vec<String> = (0..400).map(|i| owner(&p, &format!("s{i}"), i)).collect();
+        // Stable across turns (and so across replicas: no per-process input is used).
+        for (i, o) in before.iter().enumerate().take(50) {
+            assert_eq!(&owner(&p, &format!("s{i}"), 999), o);
+        }
+        // Adding a fifth account moves about 1/5 of sessions, all of them to the newcomer.
+        p.accounts.push(account("a4", pb::AccountState::Active));
+        let after: Vec<String> = (0..400)
+            .map(|i| owner(&p, &format!("s{i}"), i as u64))
+            .collect();
+        let moved: Vec<usize> = (0..400).filter(|i| before[*i] != after[*i]).collect();
+        assert!((50..110).contains(&moved.len()), "moved {}", moved.len());
+        assert!(moved.iter().all(|i| after[*i] == "a4"));
+        // The owner of s0 pauses: only its sessions move.
+        let gone = after[0].clone();
+        let ix = p.accounts.iter().position(|a| a.id == gone).unwrap();
+        p.accounts[ix].state = pb::AccountState::Paused as i32;
+        for (i, before_pause) in after.iter().enumerate() {
+            let now = owner(&p, &format!("s{i}"), 0);
+            if *before_pause != gone {
+                assert_eq!(&now, before_pause);
+            } else {
+                assert_ne!(now, gone);
+            }
+        }
+    }
+
+    #[test]
+    fn turn_state_pins_the_issuing_account() {
+        let p = pool(3);
+        let l = LocalTable::default();
+        let r = rank(
+            &p,
+            None,
+            &l,
+            RouteInput {
+                turn_state_account: Some("a2"),
+                affinity_key: Some("x"),
+                turn: 0,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.accounts[0].id.as_str(), r.reason),
+            ("a2", Reason::TurnState)
         );
     }
 
@@ -164,17 +866,73 @@ mod tests {
     fn attempts_walk_the_ranking_and_skip_newly_ineligible() {
         let mut snap = sample();
         let ranked: Vec<String> = vec!["a2".into(), "a1".into(), "gone".into()];
+        let limits = Limits::from_settings(None);
+        let l = LocalTable::default();
         let index = SnapshotIndex::new(snap.clone());
         let look = |id: &str| index.account(id).map(|(_, a)| a);
-        assert_eq!(account_for_attempt(&ranked, 1, look, 0).unwrap().id, "a2");
-        assert_eq!(account_for_attempt(&ranked, 2, look, 0).unwrap().id, "a1");
-        assert!(account_for_attempt(&ranked, 3, look, 0).is_none());
-        assert!(account_for_attempt(&ranked, u32::MAX, look, 0).is_none());
+        assert_eq!(
+            account_for_attempt(&ranked, 1, look, &l, &limits, 0)
+                .unwrap()
+                .id,
+            "a2"
+        );
+        assert_eq!(
+            account_for_attempt(&ranked, 2, look, &l, &limits, 0)
+                .unwrap()
+                .id,
+            "a1"
+        );
+        assert!(account_for_attempt(&ranked, 3, look, &l, &limits, 0).is_none());
+        assert!(account_for_attempt(&ranked, u32::MAX, look, &l, &limits, 0).is_none());
         // a2 paused after ranking: attempt 1 moves on to a1.
         snap.pools[0].accounts[1].state = pb::AccountState::Paused as i32;
         let index = SnapshotIndex::new(snap);
         let look = |id: &str| index.account(id).map(|(_, a)| a);
-        assert_eq!(account_for_attempt(&ranked, 1, look, 0).unwrap().id, "a1");
+        assert_eq!(
+            account_for_attempt(&ranked, 1, look, &l, &limits, 0)
+                .unwrap()
+                .id,
+            "a1"
+        );
+    }
+
+    #[test]
+    fn huge_turn_counter_does_not_overflow_on_32_bit() {
+        let p = pool(3);
+        let rr = settings(pb::Strategy::RoundRobin);
+        let l = LocalTable::default();
+        assert_eq!(
+            rank(
+                &p,
+                Some(&rr),
+                &l,
+                RouteInput {
+                    turn: u64::MAX,
+                    ..Default::default()
+                },
+                0
+            )
+            .unwrap()
+            .accounts
+            .len(),
+            3
+        );
+        assert_eq!(
+            rank(
+                &p,
+                None,
+                &l,
+                RouteInput {
+                    turn: u64::MAX,
+                    ..Default::default()
+                },
+                0
+            )
+            .unwrap()
+            .accounts
+            .len(),
+            3
+        );
     }
 
     #[test]
@@ -185,5 +943,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(max_attempts(Some(&r)), MAX_ATTEMPTS_CAP);
+        let l = Limits::from_settings(None);
+        assert_eq!(
+            (l.primary_threshold_percent, l.secondary_threshold_percent),
+            (95.0, 99.0)
+        );
+        assert_eq!(
+            (l.circuit_failures, l.circuit_open_ms, l.cooldown_max_ms),
+            (3, 60_000, 1_800_000)
+        );
     }
 }

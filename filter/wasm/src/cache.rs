@@ -11,6 +11,10 @@ use crate::host;
 
 pub const VERSION_KEY: &str = "codexmesh.snapshot.version";
 pub const TABLE_KEY: &str = "codexmesh.snapshot";
+/// Per-Envoy account state learned from answers (cooldowns, circuits, 401 blocks).
+pub const LOCAL_KEY: &str = "codexmesh.local";
+/// Which account issued which `x-codex-turn-state`.
+pub const TURN_STATE_KEY: &str = "codexmesh.turnstate";
 
 #[derive(Default)]
 struct Cache {
@@ -52,5 +56,24 @@ pub fn current() -> Option<Rc<SnapshotIndex>> {
             None => {}
         }
         cache.index.clone()
+    })
+}
+
+/// This Envoy's local account state (empty when nothing was learned yet).
+pub fn local_table() -> codexmesh_filter_core::local::LocalTable {
+    codexmesh_filter_core::local::LocalTable::decode(
+        &host::shared_data(LOCAL_KEY).unwrap_or_default(),
+    )
+}
+
+/// Applies `change` to the local table atomically across workers.
+pub fn update_local<F>(mut change: F) -> bool
+where
+    F: FnMut(&mut codexmesh_filter_core::local::LocalTable),
+{
+    host::update_shared_data(LOCAL_KEY, |bytes| {
+        let mut table = codexmesh_filter_core::local::LocalTable::decode(bytes);
+        change(&mut table);
+        table.encode()
     })
 }

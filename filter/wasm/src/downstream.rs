@@ -1,13 +1,19 @@
 //! Listener filter: authenticate the pool key, rank the pool's accounts, hand the ranking to the
-//! upstream attempts through filter state, and strip the pool key.
+//! upstream attempts through filter state, and strip the pool key. On the way back, turns an
+//! upstream 429 into the pool-level answer when the whole pool is spent.
 
 use std::cell::Cell;
+use std::rc::Rc;
 
+use codexmesh_filter_core::affinity::affinity_key;
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
-use codexmesh_filter_core::{auth, routing};
+use codexmesh_filter_core::routing::{self, RouteInput, PROBE_RESERVATION_MS};
+use codexmesh_filter_core::snapshot::SnapshotIndex;
+use codexmesh_filter_core::turnstate::TurnStateTable;
+use codexmesh_filter_core::{auth, pb};
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, LogLevel};
 
 use crate::{cache, host, reply_error};
 
@@ -16,60 +22,168 @@ thread_local! {
     static TURN: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Where the request went, for the answer's way back.
+struct Routed {
+    snapshot: Rc<SnapshotIndex>,
+    pool_ix: usize,
+    key_ix: usize,
+}
+
 #[derive(Default)]
-pub struct Downstream;
+pub struct Downstream {
+    routed: Option<Routed>,
+    /// The upstream 429 is being replaced by the pool-level answer.
+    replacement: Option<GatewayError>,
+}
 
 impl Context for Downstream {}
 
 impl HttpContext for Downstream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        match route_request(host::now_ms()) {
+        match self.route_request(host::now_ms()) {
             Ok(()) => Action::Continue,
             Err(err) => reply_error(&err),
         }
     }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let status = host::response_header(":status").and_then(|s| s.parse::<u16>().ok());
+        if status == Some(429) && !end_of_stream {
+            if let Some(err) = self.pool_exhausted(host::now_ms()) {
+                // The last account's 429 speaks for one account; the pool's answer names the
+                // earliest reset across all of them.
+                let _ = host::remove_response_header("content-length");
+                let _ = host::set_response_header("content-type", "application/json");
+                for (name, value) in err.headers() {
+                    let _ = host::set_response_header(name, &value);
+                }
+                self.replacement = Some(err);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(err) = self.replacement.as_ref() else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Err(status) = host::replace_response_body(body_size, err.body().as_bytes()) {
+            host::log(
+                LogLevel::Warn,
+                &format!("could not replace an exhausted pool's 429 body: {status:?}"),
+            );
+        }
+        Action::Continue
+    }
 }
 
-fn route_request(now_ms: i64) -> Result<(), GatewayError> {
-    let snapshot = cache::current().ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::NotReady,
-            "codexmesh has not received its routing table from the control plane yet; retry shortly.",
+impl Downstream {
+    fn route_request(&mut self, now_ms: i64) -> Result<(), GatewayError> {
+        let snapshot = cache::current().ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::NotReady,
+                "codexmesh has not received its routing table from the control plane yet; retry shortly.",
+            )
+        })?;
+        let authorization = host::request_header("authorization");
+        let authed = auth::authenticate(&snapshot, authorization.as_deref())?;
+        let settings = routing::effective_routing(authed.pool, authed.key);
+        let local = cache::local_table();
+        let affinity = affinity_key(host::request_header);
+        let turn_state_account = host::request_header("x-codex-turn-state").and_then(|ts| {
+            TurnStateTable::decode(&host::shared_data(cache::TURN_STATE_KEY).unwrap_or_default())
+                .lookup(&ts, now_ms)
+                .map(str::to_string)
+        });
+        let turn = TURN.with(|t| {
+            let v = t.get();
+            t.set(v.wrapping_add(1));
+            v
+        });
+        let input = RouteInput {
+            affinity_key: affinity.as_ref().map(|k| k.value.as_str()),
+            turn_state_account: turn_state_account.as_deref(),
+            turn,
+        };
+        let ranking = routing::rank(authed.pool, settings, &local, input, now_ms)?;
+        if !ranking.probes.is_empty() {
+            claim_probes(&ranking.probes, now_ms);
+        }
+        let attempts = routing::max_attempts(settings)
+            .min(u32::try_from(ranking.accounts.len()).unwrap_or(u32::MAX));
+        let handoff = RouteHandoff {
+            snapshot_version: snapshot.version(),
+            pool_id: authed.pool.id.clone(),
+            key_id: authed.key.id.clone(),
+            max_attempts: attempts,
+            ranked_accounts: ranking.accounts.iter().map(|a| a.id.clone()).collect(),
+            strategy: routing::strategy_name(ranking.strategy).to_string(),
+            reason: ranking.reason.as_str().to_string(),
+            explain: authed.key.operator || settings.is_some_and(|s| s.explain_routes),
+        };
+        let internal = |what: &str| {
+            GatewayError::new(
+                ErrorKind::RouteMissing,
+                format!("codexmesh could not {what}"),
+            )
+        };
+        let encoded = handoff.encode().map_err(|_| internal("encode the route"))?;
+        host::set_property(&[handoff::PROPERTY], &encoded)
+            .map_err(|_| internal("store the route"))?;
+        // Bound the router's retries by the accounts we have: no point retrying the same one.
+        host::set_request_header(
+            "x-envoy-max-retries",
+            &attempts.saturating_sub(1).to_string(),
         )
-    })?;
-    let authorization = host::request_header("authorization");
-    let authed = auth::authenticate(&snapshot, authorization.as_deref())?;
-    let settings = routing::effective_routing(authed.pool, authed.key);
-    let turn = TURN.with(|t| {
-        let v = t.get();
-        t.set(v.wrapping_add(1));
-        v
+        .map_err(|_| internal("set the retry bound"))?;
+        // The pool key must never reach the upstream.
+        host::remove_request_header("authorization").map_err(|_| internal("strip the pool key"))?;
+        let pool_ix = snapshot
+            .pools()
+            .iter()
+            .position(|p| p.id == authed.pool.id)
+            .unwrap_or(0);
+        let key_ix = authed
+            .pool
+            .keys
+            .iter()
+            .position(|k| k.id == authed.key.id)
+            .unwrap_or(0);
+        self.routed = Some(Routed {
+            snapshot: Rc::clone(&snapshot),
+            pool_ix,
+            key_ix,
+        });
+        Ok(())
+    }
+
+    /// The pool-exhausted error when, after this request's attempts, no account can serve.
+    fn pool_exhausted(&self, now_ms: i64) -> Option<GatewayError> {
+        let routed = self.routed.as_ref()?;
+        let pool: &pb::Pool = routed.snapshot.pool(routed.pool_ix)?;
+        let key = pool.keys.get(routed.key_ix)?;
+        let settings = routing::effective_routing(pool, key);
+        let local = cache::local_table();
+        match routing::rank(pool, settings, &local, RouteInput::default(), now_ms) {
+            Err(err) if err.kind == ErrorKind::PoolExhausted => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// Reserves the half-open probe of each account for this request (one probe per open period).
+fn claim_probes(accounts: &[String], now_ms: i64) {
+    cache::update_local(|table| {
+        for id in accounts {
+            let mut state = table.get(id);
+            if state.probe_until_ms <= now_ms {
+                state.probe_until_ms = now_ms.saturating_add(PROBE_RESERVATION_MS);
+                state.updated_ms = now_ms;
+                table.set(id, state);
+            }
+        }
     });
-    let ranked = routing::rank(authed.pool, settings, turn, now_ms)?;
-    let attempts =
-        routing::max_attempts(settings).min(u32::try_from(ranked.len()).unwrap_or(u32::MAX));
-    let handoff = RouteHandoff {
-        snapshot_version: snapshot.version(),
-        pool_id: authed.pool.id.clone(),
-        key_id: authed.key.id.clone(),
-        max_attempts: attempts,
-        ranked_accounts: ranked.iter().map(|a| a.id.clone()).collect(),
-    };
-    let internal = |what: &str| {
-        GatewayError::new(
-            ErrorKind::RouteMissing,
-            format!("codexmesh could not {what}"),
-        )
-    };
-    let encoded = handoff.encode().map_err(|_| internal("encode the route"))?;
-    host::set_property(&[handoff::PROPERTY], &encoded).map_err(|_| internal("store the route"))?;
-    // Bound the router's retries by the accounts we have: no point retrying the same one.
-    host::set_request_header(
-        "x-envoy-max-retries",
-        &attempts.saturating_sub(1).to_string(),
-    )
-    .map_err(|_| internal("set the retry bound"))?;
-    // The pool key must never reach the upstream.
-    host::remove_request_header("authorization").map_err(|_| internal("strip the pool key"))?;
-    Ok(())
 }

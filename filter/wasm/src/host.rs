@@ -79,3 +79,42 @@ pub fn grpc_receive_buffer(size: usize) -> Option<Vec<u8>> {
 pub fn set_tick_period(ms: u64) -> Result<(), Status> {
     hostcalls::set_tick_period(Duration::from_millis(ms))
 }
+
+/// Read-modify-write of a shared-data value with compare-and-swap, retried a bounded number of
+/// times against writers on other workers. `update` gets the current bytes (empty when unset).
+pub fn update_shared_data<F>(key: &str, mut update: F) -> bool
+where
+    F: FnMut(&[u8]) -> Vec<u8>,
+{
+    for _ in 0..8 {
+        let (current, cas) = match hostcalls::get_shared_data(key) {
+            Ok((value, cas)) => (value.unwrap_or_default(), cas),
+            Err(_) => return false,
+        };
+        let next = update(&current);
+        match hostcalls::set_shared_data(key, Some(&next), cas) {
+            Ok(()) => return true,
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+pub fn set_response_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value))
+}
+
+pub fn remove_response_header(name: &str) -> Result<(), Status> {
+    hostcalls::remove_map_value(MapType::HttpResponseHeaders, name)
+}
+
+pub fn response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+pub fn replace_response_body(size: usize, body: &[u8]) -> Result<(), Status> {
+    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body)
+}

@@ -91,7 +91,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK panics on None: a service root (never asked in practice) gets a no-op filter.
         Some(match self.role {
-            Some(Role::Downstream) => Box::new(downstream::Downstream),
+            Some(Role::Downstream) => Box::new(downstream::Downstream::default()),
             Some(Role::Upstream) => Box::new(upstream::Upstream::default()),
             _ => Box::new(PassThrough),
         })

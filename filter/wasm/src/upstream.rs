@@ -1,21 +1,40 @@
 //! Cluster upstream filter: runs once per attempt. Takes the attempt's account from the hand-off,
-//! injects its credentials, and turns the answer into an outcome record.
+//! injects its credentials, learns from the answer (local cooldowns, circuits, 401 blocks,
+//! turn-state ownership) and queues an outcome record for the control plane.
 
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
+use codexmesh_filter_core::evidence::{self, UsageLimit};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
-use codexmesh_filter_core::{evidence, pb, routing};
+use codexmesh_filter_core::local::token_fingerprint;
+use codexmesh_filter_core::pb;
+use codexmesh_filter_core::routing::{self, Limits};
+use codexmesh_filter_core::turnstate::TurnStateTable;
+use codexmesh_filter_core::verdict::{self, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use crate::{cache, host, reply_error, OUTCOME_QUEUE, VM_ID};
 
+/// Error bodies larger than this are not read (they are not the upstream's JSON errors).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 struct Attempt {
     handoff: RouteHandoff,
     account_id: String,
+    token_fp: u64,
+    token_expires_at_unix: i64,
+    limits: Limits,
     attempt: u32,
     started_ms: i64,
     path: String,
+    /// Filled when the answer's headers arrive; None means no answer (reset, refused).
+    status: Option<u32>,
+    quota: Option<pb::QuotaSummary>,
+    retry_after_ms: Option<i64>,
+    body: Option<UsageLimit>,
+    want_body: bool,
+    latency_ms: u32,
 }
 
 #[derive(Default)]
@@ -33,10 +52,53 @@ impl HttpContext for Upstream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        self.observe(host::now_ms());
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.observe_headers(host::now_ms(), end_of_stream);
         Action::Continue
     }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(attempt) = self.attempt.as_mut() else {
+            return Action::Continue;
+        };
+        if !attempt.want_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            if body_size > MAX_ERROR_BODY {
+                attempt.want_body = false;
+                return Action::Continue;
+            }
+            // Error answers are small JSON: hold them until complete to read the reset time.
+            return Action::Pause;
+        }
+        attempt.want_body = false;
+        let now_ms = host::now_ms();
+        attempt.body = host::response_body(body_size.min(MAX_ERROR_BODY))
+            .and_then(|b| evidence::parse_error_body(&b, now_ms));
+        if attempt.status == Some(429) && attempt.body.is_some() {
+            // The body may know the reset time the headers did not.
+            apply_verdict(attempt, now_ms);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(attempt) = self.attempt.as_mut() else {
+            return;
+        };
+        let now_ms = host::now_ms();
+        if attempt.status.is_none() {
+            // No answer reached us: reset or connect failure.
+            attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
+            apply_verdict(attempt, now_ms);
+        }
+        enqueue(&outcome(attempt, now_ms));
+    }
+}
+
+fn elapsed(started_ms: i64, now_ms: i64) -> u32 {
+    u32::try_from(now_ms.saturating_sub(started_ms).max(0)).unwrap_or(u32::MAX)
 }
 
 impl Upstream {
@@ -56,10 +118,18 @@ impl Upstream {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(1)
             .max(1);
+        let settings = snapshot.pool_by_id(&handoff.pool_id).and_then(|pool| {
+            let key = pool.keys.iter().find(|k| k.id == handoff.key_id)?;
+            routing::effective_routing(pool, key)
+        });
+        let limits = Limits::from_settings(settings);
+        let local = cache::local_table();
         let account = routing::account_for_attempt(
             &handoff.ranked_accounts,
             attempt,
             |id| snapshot.account(id).map(|(_, a)| a),
+            &local,
+            &limits,
             now_ms,
         )
         .ok_or_else(|| {
@@ -84,16 +154,25 @@ impl Upstream {
         let path = path.split('?').next().unwrap_or_default().to_string();
         self.attempt = Some(Attempt {
             account_id: account.id.clone(),
+            token_fp: token_fingerprint(&account.access_token),
+            token_expires_at_unix: account.access_token_expires_at_unix,
+            limits,
             handoff,
             attempt,
             started_ms: now_ms,
             path,
+            status: None,
+            quota: None,
+            retry_after_ms: None,
+            body: None,
+            want_body: false,
+            latency_ms: 0,
         });
         Ok(())
     }
 
-    fn observe(&mut self, now_ms: i64) {
-        let Some(attempt) = self.attempt.as_ref() else {
+    fn observe_headers(&mut self, now_ms: i64, end_of_stream: bool) {
+        let Some(attempt) = self.attempt.as_mut() else {
             return;
         };
         let status = host::response_header(":status")
@@ -106,21 +185,113 @@ impl Upstream {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        let outcome = pb::Outcome {
-            pool_id: attempt.handoff.pool_id.clone(),
-            key_id: attempt.handoff.key_id.clone(),
-            account_id: attempt.account_id.clone(),
-            attempt: attempt.attempt,
+        attempt.status = Some(status);
+        attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
+        attempt.quota = evidence::quota_from_headers(lookup, now_ms);
+        attempt.retry_after_ms = verdict::parse_retry_after(lookup("retry-after"), now_ms);
+        attempt.want_body = status >= 400 && !end_of_stream;
+        apply_verdict(attempt, now_ms);
+        if let Some(turn_state) = lookup("x-codex-turn-state").filter(|_| status < 400) {
+            let account = attempt.account_id.clone();
+            let token = turn_state.to_string();
+            host::update_shared_data(cache::TURN_STATE_KEY, |bytes| {
+                let mut table = TurnStateTable::decode(bytes);
+                table.record(&token, &account, now_ms);
+                table.encode()
+            });
+        }
+        if attempt.handoff.explain {
+            let header = explanation(attempt);
+            let _ = host::set_response_header("x-codexmesh-route", &header);
+        }
+    }
+}
+
+/// Folds this attempt's verdict into the Envoy-wide local state.
+fn apply_verdict(attempt: &Attempt, now_ms: i64) {
+    let status = attempt.status.unwrap_or(0);
+    let account = attempt.account_id.clone();
+    let ok = cache::update_local(|table| {
+        let mut state = table.get(&account);
+        let v = verdict::classify(
             status,
-            started_at_unix_ms: attempt.started_ms,
-            latency_ms: u32::try_from(now_ms.saturating_sub(attempt.started_ms))
-                .unwrap_or(u32::MAX),
-            quota: evidence::quota_from_headers(lookup, now_ms),
-            request_path: attempt.path.clone(),
-            snapshot_version: attempt.handoff.snapshot_version,
-            ..Default::default()
-        };
-        enqueue(&outcome);
+            attempt.quota.as_ref(),
+            attempt.body.as_ref(),
+            attempt.retry_after_ms,
+            &state,
+            &attempt.limits,
+            now_ms,
+        );
+        if v == Verdict::ClientError {
+            return;
+        }
+        verdict::apply(&mut state, v, attempt.token_fp, &attempt.limits, now_ms);
+        table.set(&account, state);
+        table.prune(now_ms);
+    });
+    if !ok {
+        host::log(LogLevel::Warn, "could not update local account state");
+    }
+}
+
+/// `x-codexmesh-route`: which account served, by which rule, after how many attempts.
+fn explanation(attempt: &Attempt) -> String {
+    let label = cache::current()
+        .and_then(|s| s.account(&attempt.account_id).map(|(_, a)| a.label.clone()))
+        .unwrap_or_else(|| attempt.account_id.clone());
+    let mut out = format!(
+        "account={label}; strategy={}; attempt={}",
+        attempt.handoff.strategy, attempt.attempt
+    );
+    if attempt.attempt > 1 {
+        let previous = usize::try_from(attempt.attempt - 2)
+            .ok()
+            .and_then(|i| attempt.handoff.ranked_accounts.get(i))
+            .and_then(|id| {
+                cache::current().and_then(|s| s.account(id).map(|(_, a)| a.label.clone()))
+            });
+        out.push_str("; reason=failover");
+        if let Some(from) = previous {
+            out.push_str(&format!("; from={from}"));
+        }
+    } else {
+        out.push_str(&format!("; reason={}", attempt.handoff.reason));
+    }
+    out
+}
+
+fn outcome(attempt: &Attempt, now_ms: i64) -> pb::Outcome {
+    let status = attempt.status.unwrap_or(0);
+    let state = Default::default();
+    let v = verdict::classify(
+        status,
+        attempt.quota.as_ref(),
+        attempt.body.as_ref(),
+        attempt.retry_after_ms,
+        &state,
+        &attempt.limits,
+        now_ms,
+    );
+    let body = attempt.body.clone().unwrap_or_default();
+    pb::Outcome {
+        pool_id: attempt.handoff.pool_id.clone(),
+        key_id: attempt.handoff.key_id.clone(),
+        account_id: attempt.account_id.clone(),
+        attempt: attempt.attempt,
+        status,
+        error_code: body.error_type,
+        started_at_unix_ms: attempt.started_ms,
+        latency_ms: attempt.latency_ms,
+        quota: attempt.quota,
+        resets_at_unix: body.resets_at_unix.unwrap_or(0),
+        request_path: attempt.path.clone(),
+        snapshot_version: attempt.handoff.snapshot_version,
+        plan: body.plan.unwrap_or_default(),
+        error_source: v.source().to_string(),
+        fallback: attempt.attempt > 1,
+        retry_after_unix: attempt.retry_after_ms.map_or(0, |ms| ms / 1000),
+        token_expires_at_unix: attempt.token_expires_at_unix,
+        ..Default::default()
     }
 }
 

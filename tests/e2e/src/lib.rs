@@ -273,6 +273,22 @@ impl Sim {
             .collect())
     }
 
+    /// `GET /__sim/accounts/{id}`: quota use, tokens, refresh call counts.
+    pub async fn account(&self, id: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, &format!("accounts/{id}"), None)
+            .await
+    }
+
+    /// `POST /__sim/accounts/{id}`: patch limits, usage, failures.
+    pub async fn patch_account(&self, id: &str, patch: Value) -> Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("accounts/{id}"),
+            Some(patch),
+        )
+        .await
+    }
+
     pub async fn clear_requests(&self) -> Result<()> {
         self.call(reqwest::Method::DELETE, "requests", None).await?;
         Ok(())
@@ -294,6 +310,8 @@ pub struct CpEnv {
     pub upstream_base_url: String,
     pub oauth_token_url: String,
     pub wasm: PathBuf,
+    /// Further settings for every invocation (e.g. `CODEXMESH_REFRESH_LEAD_SECS`).
+    pub extra: Vec<(String, String)>,
 }
 
 impl CpEnv {
@@ -306,6 +324,9 @@ impl CpEnv {
             .env("CODEXMESH_WASM", &self.wasm)
             .env_remove("CODEXMESH_CONFIG")
             .env("RUST_LOG", "info");
+        for (k, v) in &self.extra {
+            cmd.env(k, v);
+        }
     }
 }
 
@@ -541,10 +562,34 @@ pub struct Stack {
 
 pub const POOL: &str = "team";
 
+/// How to start a [`Stack`].
+#[derive(Default)]
+pub struct StackOptions {
+    /// One simulator account spec (`POST /__sim/accounts` body) per account to import.
+    pub accounts: Vec<Value>,
+    /// Extra control-plane environment (settings), applied to `serve` and every CLI run.
+    pub cp_env: Vec<(String, String)>,
+    /// Simulator behaviour to set before anything is imported.
+    pub sim_behavior: Option<Value>,
+}
+
+impl StackOptions {
+    pub fn accounts(n: usize) -> Self {
+        Self {
+            accounts: vec![json!({}); n],
+            ..Self::default()
+        }
+    }
+}
+
 impl Stack {
     /// Starts everything with `n_accounts` accounts imported into pool `team` and one key, and
     /// waits until the gateway serves.
     pub async fn start(n_accounts: usize) -> Result<Self> {
+        Self::start_with(StackOptions::accounts(n_accounts)).await
+    }
+
+    pub async fn start_with(opts: StackOptions) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("codexmesh-e2e-")
             .tempdir()?;
@@ -560,13 +605,17 @@ impl Stack {
             upstream_base_url: sim.base_url(),
             oauth_token_url: sim.token_url(),
             wasm: art.wasm.clone(),
+            extra: opts.cp_env.clone(),
         };
+        if let Some(knobs) = &opts.sim_behavior {
+            sim.behavior(knobs.clone()).await?;
+        }
         let mut cp = ControlPlane::new(&art, env, dir.path());
         cp.cli_json(&["pool", "create", POOL])?;
         let mut accounts = Vec::new();
-        for i in 0..n_accounts {
-            accounts
-                .push(import_new_account(&sim, &cp, dir.path(), POOL, &format!("acct-{i}")).await?);
+        for (i, spec) in opts.accounts.iter().enumerate() {
+            let label = format!("acct-{i}");
+            accounts.push(import_account(&sim, &cp, dir.path(), POOL, &label, spec.clone()).await?);
         }
         let key = cp.cli_json(&["key", "create", "--pool", POOL])?["key"]
             .as_str()
@@ -647,7 +696,19 @@ pub async fn import_new_account(
     pool: &str,
     label: &str,
 ) -> Result<Value> {
-    let account = sim.create_account(json!({})).await?;
+    import_account(sim, cp, dir, pool, label, json!({})).await
+}
+
+/// Creates an account in the simulator from `spec` and imports its auth.json with the CLI.
+pub async fn import_account(
+    sim: &Sim,
+    cp: &ControlPlane,
+    dir: &Path,
+    pool: &str,
+    label: &str,
+    spec: Value,
+) -> Result<Value> {
+    let account = sim.create_account(spec).await?;
     let path = dir.join(format!("{label}.auth.json"));
     std::fs::write(&path, serde_json::to_vec_pretty(&account["auth_json"])?)?;
     let path_s = path.to_string_lossy().into_owned();

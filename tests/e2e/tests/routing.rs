@@ -1,0 +1,326 @@
+//! Routing through real Envoy: affinity, failover, cooldowns, explanation, honest errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use codexmesh_e2e::{import_account, turn_body, Envoy, Stack, StackOptions, POOL};
+use serde_json::{json, Value};
+
+/// Sends one turn with a session header; returns (status, account that served, route header).
+async fn session_turn(
+    stack: &Stack,
+    url: &str,
+    key: &str,
+    session: Option<&str>,
+) -> (u16, Option<String>, Option<String>, String) {
+    let mut req = stack
+        .http
+        .post(url)
+        .bearer_auth(key)
+        .header("accept", "text/event-stream")
+        .json(&turn_body("hi"));
+    if let Some(s) = session {
+        req = req.header("session-id", s);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let route = resp
+        .headers()
+        .get("x-codexmesh-route")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.text().await.unwrap();
+    (status, None, route, body)
+}
+
+/// Maps each of the simulator's recorded turns (since the last clear) to its account, in order.
+async fn served_accounts(stack: &Stack) -> Vec<String> {
+    stack
+        .sim
+        .turn_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["status"] == 200)
+        .map(|r| r["account_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// For each session, which account served it (one turn per session).
+async fn owners(stack: &Stack, url: &str, sessions: &[String]) -> Vec<String> {
+    stack.sim.clear_requests().await.unwrap();
+    for s in sessions {
+        let (status, _, _, body) = session_turn(stack, url, &stack.key, Some(s)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let served = served_accounts(stack).await;
+    assert_eq!(served.len(), sessions.len());
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keys_get_the_route_explained() {
+    let stack = Stack::start(2).await.unwrap();
+    let op = stack
+        .cp
+        .cli_json(&["key", "create", "--pool", POOL, "--operator"])
+        .unwrap();
+    let op_key = op["key"].as_str().unwrap();
+    stack
+        .wait_until_serving(op_key, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    let (status, _, route, _) = session_turn(&stack, &url, op_key, Some("s-1")).await;
+    assert_eq!(status, 200);
+    let route = route.expect("operator key gets x-codexmesh-route");
+    assert!(route.contains("account=acct-"), "{route}");
+    assert!(route.contains("attempt=1"), "{route}");
+    assert!(route.contains("reason=affinity"), "{route}");
+    // Ordinary keys don't, unless the pool turns it on.
+    let (_, _, route, _) = session_turn(&stack, &url, &stack.key, Some("s-1")).await;
+    assert!(route.is_none());
+
+    // A failover is explained too: the first account answers 429 once.
+    stack
+        .sim
+        .behavior(json!({"fail_next": [{"status": 429, "body": {"error": {"type": "usage_limit_reached", "message": "x", "resets_in_seconds": 30}}}]}))
+        .await
+        .unwrap();
+    let (status, _, route, body) = session_turn(&stack, &url, op_key, Some("s-2")).await;
+    assert_eq!(status, 200, "{body}");
+    let route = route.unwrap();
+    assert!(
+        route.contains("attempt=2")
+            && route.contains("reason=failover")
+            && route.contains("from=acct-"),
+        "{route}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stick_to_one_account_and_two_envoys_agree() {
+    let stack = Stack::start(3).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    let sessions: Vec<String> = (0..30).map(|i| format!("session-{i}")).collect();
+    let first = owners(&stack, &url, &sessions).await;
+    // All three accounts own some sessions (the hash spreads them).
+    assert_eq!(first.iter().collect::<BTreeSet<_>>().len(), 3, "{first:?}");
+    // 100 % stable while eligible: ask again, three times.
+    for _ in 0..3 {
+        assert_eq!(owners(&stack, &url, &sessions).await, first);
+    }
+    // A second Envoy, sharing nothing with the first but the control plane, agrees on every one.
+    let grpc = stack.cp.grpc_addr.unwrap();
+    let envoy2 = Envoy::start(
+        &stack.art,
+        &stack.cp,
+        grpc,
+        &stack.cp.env.push_token,
+        stack.dir.path(),
+        "envoy-2",
+    )
+    .await
+    .unwrap();
+    let url2 = envoy2.url("/backend-api/codex/responses");
+    let start = Instant::now();
+    loop {
+        let (status, _, _, _) = session_turn(&stack, &url2, &stack.key, Some("warm-up")).await;
+        if status == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(owners(&stack, &url2, &sessions).await, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_an_account_moves_about_one_in_n_plus_one_sessions() {
+    let mut stack = Stack::start(3).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    let sessions: Vec<String> = (0..120).map(|i| format!("join-{i}")).collect();
+    let before = owners(&stack, &url, &sessions).await;
+    let newcomer = import_account(
+        &stack.sim,
+        &stack.cp,
+        stack.dir.path(),
+        POOL,
+        "acct-new",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    let new_id = newcomer["account_id"].as_str().unwrap().to_string();
+    stack.accounts.push(newcomer);
+    // Wait until the newcomer takes traffic (the snapshot arrived), then measure a full pass.
+    let start = Instant::now();
+    while !owners(&stack, &url, &sessions[..40])
+        .await
+        .contains(&new_id)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "new account never used"
+        );
+    }
+    let after = owners(&stack, &url, &sessions).await;
+    let moved: Vec<usize> = (0..sessions.len())
+        .filter(|i| before[*i] != after[*i])
+        .collect();
+    // Expected 120/4 = 30; rendezvous never moves a session between two old accounts.
+    assert!(
+        (15..=45).contains(&moved.len()),
+        "moved {} of 120",
+        moved.len()
+    );
+    assert!(
+        moved.iter().all(|i| after[*i] == new_id),
+        "a session moved between old accounts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_only_when_its_account_is_exhausted_and_clients_never_see_the_429() {
+    let stack = Stack::start_with(StackOptions {
+        accounts: vec![json!({"primary_limit": 5}), json!({}), json!({})],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    let limited = stack.account_id(0);
+    // Find a session owned by the limited account.
+    let sessions: Vec<String> = (0..40).map(|i| format!("ex-{i}")).collect();
+    let owned = owners(&stack, &url, &sessions).await;
+    let pos = owned
+        .iter()
+        .position(|a| *a == limited)
+        .expect("some session on account 0");
+    let session = sessions[pos].clone();
+    // The limited account has spent some budget in `owners`; keep going on its session.
+    stack.sim.clear_requests().await.unwrap();
+    for _ in 0..8 {
+        let (status, _, _, body) = session_turn(&stack, &url, &stack.key, Some(&session)).await;
+        assert_eq!(status, 200, "the client saw an error: {body}");
+    }
+    let turns = stack.sim.turn_requests().await.unwrap();
+    let served: Vec<&str> = turns
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .map(|r| r["account_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(served.len(), 8);
+    // It started on its own account (if budget was left) and, once that was spent, stayed on
+    // one other account.
+    let after_exhaustion: BTreeSet<&str> =
+        served.iter().copied().filter(|a| *a != limited).collect();
+    assert_eq!(after_exhaustion.len(), 1, "{served:?}");
+    let last_four: BTreeSet<&str> = served[4..].iter().copied().collect();
+    assert_eq!(last_four.len(), 1, "the session did not settle: {served:?}");
+    assert!(!last_four.contains(limited.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_answers_429_with_the_earliest_reset() {
+    let stack = Stack::start_with(StackOptions {
+        accounts: vec![
+            json!({"primary_limit": 1, "primary_window_secs": 600}),
+            json!({"primary_limit": 1, "primary_window_secs": 1200}),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    // Stack::start spent one turn on one account already; spend the rest.
+    let mut last = (0u16, String::new());
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let resp = stack
+            .http
+            .post(&url)
+            .bearer_auth(&stack.key)
+            .json(&turn_body("x"))
+            .send()
+            .await
+            .unwrap();
+        retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        last = (resp.status().as_u16(), resp.text().await.unwrap());
+        if last.0 == 429 {
+            break;
+        }
+    }
+    assert_eq!(last.0, 429, "{}", last.1);
+    let body: Value = serde_json::from_str(&last.1).unwrap();
+    assert_eq!(body["error"]["type"], "usage_limit_reached", "{body}");
+    let resets_at = body["error"]["resets_at"].as_i64().expect("resets_at");
+    // The earliest reset of the two windows is the 10-minute one.
+    let sim_acc = stack.sim.account(&stack.account_id(0)).await.unwrap();
+    let earliest = sim_acc["primary"]["reset_at"].as_i64().unwrap();
+    assert!(
+        (resets_at - earliest).abs() <= 2,
+        "resets_at {resets_at} vs {earliest}"
+    );
+    let retry_after: i64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!(retry_after > 500 && retry_after <= 601, "{retry_after}");
+
+    // And again at once: answered by the gateway itself, same reset, no upstream call.
+    stack.sim.clear_requests().await.unwrap();
+    let resp = stack
+        .http
+        .post(&url)
+        .bearer_auth(&stack.key)
+        .json(&turn_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["resets_at"].as_i64(), Some(resets_at));
+    assert!(stack.sim.turn_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_takes_the_account_out_of_routing_on_this_envoy_at_once() {
+    let stack = Stack::start(2).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    // Revoke account 0's token at the upstream: its next answer is 401.
+    stack
+        .sim
+        .patch_account(&stack.account_id(0), json!({"expire_access_token": true}))
+        .await
+        .unwrap();
+    stack.sim.clear_requests().await.unwrap();
+    for i in 0..10 {
+        let (status, _, _, body) =
+            session_turn(&stack, &url, &stack.key, Some(&format!("a401-{i}"))).await;
+        assert_eq!(status, 200, "client saw the 401: {body}");
+    }
+    let turns = stack.sim.turn_requests().await.unwrap();
+    let rejected: Vec<&Value> = turns.iter().filter(|r| r["status"] == 401).collect();
+    // At most one request per worker tried the dead token before the block spread.
+    assert!(
+        rejected.len() <= 2,
+        "the dead token kept being used: {}",
+        rejected.len()
+    );
+    let by_account: BTreeMap<String, usize> =
+        turns
+            .iter()
+            .filter(|r| r["status"] == 200)
+            .fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r["account_id"].as_str().unwrap_or_default().to_string())
+                    .or_default() += 1;
+                m
+            });
+    assert_eq!(
+        by_account.get(&stack.account_id(1)).copied().unwrap_or(0),
+        10,
+        "{by_account:?}"
+    );
+}

@@ -47,6 +47,29 @@ where
     })
 }
 
+/// The body's top-level `prompt_cache_key` (a weaker locality key: the Codex CLI sets it to the
+/// thread id, SDK users often set it themselves). A scan, not a parse: bodies carry whole
+/// transcripts and only this one string is needed. Inside JSON string values the quotes are
+/// escaped, so `"prompt_cache_key"` followed by a colon can only be an object key.
+pub fn prompt_cache_key(body: &[u8]) -> Option<String> {
+    const NEEDLE: &[u8] = b"\"prompt_cache_key\"";
+    let start = body.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let rest = body.get(start..)?;
+    let mut i = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    i += rest.get(i..)?.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest.get(i) != Some(&b'"') {
+        return None;
+    }
+    let value = rest.get(i + 1..)?;
+    let end = value.iter().position(|b| *b == b'"' || *b == b'\\')?;
+    let key = std::str::from_utf8(value.get(..end)?).ok()?.trim();
+    (!key.is_empty()).then(|| key.chars().take(MAX_KEY_LEN).collect())
+}
+
 /// A well-mixed 64-bit hash of (key, account id): FNV-1a then the splitmix64 finalizer. Fixed,
 /// so every replica (and every build) computes the same value.
 pub fn pair_hash(key: &str, account_id: &str) -> u64 {
@@ -104,6 +127,17 @@ mod tests {
         assert_eq!(k.value, "mid");
         assert!(affinity_key(headers(&[("session-id", "  ")])).is_none());
         assert!(affinity_key(headers(&[])).is_none());
+    }
+
+    #[test]
+    fn prompt_cache_key_scan() {
+        let body = br#"{"model":"m","input":[{"text":"say \"prompt_cache_key\": \"evil\""}],"prompt_cache_key" : "thread-7","stream":true}"#;
+        assert_eq!(prompt_cache_key(body).as_deref(), Some("thread-7"));
+        assert_eq!(prompt_cache_key(br#"{"prompt_cache_key":""}"#), None);
+        assert_eq!(prompt_cache_key(br#"{"prompt_cache_key":5}"#), None);
+        assert_eq!(prompt_cache_key(br#"{"model":"m"}"#), None);
+        assert_eq!(prompt_cache_key(br#"{"prompt_cache_key":"unterminated"#), None);
+        assert_eq!(prompt_cache_key(&[0xff, 0xfe]), None);
     }
 
     #[test]

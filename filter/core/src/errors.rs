@@ -28,6 +28,8 @@ pub enum ErrorKind {
     NoAccountAvailable,
     /// Every account's usage is spent: answered like the upstream's own 429.
     PoolExhausted,
+    /// Every attempt failed without a usable answer (connect failure, reset, 5xx).
+    UpstreamUnavailable,
     /// The upstream filter found no hand-off from the downstream filter (a misconfigured route).
     RouteMissing,
 }
@@ -36,7 +38,7 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => 401,
-            Self::NotReady | Self::NoAccountAvailable => 503,
+            Self::NotReady | Self::NoAccountAvailable | Self::UpstreamUnavailable => 503,
             Self::PoolExhausted => 429,
             Self::RouteMissing => 500,
         }
@@ -49,6 +51,7 @@ impl ErrorKind {
             Self::NotReady => "gateway_not_ready",
             Self::NoAccountAvailable => "no_account_available",
             Self::PoolExhausted => "usage_limit_reached",
+            Self::UpstreamUnavailable => "upstream_unavailable",
             Self::RouteMissing => "gateway_misconfigured",
         }
     }
@@ -69,6 +72,7 @@ impl ErrorKind {
             | Self::NoAccountAvailable
             | Self::PoolExhausted
             | Self::RouteMissing => ErrorSource::Internal,
+            Self::UpstreamUnavailable => ErrorSource::Upstream,
         }
     }
 
@@ -76,7 +80,10 @@ impl ErrorKind {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::NotReady | Self::NoAccountAvailable | Self::PoolExhausted
+            Self::NotReady
+                | Self::NoAccountAvailable
+                | Self::PoolExhausted
+                | Self::UpstreamUnavailable
         )
     }
 }

@@ -5,13 +5,14 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use codexmesh_filter_core::affinity::affinity_key;
+use codexmesh_filter_core::affinity::{affinity_key, prompt_cache_key};
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::routing::{self, RouteInput, PROBE_RESERVATION_MS};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
 use codexmesh_filter_core::turnstate::TurnStateTable;
 use codexmesh_filter_core::{auth, pb};
+
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
@@ -31,6 +32,8 @@ struct Routed {
 
 #[derive(Default)]
 pub struct Downstream {
+    /// Authenticated, waiting for the body to find its locality key.
+    pending: Option<Routed>,
     routed: Option<Routed>,
     /// The upstream 429 is being replaced by the pool-level answer.
     replacement: Option<GatewayError>,
@@ -39,8 +42,41 @@ pub struct Downstream {
 impl Context for Downstream {}
 
 impl HttpContext for Downstream {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        match self.route_request(host::now_ms()) {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let now_ms = host::now_ms();
+        let authed = match authenticate() {
+            Ok(a) => a,
+            Err(err) => return reply_error(&err),
+        };
+        let header_key = affinity_key(host::request_header).map(|k| k.value);
+        // No continuity header: the body's prompt_cache_key is the next best locality key, so
+        // wait for the body (compressed bodies are forwarded untouched, not read).
+        let wants_body = header_key.is_none()
+            && !end_of_stream
+            && host::request_header("content-encoding").is_none();
+        if wants_body {
+            self.pending = Some(authed);
+            return Action::Pause;
+        }
+        match self.route(authed, header_key, now_ms) {
+            Ok(()) => Action::Continue,
+            Err(err) => reply_error(&err),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.pending.is_none() {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            // Envoy buffers until the end (bounded by the route's buffer limit).
+            return Action::Pause;
+        }
+        let Some(authed) = self.pending.take() else {
+            return Action::Continue;
+        };
+        let key = host::request_body(body_size).and_then(|b| prompt_cache_key(&b));
+        match self.route(authed, key, host::now_ms()) {
             Ok(()) => Action::Continue,
             Err(err) => reply_error(&err),
         }
@@ -48,17 +84,28 @@ impl HttpContext for Downstream {
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let status = host::response_header(":status").and_then(|s| s.parse::<u16>().ok());
-        if status == Some(429) && !end_of_stream {
-            if let Some(err) = self.pool_exhausted(host::now_ms()) {
-                // The last account's 429 speaks for one account; the pool's answer names the
-                // earliest reset across all of them.
-                let _ = host::remove_response_header("content-length");
-                let _ = host::set_response_header("content-type", "application/json");
-                for (name, value) in err.headers() {
-                    let _ = host::set_response_header(name, &value);
-                }
-                self.replacement = Some(err);
+        let replacement = match status {
+            // The last account's 429 speaks for one account; the pool's answer names the
+            // earliest reset across all of them.
+            Some(429) => self.pool_exhausted(host::now_ms()),
+            // Envoy's own replies (connect failure, reset before headers, …) are plain text:
+            // clients expect OpenAI-shaped JSON.
+            Some(code @ 500..=599) if self.routed.is_some() && !is_json_response() => {
+                Some(upstream_unavailable(code))
             }
+            _ => None,
+        };
+        if let Some(err) = replacement {
+            let _ = host::remove_response_header("content-length");
+            let _ = host::set_response_header("content-type", "application/json");
+            for (name, value) in err.headers() {
+                let _ = host::set_response_header(name, &value);
+            }
+            if end_of_stream {
+                // No body to replace: nothing more we can do without one.
+                return Action::Continue;
+            }
+            self.replacement = Some(err);
         }
         Action::Continue
     }
@@ -73,26 +120,64 @@ impl HttpContext for Downstream {
         if let Err(status) = host::replace_response_body(body_size, err.body().as_bytes()) {
             host::log(
                 LogLevel::Warn,
-                &format!("could not replace an exhausted pool's 429 body: {status:?}"),
+                &format!("could not replace an error body: {status:?}"),
             );
         }
         Action::Continue
     }
 }
 
+/// The snapshot and the authenticated key (by position, so no borrow outlives the call).
+fn authenticate() -> Result<Routed, GatewayError> {
+    let snapshot = cache::current().ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::NotReady,
+            "codexmesh has not received its routing table from the control plane yet; retry shortly.",
+        )
+    })?;
+    let authorization = host::request_header("authorization");
+    let authed = auth::authenticate(&snapshot, authorization.as_deref())?;
+    let pool_ix = snapshot
+        .pools()
+        .iter()
+        .position(|p| p.id == authed.pool.id)
+        .unwrap_or(0);
+    let key_ix = authed
+        .pool
+        .keys
+        .iter()
+        .position(|k| k.id == authed.key.id)
+        .unwrap_or(0);
+    Ok(Routed {
+        snapshot: Rc::clone(&snapshot),
+        pool_ix,
+        key_ix,
+    })
+}
+
 impl Downstream {
-    fn route_request(&mut self, now_ms: i64) -> Result<(), GatewayError> {
-        let snapshot = cache::current().ok_or_else(|| {
+    fn route(
+        &mut self,
+        authed: Routed,
+        affinity: Option<String>,
+        now_ms: i64,
+    ) -> Result<(), GatewayError> {
+        let internal = |what: &str| {
             GatewayError::new(
-                ErrorKind::NotReady,
-                "codexmesh has not received its routing table from the control plane yet; retry shortly.",
+                ErrorKind::RouteMissing,
+                format!("codexmesh could not {what}"),
             )
-        })?;
-        let authorization = host::request_header("authorization");
-        let authed = auth::authenticate(&snapshot, authorization.as_deref())?;
-        let settings = routing::effective_routing(authed.pool, authed.key);
+        };
+        let snapshot = Rc::clone(&authed.snapshot);
+        let pool = snapshot
+            .pool(authed.pool_ix)
+            .ok_or_else(|| internal("find the pool"))?;
+        let key = pool
+            .keys
+            .get(authed.key_ix)
+            .ok_or_else(|| internal("find the key"))?;
+        let settings = routing::effective_routing(pool, key);
         let local = cache::local_table();
-        let affinity = affinity_key(host::request_header);
         let turn_state_account = host::request_header("x-codex-turn-state").and_then(|ts| {
             TurnStateTable::decode(&host::shared_data(cache::TURN_STATE_KEY).unwrap_or_default())
                 .lookup(&ts, now_ms)
@@ -104,11 +189,11 @@ impl Downstream {
             v
         });
         let input = RouteInput {
-            affinity_key: affinity.as_ref().map(|k| k.value.as_str()),
+            affinity_key: affinity.as_deref(),
             turn_state_account: turn_state_account.as_deref(),
             turn,
         };
-        let ranking = routing::rank(authed.pool, settings, &local, input, now_ms)?;
+        let ranking = routing::rank(pool, settings, &local, input, now_ms)?;
         if !ranking.probes.is_empty() {
             claim_probes(&ranking.probes, now_ms);
         }
@@ -116,19 +201,13 @@ impl Downstream {
             .min(u32::try_from(ranking.accounts.len()).unwrap_or(u32::MAX));
         let handoff = RouteHandoff {
             snapshot_version: snapshot.version(),
-            pool_id: authed.pool.id.clone(),
-            key_id: authed.key.id.clone(),
+            pool_id: pool.id.clone(),
+            key_id: key.id.clone(),
             max_attempts: attempts,
             ranked_accounts: ranking.accounts.iter().map(|a| a.id.clone()).collect(),
             strategy: routing::strategy_name(ranking.strategy).to_string(),
             reason: ranking.reason.as_str().to_string(),
-            explain: authed.key.operator || settings.is_some_and(|s| s.explain_routes),
-        };
-        let internal = |what: &str| {
-            GatewayError::new(
-                ErrorKind::RouteMissing,
-                format!("codexmesh could not {what}"),
-            )
+            explain: key.operator || settings.is_some_and(|s| s.explain_routes),
         };
         let encoded = handoff.encode().map_err(|_| internal("encode the route"))?;
         host::set_property(&[handoff::PROPERTY], &encoded)
@@ -141,22 +220,7 @@ impl Downstream {
         .map_err(|_| internal("set the retry bound"))?;
         // The pool key must never reach the upstream.
         host::remove_request_header("authorization").map_err(|_| internal("strip the pool key"))?;
-        let pool_ix = snapshot
-            .pools()
-            .iter()
-            .position(|p| p.id == authed.pool.id)
-            .unwrap_or(0);
-        let key_ix = authed
-            .pool
-            .keys
-            .iter()
-            .position(|k| k.id == authed.key.id)
-            .unwrap_or(0);
-        self.routed = Some(Routed {
-            snapshot: Rc::clone(&snapshot),
-            pool_ix,
-            key_ix,
-        });
+        self.routed = Some(authed);
         Ok(())
     }
 
@@ -172,6 +236,19 @@ impl Downstream {
             _ => None,
         }
     }
+}
+
+fn is_json_response() -> bool {
+    host::response_header("content-type").is_some_and(|ct| ct.to_ascii_lowercase().contains("json"))
+}
+
+fn upstream_unavailable(status: u16) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamUnavailable,
+        format!(
+            "The Codex backend could not be reached or failed on every attempt (HTTP {status}); retry shortly."
+        ),
+    )
 }
 
 /// Reserves the half-open probe of each account for this request (one probe per open period).

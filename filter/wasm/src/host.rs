@@ -118,3 +118,9 @@ pub fn response_body(size: usize) -> Option<Vec<u8>> {
 pub fn replace_response_body(size: usize, body: &[u8]) -> Result<(), Status> {
     hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body)
 }
+
+pub fn request_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+        .ok()
+        .flatten()
+}

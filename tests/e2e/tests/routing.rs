@@ -324,3 +324,201 @@ async fn a_401_takes_the_account_out_of_routing_on_this_envoy_at_once() {
         "{by_account:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_key_keeps_sdk_requests_together_without_session_headers() {
+    let stack = Stack::start(3).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    let send = |cache_key: String| {
+        let mut body = turn_body("hi");
+        body["prompt_cache_key"] = json!(cache_key);
+        stack
+            .http
+            .post(&url)
+            .bearer_auth(&stack.key)
+            .json(&body)
+            .send()
+    };
+    stack.sim.clear_requests().await.unwrap();
+    for round in 0..3 {
+        for i in 0..12 {
+            let resp = send(format!("cache-{i}")).await.unwrap();
+            assert_eq!(resp.status(), 200, "round {round}");
+            resp.text().await.unwrap();
+        }
+    }
+    let served = served_accounts(&stack).await;
+    assert_eq!(served.len(), 36);
+    for i in 0..12 {
+        let per_key: BTreeSet<&String> = [&served[i], &served[12 + i], &served[24 + i]]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            per_key.len(),
+            1,
+            "prompt_cache_key cache-{i} moved: {per_key:?}"
+        );
+    }
+    // Different keys still spread over the pool.
+    assert!(served.iter().collect::<BTreeSet<_>>().len() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_bodies_are_replayed_intact_on_failover() {
+    let stack = Stack::start(2).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    let plain = serde_json::to_vec(&turn_body(&"a long transcript ".repeat(2000))).unwrap();
+    let compressed = ruzstd::encoding::compress_to_vec(
+        plain.as_slice(),
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    assert!(compressed.len() < plain.len());
+    stack.sim.clear_requests().await.unwrap();
+    stack
+        .sim
+        .behavior(json!({"fail_next": [{"status": 503, "body": {"error": {"code": "server_is_overloaded", "message": "busy"}}}]}))
+        .await
+        .unwrap();
+    let resp = stack
+        .http
+        .post(&url)
+        .bearer_auth(&stack.key)
+        .header("content-type", "application/json")
+        .header("content-encoding", "zstd")
+        .header("session-id", "zstd-session")
+        .body(compressed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let turns = stack.sim.turn_requests().await.unwrap();
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    assert_eq!(turns[0]["status"], 503);
+    assert_eq!(turns[1]["status"], 200);
+    for t in &turns {
+        assert_eq!(
+            t["body_len"].as_u64(),
+            Some(compressed.len() as u64),
+            "wire body changed"
+        );
+        assert_eq!(
+            t["decoded_body_len"].as_u64(),
+            Some(plain.len() as u64),
+            "decoded body differs"
+        );
+    }
+    assert_eq!(turns[0]["body_sha256"], turns[1]["body_sha256"]);
+    assert_ne!(turns[0]["account_id"], turns[1]["account_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_do_not_count_against_the_account() {
+    let stack = Stack::start(2).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    stack.sim.clear_requests().await.unwrap();
+    for _ in 0..6 {
+        let mut body = turn_body("x");
+        body["store"] = json!(true); // the upstream rejects this with 400
+        let resp = stack
+            .http
+            .post(&url)
+            .bearer_auth(&stack.key)
+            .header("session-id", "bad-client")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            400,
+            "a client error must reach the client, not fail over"
+        );
+        resp.text().await.unwrap();
+    }
+    let turns = stack.sim.turn_requests().await.unwrap();
+    assert_eq!(turns.len(), 6, "400s were retried: {turns:?}");
+    let account = turns[0]["account_id"].clone();
+    assert!(
+        turns.iter().all(|t| t["account_id"] == account),
+        "a 400 moved the session"
+    );
+    // The same session's good request still goes to the same account: no circuit opened.
+    let (status, _, _, _) = session_turn(&stack, &url, &stack.key, Some("bad-client")).await;
+    assert_eq!(status, 200);
+    let last = stack.sim.turn_requests().await.unwrap().pop().unwrap();
+    assert_eq!(last["account_id"], account);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_bounded_and_total_failure_is_a_clear_503() {
+    let stack = Stack::start(4).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    stack.sim.clear_requests().await.unwrap();
+    let overloaded = json!({"status": 503, "body": {"error": {"code": "server_is_overloaded", "message": "busy"}}});
+    stack
+        .sim
+        .behavior(json!({"fail_next": [overloaded.clone(), overloaded.clone(), overloaded.clone(), overloaded]}))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let resp = stack
+        .http
+        .post(&url)
+        .bearer_auth(&stack.key)
+        .json(&turn_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Default bound: 3 attempts, each on a different account.
+    let turns = stack.sim.turn_requests().await.unwrap();
+    assert_eq!(turns.len(), 3, "{turns:?}");
+    assert_eq!(
+        turns
+            .iter()
+            .map(|t| t["account_id"].clone())
+            .collect::<Vec<_>>()
+            .len(),
+        turns
+            .iter()
+            .map(|t| t["account_id"].to_string())
+            .collect::<BTreeSet<_>>()
+            .len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_a_json_503_not_a_hang() {
+    let stack = Stack::start(1).await.unwrap();
+    // Stop the simulator: every attempt now fails to connect.
+    let mut sim_proc = stack.sim.proc.pid();
+    assert!(sim_proc.is_some());
+    // SAFETY: kill(2) on the simulator we spawned.
+    unsafe { libc::kill(sim_proc.take().unwrap(), libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let resp = stack
+        .http
+        .post(stack.envoy.url("/backend-api/codex/responses"))
+        .bearer_auth(&stack.key)
+        .json(&turn_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}

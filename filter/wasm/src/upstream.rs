@@ -291,6 +291,12 @@ fn outcome(attempt: &Attempt, now_ms: i64) -> pb::Outcome {
         fallback: attempt.attempt > 1,
         retry_after_unix: attempt.retry_after_ms.map_or(0, |ms| ms / 1000),
         token_expires_at_unix: attempt.token_expires_at_unix,
+        strategy: attempt.handoff.strategy.clone(),
+        route_reason: if attempt.attempt > 1 {
+            "failover".to_string()
+        } else {
+            attempt.handoff.reason.clone()
+        },
         ..Default::default()
     }
 }

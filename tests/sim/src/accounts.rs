@@ -328,7 +328,8 @@ impl Default for Registry {
     }
 }
 
-fn random_alnum(n: usize) -> String {
+/// `n` random ASCII letters and digits.
+pub fn random_alnum(n: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(n)
@@ -336,7 +337,8 @@ fn random_alnum(n: usize) -> String {
         .collect()
 }
 
-fn random_uuid() -> String {
+/// A random version-4 UUID.
+pub fn random_uuid() -> String {
     let b: [u8; 16] = rand::rng().random();
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(

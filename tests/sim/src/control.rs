@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::accounts::{AccountPatch, NewAccount, TokenSet};
 use crate::clock::{rfc3339, ClockChange};
+use crate::device::{ControlError, DeviceLogin, SignInAs};
 use crate::errors::json_status;
 use crate::state::{BehaviorPatch, Shared};
 
@@ -24,6 +25,9 @@ pub fn routes() -> Router<Shared> {
         .route("/__sim/requests", get(list_requests).delete(clear_requests))
         .route("/__sim/behavior", get(get_behavior).post(set_behavior))
         .route("/__sim/clock", get(get_clock).post(set_clock))
+        .route("/__sim/device", get(list_device_logins))
+        .route("/__sim/device/approve", post(approve_device))
+        .route("/__sim/device/deny", post(deny_device))
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {
@@ -238,5 +242,93 @@ async fn set_clock(State(st): State<Shared>, body: Bytes) -> Response {
     match st.clock.apply(change) {
         Ok(v) => Json(v).into_response(),
         Err(e) => bad_request(e),
+    }
+}
+
+/// `POST /__sim/device/approve`: the user signs in and approves a pending device login.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveDevice {
+    /// The login's user code (any case, dashes optional); default: the only pending login.
+    pub user_code: Option<String>,
+    /// Existing account to log into, or id of the new account (default: a random UUID).
+    pub account_id: Option<String>,
+    /// Plan (of the new account, or set on the existing one at the exchange).
+    pub plan: Option<String>,
+    /// Email (likewise).
+    pub email: Option<String>,
+}
+
+/// `POST /__sim/device/deny`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyDevice {
+    /// The login's user code; default: the only pending login.
+    pub user_code: Option<String>,
+}
+
+fn device_error(e: ControlError) -> Response {
+    match e {
+        ControlError::BadRequest(m) => bad_request(m),
+        ControlError::NotFound(m) => json_status(404, json!({"error": m})),
+        ControlError::Conflict(m) => json_status(409, json!({"error": m})),
+    }
+}
+
+/// A login's view, plus whether its account is still to be created.
+fn device_view(login: &DeviceLogin, registry: &crate::accounts::Registry, now: i64) -> Value {
+    let view = login.view(now);
+    let new_account = view
+        .account_id
+        .as_deref()
+        .map(|id| registry.get(id).is_none());
+    let mut v = serde_json::to_value(view).unwrap_or(Value::Null);
+    if let (Some(obj), Some(new)) = (v.as_object_mut(), new_account) {
+        obj.insert("new_account".into(), Value::Bool(new));
+    }
+    v
+}
+
+async fn list_device_logins(State(st): State<Shared>) -> Json<Value> {
+    let now = st.clock.now();
+    let g = st.lock();
+    let logins: Vec<Value> = g
+        .device
+        .all()
+        .map(|l| device_view(l, &g.registry, now))
+        .collect();
+    Json(json!({ "logins": logins }))
+}
+
+async fn approve_device(State(st): State<Shared>, body: Bytes) -> Response {
+    let req: ApproveDevice = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let who = SignInAs {
+        account_id: req.account_id,
+        plan: req.plan,
+        email: req.email,
+    };
+    let now = st.clock.now();
+    let mut guard = st.lock();
+    let g = &mut *guard;
+    match g.device.approve(req.user_code.as_deref(), who, now) {
+        Ok(login) => Json(device_view(login, &g.registry, now)).into_response(),
+        Err(e) => device_error(e),
+    }
+}
+
+async fn deny_device(State(st): State<Shared>, body: Bytes) -> Response {
+    let req: DenyDevice = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let now = st.clock.now();
+    let mut guard = st.lock();
+    let g = &mut *guard;
+    match g.device.deny(req.user_code.as_deref(), now) {
+        Ok(login) => Json(device_view(login, &g.registry, now)).into_response(),
+        Err(e) => device_error(e),
     }
 }

@@ -5,7 +5,8 @@
 //! - [`clock`]: the controllable clock everything reads time from;
 //! - [`quota`]: usage windows and their arithmetic;
 //! - [`jwt`], [`accounts`]: tokens, lineages, refresh rotation and reuse detection;
-//! - [`oauth`]: `POST /oauth/token`;
+//! - [`oauth`]: `POST /oauth/token` (refresh and authorization-code grants);
+//! - [`device`]: device-code login (`/api/accounts/deviceauth/*`, the `/codex/device` page);
 //! - [`upstream`], [`sse`], [`models`], [`body`]: the backend endpoints;
 //! - [`recording`]: the request log and the layer that adds quota headers;
 //! - [`control`], [`state`]: the `/__sim/` control API and the knobs it sets;
@@ -18,6 +19,7 @@ pub mod accounts;
 pub mod body;
 pub mod clock;
 pub mod control;
+pub mod device;
 pub mod errors;
 pub mod jwt;
 pub mod models;
@@ -40,13 +42,15 @@ use tokio::task::JoinHandle;
 
 pub use state::{Shared, SimState};
 
-/// The whole application: control API, backend under `/` and `/backend-api`, token endpoint.
+/// The whole application: control API, backend under `/` and `/backend-api`, the issuer's
+/// token and device-auth endpoints at the root.
 pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(control::routes())
         .merge(upstream::routes())
         .nest("/backend-api", upstream::routes())
         .merge(oauth::routes())
+        .merge(device::routes())
         .fallback(upstream::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

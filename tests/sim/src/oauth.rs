@@ -1,15 +1,17 @@
-//! The auth server's token endpoint (`POST /oauth/token`), refresh grant only.
+//! The auth server's token endpoint (`POST /oauth/token`): the `refresh_token` grant, and the
+//! `authorization_code` grant that completes a device-code login ([`crate::device`]).
 //!
-//! Error bodies follow what Codex parses (`error.code`, or `error` as a string, or top-level
-//! `code`): permanent refusals answer 401 with
+//! Refresh error bodies follow what Codex parses (`error.code`, or `error` as a string, or
+//! top-level `code`): permanent refusals answer 401 with
 //! `{"error":{"message","type":"invalid_request_error","param":null,"code":"refresh_token_reused"}}`
 //! (or `refresh_token_expired` / `refresh_token_invalidated`); an unknown or scripted
 //! `invalid_grant` answers 401 with the OAuth form `{"error":"invalid_grant","error_description"}`.
 //!
-//! Device-code login is a later addition: its endpoints (`/api/accounts/deviceauth/usercode`,
-//! `/api/accounts/deviceauth/token`) and the `authorization_code` grant that completes it would
-//! plug in next to [`token`] as further routes and `grant_type` arms; [`crate::accounts::Registry::login`]
-//! already starts the lineage such a login would produce.
+//! A refused code exchange answers 400 in the OAuth form (RFC 6749 §5.2): `invalid_request`
+//! for a missing field, `invalid_grant` for an unknown, used or expired code, a `code_verifier`
+//! whose S256 hash is not the challenge, or a `redirect_uri` that is not
+//! `{issuer}/deviceauth/callback`. A good exchange starts a new lineage of the approved
+//! account (creating it first if it is new), like `POST /__sim/accounts/{id}/login`.
 
 use std::time::Duration;
 
@@ -19,8 +21,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::accounts::{RefreshDenied, RefreshFailure};
+use crate::accounts::{AccountPatch, NewAccount, RefreshDenied, RefreshFailure, TokenSet};
 use crate::body::DecodedBody;
+use crate::device::RedeemError;
 use crate::errors::{json_status, openai_error};
 use crate::jwt::CODEX_CLIENT_ID;
 use crate::state::Shared;
@@ -44,6 +47,12 @@ pub struct TokenRequest {
     pub grant_type: Option<String>,
     /// `refresh_token`.
     pub refresh_token: Option<String>,
+    /// `code` (authorization code grant).
+    pub code: Option<String>,
+    /// `code_verifier` (authorization code grant, PKCE).
+    pub code_verifier: Option<String>,
+    /// `redirect_uri` (authorization code grant).
+    pub redirect_uri: Option<String>,
 }
 
 /// Parse a JSON or form body.
@@ -56,6 +65,9 @@ pub fn parse_token_request(body: &[u8]) -> Option<TokenRequest> {
             client_id: get(&m, "client_id"),
             grant_type: get(&m, "grant_type"),
             refresh_token: get(&m, "refresh_token"),
+            code: get(&m, "code"),
+            code_verifier: get(&m, "code_verifier"),
+            redirect_uri: get(&m, "redirect_uri"),
         });
     }
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
@@ -68,6 +80,9 @@ pub fn parse_token_request(body: &[u8]) -> Option<TokenRequest> {
         client_id: find("client_id"),
         grant_type: find("grant_type"),
         refresh_token: find("refresh_token"),
+        code: find("code"),
+        code_verifier: find("code_verifier"),
+        redirect_uri: find("redirect_uri"),
     })
 }
 
@@ -125,16 +140,88 @@ async fn token(State(st): State<Shared>, req: Request) -> Response {
         return oauth_error(401, "invalid_client", "Unknown client_id");
     }
     match tr.grant_type.as_deref() {
-        Some("refresh_token") => {}
-        // Device-code login (and its authorization_code grant) will be handled here.
-        Some(_) | None => {
-            return oauth_error(
-                400,
-                "unsupported_grant_type",
-                "Only grant_type=refresh_token is simulated",
-            )
-        }
+        Some("refresh_token") => refresh_grant(st, tr).await,
+        Some("authorization_code") => authorization_code_grant(&st, &tr),
+        Some(_) | None => oauth_error(
+            400,
+            "unsupported_grant_type",
+            "Only grant_type=refresh_token and grant_type=authorization_code are simulated",
+        ),
     }
+}
+
+/// A successful token answer.
+fn token_answer(set: &TokenSet, now: i64) -> Response {
+    Json(json!({
+        "access_token": set.access_token,
+        "id_token": set.id_token,
+        "refresh_token": set.refresh_token,
+        "expires_in": set.access_token_expires_at - now,
+        "token_type": "Bearer",
+        "scope": "openid profile email offline_access",
+    }))
+    .into_response()
+}
+
+/// `grant_type=authorization_code`: the last step of a device-code login.
+fn authorization_code_grant(st: &Shared, tr: &TokenRequest) -> Response {
+    let field = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+    let (Some(code), Some(verifier), Some(redirect_uri)) = (
+        field(&tr.code),
+        field(&tr.code_verifier),
+        field(&tr.redirect_uri),
+    ) else {
+        return oauth_error(
+            400,
+            "invalid_request",
+            "code, code_verifier and redirect_uri are required",
+        );
+    };
+    let now = st.clock.now();
+    let mut guard = st.lock();
+    let g = &mut *guard;
+    let grant = match g.device.check_code(&code, &verifier, &redirect_uri, now) {
+        Ok(grant) => grant.clone(),
+        Err(e) => {
+            let why = match e {
+                RedeemError::Unknown => "Invalid authorization code",
+                RedeemError::Used => "Authorization code has already been used",
+                RedeemError::Expired => "Authorization code has expired",
+                RedeemError::VerifierMismatch => "Invalid code_verifier",
+                RedeemError::RedirectMismatch => "redirect_uri does not match the device callback",
+            };
+            return oauth_error(400, "invalid_grant", why);
+        }
+    };
+    let issued = if g.registry.get(&grant.account_id).is_some() {
+        let patch = AccountPatch {
+            plan: grant.plan.clone(),
+            email: grant.email.clone(),
+            ..AccountPatch::default()
+        };
+        g.registry
+            .patch(&grant.account_id, patch, now)
+            .and_then(|()| g.registry.login(&grant.account_id, now))
+    } else {
+        let opts = NewAccount {
+            account_id: Some(grant.account_id.clone()),
+            plan: grant.plan.clone(),
+            email: grant.email.clone(),
+            ..NewAccount::default()
+        };
+        g.registry.create(opts, now).map(|acc| acc.current.clone())
+    };
+    match issued {
+        Ok(set) => {
+            g.device.mark_exchanged(&code, now);
+            token_answer(&set, now)
+        }
+        Err(e) => oauth_error(500, "server_error", &e),
+    }
+}
+
+/// `grant_type=refresh_token`: rotate.
+async fn refresh_grant(st: Shared, tr: TokenRequest) -> Response {
     let Some(rt) = tr.refresh_token.filter(|t| !t.is_empty()) else {
         return oauth_error(400, "invalid_request", "refresh_token is required");
     };
@@ -155,15 +242,7 @@ async fn token(State(st): State<Shared>, req: Request) -> Response {
     let now = st.clock.now();
     let result = st.lock().registry.finish_refresh(&rt, now);
     match result {
-        Ok(set) => Json(json!({
-            "access_token": set.access_token,
-            "id_token": set.id_token,
-            "refresh_token": set.refresh_token,
-            "expires_in": set.access_token_expires_at - now,
-            "token_type": "Bearer",
-            "scope": "openid profile email offline_access",
-        }))
-        .into_response(),
+        Ok(set) => token_answer(&set, now),
         Err(RefreshDenied::Unknown) => oauth_error(401, "invalid_grant", "Invalid refresh token"),
         Err(RefreshDenied::Reused) => permanent("refresh_token_reused"),
         Err(RefreshDenied::Invalidated) => permanent("refresh_token_invalidated"),
@@ -188,6 +267,17 @@ mod tests {
             .unwrap();
         assert_eq!(f.refresh_token.as_deref(), Some("r+1"));
         assert_eq!(f.client_id.as_deref(), Some("c"));
+        let a = parse_token_request(
+            b"grant_type=authorization_code&code=ac_1&redirect_uri=http%3A%2F%2Fh%2Fdeviceauth%2Fcallback&client_id=c&code_verifier=v",
+        )
+        .unwrap();
+        assert_eq!(a.grant_type.as_deref(), Some("authorization_code"));
+        assert_eq!(a.code.as_deref(), Some("ac_1"));
+        assert_eq!(a.code_verifier.as_deref(), Some("v"));
+        assert_eq!(
+            a.redirect_uri.as_deref(),
+            Some("http://h/deviceauth/callback")
+        );
     }
 
     #[test]

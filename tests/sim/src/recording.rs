@@ -99,15 +99,40 @@ fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
     out
 }
 
-/// The refresh token named by a token-endpoint body (JSON or form).
-pub fn refresh_token_of(body: &[u8]) -> Option<String> {
+/// A string field of a JSON or form body.
+pub fn body_field(body: &[u8], key: &str) -> Option<String> {
     if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) {
-        return m.get("refresh_token")?.as_str().map(str::to_string);
+        return m.get(key)?.as_str().map(str::to_string);
     }
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
-    form.into_iter()
-        .find(|(k, _)| k == "refresh_token")
-        .map(|(_, v)| v)
+    form.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// The refresh token named by a token-endpoint body (JSON or form).
+pub fn refresh_token_of(body: &[u8]) -> Option<String> {
+    body_field(body, "refresh_token")
+}
+
+/// The account a request is about: the owner of the refresh token or authorization code at
+/// the token endpoint, of the approved login at the device poll, else of the bearer.
+fn account_of(
+    g: &crate::state::Inner,
+    path: &str,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> Option<String> {
+    let owner = match path {
+        "/oauth/token" => body.and_then(|b| {
+            refresh_token_of(b)
+                .and_then(|rt| g.registry.owner_of_refresh_token(&rt))
+                .or_else(|| body_field(b, "code").and_then(|c| g.device.owner_of_code(&c)))
+        }),
+        crate::device::POLL_PATH => body
+            .and_then(|b| body_field(b, "device_auth_id"))
+            .and_then(|id| g.device.owner_of_device(&id)),
+        _ => bearer(headers).and_then(|t| g.registry.owner_of_access_token(t)),
+    };
+    owner.map(str::to_string)
 }
 
 /// Axum middleware: record, decode, add quota headers.
@@ -136,17 +161,12 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
     let now_ms = st.clock.now_ms();
     let seq = {
         let mut g = st.lock();
-        let account_id = if path == "/oauth/token" {
-            decoded
-                .as_ref()
-                .ok()
-                .and_then(|b| refresh_token_of(b))
-                .and_then(|rt| g.registry.owner_of_refresh_token(&rt).map(str::to_string))
-        } else {
-            bearer(&parts.headers)
-                .and_then(|t| g.registry.owner_of_access_token(t))
-                .map(str::to_string)
-        };
+        let account_id = account_of(
+            &g,
+            &path,
+            &parts.headers,
+            decoded.as_ref().ok().map(Vec::as_slice),
+        );
         let seq = g.next_seq;
         g.next_seq += 1;
         push_record(

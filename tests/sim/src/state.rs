@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::accounts::Registry;
 use crate::clock::SimClock;
+use crate::device::{DeviceLogins, SignInAs, DEFAULT_CODE_TTL_SECS, DEFAULT_POLL_INTERVAL_SECS};
 use crate::recording::RequestRecord;
 
 /// Default reply of a model turn.
@@ -162,6 +163,22 @@ pub struct Behavior {
     pub models: Option<Value>,
     /// Delay of the token endpoint for accounts without their own (ms).
     pub refresh_delay_ms: u64,
+    /// Serve device-code login (false: the usercode endpoint answers 404, which the CLI
+    /// reports as "device code login is not enabled").
+    pub device_login_enabled: bool,
+    /// The `interval` the usercode answer asks the client to poll at (seconds).
+    pub device_poll_interval_secs: u64,
+    /// Lifetime of a user code (simulated seconds).
+    pub device_code_ttl_secs: i64,
+    /// Approve a pending login by itself once this many polls were answered "pending"
+    /// (`null`: never).
+    pub device_auto_approve_after_polls: Option<u64>,
+    /// Whom an auto-approved login signs in as (`null`: a new account each time).
+    pub device_auto_approve_as: Option<SignInAs>,
+    /// Status of a poll of a denied login (`error.code` `deviceauth_authorization_denied`).
+    pub device_denied_status: u16,
+    /// Status of a poll of an expired login (`error.code` `deviceauth_user_code_expired`).
+    pub device_expired_status: u16,
 }
 
 impl Default for Behavior {
@@ -177,6 +194,13 @@ impl Default for Behavior {
             turn_state: true,
             models: None,
             refresh_delay_ms: 0,
+            device_login_enabled: true,
+            device_poll_interval_secs: DEFAULT_POLL_INTERVAL_SECS,
+            device_code_ttl_secs: DEFAULT_CODE_TTL_SECS,
+            device_auto_approve_after_polls: None,
+            device_auto_approve_as: None,
+            device_denied_status: 403,
+            device_expired_status: 403,
         }
     }
 }
@@ -208,15 +232,32 @@ pub struct BehaviorPatch {
     pub models: Option<Option<Value>>,
     /// See [`Behavior::refresh_delay_ms`].
     pub refresh_delay_ms: Option<u64>,
+    /// See [`Behavior::device_login_enabled`].
+    pub device_login_enabled: Option<bool>,
+    /// See [`Behavior::device_poll_interval_secs`].
+    pub device_poll_interval_secs: Option<u64>,
+    /// See [`Behavior::device_code_ttl_secs`].
+    pub device_code_ttl_secs: Option<i64>,
+    /// See [`Behavior::device_auto_approve_after_polls`]; `null` turns it off.
+    #[serde(default, deserialize_with = "double_option")]
+    pub device_auto_approve_after_polls: Option<Option<u64>>,
+    /// See [`Behavior::device_auto_approve_as`]; `null` means new accounts.
+    #[serde(default, deserialize_with = "double_option")]
+    pub device_auto_approve_as: Option<Option<SignInAs>>,
+    /// See [`Behavior::device_denied_status`].
+    pub device_denied_status: Option<u16>,
+    /// See [`Behavior::device_expired_status`].
+    pub device_expired_status: Option<u16>,
     /// Restore every default first.
     #[serde(default)]
     pub reset: bool,
 }
 
-fn double_option<'de, D: serde::Deserializer<'de>>(
+/// A field that may be absent (outer `None`), `null` (`Some(None)`) or a value.
+fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
-) -> Result<Option<Option<Value>>, D::Error> {
-    Ok(Some(Option::<Value>::deserialize(d)?))
+) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::<T>::deserialize(d)?))
 }
 
 impl Behavior {
@@ -228,6 +269,19 @@ impl Behavior {
         if let Some(Some(models)) = &p.models {
             if !models.is_array() {
                 return Err("models must be a JSON array of model objects".into());
+            }
+        }
+        if p.device_code_ttl_secs.is_some_and(|t| t <= 0) {
+            return Err("device_code_ttl_secs must be > 0".into());
+        }
+        for s in [p.device_denied_status, p.device_expired_status]
+            .into_iter()
+            .flatten()
+        {
+            if !(400..=599).contains(&s) {
+                return Err(
+                    "device_denied_status and device_expired_status must be 400..=599".into(),
+                );
             }
         }
         if let Some(v) = p.event_delay_ms {
@@ -263,6 +317,27 @@ impl Behavior {
         if let Some(v) = p.refresh_delay_ms {
             self.refresh_delay_ms = v;
         }
+        if let Some(v) = p.device_login_enabled {
+            self.device_login_enabled = v;
+        }
+        if let Some(v) = p.device_poll_interval_secs {
+            self.device_poll_interval_secs = v;
+        }
+        if let Some(v) = p.device_code_ttl_secs {
+            self.device_code_ttl_secs = v;
+        }
+        if let Some(v) = p.device_auto_approve_after_polls {
+            self.device_auto_approve_after_polls = v;
+        }
+        if let Some(v) = p.device_auto_approve_as {
+            self.device_auto_approve_as = v;
+        }
+        if let Some(v) = p.device_denied_status {
+            self.device_denied_status = v;
+        }
+        if let Some(v) = p.device_expired_status {
+            self.device_expired_status = v;
+        }
         Ok(())
     }
 
@@ -283,6 +358,8 @@ pub struct Inner {
     pub registry: Registry,
     /// Global knobs.
     pub behavior: Behavior,
+    /// Device-code logins.
+    pub device: DeviceLogins,
     /// Request log.
     pub requests: Vec<RequestRecord>,
     /// Next request sequence number.
@@ -366,6 +443,52 @@ mod tests {
         let p: BehaviorPatch = serde_json::from_str(r#"{"websocket":426}"#).unwrap();
         assert_eq!(p.websocket, Some(WebsocketMode::UpgradeRequired));
         assert!(serde_json::from_str::<BehaviorPatch>(r#"{"websocket":"200"}"#).is_err());
+    }
+
+    #[test]
+    fn device_knobs_patch_and_validate() {
+        let mut b = Behavior::default();
+        assert_eq!(b.device_auto_approve_after_polls, None);
+        b.apply(
+            serde_json::from_str(
+                r#"{"device_auto_approve_after_polls":2,"device_auto_approve_as":{"account_id":"a"},"device_poll_interval_secs":0}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(b.device_auto_approve_after_polls, Some(2));
+        assert_eq!(
+            b.device_auto_approve_as
+                .as_ref()
+                .unwrap()
+                .account_id
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(b.device_poll_interval_secs, 0);
+        // Absent keeps, null clears.
+        b.apply(serde_json::from_str(r#"{"delta_count":1}"#).unwrap())
+            .unwrap();
+        assert_eq!(b.device_auto_approve_after_polls, Some(2));
+        b.apply(
+            serde_json::from_str(
+                r#"{"device_auto_approve_after_polls":null,"device_auto_approve_as":null}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(b.device_auto_approve_after_polls, None);
+        assert_eq!(b.device_auto_approve_as, None);
+        assert!(b
+            .apply(serde_json::from_str(r#"{"device_code_ttl_secs":0}"#).unwrap())
+            .is_err());
+        assert!(b
+            .apply(serde_json::from_str(r#"{"device_denied_status":200}"#).unwrap())
+            .is_err());
+        assert!(
+            serde_json::from_str::<BehaviorPatch>(r#"{"device_auto_approve_as":{"nope":1}}"#)
+                .is_err()
+        );
     }
 
     #[test]

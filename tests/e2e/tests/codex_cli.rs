@@ -5,27 +5,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{repo_root, Stack};
+use codexmesh_e2e::{repo_root, Stack, StackOptions};
 use serde_json::json;
 
 const REPLY: &str = "codexmesh e2e reply: the pool answered";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn codex_exec_gets_its_answer_through_the_gateway() {
-    let codex = repo_root().join("tests/codex-cli/node_modules/.bin/codex");
-    assert!(
-        codex.exists(),
-        "Codex CLI missing at {}: scripts/setup.sh --test installs it",
-        codex.display()
-    );
-    let stack = Stack::start(2).await.unwrap();
-    stack
-        .sim
-        .behavior(json!({"reply_text": REPLY}))
-        .await
-        .unwrap();
-    stack.sim.clear_requests().await.unwrap();
-
+/// A throwaway CODEX_HOME whose config points the CLI at the gateway with the pool key as
+/// `env_key`, the way README tells a developer to.
+fn codex_home(stack: &Stack) -> (std::path::PathBuf, std::path::PathBuf) {
     let home = stack.dir.path().join("codex-home");
     std::fs::create_dir_all(&home).unwrap();
     let config = format!(
@@ -56,16 +43,20 @@ enabled = false
     std::fs::write(home.join("config.toml"), config).unwrap();
     let workdir = stack.dir.path().join("codex-work");
     std::fs::create_dir_all(&workdir).unwrap();
+    (home, workdir)
+}
 
-    let started = Instant::now();
+/// Runs `codex exec PROMPT` to completion (bounded at 90 s); returns (success, stdout, stderr).
+async fn codex_exec(stack: &Stack, prompt: &str) -> (bool, String, String) {
+    let codex = repo_root().join("tests/codex-cli/node_modules/.bin/codex");
+    assert!(
+        codex.exists(),
+        "Codex CLI missing at {}: scripts/setup.sh --test installs it",
+        codex.display()
+    );
+    let (home, workdir) = codex_home(stack);
     let child = Command::new(&codex)
-        .args([
-            "exec",
-            "--skip-git-repo-check",
-            "--color",
-            "never",
-            "say hi",
-        ])
+        .args(["exec", "--skip-git-repo-check", "--color", "never", prompt])
         .current_dir(&workdir)
         .env("CODEX_HOME", &home)
         .env("CODEXMESH_API_KEY", &stack.key)
@@ -77,7 +68,6 @@ enabled = false
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Bounded: the CLI must finish well within a minute against a local stack.
     let waiter = tokio::task::spawn_blocking(move || child.wait_with_output());
     let output = match tokio::time::timeout(Duration::from_secs(90), waiter).await {
         Ok(done) => done.unwrap().unwrap(),
@@ -87,12 +77,27 @@ enabled = false
             panic!("codex exec did not finish within 90 s");
         }
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
+    (
         output.status.success(),
-        "codex exec failed ({:?}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_gets_its_answer_through_the_gateway() {
+    let stack = Stack::start(2).await.unwrap();
+    stack
+        .sim
+        .behavior(json!({"reply_text": REPLY}))
+        .await
+        .unwrap();
+    stack.sim.clear_requests().await.unwrap();
+    let started = Instant::now();
+    let (ok, stdout, stderr) = codex_exec(&stack, "say hi").await;
+    assert!(
+        ok,
+        "codex exec failed:\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(
         stdout.contains(REPLY),
@@ -117,4 +122,44 @@ enabled = false
     assert_eq!(turns[0]["headers"]["originator"], "codex_exec");
     let recorded = serde_json::to_string(&turns).unwrap();
     assert!(!recorded.contains(&stack.key), "pool key leaked upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_cli_completes_twenty_turns_while_accounts_exhaust_one_after_another() {
+    // Three accounts with 8 turns each: 24 in all for 20 CLI turns (plus the harness's first).
+    let stack = Stack::start_with(StackOptions {
+        accounts: vec![json!({"primary_limit": 8}); 3],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    stack
+        .sim
+        .behavior(json!({"reply_text": REPLY}))
+        .await
+        .unwrap();
+    stack.sim.clear_requests().await.unwrap();
+    for turn in 1..=20 {
+        let (ok, stdout, stderr) = codex_exec(&stack, &format!("turn {turn}")).await;
+        assert!(
+            ok && stdout.contains(REPLY),
+            "turn {turn} failed:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    let turns = stack.sim.turn_requests().await.unwrap();
+    let served: Vec<&str> = turns
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .map(|r| r["account_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(served.len(), 20);
+    // At least two accounts ran dry on the way (the 429s happened, and stayed invisible).
+    let exhausted = turns.iter().filter(|r| r["status"] == 429).count();
+    assert!(exhausted >= 1, "no account was exhausted: {served:?}");
+    let used: std::collections::BTreeSet<&str> = served.iter().copied().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "all three accounts were spent in turn: {served:?}"
+    );
 }

@@ -12,13 +12,17 @@ use crate::store::Store;
 #[derive(Clone)]
 struct ApiState {
     store: Store,
+    health_window_secs: u64,
 }
 
-pub fn router(store: Store) -> Router {
+pub fn router(store: Store, health_window_secs: u64) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/status", get(status))
-        .with_state(ApiState { store })
+        .with_state(ApiState {
+            store,
+            health_window_secs,
+        })
 }
 
 async fn healthz() -> &'static str {
@@ -26,7 +30,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
-    match crate::status::build(&state.store).await {
+    match crate::status::build(&state.store, state.health_window_secs).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "status: store read failed");

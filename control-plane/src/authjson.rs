@@ -155,6 +155,58 @@ pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
     })
 }
 
+/// The access token's `exp` as unix milliseconds, when it is a JWT that carries one.
+pub fn jwt_expiry_ms(token: &str) -> Option<i64> {
+    decode_jwt_payload(token).ok()?.get("exp").and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_f64().map(|f| f as i64))
+            .map(|secs| secs.saturating_mul(1000))
+    })
+}
+
+/// What an id token says about its login (plan, email, ChatGPT account id), if it decodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdClaims {
+    pub plan: Option<String>,
+    pub email: Option<String>,
+    pub chatgpt_account_id: Option<String>,
+}
+
+pub fn id_claims(id_token: &str) -> IdClaims {
+    let Ok(claims) = decode_jwt_payload(id_token) else {
+        return IdClaims::default();
+    };
+    IdClaims {
+        plan: auth_claim(&claims, "chatgpt_plan_type"),
+        email: str_claim(&claims, "email"),
+        chatgpt_account_id: auth_claim(&claims, "chatgpt_account_id"),
+    }
+}
+
+/// A Codex `auth.json` (ChatGPT login) for these tokens, as the Codex CLI writes it.
+pub fn render(
+    id_token: &str,
+    access_token: &str,
+    refresh_token: &str,
+    account_id: &str,
+    last_refresh: &str,
+) -> String {
+    let doc = serde_json::json!({
+        "auth_mode": "chatgpt",
+        "OPENAI_API_KEY": null,
+        "tokens": {
+            "id_token": id_token,
+            "access_token": access_token,
+            "refresh_token": refresh_token,
+            "account_id": account_id,
+        },
+        "last_refresh": last_refresh,
+    });
+    let mut s = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string());
+    s.push('\n');
+    s
+}
+
 fn required_str(tokens: &Map<String, Value>, key: &'static str) -> Result<String, AuthJsonError> {
     tokens
         .get(key)
@@ -336,6 +388,28 @@ mod tests {
             parse(&file(t)),
             Err(AuthJsonError::AccountIdMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn rendered_files_parse_back() -> Result<(), AuthJsonError> {
+        let t = good_tokens();
+        let text = render(
+            t["id_token"].as_str().unwrap_or_default(),
+            t["access_token"].as_str().unwrap_or_default(),
+            "rt_new",
+            "acct-1",
+            "2026-01-01T00:00:00Z",
+        );
+        let c = parse(text.as_bytes())?;
+        assert_eq!(c.refresh_token, "rt_new");
+        assert_eq!(c.chatgpt_account_id, "acct-1");
+        assert_eq!(jwt_expiry_ms(&c.access_token), Some(2_000_000_000_000));
+        let claims = id_claims(&c.id_token);
+        assert_eq!(claims.plan.as_deref(), Some("plus"));
+        assert_eq!(claims.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(claims.chatgpt_account_id.as_deref(), Some("acct-1"));
+        assert_eq!(id_claims("junk"), IdClaims::default());
+        Ok(())
     }
 
     #[test]

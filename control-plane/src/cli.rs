@@ -11,8 +11,11 @@ use serde::Serialize;
 use crate::authjson::{self, AuthJsonError};
 use crate::config::{ConfigError, Settings, SettingsFlags};
 use crate::envoy_bootstrap::{self, BootstrapError, BootstrapParams};
+use crate::login::LoginError;
+use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Request, Trigger};
 use crate::server::{self, ServeError};
-use crate::store::{Account, Actor, ImportAction, Store, StoreError};
+use crate::status::AccountStatus;
+use crate::store::{Account, Actor, ImportAction, ImportResult, Store, StoreError};
 use crate::up::UpError;
 use crate::util::{self, now_ms, RandomError};
 
@@ -102,6 +105,39 @@ pub enum AccountCmd {
         #[arg(value_name = "ID|LABEL")]
         account: String,
     },
+    /// Refresh an account's access token now (single-flight with every other process)
+    Refresh {
+        #[arg(value_name = "ID|LABEL")]
+        account: String,
+    },
+    /// Write an account out as a Codex auth.json (mode 0600) and, unless --keep, remove it
+    /// from its pool: its refresh token then belongs to whoever holds the file
+    Export {
+        #[arg(value_name = "ID|LABEL")]
+        account: String,
+        /// Where to write the auth.json
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Overwrite an existing file
+        #[arg(long)]
+        force: bool,
+        /// Keep the account in the pool (both sides will then rotate one refresh token: only
+        /// one of them can keep it)
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Sign a ChatGPT account in with the device-code flow and add it to a pool
+    Login {
+        /// Pool to add the account to
+        #[arg(long)]
+        pool: String,
+        /// Label (default: the login's email, else its ChatGPT account id)
+        #[arg(long)]
+        name: Option<String>,
+        /// Give up waiting for the approval after this long
+        #[arg(long, value_name = "SECS", default_value_t = 900)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +197,12 @@ pub enum CliError {
     Random(#[from] RandomError),
     #[error("cannot write output: {0}")]
     Output(String),
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
+    #[error("login: {0}")]
+    Login(#[from] LoginError),
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(String),
 }
 
 impl CliError {
@@ -316,7 +358,7 @@ async fn pool_cmd(settings: &Settings, out: &Output, cmd: PoolCmd) -> Result<(),
         }
         PoolCmd::List => {
             let store = open_store(settings).await?;
-            let report = crate::status::build(&store).await?;
+            let report = crate::status::build(&store, settings.health_window_secs).await?;
             if out.json {
                 #[derive(Serialize)]
                 struct Row<'a> {
@@ -387,7 +429,7 @@ async fn account_cmd(settings: &Settings, out: &Output, cmd: AccountCmd) -> Resu
                         a.id.clone(),
                         a.chatgpt_account_id.clone(),
                         opt(&a.plan),
-                        a.state.to_string(),
+                        a.state_display(),
                         expires_in(a, now),
                     ]
                 })
@@ -405,6 +447,18 @@ async fn account_cmd(settings: &Settings, out: &Output, cmd: AccountCmd) -> Resu
                 &rows,
             )
         }
+        AccountCmd::Refresh { account } => refresh_account(settings, out, &account).await,
+        AccountCmd::Export {
+            account,
+            out: path,
+            force,
+            keep,
+        } => export_account(settings, out, &account, &path, force, keep).await,
+        AccountCmd::Login {
+            pool,
+            name,
+            timeout_secs,
+        } => login_account(settings, out, &pool, name.as_deref(), timeout_secs).await,
         AccountCmd::Pause { account } => set_paused(settings, out, &account, true).await,
         AccountCmd::Resume { account } => set_paused(settings, out, &account, false).await,
         AccountCmd::Remove { account } => {
@@ -465,9 +519,14 @@ async fn import_account(
         "note: the gateway now uses this login's refresh token; do not keep using this \
          auth.json in another Codex install (refresh tokens rotate)"
     );
+    print_import(out, &result)
+}
+
+fn print_import(out: &Output, result: &ImportResult) -> Result<(), CliError> {
     if out.json {
-        return out.json(&result);
+        return out.json(result);
     }
+    let a = &result.account;
     let plan = a.plan.clone().unwrap_or_else(|| "unknown plan".to_owned());
     match result.action {
         ImportAction::Created => out.line(&format!(
@@ -504,6 +563,283 @@ async fn set_paused(
             a.label, a.id, a.state
         ))
     }
+}
+
+async fn refresh_account(settings: &Settings, out: &Output, ident: &str) -> Result<(), CliError> {
+    let store = open_store(settings).await?;
+    let key = settings.master_key()?;
+    store.verify_master_key(&key).await?;
+    let before = store.account(ident).await?;
+    let http = crate::oauth::http_client().map_err(|e| CliError::Http(e.to_string()))?;
+    let refresher = Refresher::new(
+        store.clone(),
+        key,
+        http,
+        RefresherConfig::from_settings(settings),
+        refresh::holder_id("cli"),
+        Actor::cli(),
+        None,
+    );
+    let done = refresher
+        .refresh(
+            &before.id,
+            Request {
+                trigger: Trigger::Manual,
+                seen_revision: before.token_revision,
+                wait: true,
+            },
+        )
+        .await?;
+    let after = store.account(&before.id).await?;
+    let by_us = matches!(done, Done::Refreshed { .. });
+    if out.json {
+        #[derive(Serialize)]
+        struct Refreshed<'a> {
+            refreshed: bool,
+            /// "this" when this command called the token endpoint, "other" when another
+            /// process refreshed the same generation meanwhile.
+            by: &'static str,
+            account: &'a Account,
+        }
+        return out.json(&Refreshed {
+            refreshed: true,
+            by: if by_us { "this" } else { "other" },
+            account: &after,
+        });
+    }
+    let expiry = after.access_token_expires_at_ms.map_or_else(
+        || "an unknown time".to_owned(),
+        |t| {
+            format!(
+                "{} ({})",
+                util::fmt_utc_ms(t),
+                util::human_until(t, now_ms())
+            )
+        },
+    );
+    if by_us {
+        out.line(&format!(
+            "refreshed account {} ({}): the access token expires {expiry}",
+            after.label, after.id
+        ))
+    } else {
+        out.line(&format!(
+            "account {} ({}) was refreshed by another process meanwhile: the access token \
+             expires {expiry}",
+            after.label, after.id
+        ))
+    }
+}
+
+/// Writes `contents` to `path` with mode 0600: never replacing an existing file unless
+/// `force`, never leaving a partial file.
+fn write_private_file(path: &Path, contents: &str, force: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()
+    };
+    let placed = write().and_then(|()| {
+        if force {
+            std::fs::rename(&tmp, path)
+        } else {
+            std::fs::hard_link(&tmp, path)
+        }
+    });
+    let _ = std::fs::remove_file(&tmp);
+    placed
+}
+
+async fn export_account(
+    settings: &Settings,
+    out: &Output,
+    ident: &str,
+    path: &Path,
+    force: bool,
+    keep: bool,
+) -> Result<(), CliError> {
+    if !force && std::fs::symlink_metadata(path).is_ok() {
+        return Err(CliError::Usage(format!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        )));
+    }
+    let store = open_store(settings).await?;
+    let key = settings.master_key()?;
+    store.verify_master_key(&key).await?;
+    let account = store.account(ident).await?;
+    // Hold the refresh lease, so no refresh rotates the token while it changes hands.
+    let holder = refresh::holder_id("cli-export");
+    let lease = format!("refresh:{}", account.id);
+    let lease_ms =
+        i64::try_from(settings.refresh_lease_secs.saturating_mul(1000)).unwrap_or(60_000);
+    let patience = std::time::Instant::now()
+        + std::time::Duration::from_millis(u64::try_from(lease_ms).unwrap_or(60_000))
+        + std::time::Duration::from_secs(10);
+    while !store.try_acquire_lease(&lease, &holder, lease_ms).await? {
+        if std::time::Instant::now() > patience {
+            return Err(RefreshError::LeaseTimeout {
+                label: account.label.clone(),
+            }
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let result = export_leased(&store, &key, &account.id, path, force, keep).await;
+    if let Err(e) = store.release_lease(&lease, &holder).await {
+        tracing::warn!(error = %e, "cannot release the refresh lease; it expires on its own");
+    }
+    let (account, removed) = result?;
+    if account.state == crate::store::AccountState::NeedsReauth {
+        eprintln!(
+            "warning: account {} needs re-authentication ({}): the exported refresh token \
+             no longer works",
+            account.label,
+            account.state_reason.as_deref().unwrap_or("unknown")
+        );
+    }
+    if removed {
+        eprintln!(
+            "removed account {} from pool {}: its refresh token now belongs to whoever holds {}",
+            account.label,
+            account.pool,
+            path.display()
+        );
+    } else {
+        eprintln!(
+            "warning: account {} stays in pool {} (--keep): the gateway and the holder of {} \
+             now share one refresh token; whichever refreshes second loses the login",
+            account.label,
+            account.pool,
+            path.display()
+        );
+    }
+    if out.json {
+        #[derive(Serialize)]
+        struct Exported<'a> {
+            path: &'a Path,
+            removed: bool,
+            account: &'a Account,
+        }
+        return out.json(&Exported {
+            path,
+            removed,
+            account: &account,
+        });
+    }
+    out.line(&format!(
+        "wrote {} (account {}, {})",
+        path.display(),
+        account.label,
+        account.chatgpt_account_id
+    ))
+}
+
+async fn export_leased(
+    store: &Store,
+    key: &crate::crypto::MasterKey,
+    id: &str,
+    path: &Path,
+    force: bool,
+    keep: bool,
+) -> Result<(Account, bool), CliError> {
+    let s = store.account_secrets(id, key).await?;
+    let text = authjson::render(
+        &s.id_token,
+        &s.access_token,
+        &s.refresh_token,
+        &s.account.chatgpt_account_id,
+        &util::fmt_rfc3339_ms(
+            s.account
+                .last_refresh_at_ms
+                .unwrap_or(s.account.tokens_updated_at_ms),
+        ),
+    );
+    write_private_file(path, &text, force).map_err(|source| CliError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    if keep {
+        return Ok((s.account, false));
+    }
+    let removed = store.remove_account(&Actor::cli(), id).await?;
+    Ok((removed, true))
+}
+
+async fn login_account(
+    settings: &Settings,
+    out: &Output,
+    pool: &str,
+    label: Option<&str>,
+    timeout_secs: u64,
+) -> Result<(), CliError> {
+    if let Some(l) = label {
+        crate::store::validate_label(l)?;
+    }
+    if timeout_secs == 0 {
+        return Err(CliError::Usage(
+            "--timeout-secs must be at least 1".to_owned(),
+        ));
+    }
+    // Everything that can fail without a person's help, before asking for one.
+    let store = open_store(settings).await?;
+    store.pool_by_name(pool).await?;
+    let key = settings.master_key()?;
+    store.verify_master_key(&key).await?;
+    let http = crate::oauth::http_client().map_err(|e| CliError::Http(e.to_string()))?;
+    let issuer = settings.auth_base_url.trim_end_matches('/').to_owned();
+
+    let code = crate::login::request_user_code(&http, &issuer).await?;
+    let minutes = code
+        .expires_at_ms
+        .map_or(15, |e| ((e - now_ms()).max(0) + 59_999) / 60_000);
+    eprintln!(
+        "To add a ChatGPT account to pool {pool}, open\n\n    {}\n\nand enter the code\n\n    \
+         {}\n\n(it expires in {minutes} minutes). Device codes are a common phishing target: \
+         only enter a code you asked for yourself.\nWaiting for the approval...",
+        crate::login::verification_url(&issuer),
+        code.user_code
+    );
+    let approval = crate::login::wait_for_approval(
+        &http,
+        &issuer,
+        &code,
+        std::time::Duration::from_secs(timeout_secs),
+    )
+    .await?;
+    let tokens = crate::login::exchange(&http, &issuer, &approval).await?;
+    // The claims decide the account, exactly as for an imported auth.json.
+    let rendered = authjson::render(
+        &tokens.id_token,
+        &tokens.access_token,
+        &tokens.refresh_token,
+        "",
+        &util::fmt_rfc3339_ms(now_ms()),
+    );
+    let creds = authjson::parse(rendered.as_bytes()).map_err(|e| {
+        CliError::Login(LoginError::BadAnswer(format!(
+            "the new login's tokens: {e}"
+        )))
+    })?;
+    let result = store
+        .import_account(&Actor::cli(), pool, label, &creds, &key)
+        .await?;
+    eprintln!("approved: the gateway holds this login now");
+    print_import(out, &result)
 }
 
 // ---- key ----
@@ -601,9 +937,30 @@ async fn key_cmd(settings: &Settings, out: &Output, cmd: KeyCmd) -> Result<(), C
 
 // ---- status ----
 
+/// "42%" for a window as routing sees it, "-" without evidence.
+fn pct(w: Option<&crate::status::WindowView>) -> String {
+    w.map_or_else(|| "-".to_owned(), |w| format!("{:.0}%", w.used_percent))
+}
+
+/// When the busier window resets ("in 2h 3m"), "-" without evidence.
+fn resets(a: &AccountStatus) -> String {
+    let Some(q) = &a.quota else {
+        return "-".to_owned();
+    };
+    [q.primary.as_ref(), q.secondary.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter(|w| w.resets_in_secs > 0)
+        .max_by(|x, y| x.used_percent.total_cmp(&y.used_percent))
+        .map_or_else(
+            || "-".to_owned(),
+            |w| format!("in {}", util::human_span_ms(&(w.resets_in_secs * 1000))),
+        )
+}
+
 async fn status_cmd(settings: &Settings, out: &Output) -> Result<(), CliError> {
     let store = open_store(settings).await?;
-    let report = crate::status::build(&store).await?;
+    let report = crate::status::build(&store, settings.health_window_secs).await?;
     if out.json {
         return out.json(&report);
     }
@@ -614,25 +971,28 @@ async fn status_cmd(settings: &Settings, out: &Output) -> Result<(), CliError> {
     let mut rows = Vec::new();
     for p in &report.pools {
         if p.accounts.is_empty() {
-            rows.push(vec![
-                p.pool.name.clone(),
-                "(no accounts)".to_owned(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
+            let mut row = vec![p.pool.name.clone(), "(no accounts)".to_owned()];
+            row.resize(11, String::new());
+            rows.push(row);
         }
-        for a in &p.accounts {
+        for s in &p.accounts {
+            let a = &s.account;
+            let q = s.quota.as_ref();
             rows.push(vec![
                 p.pool.name.clone(),
                 a.label.clone(),
                 a.chatgpt_account_id.clone(),
                 opt(&a.plan),
-                a.state.to_string(),
+                a.state_display(),
                 expires_in(a, now),
-                format!("{}/{}", a.priority, a.weight),
+                pct(q.and_then(|q| q.primary.as_ref())),
+                pct(q.and_then(|q| q.secondary.as_ref())),
+                resets(s),
+                s.health.score.to_string(),
+                format!(
+                    "{}/{}/{}",
+                    s.counters.requests, s.counters.successes, s.counters.fallbacks_served
+                ),
             ]);
         }
     }
@@ -644,7 +1004,11 @@ async fn status_cmd(settings: &Settings, out: &Output) -> Result<(), CliError> {
             "PLAN",
             "STATE",
             "TOKEN EXPIRES",
-            "PRIO/WEIGHT",
+            "5H",
+            "WEEK",
+            "RESETS",
+            "HEALTH",
+            "REQ/OK/FALLBACK",
         ],
         &rows,
     )?;

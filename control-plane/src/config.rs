@@ -25,10 +25,19 @@ pub const DEFAULT_ENVOY_ADMIN_LISTEN: &str = "127.0.0.1:19901";
 pub const DEFAULT_WASM_PATH: &str = "target/wasm32-wasip1/release/codexmesh_filter.wasm";
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5000;
 pub const DEFAULT_CHANGE_POLL_MS: u64 = 200;
+pub const DEFAULT_REFRESH_LEAD_SECS: u64 = 900;
+pub const DEFAULT_REFRESH_LEASE_SECS: u64 = 60;
+pub const DEFAULT_QUOTA_POLL_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_HEALTH_WINDOW_SECS: u64 = 300;
+pub const DEFAULT_AUTH_BASE_URL: &str = "https://auth.openai.com";
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1000;
 
 pub const ENV_CONFIG: &str = "CODEXMESH_CONFIG";
 pub const ENV_PUSH_TOKEN: &str = "CODEXMESH_PUSH_TOKEN";
 pub const ENV_MASTER_KEY: &str = "CODEXMESH_MASTER_KEY";
+/// Test-only fault injection (see [`Fault`]).
+pub const ENV_FAULT: &str = "CODEXMESH_FAULT";
+pub const ENV_WATCH: &str = "CODEXMESH_WATCH";
 pub const PUSH_TOKEN_FILE: &str = "push.token";
 pub const MASTER_KEY_FILE: &str = "master.key";
 
@@ -99,6 +108,31 @@ pub struct SettingsFlags {
     /// How often the store's revision is polled [env: CODEXMESH_CHANGE_POLL_MS]
     #[arg(long, global = true, value_name = "MS")]
     pub change_poll_ms: Option<u64>,
+    /// Refresh an access token this long before it expires [env: CODEXMESH_REFRESH_LEAD_SECS]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub refresh_lead_secs: Option<u64>,
+    /// Lifetime of the store lease held while refreshing one account
+    /// [env: CODEXMESH_REFRESH_LEASE_SECS]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub refresh_lease_secs: Option<u64>,
+    /// Poll each account's /wham/usage this often; 0 disables
+    /// [env: CODEXMESH_QUOTA_POLL_INTERVAL_SECS]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub quota_poll_interval_secs: Option<u64>,
+    /// Sliding window of outcomes the health score is computed from
+    /// [env: CODEXMESH_HEALTH_WINDOW_SECS]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub health_window_secs: Option<u64>,
+    /// Auth server (issuer) for `account login` (device code) [env: CODEXMESH_AUTH_BASE_URL]
+    #[arg(long, alias = "issuer", global = true, value_name = "URL")]
+    pub auth_base_url: Option<String>,
+    /// Watch DIR for auth.json files and keep pool POOL in step with it (repeatable)
+    /// [env: CODEXMESH_WATCH, comma-separated]
+    #[arg(long = "watch", global = true, value_name = "DIR=POOL")]
+    pub watch: Vec<String>,
+    /// How often watched folders are scanned [env: CODEXMESH_WATCH_INTERVAL_MS]
+    #[arg(long, global = true, value_name = "MS")]
+    pub watch_interval_ms: Option<u64>,
 }
 
 /// The TOML config file. Unknown keys are refused so a typo does not silently fall back to a
@@ -120,6 +154,14 @@ pub struct FileConfig {
     pub wasm_path: Option<PathBuf>,
     pub heartbeat_interval_ms: Option<u64>,
     pub change_poll_ms: Option<u64>,
+    pub refresh_lead_secs: Option<u64>,
+    pub refresh_lease_secs: Option<u64>,
+    pub quota_poll_interval_secs: Option<u64>,
+    pub health_window_secs: Option<u64>,
+    pub auth_base_url: Option<String>,
+    /// `["DIR=POOL", ...]`
+    pub watch: Option<Vec<String>>,
+    pub watch_interval_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -161,6 +203,52 @@ struct GivenSecret {
     value: Secret,
 }
 
+/// One watched folder: `*.json` Codex auth files in `dir` are kept in step with pool `pool`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub dir: PathBuf,
+    pub pool: String,
+}
+
+impl std::str::FromStr for WatchSpec {
+    type Err = String;
+
+    /// `DIR=POOL`; the last `=` separates them (pool names cannot contain one).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (dir, pool) = s
+            .trim()
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?} is not DIR=POOL"))?;
+        if dir.is_empty() {
+            return Err(format!("{s:?} has an empty DIR"));
+        }
+        crate::store::validate_pool_name(pool).map_err(|e| e.to_string())?;
+        Ok(Self {
+            dir: PathBuf::from(dir),
+            pool: pool.to_owned(),
+        })
+    }
+}
+
+/// Test-only fault injection, from `CODEXMESH_FAULT` (never a flag or config key). Lets the
+/// end-to-end tests crash the process at the one moment that matters for rotation safety.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill_after_refresh_persist`: SIGKILL ourselves right after a refresh's transaction
+    /// commits (the token endpoint has answered and the rotated tokens are stored), before the
+    /// lease is released or anything is pushed.
+    KillAfterRefreshPersist,
+}
+
+impl Fault {
+    fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "kill_after_refresh_persist" => Some(Self::KillAfterRefreshPersist),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub store: String,
@@ -176,6 +264,16 @@ pub struct Settings {
     pub wasm_path: PathBuf,
     pub heartbeat_interval_ms: u64,
     pub change_poll_ms: u64,
+    pub refresh_lead_secs: u64,
+    pub refresh_lease_secs: u64,
+    /// 0 disables the active quota poller.
+    pub quota_poll_interval_secs: u64,
+    pub health_window_secs: u64,
+    pub auth_base_url: String,
+    pub watch: Vec<WatchSpec>,
+    pub watch_interval_ms: u64,
+    /// Test-only (see [`Fault`]).
+    pub fault: Option<Fault>,
     push_token: Option<GivenSecret>,
     master_key: Option<GivenSecret>,
 }
@@ -287,6 +385,55 @@ impl Settings {
                 file.change_poll_ms,
                 "200",
             )?,
+            refresh_lead_secs: pick_parsed(
+                flags.refresh_lead_secs,
+                &env,
+                "CODEXMESH_REFRESH_LEAD_SECS",
+                file.refresh_lead_secs,
+                "900",
+            )?,
+            refresh_lease_secs: pick_parsed(
+                flags.refresh_lease_secs,
+                &env,
+                "CODEXMESH_REFRESH_LEASE_SECS",
+                file.refresh_lease_secs,
+                "60",
+            )?,
+            quota_poll_interval_secs: pick_parsed(
+                flags.quota_poll_interval_secs,
+                &env,
+                "CODEXMESH_QUOTA_POLL_INTERVAL_SECS",
+                file.quota_poll_interval_secs,
+                "60",
+            )?,
+            health_window_secs: pick_parsed(
+                flags.health_window_secs,
+                &env,
+                "CODEXMESH_HEALTH_WINDOW_SECS",
+                file.health_window_secs,
+                "300",
+            )?,
+            auth_base_url: pick(
+                flags.auth_base_url.clone(),
+                env("CODEXMESH_AUTH_BASE_URL"),
+                file.auth_base_url,
+                DEFAULT_AUTH_BASE_URL,
+            ),
+            watch: pick_watch(&flags.watch, &env, file.watch)?,
+            watch_interval_ms: pick_parsed(
+                flags.watch_interval_ms,
+                &env,
+                "CODEXMESH_WATCH_INTERVAL_MS",
+                file.watch_interval_ms,
+                "1000",
+            )?,
+            fault: match env(ENV_FAULT) {
+                None => None,
+                Some(v) => Some(Fault::parse(&v).ok_or_else(|| ConfigError::Invalid {
+                    origin: ENV_FAULT.to_owned(),
+                    message: format!("unknown fault {v:?} (known: kill_after_refresh_persist)"),
+                })?),
+            },
             push_token: env(ENV_PUSH_TOKEN)
                 .map(|v| GivenSecret {
                     origin: ENV_PUSH_TOKEN,
@@ -336,6 +483,7 @@ impl Settings {
         for (name, url) in [
             ("upstream_base_url", &self.upstream_base_url),
             ("oauth_token_url", &self.oauth_token_url),
+            ("auth_base_url", &self.auth_base_url),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(name, format!("{url:?} is not an http(s) URL")));
@@ -352,6 +500,25 @@ impl Settings {
                 "change_poll_ms",
                 format!("{} is outside 10..=60000", self.change_poll_ms),
             ));
+        }
+        let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 5] = [
+            ("refresh_lead_secs", self.refresh_lead_secs, 0..=30 * 86_400),
+            ("refresh_lease_secs", self.refresh_lease_secs, 2..=3600),
+            (
+                "quota_poll_interval_secs",
+                self.quota_poll_interval_secs,
+                0..=86_400,
+            ),
+            ("health_window_secs", self.health_window_secs, 2..=86_400),
+            ("watch_interval_ms", self.watch_interval_ms, 50..=3_600_000),
+        ];
+        for (name, value, range) in ranges {
+            if !range.contains(&value) {
+                return Err(invalid(
+                    name,
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
         }
         Ok(())
     }
@@ -449,6 +616,36 @@ where
         origin: "built-in default".to_owned(),
         message: format!("{default:?}: {e}"),
     })
+}
+
+/// `watch`: flags (repeatable) > `CODEXMESH_WATCH` (comma-separated) > config list > none.
+fn pick_watch(
+    flags: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<Vec<String>>,
+) -> Result<Vec<WatchSpec>, ConfigError> {
+    let (origin, raw): (&str, Vec<String>) = if !flags.is_empty() {
+        ("--watch", flags.to_vec())
+    } else if let Some(v) = env(ENV_WATCH) {
+        (
+            ENV_WATCH,
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    } else {
+        ("config file watch", file.unwrap_or_default())
+    };
+    raw.iter()
+        .map(|s| {
+            s.parse().map_err(|message| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message,
+            })
+        })
+        .collect()
 }
 
 /// Hides a password in a store URL for messages.
@@ -578,6 +775,75 @@ mod tests {
         );
         assert_eq!(s.heartbeat_interval_ms, DEFAULT_HEARTBEAT_INTERVAL_MS);
         assert_eq!(s.change_poll_ms, DEFAULT_CHANGE_POLL_MS);
+        assert_eq!(s.refresh_lead_secs, DEFAULT_REFRESH_LEAD_SECS);
+        assert_eq!(s.refresh_lease_secs, DEFAULT_REFRESH_LEASE_SECS);
+        assert_eq!(s.quota_poll_interval_secs, DEFAULT_QUOTA_POLL_INTERVAL_SECS);
+        assert_eq!(s.health_window_secs, DEFAULT_HEALTH_WINDOW_SECS);
+        assert_eq!(s.auth_base_url, DEFAULT_AUTH_BASE_URL);
+        assert!(s.watch.is_empty());
+        assert_eq!(s.watch_interval_ms, DEFAULT_WATCH_INTERVAL_MS);
+        assert_eq!(s.fault, None);
+        Ok(())
+    }
+
+    #[test]
+    fn lifecycle_settings_precedence_and_watch_lists() -> Result<(), Box<dyn std::error::Error>> {
+        let file = FileConfig {
+            refresh_lead_secs: Some(100),
+            quota_poll_interval_secs: Some(30),
+            watch: Some(vec!["/f=filepool".into()]),
+            ..FileConfig::default()
+        };
+        let s = Settings::from_parts(&SettingsFlags::default(), &env_of(&[]), file.clone())?;
+        assert_eq!(s.refresh_lead_secs, 100);
+        assert_eq!(s.quota_poll_interval_secs, 30);
+        assert_eq!(
+            s.watch,
+            vec![WatchSpec {
+                dir: "/f".into(),
+                pool: "filepool".into()
+            }]
+        );
+        let env = env_of(&[
+            ("CODEXMESH_REFRESH_LEAD_SECS", "50"),
+            ("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0"),
+            ("CODEXMESH_WATCH", "/a=p1, /b=c=p2 ,"),
+            ("CODEXMESH_AUTH_BASE_URL", "http://127.0.0.1:9"),
+            ("CODEXMESH_FAULT", "kill_after_refresh_persist"),
+        ]);
+        let s = Settings::from_parts(&SettingsFlags::default(), &env, file.clone())?;
+        assert_eq!(s.refresh_lead_secs, 50);
+        assert_eq!(s.quota_poll_interval_secs, 0);
+        assert_eq!(s.auth_base_url, "http://127.0.0.1:9");
+        assert_eq!(s.fault, Some(Fault::KillAfterRefreshPersist));
+        assert_eq!(s.watch.len(), 2);
+        assert_eq!(s.watch[1].dir, PathBuf::from("/b=c"));
+        assert_eq!(s.watch[1].pool, "p2");
+        let flags = SettingsFlags {
+            refresh_lead_secs: Some(7),
+            watch: vec!["/x=flagpool".into()],
+            ..SettingsFlags::default()
+        };
+        let s = Settings::from_parts(&flags, &env, file)?;
+        assert_eq!(s.refresh_lead_secs, 7);
+        assert_eq!(s.watch.len(), 1);
+        assert_eq!(s.watch[0].pool, "flagpool");
+
+        for (name, value) in [
+            ("CODEXMESH_WATCH", "/no-pool"),
+            ("CODEXMESH_WATCH", "/d=bad pool"),
+            ("CODEXMESH_REFRESH_LEASE_SECS", "1"),
+            ("CODEXMESH_HEALTH_WINDOW_SECS", "0"),
+            ("CODEXMESH_FAULT", "nope"),
+            ("CODEXMESH_AUTH_BASE_URL", "ftp://x"),
+        ] {
+            let r = Settings::from_parts(
+                &SettingsFlags::default(),
+                &env_of(&[(name, value)]),
+                FileConfig::default(),
+            );
+            assert!(r.is_err(), "{name}={value} was accepted");
+        }
         Ok(())
     }
 

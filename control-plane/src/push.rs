@@ -21,8 +21,8 @@ pub const MAX_REPORT_BATCH: usize = 10_000;
 /// Free-text fields from the data path are clipped to this many characters.
 const MAX_FIELD_CHARS: usize = 256;
 
-/// Where reported outcomes go. The store is the only sink today; quota and health derivation
-/// will hang off this seam.
+/// Where reported outcomes go: `serve` uses [`crate::lifecycle::LifecycleSink`] (store, quota
+/// evidence, 401-triggered refresh, health); the bare store is a sink too (tests).
 pub trait OutcomeSink: Send + Sync + 'static {
     fn record(
         &self,
@@ -141,6 +141,10 @@ pub fn outcome_record(o: &pb::Outcome) -> OutcomeRecord {
         credits_has_credits: o.credits_has_credits,
         credits_unlimited: o.credits_unlimited,
         credits_balance: clip(&o.credits_balance),
+        error_source: clip(&o.error_source),
+        fallback: o.fallback,
+        retry_after_unix: (o.retry_after_unix != 0).then_some(o.retry_after_unix),
+        token_expires_at_unix: (o.token_expires_at_unix != 0).then_some(o.token_expires_at_unix),
     }
 }
 

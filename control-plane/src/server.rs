@@ -11,6 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
+use crate::lifecycle::Lifecycle;
 use crate::push::MeshService;
 use crate::snapshot::{self, SnapshotHub};
 use crate::store::{Store, StoreError};
@@ -32,6 +33,8 @@ pub enum ServeError {
     },
     #[error("{0} server failed: {1}")]
     Server(&'static str, String),
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(String),
 }
 
 pub struct RunningServer {
@@ -41,6 +44,7 @@ pub struct RunningServer {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     hub: SnapshotHub,
+    lifecycle: Lifecycle,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -74,20 +78,32 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
             source,
         })?;
 
+    let http = crate::oauth::http_client().map_err(|e| ServeError::Http(e.to_string()))?;
     let cancel = CancellationToken::new();
+    let cp_id = snapshot::new_control_plane_id();
     let hub = SnapshotHub::start(
         store.clone(),
-        key,
-        snapshot::new_control_plane_id(),
+        key.clone(),
+        cp_id.clone(),
         Duration::from_millis(settings.change_poll_ms),
         cancel.clone(),
     )
     .await?;
+    let lifecycle = Lifecycle::start(
+        settings,
+        store.clone(),
+        key,
+        http,
+        format!("serve:{cp_id}"),
+        hub.nudger(),
+        hub.subscribe(),
+        cancel.clone(),
+    );
 
     let service = MeshService::new(
         hub.subscribe(),
         &push_token,
-        Arc::new(store.clone()),
+        Arc::new(lifecycle.sink()),
         Duration::from_millis(settings.heartbeat_interval_ms),
         cancel.clone(),
     );
@@ -110,7 +126,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     };
     let admin = {
         let cancel = cancel.clone();
-        let app = crate::api::router(store);
+        let app = crate::api::router(store, settings.health_window_secs);
         tokio::spawn(async move {
             let result = axum::serve(admin_listener, app)
                 .with_graceful_shutdown(cancel.clone().cancelled_owned())
@@ -127,6 +143,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         grpc,
         admin,
         hub,
+        lifecycle,
     })
 }
 
@@ -144,6 +161,11 @@ impl RunningServer {
     /// Asks the snapshot builder to check the store now (after an in-process write).
     pub fn nudge(&self) {
         self.hub.nudge();
+    }
+
+    /// The refresher of this server (in-process tests and tools).
+    pub fn refresher(&self) -> &crate::refresh::Refresher {
+        self.lifecycle.refresher()
     }
 
     /// Waits until shutdown is asked for or a server fails, then stops the rest (bounded).
@@ -171,6 +193,7 @@ impl RunningServer {
             }
         }
         self.hub.join().await;
+        self.lifecycle.join(SHUTDOWN_GRACE).await;
         if let Some(r) = grpc_done {
             r.map_err(|e| ServeError::Server("gRPC", e.to_string()))?
                 .map_err(|e| ServeError::Server("gRPC", e.to_string()))?;

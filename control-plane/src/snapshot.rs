@@ -18,13 +18,11 @@ use crate::util::{self, now_ms};
 /// Wait after noticing a change before reading, so writes landing together are coalesced.
 const DEBOUNCE: Duration = Duration::from_millis(15);
 
-/// Account health until the health aggregator lands (0..100, 100 = healthy).
-const DEFAULT_HEALTH: u32 = 100;
-
 /// Builds a snapshot from rows read in one transaction. Access tokens are opened here; an
 /// account whose token cannot be opened is sent as NEEDS_REAUTH without a token, rather than
-/// failing the whole snapshot.
+/// failing the whole snapshot. Quota windows whose reset time has passed are sent as 0 % used.
 pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb::Snapshot {
+    let now_unix = now_ms() / 1000;
     let pools = data
         .pools
         .iter()
@@ -58,13 +56,13 @@ pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb
                 .filter(|a| a.account.pool_id == pool.id)
                 .map(|a| {
                     let acc = &a.account;
-                    let (token, state) =
+                    let (token, state, reason) =
                         match key.open_string(&acc.id, "access_token", &a.sealed_access_token) {
-                            Ok(t) => (t, acc.state),
+                            Ok(t) => (t, acc.state, acc.state_reason.clone().unwrap_or_default()),
                             Err(e) => {
                                 tracing::error!(account_id = %acc.id, error = %e,
                                     "cannot open the sealed access token; sending the account as needs_reauth");
-                                (String::new(), AccountState::NeedsReauth)
+                                (String::new(), AccountState::NeedsReauth, "sealed_token_unreadable".to_owned())
                             }
                         };
                     pb::Account {
@@ -79,12 +77,14 @@ pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb
                         },
                         priority: acc.priority,
                         weight: acc.weight,
-                        quota: None,
-                        health: DEFAULT_HEALTH,
+                        quota: a.quota.as_ref().map(|q| crate::quota::summary(q, now_unix)),
+                        health: acc.health.min(100),
                         plan: acc.plan.clone().unwrap_or_default(),
                         access_token_expires_at_unix: acc
                             .access_token_expires_at_ms
-                            .map_or(0, |ms| ms / 1000),
+                            .map_or(0, |ms| ms.div_euclid(1000)),
+                        state_reason: reason,
+                        token_revision: u64::try_from(acc.token_revision).unwrap_or(0),
                     }
                 })
                 .collect();
@@ -95,6 +95,8 @@ pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb
                     strategy: proto_strategy(pool.strategy) as i32,
                     max_attempts: pool.max_attempts,
                     explain_routes: pool.explain_routes,
+                    // Thresholds and circuit settings: 0 = the filter's defaults.
+                    ..pb::RoutingSettings::default()
                 }),
                 keys,
                 accounts,

@@ -92,6 +92,11 @@ pub fn human_until(target_ms: i64, now_ms: i64) -> String {
     }
 }
 
+/// "5s", "4m", "1h 2m" for a duration in milliseconds (negative counts as 0).
+pub fn human_span_ms(ms: &i64) -> String {
+    human_span(u64::try_from((*ms).max(0)).unwrap_or(0) / 1000)
+}
+
 fn human_span(secs: u64) -> String {
     let (d, h, m) = (secs / 86_400, (secs % 86_400) / 3600, (secs % 3600) / 60);
     if d > 0 {
@@ -116,6 +121,88 @@ pub fn fmt_utc_ms(ms: i64) -> String {
         rem / 3600,
         (rem % 3600) / 60
     )
+}
+
+/// `2026-01-02T03:04:05.678Z` (RFC 3339, UTC, milliseconds), as Codex writes `last_refresh`.
+pub fn fmt_rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// Parses RFC 3339 (`2027-01-15T08:15:00.000000Z`, `...+02:00`) into unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let ms_digits: String = frac[..digits]
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect();
+        millis = ms_digits.parse().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_secs = match rest {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
+            let oh: i64 = tz[1..3].parse().ok()?;
+            let om: i64 = tz[4..6].parse().ok()?;
+            let v = oh * 3600 + om * 60;
+            if tz.starts_with('-') {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
+    Some(secs * 1000 + millis)
+}
+
+/// (year, month, day) to days since 1970-01-01 (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -184,6 +271,42 @@ mod tests {
             fmt_utc_ms(1_767_225_600_000 + 3_723_000),
             "2026-01-01 01:02Z"
         );
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(fmt_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            fmt_rfc3339_ms(1_767_225_600_000 + 3_723_456),
+            "2026-01-01T01:02:03.456Z"
+        );
+        assert_eq!(human_span_ms(&65_000), "1m");
+        for ms in [
+            0,
+            951_782_400_000,
+            1_767_225_600_000 + 3_723_456,
+            4_102_444_800_123,
+        ] {
+            assert_eq!(parse_rfc3339_ms(&fmt_rfc3339_ms(ms)), Some(ms));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2027-01-15T08:15:00.000000Z"),
+            parse_rfc3339_ms("2027-01-15T10:15:00+02:00")
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2027-01-15T08:15:00Z"),
+            Some(1_800_000_900_000)
+        );
+        for bad in [
+            "",
+            "2027-01-15",
+            "2027-13-15T08:15:00Z",
+            "2027-01-15T08:15:00",
+            "x027-01-15T08:15:00Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+        assert_eq!(human_span_ms(&-5), "0s");
     }
 
     #[test]

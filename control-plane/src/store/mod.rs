@@ -1,11 +1,15 @@
 //! The store: sqlx `AnyPool` over SQLite (default) or Postgres, with embedded migrations.
 //!
 //! Portability rules: `$N` placeholders (SQLite maps them by number too), times as i64 unix ms,
-//! flags as 0/1 integers, no NUMERIC results. Every mutation bumps `meta.revision` as the first
-//! statement of its transaction: that takes SQLite's write lock up front (no lock-upgrade
-//! deadlocks) and serialises writers on one row in Postgres. Append-only logs (outcomes) do not
-//! bump it: they are not part of the snapshot.
+//! flags as 0/1 integers, no NUMERIC results. Every mutation of snapshot input bumps
+//! `meta.revision` as the first statement of its transaction: that takes SQLite's write lock up
+//! front (no lock-upgrade deadlocks) and serialises writers on one row in Postgres. Writes that
+//! are not (meaningful) snapshot input do not bump it: outcomes and activity counters, leases,
+//! refresh bookkeeping (failure count, next attempt), and quota evidence or health scores that
+//! did not move enough to change routing (see `lifecycle.rs`). Those writers never take the
+//! `meta` row, so lock order stays `meta` first, then account rows.
 
+mod lifecycle;
 mod model;
 mod ops;
 
@@ -16,6 +20,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
+pub use lifecycle::QuotaWrite;
 pub use model::*;
 pub use ops::{validate_label, validate_pool_name};
 
@@ -300,9 +305,69 @@ fn col_bool(row: &AnyRow, name: &str) -> Result<bool, StoreError> {
     Ok(col::<i64>(row, name)? != 0)
 }
 
+/// A nullable DOUBLE PRECISION parameter. sqlx 0.8's Any driver sends a NULL `f64` to Postgres
+/// as `float4`, so a statement first prepared with a NULL there is cached with a `float4`
+/// parameter and a later non-NULL `f64` fails ("incorrect binary data format"). A NULL `f32`
+/// goes out as `float8`: use that for NULLs. (SQLite does not care.)
+pub(crate) struct NullableF64(pub Option<f64>);
+
+impl<'q> sqlx::Encode<'q, Any> for NullableF64 {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Any as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self.0 {
+            Some(v) => <f64 as sqlx::Encode<'q, Any>>::encode_by_ref(&v, buf),
+            None => <Option<f32> as sqlx::Encode<'q, Any>>::encode_by_ref(&None, buf),
+        }
+    }
+}
+
+impl sqlx::Type<Any> for NullableF64 {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <f64 as sqlx::Type<Any>>::type_info()
+    }
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 #[cfg(test)]
 mod tests;
+
+/// Fixtures for other modules' unit tests.
+#[cfg(test)]
+pub mod tests_support {
+    use super::{Account, AccountState};
+
+    pub fn account(id: &str) -> Account {
+        Account {
+            id: id.to_owned(),
+            pool_id: "pool_1".into(),
+            pool: "p".into(),
+            label: id.to_owned(),
+            chatgpt_account_id: format!("chatgpt-{id}"),
+            chatgpt_user_id: None,
+            email: None,
+            plan: None,
+            state: AccountState::Active,
+            state_reason: None,
+            cooldown_until_ms: None,
+            priority: 0,
+            weight: 1,
+            access_token_expires_at_ms: None,
+            tokens_updated_at_ms: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            token_revision: 1,
+            health: 100,
+            last_refresh_at_ms: None,
+            refresh_failures: 0,
+            next_refresh_at_ms: None,
+            last_refresh_error: None,
+            source_path: None,
+            source_hash: None,
+        }
+    }
+}

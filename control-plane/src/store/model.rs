@@ -86,6 +86,36 @@ pub struct Account {
     pub tokens_updated_at_ms: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Store revision at which the current access token was written.
+    pub token_revision: i64,
+    /// The published health score (0..100) the snapshot carries.
+    pub health: u32,
+    /// Last successful refresh.
+    pub last_refresh_at_ms: Option<i64>,
+    /// Consecutive transient refresh failures (0 when the last attempt worked).
+    pub refresh_failures: u32,
+    /// When the next refresh attempt is due after a failure (None: by token expiry).
+    pub next_refresh_at_ms: Option<i64>,
+    /// Why the last refresh failed (an error code or a short description; never a token).
+    pub last_refresh_error: Option<String>,
+    /// The watched-folder file this account came from, if any.
+    pub source_path: Option<String>,
+    /// SHA-256 (hex) of that file's content when it was last imported.
+    #[serde(skip)]
+    pub source_hash: Option<String>,
+}
+
+impl Account {
+    /// `needs_reauth (refresh_token_reused)`, `active`, ...: the state with its reason where
+    /// the reason matters to an operator.
+    pub fn state_display(&self) -> String {
+        match (&self.state, &self.state_reason) {
+            (AccountState::NeedsReauth | AccountState::CoolingDown, Some(r)) => {
+                format!("{} ({r})", self.state)
+            }
+            _ => self.state.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +139,144 @@ pub struct PoolKey {
 pub struct AccountWithToken {
     pub account: Account,
     pub sealed_access_token: Vec<u8>,
+    pub quota: Option<QuotaRecord>,
+}
+
+/// An account with its tokens opened, for the refresher and `account export`. `Debug` hides the
+/// tokens.
+#[derive(Clone)]
+pub struct AccountSecrets {
+    pub account: Account,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub id_token: String,
+}
+
+impl std::fmt::Debug for AccountSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSecrets")
+            .field("account", &self.account.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a successful refresh wrote. `Debug` hides the tokens.
+#[derive(Clone)]
+pub struct RefreshedTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub id_token: String,
+    pub access_token_expires_at_ms: Option<i64>,
+    /// From the new id token's claims, when it carries them.
+    pub plan: Option<String>,
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshedTokens")
+            .field(
+                "access_token_expires_at_ms",
+                &self.access_token_expires_at_ms,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an imported account came from, for watched folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSource {
+    pub path: String,
+    pub hash: String,
+}
+
+/// Which quota window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Primary,
+    Secondary,
+}
+
+/// One window's freshest evidence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WindowEvidence {
+    pub used_percent: f64,
+    pub window_minutes: i64,
+    /// Unix seconds; 0 = unknown.
+    pub resets_at_unix: i64,
+    /// When it was observed (unix ms).
+    pub observed_at_ms: i64,
+    /// `poll` (GET /wham/usage), `headers` (x-codex-* on an answer), `limit` (a 429
+    /// usage_limit_reached), `reset` (the reset time passed).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CreditsEvidence {
+    pub has_credits: bool,
+    pub unlimited: bool,
+    pub balance: Option<String>,
+    pub observed_at_ms: i64,
+}
+
+/// The freshest quota evidence of one account.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QuotaRecord {
+    pub primary: Option<WindowEvidence>,
+    pub secondary: Option<WindowEvidence>,
+    pub credits: Option<CreditsEvidence>,
+    pub plan: Option<String>,
+    #[serde(skip)]
+    pub plan_observed_at_ms: i64,
+    /// Write counter (compare-and-set).
+    #[serde(skip)]
+    pub version: i64,
+}
+
+impl QuotaRecord {
+    pub fn window(&self, kind: WindowKind) -> Option<&WindowEvidence> {
+        match kind {
+            WindowKind::Primary => self.primary.as_ref(),
+            WindowKind::Secondary => self.secondary.as_ref(),
+        }
+    }
+
+    pub fn window_mut(&mut self, kind: WindowKind) -> &mut Option<WindowEvidence> {
+        match kind {
+            WindowKind::Primary => &mut self.primary,
+            WindowKind::Secondary => &mut self.secondary,
+        }
+    }
+}
+
+/// All-time activity counters of one account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub requests: i64,
+    pub successes: i64,
+    pub fallbacks_served: i64,
+}
+
+/// Outcomes of one account in a time window, grouped by what matters to the health score.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutcomeGroup {
+    pub account_id: String,
+    pub status: i64,
+    pub error_source: Option<String>,
+    pub fallback: bool,
+    /// Whether these outcomes are in the recent part of the window.
+    pub recent: bool,
+    pub count: i64,
+    pub latency_sum_ms: i64,
+}
+
+/// A lease row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub expires_at_ms: i64,
 }
 
 /// Everything a snapshot is built from, read in one transaction.
@@ -170,6 +338,13 @@ pub struct OutcomeRecord {
     pub credits_has_credits: bool,
     pub credits_unlimited: bool,
     pub credits_balance: Option<String>,
+    /// "client", "upstream", "transport" or None.
+    pub error_source: Option<String>,
+    /// The attempt served a request another account had failed first.
+    pub fallback: bool,
+    pub retry_after_unix: Option<i64>,
+    /// The token generation (its expiry, unix seconds) the attempt used.
+    pub token_expires_at_unix: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -6,8 +6,8 @@ use sqlx::{Any, Transaction};
 
 use super::{
     audit, col, col_bool, col_u32, is_unique_violation, Account, AccountState, AccountWithToken,
-    Actor, AuditEntry, Changed, ImportAction, ImportResult, KeyStatus, OutcomeRecord, Pool,
-    PoolKey, SnapshotData, Store, StoreError, Strategy,
+    Actor, AuditEntry, Changed, ImportAction, ImportResult, ImportSource, KeyStatus, OutcomeRecord,
+    Pool, PoolKey, SnapshotData, Store, StoreError, Strategy,
 };
 use crate::authjson::CodexCredentials;
 use crate::crypto::MasterKey;
@@ -15,10 +15,12 @@ use crate::util::{self, now_ms};
 
 const POOL_COLS: &str = "id, name, strategy, max_attempts, explain_routes, created_at";
 
-const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_name, a.label, \
+pub(super) const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_name, a.label, \
      a.chatgpt_account_id, a.chatgpt_user_id, a.email, a.plan, a.state, a.state_reason, \
      a.cooldown_until, a.priority, a.weight, a.access_token_expires_at, a.tokens_updated_at, \
-     a.created_at, a.updated_at, a.sealed_access_token \
+     a.created_at, a.updated_at, a.sealed_access_token, a.token_revision, a.health, \
+     a.last_refresh_at, a.refresh_failures, a.next_refresh_at, a.last_refresh_error, \
+     a.source_path, a.source_hash \
      FROM accounts a JOIN pools p ON p.id = a.pool_id";
 
 const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name, k.label, k.key_hash, \
@@ -71,7 +73,7 @@ fn pool_from_row(row: &AnyRow) -> Result<Pool, StoreError> {
     })
 }
 
-fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
+pub(super) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
     let state: String = col(row, "state")?;
     Ok(Account {
         id: col(row, "id")?,
@@ -92,6 +94,14 @@ fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
         tokens_updated_at_ms: col(row, "tokens_updated_at")?,
         created_at_ms: col(row, "created_at")?,
         updated_at_ms: col(row, "updated_at")?,
+        token_revision: col(row, "token_revision")?,
+        health: col_u32(row, "health")?.min(100),
+        last_refresh_at_ms: col(row, "last_refresh_at")?,
+        refresh_failures: col_u32(row, "refresh_failures")?,
+        next_refresh_at_ms: col(row, "next_refresh_at")?,
+        last_refresh_error: col(row, "last_refresh_error")?,
+        source_path: col(row, "source_path")?,
+        source_hash: col(row, "source_hash")?,
     })
 }
 
@@ -111,7 +121,7 @@ fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
     })
 }
 
-async fn pool_by_name_tx(
+pub(super) async fn pool_by_name_tx(
     tx: &mut Transaction<'static, Any>,
     name: &str,
 ) -> Result<Pool, StoreError> {
@@ -169,7 +179,7 @@ async fn rows_by_id_or_label(
     .await?)
 }
 
-async fn resolve_account_tx(
+pub(super) async fn resolve_account_tx(
     tx: &mut Transaction<'static, Any>,
     ident: &str,
 ) -> Result<Account, StoreError> {
@@ -186,7 +196,7 @@ async fn resolve_key_tx(
 }
 
 /// Records the master key's fingerprint on first use and refuses a different key afterwards.
-async fn check_master_key_tx(
+pub(super) async fn check_master_key_tx(
     tx: &mut Transaction<'static, Any>,
     key: &MasterKey,
 ) -> Result<(), StoreError> {
@@ -293,6 +303,22 @@ impl Store {
         creds: &CodexCredentials,
         key: &MasterKey,
     ) -> Result<ImportResult, StoreError> {
+        self.import_account_from(actor, pool_name, label, creds, key, None)
+            .await
+    }
+
+    /// [`Store::import_account`], remembering the watched-folder file it came from. The
+    /// tokens' generation starts over: `token_revision` is this write's revision and any
+    /// refresh backoff is cleared.
+    pub async fn import_account_from(
+        &self,
+        actor: &Actor,
+        pool_name: &str,
+        label: Option<&str>,
+        creds: &CodexCredentials,
+        key: &MasterKey,
+        source: Option<&ImportSource>,
+    ) -> Result<ImportResult, StoreError> {
         if let Some(l) = label {
             validate_label(l)?;
         }
@@ -324,7 +350,10 @@ impl Store {
                        access_token_expires_at = $4, email = $5, plan = $6, chatgpt_user_id = $7, \
                        label = COALESCE($8, label), tokens_updated_at = $9, updated_at = $9, \
                        state_reason = CASE WHEN state = 'needs_reauth' THEN NULL ELSE state_reason END, \
-                       state = CASE WHEN state = 'needs_reauth' THEN 'active' ELSE state END \
+                       state = CASE WHEN state = 'needs_reauth' THEN 'active' ELSE state END, \
+                       token_revision = $11, refresh_failures = 0, next_refresh_at = NULL, \
+                       last_refresh_error = NULL, \
+                       source_path = COALESCE($12, source_path), source_hash = COALESCE($13, source_hash) \
                      WHERE id = $10",
                 )
                 .bind(access)
@@ -337,6 +366,9 @@ impl Store {
                 .bind(label.map(str::to_owned))
                 .bind(now)
                 .bind(id.clone())
+                .bind(revision)
+                .bind(source.map(|s| s.path.clone()))
+                .bind(source.map(|s| s.hash.clone()))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -349,8 +381,10 @@ impl Store {
                     "INSERT INTO accounts (id, pool_id, label, chatgpt_account_id, chatgpt_user_id, \
                        email, plan, state, priority, weight, access_token_expires_at, \
                        sealed_access_token, sealed_refresh_token, sealed_id_token, \
-                       tokens_updated_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', 0, 1, $8, $9, $10, $11, $12, $12, $12)",
+                       tokens_updated_at, created_at, updated_at, token_revision, source_path, \
+                       source_hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', 0, 1, $8, $9, $10, $11, $12, $12, \
+                       $12, $13, $14, $15)",
                 )
                 .bind(id.clone())
                 .bind(pool.id.clone())
@@ -364,6 +398,9 @@ impl Store {
                 .bind(refresh)
                 .bind(id_tok)
                 .bind(now)
+                .bind(revision)
+                .bind(source.map(|s| s.path.clone()))
+                .bind(source.map(|s| s.hash.clone()))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -377,7 +414,8 @@ impl Store {
             actor,
             action_name,
             Some(&id),
-            json!({"pool": pool.name, "chatgpt_account_id": creds.chatgpt_account_id}),
+            json!({"pool": pool.name, "chatgpt_account_id": creds.chatgpt_account_id,
+                   "source": source.map(|s| s.path.clone())}),
             revision,
         )
         .await?;
@@ -636,9 +674,10 @@ impl Store {
                    status, error_code, started_at, latency_ms, request_path, snapshot_version, plan, \
                    resets_at, primary_used_percent, primary_window_minutes, primary_resets_at, \
                    secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
-                   quota_observed_at, credits_has_credits, credits_unlimited, credits_balance) \
+                   quota_observed_at, credits_has_credits, credits_unlimited, credits_balance, \
+                   error_source, fallback, retry_after, token_expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                   $17, $18, $19, $20, $21, $22, $23, $24)",
+                   $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
             )
             .bind(received)
             .bind(node_id.to_owned())
@@ -654,19 +693,24 @@ impl Store {
             .bind(o.snapshot_version)
             .bind(o.plan.clone())
             .bind(o.resets_at_unix)
-            .bind(o.primary.map(|_| p.used_percent))
+            .bind(super::NullableF64(o.primary.map(|_| p.used_percent)))
             .bind(o.primary.map(|_| p.window_minutes))
             .bind(o.primary.map(|_| p.resets_at_unix))
-            .bind(o.secondary.map(|_| s.used_percent))
+            .bind(super::NullableF64(o.secondary.map(|_| s.used_percent)))
             .bind(o.secondary.map(|_| s.window_minutes))
             .bind(o.secondary.map(|_| s.resets_at_unix))
             .bind(o.quota_observed_at_ms)
             .bind(i64::from(o.credits_has_credits))
             .bind(i64::from(o.credits_unlimited))
             .bind(o.credits_balance.clone())
+            .bind(o.error_source.clone())
+            .bind(i64::from(o.fallback))
+            .bind(o.retry_after_unix)
+            .bind(o.token_expires_at_unix)
             .execute(&mut *tx)
             .await?;
         }
+        super::lifecycle::bump_counters_tx(&mut tx, outcomes, received).await?;
         tx.commit().await?;
         Ok(u32::try_from(outcomes.len()).unwrap_or(u32::MAX))
     }
@@ -688,7 +732,8 @@ impl Store {
                latency_ms, request_path, snapshot_version, plan, resets_at, \
                primary_used_percent, primary_window_minutes, primary_resets_at, \
                secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
-               quota_observed_at, credits_has_credits, credits_unlimited, credits_balance \
+               quota_observed_at, credits_has_credits, credits_unlimited, credits_balance, \
+               error_source, fallback, retry_after, token_expires_at \
              FROM outcomes WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(account_id.to_owned())
@@ -736,6 +781,10 @@ impl Store {
                     credits_has_credits: col_bool(r, "credits_has_credits")?,
                     credits_unlimited: col_bool(r, "credits_unlimited")?,
                     credits_balance: col(r, "credits_balance")?,
+                    error_source: col(r, "error_source")?,
+                    fallback: col_bool(r, "fallback")?,
+                    retry_after_unix: col(r, "retry_after")?,
+                    token_expires_at_unix: col(r, "token_expires_at")?,
                 })
             })
             .collect()
@@ -806,9 +855,18 @@ impl Store {
             Ok(AccountWithToken {
                 account: account_from_row(r)?,
                 sealed_access_token: col(r, "sealed_access_token")?,
+                quota: None,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut quotas = super::lifecycle::all_quota_tx(&mut tx).await?;
+        let accounts = accounts
+            .into_iter()
+            .map(|mut a| {
+                a.quota = quotas.remove(&a.account.id);
+                a
+            })
+            .collect();
         tx.commit().await?;
         Ok(SnapshotData {
             revision,

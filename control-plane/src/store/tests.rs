@@ -209,6 +209,10 @@ async fn exercise(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
         credits_has_credits: true,
         credits_unlimited: false,
         credits_balance: Some("12.5".into()),
+        error_source: Some("upstream".into()),
+        fallback: true,
+        retry_after_unix: Some(2_000_000_010),
+        token_expires_at_unix: Some(2_000_000_000),
     };
     assert_eq!(
         store
@@ -329,11 +333,23 @@ fn sqlite_paths() {
     assert_eq!(sqlite_file_path("postgres://h/db"), None);
 }
 
+#[path = "../../tests/common/pg.rs"]
+mod pg;
+
+/// Against `CODEXMESH_TEST_POSTGRES_URL` when set, else a temporary cluster of its own; skipped
+/// (with a note) only when no PostgreSQL binaries exist.
 #[tokio::test]
 async fn postgres_lifecycle() -> TestResult {
-    let Ok(url) = std::env::var("CODEXMESH_TEST_POSTGRES_URL") else {
-        eprintln!("note: postgres_lifecycle skipped: set CODEXMESH_TEST_POSTGRES_URL to run it");
-        return Ok(());
+    let temp;
+    let url = match std::env::var("CODEXMESH_TEST_POSTGRES_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            temp = match pg::TempPostgres::start().map_err(|e| e.to_string())? {
+                Some(t) => t,
+                None => return Ok(()),
+            };
+            temp.url.clone()
+        }
     };
     let store = Store::open(&url).await?;
     assert_eq!(store.backend(), Backend::Postgres);
@@ -342,6 +358,304 @@ async fn postgres_lifecycle() -> TestResult {
     let tag = util::random_alnum(8)?.to_ascii_lowercase();
     // A fixed key, so reruns against the same database pass the fingerprint check.
     exercise(&store, &tag, &MasterKey::from_bytes(&[7u8; 32])?).await?;
+    exercise_lifecycle(&store, &tag, &MasterKey::from_bytes(&[7u8; 32])?).await?;
     assert_eq!(store2.revision().await?, store.revision().await?);
+    // Leases are exclusive across connection pools on Postgres too.
+    for round in 0..20 {
+        let name = format!("race-{tag}-{round}");
+        let (x, y) = tokio::join!(
+            store.try_acquire_lease(&name, "a", 60_000),
+            store2.try_acquire_lease(&name, "b", 60_000)
+        );
+        assert!(x? ^ y?, "round {round}: exactly one holder");
+    }
+    store.close().await;
+    store2.close().await;
+    Ok(())
+}
+
+/// Leases, refresh persistence, quota compare-and-set, counters and health: against one store
+/// (also run against Postgres by the integration tests).
+pub(crate) async fn exercise_lifecycle(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
+    let actor = Actor("test".into());
+    let pool = format!("lc-{tag}");
+    store.create_pool(&actor, &pool).await?;
+    let imported = store
+        .import_account(
+            &actor,
+            &pool,
+            Some("lc"),
+            &creds(&format!("lc-{tag}"), "l@x.y", "one")?,
+            key,
+        )
+        .await?;
+    let id = imported.account.id.clone();
+    assert_eq!(imported.account.token_revision, imported.revision);
+    assert_eq!(imported.account.health, 100);
+
+    // Leases: one holder at a time; the holder renews; expiry frees it; release frees it.
+    let lease = format!("refresh:{id}");
+    let r0 = store.revision().await?;
+    assert!(store.try_acquire_lease(&lease, "a", 60_000).await?);
+    assert!(!store.try_acquire_lease(&lease, "b", 60_000).await?);
+    assert!(
+        store.try_acquire_lease(&lease, "a", 60_000).await?,
+        "renewal"
+    );
+    assert_eq!(
+        store.lease(&lease).await?.map(|l| l.holder),
+        Some("a".into())
+    );
+    store.release_lease(&lease, "b").await?; // not b's: no effect
+    assert!(!store.try_acquire_lease(&lease, "b", 60_000).await?);
+    store.release_lease(&lease, "a").await?;
+    assert!(
+        store.try_acquire_lease(&lease, "b", -1).await?,
+        "free after release"
+    );
+    assert!(
+        store.try_acquire_lease(&lease, "c", 60_000).await?,
+        "expired lease is taken over"
+    );
+    store.release_lease(&lease, "c").await?;
+    assert_eq!(
+        store.revision().await?,
+        r0,
+        "leases never bump the revision"
+    );
+
+    // A refresh: one bumping transaction; tokens sealed; token_revision follows.
+    let tokens = RefreshedTokens {
+        access_token: "at-new".into(),
+        refresh_token: "rt-new".into(),
+        id_token: "id-new".into(),
+        access_token_expires_at_ms: Some(2_100_000_000_000),
+        plan: Some("pro".into()),
+        email: None,
+    };
+    let rev = store
+        .store_refreshed_tokens(&actor, &id, &tokens, key)
+        .await?;
+    assert_eq!(rev, r0 + 1);
+    let s = store.account_secrets(&id, key).await?;
+    assert_eq!(
+        (
+            s.access_token.as_str(),
+            s.refresh_token.as_str(),
+            s.id_token.as_str()
+        ),
+        ("at-new", "rt-new", "id-new")
+    );
+    assert_eq!(s.account.token_revision, rev);
+    assert_eq!(s.account.plan.as_deref(), Some("pro"));
+    assert_eq!(s.account.email.as_deref(), Some("l@x.y"));
+    assert!(s.account.last_refresh_at_ms.is_some());
+    assert!(!format!("{s:?}").contains("rt-new"));
+
+    // A transient failure is bookkeeping only; a permanent one leaves routing with a reason.
+    store
+        .record_refresh_failure(&id, 2, 12345, "HTTP 503")
+        .await?;
+    assert_eq!(store.revision().await?, rev);
+    let a = store.account(&id).await?;
+    assert_eq!(
+        (
+            a.refresh_failures,
+            a.next_refresh_at_ms,
+            a.last_refresh_error.as_deref()
+        ),
+        (2, Some(12345), Some("HTTP 503"))
+    );
+    let rev2 = store
+        .mark_needs_reauth(&actor, &id, "refresh_token_reused", "refused")
+        .await?;
+    assert_eq!(rev2, rev + 1);
+    let a = store.account(&id).await?;
+    assert_eq!(a.state, AccountState::NeedsReauth);
+    assert_eq!(a.state_reason.as_deref(), Some("refresh_token_reused"));
+    assert_eq!(a.state_display(), "needs_reauth (refresh_token_reused)");
+    assert_eq!((a.refresh_failures, a.next_refresh_at_ms), (0, None));
+    // A re-import brings it back, with a new token generation.
+    let back = store
+        .import_account(
+            &actor,
+            &pool,
+            None,
+            &creds(&format!("lc-{tag}"), "l@x.y", "two")?,
+            key,
+        )
+        .await?;
+    assert_eq!(back.account.state, AccountState::Active);
+    assert_eq!(back.account.token_revision, back.revision);
+
+    // Quota evidence: insert, compare-and-set update, conflict, bump only when asked.
+    let q = QuotaRecord {
+        primary: Some(WindowEvidence {
+            used_percent: 42.5,
+            window_minutes: 300,
+            resets_at_unix: 1,
+            observed_at_ms: 10,
+            source: "poll".into(),
+        }),
+        credits: Some(CreditsEvidence {
+            has_credits: true,
+            unlimited: false,
+            balance: Some("3".into()),
+            observed_at_ms: 10,
+        }),
+        plan: Some("plus".into()),
+        plan_observed_at_ms: 10,
+        ..QuotaRecord::default()
+    };
+    let r = store.revision().await?;
+    assert_eq!(
+        store.write_quota(&id, None, &q, true).await?,
+        QuotaWrite::Written(Some(r + 1))
+    );
+    assert_eq!(
+        store.write_quota(&id, None, &q, false).await?,
+        QuotaWrite::Conflict
+    );
+    let stored = store.quota(&id).await?.ok_or("no quota row")?;
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.primary, q.primary);
+    assert_eq!(stored.credits, q.credits);
+    assert_eq!(stored.plan.as_deref(), Some("plus"));
+    assert!(stored.secondary.is_none());
+    let mut q2 = stored.clone();
+    q2.secondary = Some(WindowEvidence {
+        used_percent: 5.0,
+        window_minutes: 10_080,
+        resets_at_unix: 4_000_000_000,
+        observed_at_ms: 11,
+        source: "headers".into(),
+    });
+    assert_eq!(
+        store.write_quota(&id, Some(1), &q2, false).await?,
+        QuotaWrite::Written(None)
+    );
+    assert_eq!(
+        store.write_quota(&id, Some(1), &q2, false).await?,
+        QuotaWrite::Conflict
+    );
+    assert_eq!(
+        store.revision().await?,
+        r + 1,
+        "a non-bumping write did not bump"
+    );
+    assert_eq!(
+        store.write_quota("acc_nope", None, &q2, false).await?,
+        QuotaWrite::Gone
+    );
+    // The snapshot reads it.
+    let data = store.snapshot_data().await?;
+    let row = data
+        .accounts
+        .iter()
+        .find(|a| a.account.id == id)
+        .ok_or("account missing from snapshot data")?;
+    assert_eq!(row.quota.as_ref().map(|q| q.version), Some(2));
+    // The primary reset (unix 1) is long past: one bumping write zeroes it.
+    let rr = store.expire_quota_windows(util::now_ms() / 1000).await?;
+    assert!(rr.is_some());
+    let after = store.quota(&id).await?.ok_or("quota row gone")?;
+    assert_eq!(after.primary.as_ref().map(|w| w.used_percent), Some(0.0));
+    assert_eq!(
+        after.primary.as_ref().map(|w| w.source.as_str()),
+        Some("reset")
+    );
+    assert_eq!(after.secondary.as_ref().map(|w| w.used_percent), Some(5.0));
+    assert_eq!(
+        store.expire_quota_windows(util::now_ms() / 1000).await?,
+        None
+    );
+
+    // Outcomes feed counters (same transaction) and the window groups.
+    let now = util::now_ms();
+    let o = |status: i64, source: Option<&str>, fallback: bool| OutcomeRecord {
+        pool_id: imported.account.pool_id.clone(),
+        key_id: "k".into(),
+        account_id: id.clone(),
+        attempt: 1,
+        status,
+        started_at_ms: now,
+        latency_ms: 100,
+        error_source: source.map(str::to_owned),
+        fallback,
+        ..OutcomeRecord::default()
+    };
+    let batch = vec![
+        o(200, None, false),
+        o(200, None, true),
+        o(503, Some("upstream"), false),
+        o(400, Some("client"), false),
+        OutcomeRecord {
+            account_id: "acc_deleted".into(),
+            ..o(200, None, false)
+        },
+    ];
+    let rev_before = store.revision().await?;
+    assert_eq!(store.record_outcomes("n", &batch).await?, 5);
+    assert_eq!(store.revision().await?, rev_before);
+    let counters = store.all_counters().await?;
+    assert_eq!(
+        counters.get(&id).copied(),
+        Some(Counters {
+            requests: 4,
+            successes: 2,
+            fallbacks_served: 1
+        })
+    );
+    assert!(!counters.contains_key("acc_deleted"));
+    let groups = store.outcome_groups(now - 60_000, now - 15_000).await?;
+    let stats = crate::health::window_stats(&groups);
+    let w = stats.get(&id).copied().unwrap_or_default();
+    assert_eq!(
+        (w.requests, w.successes, w.failures, w.fallbacks_served),
+        (4, 2, 1, 1)
+    );
+    assert_eq!(w.recent_failures, 1);
+    assert_eq!(w.avg_latency_ms, 100);
+
+    // Health: published in one bumping write, only for real changes.
+    let r = store.revision().await?;
+    assert_eq!(store.set_health(&[]).await?, None);
+    assert_eq!(
+        store.set_health(&[(id.clone(), 100)]).await?,
+        None,
+        "unchanged: no bump"
+    );
+    assert_eq!(store.revision().await?, r);
+    assert_eq!(store.set_health(&[(id.clone(), 61)]).await?, Some(r + 1));
+    assert_eq!(store.account(&id).await?.health, 61);
+
+    // Removing the account removes its quota and counters with it.
+    store.remove_account(&actor, &id).await?;
+    assert!(store.quota(&id).await?.is_none());
+    assert!(!store.all_counters().await?.contains_key(&id));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_account_lifecycle() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = sqlite_store(&dir).await?;
+    exercise_lifecycle(&store, "lite", &MasterKey::generate()?).await
+}
+
+#[tokio::test]
+async fn sqlite_leases_are_exclusive_across_pools() -> TestResult {
+    // Two independent connection pools on one file: exactly one wins each round.
+    let dir = tempfile::tempdir()?;
+    let a = sqlite_store(&dir).await?;
+    let b = sqlite_store(&dir).await?;
+    for round in 0..20 {
+        let name = format!("race-{round}");
+        let (x, y) = tokio::join!(
+            a.try_acquire_lease(&name, "a", 60_000),
+            b.try_acquire_lease(&name, "b", 60_000)
+        );
+        assert!(x? ^ y?, "round {round}: exactly one holder");
+    }
     Ok(())
 }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
+pub mod pg;
+pub mod sim;
+
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type AnyError = Box<dyn std::error::Error>;
 
@@ -31,18 +34,36 @@ const SETTING_VARS: &[&str] = &[
     "CODEXMESH_WASM",
     "CODEXMESH_HEARTBEAT_INTERVAL_MS",
     "CODEXMESH_CHANGE_POLL_MS",
+    "CODEXMESH_REFRESH_LEAD_SECS",
+    "CODEXMESH_REFRESH_LEASE_SECS",
+    "CODEXMESH_QUOTA_POLL_INTERVAL_SECS",
+    "CODEXMESH_HEALTH_WINDOW_SECS",
+    "CODEXMESH_AUTH_BASE_URL",
+    "CODEXMESH_WATCH",
+    "CODEXMESH_WATCH_INTERVAL_MS",
+    "CODEXMESH_FAULT",
     "RUST_LOG",
 ];
+
+/// Where the binary's outbound calls go unless a test points them at a simulator: a closed
+/// loopback port, so no test ever reaches the Internet.
+const NOWHERE: &str = "http://127.0.0.1:9";
 
 /// A temp dir holding one store and data dir.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    /// A store other than the workspace's SQLite file (e.g. a temporary Postgres).
+    pub store_override: Option<String>,
+    /// Settings flags added to every command (e.g. the simulator's URLs).
+    pub extra_args: Vec<String>,
 }
 
 impl Workspace {
     pub fn new() -> Result<Self, AnyError> {
         Ok(Self {
             dir: tempfile::tempdir()?,
+            store_override: None,
+            extra_args: Vec::new(),
         })
     }
 
@@ -59,7 +80,10 @@ impl Workspace {
     }
 
     pub fn store_url(&self) -> String {
-        format!("sqlite://{}", self.db_path().display())
+        match &self.store_override {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.db_path().display()),
+        }
     }
 
     /// The binary with this workspace's store and data dir, a clean environment, cwd = the dir.
@@ -69,10 +93,20 @@ impl Workspace {
             c.env_remove(v);
         }
         c.current_dir(self.path())
+            .env(
+                "CODEXMESH_UPSTREAM_BASE_URL",
+                format!("{NOWHERE}/backend-api"),
+            )
+            .env(
+                "CODEXMESH_OAUTH_TOKEN_URL",
+                format!("{NOWHERE}/oauth/token"),
+            )
+            .env("CODEXMESH_AUTH_BASE_URL", NOWHERE)
             .arg("--store")
             .arg(self.store_url())
             .arg("--data-dir")
             .arg(self.data_dir())
+            .args(&self.extra_args)
             .stdin(Stdio::null());
         c
     }
@@ -223,13 +257,27 @@ pub struct Served {
     pub child: Child,
     pub grpc: String,
     pub admin: String,
+    /// Every stderr line so far (also forwarded to the test's stderr).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Served {
     /// Starts `serve` on OS-chosen loopback ports and waits for its readiness line.
     pub fn start(ws: &Workspace, extra: &[&str]) -> Result<Self, AnyError> {
-        let mut child = ws
-            .command()
+        Self::start_env(ws, extra, &[])
+    }
+
+    /// Like [`Served::start`], with extra environment variables.
+    pub fn start_env(
+        ws: &Workspace,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, AnyError> {
+        let mut cmd = ws.command();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .args([
                 "serve",
                 "--grpc-listen",
@@ -246,9 +294,14 @@ impl Served {
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         // Forward stderr so failures show the server's log; it also keeps the pipe drained.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[serve] {line}");
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -263,6 +316,7 @@ impl Served {
             child,
             grpc: String::new(),
             admin: String::new(),
+            log,
         };
         let line = rx
             .recv_timeout(Duration::from_secs(30))
@@ -277,6 +331,28 @@ impl Served {
         served.grpc = field("grpc").ok_or("no grpc= in readiness line")?;
         served.admin = field("admin").ok_or("no admin= in readiness line")?;
         Ok(served)
+    }
+
+    /// The stderr lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|l| l.iter().filter(|x| x.contains(needle)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the process to exit on its own; returns its wait status.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus, AnyError> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("serve did not exit within {within:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.

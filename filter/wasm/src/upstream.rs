@@ -42,7 +42,14 @@ pub struct Upstream {
     attempt: Option<Attempt>,
 }
 
-impl Context for Upstream {}
+impl Context for Upstream {
+    /// Envoy calls this once per attempt when the attempt ends, answered or not. (`on_log` is
+    /// never called for upstream filters, so the outcome is flushed here.)
+    fn on_done(&mut self) -> bool {
+        self.finish(host::now_ms());
+        true
+    }
+}
 
 impl HttpContext for Upstream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
@@ -82,19 +89,6 @@ impl HttpContext for Upstream {
         }
         Action::Continue
     }
-
-    fn on_log(&mut self) {
-        let Some(attempt) = self.attempt.as_mut() else {
-            return;
-        };
-        let now_ms = host::now_ms();
-        if attempt.status.is_none() {
-            // No answer reached us: reset or connect failure.
-            attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
-            apply_verdict(attempt, now_ms);
-        }
-        enqueue(&outcome(attempt, now_ms));
-    }
 }
 
 fn elapsed(started_ms: i64, now_ms: i64) -> u32 {
@@ -102,6 +96,19 @@ fn elapsed(started_ms: i64, now_ms: i64) -> u32 {
 }
 
 impl Upstream {
+    /// Records the attempt's outcome once: a missing answer is a transport failure.
+    fn finish(&mut self, now_ms: i64) {
+        let Some(attempt) = self.attempt.take() else {
+            return;
+        };
+        let mut attempt = attempt;
+        if attempt.status.is_none() {
+            attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
+            apply_verdict(&attempt, now_ms);
+        }
+        enqueue(&outcome(&attempt, now_ms));
+    }
+
     fn inject(&mut self, now_ms: i64) -> Result<(), GatewayError> {
         let handoff = host::property(&[handoff::PROPERTY])
             .and_then(|b| RouteHandoff::decode(&b).ok())

@@ -530,7 +530,7 @@ impl Envoy {
     }
 }
 
-/// A minimal Codex turn request body.
+/// A minimal Codex turn request body. No `prompt_cache_key`: tests that want locality add one.
 pub fn turn_body(prompt: &str) -> Value {
     json!({
         "model": "gpt-5.1-codex",
@@ -542,7 +542,6 @@ pub fn turn_body(prompt: &str) -> Value {
         "store": false,
         "stream": true,
         "include": [],
-        "prompt_cache_key": "e2e-thread",
     })
 }
 
@@ -590,8 +589,10 @@ impl Stack {
     }
 
     pub async fn start_with(opts: StackOptions) -> Result<Self> {
+        // CODEXMESH_E2E_KEEP=1 keeps each test's directory (logs, bootstrap, store) for a look.
         let dir = tempfile::Builder::new()
             .prefix("codexmesh-e2e-")
+            .disable_cleanup(std::env::var_os("CODEXMESH_E2E_KEEP").is_some())
             .tempdir()?;
         let art = Artifacts::locate()?;
         let sim = Sim::start(&art, dir.path()).await?;

@@ -1,0 +1,210 @@
+//! A throwaway PostgreSQL cluster for tests: `initdb` into a temp dir, `pg_ctl start` on a free
+//! 127.0.0.1 port with the unix socket in that dir, stopped (immediate) and deleted on drop.
+//! As root the server runs as the `postgres` user (`runuser`), since PostgreSQL refuses root.
+//!
+//! Shared by the integration tests (`mod common`) and the store's unit tests (`#[path]`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct TempPostgres {
+    /// `postgres://cm@127.0.0.1:PORT/postgres` (trust authentication, loopback only).
+    pub url: String,
+    data: PathBuf,
+    bin: PathBuf,
+    run_as: Option<String>,
+    // Last: removed after the server is stopped.
+    _dir: tempfile::TempDir,
+}
+
+/// The directory with `initdb` and `pg_ctl`: `CODEXMESH_TEST_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`, else the one on PATH.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CODEXMESH_TEST_PG_BIN") {
+        let d = PathBuf::from(d);
+        return d.join("initdb").exists().then_some(d);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, bin)) = found.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+    })
+}
+
+fn free_port() -> Result<u16, AnyError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl TempPostgres {
+    /// Starts a cluster, or returns None (after printing a note) when no PostgreSQL binaries
+    /// exist on this machine.
+    pub fn start() -> Result<Option<Self>, AnyError> {
+        let Some(bin) = find_bin_dir() else {
+            eprintln!(
+                "note: no PostgreSQL server binaries (initdb, pg_ctl) found: Postgres tests \
+                 skipped (install the Debian package `postgresql` to run them)"
+            );
+            return Ok(None);
+        };
+        let dir = tempfile::Builder::new().prefix("codexmesh-pg-").tempdir()?;
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let run_as = if root {
+            let user = "postgres";
+            let name = std::ffi::CString::new(user)?;
+            // SAFETY: getpwnam(3) with a valid C string; the result is read at once.
+            let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+            if pw.is_null() {
+                eprintln!(
+                    "note: running as root without a `postgres` user: Postgres tests skipped"
+                );
+                return Ok(None);
+            }
+            // SAFETY: pw is non-null and points at getpwnam's static record.
+            let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+            Some(user.to_owned())
+        } else {
+            None
+        };
+        let data = dir.path().join("data");
+        let mut pg = Self {
+            url: String::new(),
+            data,
+            bin,
+            run_as,
+            _dir: dir,
+        };
+        let dir_path = pg._dir.path().to_path_buf();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data.to_string_lossy(),
+                "-U",
+                "cm",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
+        let port = free_port()?;
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c \
+             synchronous_commit=off -c full_page_writes=off -c max_connections=60",
+            dir_path.display()
+        );
+        let log = dir_path.join("server.log");
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &pg.data.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )?;
+        pg.url = format!("postgres://cm@127.0.0.1:{port}/postgres");
+        Ok(Some(pg))
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Result<(), AnyError> {
+        let out = self
+            .command(tool)
+            .args(args)
+            .current_dir(Path::new("/"))
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "{tool} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// A fresh database in this cluster (tests that need their own).
+    pub fn url_for(&self, db: &str) -> String {
+        self.url.replace("/postgres", &format!("/{db}"))
+    }
+
+    /// `CREATE DATABASE name` through the server's own `createdb`.
+    pub fn create_database(&self, name: &str) -> Result<String, AnyError> {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .ok_or("no port in url")?
+            .to_owned();
+        self.run(
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "cm", name],
+        )?;
+        Ok(self.url_for(name))
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        // Stops exactly this cluster's postmaster (pg_ctl signals the PID in its data dir).
+        let _ = self
+            .command("pg_ctl")
+            .args([
+                "-D",
+                &self.data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "20",
+                "stop",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

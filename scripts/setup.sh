@@ -56,6 +56,8 @@ if [ "$want_test_tools" = 1 ]; then
     cargo install -q wasm-bindgen-cli --version "$wb_version"
   fi
   command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  # The multi-replica tests start their own throwaway PostgreSQL cluster (initdb + pg_ctl).
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   if [ -f tests/codex-cli/package.json ] && [ ! -x tests/codex-cli/node_modules/.bin/codex ]; then
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     say "installing the Codex CLI (npm @openai/codex) into tests/codex-cli"

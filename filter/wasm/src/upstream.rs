@@ -5,7 +5,7 @@
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::evidence::{self, UsageLimit};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
-use codexmesh_filter_core::local::token_fingerprint;
+use codexmesh_filter_core::local::{token_fingerprint, LocalAccount};
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
 use codexmesh_filter_core::turnstate::TurnStateTable;
@@ -214,21 +214,25 @@ impl Upstream {
     }
 }
 
+/// What this attempt's answer means, given the account's local state (for the backoff ladder).
+fn verdict_of(attempt: &Attempt, state: &LocalAccount, now_ms: i64) -> Verdict {
+    verdict::classify(
+        attempt.status.unwrap_or(0),
+        attempt.quota.as_ref(),
+        attempt.body.as_ref(),
+        attempt.retry_after_ms,
+        state,
+        &attempt.limits,
+        now_ms,
+    )
+}
+
 /// Folds this attempt's verdict into the Envoy-wide local state.
 fn apply_verdict(attempt: &Attempt, now_ms: i64) {
-    let status = attempt.status.unwrap_or(0);
     let account = attempt.account_id.clone();
     let ok = cache::update_local(|table| {
         let mut state = table.get(&account);
-        let v = verdict::classify(
-            status,
-            attempt.quota.as_ref(),
-            attempt.body.as_ref(),
-            attempt.retry_after_ms,
-            &state,
-            &attempt.limits,
-            now_ms,
-        );
+        let v = verdict_of(attempt, &state, now_ms);
         if v == Verdict::ClientError {
             return;
         }
@@ -269,16 +273,8 @@ fn explanation(attempt: &Attempt) -> String {
 
 fn outcome(attempt: &Attempt, now_ms: i64) -> pb::Outcome {
     let status = attempt.status.unwrap_or(0);
-    let state = Default::default();
-    let v = verdict::classify(
-        status,
-        attempt.quota.as_ref(),
-        attempt.body.as_ref(),
-        attempt.retry_after_ms,
-        &state,
-        &attempt.limits,
-        now_ms,
-    );
+    // Only the source is needed here, which the ladder position does not change.
+    let v = verdict_of(attempt, &LocalAccount::default(), now_ms);
     let body = attempt.body.clone().unwrap_or_default();
     pb::Outcome {
         pool_id: attempt.handoff.pool_id.clone(),

@@ -641,6 +641,25 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Posts `body` to the gateway's responses endpoint with `key` and, when given, a
+    /// `session-id` continuity header.
+    pub async fn post_turn(
+        &self,
+        key: &str,
+        session: Option<&str>,
+        body: &Value,
+    ) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .post(self.envoy.url("/backend-api/codex/responses"))
+            .bearer_auth(key)
+            .json(body);
+        if let Some(s) = session {
+            req = req.header("session-id", s);
+        }
+        Ok(req.send().await?)
+    }
+
     /// Sends one turn with `key`; returns status and full body text.
     pub async fn turn(&self, key: &str) -> Result<(u16, String)> {
         let resp = self

@@ -118,13 +118,9 @@ async fn a_401_forces_one_refresh_and_the_account_comes_back_with_its_new_token(
     stack.sim.clear_requests().await.unwrap();
     // Sessions spread over both accounts; the dead one's 401s fail over invisibly.
     for i in 0..10 {
+        let session = format!("s401-{i}");
         let resp = stack
-            .http
-            .post(stack.envoy.url("/backend-api/codex/responses"))
-            .bearer_auth(&stack.key)
-            .header("session-id", format!("s401-{i}"))
-            .json(&turn_body("x"))
-            .send()
+            .post_turn(&stack.key, Some(&session), &turn_body("x"))
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
@@ -149,13 +145,9 @@ async fn a_401_forces_one_refresh_and_the_account_comes_back_with_its_new_token(
     loop {
         stack.sim.clear_requests().await.unwrap();
         for i in 0..10 {
+            let session = format!("s401-{i}");
             let resp = stack
-                .http
-                .post(stack.envoy.url("/backend-api/codex/responses"))
-                .bearer_auth(&stack.key)
-                .header("session-id", format!("s401-{i}"))
-                .json(&turn_body("x"))
-                .send()
+                .post_turn(&stack.key, Some(&session), &turn_body("x"))
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 200);

@@ -200,15 +200,10 @@ async fn a_key_can_override_its_pools_routing() {
         ])
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let url = stack.envoy.url("/backend-api/codex/responses");
     stack.sim.clear_requests().await.unwrap();
     for _ in 0..20 {
         let resp = stack
-            .http
-            .post(&url)
-            .bearer_auth(created["key"].as_str().unwrap())
-            .json(&turn_body("x"))
-            .send()
+            .post_turn(created["key"].as_str().unwrap(), None, &turn_body("x"))
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
@@ -227,11 +222,7 @@ async fn a_key_can_override_its_pools_routing() {
     stack.sim.clear_requests().await.unwrap();
     for _ in 0..9 {
         let resp = stack
-            .http
-            .post(&url)
-            .bearer_auth(created["key"].as_str().unwrap())
-            .json(&turn_body("x"))
-            .send()
+            .post_turn(created["key"].as_str().unwrap(), None, &turn_body("x"))
             .await
             .unwrap();
         resp.text().await.unwrap();

@@ -13,9 +13,16 @@ use crate::config::{ConfigError, Settings, SettingsFlags};
 use crate::envoy_bootstrap::{self, BootstrapError, BootstrapParams};
 use crate::login::LoginError;
 use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Request, Trigger};
+use crate::routing::{
+    parse_u32_in, InvalidSetting, Primary, RawRoutingFlags, RoutingMode, RoutingPatch, RoutingView,
+    WEIGHT,
+};
 use crate::server::{self, ServeError};
 use crate::status::AccountStatus;
-use crate::store::{Account, Actor, ImportAction, ImportResult, Store, StoreError};
+use crate::store::{
+    Account, Actor, ImportAction, ImportResult, KeyRouting, KeyRoutingChange, Store, StoreError,
+    Strategy,
+};
 use crate::up::UpError;
 use crate::util::{self, now_ms, RandomError};
 
@@ -69,6 +76,65 @@ pub enum PoolCmd {
     Create { name: String },
     /// List pools
     List,
+    /// Change how a pool routes requests; only the given settings change. Prints the pool's
+    /// effective routing (with no flags: just prints it)
+    SetRouting {
+        name: String,
+        // Boxed: nine optional strings would make every command value this large.
+        #[command(flatten)]
+        routing: Box<RoutingArgs>,
+    },
+}
+
+/// Routing settings, shared by `pool set-routing` and `key set-routing`. Values are taken as
+/// text and checked by codexmesh, so a bad one exits 1 naming its flag and changes nothing.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RoutingArgs {
+    /// quota_first (most headroom first; the default), round_robin, primary_first (one owner
+    /// account until it fails) or priority_order (lowest account priority first)
+    #[arg(long, value_name = "STRATEGY", allow_hyphen_values = true)]
+    pub strategy: Option<String>,
+    /// Upstream attempts per request, first try included (1-10; default 3)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_attempts: Option<String>,
+    /// Explain routes (x-codexmesh-route) to ordinary keys too, not only to operator keys
+    #[arg(long, value_name = "true|false", allow_hyphen_values = true)]
+    pub explain: Option<String>,
+    /// primary_first's owner: an account id or label in the pool; "none" clears it (then the
+    /// first account by priority leads)
+    #[arg(long, value_name = "ACCOUNT|none", allow_hyphen_values = true)]
+    pub primary: Option<String>,
+    /// Skip an account whose 5-hour window is at or above PCT (0 < PCT <= 100; "default" = 95)
+    #[arg(long, value_name = "PCT", allow_hyphen_values = true)]
+    pub primary_threshold: Option<String>,
+    /// Skip an account whose weekly window is at or above PCT (0 < PCT <= 100; "default" = 99)
+    #[arg(long, value_name = "PCT", allow_hyphen_values = true)]
+    pub secondary_threshold: Option<String>,
+    /// Consecutive failures that open an account's circuit (>= 1; "default" = 3)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub circuit_failures: Option<String>,
+    /// How long an open circuit stays open before one probe (>= 1000; "default" = 60000)
+    #[arg(long, value_name = "MS", allow_hyphen_values = true)]
+    pub circuit_open_ms: Option<String>,
+    /// Longest cooldown after a 429 without a reset time (>= 1000; "default" = 1800000)
+    #[arg(long, value_name = "MS", allow_hyphen_values = true)]
+    pub cooldown_max_ms: Option<String>,
+}
+
+impl RoutingArgs {
+    fn raw(&self) -> RawRoutingFlags<'_> {
+        RawRoutingFlags {
+            strategy: self.strategy.as_deref(),
+            max_attempts: self.max_attempts.as_deref(),
+            explain: self.explain.as_deref(),
+            primary: self.primary.as_deref(),
+            primary_threshold: self.primary_threshold.as_deref(),
+            secondary_threshold: self.secondary_threshold.as_deref(),
+            circuit_failures: self.circuit_failures.as_deref(),
+            circuit_open_ms: self.circuit_open_ms.as_deref(),
+            cooldown_max_ms: self.cooldown_max_ms.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +165,17 @@ pub enum AccountCmd {
     Resume {
         #[arg(value_name = "ID|LABEL")]
         account: String,
+    },
+    /// Set an account's priority and weight; prints the account
+    Set {
+        #[arg(value_name = "ID|LABEL")]
+        account: String,
+        /// Lower goes first (priority_order; primary_first's fallback order); default 0
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        priority: Option<String>,
+        /// Share of round robin and of session spreading (1-1000); default 1
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        weight: Option<String>,
     },
     /// Delete an account and its stored tokens
     Remove {
@@ -165,6 +242,18 @@ pub enum KeyCmd {
         #[arg(value_name = "ID|LABEL")]
         key: String,
     },
+    /// Give a key its own routing (any routing flag: starts from the pool's current settings)
+    /// or make it follow its pool again (--inherit). Prints the key's effective routing
+    SetRouting {
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Drop the key's own settings: follow the pool's routing
+        #[arg(long)]
+        inherit: bool,
+        // Boxed: nine optional strings would make every command value this large.
+        #[command(flatten)]
+        routing: Box<RoutingArgs>,
+    },
 }
 
 pub const DEFAULT_NODE_ID: &str = "codexmesh-local";
@@ -203,6 +292,8 @@ pub enum CliError {
     Login(#[from] LoginError),
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
 }
 
 impl CliError {
@@ -385,7 +476,7 @@ async fn pool_cmd(settings: &Settings, out: &Output, cmd: PoolCmd) -> Result<(),
                     vec![
                         p.pool.name.clone(),
                         p.pool.id.clone(),
-                        p.pool.strategy.to_string(),
+                        p.pool.routing.strategy.to_string(),
                         p.accounts.len().to_string(),
                         format!("{} active, {} revoked", p.keys.active, p.keys.revoked),
                         util::fmt_utc_ms(p.pool.created_at_ms),
@@ -400,7 +491,120 @@ async fn pool_cmd(settings: &Settings, out: &Output, cmd: PoolCmd) -> Result<(),
                 &rows,
             )
         }
+        PoolCmd::SetRouting { name, routing } => {
+            set_pool_routing(settings, out, &name, &routing).await
+        }
     }
+}
+
+/// `{"pool", <effective routing>}`.
+#[derive(Serialize)]
+struct PoolRoutingJson<'a> {
+    pool: &'a str,
+    #[serde(flatten)]
+    routing: RoutingView,
+}
+
+/// `{"key", "label", "pool", "mode", <effective routing>}`.
+#[derive(Serialize)]
+struct KeyRoutingJson<'a> {
+    key: &'a str,
+    label: &'a str,
+    pool: &'a str,
+    mode: RoutingMode,
+    #[serde(flatten)]
+    routing: RoutingView,
+}
+
+/// The settings as indented "name  value" lines for people.
+fn routing_text(v: &RoutingView) -> String {
+    let rows = [
+        ("strategy", v.strategy.to_string()),
+        ("max attempts", v.max_attempts.to_string()),
+        ("explain routes", v.explain_routes.to_string()),
+        (
+            "primary account",
+            v.primary_account_id
+                .clone()
+                .unwrap_or_else(|| "- (first by priority)".to_owned()),
+        ),
+        (
+            "5-hour threshold",
+            format!("{}%", v.primary_threshold_percent),
+        ),
+        (
+            "weekly threshold",
+            format!("{}%", v.secondary_threshold_percent),
+        ),
+        ("circuit failures", v.circuit_failures.to_string()),
+        ("circuit open", format!("{} ms", v.circuit_open_ms)),
+        ("cooldown max", format!("{} ms", v.cooldown_max_ms)),
+    ];
+    rows.iter()
+        .map(|(k, v)| format!("  {k:<17} {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A primary account only steers primary_first: say so rather than let it look effective.
+fn warn_unused_primary(patch: &RoutingPatch, v: &RoutingView) {
+    if matches!(patch.primary, Some(Primary::Account(_))) && v.strategy != Strategy::PrimaryFirst {
+        eprintln!(
+            "note: the primary account is stored but only matters with --strategy primary_first \
+             (the strategy is {})",
+            v.strategy
+        );
+    }
+}
+
+async fn set_pool_routing(
+    settings: &Settings,
+    out: &Output,
+    name: &str,
+    args: &RoutingArgs,
+) -> Result<(), CliError> {
+    // Parse and check every flag before touching the store: bad input changes nothing.
+    let patch = args.raw().parse()?;
+    let store = open_store(settings).await?;
+    let result = if patch.is_empty() {
+        crate::store::Changed {
+            changed: false,
+            item: store.pool_by_name(name).await?,
+        }
+    } else {
+        store.set_pool_routing(&Actor::cli(), name, &patch).await?
+    };
+    let pool = &result.item;
+    let view = pool.routing.view();
+    warn_unused_primary(&patch, &view);
+    if result.changed {
+        let custom = store
+            .list_keys(Some(&pool.name))
+            .await?
+            .iter()
+            .filter(|k| k.routing_mode == RoutingMode::Custom)
+            .count();
+        if custom > 0 {
+            eprintln!(
+                "note: {custom} key(s) of pool {} have their own routing and keep it \
+                 (codexmesh key set-routing ID --inherit to follow the pool)",
+                pool.name
+            );
+        }
+    }
+    if out.json {
+        return out.json(&PoolRoutingJson {
+            pool: &pool.name,
+            routing: view,
+        });
+    }
+    let what = match (patch.is_empty(), result.changed) {
+        (true, _) => "",
+        (false, true) => " (changed)",
+        (false, false) => " (unchanged)",
+    };
+    out.line(&format!("pool {} routing{what}:", pool.name))?;
+    out.line(&routing_text(&view))
 }
 
 // ---- account ----
@@ -459,6 +663,20 @@ async fn account_cmd(settings: &Settings, out: &Output, cmd: AccountCmd) -> Resu
             name,
             timeout_secs,
         } => login_account(settings, out, &pool, name.as_deref(), timeout_secs).await,
+        AccountCmd::Set {
+            account,
+            priority,
+            weight,
+        } => {
+            set_account(
+                settings,
+                out,
+                &account,
+                priority.as_deref(),
+                weight.as_deref(),
+            )
+            .await
+        }
         AccountCmd::Pause { account } => set_paused(settings, out, &account, true).await,
         AccountCmd::Resume { account } => set_paused(settings, out, &account, false).await,
         AccountCmd::Remove { account } => {
@@ -538,6 +756,45 @@ fn print_import(out: &Output, result: &ImportResult) -> Result<(), CliError> {
             a.label, a.chatgpt_account_id, a.pool, a.id
         )),
     }
+}
+
+async fn set_account(
+    settings: &Settings,
+    out: &Output,
+    ident: &str,
+    priority: Option<&str>,
+    weight: Option<&str>,
+) -> Result<(), CliError> {
+    let priority = priority
+        .map(|r| parse_u32_in("--priority", r, &(0..=u32::MAX)))
+        .transpose()?;
+    let weight = weight
+        .map(|r| parse_u32_in("--weight", r, &WEIGHT))
+        .transpose()?;
+    let store = open_store(settings).await?;
+    let result = if priority.is_none() && weight.is_none() {
+        crate::store::Changed {
+            changed: false,
+            item: store.account(ident).await?,
+        }
+    } else {
+        store
+            .set_account_routing(&Actor::cli(), ident, priority, weight)
+            .await?
+    };
+    let a = &result.item;
+    if out.json {
+        return out.json(a);
+    }
+    out.line(&format!(
+        "account {} ({}) in pool {}: priority {}, weight {}{}",
+        a.label,
+        a.id,
+        a.pool,
+        a.priority,
+        a.weight,
+        if result.changed { "" } else { " (unchanged)" }
+    ))
 }
 
 async fn set_paused(
@@ -906,16 +1163,25 @@ async fn key_cmd(settings: &Settings, out: &Output, cmd: KeyCmd) -> Result<(), C
                         util::fmt_utc_ms(k.created_at_ms),
                         k.revoked_at_ms
                             .map_or_else(|| "-".to_owned(), util::fmt_utc_ms),
+                        match &k.routing_override {
+                            Some(r) => format!("custom ({})", r.strategy),
+                            None => "inherit".to_owned(),
+                        },
                     ]
                 })
                 .collect();
             out.table(
                 &[
-                    "POOL", "ID", "LABEL", "STATUS", "OPERATOR", "CREATED", "REVOKED",
+                    "POOL", "ID", "LABEL", "STATUS", "OPERATOR", "CREATED", "REVOKED", "ROUTING",
                 ],
                 &rows,
             )
         }
+        KeyCmd::SetRouting {
+            key,
+            inherit,
+            routing,
+        } => set_key_routing(settings, out, &key, inherit, &routing).await,
         KeyCmd::Revoke { key } => {
             let store = open_store(settings).await?;
             let result = store.revoke_key(&Actor::cli(), &key).await?;
@@ -933,6 +1199,70 @@ async fn key_cmd(settings: &Settings, out: &Output, cmd: KeyCmd) -> Result<(), C
             }
         }
     }
+}
+
+async fn set_key_routing(
+    settings: &Settings,
+    out: &Output,
+    ident: &str,
+    inherit: bool,
+    args: &RoutingArgs,
+) -> Result<(), CliError> {
+    // Parse and check every flag before touching the store: bad input changes nothing.
+    let patch = args.raw().parse()?;
+    if inherit && !patch.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--inherit drops the key's own routing; it cannot be combined with {}",
+            patch.flags().join(", ")
+        )));
+    }
+    let store = open_store(settings).await?;
+    let change = if inherit {
+        Some(KeyRoutingChange::Inherit)
+    } else if patch.is_empty() {
+        None
+    } else {
+        Some(KeyRoutingChange::Custom(patch.clone()))
+    };
+    let result = match &change {
+        Some(c) => store.set_key_routing(&Actor::cli(), ident, c).await?,
+        None => crate::store::Changed {
+            changed: false,
+            item: store.key_routing(ident).await?,
+        },
+    };
+    let KeyRouting { key, pool } = &result.item;
+    let view = result.item.effective().view();
+    warn_unused_primary(&patch, &view);
+    if key.status == crate::store::KeyStatus::Revoked && result.changed {
+        eprintln!(
+            "note: key {} is revoked; its routing only matters if it is used again",
+            key.id
+        );
+    }
+    if out.json {
+        return out.json(&KeyRoutingJson {
+            key: &key.id,
+            label: &key.label,
+            pool: &pool.name,
+            mode: key.routing_mode,
+            routing: view,
+        });
+    }
+    let what = match (change.is_some(), result.changed) {
+        (false, _) => "",
+        (true, true) => " (changed)",
+        (true, false) => " (unchanged)",
+    };
+    let mode = match key.routing_mode {
+        RoutingMode::Inherit => format!("inherits pool {}", pool.name),
+        RoutingMode::Custom => format!("own settings, pool {}", pool.name),
+    };
+    out.line(&format!(
+        "key {} ({}) routing{what}: {mode}",
+        key.id, key.label
+    ))?;
+    out.line(&routing_text(&view))
 }
 
 // ---- status ----
@@ -1014,9 +1344,21 @@ async fn status_cmd(settings: &Settings, out: &Output) -> Result<(), CliError> {
     )?;
     out.line("")?;
     for p in &report.pools {
+        let r = &p.pool.routing;
+        let primary = match (&r.strategy, &r.primary_account_id) {
+            (Strategy::PrimaryFirst, Some(id)) => {
+                let label = p
+                    .accounts
+                    .iter()
+                    .find(|a| &a.account.id == id)
+                    .map_or(id.as_str(), |a| a.account.label.as_str());
+                format!(" (primary {label})")
+            }
+            _ => String::new(),
+        };
         out.line(&format!(
-            "pool {}: {} active key(s), {} revoked",
-            p.pool.name, p.keys.active, p.keys.revoked
+            "pool {}: strategy {}{primary}, {} active key(s), {} revoked",
+            p.pool.name, r.strategy, p.keys.active, p.keys.revoked
         ))?;
     }
     out.line(&format!("store revision {}", report.revision))

@@ -145,6 +145,8 @@ pub fn outcome_record(o: &pb::Outcome) -> OutcomeRecord {
         fallback: o.fallback,
         retry_after_unix: (o.retry_after_unix != 0).then_some(o.retry_after_unix),
         token_expires_at_unix: (o.token_expires_at_unix != 0).then_some(o.token_expires_at_unix),
+        strategy: clip(&o.strategy),
+        route_reason: clip(&o.route_reason),
     }
 }
 

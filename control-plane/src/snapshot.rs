@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::crypto::MasterKey;
-use crate::store::{AccountState, KeyStatus, SnapshotData, Store, StoreError, Strategy};
+use crate::store::{
+    AccountState, KeyStatus, Routing, RoutingMode, SnapshotData, Store, StoreError, Strategy,
+};
 use crate::util::{self, now_ms};
 
 /// Wait after noticing a change before reading, so writes landing together are coalesced.
@@ -45,7 +47,12 @@ pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb
                             KeyStatus::Revoked => pb::KeyStatus::Revoked,
                         } as i32,
                         label: k.label.clone(),
-                        routing_override: None,
+                        // Absent = inherit the pool's routing; the filter uses an override
+                        // instead of the pool's settings, so custom keys carry a full copy.
+                        routing_override: match k.routing_mode {
+                            RoutingMode::Custom => k.routing_override.as_ref().map(proto_routing),
+                            RoutingMode::Inherit => None,
+                        },
                         operator: k.operator,
                     })
                 })
@@ -76,7 +83,9 @@ pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb
                             _ => 0,
                         },
                         priority: acc.priority,
-                        weight: acc.weight,
+                        // A share of 0 means nothing (the filter clamps to 1 as well): send
+                        // what routing will actually use.
+                        weight: acc.weight.max(1),
                         quota: a.quota.as_ref().map(|q| crate::quota::summary(q, now_unix)),
                         health: acc.health.min(100),
                         plan: acc.plan.clone().unwrap_or_default(),
@@ -91,13 +100,7 @@ pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb
             pb::Pool {
                 id: pool.id.clone(),
                 name: pool.name.clone(),
-                routing: Some(pb::RoutingSettings {
-                    strategy: proto_strategy(pool.strategy) as i32,
-                    max_attempts: pool.max_attempts,
-                    explain_routes: pool.explain_routes,
-                    // Thresholds and circuit settings: 0 = the filter's defaults.
-                    ..pb::RoutingSettings::default()
-                }),
+                routing: Some(proto_routing(&pool.routing)),
                 keys,
                 accounts,
             }
@@ -117,6 +120,22 @@ fn proto_state(s: AccountState) -> pb::AccountState {
         AccountState::Paused => pb::AccountState::Paused,
         AccountState::CoolingDown => pb::AccountState::CoolingDown,
         AccountState::NeedsReauth => pb::AccountState::NeedsReauth,
+    }
+}
+
+/// Stored routing → proto. Settings left at their default are sent as 0 / empty, which the
+/// filter reads as its own default (so a filter with newer defaults applies them).
+pub fn proto_routing(r: &Routing) -> pb::RoutingSettings {
+    pb::RoutingSettings {
+        strategy: proto_strategy(r.strategy) as i32,
+        max_attempts: r.max_attempts,
+        explain_routes: r.explain_routes,
+        primary_threshold_percent: r.primary_threshold_percent.unwrap_or(0.0),
+        secondary_threshold_percent: r.secondary_threshold_percent.unwrap_or(0.0),
+        circuit_failures: r.circuit_failures.unwrap_or(0),
+        circuit_open_ms: r.circuit_open_ms.unwrap_or(0),
+        cooldown_max_ms: r.cooldown_max_ms.unwrap_or(0),
+        primary_account_id: r.primary_account_id.clone().unwrap_or_default(),
     }
 }
 

@@ -28,7 +28,7 @@ fn pool_create_list_and_duplicates() -> TestResult {
     assert!(created["id"]
         .as_str()
         .is_some_and(|s| s.starts_with("pool_")));
-    assert_eq!(created["strategy"], "round_robin");
+    assert_eq!(created["strategy"], "quota_first");
 
     let plain = ws.ok(&["pool", "create", "team.b_2"])?;
     assert!(

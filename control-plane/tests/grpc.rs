@@ -122,10 +122,16 @@ async fn subscribe_report_and_restart() -> TestResult {
         .iter()
         .find(|p| p.name == "main")
         .ok_or("pool main")?;
+    // New pools get the product default; unset numbers travel as 0 (= the filter's default).
     assert_eq!(
-        pool.routing.as_ref().map(|r| r.strategy),
-        Some(pb::Strategy::RoundRobin as i32)
+        pool.routing,
+        Some(pb::RoutingSettings {
+            strategy: pb::Strategy::QuotaFirst as i32,
+            max_attempts: 3,
+            ..Default::default()
+        })
     );
+    assert!(pool.keys.iter().all(|k| k.routing_override.is_none()));
     let acc = pool.accounts.first().ok_or("no account in snapshot")?;
     assert_eq!(acc.id, account_id);
     assert_eq!(acc.chatgpt_account_id, "acct-grpc");
@@ -179,6 +185,51 @@ async fn subscribe_report_and_restart() -> TestResult {
         pb::AccountState::Paused as i32
     );
 
+    // Routing changes from the CLI reach the subscriber: the pool's settings, and an override
+    // only on the key that has its own.
+    ws.ok(&[
+        "pool",
+        "set-routing",
+        "main",
+        "--strategy",
+        "primary_first",
+        "--primary",
+        "g@example.com",
+        "--primary-threshold",
+        "90",
+        "--circuit-open-ms",
+        "5000",
+    ])?;
+    let routed = next_snapshot(&mut stream, Duration::from_secs(1)).await?;
+    assert_eq!(
+        routed.pools[0].routing,
+        Some(pb::RoutingSettings {
+            strategy: pb::Strategy::PrimaryFirst as i32,
+            max_attempts: 3,
+            primary_threshold_percent: 90.0,
+            circuit_open_ms: 5000,
+            primary_account_id: account_id.clone(),
+            ..Default::default()
+        })
+    );
+    let key_id = key["id"].as_str().ok_or("key id")?;
+    ws.ok(&["key", "set-routing", key_id, "--strategy", "round_robin"])?;
+    let overridden = next_snapshot(&mut stream, Duration::from_secs(1)).await?;
+    for k in &overridden.pools[0].keys {
+        if k.id == key_id {
+            // A copy of the pool's settings with the one change.
+            assert_eq!(
+                k.routing_override,
+                Some(pb::RoutingSettings {
+                    strategy: pb::Strategy::RoundRobin as i32,
+                    ..routed.pools[0].routing.clone().unwrap_or_default()
+                })
+            );
+        } else {
+            assert_eq!(k.routing_override, None, "{}", k.label);
+        }
+    }
+
     // Report stores metadata and says how many.
     let outcome = pb::Outcome {
         pool_id: pool.id.clone(),
@@ -190,6 +241,8 @@ async fn subscribe_report_and_restart() -> TestResult {
         latency_ms: 5,
         request_path: "/backend-api/codex/responses?x=1".into(),
         snapshot_version: third.version,
+        strategy: "primary_first".into(),
+        route_reason: format!("failover\n{}", "x".repeat(1000)),
         quota: Some(pb::QuotaSummary {
             primary: Some(pb::QuotaWindow {
                 used_percent: 12.5,
@@ -212,6 +265,15 @@ async fn subscribe_report_and_restart() -> TestResult {
         .await?
         .into_inner();
     assert_eq!(ack.accepted, 2);
+    // The route facts are kept with the outcome, clipped like other text.
+    let store = codexmesh_control_plane::store::Store::open(&ws.store_url()).await?;
+    let stored = store.recent_outcomes(&account_id, 5).await?;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].strategy.as_deref(), Some("primary_first"));
+    let reason = stored[0].route_reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("failoverxxx"), "{reason}");
+    assert_eq!(reason.chars().count(), 256);
+    store.close().await;
 
     // Admin HTTP: health and status, without secrets.
     let (code, body) = http_get(&served.admin, "/healthz")?;

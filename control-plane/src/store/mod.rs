@@ -12,6 +12,7 @@
 mod lifecycle;
 mod model;
 mod ops;
+mod routing;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 pub use lifecycle::QuotaWrite;
 pub use model::*;
 pub use ops::{validate_label, validate_pool_name};
+pub use routing::{KeyRouting, KeyRoutingChange};
 
 use crate::crypto::CryptoError;
 use crate::util::RandomError;
@@ -335,6 +337,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod routing_tests;
 
 /// Fixtures for other modules' unit tests.
 #[cfg(test)]

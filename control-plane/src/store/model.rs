@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+pub use crate::routing::{Routing, RoutingMode};
+
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
         $(#[$m])*
@@ -56,14 +58,40 @@ string_enum!(
     }
 );
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub id: String,
     pub name: String,
-    pub strategy: Strategy,
-    pub max_attempts: u32,
-    pub explain_routes: bool,
+    pub routing: Routing,
     pub created_at_ms: i64,
+}
+
+/// `{"id","name","strategy","max_attempts","explain_routes","created_at_ms","routing"}`: the
+/// first fields as before this pool had more settings (scripts read them), `routing` the
+/// effective settings with the defaults filled in.
+impl Serialize for Pool {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            id: &'a str,
+            name: &'a str,
+            strategy: Strategy,
+            max_attempts: u32,
+            explain_routes: bool,
+            created_at_ms: i64,
+            routing: &'a Routing,
+        }
+        Json {
+            id: &self.id,
+            name: &self.name,
+            strategy: self.routing.strategy,
+            max_attempts: self.routing.max_attempts,
+            explain_routes: self.routing.explain_routes,
+            created_at_ms: self.created_at_ms,
+            routing: &self.routing,
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,6 +160,9 @@ pub struct PoolKey {
     pub operator: bool,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    pub routing_mode: RoutingMode,
+    /// The key's own settings when `routing_mode` is custom (then always Some), else None.
+    pub routing_override: Option<Routing>,
 }
 
 /// An account plus its sealed access token, for the snapshot builder only.
@@ -345,6 +376,11 @@ pub struct OutcomeRecord {
     pub retry_after_unix: Option<i64>,
     /// The token generation (its expiry, unix seconds) the attempt used.
     pub token_expires_at_unix: Option<i64>,
+    /// The strategy that ranked the request (`quota_first`, ...).
+    pub strategy: Option<String>,
+    /// Why this attempt's account was chosen (`affinity`, `turn_state`, `strategy`, `probe`,
+    /// `failover`).
+    pub route_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

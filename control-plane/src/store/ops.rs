@@ -7,13 +7,16 @@ use sqlx::{Any, Transaction};
 use super::{
     audit, col, col_bool, col_u32, is_unique_violation, Account, AccountState, AccountWithToken,
     Actor, AuditEntry, Changed, ImportAction, ImportResult, ImportSource, KeyStatus, OutcomeRecord,
-    Pool, PoolKey, SnapshotData, Store, StoreError, Strategy,
+    Pool, PoolKey, Routing, RoutingMode, SnapshotData, Store, StoreError, Strategy,
 };
 use crate::authjson::CodexCredentials;
 use crate::crypto::MasterKey;
 use crate::util::{self, now_ms};
 
-const POOL_COLS: &str = "id, name, strategy, max_attempts, explain_routes, created_at";
+/// `pools` and `pool_keys` name their routing columns alike, so `routing_from_row` reads both.
+pub(super) const POOL_SELECT: &str = "SELECT id, name, created_at, strategy, max_attempts, \
+     explain_routes, primary_account_id, primary_threshold_percent, secondary_threshold_percent, \
+     circuit_failures, circuit_open_ms, cooldown_max_ms FROM pools";
 
 pub(super) const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_name, a.label, \
      a.chatgpt_account_id, a.chatgpt_user_id, a.email, a.plan, a.state, a.state_reason, \
@@ -23,8 +26,10 @@ pub(super) const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_
      a.source_path, a.source_hash \
      FROM accounts a JOIN pools p ON p.id = a.pool_id";
 
-const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name, k.label, k.key_hash, \
-     k.status, k.operator, k.created_at, k.revoked_at \
+const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name, k.label, \
+     k.key_hash, k.status, k.operator, k.created_at, k.revoked_at, k.routing_mode, k.strategy, \
+     k.max_attempts, k.explain_routes, k.primary_account_id, k.primary_threshold_percent, \
+     k.secondary_threshold_percent, k.circuit_failures, k.circuit_open_ms, k.cooldown_max_ms \
      FROM pool_keys k JOIN pools p ON p.id = k.pool_id";
 
 const MAX_LABEL_LEN: usize = 128;
@@ -60,15 +65,42 @@ pub fn validate_label(label: &str) -> Result<(), StoreError> {
     }
 }
 
-fn pool_from_row(row: &AnyRow) -> Result<Pool, StoreError> {
-    let strategy: String = col(row, "strategy")?;
+fn opt_u32(row: &AnyRow, name: &str) -> Result<Option<u32>, StoreError> {
+    col::<Option<i64>>(row, name)?
+        .map(|v| {
+            u32::try_from(v)
+                .map_err(|_| StoreError::Corrupt(format!("{name} = {v} is out of range")))
+        })
+        .transpose()
+}
+
+/// The routing columns of a `pools` or `pool_keys` row. NULL strategy / max_attempts /
+/// explain_routes (possible only in key rows) read as the defaults.
+pub(super) fn routing_from_row(row: &AnyRow) -> Result<Routing, StoreError> {
+    let defaults = Routing::default();
+    let strategy = match col::<Option<String>>(row, "strategy")? {
+        Some(s) => Strategy::parse(&s)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown strategy {s:?}")))?,
+        None => defaults.strategy,
+    };
+    Ok(Routing {
+        strategy,
+        max_attempts: opt_u32(row, "max_attempts")?.unwrap_or(defaults.max_attempts),
+        explain_routes: col::<Option<i64>>(row, "explain_routes")?.is_some_and(|v| v != 0),
+        primary_account_id: col(row, "primary_account_id")?,
+        primary_threshold_percent: col(row, "primary_threshold_percent")?,
+        secondary_threshold_percent: col(row, "secondary_threshold_percent")?,
+        circuit_failures: opt_u32(row, "circuit_failures")?,
+        circuit_open_ms: opt_u32(row, "circuit_open_ms")?,
+        cooldown_max_ms: opt_u32(row, "cooldown_max_ms")?,
+    })
+}
+
+pub(super) fn pool_from_row(row: &AnyRow) -> Result<Pool, StoreError> {
     Ok(Pool {
         id: col(row, "id")?,
         name: col(row, "name")?,
-        strategy: Strategy::parse(&strategy)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown strategy {strategy:?}")))?,
-        max_attempts: col_u32(row, "max_attempts")?,
-        explain_routes: col_bool(row, "explain_routes")?,
+        routing: routing_from_row(row)?,
         created_at_ms: col(row, "created_at")?,
     })
 }
@@ -105,8 +137,11 @@ pub(super) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
     })
 }
 
-fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
+pub(super) fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
     let status: String = col(row, "status")?;
+    let mode: String = col(row, "routing_mode")?;
+    let routing_mode = RoutingMode::parse(&mode)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown routing mode {mode:?}")))?;
     Ok(PoolKey {
         id: col(row, "id")?,
         pool_id: col(row, "pool_id")?,
@@ -118,6 +153,11 @@ fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
         operator: col_bool(row, "operator")?,
         created_at_ms: col(row, "created_at")?,
         revoked_at_ms: col(row, "revoked_at")?,
+        routing_mode,
+        routing_override: match routing_mode {
+            RoutingMode::Custom => Some(routing_from_row(row)?),
+            RoutingMode::Inherit => None,
+        },
     })
 }
 
@@ -125,7 +165,7 @@ pub(super) async fn pool_by_name_tx(
     tx: &mut Transaction<'static, Any>,
     name: &str,
 ) -> Result<Pool, StoreError> {
-    let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE name = $1"))
+    let row = sqlx::query(&format!("{POOL_SELECT} WHERE name = $1"))
         .bind(name.to_owned())
         .fetch_optional(&mut **tx)
         .await?;
@@ -187,7 +227,7 @@ pub(super) async fn resolve_account_tx(
     pick_one(&rows, "account", ident, account_from_row, |a| &a.id)
 }
 
-async fn resolve_key_tx(
+pub(super) async fn resolve_key_tx(
     tx: &mut Transaction<'static, Any>,
     ident: &str,
 ) -> Result<PoolKey, StoreError> {
@@ -231,22 +271,23 @@ impl Store {
                 "a pool named {name:?} already exists"
             )));
         }
+        // The product defaults (quota_first), named explicitly: the column's DEFAULT is the
+        // pre-0003 'round_robin' (see migrations/*/0003_routing.sql).
         let pool = Pool {
             id: util::new_id("pool")?,
             name: name.to_owned(),
-            strategy: Strategy::RoundRobin,
-            max_attempts: 3,
-            explain_routes: false,
+            routing: Routing::default(),
             created_at_ms: now_ms(),
         };
-        sqlx::query(&format!(
-            "INSERT INTO pools ({POOL_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
-        ))
+        sqlx::query(
+            "INSERT INTO pools (id, name, strategy, max_attempts, explain_routes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
         .bind(pool.id.clone())
         .bind(pool.name.clone())
-        .bind(pool.strategy.as_str())
-        .bind(i64::from(pool.max_attempts))
-        .bind(i64::from(pool.explain_routes))
+        .bind(pool.routing.strategy.as_str())
+        .bind(i64::from(pool.routing.max_attempts))
+        .bind(i64::from(pool.routing.explain_routes))
         .bind(pool.created_at_ms)
         .execute(&mut *tx)
         .await
@@ -271,7 +312,7 @@ impl Store {
     }
 
     pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
-        sqlx::query(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))
+        sqlx::query(&format!("{POOL_SELECT} ORDER BY name"))
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -280,7 +321,7 @@ impl Store {
     }
 
     pub async fn pool_by_name(&self, name: &str) -> Result<Pool, StoreError> {
-        let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE name = $1"))
+        let row = sqlx::query(&format!("{POOL_SELECT} WHERE name = $1"))
             .bind(name.to_owned())
             .fetch_optional(&self.pool)
             .await?;
@@ -512,6 +553,18 @@ impl Store {
     pub async fn remove_account(&self, actor: &Actor, ident: &str) -> Result<Account, StoreError> {
         let (mut tx, revision) = self.begin_write().await?;
         let account = resolve_account_tx(&mut tx, ident).await?;
+        // The foreign keys clear it where it was primary_first's owner (those pools and keys
+        // fall back to the first account by priority); the audit row says where.
+        let primary_of_pools: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pools WHERE primary_account_id = $1")
+                .bind(account.id.clone())
+                .fetch_all(&mut *tx)
+                .await?;
+        let primary_of_keys: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM pool_keys WHERE primary_account_id = $1")
+                .bind(account.id.clone())
+                .fetch_all(&mut *tx)
+                .await?;
         sqlx::query("DELETE FROM accounts WHERE id = $1")
             .bind(account.id.clone())
             .execute(&mut *tx)
@@ -522,7 +575,8 @@ impl Store {
             "account.remove",
             Some(&account.id),
             json!({"pool": account.pool, "label": account.label,
-                   "chatgpt_account_id": account.chatgpt_account_id}),
+                   "chatgpt_account_id": account.chatgpt_account_id,
+                   "cleared_primary_of": {"pools": primary_of_pools, "keys": primary_of_keys}}),
             revision,
         )
         .await?;
@@ -675,9 +729,9 @@ impl Store {
                    resets_at, primary_used_percent, primary_window_minutes, primary_resets_at, \
                    secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
                    quota_observed_at, credits_has_credits, credits_unlimited, credits_balance, \
-                   error_source, fallback, retry_after, token_expires_at) \
+                   error_source, fallback, retry_after, token_expires_at, strategy, route_reason) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                   $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
+                   $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
             )
             .bind(received)
             .bind(node_id.to_owned())
@@ -707,6 +761,8 @@ impl Store {
             .bind(i64::from(o.fallback))
             .bind(o.retry_after_unix)
             .bind(o.token_expires_at_unix)
+            .bind(o.strategy.clone())
+            .bind(o.route_reason.clone())
             .execute(&mut *tx)
             .await?;
         }
@@ -733,7 +789,7 @@ impl Store {
                primary_used_percent, primary_window_minutes, primary_resets_at, \
                secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
                quota_observed_at, credits_has_credits, credits_unlimited, credits_balance, \
-               error_source, fallback, retry_after, token_expires_at \
+               error_source, fallback, retry_after, token_expires_at, strategy, route_reason \
              FROM outcomes WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(account_id.to_owned())
@@ -785,6 +841,8 @@ impl Store {
                     fallback: col_bool(r, "fallback")?,
                     retry_after_unix: col(r, "retry_after")?,
                     token_expires_at_unix: col(r, "token_expires_at")?,
+                    strategy: col(r, "strategy")?,
+                    route_reason: col(r, "route_reason")?,
                 })
             })
             .collect()
@@ -833,7 +891,7 @@ impl Store {
         let revision: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'revision'")
             .fetch_one(&mut *tx)
             .await?;
-        let pools = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))
+        let pools = sqlx::query(&format!("{POOL_SELECT} ORDER BY name"))
             .fetch_all(&mut *tx)
             .await?
             .iter()

@@ -11,7 +11,7 @@ use crate::util;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn creds(
+pub(super) fn creds(
     account: &str,
     email: &str,
     access: &str,
@@ -213,6 +213,8 @@ async fn exercise(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
         fallback: true,
         retry_after_unix: Some(2_000_000_010),
         token_expires_at_unix: Some(2_000_000_000),
+        strategy: Some("quota_first".into()),
+        route_reason: Some("failover".into()),
     };
     assert_eq!(
         store
@@ -334,7 +336,7 @@ fn sqlite_paths() {
 }
 
 #[path = "../../tests/common/pg.rs"]
-mod pg;
+pub(super) mod pg;
 
 /// Against `CODEXMESH_TEST_POSTGRES_URL` when set, else a temporary cluster of its own; skipped
 /// (with a note) only when no PostgreSQL binaries exist.

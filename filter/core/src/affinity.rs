@@ -60,7 +60,10 @@ pub fn prompt_cache_key(body: &[u8]) -> Option<String> {
         return None;
     }
     i += 1;
-    i += rest.get(i..)?.iter().position(|b| !b.is_ascii_whitespace())?;
+    i += rest
+        .get(i..)?
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())?;
     if rest.get(i) != Some(&b'"') {
         return None;
     }
@@ -136,7 +139,10 @@ mod tests {
         assert_eq!(prompt_cache_key(br#"{"prompt_cache_key":""}"#), None);
         assert_eq!(prompt_cache_key(br#"{"prompt_cache_key":5}"#), None);
         assert_eq!(prompt_cache_key(br#"{"model":"m"}"#), None);
-        assert_eq!(prompt_cache_key(br#"{"prompt_cache_key":"unterminated"#), None);
+        assert_eq!(
+            prompt_cache_key(br#"{"prompt_cache_key":"unterminated"#),
+            None
+        );
         assert_eq!(prompt_cache_key(&[0xff, 0xfe]), None);
     }
 

@@ -237,3 +237,29 @@ async fn a_key_can_override_its_pools_routing() {
         .collect();
     assert_eq!(accounts.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_can_explain_routes_to_every_key() {
+    let stack = Stack::start(2).await.unwrap();
+    let resp = stack
+        .post_turn(&stack.key, Some("e-1"), &turn_body("x"))
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key("x-codexmesh-route"));
+    resp.text().await.unwrap();
+    let routing = set_routing(&stack, &["--explain", "true"]).await;
+    assert_eq!(routing["explain_routes"], true, "{routing}");
+    let resp = stack
+        .post_turn(&stack.key, Some("e-1"), &turn_body("x"))
+        .await
+        .unwrap();
+    let route = resp.headers()["x-codexmesh-route"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    resp.text().await.unwrap();
+    assert!(
+        route.contains("strategy=") && route.contains("reason=affinity"),
+        "{route}"
+    );
+}

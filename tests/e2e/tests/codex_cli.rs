@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{repo_root, Stack, StackOptions};
+use codexmesh_e2e::{repo_root, Stack, StackOptions, POOL};
 use serde_json::json;
 
 const REPLY: &str = "codexmesh e2e reply: the pool answered";
@@ -126,13 +126,29 @@ async fn codex_exec_gets_its_answer_through_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_cli_completes_twenty_turns_while_accounts_exhaust_one_after_another() {
-    // Three accounts with 8 turns each: 24 in all for 20 CLI turns (plus the harness's first).
+    // 7 + 7 + 10 turns for the harness's warm-up plus 20 CLI turns; priority order spends the
+    // accounts one after another, so two of them run dry mid-run.
     let stack = Stack::start_with(StackOptions {
-        accounts: vec![json!({"primary_limit": 8}); 3],
+        accounts: vec![
+            json!({"primary_limit": 7}),
+            json!({"primary_limit": 7}),
+            json!({"primary_limit": 10}),
+        ],
         ..StackOptions::default()
     })
     .await
     .unwrap();
+    stack
+        .cp
+        .cli_json(&["pool", "set-routing", POOL, "--strategy", "priority_order"])
+        .unwrap();
+    for (label, priority) in [("acct-0", "0"), ("acct-1", "1"), ("acct-2", "2")] {
+        stack
+            .cp
+            .cli_json(&["account", "set", label, "--priority", priority])
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     stack
         .sim
         .behavior(json!({"reply_text": REPLY}))
@@ -147,19 +163,23 @@ async fn codex_cli_completes_twenty_turns_while_accounts_exhaust_one_after_anoth
         );
     }
     let turns = stack.sim.turn_requests().await.unwrap();
-    let served: Vec<&str> = turns
+    let order: Vec<usize> = turns
         .iter()
         .filter(|r| r["status"] == 200)
-        .map(|r| r["account_id"].as_str().unwrap_or_default())
+        .map(|r| {
+            (0..3)
+                .find(|i| r["account_id"] == stack.account_id(*i).as_str())
+                .expect("served by a pool account")
+        })
         .collect();
-    assert_eq!(served.len(), 20);
-    // At least two accounts ran dry on the way (the 429s happened, and stayed invisible).
-    let exhausted = turns.iter().filter(|r| r["status"] == 429).count();
-    assert!(exhausted >= 1, "no account was exhausted: {served:?}");
-    let used: std::collections::BTreeSet<&str> = served.iter().copied().collect();
-    assert_eq!(
-        used.len(),
-        3,
-        "all three accounts were spent in turn: {served:?}"
+    assert_eq!(order.len(), 20);
+    // One after another: never back to an account that ran dry.
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+    assert_eq!((order[0], order[19]), (0, 2), "{order:?}");
+    // The two exhaustions happened upstream (429s) and stayed invisible to the CLI.
+    let limited = turns.iter().filter(|r| r["status"] == 429).count();
+    assert!(
+        limited >= 2,
+        "expected the 429s of two spent accounts, saw {limited}"
     );
 }

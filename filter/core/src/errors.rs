@@ -30,6 +30,8 @@ pub enum ErrorKind {
     PoolExhausted,
     /// Every attempt failed without a usable answer (connect failure, reset, 5xx).
     UpstreamUnavailable,
+    /// A WebSocket upgrade: answered 426 so the Codex CLI falls back to SSE at once.
+    WebSocketUnsupported,
     /// The upstream filter found no hand-off from the downstream filter (a misconfigured route).
     RouteMissing,
 }
@@ -41,6 +43,7 @@ impl ErrorKind {
             Self::NotReady | Self::NoAccountAvailable | Self::UpstreamUnavailable => 503,
             Self::PoolExhausted => 429,
             Self::RouteMissing => 500,
+            Self::WebSocketUnsupported => 426,
         }
     }
 
@@ -52,6 +55,7 @@ impl ErrorKind {
             Self::NoAccountAvailable => "no_account_available",
             Self::PoolExhausted => "usage_limit_reached",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::WebSocketUnsupported => "websocket_not_supported",
             Self::RouteMissing => "gateway_misconfigured",
         }
     }
@@ -65,9 +69,11 @@ impl ErrorKind {
 
     pub fn source(self) -> ErrorSource {
         match self {
-            Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => {
-                ErrorSource::Client
-            }
+            Self::MissingKey
+            | Self::MalformedKey
+            | Self::UnknownKey
+            | Self::RevokedKey
+            | Self::WebSocketUnsupported => ErrorSource::Client,
             Self::NotReady
             | Self::NoAccountAvailable
             | Self::PoolExhausted
@@ -207,6 +213,15 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
         assert_eq!(body["error"]["message"], "a \"quoted\"\nline");
         assert_eq!(body["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn websocket_upgrades_get_426() {
+        let err = GatewayError::new(ErrorKind::WebSocketUnsupported, "use SSE");
+        assert_eq!(err.status(), 426);
+        assert!(!err.kind.retryable());
+        let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+        assert_eq!(body["error"]["code"], "websocket_not_supported");
     }
 
     #[test]

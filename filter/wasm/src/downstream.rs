@@ -48,6 +48,14 @@ impl HttpContext for Downstream {
             Ok(a) => a,
             Err(err) => return reply_error(&err),
         };
+        if is_websocket_upgrade() {
+            // 426 makes the Codex CLI fall back to HTTP SSE at once (other refusals cost it
+            // several retries).
+            return reply_error(&GatewayError::new(
+                ErrorKind::WebSocketUnsupported,
+                "codexmesh serves Codex turns over HTTP SSE; set supports_websockets = false.",
+            ));
+        }
         let header_key = affinity_key(host::request_header).map(|k| k.value);
         // No continuity header: the body's prompt_cache_key is the next best locality key, so
         // wait for the body (compressed bodies are forwarded untouched, not read).
@@ -236,6 +244,10 @@ impl Downstream {
             _ => None,
         }
     }
+}
+
+fn is_websocket_upgrade() -> bool {
+    host::request_header("upgrade").is_some_and(|u| u.to_ascii_lowercase().contains("websocket"))
 }
 
 fn is_json_response() -> bool {

@@ -423,3 +423,25 @@ async fn a_429_from_one_account_is_retried_on_another() {
     assert_eq!(reqs[0]["status"], 429);
     assert_eq!(reqs[1]["status"], 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_refused_with_426_json() {
+    let stack = Stack::start(1).await.unwrap();
+    let resp = stack
+        .http
+        .get(stack.envoy.url("/backend-api/codex/responses"))
+        .bearer_auth(&stack.key)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("openai-beta", "responses_websockets=2026-02-06")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 426);
+    assert_eq!(
+        error_code(&resp.text().await.unwrap()),
+        "websocket_not_supported"
+    );
+}

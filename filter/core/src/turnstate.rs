@@ -1,78 +1,45 @@
 //! Which account issued an `x-codex-turn-state`: a request replaying it must go back to that
-//! account. A bounded table in shared data; entries expire (a turn lasts minutes, not hours).
+//! account. Kept in a fixed number of shared-data slots (one small key each, chosen by hash), so
+//! recording one is O(1) and memory is bounded. Two live turn states landing in one slot: the
+//! older one is forgotten and its replay falls back to session affinity.
 
 use crate::affinity::pair_hash;
 
-const MAX_ENTRIES: usize = 4096;
+/// Number of slots; each holds one entry of a few dozen bytes.
+pub const SLOTS: u64 = 4096;
+/// A turn lasts minutes; an hour is generous.
 pub const TTL_MS: i64 = 3_600_000;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TurnStateTable {
-    /// (hash of the turn state, account id, expires at ms), oldest first.
-    entries: Vec<(u64, String, i64)>,
-}
+const KEY_PREFIX: &str = "codexmesh.ts.";
 
 pub fn turn_state_hash(token: &str) -> u64 {
     pair_hash(token, "turn-state")
 }
 
-impl TurnStateTable {
-    pub fn lookup(&self, token: &str, now_ms: i64) -> Option<&str> {
-        let h = turn_state_hash(token);
-        self.entries
-            .iter()
-            .rev()
-            .find(|(eh, _, exp)| *eh == h && *exp > now_ms)
-            .map(|(_, id, _)| id.as_str())
-    }
+/// The shared-data key of the slot for this turn state.
+pub fn slot_key(token: &str) -> String {
+    format!("{KEY_PREFIX}{}", turn_state_hash(token) % SLOTS)
+}
 
-    pub fn record(&mut self, token: &str, account_id: &str, now_ms: i64) {
-        let h = turn_state_hash(token);
-        self.entries
-            .retain(|(eh, _, exp)| *eh != h && *exp > now_ms);
-        if self.entries.len() >= MAX_ENTRIES {
-            let excess = self.entries.len() + 1 - MAX_ENTRIES;
-            self.entries.drain(..excess);
-        }
-        self.entries
-            .push((h, account_id.to_string(), now_ms.saturating_add(TTL_MS)));
-    }
+/// The slot's value recording that `account_id` issued `token`.
+pub fn encode_entry(token: &str, account_id: &str, now_ms: i64) -> Vec<u8> {
+    format!(
+        "{} {} {}",
+        turn_state_hash(token),
+        now_ms.saturating_add(TTL_MS),
+        account_id
+    )
+    .into_bytes()
+}
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = String::from("cmt1\n");
-        for (h, id, exp) in &self.entries {
-            out.push_str(&format!("{h} {id} {exp}\n"));
-        }
-        out.into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Self {
-        let mut table = Self::default();
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            return table;
-        };
-        let mut lines = text.lines();
-        if lines.next() != Some("cmt1") {
-            return table;
-        }
-        for line in lines {
-            let p: Vec<&str> = line.split(' ').collect();
-            if let [h, id, exp] = p.as_slice() {
-                if let (Ok(h), Ok(exp)) = (h.parse(), exp.parse()) {
-                    table.entries.push((h, (*id).to_string(), exp));
-                }
-            }
-        }
-        table
-    }
+/// The issuing account, if the slot holds a live entry for exactly this token.
+pub fn lookup(slot: &[u8], token: &str, now_ms: i64) -> Option<String> {
+    let text = std::str::from_utf8(slot).ok()?;
+    let mut parts = text.splitn(3, ' ');
+    let hash: u64 = parts.next()?.parse().ok()?;
+    let expires: i64 = parts.next()?.parse().ok()?;
+    let account = parts.next()?;
+    (hash == turn_state_hash(token) && expires > now_ms && !account.is_empty())
+        .then(|| account.to_string())
 }
 
 #[cfg(test)]
@@ -84,26 +51,29 @@ mod tests {
 
     #[test]
     fn records_looks_up_and_expires() {
-        let mut t = TurnStateTable::default();
-        t.record("ts-1", "a", 0);
-        t.record("ts-2", "b", 0);
-        t.record("ts-1", "c", 10);
-        assert_eq!(t.lookup("ts-1", 20), Some("c"));
-        assert_eq!(t.lookup("ts-2", 20), Some("b"));
-        assert_eq!(t.lookup("ts-2", TTL_MS + 1), None);
-        let back = TurnStateTable::decode(&t.encode());
-        assert_eq!(back, t);
-        assert!(TurnStateTable::decode(b"junk").is_empty());
+        let entry = encode_entry("ts-1", "acct-a", 0);
+        assert_eq!(lookup(&entry, "ts-1", 10).as_deref(), Some("acct-a"));
+        assert_eq!(
+            lookup(&entry, "ts-2", 10),
+            None,
+            "another token in the same slot"
+        );
+        assert_eq!(lookup(&entry, "ts-1", TTL_MS + 1), None, "expired");
+        assert_eq!(lookup(b"junk", "ts-1", 0), None);
+        assert_eq!(lookup(b"", "ts-1", 0), None);
     }
 
     #[test]
-    fn bounded() {
-        let mut t = TurnStateTable::default();
-        for i in 0..(MAX_ENTRIES + 50) {
-            t.record(&format!("ts-{i}"), "a", 0);
+    fn slots_are_bounded_and_spread() {
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..20_000 {
+            used.insert(slot_key(&format!("ts-{i}")));
         }
-        assert_eq!(t.len(), MAX_ENTRIES);
-        assert_eq!(t.lookup("ts-0", 1), None);
-        assert_eq!(t.lookup(&format!("ts-{}", MAX_ENTRIES + 49), 1), Some("a"));
+        assert!(used.len() as u64 <= SLOTS);
+        assert!(
+            used.len() as u64 > SLOTS * 9 / 10,
+            "poor spread: {}",
+            used.len()
+        );
     }
 }

@@ -103,6 +103,15 @@ pub fn ladder_delay_ms(step: u32, limits: &Limits) -> i64 {
     i64::try_from(delay.min(u64::from(limits.cooldown_max_ms))).unwrap_or(i64::MAX)
 }
 
+/// Whether a success would change this state (so whether it must be written back at all).
+pub fn success_changes(state: &LocalAccount, token_fp: u64) -> bool {
+    state.consecutive_failures != 0
+        || state.circuit_open_until_ms != 0
+        || state.probe_until_ms != 0
+        || state.ladder_step != 0
+        || (state.auth_failed_token != 0 && state.auth_failed_token == token_fp)
+}
+
 /// Folds a verdict into the account's local state. `token_fp` identifies the token that was used.
 pub fn apply(
     state: &mut LocalAccount,
@@ -295,6 +304,56 @@ mod tests {
         // ...but success with the same token does.
         apply(&mut s, Verdict::Success, 42, &l, 2);
         assert_eq!(s.auth_failed_token, 0);
+    }
+
+    #[test]
+    fn success_on_a_clean_account_changes_nothing() {
+        let l = limits();
+        let clean = LocalAccount {
+            cooldown_until_ms: 5,
+            updated_ms: 3,
+            ..Default::default()
+        };
+        assert!(!success_changes(&clean, 1));
+        let mut after = clean;
+        apply(&mut after, Verdict::Success, 1, &l, 10);
+        after.updated_ms = clean.updated_ms;
+        assert_eq!(
+            after, clean,
+            "success_changes said no change, apply changed something"
+        );
+        for dirty in [
+            LocalAccount {
+                consecutive_failures: 1,
+                ..clean
+            },
+            LocalAccount {
+                circuit_open_until_ms: 9,
+                ..clean
+            },
+            LocalAccount {
+                probe_until_ms: 9,
+                ..clean
+            },
+            LocalAccount {
+                ladder_step: 2,
+                ..clean
+            },
+            LocalAccount {
+                auth_failed_token: 1,
+                ..clean
+            },
+        ] {
+            assert!(success_changes(&dirty, 1), "{dirty:?}");
+        }
+        // A 401 block on another token is not cleared by this token's success.
+        assert!(!success_changes(
+            &LocalAccount {
+                auth_failed_token: 7,
+                ..clean
+            },
+            1
+        ));
     }
 
     #[test]

@@ -13,8 +13,6 @@ pub const VERSION_KEY: &str = "codexmesh.snapshot.version";
 pub const TABLE_KEY: &str = "codexmesh.snapshot";
 /// Per-Envoy account state learned from answers (cooldowns, circuits, 401 blocks).
 pub const LOCAL_KEY: &str = "codexmesh.local";
-/// Which account issued which `x-codex-turn-state`.
-pub const TURN_STATE_KEY: &str = "codexmesh.turnstate";
 
 #[derive(Default)]
 struct Cache {

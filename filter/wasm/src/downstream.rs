@@ -10,7 +10,7 @@ use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::routing::{self, RouteInput, PROBE_RESERVATION_MS};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
-use codexmesh_filter_core::turnstate::TurnStateTable;
+use codexmesh_filter_core::turnstate;
 use codexmesh_filter_core::{auth, pb};
 
 use proxy_wasm::traits::{Context, HttpContext};
@@ -187,9 +187,8 @@ impl Downstream {
         let settings = routing::effective_routing(pool, key);
         let local = cache::local_table();
         let turn_state_account = host::request_header("x-codex-turn-state").and_then(|ts| {
-            TurnStateTable::decode(&host::shared_data(cache::TURN_STATE_KEY).unwrap_or_default())
-                .lookup(&ts, now_ms)
-                .map(str::to_string)
+            host::shared_data(&turnstate::slot_key(&ts))
+                .and_then(|slot| turnstate::lookup(&slot, &ts, now_ms))
         });
         let turn = TURN.with(|t| {
             let v = t.get();

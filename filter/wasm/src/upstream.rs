@@ -8,7 +8,7 @@ use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::local::{token_fingerprint, LocalAccount};
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
-use codexmesh_filter_core::turnstate::TurnStateTable;
+use codexmesh_filter_core::turnstate;
 use codexmesh_filter_core::verdict::{self, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -199,13 +199,10 @@ impl Upstream {
         attempt.want_body = status >= 400 && !end_of_stream;
         apply_verdict(attempt, now_ms);
         if let Some(turn_state) = lookup("x-codex-turn-state").filter(|_| status < 400) {
-            let account = attempt.account_id.clone();
-            let token = turn_state.to_string();
-            host::update_shared_data(cache::TURN_STATE_KEY, |bytes| {
-                let mut table = TurnStateTable::decode(bytes);
-                table.record(&token, &account, now_ms);
-                table.encode()
-            });
+            let entry = turnstate::encode_entry(turn_state, &attempt.account_id, now_ms);
+            if host::set_shared_data(&turnstate::slot_key(turn_state), &entry).is_err() {
+                host::log(LogLevel::Warn, "could not record a turn state");
+            }
         }
         if attempt.handoff.explain {
             let header = explanation(attempt);
@@ -230,6 +227,14 @@ fn verdict_of(attempt: &Attempt, state: &LocalAccount, now_ms: i64) -> Verdict {
 /// Folds this attempt's verdict into the Envoy-wide local state.
 fn apply_verdict(attempt: &Attempt, now_ms: i64) {
     let account = attempt.account_id.clone();
+    // The common case, a success on an account with nothing to clear, needs no write: a shared
+    // data write (and its compare-and-swap) per request is the costliest host call here.
+    let current = cache::local_table().get(&account);
+    if verdict_of(attempt, &current, now_ms) == Verdict::Success
+        && !verdict::success_changes(&current, attempt.token_fp)
+    {
+        return;
+    }
     let ok = cache::update_local(|table| {
         let mut state = table.get(&account);
         let v = verdict_of(attempt, &state, now_ms);

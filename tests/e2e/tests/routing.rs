@@ -522,3 +522,56 @@ async fn an_unreachable_upstream_is_a_json_503_not_a_hang() {
     assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_turn_state_goes_back_to_the_account_that_issued_it() {
+    let stack = Stack::start(3).await.unwrap();
+    stack.sim.clear_requests().await.unwrap();
+    let resp = stack
+        .post_turn(&stack.key, Some("ts-origin"), &turn_body("x"))
+        .await
+        .unwrap();
+    let turn_state = resp
+        .headers()
+        .get("x-codex-turn-state")
+        .expect("the simulator issues x-codex-turn-state")
+        .to_str()
+        .unwrap()
+        .to_string();
+    resp.text().await.unwrap();
+    let issuer = served_accounts(&stack).await[0].clone();
+    // Replays under many different sessions (whose hashes point all over the pool) all return
+    // to the issuer.
+    stack.sim.clear_requests().await.unwrap();
+    for i in 0..12 {
+        let resp = stack
+            .http
+            .post(stack.envoy.url("/backend-api/codex/responses"))
+            .bearer_auth(&stack.key)
+            .header("session-id", format!("other-{i}"))
+            .header("x-codex-turn-state", &turn_state)
+            .json(&turn_body("x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap();
+    }
+    let served = served_accounts(&stack).await;
+    assert_eq!(served.len(), 12);
+    assert!(
+        served.iter().all(|a| *a == issuer),
+        "{served:?} (issuer {issuer})"
+    );
+    // Without the turn state, those sessions spread.
+    let spread = owners(
+        &stack,
+        &stack.envoy.url("/backend-api/codex/responses"),
+        &(0..12).map(|i| format!("other-{i}")).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        spread.iter().any(|a| *a != issuer),
+        "the control case did not spread: {spread:?}"
+    );
+}

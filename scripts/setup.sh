@@ -26,6 +26,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 command -v protoc >/dev/null 2>&1 || apt_install protobuf-compiler
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+# Debian's python3 ships venv without ensurepip unless python3-venv is installed.
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || apt_install python3-venv
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   say "rustup target add wasm32-wasip1"

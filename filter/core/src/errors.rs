@@ -49,8 +49,9 @@ impl ErrorKind {
 
     pub fn code(self) -> &'static str {
         match self {
-            Self::MissingKey | Self::MalformedKey | Self::UnknownKey => "invalid_api_key",
-            Self::RevokedKey => "invalid_api_key",
+            Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => {
+                "invalid_api_key"
+            }
             Self::NotReady => "gateway_not_ready",
             Self::NoAccountAvailable => "no_account_available",
             Self::PoolExhausted => "usage_limit_reached",

@@ -277,32 +277,28 @@ pub fn rank<'a>(
         return Err(exhausted(pool, &out, now_ms));
     }
 
-    let (mut ordered, mut reason) = order(&eligible, strategy, settings, input, now_ms);
-    if let Some(pinned) = input.turn_state_account {
-        if let Some(pos) = ordered.iter().position(|a| a.id == pinned) {
-            let account = ordered.remove(pos);
-            ordered.insert(0, account);
-            reason = Reason::TurnState;
-        }
-    }
+    let (ordered, strategy_reason) = order(&eligible, strategy, settings, input, now_ms);
+    // Only a fully eligible account can be pinned by its turn state.
+    let pinned = input
+        .turn_state_account
+        .filter(|id| ordered.iter().any(|a| a.id == *id));
     // A recovering account is probed first (one request per open period); if the probe fails,
-    // the request fails over to the next candidate before the client sees anything.
+    // the request fails over to the next candidate before the client sees anything. A pinned
+    // turn goes ahead even of probes.
     let probes: Vec<String> = half_open.iter().map(|a| a.id.clone()).collect();
-    if !half_open.is_empty() && reason != Reason::TurnState {
-        reason = Reason::Probe;
-    }
     let mut accounts = half_open;
     accounts.extend(ordered);
-    if reason == Reason::TurnState {
-        // Keep the pinned account first even ahead of probes.
-        if let Some(pos) = accounts
-            .iter()
-            .position(|a| Some(a.id.as_str()) == input.turn_state_account)
-        {
+    let reason = if let Some(id) = pinned {
+        if let Some(pos) = accounts.iter().position(|a| a.id == id) {
             let account = accounts.remove(pos);
             accounts.insert(0, account);
         }
-    }
+        Reason::TurnState
+    } else if !probes.is_empty() {
+        Reason::Probe
+    } else {
+        strategy_reason
+    };
     Ok(Ranking {
         accounts,
         reason,

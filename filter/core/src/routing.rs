@@ -5,7 +5,7 @@
 
 use crate::affinity::rendezvous_score;
 use crate::errors::{ErrorKind, GatewayError};
-use crate::local::{token_fingerprint, LocalAccount, LocalTable};
+use crate::local::{effective_quota, token_fingerprint, LocalAccount, LocalTable};
 use crate::pb;
 
 /// Attempts per request when the pool does not say (first try included).
@@ -140,7 +140,7 @@ pub fn eligibility(
             until_ms: local.cooldown_until_ms,
         });
     }
-    if let Some(q) = account.quota.as_ref() {
+    if let Some(q) = effective_quota(account, local).as_ref() {
         for (w, threshold) in [
             (q.primary.as_ref(), limits.primary_threshold_percent),
             (q.secondary.as_ref(), limits.secondary_threshold_percent),
@@ -190,7 +190,7 @@ pub fn max_attempts(routing: Option<&pb::RoutingSettings>) -> u32 {
 /// Headroom that would otherwise be lost: remaining percent divided by the fraction of the
 /// window still to run, so an account about to reset is spent first. Unknown quota counts as a
 /// fresh window.
-pub fn quota_score(account: &pb::Account, now_ms: i64) -> f64 {
+pub fn quota_score(quota: Option<&pb::QuotaSummary>, now_ms: i64) -> f64 {
     let window = |w: Option<&pb::QuotaWindow>| -> f64 {
         let Some((used, resets_ms)) = window_used(w, now_ms) else {
             return 100.0;
@@ -203,8 +203,8 @@ pub fn quota_score(account: &pb::Account, now_ms: i64) -> f64 {
         let left = ((resets_ms - now_ms) as f64 / window_ms as f64).clamp(0.1, 1.0);
         remaining / left
     };
-    let q = account.quota.as_ref();
-    window(q.and_then(|q| q.primary.as_ref())).min(window(q.and_then(|q| q.secondary.as_ref())))
+    window(quota.and_then(|q| q.primary.as_ref()))
+        .min(window(quota.and_then(|q| q.secondary.as_ref())))
 }
 
 /// Why the first account was chosen.
@@ -277,7 +277,7 @@ pub fn rank<'a>(
         return Err(exhausted(pool, &out, now_ms));
     }
 
-    let (ordered, strategy_reason) = order(&eligible, strategy, settings, input, now_ms);
+    let (ordered, strategy_reason) = order(&eligible, strategy, settings, local, input, now_ms);
     // Only a fully eligible account can be pinned by its turn state.
     let pinned = input
         .turn_state_account
@@ -311,6 +311,7 @@ fn order<'a>(
     eligible: &[&'a pb::Account],
     strategy: pb::Strategy,
     settings: Option<&pb::RoutingSettings>,
+    local: &LocalTable,
     input: RouteInput<'_>,
     now_ms: i64,
 ) -> (Vec<&'a pb::Account>, Reason) {
@@ -348,7 +349,10 @@ fn order<'a>(
             if strategy == pb::Strategy::RoundRobin {
                 (weighted_round_robin(&list, input.turn), Reason::Strategy)
             } else {
-                (quota_first(&list, input.turn, now_ms), Reason::Strategy)
+                (
+                    quota_first(&list, local, input.turn, now_ms),
+                    Reason::Strategy,
+                )
             }
         }
     }
@@ -389,9 +393,19 @@ fn weighted_round_robin<'a>(list: &[&'a pb::Account], turn: u64) -> Vec<&'a pb::
 
 /// Most headroom first; accounts within a hair of the best share traffic in turn, so fresh
 /// accounts are spent evenly rather than one after another.
-fn quota_first<'a>(list: &[&'a pb::Account], turn: u64, now_ms: i64) -> Vec<&'a pb::Account> {
-    let mut scored: Vec<(f64, &pb::Account)> =
-        list.iter().map(|a| (quota_score(a, now_ms), *a)).collect();
+fn quota_first<'a>(
+    list: &[&'a pb::Account],
+    local: &LocalTable,
+    turn: u64,
+    now_ms: i64,
+) -> Vec<&'a pb::Account> {
+    let mut scored: Vec<(f64, &pb::Account)> = list
+        .iter()
+        .map(|a| {
+            let quota = effective_quota(a, &local.get(&a.id));
+            (quota_score(quota.as_ref(), now_ms), *a)
+        })
+        .collect();
     scored.sort_by(|(sa, a), (sb, b)| {
         sb.total_cmp(sa)
             .then(b.health.cmp(&a.health))
@@ -603,6 +617,50 @@ mod tests {
         assert_eq!(first(&p, &qf, &l, RouteInput::default(), now), "a1");
         // a0 resets in 10 minutes with 20 % left: use it before it's lost.
         p.accounts[0].quota = quota(80.0, now / 1000 + 600, 300);
+        assert_eq!(first(&p, &qf, &l, RouteInput::default(), now), "a0");
+    }
+
+    #[test]
+    fn quota_seen_here_counts_before_the_next_snapshot() {
+        use crate::local::SeenQuota;
+        let mut p = pool(2);
+        let now = 1_000_000_000;
+        let resets = now / 1000 + 4 * 3600;
+        p.accounts[0].quota = quota(10.0, resets, 300);
+        p.accounts[1].quota = quota(30.0, resets, 300);
+        for a in &mut p.accounts {
+            if let Some(q) = a.quota.as_mut() {
+                q.observed_at_unix_ms = now - 5_000;
+            }
+        }
+        let qf = settings(pb::Strategy::QuotaFirst);
+        let mut l = LocalTable::default();
+        assert_eq!(first(&p, &qf, &l, RouteInput::default(), now), "a0");
+        // Answers since the snapshot show a0 at 50 %: a1 has more headroom now.
+        let seen = |used: f64, at: i64| LocalAccount {
+            seen_quota: SeenQuota::from_pb(
+                &quota(used, resets, 300)
+                    .map(|mut q| {
+                        q.observed_at_unix_ms = at;
+                        q
+                    })
+                    .unwrap(),
+            ),
+            ..Default::default()
+        };
+        l.set("a0", seen(50.0, now - 1_000));
+        assert_eq!(first(&p, &qf, &l, RouteInput::default(), now), "a1");
+        // Over the threshold as seen here: out, with its reset as the pool's earliest.
+        l.set("a0", seen(96.0, now - 1_000));
+        l.set("a1", seen(99.0, now - 1_000));
+        let err = rank(&p, Some(&qf), &l, RouteInput::default(), now).unwrap_err();
+        assert_eq!(err.status(), 429, "{err:?}");
+        // A snapshot newer than what was seen here wins again.
+        for a in &mut p.accounts {
+            if let Some(q) = a.quota.as_mut() {
+                q.observed_at_unix_ms = now;
+            }
+        }
         assert_eq!(first(&p, &qf, &l, RouteInput::default(), now), "a0");
     }
 

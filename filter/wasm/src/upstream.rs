@@ -5,7 +5,7 @@
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::evidence::{self, UsageLimit};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
-use codexmesh_filter_core::local::{token_fingerprint, LocalAccount};
+use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQuota};
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
 use codexmesh_filter_core::turnstate;
@@ -227,21 +227,36 @@ fn verdict_of(attempt: &Attempt, state: &LocalAccount, now_ms: i64) -> Verdict {
 /// Folds this attempt's verdict into the Envoy-wide local state.
 fn apply_verdict(attempt: &Attempt, now_ms: i64) {
     let account = attempt.account_id.clone();
-    // The common case, a success on an account with nothing to clear, needs no write: a shared
-    // data write (and its compare-and-swap) per request is the costliest host call here.
+    // The common case, a success on an account with nothing to clear and quota that barely
+    // moved, needs no write: a shared data write (and its compare-and-swap) per request is the
+    // costliest host call here.
     let current = cache::local_table().get(&account);
+    let quota_news = attempt.quota.as_ref().is_some_and(|observed| {
+        let snapshot = cache::current();
+        let believed = snapshot
+            .as_ref()
+            .and_then(|s| s.account(&account))
+            .and_then(|(_, a)| local::effective_quota(a, &current));
+        local::quota_news(believed.as_ref(), observed)
+    });
     if verdict_of(attempt, &current, now_ms) == Verdict::Success
         && !verdict::success_changes(&current, attempt.token_fp)
+        && !quota_news
     {
         return;
     }
     let ok = cache::update_local(|table| {
         let mut state = table.get(&account);
-        let v = verdict_of(attempt, &state, now_ms);
-        if v == Verdict::ClientError {
-            return;
+        if let Some(observed) = attempt.quota.as_ref() {
+            if observed.observed_at_unix_ms > state.seen_quota.observed_ms {
+                state.seen_quota = SeenQuota::from_pb(observed);
+            }
         }
-        verdict::apply(&mut state, v, attempt.token_fp, &attempt.limits, now_ms);
+        let v = verdict_of(attempt, &state, now_ms);
+        if v != Verdict::ClientError {
+            verdict::apply(&mut state, v, attempt.token_fp, &attempt.limits, now_ms);
+        }
+        state.updated_ms = now_ms;
         table.set(&account, state);
         table.prune(now_ms);
     });

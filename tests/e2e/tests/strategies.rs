@@ -125,11 +125,14 @@ async fn quota_first_prefers_headroom() {
     let counts = distribution(&stack, 1000, 4).await;
     let fresh = counts.get(&stack.account_id(2)).copied().unwrap_or(0);
     let busy = counts.get(&stack.account_id(0)).copied().unwrap_or(0);
+    // Each turn costs 0.1 % of a window. The fresh account serves alone until it is as used as
+    // the 30 % one (300 turns), then the two share the rest: 650 / 350. Each Envoy sees its own
+    // answers' quota headers at once, so this holds however late the control plane is.
     assert!(
-        fresh > 500,
+        (620..=680).contains(&fresh),
         "most traffic goes to the most headroom: {counts:?}"
     );
-    assert!(busy < 100, "the 80 %-used account is spared: {counts:?}");
+    assert!(busy < 20, "the 80 %-used account is spared: {counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,10 @@ pub struct SettingsFlags {
     /// [env: CODEXMESH_HEALTH_WINDOW_SECS]
     #[arg(long, global = true, value_name = "SECS")]
     pub health_window_secs: Option<u64>,
+    /// Keep the request log (outcome metadata) this long; 0 keeps it forever
+    /// [env: CODEXMESH_OUTCOME_RETENTION_HOURS]
+    #[arg(long, global = true, value_name = "HOURS")]
+    pub outcome_retention_hours: Option<u64>,
     /// Auth server (issuer) for `account login` (device code) [env: CODEXMESH_AUTH_BASE_URL]
     #[arg(long, alias = "issuer", global = true, value_name = "URL")]
     pub auth_base_url: Option<String>,
@@ -158,6 +162,7 @@ pub struct FileConfig {
     pub refresh_lease_secs: Option<u64>,
     pub quota_poll_interval_secs: Option<u64>,
     pub health_window_secs: Option<u64>,
+    pub outcome_retention_hours: Option<u64>,
     pub auth_base_url: Option<String>,
     /// `["DIR=POOL", ...]`
     pub watch: Option<Vec<String>>,
@@ -269,6 +274,8 @@ pub struct Settings {
     /// 0 disables the active quota poller.
     pub quota_poll_interval_secs: u64,
     pub health_window_secs: u64,
+    /// 0 keeps the request log forever.
+    pub outcome_retention_hours: u64,
     pub auth_base_url: String,
     pub watch: Vec<WatchSpec>,
     pub watch_interval_ms: u64,
@@ -413,6 +420,13 @@ impl Settings {
                 file.health_window_secs,
                 "300",
             )?,
+            outcome_retention_hours: pick_parsed(
+                flags.outcome_retention_hours,
+                &env,
+                "CODEXMESH_OUTCOME_RETENTION_HOURS",
+                file.outcome_retention_hours,
+                "168",
+            )?,
             auth_base_url: pick(
                 flags.auth_base_url.clone(),
                 env("CODEXMESH_AUTH_BASE_URL"),
@@ -519,6 +533,19 @@ impl Settings {
                     format!("{value} is outside {}..={}", range.start(), range.end()),
                 ));
             }
+        }
+        // The health score and the activity views read the log over the health window.
+        let retention_secs = self.outcome_retention_hours.saturating_mul(3600);
+        if self.outcome_retention_hours > 87_600
+            || (retention_secs > 0 && retention_secs < self.health_window_secs)
+        {
+            return Err(invalid(
+                "outcome_retention_hours",
+                format!(
+                    "{} must be 0 (keep forever) or cover health_window_secs ({} s), at most 87600",
+                    self.outcome_retention_hours, self.health_window_secs
+                ),
+            ));
         }
         Ok(())
     }
@@ -779,6 +806,7 @@ mod tests {
         assert_eq!(s.refresh_lease_secs, DEFAULT_REFRESH_LEASE_SECS);
         assert_eq!(s.quota_poll_interval_secs, DEFAULT_QUOTA_POLL_INTERVAL_SECS);
         assert_eq!(s.health_window_secs, DEFAULT_HEALTH_WINDOW_SECS);
+        assert_eq!(s.outcome_retention_hours, 168, "a week of request log");
         assert_eq!(s.auth_base_url, DEFAULT_AUTH_BASE_URL);
         assert!(s.watch.is_empty());
         assert_eq!(s.watch_interval_ms, DEFAULT_WATCH_INTERVAL_MS);
@@ -826,6 +854,25 @@ mod tests {
         };
         let s = Settings::from_parts(&flags, &env, file)?;
         assert_eq!(s.refresh_lead_secs, 7);
+        // Retention: 0 keeps forever; otherwise it must cover the health window.
+        let retention = |hours: &str, window: &str| {
+            Settings::from_parts(
+                &SettingsFlags::default(),
+                &env_of(&[
+                    ("CODEXMESH_OUTCOME_RETENTION_HOURS", hours),
+                    ("CODEXMESH_HEALTH_WINDOW_SECS", window),
+                ]),
+                FileConfig::default(),
+            )
+            .map(|s| s.outcome_retention_hours)
+        };
+        assert_eq!(retention("0", "86400")?, 0);
+        assert_eq!(retention("24", "86400")?, 24);
+        let short = retention("1", "7200")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(short.contains("outcome_retention_hours"), "{short}");
         assert_eq!(s.watch.len(), 1);
         assert_eq!(s.watch[0].pool, "flagpool");
 
@@ -834,6 +881,8 @@ mod tests {
             ("CODEXMESH_WATCH", "/d=bad pool"),
             ("CODEXMESH_REFRESH_LEASE_SECS", "1"),
             ("CODEXMESH_HEALTH_WINDOW_SECS", "0"),
+            ("CODEXMESH_OUTCOME_RETENTION_HOURS", "87601"),
+            ("CODEXMESH_OUTCOME_RETENTION_HOURS", "-1"),
             ("CODEXMESH_FAULT", "nope"),
             ("CODEXMESH_AUTH_BASE_URL", "ftp://x"),
         ] {

@@ -121,6 +121,14 @@ impl Lifecycle {
             changed.clone(),
             cancel.clone(),
         )));
+        if settings.outcome_retention_hours > 0 {
+            tasks.push(tokio::spawn(run_retention(
+                store.clone(),
+                i64::try_from(settings.outcome_retention_hours.saturating_mul(3_600_000))
+                    .unwrap_or(i64::MAX),
+                cancel.clone(),
+            )));
+        }
         if !settings.watch.is_empty() {
             let watcher = Watcher::new(store, key, settings.watch.clone());
             tasks.push(tokio::spawn(watcher.run(
@@ -557,6 +565,46 @@ async fn run_health(
     }
 }
 
+// ---- request-log retention ----
+
+/// Rows deleted per statement, and statements per pass: a pass stays short, and a large backlog
+/// (retention just shortened) drains over a few passes.
+const RETENTION_BATCH: i64 = 5_000;
+const RETENTION_BATCHES_PER_PASS: usize = 20;
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Deletes outcomes older than `retention_ms`; returns how many went.
+pub async fn retention_pass(store: &Store, retention_ms: i64) -> Result<u64, StoreError> {
+    let cut = now_ms().saturating_sub(retention_ms);
+    let mut total = 0;
+    for _ in 0..RETENTION_BATCHES_PER_PASS {
+        let n = store.prune_outcomes(cut, RETENTION_BATCH).await?;
+        total += n;
+        if n < u64::try_from(RETENTION_BATCH).unwrap_or(0) {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+async fn run_retention(store: Store, retention_ms: i64, cancel: CancellationToken) {
+    let mut errors = Once(false);
+    loop {
+        match retention_pass(&store, retention_ms).await {
+            Ok(0) => errors.ok(),
+            Ok(n) => {
+                errors.ok();
+                tracing::info!(deleted = n, "request log: outcomes past retention deleted");
+            }
+            Err(e) => errors.fail("request-log retention failed", &e),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +616,25 @@ mod tests {
             observed_at_ms: observed,
             ..WindowEvidence::default()
         }
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_only_outcomes_past_the_cut() -> Result<(), StoreError> {
+        let store = Store::open("sqlite::memory:").await?;
+        let row = crate::store::OutcomeRecord {
+            account_id: "a".into(),
+            status: 200,
+            ..Default::default()
+        };
+        store
+            .record_outcomes("n", &[row.clone(), row.clone(), row])
+            .await?;
+        assert_eq!(retention_pass(&store, 3_600_000).await?, 0, "all fresh");
+        assert_eq!(store.count_outcomes().await?, 3);
+        // A cut a minute ahead of now takes every row.
+        assert_eq!(retention_pass(&store, -60_000).await?, 3);
+        assert_eq!(store.count_outcomes().await?, 0);
+        Ok(())
     }
 
     #[test]

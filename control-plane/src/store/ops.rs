@@ -771,6 +771,20 @@ impl Store {
         Ok(u32::try_from(outcomes.len()).unwrap_or(u32::MAX))
     }
 
+    /// Deletes up to `limit` outcomes received before `before_ms`, oldest first: the request
+    /// log's retention. Bounded so one call never holds the write lock for long.
+    pub async fn prune_outcomes(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM outcomes WHERE id IN \
+               (SELECT id FROM outcomes WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn count_outcomes(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outcomes")
             .fetch_one(&self.pool)

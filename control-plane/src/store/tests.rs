@@ -619,6 +619,30 @@ pub(crate) async fn exercise_lifecycle(store: &Store, tag: &str, key: &MasterKey
     assert_eq!(w.recent_failures, 1);
     assert_eq!(w.avg_latency_ms, 100);
 
+    // Retention: only rows older than the cut go, oldest first, a bounded number per call.
+    // (Rows are aged by hand; other tests' rows on a shared Postgres are never this old.)
+    sqlx::query("UPDATE outcomes SET received_at = 1000 + id WHERE account_id = $1")
+        .bind(id.clone())
+        .execute(&store.pool)
+        .await?;
+    let before = store.recent_outcomes(&id, 100).await?.len();
+    assert_eq!(before, 4);
+    assert_eq!(store.prune_outcomes(0, 10).await?, 0, "nothing that old");
+    assert_eq!(store.prune_outcomes(1_000_000, 3).await?, 3, "bounded");
+    let left = store.recent_outcomes(&id, 100).await?;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].status, 400,
+        "the newest of the aged rows is kept longest"
+    );
+    assert_eq!(store.prune_outcomes(1_000_000, 10).await?, 1);
+    assert!(store.count_outcomes().await? >= 1, "the fresh row stays");
+    assert_eq!(
+        store.all_counters().await?.get(&id).map(|c| c.requests),
+        Some(4),
+        "all-time counters outlive the request log"
+    );
+
     // Health: published in one bumping write, only for real changes.
     let r = store.revision().await?;
     assert_eq!(store.set_health(&[]).await?, None);

@@ -55,6 +55,24 @@ pub enum Command {
     Key(KeyCmd),
     /// Pools, accounts and key counts
     Status,
+    /// The request log, newest first: which account served each upstream attempt, and why
+    Requests {
+        /// Only this pool's requests
+        #[arg(long, value_name = "NAME")]
+        pool: Option<String>,
+        /// Only attempts served by this account
+        #[arg(long, value_name = "ID|LABEL")]
+        account: Option<String>,
+        /// Only requests made with this key
+        #[arg(long, value_name = "ID|LABEL")]
+        key: Option<String>,
+        /// How many entries (1-1000; default 50)
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        limit: Option<i64>,
+        /// Only entries older than this entry id (the next page)
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+        before: Option<i64>,
+    },
     /// Run the gRPC Mesh service and the admin HTTP API
     Serve,
     /// Write the Envoy bootstrap for these settings
@@ -294,6 +312,8 @@ pub enum CliError {
     Http(String),
     #[error(transparent)]
     Invalid(#[from] InvalidSetting),
+    #[error(transparent)]
+    RequestLog(#[from] crate::requests::RequestLogError),
 }
 
 impl CliError {
@@ -359,6 +379,22 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Account(cmd) => account_cmd(&settings, &out, cmd).await,
         Command::Key(cmd) => key_cmd(&settings, &out, cmd).await,
         Command::Status => status_cmd(&settings, &out).await,
+        Command::Requests {
+            pool,
+            account,
+            key,
+            limit,
+            before,
+        } => {
+            let filter = crate::requests::Filter {
+                pool,
+                account,
+                key,
+                before,
+                limit,
+            };
+            requests_cmd(&settings, &out, &filter).await
+        }
         Command::Serve => serve_cmd(&settings).await,
         Command::EnvoyBootstrap { out: path, node_id } => {
             envoy_bootstrap_cmd(&settings, &out, &path, &node_id)
@@ -1362,6 +1398,71 @@ async fn status_cmd(settings: &Settings, out: &Output) -> Result<(), CliError> {
         ))?;
     }
     out.line(&format!("store revision {}", report.revision))
+}
+
+// ---- request log ----
+
+async fn requests_cmd(
+    settings: &Settings,
+    out: &Output,
+    filter: &crate::requests::Filter,
+) -> Result<(), CliError> {
+    // Checked before the store is opened: a bad number touches nothing.
+    crate::requests::check_limit(filter.limit)?;
+    let store = open_store(settings).await?;
+    let entries = crate::requests::query(&store, filter).await?;
+    if out.json {
+        return out.json(&entries);
+    }
+    if entries.is_empty() {
+        return out.line("no requests logged (yet)");
+    }
+    let now = now_ms();
+    let or_id = |name: &Option<String>, id: &str| name.clone().unwrap_or_else(|| id.to_owned());
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let reason = match (&e.reason, e.fallback) {
+                (Some(r), true) if r != "failover" => format!("{r}, failover"),
+                (Some(r), _) => r.clone(),
+                (None, true) => "failover".to_owned(),
+                (None, false) => "-".to_owned(),
+            };
+            let error = match (&e.error_source, &e.error_code) {
+                (Some(s), Some(c)) => format!("{s}: {c}"),
+                (Some(s), None) => s.clone(),
+                (None, Some(c)) => c.clone(),
+                (None, None) => "-".to_owned(),
+            };
+            vec![
+                e.id.to_string(),
+                format!(
+                    "{} ago",
+                    util::human_span_ms(&(now - e.received_at_ms).max(0))
+                ),
+                or_id(&e.pool, &e.pool_id),
+                or_id(&e.key, &e.key_id),
+                or_id(&e.account, &e.account_id),
+                e.attempt.to_string(),
+                if e.status == 0 {
+                    "no answer".to_owned()
+                } else {
+                    e.status.to_string()
+                },
+                format!("{} ms", e.latency_ms),
+                opt(&e.strategy),
+                reason,
+                error,
+            ]
+        })
+        .collect();
+    out.table(
+        &[
+            "ID", "WHEN", "POOL", "KEY", "ACCOUNT", "ATTEMPT", "STATUS", "LATENCY", "STRATEGY",
+            "WHY", "ERROR",
+        ],
+        &rows,
+    )
 }
 
 // ---- serve ----

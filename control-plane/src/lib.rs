@@ -17,6 +17,7 @@ pub mod oauth;
 pub mod push;
 pub mod quota;
 pub mod refresh;
+pub mod requests;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

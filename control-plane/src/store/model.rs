@@ -383,6 +383,26 @@ pub struct OutcomeRecord {
     pub route_reason: Option<String>,
 }
 
+/// Filters for the request log; None matches anything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestLogQuery {
+    pub pool_id: Option<String>,
+    pub account_id: Option<String>,
+    pub key_id: Option<String>,
+    /// Only entries older than this one (paging backwards).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// One request-log row as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedOutcome {
+    pub id: i64,
+    pub received_at_ms: i64,
+    pub node_id: String,
+    pub outcome: OutcomeRecord,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEntry {
     pub id: i64,

@@ -6,8 +6,9 @@ use sqlx::{Any, Transaction};
 
 use super::{
     audit, col, col_bool, col_u32, is_unique_violation, Account, AccountState, AccountWithToken,
-    Actor, AuditEntry, Changed, ImportAction, ImportResult, ImportSource, KeyStatus, OutcomeRecord,
-    Pool, PoolKey, Routing, RoutingMode, SnapshotData, Store, StoreError, Strategy,
+    Actor, AuditEntry, Changed, ImportAction, ImportResult, ImportSource, KeyStatus, LoggedOutcome,
+    OutcomeRecord, Pool, PoolKey, RequestLogQuery, Routing, RoutingMode, SnapshotData, Store,
+    StoreError, Strategy,
 };
 use crate::authjson::CodexCredentials;
 use crate::crypto::MasterKey;
@@ -217,6 +218,47 @@ async fn rows_by_id_or_label(
     .bind(ident.to_owned())
     .fetch_all(&mut **tx)
     .await?)
+}
+
+fn outcome_from_row(r: &AnyRow) -> Result<OutcomeRecord, StoreError> {
+    let window = |prefix: &str| -> Result<Option<super::QuotaWindowRecord>, StoreError> {
+        let used: Option<f64> = col(r, &format!("{prefix}_used_percent"))?;
+        Ok(match used {
+            Some(used_percent) => Some(super::QuotaWindowRecord {
+                used_percent,
+                window_minutes: col::<Option<i64>>(r, &format!("{prefix}_window_minutes"))?
+                    .unwrap_or(0),
+                resets_at_unix: col::<Option<i64>>(r, &format!("{prefix}_resets_at"))?.unwrap_or(0),
+            }),
+            None => None,
+        })
+    };
+    Ok(OutcomeRecord {
+        pool_id: col(r, "pool_id")?,
+        key_id: col(r, "key_id")?,
+        account_id: col(r, "account_id")?,
+        attempt: col(r, "attempt")?,
+        status: col(r, "status")?,
+        error_code: col(r, "error_code")?,
+        started_at_ms: col(r, "started_at")?,
+        latency_ms: col(r, "latency_ms")?,
+        request_path: col(r, "request_path")?,
+        snapshot_version: col(r, "snapshot_version")?,
+        plan: col(r, "plan")?,
+        resets_at_unix: col(r, "resets_at")?,
+        primary: window("primary")?,
+        secondary: window("secondary")?,
+        quota_observed_at_ms: col(r, "quota_observed_at")?,
+        credits_has_credits: col_bool(r, "credits_has_credits")?,
+        credits_unlimited: col_bool(r, "credits_unlimited")?,
+        credits_balance: col(r, "credits_balance")?,
+        error_source: col(r, "error_source")?,
+        fallback: col_bool(r, "fallback")?,
+        retry_after_unix: col(r, "retry_after")?,
+        token_expires_at_unix: col(r, "token_expires_at")?,
+        strategy: col(r, "strategy")?,
+        route_reason: col(r, "route_reason")?,
+    })
 }
 
 pub(super) async fn resolve_account_tx(
@@ -791,72 +833,71 @@ impl Store {
             .await?)
     }
 
-    /// Most recent outcomes for an account (newest first), for later health/quota work and tests.
+    /// An account by id or label (a label must be unique).
+    pub async fn find_account(&self, ident: &str) -> Result<Account, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let account = resolve_account_tx(&mut tx, ident).await;
+        tx.rollback().await?;
+        account
+    }
+
+    /// A key by id or label (a label must be unique).
+    pub async fn find_key(&self, ident: &str) -> Result<PoolKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let key = resolve_key_tx(&mut tx, ident).await;
+        tx.rollback().await?;
+        key
+    }
+
+    /// Most recent outcomes for an account (newest first).
     pub async fn recent_outcomes(
         &self,
         account_id: &str,
         limit: i64,
     ) -> Result<Vec<OutcomeRecord>, StoreError> {
+        let query = RequestLogQuery {
+            account_id: Some(account_id.to_owned()),
+            limit,
+            ..RequestLogQuery::default()
+        };
+        Ok(self
+            .request_log(&query)
+            .await?
+            .into_iter()
+            .map(|e| e.outcome)
+            .collect())
+    }
+
+    /// The request log, newest first: reported attempts matching every given filter.
+    pub async fn request_log(&self, q: &RequestLogQuery) -> Result<Vec<LoggedOutcome>, StoreError> {
+        // '' stands for "any": a typed text parameter works the same on SQLite and Postgres,
+        // where an untyped `$1 IS NULL` would not.
         let rows = sqlx::query(
-            "SELECT pool_id, key_id, account_id, attempt, status, error_code, started_at, \
-               latency_ms, request_path, snapshot_version, plan, resets_at, \
-               primary_used_percent, primary_window_minutes, primary_resets_at, \
+            "SELECT id, received_at, node_id, pool_id, key_id, account_id, attempt, status, \
+               error_code, started_at, latency_ms, request_path, snapshot_version, plan, \
+               resets_at, primary_used_percent, primary_window_minutes, primary_resets_at, \
                secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
                quota_observed_at, credits_has_credits, credits_unlimited, credits_balance, \
                error_source, fallback, retry_after, token_expires_at, strategy, route_reason \
-             FROM outcomes WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
+             FROM outcomes \
+             WHERE ($1 = '' OR pool_id = $1) AND ($2 = '' OR account_id = $2) \
+               AND ($3 = '' OR key_id = $3) AND ($4 = 0 OR id < $4) \
+             ORDER BY id DESC LIMIT $5",
         )
-        .bind(account_id.to_owned())
-        .bind(limit)
+        .bind(q.pool_id.clone().unwrap_or_default())
+        .bind(q.account_id.clone().unwrap_or_default())
+        .bind(q.key_id.clone().unwrap_or_default())
+        .bind(q.before_id.unwrap_or(0))
+        .bind(q.limit.max(0))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
-                let window =
-                    |prefix: &str| -> Result<Option<super::QuotaWindowRecord>, StoreError> {
-                        let used: Option<f64> = col(r, &format!("{prefix}_used_percent"))?;
-                        Ok(match used {
-                            Some(used_percent) => Some(super::QuotaWindowRecord {
-                                used_percent,
-                                window_minutes: col::<Option<i64>>(
-                                    r,
-                                    &format!("{prefix}_window_minutes"),
-                                )?
-                                .unwrap_or(0),
-                                resets_at_unix: col::<Option<i64>>(
-                                    r,
-                                    &format!("{prefix}_resets_at"),
-                                )?
-                                .unwrap_or(0),
-                            }),
-                            None => None,
-                        })
-                    };
-                Ok(OutcomeRecord {
-                    pool_id: col(r, "pool_id")?,
-                    key_id: col(r, "key_id")?,
-                    account_id: col(r, "account_id")?,
-                    attempt: col(r, "attempt")?,
-                    status: col(r, "status")?,
-                    error_code: col(r, "error_code")?,
-                    started_at_ms: col(r, "started_at")?,
-                    latency_ms: col(r, "latency_ms")?,
-                    request_path: col(r, "request_path")?,
-                    snapshot_version: col(r, "snapshot_version")?,
-                    plan: col(r, "plan")?,
-                    resets_at_unix: col(r, "resets_at")?,
-                    primary: window("primary")?,
-                    secondary: window("secondary")?,
-                    quota_observed_at_ms: col(r, "quota_observed_at")?,
-                    credits_has_credits: col_bool(r, "credits_has_credits")?,
-                    credits_unlimited: col_bool(r, "credits_unlimited")?,
-                    credits_balance: col(r, "credits_balance")?,
-                    error_source: col(r, "error_source")?,
-                    fallback: col_bool(r, "fallback")?,
-                    retry_after_unix: col(r, "retry_after")?,
-                    token_expires_at_unix: col(r, "token_expires_at")?,
-                    strategy: col(r, "strategy")?,
-                    route_reason: col(r, "route_reason")?,
+                Ok(LoggedOutcome {
+                    id: col(r, "id")?,
+                    received_at_ms: col(r, "received_at")?,
+                    node_id: col(r, "node_id")?,
+                    outcome: outcome_from_row(r)?,
                 })
             })
             .collect()

@@ -343,6 +343,8 @@ pub struct ControlPlane {
     pub env: CpEnv,
     pub serve: Option<Proc>,
     pub grpc_addr: Option<SocketAddr>,
+    /// The admin HTTP API of the running `serve` (a new port on each start).
+    pub admin_addr: Option<SocketAddr>,
     log_dir: PathBuf,
     starts: u32,
 }
@@ -354,6 +356,7 @@ impl ControlPlane {
             env,
             serve: None,
             grpc_addr: None,
+            admin_addr: None,
             log_dir: log_dir.to_path_buf(),
             starts: 0,
         }
@@ -412,6 +415,10 @@ impl ControlPlane {
             .ok_or_else(|| anyhow!("serve printed no grpc address: {line}"))
             .and_then(parse_addr)?;
         self.grpc_addr = Some(grpc_addr);
+        self.admin_addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin="))
+            .and_then(|a| parse_addr(a).ok());
         self.serve = Some(proc);
         Ok(grpc_addr)
     }

@@ -561,3 +561,140 @@ async fn replaying_a_turn_state_goes_back_to_the_account_that_issued_it() {
         "the control case did not spread: {spread:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_shows_each_attempt_and_why_but_never_the_prompt() {
+    // acct-0 goes first (priority order) and is spent once the stack is up: the request fails
+    // over to acct-1.
+    let stack = Stack::start_with(StackOptions {
+        accounts: vec![json!({}), json!({})],
+        // No usage polling: the spent account must be tried (and refused) by the request.
+        cp_env: vec![("CODEXMESH_QUOTA_POLL_INTERVAL_SECS".into(), "0".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    stack
+        .cp
+        .cli_json(&["pool", "set-routing", POOL, "--strategy", "priority_order"])
+        .unwrap();
+    stack
+        .cp
+        .cli_json(&["account", "set", "acct-1", "--priority", "5"])
+        .unwrap();
+    stack
+        .sim
+        .patch_account(&stack.account_id(0), json!({"primary_limit": 0}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let marker = "prompt-marker-5f1c9e";
+    let resp = stack
+        .http
+        .post(stack.envoy.url("/backend-api/codex/responses"))
+        .bearer_auth(&stack.key)
+        .json(&turn_body(marker))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.text().await.unwrap();
+
+    // Outcomes reach the control plane in the filter's next report batch. (The stack's own
+    // start-up request is in the log too, ranked by the default strategy.)
+    let mine = |log: &Value| -> Vec<Value> {
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["strategy"] == "priority_order")
+            .cloned()
+            .collect()
+    };
+    let started = Instant::now();
+    let log = loop {
+        let log = stack.cp.cli_json(&["requests", "--limit", "50"]).unwrap();
+        if mine(&log).len() >= 2 {
+            break log;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no request log: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let entries = mine(&log);
+    assert_eq!(entries.len(), 2, "{log}");
+    assert_eq!(log[0], entries[0], "newest first: {log}");
+    let (served, refused) = (&entries[0], &entries[1]);
+    assert_eq!(refused["account"], "acct-0", "{log}");
+    assert_eq!(refused["attempt"], 1);
+    assert_eq!(refused["status"], 429);
+    assert_eq!(refused["error_source"], "upstream");
+    // (No error_code: Envoy retries a 429 on its headers, so its body never reaches the filter.)
+    assert_eq!(refused["reason"], "strategy");
+    assert_eq!(served["account"], "acct-1", "{log}");
+    assert_eq!(served["attempt"], 2);
+    assert_eq!(served["status"], 200);
+    assert_eq!(served["reason"], "failover");
+    assert_eq!(served["fallback"], true);
+    for e in &entries {
+        assert_eq!(e["pool"], POOL);
+        assert_eq!(e["path"], "/backend-api/codex/responses");
+    }
+
+    // Filters and the table view.
+    let only = stack
+        .cp
+        .cli_json(&["requests", "--account", "acct-0"])
+        .unwrap();
+    let only = only.as_array().unwrap();
+    let acct0 = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["account"] == "acct-0");
+    assert_eq!(only.len(), acct0.count(), "{only:?}");
+    assert!(only.iter().all(|e| e["account"] == "acct-0"), "{only:?}");
+    let table = stack.cp.cli(&["requests"]).unwrap();
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("failover") && table.stdout.contains("acct-1"),
+        "{}",
+        table.stdout
+    );
+    let bad = stack.cp.cli(&["requests", "--account", "nobody"]).unwrap();
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("account"), "{}", bad.stderr);
+
+    // The admin API serves the same log; bad parameters are named.
+    let admin = stack.cp.admin_addr.expect("admin address");
+    let api: Value = reqwest::get(format!("http://{admin}/api/v1/requests?limit=1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api.as_array().unwrap().len(), 1);
+    assert_eq!(api[0]["id"], served["id"]);
+    for (query, field) in [
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("acount=x", "acount"),
+    ] {
+        let resp = reqwest::get(format!("http://{admin}/api/v1/requests?{query}"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{query}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+
+    // Metadata only: the prompt is in neither the log nor the store.
+    assert!(!log.to_string().contains(marker));
+    let mut stored = Vec::new();
+    for file in ["codexmesh.db", "codexmesh.db-wal"] {
+        stored.extend(std::fs::read(stack.cp.env.data_dir.join(file)).unwrap_or_default());
+    }
+    assert!(!stored.is_empty(), "store file not found");
+    assert!(!String::from_utf8_lossy(&stored).contains(marker));
+}

@@ -1,31 +1,65 @@
-//! Admin HTTP API (axum): health, status and the request log. Loopback by default and without
-//! authentication, so it only ever shows metadata (never tokens, keys or prompts).
+//! Admin HTTP API (axum): health, status and the request log. Loopback by default; with
+//! `admin_token` set, every `/api/` route needs `Authorization: Bearer <admin token>` (`/healthz`
+//! stays open for probes). It only ever shows metadata (never tokens, keys or prompts).
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::config::Secret;
 use crate::store::Store;
+use crate::util;
 
 #[derive(Clone)]
 struct ApiState {
     store: Store,
     health_window_secs: u64,
+    /// SHA-256 of the admin token; None: no token configured.
+    token_digest: Option<[u8; 32]>,
 }
 
-pub fn router(store: Store, health_window_secs: u64) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+pub fn router(store: Store, health_window_secs: u64, admin_token: Option<&Secret>) -> Router {
+    let state = ApiState {
+        store,
+        health_window_secs,
+        token_digest: admin_token.map(|t| util::token_digest(t.expose())),
+    };
+    let api = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/requests", get(requests))
-        .with_state(ApiState {
-            store,
-            health_window_secs,
-        })
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if let Some(digest) = &state.token_digest {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !util::bearer_matches(presented, digest) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({"error": {
+                    "message": "missing or wrong admin token (Authorization: Bearer <admin token>)"
+                }})),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn healthz() -> &'static str {

@@ -34,6 +34,8 @@ pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1000;
 
 pub const ENV_CONFIG: &str = "CODEXMESH_CONFIG";
 pub const ENV_PUSH_TOKEN: &str = "CODEXMESH_PUSH_TOKEN";
+/// Bearer token the admin API's `/api/` routes require, when set.
+pub const ENV_ADMIN_TOKEN: &str = "CODEXMESH_ADMIN_TOKEN";
 pub const ENV_MASTER_KEY: &str = "CODEXMESH_MASTER_KEY";
 /// Test-only fault injection (see [`Fault`]).
 pub const ENV_FAULT: &str = "CODEXMESH_FAULT";
@@ -153,6 +155,7 @@ pub struct FileConfig {
     pub gateway_listen: Option<SocketAddr>,
     pub envoy_admin_listen: Option<SocketAddr>,
     pub push_token: Option<String>,
+    pub admin_token: Option<String>,
     pub master_key: Option<String>,
     pub envoy_bin: Option<PathBuf>,
     pub wasm_path: Option<PathBuf>,
@@ -282,6 +285,7 @@ pub struct Settings {
     /// Test-only (see [`Fault`]).
     pub fault: Option<Fault>,
     push_token: Option<GivenSecret>,
+    admin_token: Option<GivenSecret>,
     master_key: Option<GivenSecret>,
 }
 
@@ -461,6 +465,19 @@ impl Settings {
                             value: Secret::new(v.trim()),
                         })
                 }),
+            admin_token: env(ENV_ADMIN_TOKEN)
+                .map(|v| GivenSecret {
+                    origin: ENV_ADMIN_TOKEN,
+                    value: Secret::new(v.trim()),
+                })
+                .or_else(|| {
+                    file.admin_token
+                        .filter(|v| !v.trim().is_empty())
+                        .map(|v| GivenSecret {
+                            origin: "config file admin_token",
+                            value: Secret::new(v.trim()),
+                        })
+                }),
             master_key: env(ENV_MASTER_KEY)
                 .map(|v| GivenSecret {
                     origin: ENV_MASTER_KEY,
@@ -556,6 +573,11 @@ impl Settings {
 
     pub fn master_key_path(&self) -> PathBuf {
         self.data_dir.join(MASTER_KEY_FILE)
+    }
+
+    /// The admin API token, when one is configured (then `/api/` routes require it).
+    pub fn admin_token(&self) -> Option<Secret> {
+        self.admin_token.as_ref().map(|g| g.value.clone())
     }
 
     /// The push token: given explicitly, or read from (or generated once into) the data dir.

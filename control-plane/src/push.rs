@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use codexmesh_proto::v1 as pb;
 use codexmesh_proto::v1::mesh_server::Mesh;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +59,7 @@ impl<S: OutcomeSink> MeshService<S> {
     ) -> Self {
         Self {
             snapshots,
-            token_digest: Sha256::digest(push_token.expose().as_bytes()).into(),
+            token_digest: util::token_digest(push_token.expose()),
             sink,
             heartbeat,
             shutdown,
@@ -70,16 +69,8 @@ impl<S: OutcomeSink> MeshService<S> {
     /// `authorization: Bearer <push token>`, compared as SHA-256 digests in constant time so
     /// neither the content nor the length of the token leaks through timing.
     fn authorize(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let presented = md
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .unwrap_or("");
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if !presented.is_empty() && util::constant_time_eq(&digest, &self.token_digest) {
+        let presented = md.get("authorization").and_then(|v| v.to_str().ok());
+        if util::bearer_matches(presented, &self.token_digest) {
             Ok(())
         } else {
             Err(Status::unauthenticated("missing or wrong push token"))

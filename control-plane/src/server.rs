@@ -126,7 +126,15 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     };
     let admin = {
         let cancel = cancel.clone();
-        let app = crate::api::router(store, settings.health_window_secs);
+        let admin_token = settings.admin_token();
+        if admin_token.is_none() && !admin_addr.ip().is_loopback() {
+            tracing::warn!(
+                admin = %admin_addr,
+                "the admin API listens beyond loopback without CODEXMESH_ADMIN_TOKEN: anyone who \
+                 reaches it can read pool metadata and the request log"
+            );
+        }
+        let app = crate::api::router(store, settings.health_window_secs, admin_token.as_ref());
         tokio::spawn(async move {
             let result = axum::serve(admin_listener, app)
                 .with_graceful_shutdown(cancel.clone().cancelled_owned())

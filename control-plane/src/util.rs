@@ -81,6 +81,24 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// SHA-256 of a shared token, the form it is kept in memory for [`bearer_matches`].
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether an `authorization` value is `Bearer <token>` for the token behind `digest`, compared
+/// as digests in constant time so neither its content nor its length leaks through timing.
+pub fn bearer_matches(authorization: Option<&str>, digest: &[u8; 32]) -> bool {
+    let presented = authorization
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .unwrap_or("");
+    !presented.is_empty() && constant_time_eq(&token_digest(presented), digest)
+}
+
 /// "in 3d 4h", "in 12m", "expired 2h ago": coarse, for people.
 pub fn human_until(target_ms: i64, now_ms: i64) -> String {
     let delta = target_ms.saturating_sub(now_ms);
@@ -254,6 +272,18 @@ mod tests {
         assert!(s.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_ne!(s, random_alnum(40)?);
         Ok(())
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let d = token_digest("s3cret");
+        assert!(bearer_matches(Some("Bearer s3cret"), &d));
+        assert!(bearer_matches(Some("bearer  s3cret "), &d));
+        assert!(!bearer_matches(Some("Bearer s3cre"), &d));
+        assert!(!bearer_matches(Some("Basic s3cret"), &d));
+        assert!(!bearer_matches(Some("s3cret"), &d));
+        assert!(!bearer_matches(Some("Bearer "), &token_digest("")));
+        assert!(!bearer_matches(None, &d));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use codexmesh_proto::v1 as pb;
 use codexmesh_proto::v1::mesh_client::MeshClient;
-use common::{http_get, AnyError, Login, Served, TestResult, Workspace};
+use common::{http_get, http_get_with, AnyError, Login, Served, TestResult, Workspace};
 use tonic::transport::Channel;
 use tonic::Streaming;
 
@@ -347,5 +347,45 @@ async fn in_process_server_with_env_token() -> TestResult {
     tokio::time::timeout(Duration::from_secs(10), running.finish()).await??;
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await?;
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_the_api_but_not_the_health_probe() -> TestResult {
+    let ws = Workspace::new()?;
+    ws.ok(&["pool", "create", "main"])?;
+    let served = Served::start_env(&ws, &[], &[("CODEXMESH_ADMIN_TOKEN", "adm-s3cret")])?;
+    let (code, body) = http_get(&served.admin, "/healthz")?;
+    assert_eq!((code, body.trim()), (200, "ok"));
+    for path in ["/api/v1/status", "/api/v1/requests"] {
+        let (code, body) = http_get(&served.admin, path)?;
+        assert_eq!(code, 401, "{path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body)?;
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("admin token")),
+            "{body}"
+        );
+        let (code, _) = http_get_with(&served.admin, path, &[("Authorization", "Bearer nope")])?;
+        assert_eq!(code, 401, "{path}: a wrong token");
+        let (code, body) = http_get_with(
+            &served.admin,
+            path,
+            &[("Authorization", "Bearer adm-s3cret")],
+        )?;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (_, body) = http_get_with(
+        &served.admin,
+        "/api/v1/status",
+        &[("Authorization", "Bearer adm-s3cret")],
+    )?;
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(status["pools"][0]["name"], "main");
+    // The token itself is never logged.
+    let log = served.log_lines("");
+    assert!(log.iter().all(|l| !l.contains("adm-s3cret")));
+    served.stop()?;
     Ok(())
 }

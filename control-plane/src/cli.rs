@@ -83,6 +83,10 @@ pub enum Command {
         /// Envoy node id (reported to the control plane)
         #[arg(long, value_name = "ID", default_value = DEFAULT_NODE_ID)]
         node_id: String,
+        /// Where Envoy reaches the control plane, when not at grpc_listen: HOST:PORT, where
+        /// HOST may be a DNS name (a container or Kubernetes service)
+        #[arg(long, value_name = "HOST:PORT")]
+        control_plane: Option<String>,
     },
     /// Laptop mode: store, a default pool and key, serve, and Envoy, in one command
     Up,
@@ -396,9 +400,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             requests_cmd(&settings, &out, &filter).await
         }
         Command::Serve => serve_cmd(&settings).await,
-        Command::EnvoyBootstrap { out: path, node_id } => {
-            envoy_bootstrap_cmd(&settings, &out, &path, &node_id)
-        }
+        Command::EnvoyBootstrap {
+            out: path,
+            node_id,
+            control_plane,
+        } => envoy_bootstrap_cmd(&settings, &out, &path, &node_id, control_plane.as_deref()),
         Command::Up => Ok(crate::up::run(&settings).await?),
     }
 }
@@ -1510,7 +1516,7 @@ pub fn bootstrap_params(
         node_id: node_id.to_owned(),
         listen: settings.gateway_listen,
         admin_listen: settings.envoy_admin_listen,
-        control_plane_grpc: dialable(grpc),
+        control_plane: dialable(grpc).into(),
         upstream_base_url: settings.upstream_base_url.clone(),
         // Envoy resolves relative paths against its own working directory: pin it down.
         wasm_path: std::path::absolute(&settings.wasm_path)
@@ -1523,8 +1529,12 @@ fn envoy_bootstrap_cmd(
     out: &Output,
     path: &Path,
     node_id: &str,
+    control_plane: Option<&str>,
 ) -> Result<(), CliError> {
-    if settings.grpc_listen.port() == 0 {
+    let control_plane = control_plane
+        .map(envoy_bootstrap::ControlPlaneTarget::parse)
+        .transpose()?;
+    if control_plane.is_none() && settings.grpc_listen.port() == 0 {
         return Err(CliError::Usage(
             "grpc_listen has port 0; Envoy needs the control plane's real port".to_owned(),
         ));
@@ -1534,7 +1544,10 @@ fn envoy_bootstrap_cmd(
             "--node-id must be non-empty printable text".to_owned(),
         ));
     }
-    let params = bootstrap_params(settings, node_id, settings.grpc_listen);
+    let mut params = bootstrap_params(settings, node_id, settings.grpc_listen);
+    if let Some(target) = control_plane {
+        params.control_plane = target;
+    }
     let yaml = envoy_bootstrap::render(&params)?;
     util::write_file_atomically(path, &yaml).map_err(|source| CliError::Write {
         path: path.to_owned(),

@@ -16,8 +16,8 @@ pub struct BootstrapParams {
     pub listen: SocketAddr,
     /// Envoy's admin interface (keep it on loopback).
     pub admin_listen: SocketAddr,
-    /// Where the control plane's gRPC server listens.
-    pub control_plane_grpc: SocketAddr,
+    /// Where Envoy reaches the control plane's gRPC server.
+    pub control_plane: ControlPlaneTarget,
     /// Upstream base, e.g. `https://chatgpt.com/backend-api`.
     pub upstream_base_url: String,
     /// The built `codexmesh_filter.wasm`.
@@ -32,6 +32,55 @@ pub enum BootstrapError {
     BadNodeId(String),
     #[error("wasm path {0:?} is not valid UTF-8")]
     BadWasmPath(PathBuf),
+    #[error("control-plane address {0:?} must be HOST:PORT (an IP or a DNS name, port 1-65535)")]
+    BadControlPlane(String),
+}
+
+/// Where Envoy dials the control plane: an IP (a STATIC cluster) or a DNS name (STRICT_DNS,
+/// re-resolved, so a container or Kubernetes service name works without a fixed address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for ControlPlaneTarget {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl ControlPlaneTarget {
+    /// `HOST:PORT`, `[v6]:PORT` or `IP:PORT`.
+    pub fn parse(text: &str) -> Result<Self, BootstrapError> {
+        let bad = || BootstrapError::BadControlPlane(text.to_owned());
+        if let Ok(addr) = text.trim().parse::<SocketAddr>() {
+            return (addr.port() != 0).then(|| addr.into()).ok_or_else(bad);
+        }
+        let (host, port) = text.trim().rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    fn is_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
 }
 
 /// The pieces of the upstream base URL the cluster and route need.
@@ -160,20 +209,20 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         "        explicit_http_config:\n          http_protocol_options: {}"
     };
     let service_config = serde_json_string(&params.node_id);
-    let vars: [(&str, String); 16] = [
+    let control_plane_type = if params.control_plane.is_ip() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let vars: [(&str, String); 17] = [
         ("node_id", quote(&params.node_id)),
         ("admin_host", quote(&params.admin_listen.ip().to_string())),
         ("admin_port", params.admin_listen.port().to_string()),
         ("listen_host", quote(&params.listen.ip().to_string())),
         ("listen_port", params.listen.port().to_string()),
-        (
-            "control_plane_host",
-            quote(&params.control_plane_grpc.ip().to_string()),
-        ),
-        (
-            "control_plane_port",
-            params.control_plane_grpc.port().to_string(),
-        ),
+        ("control_plane_host", quote(&params.control_plane.host)),
+        ("control_plane_port", params.control_plane.port.to_string()),
+        ("control_plane_cluster_type", control_plane_type.to_string()),
         ("wasm_path", quote(wasm)),
         ("service_config", quote(&service_config)),
         (
@@ -212,7 +261,7 @@ mod tests {
             node_id: "envoy-1".into(),
             listen: "127.0.0.1:18080".parse().unwrap(),
             admin_listen: "127.0.0.1:19901".parse().unwrap(),
-            control_plane_grpc: "127.0.0.1:18090".parse().unwrap(),
+            control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
             upstream_base_url: url.into(),
             wasm_path: "/tmp/x.wasm".into(),
         }
@@ -259,6 +308,36 @@ mod tests {
         let yaml = render(&params("http://127.0.0.1:9000/backend-api")).unwrap();
         assert!(yaml.contains("type: STATIC") && !yaml.contains("UpstreamTlsContext"));
         assert!(yaml.contains("host_rewrite_literal: \"127.0.0.1:9000\""));
+    }
+
+    #[test]
+    fn the_control_plane_can_be_an_ip_or_a_dns_name() {
+        let t = ControlPlaneTarget::parse("control-plane:18090").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("control-plane", 18090));
+        let t = ControlPlaneTarget::parse("[::1]:9").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 9));
+        for bad in [
+            "control-plane",
+            "h:0",
+            "h:70000",
+            ":80",
+            "bad host:1",
+            "-x:1",
+            "a..b:1",
+            "127.0.0.1:0",
+        ] {
+            assert!(ControlPlaneTarget::parse(bad).is_err(), "{bad}");
+        }
+        let mut p = params("http://127.0.0.1:1");
+        let cluster = |yaml: &str| {
+            let at = yaml.find("- name: codexmesh_control_plane").unwrap();
+            yaml[at..].lines().nth(1).unwrap().trim().to_string()
+        };
+        assert_eq!(cluster(&render(&p).unwrap()), "type: STATIC");
+        p.control_plane = ControlPlaneTarget::parse("codexmesh.mesh.svc:18090").unwrap();
+        let yaml = render(&p).unwrap();
+        assert_eq!(cluster(&yaml), "type: STRICT_DNS");
+        assert!(yaml.contains("address: \"codexmesh.mesh.svc\", port_value: 18090"));
     }
 
     #[test]

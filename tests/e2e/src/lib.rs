@@ -454,6 +454,20 @@ impl Envoy {
         dir: &Path,
         name: &str,
     ) -> Result<Self> {
+        Self::start_dialing(art, cp, grpc, None, push_token, dir, name).await
+    }
+
+    /// Like [`Envoy::start`], with the control plane given to `envoy-bootstrap --control-plane`
+    /// (HOST:PORT, HOST may be a DNS name).
+    pub async fn start_dialing(
+        art: &Artifacts,
+        cp: &ControlPlane,
+        grpc: SocketAddr,
+        control_plane: Option<&str>,
+        push_token: &str,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Self> {
         let bootstrap = dir.join(format!("{name}.yaml"));
         let admin_path = dir.join(format!("{name}.admin"));
         let bootstrap_s = bootstrap.to_string_lossy().into_owned();
@@ -463,6 +477,9 @@ impl Envoy {
             .env("CODEXMESH_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("CODEXMESH_ENVOY_ADMIN_LISTEN", "127.0.0.1:0")
             .args(["envoy-bootstrap", "--out", &bootstrap_s, "--node-id", name]);
+        if let Some(target) = control_plane {
+            cmd.args(["--control-plane", target]);
+        }
         let out = cmd.output()?;
         if !out.status.success() {
             bail!(

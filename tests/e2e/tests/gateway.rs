@@ -269,6 +269,70 @@ async fn frozen_control_plane_keeps_the_data_path_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_can_reach_the_control_plane_by_dns_name() {
+    // A container or Kubernetes deployment names the control plane instead of pinning its IP.
+    let stack = Stack::start(1).await.unwrap();
+    let grpc = stack.cp.grpc_addr.unwrap();
+    let by_name = format!("localhost:{}", grpc.port());
+    let envoy = Envoy::start_dialing(
+        &stack.art,
+        &stack.cp,
+        grpc,
+        Some(&by_name),
+        &stack.cp.env.push_token,
+        stack.dir.path(),
+        "envoy-dns",
+    )
+    .await
+    .unwrap();
+    let dump = reqwest::get(format!("http://{}/config_dump", envoy.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        dump.contains("STRICT_DNS"),
+        "the control-plane cluster resolves the name"
+    );
+    let url = envoy.url("/backend-api/codex/responses");
+    let start = Instant::now();
+    loop {
+        let resp = stack
+            .http
+            .post(&url)
+            .bearer_auth(&stack.key)
+            .json(&turn_body("x"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never served through the named control plane: {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A bad address is refused up front with the flag's meaning, and nothing is written.
+    let out = stack
+        .cp
+        .cli(&[
+            "envoy-bootstrap",
+            "--out",
+            &stack.dir.path().join("bad.yaml").to_string_lossy(),
+            "--control-plane",
+            "no port",
+        ])
+        .unwrap();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("HOST:PORT"), "{}", out.stderr);
+    assert!(!stack.dir.path().join("bad.yaml").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_any_snapshot_requests_get_503_then_serve_once_it_arrives() {
     let stack = Stack::start(1).await.unwrap();
     // A second Envoy pointed at a control plane that is not there yet.

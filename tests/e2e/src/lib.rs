@@ -686,9 +686,14 @@ impl Stack {
 
     /// Sends one turn with `key`; returns status and full body text.
     pub async fn turn(&self, key: &str) -> Result<(u16, String)> {
+        self.turn_at(&self.envoy, key).await
+    }
+
+    /// One turn through another Envoy than the stack's own.
+    pub async fn turn_at(&self, envoy: &Envoy, key: &str) -> Result<(u16, String)> {
         let resp = self
             .http
-            .post(self.envoy.url("/backend-api/codex/responses"))
+            .post(envoy.url("/backend-api/codex/responses"))
             .bearer_auth(key)
             .header("accept", "text/event-stream")
             .json(&turn_body("ping"))
@@ -700,16 +705,26 @@ impl Stack {
 
     /// Polls until a turn with `key` answers 200; returns how long it took.
     pub async fn wait_until_serving(&self, key: &str, timeout: Duration) -> Result<Duration> {
+        self.wait_until_serving_at(&self.envoy, key, timeout).await
+    }
+
+    /// [`Stack::wait_until_serving`] through another Envoy.
+    pub async fn wait_until_serving_at(
+        &self,
+        envoy: &Envoy,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            let (status, body) = self.turn(key).await?;
+            let (status, body) = self.turn_at(envoy, key).await?;
             if status == 200 {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
                 bail!(
                     "gateway not serving after {timeout:?}: last answer {status} {body}\nenvoy log:\n{}\ncontrol plane log:\n{}",
-                    tail(&self.envoy.proc.log_text()),
+                    tail(&envoy.proc.log_text()),
                     self.cp.proc().map(|p| tail(&p.log_text())).unwrap_or_default()
                 );
             }

@@ -295,27 +295,10 @@ async fn envoy_can_reach_the_control_plane_by_dns_name() {
         dump.contains("STRICT_DNS"),
         "the control-plane cluster resolves the name"
     );
-    let url = envoy.url("/backend-api/codex/responses");
-    let start = Instant::now();
-    loop {
-        let resp = stack
-            .http
-            .post(&url)
-            .bearer_auth(&stack.key)
-            .json(&turn_body("x"))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never served through the named control plane: {}",
-            resp.status()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack
+        .wait_until_serving_at(&envoy, &stack.key, Duration::from_secs(20))
+        .await
+        .unwrap();
     // A bad address is refused up front with the flag's meaning, and nothing is written.
     let out = stack
         .cp
@@ -367,25 +350,11 @@ async fn before_any_snapshot_requests_get_503_then_serve_once_it_arrives() {
     // Now the control plane appears on that port: the Envoy reconnects by itself.
     cp2.grpc_addr = Some(grpc);
     cp2.start().unwrap();
-    let start = Instant::now();
-    loop {
-        let resp = stack
-            .http
-            .post(&url)
-            .bearer_auth(&stack.key)
-            .json(&turn_body("x"))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never reconnected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // It reconnects by itself (bounded wait).
+    stack
+        .wait_until_serving_at(&envoy, &stack.key, Duration::from_secs(20))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

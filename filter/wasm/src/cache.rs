@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use codexmesh_filter_core::local::LocalTable;
 use codexmesh_filter_core::snapshot::{decode_version, SnapshotIndex};
 use proxy_wasm::types::LogLevel;
 
@@ -57,20 +58,37 @@ pub fn current() -> Option<Rc<SnapshotIndex>> {
     })
 }
 
-/// This Envoy's local account state (empty when nothing was learned yet).
-pub fn local_table() -> codexmesh_filter_core::local::LocalTable {
-    codexmesh_filter_core::local::LocalTable::decode(
-        &host::shared_data(LOCAL_KEY).unwrap_or_default(),
-    )
+thread_local! {
+    /// The local table as last decoded here, with the CAS token of the value it came from.
+    static LOCAL: RefCell<Option<(u32, Rc<LocalTable>)>> = const { RefCell::new(None) };
+}
+
+/// This Envoy's local account state (empty when nothing was learned yet). Decoded again only
+/// when another write changed it: it is read up to three times per request.
+pub fn local_table() -> Rc<LocalTable> {
+    let Some((bytes, cas)) = host::shared_data_with_cas(LOCAL_KEY) else {
+        return Rc::default();
+    };
+    LOCAL.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if let (Some(cas), Some((seen, table))) = (cas, cached.as_ref()) {
+            if *seen == cas {
+                return table.clone();
+            }
+        }
+        let table = Rc::new(LocalTable::decode(&bytes));
+        *cached = cas.map(|cas| (cas, table.clone()));
+        table
+    })
 }
 
 /// Applies `change` to the local table atomically across workers.
 pub fn update_local<F>(mut change: F) -> bool
 where
-    F: FnMut(&mut codexmesh_filter_core::local::LocalTable),
+    F: FnMut(&mut LocalTable),
 {
     host::update_shared_data(LOCAL_KEY, |bytes| {
-        let mut table = codexmesh_filter_core::local::LocalTable::decode(bytes);
+        let mut table = LocalTable::decode(bytes);
         change(&mut table);
         table.encode()
     })

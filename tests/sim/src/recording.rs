@@ -16,8 +16,11 @@ use crate::body::{self, DecodedBody, MAX_WIRE_BODY};
 use crate::clock::real_unix_now;
 use crate::state::Shared;
 
-/// At most this many records are kept (the oldest go first).
+/// At least this many of the newest records are kept; the oldest go first.
 pub const MAX_RECORDS: usize = 100_000;
+/// The log may run this far past [`MAX_RECORDS`] before it is cut back: trimming one record per
+/// request would move the whole log each time (the simulator slowed to a crawl after 100k turns).
+pub const TRIM_SLACK: usize = 10_000;
 /// Only the newest this many records keep their decoded JSON body.
 pub const MAX_RECORDS_WITH_BODY: usize = 1_000;
 
@@ -28,7 +31,7 @@ pub fn push_record(log: &mut Vec<RequestRecord>, record: RequestRecord) {
         let idx = log.len() - MAX_RECORDS_WITH_BODY - 1;
         log[idx].body_json = None;
     }
-    if log.len() > MAX_RECORDS {
+    if log.len() > MAX_RECORDS + TRIM_SLACK {
         let extra = log.len() - MAX_RECORDS;
         log.drain(..extra);
     }
@@ -283,11 +286,19 @@ mod tests {
     #[test]
     fn log_is_bounded() {
         let mut log = Vec::new();
-        for seq in 0..(MAX_RECORDS as u64 + 5) {
+        let cap = (MAX_RECORDS + TRIM_SLACK) as u64;
+        for seq in 0..cap {
             push_record(&mut log, record(seq));
         }
-        assert_eq!(log.len(), MAX_RECORDS);
-        assert_eq!(log[0].seq, 5);
+        assert_eq!(
+            log.len(),
+            MAX_RECORDS + TRIM_SLACK,
+            "within the slack: nothing cut"
+        );
+        push_record(&mut log, record(cap));
+        assert_eq!(log.len(), MAX_RECORDS, "cut back to the newest MAX_RECORDS");
+        assert_eq!(log[0].seq, cap + 1 - MAX_RECORDS as u64);
+        assert_eq!(log[log.len() - 1].seq, cap);
         assert!(log[log.len() - MAX_RECORDS_WITH_BODY - 1]
             .body_json
             .is_none());

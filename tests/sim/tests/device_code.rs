@@ -80,8 +80,8 @@ impl Sim {
             .unwrap()
     }
 
-    /// Step 1, checking the answer's shape.
-    async fn usercode(&self) -> Code {
+    /// Step 1: the answer as JSON, and the code it carries.
+    async fn request_code(&self) -> (Value, Code) {
         let r = self
             .post_json(
                 "/api/accounts/deviceauth/usercode",
@@ -90,13 +90,20 @@ impl Sim {
             .await;
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = r.json().await.unwrap();
+        let code = Code {
+            device_auth_id: v["device_auth_id"].as_str().unwrap().to_string(),
+            user_code: v["user_code"].as_str().unwrap().to_string(),
+        };
+        (v, code)
+    }
+
+    /// Step 1 with the default behaviour, checking the answer's shape.
+    async fn usercode(&self) -> Code {
+        let (v, code) = self.request_code().await;
         // The CLI parses `interval` from a string (as the real server sends it).
         assert_eq!(v["interval"], "5");
         assert_eq!(v["expires_at"], "2027-01-15T08:15:00.000000Z");
-        Code {
-            device_auth_id: v["device_auth_id"].as_str().unwrap().to_string(),
-            user_code: v["user_code"].as_str().unwrap().to_string(),
-        }
+        code
     }
 
     async fn poll(&self, code: &Code) -> Response {
@@ -421,20 +428,8 @@ async fn codes_expire_on_the_simulated_clock() {
     let s = Sim::new().await;
     s.control("/__sim/behavior", json!({"device_code_ttl_secs": 60}))
         .await;
-    let code = s
-        .post_json(
-            "/api/accounts/deviceauth/usercode",
-            json!({"client_id": CLIENT_ID}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(code["expires_at"], "2027-01-15T08:01:00.000000Z");
-    let code = Code {
-        device_auth_id: code["device_auth_id"].as_str().unwrap().to_string(),
-        user_code: code["user_code"].as_str().unwrap().to_string(),
-    };
+    let (answer, code) = s.request_code().await;
+    assert_eq!(answer["expires_at"], "2027-01-15T08:01:00.000000Z");
     s.control("/__sim/clock", json!({"advance_secs": 59})).await;
     s.poll_pending(&code).await;
     s.control("/__sim/clock", json!({"advance_secs": 1})).await;
@@ -455,19 +450,7 @@ async fn codes_expire_on_the_simulated_clock() {
     );
 
     // An approved but unexchanged code expires too (10 minutes after approval).
-    let code = s
-        .post_json(
-            "/api/accounts/deviceauth/usercode",
-            json!({"client_id": CLIENT_ID}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-    let code = Code {
-        device_auth_id: code["device_auth_id"].as_str().unwrap().to_string(),
-        user_code: code["user_code"].as_str().unwrap().to_string(),
-    };
+    let (_, code) = s.request_code().await;
     s.control("/__sim/device/approve", json!({})).await;
     let grant = s.poll_granted(&code).await;
     s.control("/__sim/clock", json!({"advance_secs": 600}))
@@ -501,20 +484,8 @@ async fn auto_approval_lets_a_cli_test_run_unattended() {
     assert_eq!(b["device_auto_approve_as"], Value::Null);
 
     // What a client does: poll at the interval until 200 (bounded here).
-    let code = s
-        .post_json(
-            "/api/accounts/deviceauth/usercode",
-            json!({"client_id": CLIENT_ID}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(code["interval"], "0");
-    let code = Code {
-        device_auth_id: code["device_auth_id"].as_str().unwrap().to_string(),
-        user_code: code["user_code"].as_str().unwrap().to_string(),
-    };
+    let (answer, code) = s.request_code().await;
+    assert_eq!(answer["interval"], "0");
     let mut statuses = Vec::new();
     let mut grant = None;
     for _ in 0..10 {
@@ -557,7 +528,7 @@ async fn auto_approval_lets_a_cli_test_run_unattended() {
         json!({"device_auto_approve_after_polls": 0, "device_auto_approve_as": {"account_id": "acc-auto", "email": "auto@example.test"}}),
     )
     .await;
-    let code = s.usercode_interval0().await;
+    let (_, code) = s.request_code().await;
     let grant = s.poll_granted(&code).await;
     let r = s
         .exchange(
@@ -570,24 +541,6 @@ async fn auto_approval_lets_a_cli_test_run_unattended() {
     let state = s.get("/__sim/accounts/acc-auto").await;
     assert_eq!(state["email"], "auto@example.test");
     s.sim.shutdown().await.unwrap();
-}
-
-impl Sim {
-    async fn usercode_interval0(&self) -> Code {
-        let v = self
-            .post_json(
-                "/api/accounts/deviceauth/usercode",
-                json!({"client_id": CLIENT_ID}),
-            )
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
-        Code {
-            device_auth_id: v["device_auth_id"].as_str().unwrap().to_string(),
-            user_code: v["user_code"].as_str().unwrap().to_string(),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,18 +162,37 @@ pub(super) fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
     })
 }
 
+/// Which unique pool column a lookup matches on (a closed set: it is put into the SQL).
+#[derive(Clone, Copy)]
+pub(super) enum PoolKeyColumn {
+    Id,
+    Name,
+}
+
+/// The pool whose id or name equals `value`, if there is one.
+pub(super) async fn find_pool_tx(
+    tx: &mut Transaction<'static, Any>,
+    column: PoolKeyColumn,
+    value: &str,
+) -> Result<Option<Pool>, StoreError> {
+    let column = match column {
+        PoolKeyColumn::Id => "id",
+        PoolKeyColumn::Name => "name",
+    };
+    let row = sqlx::query(&format!("{POOL_SELECT} WHERE {column} = $1"))
+        .bind(value.to_owned())
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(pool_from_row).transpose()
+}
+
 pub(super) async fn pool_by_name_tx(
     tx: &mut Transaction<'static, Any>,
     name: &str,
 ) -> Result<Pool, StoreError> {
-    let row = sqlx::query(&format!("{POOL_SELECT} WHERE name = $1"))
-        .bind(name.to_owned())
-        .fetch_optional(&mut **tx)
-        .await?;
-    match row {
-        Some(r) => pool_from_row(&r),
-        None => Err(StoreError::NotFound(format!("no pool named {name:?}"))),
-    }
+    find_pool_tx(tx, PoolKeyColumn::Name, name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no pool named {name:?}")))
 }
 
 /// One row out of an id-or-label lookup; several label matches are an error naming them.

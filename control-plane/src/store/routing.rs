@@ -6,8 +6,8 @@ use serde_json::json;
 use sqlx::{Any, Transaction};
 
 use super::ops::{
-    account_from_row, pool_by_name_tx, pool_from_row, resolve_account_tx, resolve_key_tx,
-    ACCOUNT_SELECT, POOL_SELECT,
+    account_from_row, find_pool_tx, pool_by_name_tx, resolve_account_tx, resolve_key_tx,
+    PoolKeyColumn, ACCOUNT_SELECT,
 };
 use super::{audit, Account, Actor, Changed, NullableF64, Pool, PoolKey, Store, StoreError};
 use crate::routing::{self, Primary, Routing, RoutingMode, RoutingPatch};
@@ -44,18 +44,14 @@ fn invalid(e: routing::InvalidSetting) -> StoreError {
     StoreError::Invalid(e.to_string())
 }
 
+/// A pool an account or key points at: its absence is corruption, not a typo.
 pub(super) async fn pool_by_id_tx(
     tx: &mut Transaction<'static, Any>,
     id: &str,
 ) -> Result<Pool, StoreError> {
-    let row = sqlx::query(&format!("{POOL_SELECT} WHERE id = $1"))
-        .bind(id.to_owned())
-        .fetch_optional(&mut **tx)
-        .await?;
-    match row {
-        Some(r) => pool_from_row(&r),
-        None => Err(StoreError::Corrupt(format!("pool {id} is missing"))),
-    }
+    find_pool_tx(tx, PoolKeyColumn::Id, id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("pool {id} is missing")))
 }
 
 /// The owner account a patch names, resolved inside `pool` (id first, then label):

@@ -69,14 +69,7 @@ async fn subscribe_report_and_restart() -> TestResult {
     let ws = Workspace::new()?;
     ws.ok(&["pool", "create", "main"])?;
     let login = Login::new("acct-grpc", "g@example.com", "plus", "grpc");
-    let auth = ws.write_auth("auth.json", &login.auth_json())?;
-    let imported = ws.ok_json(&[
-        "account",
-        "import",
-        auth.to_str().ok_or("path")?,
-        "--pool",
-        "main",
-    ])?;
+    let imported = ws.import_auth("auth.json", &login.auth_json(), "main", None)?;
     let account_id = imported["account"]["id"].as_str().ok_or("id")?.to_owned();
     let key = ws.ok_json(&["key", "create", "--pool", "main"])?;
     let revoked_key = ws.ok_json(&["key", "create", "--pool", "main", "--name", "old"])?;

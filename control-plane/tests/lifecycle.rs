@@ -36,19 +36,12 @@ async fn import(
     spec: Value,
 ) -> Result<(Value, Value), AnyError> {
     let acct = sim.create_account(spec).await?;
-    let path = ws.write_auth(
+    let out = ws.import_auth(
         &format!("{label}.auth.json"),
         &acct["auth_json"].to_string(),
-    )?;
-    let out = ws.ok_json(&[
-        "account",
-        "import",
-        path.to_str().ok_or("path")?,
-        "--pool",
         pool,
-        "--name",
-        label,
-    ])?;
+        Some(label),
+    )?;
     Ok((acct, out["account"].clone()))
 }
 

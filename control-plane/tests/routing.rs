@@ -56,16 +56,12 @@ fn setup() -> Result<Fixture, Box<dyn std::error::Error>> {
             "plus",
             n,
         );
-        let path = ws.write_auth(&format!("{label}.json"), &login.auth_json())?;
-        let r = ws.ok_json(&[
-            "account",
-            "import",
-            path.to_str().ok_or("path")?,
-            "--pool",
+        let r = ws.import_auth(
+            &format!("{label}.json"),
+            &login.auth_json(),
             pool,
-            "--name",
-            label,
-        ])?;
+            Some(label),
+        )?;
         ids.push(r["account"].clone());
     }
     let key = ws.ok_json(&["key", "create", "--pool", "main", "--name", "k1"])?;

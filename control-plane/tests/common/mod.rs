@@ -146,6 +146,29 @@ impl Workspace {
         Ok(p)
     }
 
+    /// Writes `contents` as auth file `file_name` and imports it into `pool` (with `label` when
+    /// given); returns the import's JSON answer.
+    pub fn import_auth(
+        &self,
+        file_name: &str,
+        contents: &str,
+        pool: &str,
+        label: Option<&str>,
+    ) -> Result<Value, AnyError> {
+        let path = self.write_auth(file_name, contents)?;
+        let mut args = vec![
+            "account",
+            "import",
+            path.to_str().ok_or("path")?,
+            "--pool",
+            pool,
+        ];
+        if let Some(label) = label {
+            args.extend(["--name", label]);
+        }
+        self.ok_json(&args)
+    }
+
     /// The store file's bytes plus its WAL (what "nothing written" is checked against).
     pub fn store_fingerprint(&self) -> Result<Vec<u8>, AnyError> {
         let mut bytes = std::fs::read(self.db_path())?;

@@ -4,7 +4,8 @@
 //! next request on any worker sees it; the next snapshot from the control plane confirms or
 //! clears it (a new token ends a 401 block; newer quota evidence replaces ours).
 //!
-//! Stored in one shared-data value as short text lines; small (one line per troubled account).
+//! Stored in one shared-data value as short text lines: one per account that is in trouble or has
+//! served traffic here (its seen quota); idle lines expire after an hour.
 
 use std::collections::BTreeMap;
 

@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::errors::{ErrorKind, GatewayError};
+use crate::headers::RequestHead;
 use crate::pb;
 use crate::snapshot::SnapshotIndex;
 
@@ -29,6 +30,18 @@ pub fn bearer_token(authorization: Option<&str>) -> Result<&str, GatewayError> {
         return Err(malformed());
     }
     Ok(token)
+}
+
+/// The one `Authorization` value of a request: two of them are refused, since a proxy in front and
+/// the gateway could each read a different one.
+pub fn single_authorization(head: &RequestHead) -> Result<Option<&str>, GatewayError> {
+    if head.count("authorization") > 1 {
+        return Err(GatewayError::new(
+            ErrorKind::MalformedKey,
+            "Send exactly one Authorization header: 'Bearer <pool key>'.",
+        ));
+    }
+    Ok(head.get("authorization"))
 }
 
 fn malformed() -> GatewayError {
@@ -120,5 +133,24 @@ mod tests {
             !revoked.message.contains("cmk_revoked"),
             "never echo the key"
         );
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let head = |values: &[&str]| {
+            RequestHead::new(
+                values
+                    .iter()
+                    .map(|v| ("authorization".to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(single_authorization(&head(&[])).unwrap(), None);
+        assert_eq!(
+            single_authorization(&head(&["Bearer cmk_live"])).unwrap(),
+            Some("Bearer cmk_live")
+        );
+        let err = single_authorization(&head(&["Bearer cmk_live", "Bearer other"])).unwrap_err();
+        assert_eq!((err.kind, err.status()), (ErrorKind::MalformedKey, 401));
     }
 }

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     WebSocketUnsupported,
     /// The upstream filter found no hand-off from the downstream filter (a misconfigured route).
     RouteMissing,
+    /// A method or path outside the allowlist (`endpoints::ENDPOINTS`): never forwarded.
+    UnknownEndpoint,
 }
 
 impl ErrorKind {
@@ -44,6 +46,7 @@ impl ErrorKind {
             Self::PoolExhausted => 429,
             Self::RouteMissing => 500,
             Self::WebSocketUnsupported => 426,
+            Self::UnknownEndpoint => 404,
         }
     }
 
@@ -58,6 +61,7 @@ impl ErrorKind {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::WebSocketUnsupported => "websocket_not_supported",
             Self::RouteMissing => "gateway_misconfigured",
+            Self::UnknownEndpoint => "unknown_endpoint",
         }
     }
 
@@ -74,7 +78,8 @@ impl ErrorKind {
             | Self::MalformedKey
             | Self::UnknownKey
             | Self::RevokedKey
-            | Self::WebSocketUnsupported => ErrorSource::Client,
+            | Self::WebSocketUnsupported
+            | Self::UnknownEndpoint => ErrorSource::Client,
             Self::NotReady
             | Self::NoAccountAvailable
             | Self::PoolExhausted

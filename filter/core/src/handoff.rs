@@ -6,7 +6,7 @@
 /// The filter-state property name (`set_property(["codexmesh.route"])`).
 pub const PROPERTY: &str = "codexmesh.route";
 
-const FORMAT_TAG: &str = "cmr2";
+const FORMAT_TAG: &str = "cmr3";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteHandoff {
@@ -21,6 +21,9 @@ pub struct RouteHandoff {
     pub reason: String,
     /// Whether answers carry `x-codexmesh-route`.
     pub explain: bool,
+    /// The allowlisted endpoint the downstream filter admitted (`Endpoint::as_str`); the
+    /// upstream filter injects credentials only into a request for it.
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +57,12 @@ impl RouteHandoff {
         check_id(&self.key_id)?;
         check_id(&self.strategy)?;
         check_id(&self.reason)?;
+        check_id(&self.endpoint)?;
         for id in &self.ranked_accounts {
             check_id(id)?;
         }
         Ok(format!(
-            "{FORMAT_TAG}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            "{FORMAT_TAG}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.snapshot_version,
             self.pool_id,
             self.key_id,
@@ -67,6 +71,7 @@ impl RouteHandoff {
             self.strategy,
             self.reason,
             u8::from(self.explain),
+            self.endpoint,
         )
         .into_bytes())
     }
@@ -95,6 +100,7 @@ impl RouteHandoff {
         let strategy = next("strategy")?.to_string();
         let reason = next("reason")?.to_string();
         let explain = next("explain")? == "1";
+        let endpoint = next("endpoint")?.to_string();
         Ok(Self {
             snapshot_version,
             pool_id,
@@ -104,6 +110,7 @@ impl RouteHandoff {
             strategy,
             reason,
             explain,
+            endpoint,
         })
     }
 }
@@ -126,6 +133,7 @@ mod tests {
             strategy: "quota_first".into(),
             reason: "affinity".into(),
             explain: true,
+            endpoint: "responses".into(),
         };
         assert_eq!(RouteHandoff::decode(&h.encode().unwrap()).unwrap(), h);
         let empty = RouteHandoff::default();
@@ -138,8 +146,10 @@ mod tests {
     #[test]
     fn rejects_garbage_and_separators() {
         assert!(RouteHandoff::decode(b"").is_err());
-        assert!(RouteHandoff::decode(b"cmr2\nx\np\nk\n3\na\ns\nr\n0").is_err());
-        assert!(RouteHandoff::decode(b"cmr2\n1\np").is_err());
+        assert!(RouteHandoff::decode(b"cmr3\nx\np\nk\n3\na\ns\nr\n0\nresponses").is_err());
+        assert!(RouteHandoff::decode(b"cmr3\n1\np").is_err());
+        // The previous format (no endpoint) is refused: a hand-off never outlives its request.
+        assert!(RouteHandoff::decode(b"cmr2\n1\np\nk\n3\na\ns\nr\n0").is_err());
         assert!(RouteHandoff::decode(b"cmr1\n1\np\nk\n3\na").is_err());
         assert!(RouteHandoff::decode(&[0xff, 0xfe]).is_err());
         let bad = RouteHandoff {

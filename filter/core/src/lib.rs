@@ -7,14 +7,17 @@
 pub mod affinity;
 pub mod auth;
 pub mod config;
+pub mod endpoints;
 pub mod errors;
 pub mod evidence;
 pub mod handoff;
+pub mod headers;
 pub mod local;
 pub mod routing;
 pub mod snapshot;
 pub mod supervisor;
 pub mod turnstate;
+pub mod usage;
 pub mod verdict;
 
 pub use codexmesh_proto::v1 as pb;

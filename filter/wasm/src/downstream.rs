@@ -1,17 +1,20 @@
-//! Listener filter: authenticate the pool key, rank the pool's accounts, hand the ranking to the
-//! upstream attempts through filter state, and strip the pool key. On the way back, turns an
-//! upstream 429 into the pool-level answer when the whole pool is spent.
+//! Listener filter: admit only allowlisted endpoints (`endpoints::ENDPOINTS`), authenticate the
+//! pool key, remove every header the gateway owns (the pool key, cookies, account ids, Envoy's
+//! steering headers), answer the gateway's own endpoints, rank the pool's accounts and hand the
+//! ranking to the upstream attempts through filter state. On the way back, turns an upstream 429
+//! into the pool-level answer when the whole pool is spent.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use codexmesh_filter_core::affinity::{affinity_key, prompt_cache_key};
+use codexmesh_filter_core::endpoints::{self, Endpoint, Serving};
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
-use codexmesh_filter_core::routing::{self, RouteInput, PROBE_RESERVATION_MS};
+use codexmesh_filter_core::headers::RequestHead;
+use codexmesh_filter_core::routing::{self, Limits, RouteInput, PROBE_RESERVATION_MS};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
-use codexmesh_filter_core::turnstate;
-use codexmesh_filter_core::{auth, pb};
+use codexmesh_filter_core::{auth, pb, turnstate, usage};
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -37,6 +40,10 @@ pub struct Downstream {
     routed: Option<Routed>,
     /// The upstream 429 is being replaced by the pool-level answer.
     replacement: Option<GatewayError>,
+    /// The allowlisted endpoint this request was admitted for.
+    endpoint: Option<Endpoint>,
+    /// The client's `x-codex-turn-state`, read with the head.
+    turn_state: Option<String>,
 }
 
 impl Context for Downstream {}
@@ -44,24 +51,40 @@ impl Context for Downstream {}
 impl HttpContext for Downstream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let now_ms = host::now_ms();
-        let authed = match authenticate() {
+        // One host call for the whole head; every decision below reads from it.
+        let head = RequestHead::new(host::request_headers());
+        let admitted =
+            match endpoints::admit(head.method(), head.path(), head.is_websocket_upgrade()) {
+                Ok(a) => a,
+                Err(err) => return reply_error(&err),
+            };
+        let authed = match authenticate(&head) {
             Ok(a) => a,
             Err(err) => return reply_error(&err),
         };
-        if is_websocket_upgrade() {
+        if let Err(err) = take_ownership(&head, admitted.rewritten_path) {
+            return reply_error(&err);
+        }
+        let endpoint = admitted.spec.endpoint;
+        match admitted.spec.serving {
             // 426 makes the Codex CLI fall back to HTTP SSE at once (other refusals cost it
             // several retries).
-            return reply_error(&GatewayError::new(
-                ErrorKind::WebSocketUnsupported,
-                "codexmesh serves Codex turns over HTTP SSE; set supports_websockets = false.",
-            ));
+            Serving::WebSocket => {
+                return reply_error(&GatewayError::new(
+                    ErrorKind::WebSocketUnsupported,
+                    "codexmesh serves Codex turns over HTTP SSE; set supports_websockets = false.",
+                ))
+            }
+            Serving::Local => return answer_locally(&authed, endpoint, now_ms),
+            Serving::Forward => {}
         }
-        let header_key = affinity_key(host::request_header).map(|k| k.value);
+        self.endpoint = Some(endpoint);
+        self.turn_state = head.get("x-codex-turn-state").map(str::to_string);
+        let header_key = affinity_key(|name| head.get(name).map(str::to_string)).map(|k| k.value);
         // No continuity header: the body's prompt_cache_key is the next best locality key, so
         // wait for the body (compressed bodies are forwarded untouched, not read).
-        let wants_body = header_key.is_none()
-            && !end_of_stream
-            && host::request_header("content-encoding").is_none();
+        let wants_body =
+            header_key.is_none() && !end_of_stream && head.get("content-encoding").is_none();
         if wants_body {
             self.pending = Some(authed);
             return Action::Pause;
@@ -136,15 +159,15 @@ impl HttpContext for Downstream {
 }
 
 /// The snapshot and the authenticated key (by position, so no borrow outlives the call).
-fn authenticate() -> Result<Routed, GatewayError> {
+fn authenticate(head: &RequestHead) -> Result<Routed, GatewayError> {
     let snapshot = cache::current().ok_or_else(|| {
         GatewayError::new(
             ErrorKind::NotReady,
             "codexmesh has not received its routing table from the control plane yet; retry shortly.",
         )
     })?;
-    let authorization = host::request_header("authorization");
-    let authed = auth::authenticate(&snapshot, authorization.as_deref())?;
+    let authorization = auth::single_authorization(head)?;
+    let authed = auth::authenticate(&snapshot, authorization)?;
     let pool_ix = snapshot
         .pools()
         .iter()
@@ -186,9 +209,9 @@ impl Downstream {
             .ok_or_else(|| internal("find the key"))?;
         let settings = routing::effective_routing(pool, key);
         let local = cache::local_table();
-        let turn_state_account = host::request_header("x-codex-turn-state").and_then(|ts| {
-            host::shared_data(&turnstate::slot_key(&ts))
-                .and_then(|slot| turnstate::lookup(&slot, &ts, now_ms))
+        let turn_state_account = self.turn_state.as_deref().and_then(|ts| {
+            host::shared_data(&turnstate::slot_key(ts))
+                .and_then(|slot| turnstate::lookup(&slot, ts, now_ms))
         });
         let turn = TURN.with(|t| {
             let v = t.get();
@@ -215,18 +238,22 @@ impl Downstream {
             strategy: routing::strategy_name(ranking.strategy).to_string(),
             reason: ranking.reason.as_str().to_string(),
             explain: key.operator || settings.is_some_and(|s| s.explain_routes),
+            endpoint: self
+                .endpoint
+                .map(Endpoint::as_str)
+                .unwrap_or_default()
+                .to_string(),
         };
         let encoded = handoff.encode().map_err(|_| internal("encode the route"))?;
         host::set_property(&[handoff::PROPERTY], &encoded)
             .map_err(|_| internal("store the route"))?;
         // Bound the router's retries by the accounts we have: no point retrying the same one.
+        // (The client's own x-envoy-* headers are already gone: see take_ownership.)
         host::set_request_header(
             "x-envoy-max-retries",
             &attempts.saturating_sub(1).to_string(),
         )
         .map_err(|_| internal("set the retry bound"))?;
-        // The pool key must never reach the upstream.
-        host::remove_request_header("authorization").map_err(|_| internal("strip the pool key"))?;
         self.routed = Some(authed);
         Ok(())
     }
@@ -245,8 +272,58 @@ impl Downstream {
     }
 }
 
-fn is_websocket_upgrade() -> bool {
-    host::request_header("upgrade").is_some_and(|u| u.to_ascii_lowercase().contains("websocket"))
+/// Removes every header the gateway owns (the pool key among them: it must never reach the
+/// upstream) and drops a query string the endpoint does not take, before the router sees the
+/// request. Fails closed: a header that cannot be removed stops the request.
+fn take_ownership(head: &RequestHead, rewritten_path: Option<&str>) -> Result<(), GatewayError> {
+    let failed = |what: &str| {
+        GatewayError::new(
+            ErrorKind::RouteMissing,
+            format!("codexmesh could not {what}"),
+        )
+    };
+    for name in head.gateway_owned() {
+        host::remove_request_header(&name).map_err(|_| failed("strip a client header"))?;
+    }
+    if let Some(path) = rewritten_path {
+        host::set_request_header(":path", path).map_err(|_| failed("rewrite the path"))?;
+    }
+    Ok(())
+}
+
+/// Answers an endpoint the gateway serves itself (usage, account check) for the key's pool.
+fn answer_locally(authed: &Routed, endpoint: Endpoint, now_ms: i64) -> Action {
+    let Some(pool) = authed.snapshot.pool(authed.pool_ix) else {
+        return reply_error(&GatewayError::new(
+            ErrorKind::RouteMissing,
+            "codexmesh could not find the pool",
+        ));
+    };
+    let body = match endpoint {
+        Endpoint::AccountCheck => usage::account_check(pool),
+        _ => {
+            let settings = pool
+                .keys
+                .get(authed.key_ix)
+                .and_then(|key| routing::effective_routing(pool, key));
+            let limits = Limits::from_settings(settings);
+            usage::pool_usage(pool, &cache::local_table(), &limits, now_ms)
+        }
+    };
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        ("cache-control", "no-store".to_string()),
+    ];
+    if let Err(status) = host::send_response(200, &headers, &body) {
+        host::log(
+            LogLevel::Error,
+            &format!(
+                "could not answer {} locally ({status:?})",
+                endpoint.as_str()
+            ),
+        );
+    }
+    Action::Pause
 }
 
 fn is_json_response() -> bool {

@@ -25,6 +25,11 @@ pub fn request_header(name: &str) -> Option<String> {
         .flatten()
 }
 
+/// Every request header (pseudo-headers included) in one host call.
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
 pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
 }

@@ -2,9 +2,11 @@
 //! injects its credentials, learns from the answer (local cooldowns, circuits, 401 blocks,
 //! turn-state ownership) and queues an outcome record for the control plane.
 
+use codexmesh_filter_core::endpoints::Endpoint;
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::evidence::{self, UsageLimit};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
+use codexmesh_filter_core::headers::is_account_response_header;
 use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQuota};
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
@@ -130,6 +132,16 @@ impl Upstream {
             routing::effective_routing(pool, key)
         });
         let limits = Limits::from_settings(settings);
+        let path = host::request_header(":path").unwrap_or_default();
+        let path = path.split('?').next().unwrap_or_default().to_string();
+        // Defence in depth behind the downstream allowlist: credentials go only into a request
+        // for the endpoint the downstream filter admitted.
+        if !Endpoint::from_name(&handoff.endpoint).is_some_and(|e| e.matches_upstream_path(&path)) {
+            return Err(GatewayError::new(
+                ErrorKind::RouteMissing,
+                "codexmesh refused to forward a request outside its endpoint allowlist.",
+            ));
+        }
         let local = cache::local_table();
         let account = routing::account_for_attempt(
             &handoff.ranked_accounts,
@@ -157,8 +169,6 @@ impl Upstream {
             .map_err(failed)?;
         // Envoy's retry bookkeeping is ours, not the upstream's business.
         let _ = host::remove_request_header("x-envoy-max-retries");
-        let path = host::request_header(":path").unwrap_or_default();
-        let path = path.split('?').next().unwrap_or_default().to_string();
         self.attempt = Some(Attempt {
             account_id: account.id.clone(),
             token_fp: token_fingerprint(&account.access_token),
@@ -192,6 +202,15 @@ impl Upstream {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
+        // Nothing of the account's session (cookies, echoed credentials) reaches the client.
+        for (name, _) in headers
+            .iter()
+            .filter(|(k, _)| is_account_response_header(k))
+        {
+            if host::remove_response_header(name).is_err() {
+                host::log(LogLevel::Warn, "could not strip an account response header");
+            }
+        }
         attempt.status = Some(status);
         attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
         attempt.quota = evidence::quota_from_headers(lookup, now_ms);

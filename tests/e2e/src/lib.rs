@@ -776,3 +776,128 @@ pub async fn import_account(
     ])?;
     Ok(account)
 }
+
+/// `error.code` of an OpenAI-shaped error body; fails the test when the body is not one (an
+/// assertion helper, so it panics like `assert!`).
+#[allow(clippy::panic)]
+pub fn openai_error_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert!(
+        v["error"]["message"].is_string(),
+        "OpenAI-shaped error: {body}"
+    );
+    v["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// An answer read off the wire by [`raw_http`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lowercased, in the order received (repeats kept).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one HTTP/1.1 request exactly as written (like `curl --path-as-is`: no client-side
+/// normalization of the path) and reads the answer to the end (`Connection: close`).
+/// `head_lines` are extra header lines (`Name: value`); a body gets its `Content-Length`.
+pub async fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    head_lines: &[String],
+    body: &[u8],
+) -> Result<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for line in head_lines {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    // One write: a server that answers before reading the body must still have read it all,
+    // or its close turns into a reset that swallows the answer.
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => bail!("no complete answer within 20 s"),
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+            // A reset after the whole answer arrived (the server closed with our bytes unread).
+            Ok(Err(e)) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                break
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    parse_raw_response(&raw)
+}
+
+fn parse_raw_response(raw: &[u8]) -> Result<RawResponse> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no header end in {:?}", String::from_utf8_lossy(raw)))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = body.as_slice();
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| anyhow!("truncated chunked body"))?;
+            let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .with_context(|| format!("bad chunk size {size_text:?}"))?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            if rest.len() < size + 2 {
+                bail!("truncated chunk");
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Ok(RawResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

@@ -4,20 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{sse, turn_body, Envoy, Stack, POOL};
+use codexmesh_e2e::{openai_error_code, sse, turn_body, Envoy, Stack, POOL};
 use serde_json::{json, Value};
 
 fn header<'a>(req: &'a Value, name: &str) -> Option<&'a str> {
     req["headers"][name].as_str()
-}
-
-fn error_code(body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
-    assert!(
-        v["error"]["message"].is_string(),
-        "OpenAI-shaped error: {body}"
-    );
-    v["error"]["code"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +83,7 @@ async fn missing_unknown_and_revoked_keys_get_401_and_nothing_goes_upstream() {
     loop {
         let (status, body) = stack.turn(&revoked_key).await.unwrap();
         if status == 401 {
-            assert_eq!(error_code(&body), "invalid_api_key");
+            assert_eq!(openai_error_code(&body), "invalid_api_key");
             assert!(body.contains("revoked"), "{body}");
             break;
         }
@@ -118,7 +109,10 @@ async fn missing_unknown_and_revoked_keys_get_401_and_nothing_goes_upstream() {
         no_key.headers()["content-type"].to_str().unwrap(),
         "application/json"
     );
-    assert_eq!(error_code(&no_key.text().await.unwrap()), "invalid_api_key");
+    assert_eq!(
+        openai_error_code(&no_key.text().await.unwrap()),
+        "invalid_api_key"
+    );
 
     let malformed = stack
         .http
@@ -135,7 +129,7 @@ async fn missing_unknown_and_revoked_keys_get_401_and_nothing_goes_upstream() {
         .await
         .unwrap();
     assert_eq!(status, 401);
-    assert_eq!(error_code(&body), "invalid_api_key");
+    assert_eq!(openai_error_code(&body), "invalid_api_key");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
 
@@ -345,7 +339,10 @@ async fn before_any_snapshot_requests_get_503_then_serve_once_it_arrives() {
         .unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    assert_eq!(error_code(&resp.text().await.unwrap()), "gateway_not_ready");
+    assert_eq!(
+        openai_error_code(&resp.text().await.unwrap()),
+        "gateway_not_ready"
+    );
 
     // Now the control plane appears on that port: the Envoy reconnects by itself.
     cp2.grpc_addr = Some(grpc);
@@ -382,7 +379,10 @@ async fn wrong_push_token_gets_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(error_code(&resp.text().await.unwrap()), "gateway_not_ready");
+    assert_eq!(
+        openai_error_code(&resp.text().await.unwrap()),
+        "gateway_not_ready"
+    );
     let log = envoy.proc.log_text();
     assert!(
         log.contains("rejected the push token"),
@@ -474,7 +474,7 @@ async fn websocket_upgrades_are_refused_with_426_json() {
         .unwrap();
     assert_eq!(resp.status(), 426);
     assert_eq!(
-        error_code(&resp.text().await.unwrap()),
+        openai_error_code(&resp.text().await.unwrap()),
         "websocket_not_supported"
     );
 }

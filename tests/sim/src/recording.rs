@@ -213,6 +213,9 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
     if let Some(r) = g.requests.iter_mut().rev().find(|r| r.seq == seq) {
         r.status = Some(status);
     }
+    if g.behavior.session_cookies {
+        add_session_cookies(resp.headers_mut(), account_id.as_deref(), seq);
+    }
     if path.contains("/codex/") && !resp.headers().contains_key("x-codex-primary-used-percent") {
         if let Some(acc) = account_id.as_deref() {
             let now = st.clock.now();
@@ -224,6 +227,24 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
         }
     }
     resp
+}
+
+/// The cookies chatgpt.com's edge and backend set: bot management on every answer, and the
+/// account's `_puid` when the bearer named one (a client holding it could act as the account).
+fn add_session_cookies(headers: &mut HeaderMap, account_id: Option<&str>, seq: u64) {
+    let mut cookies = vec![format!(
+        "__cf_bm=sim{seq:016x}; path=/; domain=.chatgpt.com; HttpOnly; Secure; SameSite=None"
+    )];
+    if let Some(account) = account_id {
+        cookies.push(format!(
+            "_puid=user-{account}:{seq}; path=/; domain=.chatgpt.com; HttpOnly; Secure; SameSite=Lax"
+        ));
+    }
+    for cookie in cookies {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&cookie) {
+            headers.append(axum::http::header::SET_COOKIE, value);
+        }
+    }
 }
 
 /// Lowercase hex.

@@ -159,6 +159,9 @@ pub struct Behavior {
     pub reset_after_headers: bool,
     /// Send an `x-codex-turn-state` header on model turns.
     pub turn_state: bool,
+    /// Send session cookies on every answer, as chatgpt.com does behind Cloudflare: a
+    /// `__cf_bm` bot-management cookie, and `_puid` naming the account of the bearer.
+    pub session_cookies: bool,
     /// Replace the model catalogue (a JSON array of model objects).
     pub models: Option<Value>,
     /// Delay of the token endpoint for accounts without their own (ms).
@@ -192,6 +195,7 @@ impl Default for Behavior {
             response_delay_ms: 0,
             reset_after_headers: true,
             turn_state: true,
+            session_cookies: true,
             models: None,
             refresh_delay_ms: 0,
             device_login_enabled: true,
@@ -227,6 +231,8 @@ pub struct BehaviorPatch {
     pub reset_after_headers: Option<bool>,
     /// See [`Behavior::turn_state`].
     pub turn_state: Option<bool>,
+    /// See [`Behavior::session_cookies`].
+    pub session_cookies: Option<bool>,
     /// See [`Behavior::models`]; `null` restores the built-in catalogue.
     #[serde(default, deserialize_with = "double_option")]
     pub models: Option<Option<Value>>,
@@ -310,6 +316,9 @@ impl Behavior {
         }
         if let Some(v) = p.turn_state {
             self.turn_state = v;
+        }
+        if let Some(v) = p.session_cookies {
+            self.session_cookies = v;
         }
         if let Some(v) = p.models {
             self.models = v;

@@ -779,3 +779,48 @@ async fn http2_prior_knowledge_streams_too() {
     }
     s.sim.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn answers_carry_session_cookies_like_chatgpt_unless_turned_off() {
+    let s = Sim::new().await;
+    let acc = s.account(json!({"account_id": "acc-cookie"})).await;
+    let token = acc["access_token"].as_str().unwrap();
+    let cookies = |r: &Response| -> Vec<String> {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+
+    let r = s
+        .turn(token, json!({"model": "gpt-5.1-codex", "input": []}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let set = cookies(&r);
+    assert!(set.iter().any(|c| c.starts_with("__cf_bm=")), "{set:?}");
+    assert!(
+        set.iter().any(|c| c.starts_with("_puid=user-acc-cookie:")),
+        "the account's own cookie: {set:?}"
+    );
+
+    // Unauthenticated answers get only the edge cookie.
+    let r = s
+        .http
+        .get(s.url("/backend-api/conversations"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let set = cookies(&r);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(set[0].starts_with("__cf_bm="));
+
+    s.post("/__sim/behavior", json!({"session_cookies": false}))
+        .await;
+    let r = s
+        .turn(token, json!({"model": "gpt-5.1-codex", "input": []}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(cookies(&r).is_empty());
+}

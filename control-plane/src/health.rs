@@ -5,8 +5,9 @@
 //! - **success**: status 2xx/3xx and no `error_source` of `upstream`/`transport` (a stream the
 //!   filter saw fail after a 200 carries one);
 //! - **quota**: 429: quota evidence, never a health penalty (the quota view handles it);
-//! - **neutral**: the client's doing: `error_source = "client"`, or a 4xx other than
-//!   401/403/408/429 (400 `Unsupported parameter`, 404, 413 ...);
+//! - **neutral**: the client's doing: `error_source = "client"` (a client error, or an attempt
+//!   cut short because the client hung up: `error_code = "client_cancelled"`), or a 4xx other
+//!   than 401/403/408/429 (400 `Unsupported parameter`, 404, 413 ...);
 //! - **failure**: everything that says the account or its upstream path is unwell: 5xx, 401,
 //!   403, 408, status 0 (reset / connect failure), or any `upstream`/`transport` error source.
 //!   The gateway's router retries all of these on another account, so every failure also forced
@@ -173,6 +174,8 @@ mod tests {
         assert_eq!(classify(503, Some("upstream")), Class::Failure);
         assert_eq!(classify(0, Some("transport")), Class::Failure);
         assert_eq!(classify(0, None), Class::Failure);
+        // An attempt the client hung up on (the filter's client_cancelled): nobody's failure.
+        assert_eq!(classify(0, Some("client")), Class::Neutral);
     }
 
     #[test]

@@ -47,13 +47,32 @@ where
     })
 }
 
-/// The body's top-level `prompt_cache_key` (a weaker locality key: the Codex CLI sets it to the
-/// thread id, SDK users often set it themselves). A scan, not a parse: bodies carry whole
-/// transcripts and only this one string is needed. Inside JSON string values the quotes are
-/// escaped, so `"prompt_cache_key"` followed by a colon can only be an object key.
+/// How much of a body's head is searched for `prompt_cache_key` (SDKs that put it first).
+pub const LOCALITY_HEAD_BYTES: usize = 16 * 1024;
+/// How much of a body's tail is searched. The Codex CLI writes `prompt_cache_key` after the
+/// transcript (`input`, then tools, then the key, then small fields) and the OpenAI SDKs write
+/// keys in alphabetical order (after `input`, before `tools`): near the end, not the start.
+pub const LOCALITY_TAIL_BYTES: usize = 64 * 1024;
+
+/// Where to look for the locality key in a body of `total` bytes: the head window and, when the
+/// body is longer than that, the tail window (start, length). The work is bounded by the two
+/// windows whatever the body's size; a key sitting only in the middle is not found.
+pub fn locality_windows(total: usize) -> ((usize, usize), Option<(usize, usize)>) {
+    let head = total.min(LOCALITY_HEAD_BYTES);
+    if total <= head {
+        return ((0, head), None);
+    }
+    let tail = (total - head).min(LOCALITY_TAIL_BYTES);
+    ((0, head), Some((total - tail, tail)))
+}
+
+/// The body's `prompt_cache_key` (a weaker locality key: the Codex CLI sets it to the thread id,
+/// SDK users often set it themselves). A search, not a parse, so it works on a window of the
+/// body: inside JSON string values quotes are escaped, so `"prompt_cache_key"` followed by a
+/// colon can only be an object key, and a window edge can only hide the key, never fake one.
 pub fn prompt_cache_key(body: &[u8]) -> Option<String> {
     const NEEDLE: &[u8] = b"\"prompt_cache_key\"";
-    let start = body.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let start = memchr::memmem::find(body, NEEDLE)? + NEEDLE.len();
     let rest = body.get(start..)?;
     let mut i = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     if rest.get(i) != Some(&b':') {
@@ -68,7 +87,7 @@ pub fn prompt_cache_key(body: &[u8]) -> Option<String> {
         return None;
     }
     let value = rest.get(i + 1..)?;
-    let end = value.iter().position(|b| *b == b'"' || *b == b'\\')?;
+    let end = memchr::memchr2(b'"', b'\\', value)?;
     let key = std::str::from_utf8(value.get(..end)?).ok()?.trim();
     (!key.is_empty()).then(|| key.chars().take(MAX_KEY_LEN).collect())
 }
@@ -144,6 +163,46 @@ mod tests {
             None
         );
         assert_eq!(prompt_cache_key(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn locality_windows_are_bounded_whatever_the_body_size() {
+        assert_eq!(locality_windows(0), ((0, 0), None));
+        assert_eq!(locality_windows(100), ((0, 100), None));
+        assert_eq!(
+            locality_windows(LOCALITY_HEAD_BYTES),
+            ((0, LOCALITY_HEAD_BYTES), None)
+        );
+        assert_eq!(
+            locality_windows(LOCALITY_HEAD_BYTES + 10),
+            ((0, LOCALITY_HEAD_BYTES), Some((LOCALITY_HEAD_BYTES, 10)))
+        );
+        let big = 50 * 1024 * 1024;
+        let (head, tail) = locality_windows(big);
+        assert_eq!(head, (0, LOCALITY_HEAD_BYTES));
+        assert_eq!(tail, Some((big - LOCALITY_TAIL_BYTES, LOCALITY_TAIL_BYTES)));
+    }
+
+    #[test]
+    fn a_codex_shaped_transcript_finds_its_key_in_the_tail_window() {
+        // model, instructions, a long input, tools, then the key (the Codex CLI's order).
+        let filler = "x".repeat(1000);
+        let input: Vec<String> = (0..300)
+            .map(|i| format!(r#"{{"type":"message","role":"user","content":[{{"type":"input_text","text":"{i} {filler} \"prompt_cache_key\": \"fake\""}}]}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"model":"gpt-5.1-codex","instructions":"be brief","input":[{}],"tools":[],"tool_choice":"auto","parallel_tool_calls":false,"store":false,"stream":true,"include":[],"prompt_cache_key":"thread-42","client_metadata":{{}}}}"#,
+            input.join(",")
+        );
+        assert!(body.len() > 250_000);
+        let (head, tail) = locality_windows(body.len());
+        let bytes = body.as_bytes();
+        assert_eq!(prompt_cache_key(&bytes[head.0..head.0 + head.1]), None);
+        let (start, len) = tail.unwrap();
+        assert_eq!(
+            prompt_cache_key(&bytes[start..start + len]).as_deref(),
+            Some("thread-42")
+        );
     }
 
     #[test]

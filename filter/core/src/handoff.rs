@@ -6,6 +6,11 @@
 /// The filter-state property name (`set_property(["codexmesh.route"])`).
 pub const PROPERTY: &str = "codexmesh.route";
 
+/// Filter-state flag the listener filter sets when the client's stream ends before its answer
+/// completed. Envoy destroys the listener filter before the router, and the router resets its
+/// attempts on destroy, so every attempt still running then sees the flag in its `on_done`.
+pub const CLIENT_GONE_PROPERTY: &str = "codexmesh.client_gone";
+
 const FORMAT_TAG: &str = "cmr3";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -1,7 +1,9 @@
 //! What one upstream attempt's answer means for its account, and how that changes the local
 //! state. Pingora's rule: the error says where it came from, and the failover decision reads
 //! that: a client's bad request never counts against an account, a 429 is quota (not health),
-//! 5xx and broken connections are health.
+//! 5xx and broken connections are health, and an attempt cut short because the client went away
+//! (a hang-up, Esc, a cancelled tool call, a load generator stopping) is nobody's failure: it
+//! changes no account's state and is logged as `client_cancelled`.
 
 use crate::evidence::UsageLimit;
 use crate::local::LocalAccount;
@@ -25,6 +27,26 @@ pub enum Verdict {
     UpstreamFailure,
     /// No answer at all: reset, refused or timed-out connection.
     TransportFailure,
+    /// No answer because the client's stream ended first: never the account's doing.
+    ClientCancelled,
+}
+
+/// Why an attempt ended without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// The client's stream ended before the answer came (the listener filter saw it go).
+    ClientGone,
+    /// The connection to the upstream failed or was reset.
+    Transport,
+}
+
+impl NoAnswer {
+    pub fn verdict(self) -> Verdict {
+        match self {
+            Self::ClientGone => Verdict::ClientCancelled,
+            Self::Transport => Verdict::TransportFailure,
+        }
+    }
 }
 
 impl Verdict {
@@ -32,7 +54,7 @@ impl Verdict {
     pub fn source(self) -> &'static str {
         match self {
             Self::Success => "",
-            Self::ClientError => "client",
+            Self::ClientError | Self::ClientCancelled => "client",
             Self::UsageLimited { .. } | Self::AuthRejected | Self::UpstreamFailure => "upstream",
             Self::TransportFailure => "transport",
         }
@@ -40,6 +62,14 @@ impl Verdict {
 
     pub fn is_success(self) -> bool {
         self == Self::Success
+    }
+
+    /// The request log's error code when the answer itself carried none.
+    pub fn error_code(self) -> Option<&'static str> {
+        match self {
+            Self::ClientCancelled => Some("client_cancelled"),
+            _ => None,
+        }
     }
 }
 
@@ -131,7 +161,7 @@ pub fn apply(
                 state.auth_failed_token = 0;
             }
         }
-        Verdict::ClientError => {}
+        Verdict::ClientError | Verdict::ClientCancelled => {}
         Verdict::UsageLimited { until_ms, guessed } => {
             state.cooldown_until_ms = state.cooldown_until_ms.max(until_ms);
             if guessed {
@@ -252,6 +282,33 @@ mod tests {
         }
         assert_eq!(&delays[..4], &[1000, 2000, 4000, 8000]);
         assert_eq!(*delays.last().unwrap(), 1_800_000);
+    }
+
+    #[test]
+    fn a_client_hanging_up_is_nobodys_failure() {
+        let l = limits();
+        let mut s = LocalAccount {
+            consecutive_failures: 2,
+            ..Default::default()
+        };
+        for i in 0..100 {
+            apply(&mut s, NoAnswer::ClientGone.verdict(), 1, &l, i);
+        }
+        assert_eq!(s.consecutive_failures, 2, "neither a failure nor a success");
+        assert_eq!(s.circuit_open_until_ms, 0);
+        assert_eq!(s.cooldown_until_ms, 0);
+        let v = NoAnswer::ClientGone.verdict();
+        assert_eq!(
+            (v.source(), v.error_code()),
+            ("client", Some("client_cancelled"))
+        );
+        let t = NoAnswer::Transport.verdict();
+        assert_eq!((t.source(), t.error_code()), ("transport", None));
+        apply(&mut s, t, 1, &l, 200);
+        assert_eq!(
+            s.circuit_open_until_ms, 60_200,
+            "a real transport failure still counts"
+        );
     }
 
     #[test]

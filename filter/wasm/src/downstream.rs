@@ -7,7 +7,9 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use codexmesh_filter_core::affinity::{affinity_key, prompt_cache_key};
+use codexmesh_filter_core::affinity::{
+    affinity_key, locality_windows, prompt_cache_key, LOCALITY_HEAD_BYTES,
+};
 use codexmesh_filter_core::endpoints::{self, Endpoint, Serving};
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
@@ -44,9 +46,26 @@ pub struct Downstream {
     endpoint: Option<Endpoint>,
     /// The client's `x-codex-turn-state`, read with the head.
     turn_state: Option<String>,
+    /// The answer's last byte went to the client.
+    answered: bool,
+    /// The body's head window was searched for the locality key.
+    head_searched: bool,
 }
 
-impl Context for Downstream {}
+impl Context for Downstream {
+    /// The stream is over. If it was routed and its answer never completed, the client went
+    /// away (or its stream was cut): attempts still in flight are told, so none counts against
+    /// its account (see `CLIENT_GONE_PROPERTY`).
+    fn on_done(&mut self) -> bool {
+        if self.routed.is_some()
+            && !self.answered
+            && host::set_property(&[handoff::CLIENT_GONE_PROPERTY], b"1").is_err()
+        {
+            host::log(LogLevel::Warn, "could not mark a cancelled request");
+        }
+        true
+    }
+}
 
 impl HttpContext for Downstream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -99,21 +118,28 @@ impl HttpContext for Downstream {
         if self.pending.is_none() {
             return Action::Continue;
         }
+        // Only two bounded windows of the body are ever copied and searched, so the cost does
+        // not grow with the transcript (affinity::locality_windows).
+        let (head, tail) = locality_windows(body_size);
+        if !self.head_searched && (head.1 == LOCALITY_HEAD_BYTES || end_of_stream) {
+            self.head_searched = true;
+            let key = host::request_body_range(head.0, head.1).and_then(|b| prompt_cache_key(&b));
+            if key.is_some() {
+                return self.route_pending(key);
+            }
+        }
         if !end_of_stream {
-            // Envoy buffers until the end (bounded by the route's buffer limit).
+            // Envoy buffers the rest (bounded by the route's buffer limit): no copy into the VM.
             return Action::Pause;
         }
-        let Some(authed) = self.pending.take() else {
-            return Action::Continue;
-        };
-        let key = host::request_body(body_size).and_then(|b| prompt_cache_key(&b));
-        match self.route(authed, key, host::now_ms()) {
-            Ok(()) => Action::Continue,
-            Err(err) => reply_error(&err),
-        }
+        let key = tail
+            .and_then(|(start, len)| host::request_body_range(start, len))
+            .and_then(|b| prompt_cache_key(&b));
+        self.route_pending(key)
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.answered = end_of_stream;
         let status = host::response_header(":status").and_then(|s| s.parse::<u16>().ok());
         let replacement = match status {
             // The last account's 429 speaks for one account; the pool's answer names the
@@ -142,6 +168,7 @@ impl HttpContext for Downstream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.answered = end_of_stream;
         let Some(err) = self.replacement.as_ref() else {
             return Action::Continue;
         };
@@ -187,6 +214,17 @@ fn authenticate(head: &RequestHead) -> Result<Routed, GatewayError> {
 }
 
 impl Downstream {
+    /// Routes the request that waited for its body, with the locality key found there (if any).
+    fn route_pending(&mut self, key: Option<String>) -> Action {
+        let Some(authed) = self.pending.take() else {
+            return Action::Continue;
+        };
+        match self.route(authed, key, host::now_ms()) {
+            Ok(()) => Action::Continue,
+            Err(err) => reply_error(&err),
+        }
+    }
+
     fn route(
         &mut self,
         authed: Routed,

@@ -57,15 +57,6 @@ pub fn shared_data(key: &str) -> Option<Vec<u8>> {
     hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
 }
 
-/// A shared-data value with its CAS token: the token changes on every write, so a reader can
-/// tell "same value as last time" without parsing it.
-pub fn shared_data_with_cas(key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(v), cas)) => Some((v, cas)),
-        _ => None,
-    }
-}
-
 pub fn set_shared_data(key: &str, value: &[u8]) -> Result<(), Status> {
     hostcalls::set_shared_data(key, Some(value), None)
 }
@@ -133,8 +124,9 @@ pub fn replace_response_body(size: usize, body: &[u8]) -> Result<(), Status> {
     hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body)
 }
 
-pub fn request_body(size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+/// `len` bytes of the (buffered) request body from `start`: only they are copied into the VM.
+pub fn request_body_range(start: usize, len: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, start, len)
         .ok()
         .flatten()
 }

@@ -11,7 +11,7 @@ use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQu
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
 use codexmesh_filter_core::turnstate;
-use codexmesh_filter_core::verdict::{self, Verdict};
+use codexmesh_filter_core::verdict::{self, NoAnswer, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -32,6 +32,8 @@ struct Attempt {
     path: String,
     /// Filled when the answer's headers arrive; None means no answer (reset, refused).
     status: Option<u32>,
+    /// Why there was no answer, decided when the attempt ends without one.
+    no_answer: Option<NoAnswer>,
     quota: Option<pb::QuotaSummary>,
     retry_after_ms: Option<i64>,
     body: Option<UsageLimit>,
@@ -106,6 +108,13 @@ impl Upstream {
         let mut attempt = attempt;
         if attempt.status.is_none() {
             attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
+            // Only an attempt without an answer pays for this lookup.
+            let client_gone = host::property(&[handoff::CLIENT_GONE_PROPERTY]).is_some();
+            attempt.no_answer = Some(if client_gone {
+                NoAnswer::ClientGone
+            } else {
+                NoAnswer::Transport
+            });
             apply_verdict(&attempt, now_ms);
         }
         enqueue(&outcome(&attempt, now_ms));
@@ -179,6 +188,7 @@ impl Upstream {
             started_ms: now_ms,
             path,
             status: None,
+            no_answer: None,
             quota: None,
             retry_after_ms: None,
             body: None,
@@ -232,6 +242,9 @@ impl Upstream {
 
 /// What this attempt's answer means, given the account's local state (for the backoff ladder).
 fn verdict_of(attempt: &Attempt, state: &LocalAccount, now_ms: i64) -> Verdict {
+    if let (None, Some(cause)) = (attempt.status, attempt.no_answer) {
+        return cause.verdict();
+    }
     verdict::classify(
         attempt.status.unwrap_or(0),
         attempt.quota.as_ref(),
@@ -250,6 +263,10 @@ fn apply_verdict(attempt: &Attempt, now_ms: i64) {
     // moved, needs no write: a shared data write (and its compare-and-swap) per request is the
     // costliest host call here.
     let current = cache::local_table().get(&account);
+    if verdict_of(attempt, &current, now_ms) == Verdict::ClientCancelled {
+        // Nothing learned about the account.
+        return;
+    }
     let quota_news = attempt.quota.as_ref().is_some_and(|observed| {
         let snapshot = cache::current();
         let believed = snapshot
@@ -323,7 +340,10 @@ fn outcome(attempt: &Attempt, now_ms: i64) -> pb::Outcome {
         account_id: attempt.account_id.clone(),
         attempt: attempt.attempt,
         status,
-        error_code: body.error_type,
+        error_code: match (body.error_type.is_empty(), v.error_code()) {
+            (true, Some(code)) => code.to_string(),
+            _ => body.error_type,
+        },
         started_at_unix_ms: attempt.started_ms,
         latency_ms: attempt.latency_ms,
         quota: attempt.quota,

@@ -355,6 +355,63 @@ async fn prompt_cache_key_keeps_sdk_requests_together_without_session_headers() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_key_is_found_at_either_end_of_a_long_transcript() {
+    let stack = Stack::start(3).await.unwrap();
+    let url = stack.envoy.url("/backend-api/codex/responses");
+    // ~300 KB of transcript; the user's text even mentions the key (escaped, so never a match).
+    let filler = "y".repeat(1000);
+    let input: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"type":"message","role":"user","content":[{{"type":"input_text","text":"{i} {filler} \"prompt_cache_key\": \"decoy\""}}]}}"#))
+        .collect();
+    let input = input.join(",");
+    // The Codex CLI's order: the key after the transcript. An SDK may put it first.
+    let codex_order = |key: &str| {
+        format!(
+            r#"{{"model":"gpt-5.1-codex","instructions":"t","input":[{input}],"tools":[],"tool_choice":"auto","parallel_tool_calls":false,"store":false,"stream":true,"include":[],"prompt_cache_key":"{key}","client_metadata":{{}}}}"#
+        )
+    };
+    let key_first = |key: &str| {
+        format!(
+            r#"{{"prompt_cache_key":"{key}","model":"gpt-5.1-codex","input":[{input}],"store":false,"stream":true}}"#
+        )
+    };
+    let small = |key: &str| {
+        let mut body = turn_body("hi");
+        body["prompt_cache_key"] = json!(key);
+        body.to_string()
+    };
+    stack.sim.clear_requests().await.unwrap();
+    for i in 0..8 {
+        let key = format!("transcript-{i}");
+        for body in [small(&key), codex_order(&key), key_first(&key)] {
+            let resp = stack
+                .http
+                .post(&url)
+                .bearer_auth(&stack.key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap();
+        }
+    }
+    let served = served_accounts(&stack).await;
+    assert_eq!(served.len(), 24);
+    for (i, per_key) in served.chunks(3).enumerate() {
+        assert!(
+            per_key.iter().all(|a| *a == per_key[0]),
+            "transcript-{i}: small body, key after the transcript and key first went to {per_key:?}"
+        );
+    }
+    assert!(
+        served.iter().collect::<BTreeSet<_>>().len() >= 2,
+        "keys still spread"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zstd_bodies_are_replayed_intact_on_failover() {
     let stack = Stack::start(2).await.unwrap();
     let url = stack.envoy.url("/backend-api/codex/responses");

@@ -13,6 +13,7 @@ pub mod evidence;
 pub mod handoff;
 pub mod headers;
 pub mod local;
+pub mod outbox;
 pub mod routing;
 pub mod snapshot;
 pub mod supervisor;

@@ -10,6 +10,7 @@ mod service;
 mod upstream;
 
 use codexmesh_filter_core::config::{self, Role};
+use codexmesh_filter_core::outbox;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
@@ -59,6 +60,16 @@ impl RootContext for Root {
                 return false;
             }
         };
+        if matches!(role, Role::Upstream) {
+            // This worker's outcome outbox is flushed on the tick (filter_core::outbox).
+            let period = u64::try_from(outbox::MAX_WAIT_MS).unwrap_or(100);
+            if host::set_tick_period(period).is_err() {
+                host::log(
+                    LogLevel::Warn,
+                    "no tick: outcomes wait for the next request",
+                );
+            }
+        }
         if let Role::Service(cfg) = &role {
             // on_configure may run more than once: keep the stream we already have.
             match self.service.as_mut() {
@@ -79,6 +90,9 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(service) = self.service.as_mut() {
             service.on_tick(host::now_ms());
+        }
+        if matches!(self.role, Some(Role::Upstream)) {
+            upstream::flush_outcomes(host::now_ms());
         }
     }
 

@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use codexmesh_filter_core::config::ServiceConfig;
-use codexmesh_filter_core::pb;
 use codexmesh_filter_core::snapshot::encode_version;
 use codexmesh_filter_core::supervisor::{Action, Supervisor};
+use codexmesh_filter_core::{outbox, pb};
 use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
@@ -242,7 +242,8 @@ impl Service {
         for _ in 0..PENDING_CAP {
             match hostcalls::dequeue_shared_queue(queue_id) {
                 Ok(Some(bytes)) => {
-                    if let Ok(outcome) = pb::Outcome::decode(bytes.as_slice()) {
+                    // Each message is one worker's batch (filter_core::outbox).
+                    for outcome in outbox::decode(&bytes).unwrap_or_default() {
                         if self.pending.len() >= PENDING_CAP {
                             self.pending.pop_front();
                             self.dropped_outcomes = self.dropped_outcomes.saturating_add(1);

@@ -8,6 +8,7 @@ use codexmesh_filter_core::evidence::{self, UsageLimit};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::headers::is_account_response_header;
 use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQuota};
+use codexmesh_filter_core::outbox::Outbox;
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
 use codexmesh_filter_core::turnstate;
@@ -117,7 +118,7 @@ impl Upstream {
             });
             apply_verdict(&attempt, now_ms);
         }
-        enqueue(&outcome(&attempt, now_ms));
+        enqueue(outcome(&attempt, now_ms), now_ms);
     }
 
     fn inject(&mut self, now_ms: i64) -> Result<(), GatewayError> {
@@ -202,9 +203,6 @@ impl Upstream {
         let Some(attempt) = self.attempt.as_mut() else {
             return;
         };
-        let status = host::response_header(":status")
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(0);
         let headers = host::response_headers();
         let lookup = |name: &str| {
             headers
@@ -212,6 +210,9 @@ impl Upstream {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
+        let status = lookup(":status")
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
         // Nothing of the account's session (cookies, echoed credentials) reaches the client.
         for (name, _) in headers
             .iter()
@@ -365,14 +366,44 @@ fn outcome(attempt: &Attempt, now_ms: i64) -> pb::Outcome {
     }
 }
 
-fn enqueue(outcome: &pb::Outcome) {
-    use prost::Message;
-    let queue = match hostcalls::resolve_shared_queue(VM_ID, OUTCOME_QUEUE) {
-        Ok(Some(id)) => id,
-        // No service running (e.g. a test config without it): outcomes have nowhere to go.
-        _ => return,
-    };
-    if hostcalls::enqueue_shared_queue(queue, Some(&outcome.encode_to_vec())).is_err() {
-        host::log(LogLevel::Warn, "outcome queue refused a record");
+thread_local! {
+    /// The outcome queue's id in this VM, resolved once (again if the service came back).
+    static QUEUE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    /// Outcomes waiting to be handed to the service in one message (see `outbox`).
+    static OUTBOX: std::cell::RefCell<Outbox> = std::cell::RefCell::new(Outbox::default());
+}
+
+fn enqueue(outcome: pb::Outcome, now_ms: i64) {
+    if let Some(batch) = OUTBOX.with(|o| o.borrow_mut().push(outcome, now_ms)) {
+        send(&batch);
     }
+}
+
+/// Hands on what waited long enough; called on the upstream root's tick.
+pub fn flush_outcomes(now_ms: i64) {
+    if let Some(batch) = OUTBOX.with(|o| o.borrow_mut().flush_due(now_ms)) {
+        send(&batch);
+    }
+}
+
+fn send(batch: &[u8]) {
+    for _ in 0..2 {
+        let queue = match QUEUE.with(std::cell::Cell::get) {
+            Some(id) => id,
+            None => match hostcalls::resolve_shared_queue(VM_ID, OUTCOME_QUEUE) {
+                Ok(Some(id)) => {
+                    QUEUE.with(|q| q.set(Some(id)));
+                    id
+                }
+                // No service running (e.g. a test config without it): nowhere to go.
+                _ => return,
+            },
+        };
+        if hostcalls::enqueue_shared_queue(queue, Some(batch)).is_ok() {
+            return;
+        }
+        // The queue went away (the service's VM was replaced): resolve it again once.
+        QUEUE.with(|q| q.set(None));
+    }
+    host::log(LogLevel::Warn, "outcome queue refused a batch");
 }

@@ -263,9 +263,12 @@ pub fn rank<'a>(
     let mut eligible = Vec::new();
     let mut half_open = Vec::new();
     let mut out = Vec::new();
-    // Stable base order, so every Envoy replica agrees on what "next" means.
+    // Stable base order, so every Envoy replica agrees on what "next" means. Snapshots arrive
+    // sorted by id (SnapshotIndex::new), so this costs one pass, not a sort per request.
     let mut accounts: Vec<&pb::Account> = pool.accounts.iter().collect();
-    accounts.sort_by(|a, b| a.id.cmp(&b.id));
+    if !accounts.is_sorted_by(|a, b| a.id <= b.id) {
+        accounts.sort_by(|a, b| a.id.cmp(&b.id));
+    }
     for account in accounts {
         match eligibility(account, &local.get(&account.id), &limits, now_ms) {
             Eligibility::Eligible => eligible.push(account),
@@ -338,13 +341,17 @@ fn order<'a>(
         pb::Strategy::RoundRobin | pb::Strategy::QuotaFirst | pb::Strategy::Unspecified => {
             if let Some(key) = input.affinity_key {
                 // Rendezvous over the eligible set: the session's account first, and a stable
-                // order behind it, so a session moves only when its account drops out.
-                list.sort_by(|a, b| {
-                    rendezvous_score(key, &b.id, b.weight)
-                        .total_cmp(&rendezvous_score(key, &a.id, a.weight))
-                        .then(a.id.cmp(&b.id))
-                });
-                return (list, Reason::Affinity);
+                // order behind it, so a session moves only when its account drops out. Each
+                // score is computed once (not twice per comparison).
+                let mut scored: Vec<(f64, &pb::Account)> = list
+                    .iter()
+                    .map(|a| (rendezvous_score(key, &a.id, a.weight), *a))
+                    .collect();
+                scored.sort_by(|(sa, a), (sb, b)| sb.total_cmp(sa).then(a.id.cmp(&b.id)));
+                return (
+                    scored.into_iter().map(|(_, a)| a).collect(),
+                    Reason::Affinity,
+                );
             }
             if strategy == pb::Strategy::RoundRobin {
                 (weighted_round_robin(&list, input.turn), Reason::Strategy)
@@ -490,6 +497,50 @@ mod tests {
 
     fn ids(v: &[&pb::Account]) -> Vec<String> {
         v.iter().map(|a| a.id.clone()).collect()
+    }
+
+    #[test]
+    fn a_snapshot_sorted_once_ranks_exactly_like_an_unsorted_pool() {
+        // Ids deliberately out of order; the index sorts them once, rank() must not care.
+        let mut p = pool(0);
+        p.accounts = (0..300)
+            .rev()
+            .map(|i| {
+                account(
+                    &format!("acc-{:04}", (i * 7919) % 300),
+                    pb::AccountState::Active,
+                )
+            })
+            .collect();
+        let unsorted = p.clone();
+        let index = SnapshotIndex::new(pb::Snapshot {
+            version: 1,
+            pools: vec![p],
+            ..Default::default()
+        });
+        let sorted = index.pool(0).unwrap();
+        assert!(sorted.accounts.is_sorted_by(|a, b| a.id <= b.id));
+        let local = LocalTable::default();
+        for (i, strategy) in [pb::Strategy::QuotaFirst, pb::Strategy::RoundRobin]
+            .into_iter()
+            .enumerate()
+        {
+            let s = settings(strategy);
+            for key in [None, Some("session-1"), Some("session-2")] {
+                let input = RouteInput {
+                    affinity_key: key,
+                    turn: i as u64,
+                    ..Default::default()
+                };
+                assert_eq!(
+                    ids(&rank(sorted, Some(&s), &local, input, 0).unwrap().accounts),
+                    ids(&rank(&unsorted, Some(&s), &local, input, 0)
+                        .unwrap()
+                        .accounts),
+                    "{strategy:?} {key:?}"
+                );
+            }
+        }
     }
 
     fn settings(strategy: pb::Strategy) -> pb::RoutingSettings {

@@ -51,7 +51,12 @@ impl SnapshotIndex {
         Ok(Self::new(snapshot))
     }
 
-    pub fn new(snapshot: pb::Snapshot) -> Self {
+    pub fn new(mut snapshot: pb::Snapshot) -> Self {
+        // Routing walks accounts in id order (the same on every replica): sort once here, not
+        // per request.
+        for pool in &mut snapshot.pools {
+            pool.accounts.sort_by(|a, b| a.id.cmp(&b.id));
+        }
         let mut keys_by_hash = BTreeMap::new();
         let mut accounts_by_id = BTreeMap::new();
         for (pool_ix, pool) in snapshot.pools.iter().enumerate() {

@@ -272,7 +272,18 @@ impl Downstream {
             pool_id: pool.id.clone(),
             key_id: key.id.clone(),
             max_attempts: attempts,
-            ranked_accounts: ranking.accounts.iter().map(|a| a.id.clone()).collect(),
+            // The attempts take from the front; two spares cover candidates that drop out
+            // between now and their attempt. The rest of a large pool never travels.
+            ranked_accounts: ranking
+                .accounts
+                .iter()
+                .take(
+                    usize::try_from(attempts)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(2),
+                )
+                .map(|a| a.id.clone())
+                .collect(),
             strategy: routing::strategy_name(ranking.strategy).to_string(),
             reason: ranking.reason.as_str().to_string(),
             explain: key.operator || settings.is_some_and(|s| s.explain_routes),

@@ -1,0 +1,206 @@
+//! Benchmark commands for the snapshot and the control plane's push path. They print numbers
+//! (and write them as JSON under `tests/bench-push/results/`); they assert no timing.
+
+mod envoy_bench;
+mod gen;
+mod procstat;
+mod push;
+mod snapshot_bench;
+mod stats;
+mod subscriber;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "codexmesh-bench-push",
+    about = "Snapshot and push-path benchmarks (numbers, no assertions)"
+)]
+struct Cli {
+    /// Where the JSON results go.
+    #[arg(long, global = true, default_value_os_t = default_results_dir())]
+    results_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Encoded size, decode time and per-request lookup cost of snapshots by account count.
+    Snapshot {
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
+        accounts: Vec<usize>,
+        /// Pools the accounts (and keys) are spread over.
+        #[arg(long, default_value_t = 1)]
+        pools: usize,
+        /// Time budget per measure and size, ms.
+        #[arg(long, default_value_t = 3000)]
+        budget_ms: u64,
+    },
+    /// Change → every subscriber has it, against the real control plane.
+    Push {
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 1)]
+        pools: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        subscribers: Vec<usize>,
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+        /// The codexmesh binary (default: target/release/codexmesh, else target/debug).
+        #[arg(long)]
+        codexmesh: Option<PathBuf>,
+        /// The server's CODEXMESH_CHANGE_POLL_MS (default: unset, i.e. the product's 200).
+        #[arg(long)]
+        change_poll_ms: Option<u64>,
+        /// Give up on a change reaching every subscriber after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        change_timeout_secs: u64,
+        /// Kill the control plane when its RSS passes this (the machine is shared).
+        #[arg(long, default_value_t = 8192)]
+        max_rss_mb: u64,
+        /// ... or when the machine's MemAvailable falls under this.
+        #[arg(long, default_value_t = 4096)]
+        min_available_mb: u64,
+        /// Keep the temp dir (store, serve logs).
+        #[arg(long)]
+        keep: bool,
+        /// Instead: one real Envoy (the e2e harness: debug builds, wasm, .venv Envoy); time
+        /// from a key created/revoked with the CLI to the data path acting on it.
+        #[arg(long)]
+        envoy: bool,
+        /// Accounts imported for `--envoy` (one CLI import each).
+        #[arg(long, default_value_t = 10)]
+        envoy_accounts: usize,
+    },
+}
+
+fn default_results_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+/// UTC `YYYYMMDDTHHMMSSZ` without a date crate.
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn write_results(dir: &PathBuf, name: &str, args: Value, data: Value) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let stamp = utc_stamp();
+    let path = dir.join(format!("{name}-{stamp}.json"));
+    let host_cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let doc = json!({
+        "bench": name,
+        "utc": stamp,
+        "args": args,
+        "host": {"cpus": host_cpus, "loadavg_at_end": loadavg.trim()},
+        "results": data,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (name, args, data) = match cli.cmd {
+        Cmd::Snapshot {
+            accounts,
+            pools,
+            budget_ms,
+        } => {
+            let opts = snapshot_bench::Options {
+                accounts: accounts.clone(),
+                pools,
+                budget: Duration::from_millis(budget_ms),
+            };
+            let data = snapshot_bench::run(&opts)?;
+            (
+                "snapshot",
+                json!({"accounts": accounts, "pools": pools, "budget_ms": budget_ms}),
+                data,
+            )
+        }
+        Cmd::Push {
+            accounts,
+            pools,
+            subscribers,
+            changes,
+            codexmesh,
+            change_poll_ms,
+            change_timeout_secs,
+            max_rss_mb,
+            min_available_mb,
+            keep,
+            envoy,
+            envoy_accounts,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if envoy {
+                let data = runtime.block_on(envoy_bench::run(
+                    envoy_accounts,
+                    changes,
+                    Duration::from_secs(change_timeout_secs),
+                ))?;
+                let path = write_results(
+                    &cli.results_dir,
+                    "push-envoy",
+                    json!({"accounts": envoy_accounts, "changes": changes}),
+                    data,
+                )?;
+                println!("\nresults: {}", path.display());
+                return Ok(());
+            }
+            let opts = push::Options {
+                accounts,
+                pools,
+                subscribers: subscribers.clone(),
+                changes,
+                codexmesh: codexmesh.unwrap_or_else(push::default_codexmesh),
+                change_poll_ms,
+                change_timeout: Duration::from_secs(change_timeout_secs),
+                max_rss: max_rss_mb << 20,
+                min_available: min_available_mb << 20,
+                keep,
+            };
+            let data = runtime.block_on(push::run(&opts))?;
+            (
+                "push",
+                json!({"accounts": accounts, "pools": pools, "subscribers": subscribers,
+                       "changes": changes, "change_poll_ms": change_poll_ms}),
+                data,
+            )
+        }
+    };
+    let path = write_results(&cli.results_dir, name, args, data)?;
+    println!("\nresults: {}", path.display());
+    Ok(())
+}

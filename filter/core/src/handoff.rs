@@ -3,6 +3,9 @@
 //! Filter state never leaves Envoy, so this is where the ranking lives between the router's
 //! attempts. Only ids travel here: credentials are looked up in the snapshot at attempt time.
 
+use crate::pb;
+use crate::routing::{self, Ranking};
+
 /// The filter-state property name (`set_property(["codexmesh.route"])`).
 pub const PROPERTY: &str = "codexmesh.route";
 
@@ -12,6 +15,10 @@ pub const PROPERTY: &str = "codexmesh.route";
 pub const CLIENT_GONE_PROPERTY: &str = "codexmesh.client_gone";
 
 const FORMAT_TAG: &str = "cmr3";
+
+/// Candidates that travel beyond the attempts: they cover accounts that drop out between the
+/// ranking and their attempt. The rest of a large pool never travels.
+pub const SPARE_CANDIDATES: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteHandoff {
@@ -56,6 +63,39 @@ fn check_id(id: &str) -> Result<(), HandoffError> {
 }
 
 impl RouteHandoff {
+    /// The hand-off for a ranked request: as many attempts as the settings allow and there are
+    /// candidates, and only the candidates those attempts can use (plus [`SPARE_CANDIDATES`]).
+    pub fn for_ranking(
+        snapshot_version: u64,
+        pool: &pb::Pool,
+        key: &pb::PoolKey,
+        settings: Option<&pb::RoutingSettings>,
+        ranking: &Ranking<'_>,
+        endpoint: &str,
+    ) -> Self {
+        let attempts = routing::max_attempts(settings)
+            .min(u32::try_from(ranking.accounts.len()).unwrap_or(u32::MAX));
+        let carried = usize::try_from(attempts)
+            .unwrap_or(usize::MAX)
+            .saturating_add(SPARE_CANDIDATES);
+        Self {
+            snapshot_version,
+            pool_id: pool.id.clone(),
+            key_id: key.id.clone(),
+            max_attempts: attempts,
+            ranked_accounts: ranking
+                .accounts
+                .iter()
+                .take(carried)
+                .map(|a| a.id.clone())
+                .collect(),
+            strategy: routing::strategy_name(ranking.strategy).to_string(),
+            reason: ranking.reason.as_str().to_string(),
+            explain: key.operator || settings.is_some_and(|s| s.explain_routes),
+            endpoint: endpoint.to_string(),
+        }
+    }
+
     /// A line-based text form: cheap to write and read in wasm, readable in a debugger.
     pub fn encode(&self) -> Result<Vec<u8>, HandoffError> {
         check_id(&self.pool_id)?;
@@ -162,5 +202,49 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.encode().unwrap_err(), HandoffError::BadId);
+    }
+
+    #[test]
+    fn a_large_pool_hands_off_only_what_the_attempts_can_use() {
+        let accounts: Vec<pb::Account> = (0..1000)
+            .map(|i| pb::Account {
+                id: format!("acc-{i:04}"),
+                ..Default::default()
+            })
+            .collect();
+        let pool = pb::Pool {
+            id: "p".into(),
+            ..Default::default()
+        };
+        let key = pb::PoolKey {
+            id: "k".into(),
+            operator: true,
+            ..Default::default()
+        };
+        let ranking = Ranking {
+            accounts: accounts.iter().collect(),
+            reason: routing::Reason::Affinity,
+            strategy: pb::Strategy::QuotaFirst,
+            probes: Vec::new(),
+        };
+        let h = RouteHandoff::for_ranking(7, &pool, &key, None, &ranking, "responses");
+        assert_eq!(h.max_attempts, routing::DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(
+            h.ranked_accounts.len(),
+            routing::DEFAULT_MAX_ATTEMPTS as usize + SPARE_CANDIDATES
+        );
+        assert_eq!(h.ranked_accounts[0], "acc-0000");
+        assert!(h.explain, "operator keys get explanations");
+        assert_eq!(
+            (h.reason.as_str(), h.endpoint.as_str()),
+            ("affinity", "responses")
+        );
+        // Fewer candidates than attempts: the attempts shrink to the candidates.
+        let two = Ranking {
+            accounts: accounts.iter().take(2).collect(),
+            ..ranking
+        };
+        let h = RouteHandoff::for_ranking(7, &pool, &key, None, &two, "responses");
+        assert_eq!((h.max_attempts, h.ranked_accounts.len()), (2, 2));
     }
 }

@@ -265,34 +265,15 @@ impl Downstream {
         if !ranking.probes.is_empty() {
             claim_probes(&ranking.probes, now_ms);
         }
-        let attempts = routing::max_attempts(settings)
-            .min(u32::try_from(ranking.accounts.len()).unwrap_or(u32::MAX));
-        let handoff = RouteHandoff {
-            snapshot_version: snapshot.version(),
-            pool_id: pool.id.clone(),
-            key_id: key.id.clone(),
-            max_attempts: attempts,
-            // The attempts take from the front; two spares cover candidates that drop out
-            // between now and their attempt. The rest of a large pool never travels.
-            ranked_accounts: ranking
-                .accounts
-                .iter()
-                .take(
-                    usize::try_from(attempts)
-                        .unwrap_or(usize::MAX)
-                        .saturating_add(2),
-                )
-                .map(|a| a.id.clone())
-                .collect(),
-            strategy: routing::strategy_name(ranking.strategy).to_string(),
-            reason: ranking.reason.as_str().to_string(),
-            explain: key.operator || settings.is_some_and(|s| s.explain_routes),
-            endpoint: self
-                .endpoint
-                .map(Endpoint::as_str)
-                .unwrap_or_default()
-                .to_string(),
-        };
+        let handoff = RouteHandoff::for_ranking(
+            snapshot.version(),
+            pool,
+            key,
+            settings,
+            &ranking,
+            self.endpoint.map(Endpoint::as_str).unwrap_or_default(),
+        );
+        let attempts = handoff.max_attempts;
         let encoded = handoff.encode().map_err(|_| internal("encode the route"))?;
         host::set_property(&[handoff::PROPERTY], &encoded)
             .map_err(|_| internal("store the route"))?;

@@ -160,17 +160,14 @@ pub fn run(opts: &Options) -> Result<Value> {
             };
             let ranking = routing::rank(authed.pool, settings, &local, input, now)
                 .map_err(|e| anyhow!("rank: {}", e.message))?;
-            let handoff = RouteHandoff {
-                snapshot_version: index.version(),
-                pool_id: authed.pool.id.clone(),
-                key_id: authed.key.id.clone(),
-                max_attempts: routing::max_attempts(settings),
-                ranked_accounts: ranking.accounts.iter().map(|a| a.id.clone()).collect(),
-                strategy: routing::strategy_name(ranking.strategy).to_string(),
-                reason: ranking.reason.as_str().to_string(),
-                explain: false,
-                endpoint: "responses".to_owned(),
-            };
+            let handoff = RouteHandoff::for_ranking(
+                index.version(),
+                authed.pool,
+                authed.key,
+                settings,
+                &ranking,
+                "responses",
+            );
             last_handoff = handoff.encode().map_err(|e| anyhow!("{e}"))?;
             Ok(())
         };

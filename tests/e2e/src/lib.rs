@@ -603,6 +603,14 @@ impl StackOptions {
             ..Self::default()
         }
     }
+
+    /// The control plane does not poll `/wham/usage` itself, so every upstream request the
+    /// simulator logs came through the gateway, and an account's quota changes only by traffic.
+    pub fn without_quota_polling(mut self) -> Self {
+        self.cp_env
+            .push(("CODEXMESH_QUOTA_POLL_INTERVAL_SECS".into(), "0".into()));
+        self
+    }
 }
 
 impl Stack {
@@ -663,6 +671,19 @@ impl Stack {
             .wait_until_serving(&stack.key.clone(), Duration::from_secs(20))
             .await?;
         Ok(stack)
+    }
+
+    /// Routes the pool by `priority_order`, the accounts (by label) first to last as given.
+    /// Takes effect with the next snapshot (within a second or two).
+    pub fn priority_order(&self, labels: &[&str]) -> Result<()> {
+        self.cp
+            .cli_json(&["pool", "set-routing", POOL, "--strategy", "priority_order"])?;
+        for (priority, label) in labels.iter().enumerate() {
+            let priority = priority.to_string();
+            self.cp
+                .cli_json(&["account", "set", label, "--priority", &priority])?;
+        }
+        Ok(())
     }
 
     /// Posts `body` to the gateway's responses endpoint with `key` and, when given, a

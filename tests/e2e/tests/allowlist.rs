@@ -9,12 +9,9 @@ use serde_json::{json, Value};
 /// A stack whose control plane does not poll `/wham/usage` itself, so every upstream request the
 /// simulator logs came through the gateway.
 async fn stack(accounts: usize) -> Stack {
-    Stack::start_with(StackOptions {
-        cp_env: vec![("CODEXMESH_QUOTA_POLL_INTERVAL_SECS".into(), "0".into())],
-        ..StackOptions::accounts(accounts)
-    })
-    .await
-    .unwrap()
+    Stack::start_with(StackOptions::accounts(accounts).without_quota_polling())
+        .await
+        .unwrap()
 }
 
 fn bearer(stack: &Stack) -> String {

@@ -6,19 +6,16 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{turn_body, Stack, StackOptions, POOL};
+use codexmesh_e2e::{turn_body, Stack, StackOptions};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
 const CLIENTS: usize = 100;
 
 async fn stack(accounts: usize) -> Stack {
-    Stack::start_with(StackOptions {
-        cp_env: vec![("CODEXMESH_QUOTA_POLL_INTERVAL_SECS".into(), "0".into())],
-        ..StackOptions::accounts(accounts)
-    })
-    .await
-    .unwrap()
+    Stack::start_with(StackOptions::accounts(accounts).without_quota_polling())
+        .await
+        .unwrap()
 }
 
 /// Sequential turns after the storm: every one answers 200 and every account serves some.
@@ -185,14 +182,7 @@ async fn many_simultaneous_failovers_all_succeed() {
     // that the client would get acct-0's 429 although acct-1 is idle.
     const PARALLEL: usize = 24;
     let stack = stack(2).await;
-    stack
-        .cp
-        .cli_json(&["pool", "set-routing", POOL, "--strategy", "priority_order"])
-        .unwrap();
-    stack
-        .cp
-        .cli_json(&["account", "set", "acct-1", "--priority", "5"])
-        .unwrap();
+    stack.priority_order(&["acct-0", "acct-1"]).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let spent = json!({
         "status": 429,

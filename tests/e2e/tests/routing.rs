@@ -623,22 +623,11 @@ async fn replaying_a_turn_state_goes_back_to_the_account_that_issued_it() {
 async fn the_request_log_shows_each_attempt_and_why_but_never_the_prompt() {
     // acct-0 goes first (priority order) and is spent once the stack is up: the request fails
     // over to acct-1.
-    let stack = Stack::start_with(StackOptions {
-        accounts: vec![json!({}), json!({})],
-        // No usage polling: the spent account must be tried (and refused) by the request.
-        cp_env: vec![("CODEXMESH_QUOTA_POLL_INTERVAL_SECS".into(), "0".into())],
-        ..StackOptions::default()
-    })
-    .await
-    .unwrap();
-    stack
-        .cp
-        .cli_json(&["pool", "set-routing", POOL, "--strategy", "priority_order"])
+    // No usage polling: the spent account must be tried (and refused) by the request.
+    let stack = Stack::start_with(StackOptions::accounts(2).without_quota_polling())
+        .await
         .unwrap();
-    stack
-        .cp
-        .cli_json(&["account", "set", "acct-1", "--priority", "5"])
-        .unwrap();
+    stack.priority_order(&["acct-0", "acct-1"]).unwrap();
     stack
         .sim
         .patch_account(&stack.account_id(0), json!({"primary_limit": 0}))

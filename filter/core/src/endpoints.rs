@@ -54,8 +54,9 @@ pub enum Serving {
 pub struct EndpointSpec {
     pub endpoint: Endpoint,
     pub method: &'static str,
-    /// The path under [`GATEWAY_PREFIX`], as the upstream base also has it.
-    pub upstream_path: &'static str,
+    /// The path on the gateway's listener: [`GATEWAY_PREFIX`], then the path the upstream base
+    /// has too ([`EndpointSpec::upstream_path`]).
+    pub path: &'static str,
     /// Whether the request must be a WebSocket upgrade (and only then matches).
     pub websocket: bool,
     /// Whether the query string is forwarded.
@@ -68,7 +69,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec {
         endpoint: Endpoint::Responses,
         method: "POST",
-        upstream_path: "/codex/responses",
+        path: "/backend-api/codex/responses",
         websocket: false,
         keeps_query: false,
         serving: Serving::Forward,
@@ -76,7 +77,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec {
         endpoint: Endpoint::ResponsesWebSocket,
         method: "GET",
-        upstream_path: "/codex/responses",
+        path: "/backend-api/codex/responses",
         websocket: true,
         keeps_query: false,
         serving: Serving::WebSocket,
@@ -84,7 +85,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec {
         endpoint: Endpoint::Compact,
         method: "POST",
-        upstream_path: "/codex/responses/compact",
+        path: "/backend-api/codex/responses/compact",
         websocket: false,
         keeps_query: false,
         serving: Serving::Forward,
@@ -92,7 +93,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec {
         endpoint: Endpoint::Models,
         method: "GET",
-        upstream_path: "/codex/models",
+        path: "/backend-api/codex/models",
         websocket: false,
         keeps_query: true,
         serving: Serving::Forward,
@@ -100,7 +101,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec {
         endpoint: Endpoint::Usage,
         method: "GET",
-        upstream_path: "/wham/usage",
+        path: "/backend-api/wham/usage",
         websocket: false,
         keeps_query: false,
         serving: Serving::Local,
@@ -108,12 +109,19 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec {
         endpoint: Endpoint::AccountCheck,
         method: "GET",
-        upstream_path: "/wham/accounts/check",
+        path: "/backend-api/wham/accounts/check",
         websocket: false,
         keeps_query: false,
         serving: Serving::Local,
     },
 ];
+
+impl EndpointSpec {
+    /// The path under [`GATEWAY_PREFIX`], as the upstream base has it (`/codex/responses`).
+    pub fn upstream_path(&self) -> &'static str {
+        self.path.strip_prefix(GATEWAY_PREFIX).unwrap_or(self.path)
+    }
+}
 
 impl Endpoint {
     /// A stable name, for the hand-off and logs.
@@ -148,7 +156,7 @@ impl Endpoint {
     /// is this endpoint's. The upstream filter checks this before it injects credentials.
     pub fn matches_upstream_path(self, path: &str) -> bool {
         let spec = self.spec();
-        spec.serving != Serving::Local && path.ends_with(spec.upstream_path)
+        spec.serving != Serving::Local && path.ends_with(spec.upstream_path())
     }
 }
 
@@ -166,36 +174,20 @@ pub fn admit(method: &str, path: &str, websocket_upgrade: bool) -> Result<Admitt
         Some((bare, query)) => (bare, Some(query)),
         None => (path, None),
     };
-    let spec = bare
-        .strip_prefix(GATEWAY_PREFIX)
-        .and_then(|rest| {
-            ENDPOINTS.iter().find(|spec| {
-                spec.upstream_path == rest
-                    && spec.method == method
-                    && spec.websocket == websocket_upgrade
-            })
+    let spec = ENDPOINTS
+        .iter()
+        .find(|spec| {
+            spec.path == bare && spec.method == method && spec.websocket == websocket_upgrade
         })
         .ok_or_else(|| not_found(method, bare))?;
     let rewritten_path = match (query, spec.keeps_query) {
-        (Some(_), false) => Some(gateway_path(spec)),
+        (Some(_), false) => Some(spec.path),
         _ => None,
     };
     Ok(Admitted {
         spec,
         rewritten_path,
     })
-}
-
-/// The gateway-side path of an endpoint (`/backend-api/codex/responses`).
-fn gateway_path(spec: &EndpointSpec) -> &'static str {
-    // Spelled out so no allocation is needed per request (a unit test ties these to the list).
-    match spec.endpoint {
-        Endpoint::Compact => "/backend-api/codex/responses/compact",
-        Endpoint::Models => "/backend-api/codex/models",
-        Endpoint::Usage => "/backend-api/wham/usage",
-        Endpoint::AccountCheck => "/backend-api/wham/accounts/check",
-        Endpoint::Responses | Endpoint::ResponsesWebSocket => "/backend-api/codex/responses",
-    }
 }
 
 /// OpenAI's own answer to an unknown URL, with the gateway's code.
@@ -222,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn each_endpoint_has_one_entry_and_a_matching_gateway_path() {
+    fn each_endpoint_has_one_entry_under_the_gateway_prefix() {
         for spec in ENDPOINTS {
             assert_eq!(
                 ENDPOINTS
@@ -237,8 +229,9 @@ mod tests {
                 Some(spec.endpoint)
             );
             assert_eq!(
-                gateway_path(spec),
-                format!("{GATEWAY_PREFIX}{}", spec.upstream_path)
+                format!("{GATEWAY_PREFIX}{}", spec.upstream_path()),
+                spec.path,
+                "every endpoint lives under the gateway prefix"
             );
         }
     }

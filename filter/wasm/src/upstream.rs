@@ -109,14 +109,15 @@ impl Upstream {
         let mut attempt = attempt;
         if attempt.status.is_none() {
             attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
-            // Only an attempt without an answer pays for this lookup.
+            // Only an attempt without an answer pays for this lookup. A client that left taught
+            // us nothing about the account: its state is not touched (no write at all).
             let client_gone = host::property(&[handoff::CLIENT_GONE_PROPERTY]).is_some();
-            attempt.no_answer = Some(if client_gone {
-                NoAnswer::ClientGone
+            if client_gone {
+                attempt.no_answer = Some(NoAnswer::ClientGone);
             } else {
-                NoAnswer::Transport
-            });
-            apply_verdict(&attempt, now_ms);
+                attempt.no_answer = Some(NoAnswer::Transport);
+                apply_verdict(&attempt, now_ms);
+            }
         }
         enqueue(outcome(&attempt, now_ms), now_ms);
     }
@@ -264,10 +265,6 @@ fn apply_verdict(attempt: &Attempt, now_ms: i64) {
     // moved, needs no write: a shared data write (and its compare-and-swap) per request is the
     // costliest host call here.
     let current = cache::local_table().get(&account);
-    if verdict_of(attempt, &current, now_ms) == Verdict::ClientCancelled {
-        // Nothing learned about the account.
-        return;
-    }
     let quota_news = attempt.quota.as_ref().is_some_and(|observed| {
         let snapshot = cache::current();
         let believed = snapshot

@@ -269,15 +269,20 @@ async fn stop_child(child: &mut Child) {
 /// Envoy's admin `/ready` answers 200 once it is serving. Plain HTTP/1.1 over a socket keeps an
 /// HTTP client library out of the control plane for one probe.
 async fn envoy_ready(admin: SocketAddr) -> bool {
+    const READY_ANSWER_LIMIT: u64 = 4096;
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(dialable(admin)).await.ok()?;
         s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-        Some(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
+        // Read the whole (tiny) answer before hanging up, so Envoy never sees a reset mid-write.
+        let mut answer = Vec::with_capacity(256);
+        (&mut s)
+            .take(READY_ANSWER_LIMIT)
+            .read_to_end(&mut answer)
+            .await
+            .ok()?;
+        Some(answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200"))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), probe).await,

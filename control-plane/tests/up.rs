@@ -18,11 +18,12 @@ with open(os.environ["FAKE_ENVOY_RECORD"], "w") as f:
 exit_after = os.environ.get("FAKE_ENVOY_EXIT_AFTER_READY")
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        # Arm the exit first: a prober that hangs up early must not cancel it.
+        if exit_after and self.path == "/ready":
+            threading.Timer(float(exit_after), lambda: os._exit(3)).start()
         self.send_response(200 if self.path == "/ready" else 404)
         self.end_headers()
         self.wfile.write(b"LIVE\n")
-        if exit_after and self.path == "/ready":
-            threading.Timer(float(exit_after), lambda: os._exit(3)).start()
     def log_message(self, *a):
         pass
 http.server.HTTPServer(("127.0.0.1", int(os.environ["FAKE_ENVOY_ADMIN_PORT"])), H).serve_forever()

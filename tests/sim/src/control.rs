@@ -198,6 +198,17 @@ async fn list_requests(State(st): State<Shared>, Query(f): Query<RequestFilter>)
                         "body_json".into(),
                         r.body_json.clone().unwrap_or(Value::Null),
                     );
+                    let frames = obj.get_mut("ws_requests").and_then(Value::as_array_mut);
+                    if let (Some(out), Some(recorded)) = (frames, r.ws_requests.as_ref()) {
+                        for (o, rec) in out.iter_mut().zip(recorded) {
+                            if let Some(o) = o.as_object_mut() {
+                                o.insert(
+                                    "body_json".into(),
+                                    rec.body_json.clone().unwrap_or(Value::Null),
+                                );
+                            }
+                        }
+                    }
                 }
             }
             Some(v)

@@ -8,6 +8,7 @@
 //! - [`oauth`]: `POST /oauth/token` (refresh and authorization-code grants);
 //! - [`device`]: device-code login (`/api/accounts/deviceauth/*`, the `/codex/device` page);
 //! - [`upstream`], [`sse`], [`models`], [`body`]: the backend endpoints;
+//! - [`websocket`]: the Responses WebSocket (`GET /codex/responses` upgrades);
 //! - [`recording`]: the request log and the layer that adds quota headers;
 //! - [`control`], [`state`]: the `/__sim/` control API and the knobs it sets;
 //! - [`tls`]: optional HTTPS with a self-signed certificate.
@@ -30,6 +31,7 @@ pub mod sse;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

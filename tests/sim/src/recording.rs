@@ -30,6 +30,9 @@ pub fn push_record(log: &mut Vec<RequestRecord>, record: RequestRecord) {
     if log.len() > MAX_RECORDS_WITH_BODY {
         let idx = log.len() - MAX_RECORDS_WITH_BODY - 1;
         log[idx].body_json = None;
+        for frame in log[idx].ws_requests.iter_mut().flatten() {
+            frame.body_json = None;
+        }
     }
     if log.len() > MAX_RECORDS + TRIM_SLACK {
         let extra = log.len() - MAX_RECORDS;
@@ -73,6 +76,96 @@ pub struct RequestRecord {
     /// The decoded JSON body (shown with `?include_body=1`).
     #[serde(skip)]
     pub body_json: Option<Value>,
+    /// Whether the request asked for a WebSocket upgrade (`Upgrade: websocket`).
+    pub websocket: bool,
+    /// The `Sec-WebSocket-Extensions` the client offered (the simulator declines them all:
+    /// its 101 names none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_extensions_offered: Option<String>,
+    /// Data frames (text or binary) received on an accepted WebSocket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_frames_received: Option<u64>,
+    /// Data frames (text) sent on an accepted WebSocket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_frames_sent: Option<u64>,
+    /// The request frames of an accepted WebSocket, in order (the first
+    /// [`MAX_WS_FRAMES_RECORDED`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_requests: Option<Vec<WsFrameRecord>>,
+    /// How an accepted WebSocket ended; absent while it is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_close: Option<WsClose>,
+}
+
+/// At most this many request frames are kept per WebSocket connection (counts go on).
+pub const MAX_WS_FRAMES_RECORDED: usize = 1_000;
+
+/// One request frame received on a WebSocket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WsFrameRecord {
+    /// Simulated arrival time (unix ms).
+    pub at_unix_ms: i64,
+    /// Frame length in bytes.
+    pub len: usize,
+    /// `type` of the JSON frame (`response.create`, ...).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `model`.
+    pub model: Option<String>,
+    /// `previous_response_id`.
+    pub previous_response_id: Option<String>,
+    /// `generate` as sent (absent: `null`, which means true).
+    pub generate: Option<bool>,
+    /// Top-level keys of the JSON frame.
+    pub body_json_keys: Option<Vec<String>>,
+    /// The id of the response that answered it.
+    pub response_id: Option<String>,
+    /// `completed`, `warmup`, `failed` (injected `sse_failed`), `truncated` (injected
+    /// `sse_truncated`), `ignored` (`response.processed`), or `error:<code>` after an error
+    /// event (`previous_response_not_found`, `usage_limit_reached`, `invalid_request`, ...).
+    pub outcome: String,
+    /// The decoded frame (shown with `?include_body=1`, newest records only, like bodies).
+    #[serde(skip)]
+    pub body_json: Option<Value>,
+}
+
+/// How a WebSocket connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WsClose {
+    /// The client sent a close frame.
+    Client,
+    /// The client went away without one (or the connection failed).
+    ClientGone,
+    /// `websocket_max_lifetime_secs` passed: the simulator sent a close frame.
+    Lifetime,
+    /// An injected `sse_truncated` turn: the simulator dropped the connection, no close frame.
+    Truncated,
+}
+
+/// The sequence number of the request being handled (set by [`layer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSeq(pub u64);
+
+/// Change the record `seq`, if it is still in the log.
+pub fn with_record(log: &mut [RequestRecord], seq: u64, f: impl FnOnce(&mut RequestRecord)) {
+    if let Ok(idx) = log.binary_search_by_key(&seq, |r| r.seq) {
+        if let Some(r) = log.get_mut(idx) {
+            f(r);
+        }
+    }
+}
+
+/// Whether a request asks for a WebSocket upgrade.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
 }
 
 /// The bearer token of a request.
@@ -162,6 +255,7 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
         .and_then(|b| serde_json::from_slice(b).ok());
     let obj = json.as_ref().and_then(Value::as_object);
     let now_ms = st.clock.now_ms();
+    let websocket = is_websocket_upgrade(&parts.headers);
     let seq = {
         let mut g = st.lock();
         let account_id = account_of(
@@ -194,6 +288,19 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
                 account_id,
                 status: None,
                 body_json: json.clone(),
+                websocket,
+                ws_extensions_offered: if websocket {
+                    parts
+                        .headers
+                        .get(axum::http::header::SEC_WEBSOCKET_EXTENSIONS)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                } else {
+                    None
+                },
+                ws_frames_received: None,
+                ws_frames_sent: None,
+                ws_requests: None,
+                ws_close: None,
             },
         );
         seq
@@ -201,6 +308,7 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
     let mut req = Request::from_parts(parts, Body::from(raw));
     req.extensions_mut()
         .insert(DecodedBody(decoded.map(bytes::Bytes::from)));
+    req.extensions_mut().insert(RequestSeq(seq));
     let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
     let mut g = st.lock();
@@ -216,7 +324,9 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
     if g.behavior.session_cookies {
         add_session_cookies(resp.headers_mut(), account_id.as_deref(), seq);
     }
-    if path.contains("/codex/") && !resp.headers().contains_key("x-codex-primary-used-percent") {
+    if (path.contains("/codex/") || path.ends_with("/v1/responses"))
+        && !resp.headers().contains_key("x-codex-primary-used-percent")
+    {
         if let Some(acc) = account_id.as_deref() {
             let now = st.clock.now();
             let reset_after = g.behavior.reset_after_headers;
@@ -301,6 +411,12 @@ mod tests {
             account_id: None,
             status: None,
             body_json: Some(Value::Null),
+            websocket: false,
+            ws_extensions_offered: None,
+            ws_frames_received: None,
+            ws_frames_sent: None,
+            ws_requests: None,
+            ws_close: None,
         }
     }
 
@@ -324,6 +440,35 @@ mod tests {
             .body_json
             .is_none());
         assert!(log[log.len() - MAX_RECORDS_WITH_BODY].body_json.is_some());
+    }
+
+    #[test]
+    fn websocket_records_are_found_and_frame_bodies_age_out() {
+        let mut h = HeaderMap::new();
+        assert!(!is_websocket_upgrade(&h));
+        h.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        assert!(is_websocket_upgrade(&h));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_upgrade(&h));
+
+        let mut log: Vec<RequestRecord> = (0..5).map(|s| record(s * 2)).collect();
+        with_record(&mut log, 4, |r| r.ws_frames_sent = Some(3));
+        with_record(&mut log, 5, |r| r.ws_frames_sent = Some(9));
+        assert_eq!(log[2].ws_frames_sent, Some(3));
+        assert!(log.iter().filter(|r| r.ws_frames_sent.is_some()).count() == 1);
+
+        let mut log = Vec::new();
+        let mut first = record(0);
+        first.ws_requests = Some(vec![WsFrameRecord {
+            body_json: Some(Value::Null),
+            ..WsFrameRecord::default()
+        }]);
+        push_record(&mut log, first);
+        for seq in 1..=MAX_RECORDS_WITH_BODY as u64 {
+            push_record(&mut log, record(seq));
+        }
+        let frames = log[0].ws_requests.as_ref().unwrap();
+        assert!(frames[0].body_json.is_none());
     }
 
     #[test]

@@ -141,6 +141,18 @@ impl Turn {
         number(events)
     }
 
+    /// A warm-up answer (`generate: false` on a WebSocket): created, then completed with no
+    /// output and no usage.
+    pub fn warmup_events(&self) -> Vec<Value> {
+        number(vec![
+            self.created_event(),
+            json!({
+                "type": "response.completed",
+                "response": self.response_object("completed", json!([]), None),
+            }),
+        ])
+    }
+
     /// created and the deltas, nothing that ends the turn.
     pub fn truncated_events(&self) -> Vec<Value> {
         let mut events = vec![self.created_event()];
@@ -269,5 +281,11 @@ mod tests {
         assert_eq!(last["response"]["error"]["code"], "server_error");
         let ev = turn().truncated_events();
         assert!(ev.iter().all(|e| e["type"] != "response.completed"));
+        let ev = turn().warmup_events();
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[1]["type"], "response.completed");
+        assert_eq!(ev[1]["response"]["id"], "resp_1");
+        assert_eq!(ev[1]["response"]["output"], json!([]));
+        assert!(ev[1]["response"].get("usage").is_none());
     }
 }

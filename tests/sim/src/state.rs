@@ -14,29 +14,40 @@ use crate::recording::RequestRecord;
 /// Default reply of a model turn.
 pub const DEFAULT_REPLY: &str = "Hello from the codexmesh simulator.";
 
-/// How a refused WebSocket upgrade on `GET /codex/responses` is answered.
+/// How a WebSocket upgrade on `GET /codex/responses` is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WebsocketMode {
-    /// 426 Upgrade Required: the CLI falls back to SSE at once.
+    /// Accept it (101) and serve Responses WebSocket turns, like the real backend.
     #[default]
+    Accept,
+    /// 426 Upgrade Required: the CLI falls back to SSE at once.
     UpgradeRequired,
     /// 404: the CLI retries a few times first.
     NotFound,
 }
 
 impl WebsocketMode {
-    /// The HTTP status.
-    pub fn status(self) -> u16 {
+    /// The refusal status, or `None` when upgrades are accepted.
+    pub fn refusal_status(self) -> Option<u16> {
         match self {
-            Self::UpgradeRequired => 426,
-            Self::NotFound => 404,
+            Self::Accept => None,
+            Self::UpgradeRequired => Some(426),
+            Self::NotFound => Some(404),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::UpgradeRequired => "426",
+            Self::NotFound => "404",
         }
     }
 }
 
 impl Serialize for WebsocketMode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.status().to_string())
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -49,12 +60,66 @@ impl<'de> Deserialize<'de> for WebsocketMode {
             _ => String::new(),
         };
         match s.as_str() {
+            "accept" => Ok(Self::Accept),
             "426" => Ok(Self::UpgradeRequired),
             "404" => Ok(Self::NotFound),
             _ => Err(serde::de::Error::custom(
-                "websocket must be \"426\" or \"404\"",
+                "websocket must be \"accept\", \"426\" or \"404\"",
             )),
         }
+    }
+}
+
+/// Which earlier responses a WebSocket `previous_response_id` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreviousResponseScope {
+    /// Any response the same account produced (on this connection, another one, or over HTTP).
+    #[default]
+    Account,
+    /// Only responses produced on the same connection (what `store:false` really allows).
+    Connection,
+}
+
+/// Default of [`Behavior::websocket_max_lifetime_secs`]: the backend's 60 minutes.
+pub const DEFAULT_WEBSOCKET_LIFETIME_SECS: u64 = 3600;
+/// Largest accepted [`Behavior::websocket_max_lifetime_secs`] (a week).
+pub const MAX_WEBSOCKET_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+
+/// The responses served so far and their accounts, for `previous_response_id` checks.
+/// Bounded: the oldest are forgotten past [`ResponseIndex::CAP`].
+#[derive(Debug, Default)]
+pub struct ResponseIndex {
+    owners: std::collections::HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+impl ResponseIndex {
+    /// How many responses are remembered.
+    pub const CAP: usize = 100_000;
+
+    /// Remember that `account` produced `response_id`.
+    pub fn insert(&mut self, response_id: &str, account: &str) {
+        if self
+            .owners
+            .insert(response_id.to_string(), account.to_string())
+            .is_none()
+        {
+            self.order.push_back(response_id.to_string());
+        }
+        while self.order.len() > Self::CAP {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.owners.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The account that produced `response_id`.
+    pub fn owner(&self, response_id: &str) -> Option<&str> {
+        self.owners.get(response_id).map(String::as_str)
     }
 }
 
@@ -151,8 +216,13 @@ pub struct Behavior {
     pub reply_text: String,
     /// Injected failures, used first to last.
     pub fail_next: VecDeque<InjectedFailure>,
-    /// Answer to a WebSocket upgrade: "426" or "404".
+    /// Answer to a WebSocket upgrade: "accept", "426" or "404".
     pub websocket: WebsocketMode,
+    /// The upstream closes an accepted WebSocket (close frame 1000,
+    /// `websocket_connection_limit_reached`) this many real seconds after the upgrade.
+    pub websocket_max_lifetime_secs: u64,
+    /// Which responses a WebSocket `previous_response_id` may name.
+    pub websocket_previous_response_scope: PreviousResponseScope,
     /// Delay before a model turn answers at all (ms).
     pub response_delay_ms: u64,
     /// Also send `x-codex-*-reset-after-seconds` headers.
@@ -192,6 +262,8 @@ impl Default for Behavior {
             reply_text: DEFAULT_REPLY.to_string(),
             fail_next: VecDeque::new(),
             websocket: WebsocketMode::default(),
+            websocket_max_lifetime_secs: DEFAULT_WEBSOCKET_LIFETIME_SECS,
+            websocket_previous_response_scope: PreviousResponseScope::default(),
             response_delay_ms: 0,
             reset_after_headers: true,
             turn_state: true,
@@ -225,6 +297,10 @@ pub struct BehaviorPatch {
     pub fail_next_append: Option<Vec<InjectedFailure>>,
     /// See [`Behavior::websocket`].
     pub websocket: Option<WebsocketMode>,
+    /// See [`Behavior::websocket_max_lifetime_secs`] (1..=604800).
+    pub websocket_max_lifetime_secs: Option<u64>,
+    /// See [`Behavior::websocket_previous_response_scope`].
+    pub websocket_previous_response_scope: Option<PreviousResponseScope>,
     /// See [`Behavior::response_delay_ms`].
     pub response_delay_ms: Option<u64>,
     /// See [`Behavior::reset_after_headers`].
@@ -277,6 +353,13 @@ impl Behavior {
                 return Err("models must be a JSON array of model objects".into());
             }
         }
+        if p.websocket_max_lifetime_secs
+            .is_some_and(|t| t == 0 || t > MAX_WEBSOCKET_LIFETIME_SECS)
+        {
+            return Err(format!(
+                "websocket_max_lifetime_secs must be 1..={MAX_WEBSOCKET_LIFETIME_SECS}"
+            ));
+        }
         if p.device_code_ttl_secs.is_some_and(|t| t <= 0) {
             return Err("device_code_ttl_secs must be > 0".into());
         }
@@ -307,6 +390,12 @@ impl Behavior {
         }
         if let Some(v) = p.websocket {
             self.websocket = v;
+        }
+        if let Some(v) = p.websocket_max_lifetime_secs {
+            self.websocket_max_lifetime_secs = v;
+        }
+        if let Some(v) = p.websocket_previous_response_scope {
+            self.websocket_previous_response_scope = v;
         }
         if let Some(v) = p.response_delay_ms {
             self.response_delay_ms = v;
@@ -358,6 +447,24 @@ impl Behavior {
             .position(|f| f.matches(path, account))?;
         self.fail_next.remove(idx)
     }
+
+    /// Take the first injected failure that applies to this request only if `take` accepts
+    /// it (it stays queued otherwise).
+    pub fn take_failure_if(
+        &mut self,
+        path: &str,
+        account: Option<&str>,
+        take: impl FnOnce(&InjectedFailure) -> bool,
+    ) -> Option<InjectedFailure> {
+        let idx = self
+            .fail_next
+            .iter()
+            .position(|f| f.matches(path, account))?;
+        if !take(self.fail_next.get(idx)?) {
+            return None;
+        }
+        self.fail_next.remove(idx)
+    }
 }
 
 /// Everything behind the clock.
@@ -375,6 +482,8 @@ pub struct Inner {
     pub next_seq: u64,
     /// Model turns served (for ids).
     pub responses_served: u64,
+    /// Responses served and their accounts (`previous_response_id` on WebSockets).
+    pub response_index: ResponseIndex,
 }
 
 /// The simulator's state, shared by every handler.
@@ -447,11 +556,68 @@ mod tests {
 
     #[test]
     fn websocket_mode_parses() {
+        assert_eq!(Behavior::default().websocket, WebsocketMode::Accept);
         let p: BehaviorPatch = serde_json::from_str(r#"{"websocket":"404"}"#).unwrap();
         assert_eq!(p.websocket, Some(WebsocketMode::NotFound));
         let p: BehaviorPatch = serde_json::from_str(r#"{"websocket":426}"#).unwrap();
         assert_eq!(p.websocket, Some(WebsocketMode::UpgradeRequired));
+        let p: BehaviorPatch = serde_json::from_str(r#"{"websocket":"accept"}"#).unwrap();
+        assert_eq!(p.websocket, Some(WebsocketMode::Accept));
         assert!(serde_json::from_str::<BehaviorPatch>(r#"{"websocket":"200"}"#).is_err());
+        let v = serde_json::to_value(Behavior::default()).unwrap();
+        assert_eq!(v["websocket"], "accept");
+        assert_eq!(v["websocket_max_lifetime_secs"], 3600);
+        assert_eq!(v["websocket_previous_response_scope"], "account");
+        let mut b = Behavior::default();
+        assert!(b
+            .apply(serde_json::from_str(r#"{"websocket_max_lifetime_secs":0}"#).unwrap())
+            .is_err());
+        b.apply(
+            serde_json::from_str(
+                r#"{"websocket_max_lifetime_secs":2,"websocket_previous_response_scope":"connection"}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(b.websocket_max_lifetime_secs, 2);
+        assert_eq!(
+            b.websocket_previous_response_scope,
+            PreviousResponseScope::Connection
+        );
+    }
+
+    #[test]
+    fn response_index_is_bounded() {
+        let mut idx = ResponseIndex::default();
+        for i in 0..ResponseIndex::CAP + 5 {
+            idx.insert(&format!("r{i}"), "a");
+        }
+        assert_eq!(idx.owner("r0"), None);
+        assert_eq!(idx.owner("r5"), Some("a"));
+        assert_eq!(
+            idx.owner(&format!("r{}", ResponseIndex::CAP + 4)),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn take_failure_if_leaves_refused_entries() {
+        let mut b = Behavior::default();
+        b.apply(
+            serde_json::from_value(serde_json::json!({
+                "fail_next": [{"status": 200, "mode": "sse_failed"}, {"status": 429}]
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(b
+            .take_failure_if("/codex/responses", Some("a"), |f| f.mode == FailMode::Http)
+            .is_none());
+        assert_eq!(b.fail_next.len(), 2);
+        assert_eq!(
+            b.take_failure("/codex/responses", Some("a")).unwrap().mode,
+            FailMode::SseFailed
+        );
     }
 
     #[test]

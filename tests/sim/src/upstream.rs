@@ -44,7 +44,14 @@ pub const DEFAULT_MODEL: &str = "gpt-5.1-codex";
 /// The upstream routes (mounted at `/` and at `/backend-api`).
 pub fn routes() -> Router<Shared> {
     Router::new()
-        .route("/codex/responses", post(responses).get(responses_websocket))
+        .route(
+            "/codex/responses",
+            post(responses).get(crate::websocket::responses_websocket),
+        )
+        .route(
+            "/v1/responses",
+            post(responses).get(crate::websocket::responses_websocket),
+        )
         .route("/codex/responses/compact", post(compact))
         .route("/codex/models", get(models))
         .route("/wham/usage", get(usage))
@@ -64,7 +71,7 @@ fn fmt_percent(p: f64) -> String {
     }
 }
 
-fn put(headers: &mut HeaderMap, name: &'static str, value: String) {
+pub(crate) fn put(headers: &mut HeaderMap, name: &'static str, value: String) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(HeaderName::from_static(name), v);
     }
@@ -158,7 +165,7 @@ pub fn authenticate(st: &Shared, headers: &HeaderMap) -> Result<String, Response
     Ok(acc.id.clone())
 }
 
-fn failure_response(f: &InjectedFailure) -> Response {
+pub(crate) fn failure_response(f: &InjectedFailure) -> Response {
     let mut resp = json_status(f.status, f.body_or_default());
     for (k, v) in &f.headers {
         if let (Ok(name), Ok(value)) = (
@@ -217,20 +224,21 @@ fn parse_body(req: &Incoming) -> Result<Value, Response> {
         .map_err(|e| detail(400, &format!("Could not parse request body as JSON: {e}")))
 }
 
-fn usage_limit_response(plan: &str, resets_at: i64, now: i64) -> Response {
-    json_status(
-        429,
-        json!({"error": {
-            "type": "usage_limit_reached",
-            "message": "The usage limit has been reached",
-            "plan_type": plan,
-            "resets_at": resets_at,
-            "resets_in_seconds": (resets_at - now).max(0),
-        }}),
-    )
+pub(crate) fn usage_limit_body(plan: &str, resets_at: i64, now: i64) -> Value {
+    json!({"error": {
+        "type": "usage_limit_reached",
+        "message": "The usage limit has been reached",
+        "plan_type": plan,
+        "resets_at": resets_at,
+        "resets_in_seconds": (resets_at - now).max(0),
+    }})
 }
 
-fn random_hex(n: usize) -> String {
+pub(crate) fn usage_limit_response(plan: &str, resets_at: i64, now: i64) -> Response {
+    json_status(429, usage_limit_body(plan, resets_at, now))
+}
+
+pub(crate) fn random_hex(n: usize) -> String {
     use rand::Rng as _;
     let mut rng = rand::rng();
     (0..n)
@@ -312,25 +320,11 @@ async fn prepare_turn(st: &Shared, req: Incoming, compact: bool) -> Prepared {
     if failure.is_none() {
         acc.turns += 1;
     }
-    g.responses_served += 1;
-    let seq = g.responses_served;
-    let text = acc
-        .reply_text
-        .clone()
-        .unwrap_or_else(|| g.behavior.reply_text.clone())
-        .replace("{account_id}", &account_id)
-        .replace("{model}", &model)
-        .replace("{seq}", &seq.to_string());
     let raw_len = serde_json::to_string(&body).map(|s| s.len()).unwrap_or(0);
-    let turn = Turn {
-        response_id: format!("resp_{}", random_hex(32)),
-        item_id: format!("msg_{}", random_hex(32)),
-        model,
-        text,
-        delta_count: g.behavior.delta_count,
-        created_at: now,
-        input_tokens: (raw_len as i64 / 4).max(1),
-    };
+    let turn = new_turn(g, &account_id, model, raw_len, now);
+    if failure.is_none() && !compact {
+        g.response_index.insert(&turn.response_id, &account_id);
+    }
     let (_, etag) = crate::models::models_response(g.behavior.models.as_ref());
     Prepared::Turn {
         turn,
@@ -340,6 +334,36 @@ async fn prepare_turn(st: &Shared, req: Incoming, compact: bool) -> Prepared {
         account_id,
         turn_state: g.behavior.turn_state,
         etag,
+    }
+}
+
+/// A new turn's answer for `account_id` (its reply text, fresh ids, the knobs' delta count);
+/// counts it in `responses_served`.
+pub(crate) fn new_turn(
+    g: &mut crate::state::Inner,
+    account_id: &str,
+    model: String,
+    raw_len: usize,
+    now: i64,
+) -> Turn {
+    g.responses_served += 1;
+    let seq = g.responses_served;
+    let text = g
+        .registry
+        .get(account_id)
+        .and_then(|acc| acc.reply_text.clone())
+        .unwrap_or_else(|| g.behavior.reply_text.clone())
+        .replace("{account_id}", account_id)
+        .replace("{model}", &model)
+        .replace("{seq}", &seq.to_string());
+    Turn {
+        response_id: format!("resp_{}", random_hex(32)),
+        item_id: format!("msg_{}", random_hex(32)),
+        model,
+        text,
+        delta_count: g.behavior.delta_count,
+        created_at: now,
+        input_tokens: (raw_len as i64 / 4).max(1),
     }
 }
 
@@ -419,25 +443,6 @@ async fn responses(State(st): State<Shared>, req: Request) -> Response {
     put(&mut headers, "content-type", "text/event-stream".into());
     put(&mut headers, "cache-control", "no-cache".into());
     (headers, sse_body(events, delay)).into_response()
-}
-
-async fn responses_websocket(State(st): State<Shared>, req: Request) -> Response {
-    let status = st.lock().behavior.websocket.status();
-    let upgrade = req
-        .headers()
-        .get(axum::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let msg = if upgrade {
-        "WebSocket transport is not available here; use HTTP SSE."
-    } else {
-        "Use POST for /codex/responses."
-    };
-    let mut resp = detail(status, msg);
-    if status == 426 {
-        put(resp.headers_mut(), "upgrade", "websocket".into());
-    }
-    resp
 }
 
 async fn compact(State(st): State<Shared>, req: Request) -> Response {

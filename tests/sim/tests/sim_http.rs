@@ -637,7 +637,9 @@ async fn other_endpoints_and_knobs() {
     let v: Value = r.json().await.unwrap();
     assert!(!v["output"].as_array().unwrap().is_empty());
 
-    // WebSocket upgrade refused with 426, or 404 when told.
+    // WebSocket upgrades are accepted by default (tests/sim_websocket.rs); refused with 426,
+    // or 404, when told.
+    s.post("/__sim/behavior", json!({"websocket": "426"})).await;
     let ws = || {
         s.http
             .get(s.url("/backend-api/codex/responses"))

@@ -36,6 +36,12 @@ pub enum ErrorKind {
     RouteMissing,
     /// A method or path outside the allowlist (`endpoints::ENDPOINTS`): never forwarded.
     UnknownEndpoint,
+    /// A `/v1` request the translation refuses (malformed JSON, a field it cannot honour).
+    InvalidRequest,
+    /// A `/v1/models/{id}` lookup for a model the pool does not serve.
+    ModelNotFound,
+    /// The upstream answered with a failed response (`response.failed`, `error` event).
+    UpstreamFailed,
 }
 
 impl ErrorKind {
@@ -47,6 +53,9 @@ impl ErrorKind {
             Self::RouteMissing => 500,
             Self::WebSocketUnsupported => 426,
             Self::UnknownEndpoint => 404,
+            Self::InvalidRequest => 400,
+            Self::ModelNotFound => 404,
+            Self::UpstreamFailed => 502,
         }
     }
 
@@ -62,6 +71,9 @@ impl ErrorKind {
             Self::WebSocketUnsupported => "websocket_not_supported",
             Self::RouteMissing => "gateway_misconfigured",
             Self::UnknownEndpoint => "unknown_endpoint",
+            Self::InvalidRequest => "invalid_request",
+            Self::ModelNotFound => "model_not_found",
+            Self::UpstreamFailed => "upstream_failed",
         }
     }
 
@@ -79,12 +91,14 @@ impl ErrorKind {
             | Self::UnknownKey
             | Self::RevokedKey
             | Self::WebSocketUnsupported
-            | Self::UnknownEndpoint => ErrorSource::Client,
+            | Self::UnknownEndpoint
+            | Self::InvalidRequest
+            | Self::ModelNotFound => ErrorSource::Client,
             Self::NotReady
             | Self::NoAccountAvailable
             | Self::PoolExhausted
             | Self::RouteMissing => ErrorSource::Internal,
-            Self::UpstreamUnavailable => ErrorSource::Upstream,
+            Self::UpstreamUnavailable | Self::UpstreamFailed => ErrorSource::Upstream,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod routing;
 pub mod snapshot;
 pub mod supervisor;
+pub mod translate;
 pub mod turnstate;
 pub mod usage;
 pub mod verdict;

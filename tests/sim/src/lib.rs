@@ -8,6 +8,7 @@
 //! - [`oauth`]: `POST /oauth/token` (refresh and authorization-code grants);
 //! - [`device`]: device-code login (`/api/accounts/deviceauth/*`, the `/codex/device` page);
 //! - [`upstream`], [`sse`], [`models`], [`body`]: the backend endpoints;
+//! - [`reply`]: what a turn answers (function calls, tool output, `text.format`);
 //! - [`websocket`]: the Responses WebSocket (`GET /codex/responses` upgrades);
 //! - [`recording`]: the request log and the layer that adds quota headers;
 //! - [`control`], [`state`]: the `/__sim/` control API and the knobs it sets;
@@ -27,6 +28,7 @@ pub mod models;
 pub mod oauth;
 pub mod quota;
 pub mod recording;
+pub mod reply;
 pub mod sse;
 pub mod state;
 pub mod tls;

@@ -30,6 +30,10 @@ struct Args {
     /// Initial reply text.
     #[arg(long, env = "CODEXMESH_SIM_REPLY_TEXT")]
     reply_text: Option<String>,
+    /// Set `prefer_websockets: true` on every model of `/codex/models` (knob
+    /// `prefer_websockets`).
+    #[arg(long, env = "CODEXMESH_SIM_PREFER_WEBSOCKETS")]
+    prefer_websockets: bool,
     /// Serve HTTPS with a self-signed certificate for 127.0.0.1, localhost and ::1.
     #[arg(long, env = "CODEXMESH_SIM_TLS")]
     tls: bool,
@@ -91,6 +95,7 @@ async fn main() -> ExitCode {
         let patch = BehaviorPatch {
             event_delay_ms: args.event_delay_ms,
             reply_text: args.reply_text.clone(),
+            prefer_websockets: args.prefer_websockets.then_some(true),
             ..Default::default()
         };
         if let Err(e) = state.lock().behavior.apply(patch) {

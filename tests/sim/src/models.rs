@@ -1,5 +1,6 @@
 //! The model catalogue of `GET /codex/models`, in the shape Codex CLI 0.169 reads
-//! (`ModelsResponse { models: [ModelInfo] }` plus an `ETag` header).
+//! (`ModelsResponse { models: [ModelInfo] }` plus an `ETag` header; `If-None-Match` naming that
+//! ETag gets a 304).
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -84,13 +85,33 @@ pub fn default_models() -> Value {
     )
 }
 
-/// The `/models` body and its ETag for a catalogue (`override_models` or the built-in one).
-pub fn models_response(override_models: Option<&Value>) -> (Value, String) {
-    let models = override_models.cloned().unwrap_or_else(default_models);
+/// The `/models` body and its ETag for a catalogue (`override_models` or the built-in one);
+/// `prefer_websockets` sets that flag on every model object.
+pub fn models_response(
+    override_models: Option<&Value>,
+    prefer_websockets: bool,
+) -> (Value, String) {
+    let mut models = override_models.cloned().unwrap_or_else(default_models);
+    if prefer_websockets {
+        for m in models.as_array_mut().into_iter().flatten() {
+            if let Some(obj) = m.as_object_mut() {
+                obj.insert("prefer_websockets".into(), Value::Bool(true));
+            }
+        }
+    }
     let body = json!({ "models": models });
     let digest = Sha256::digest(body.to_string().as_bytes());
     let etag = format!("\"{}\"", crate::recording::hex(&digest[..8]));
     (body, etag)
+}
+
+/// Whether an `If-None-Match` header value matches `etag` (a list, `*`, weak tags).
+pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let want = bare(etag);
+    if_none_match
+        .split(',')
+        .any(|t| t.trim() == "*" || bare(t) == want)
 }
 
 #[cfg(test)]
@@ -100,7 +121,7 @@ mod tests {
 
     #[test]
     fn catalogue_shape() {
-        let (body, etag) = models_response(None);
+        let (body, etag) = models_response(None, false);
         let models = body["models"].as_array().unwrap();
         assert_eq!(models.len(), DEFAULT_MODELS.len());
         for m in models {
@@ -120,7 +141,15 @@ mod tests {
             }
         }
         assert!(etag.starts_with('"') && etag.ends_with('"'));
-        let (_, etag2) = models_response(Some(&json!([])));
+        let (_, etag2) = models_response(Some(&json!([])), false);
         assert_ne!(etag, etag2);
+        assert!(etag_matches(&etag, &etag));
+        assert!(etag_matches(&format!("\"x\", W/{etag}"), &etag));
+        assert!(etag_matches("*", &etag));
+        assert!(!etag_matches(&etag2, &etag));
+        let (body, _) = models_response(Some(&json!([{"slug": "x"}])), true);
+        assert_eq!(body["models"][0]["prefer_websockets"], true);
+        let (body, _) = models_response(None, false);
+        assert_eq!(body["models"][0]["prefer_websockets"], false);
     }
 }

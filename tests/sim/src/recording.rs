@@ -73,6 +73,15 @@ pub struct RequestRecord {
     pub account_id: Option<String>,
     /// Answer status (`null` until the handler answered).
     pub status: Option<u16>,
+    /// Names of the request's `tools` (a tool without a name by its `type`), when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// `tool_choice` when sent: a string, or an object's `type`/`name`/`mode`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    /// `text.format.type` when sent (`json_schema`, `json_object`, `text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_format: Option<String>,
     /// The decoded JSON body (shown with `?include_body=1`).
     #[serde(skip)]
     pub body_json: Option<Value>,
@@ -120,6 +129,15 @@ pub struct WsFrameRecord {
     pub body_json_keys: Option<Vec<String>>,
     /// The id of the response that answered it.
     pub response_id: Option<String>,
+    /// Names of the request's `tools` (a tool without a name by its `type`), when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// `tool_choice` when sent: a string, or an object's `type`/`name`/`mode`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    /// `text.format.type` when sent (`json_schema`, `json_object`, `text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_format: Option<String>,
     /// `completed`, `warmup`, `failed` (injected `sse_failed`), `truncated` (injected
     /// `sse_truncated`), `ignored` (`response.processed`), or `error:<code>` after an error
     /// event (`previous_response_not_found`, `usage_limit_reached`, `invalid_request`, ...).
@@ -256,6 +274,8 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
     let obj = json.as_ref().and_then(Value::as_object);
     let now_ms = st.clock.now_ms();
     let websocket = is_websocket_upgrade(&parts.headers);
+    let (tools, tool_choice, text_format) =
+        obj.map(crate::reply::logged_fields).unwrap_or_default();
     let seq = {
         let mut g = st.lock();
         let account_id = account_of(
@@ -287,6 +307,9 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
                 stream: obj.and_then(|m| m.get("stream")).and_then(Value::as_bool),
                 account_id,
                 status: None,
+                tools,
+                tool_choice,
+                text_format,
                 body_json: json.clone(),
                 websocket,
                 ws_extensions_offered: if websocket {
@@ -410,6 +433,9 @@ mod tests {
             stream: None,
             account_id: None,
             status: None,
+            tools: None,
+            tool_choice: None,
+            text_format: None,
             body_json: Some(Value::Null),
             websocket: false,
             ws_extensions_offered: None,

@@ -19,11 +19,97 @@ pub struct Turn {
     pub created_at: i64,
     /// Input tokens reported.
     pub input_tokens: i64,
+    /// Function calls answered instead of the text (when not empty).
+    pub calls: Vec<FunctionCall>,
+}
+
+/// One `function_call` output item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionCall {
+    /// `fc_...`
+    pub item_id: String,
+    /// `call_...` (what the client's `function_call_output` names).
+    pub call_id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments, a JSON object as a string.
+    pub arguments: String,
+}
+
+impl FunctionCall {
+    /// The item; `arguments` empty while `in_progress`.
+    pub fn item(&self, done: bool) -> Value {
+        json!({
+            "id": self.item_id,
+            "type": "function_call",
+            "status": if done { "completed" } else { "in_progress" },
+            "call_id": self.call_id,
+            "name": self.name,
+            "arguments": if done { self.arguments.as_str() } else { "" },
+        })
+    }
+
+    /// `response.function_call_arguments.delta` events for output item `index`.
+    fn delta_events(&self, index: usize, pieces: usize) -> Vec<Value> {
+        split_text(&self.arguments, pieces)
+            .into_iter()
+            .map(|delta| {
+                json!({
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": self.item_id,
+                    "output_index": index,
+                    "delta": delta,
+                })
+            })
+            .collect()
+    }
+
+    /// Everything about output item `index`: added, the argument deltas, arguments done,
+    /// item done.
+    fn events(&self, index: usize, pieces: usize) -> Vec<Value> {
+        let mut events = vec![json!({
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": self.item(false),
+        })];
+        events.extend(self.delta_events(index, pieces));
+        events.push(json!({
+            "type": "response.function_call_arguments.done",
+            "item_id": self.item_id,
+            "output_index": index,
+            "name": self.name,
+            "arguments": self.arguments,
+        }));
+        events.push(json!({
+            "type": "response.output_item.done",
+            "output_index": index,
+            "item": self.item(true),
+        }));
+        events
+    }
 }
 
 impl Turn {
     fn output_tokens(&self) -> i64 {
-        (self.text.split_whitespace().count() as i64).max(1)
+        if self.calls.is_empty() {
+            (self.text.split_whitespace().count() as i64).max(1)
+        } else {
+            let chars: usize = self
+                .calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum();
+            (chars as i64 / 4).max(1)
+        }
+    }
+
+    /// The finished output items: the function calls, or the assistant message.
+    pub fn output_items(&self) -> Vec<Value> {
+        if self.calls.is_empty() {
+            vec![self.message_item()]
+        } else {
+            self.calls.iter().map(|c| c.item(true)).collect()
+        }
     }
 
     /// The `usage` object of `response.completed`.
@@ -68,7 +154,7 @@ impl Turn {
     pub fn response_json(&self) -> Value {
         self.response_object(
             "completed",
-            json!([self.message_item()]),
+            Value::Array(self.output_items()),
             Some(self.usage()),
         )
     }
@@ -82,9 +168,18 @@ impl Turn {
     }
 
     /// The events of a whole successful turn, in order: created, output_item.added, the
-    /// deltas, output_item.done, completed.
+    /// deltas, output_item.done, completed. A function-call turn has, per call,
+    /// output_item.added, function_call_arguments.delta ×n, function_call_arguments.done,
+    /// output_item.done.
     pub fn events(&self) -> Vec<Value> {
         let mut events = vec![self.created_event()];
+        if !self.calls.is_empty() {
+            for (i, call) in self.calls.iter().enumerate() {
+                events.extend(call.events(i, self.delta_count));
+            }
+            events.push(self.completed_event());
+            return number(events);
+        }
         events.push(json!({
             "type": "response.output_item.added",
             "output_index": 0,
@@ -102,19 +197,29 @@ impl Turn {
             "output_index": 0,
             "item": self.message_item(),
         }));
-        events.push(json!({
-            "type": "response.completed",
-            "response": self.response_object(
-                "completed",
-                json!([self.message_item()]),
-                Some(self.usage()),
-            ),
-        }));
+        events.push(self.completed_event());
         number(events)
     }
 
-    /// The delta events alone.
+    fn completed_event(&self) -> Value {
+        json!({
+            "type": "response.completed",
+            "response": self.response_json(),
+        })
+    }
+
+    /// The delta events alone (of a function-call turn: the first call's added event and
+    /// argument deltas).
     pub fn delta_events(&self) -> Vec<Value> {
+        if let Some(call) = self.calls.first() {
+            let mut events = vec![json!({
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": call.item(false),
+            })];
+            events.extend(call.delta_events(0, self.delta_count));
+            return events;
+        }
         split_text(&self.text, self.delta_count)
             .into_iter()
             .map(|delta| {
@@ -211,6 +316,7 @@ mod tests {
             delta_count: 3,
             created_at: 42,
             input_tokens: 10,
+            calls: Vec::new(),
         }
     }
 
@@ -263,6 +369,79 @@ mod tests {
             0
         );
         assert_eq!(events[6]["sequence_number"], 6);
+    }
+
+    #[test]
+    fn function_call_events() {
+        let mut t = turn();
+        t.delta_count = 3;
+        t.calls = vec![
+            FunctionCall {
+                item_id: "fc_1".into(),
+                call_id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            },
+            FunctionCall {
+                item_id: "fc_2".into(),
+                call_id: "call_2".into(),
+                name: "get_time".into(),
+                arguments: "{}".into(),
+            },
+        ];
+        let events = t.events();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let per_call = |n: usize| {
+            let mut v = vec!["response.output_item.added"];
+            v.extend(std::iter::repeat_n(
+                "response.function_call_arguments.delta",
+                n,
+            ));
+            v.extend([
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+            ]);
+            v
+        };
+        let mut want = vec!["response.created"];
+        want.extend(per_call(3));
+        want.extend(per_call(2));
+        want.push("response.completed");
+        assert_eq!(kinds, want);
+        assert_eq!(
+            events[1]["item"],
+            json!({"id": "fc_1", "type": "function_call", "status": "in_progress",
+                   "call_id": "call_1", "name": "get_weather", "arguments": ""})
+        );
+        let args: String = events
+            .iter()
+            .filter(|e| {
+                e["type"] == "response.function_call_arguments.delta" && e["output_index"] == 0
+            })
+            .map(|e| {
+                assert_eq!(e["item_id"], "fc_1");
+                e["delta"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(args, r#"{"city":"Paris"}"#);
+        assert_eq!(events[5]["arguments"], r#"{"city":"Paris"}"#);
+        assert_eq!(events[6]["item"]["status"], "completed");
+        assert_eq!(events[7]["output_index"], 1);
+        let completed = events.last().unwrap();
+        let output = completed["response"]["output"].as_array().unwrap();
+        assert_eq!(output.len(), 2);
+        assert_eq!(output[0], events[6]["item"]);
+        assert_eq!(output[1]["call_id"], "call_2");
+        assert!(
+            completed["response"]["usage"]["output_tokens"]
+                .as_i64()
+                .unwrap()
+                >= 1
+        );
+        assert_eq!(t.response_json()["output"], completed["response"]["output"]);
+        let partial = t.truncated_events();
+        assert_eq!(partial[1]["type"], "response.output_item.added");
+        assert!(partial.iter().all(|e| e["type"] != "response.completed"));
     }
 
     #[test]

@@ -234,6 +234,15 @@ pub struct Behavior {
     pub session_cookies: bool,
     /// Replace the model catalogue (a JSON array of model objects).
     pub models: Option<Value>,
+    /// Set `prefer_websockets: true` on every model of the catalogue (false: the built-in
+    /// catalogue says false, a replaced one is served as given).
+    pub prefer_websockets: bool,
+    /// Answer a turn that offers function tools (and `tool_choice` is not `"none"`, and the
+    /// last input item is not a `function_call_output`) with function calls.
+    pub tool_calls: bool,
+    /// Do so for the Codex CLI too (requests with `originator: codex_*`); off by default: the
+    /// CLI always offers its tools and would run the call.
+    pub tool_calls_for_codex_cli: bool,
     /// Delay of the token endpoint for accounts without their own (ms).
     pub refresh_delay_ms: u64,
     /// Serve device-code login (false: the usercode endpoint answers 404, which the CLI
@@ -269,6 +278,9 @@ impl Default for Behavior {
             turn_state: true,
             session_cookies: true,
             models: None,
+            prefer_websockets: false,
+            tool_calls: true,
+            tool_calls_for_codex_cli: false,
             refresh_delay_ms: 0,
             device_login_enabled: true,
             device_poll_interval_secs: DEFAULT_POLL_INTERVAL_SECS,
@@ -312,6 +324,12 @@ pub struct BehaviorPatch {
     /// See [`Behavior::models`]; `null` restores the built-in catalogue.
     #[serde(default, deserialize_with = "double_option")]
     pub models: Option<Option<Value>>,
+    /// See [`Behavior::prefer_websockets`].
+    pub prefer_websockets: Option<bool>,
+    /// See [`Behavior::tool_calls`].
+    pub tool_calls: Option<bool>,
+    /// See [`Behavior::tool_calls_for_codex_cli`].
+    pub tool_calls_for_codex_cli: Option<bool>,
     /// See [`Behavior::refresh_delay_ms`].
     pub refresh_delay_ms: Option<u64>,
     /// See [`Behavior::device_login_enabled`].
@@ -412,6 +430,15 @@ impl Behavior {
         if let Some(v) = p.models {
             self.models = v;
         }
+        if let Some(v) = p.prefer_websockets {
+            self.prefer_websockets = v;
+        }
+        if let Some(v) = p.tool_calls {
+            self.tool_calls = v;
+        }
+        if let Some(v) = p.tool_calls_for_codex_cli {
+            self.tool_calls_for_codex_cli = v;
+        }
         if let Some(v) = p.refresh_delay_ms {
             self.refresh_delay_ms = v;
         }
@@ -437,6 +464,20 @@ impl Behavior {
             self.device_expired_status = v;
         }
         Ok(())
+    }
+
+    /// The tool-call policy for a request from a client with this `originator` header.
+    pub fn tool_policy(&self, originator: Option<&str>) -> crate::reply::ToolPolicy {
+        crate::reply::ToolPolicy {
+            enabled: self.tool_calls,
+            exempt_client: !self.tool_calls_for_codex_cli
+                && crate::reply::is_codex_cli_originator(originator),
+        }
+    }
+
+    /// The model catalogue and its ETag, as the knobs make it.
+    pub fn models_response(&self) -> (Value, String) {
+        crate::models::models_response(self.models.as_ref(), self.prefer_websockets)
     }
 
     /// Take the first injected failure that applies to this request.
@@ -664,6 +705,34 @@ mod tests {
             serde_json::from_str::<BehaviorPatch>(r#"{"device_auto_approve_as":{"nope":1}}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn tool_and_catalogue_knobs() {
+        let mut b = Behavior::default();
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["prefer_websockets"], false);
+        assert_eq!(v["tool_calls"], true);
+        assert_eq!(v["tool_calls_for_codex_cli"], false);
+        assert!(b.tool_policy(Some("codex_exec")).exempt_client);
+        assert!(!b.tool_policy(None).exempt_client);
+        let (_, etag) = b.models_response();
+        b.apply(
+            serde_json::from_str(
+                r#"{"prefer_websockets":true,"tool_calls":false,"tool_calls_for_codex_cli":true}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!b.tool_policy(None).enabled);
+        assert!(!b.tool_policy(Some("codex_exec")).exempt_client);
+        let (body, etag2) = b.models_response();
+        assert_ne!(etag, etag2);
+        assert!(body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["prefer_websockets"] == true));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::body::DecodedBody;
 use crate::errors::{detail, invalid_api_key, json_status};
 use crate::quota::Window;
 use crate::recording::bearer;
-use crate::sse::{frame, Turn};
+use crate::reply::{decide, Reply};
+use crate::sse::{frame, FunctionCall, Turn};
 use crate::state::{FailMode, InjectedFailure, Shared};
 
 /// Request fields the upstream refuses with `Unsupported parameter`.
@@ -321,11 +322,13 @@ async fn prepare_turn(st: &Shared, req: Incoming, compact: bool) -> Prepared {
         acc.turns += 1;
     }
     let raw_len = serde_json::to_string(&body).map(|s| s.len()).unwrap_or(0);
-    let turn = new_turn(g, &account_id, model, raw_len, now);
+    let originator = headers.get("originator").and_then(|v| v.to_str().ok());
+    let request = (!compact).then(|| body.as_object()).flatten();
+    let turn = new_turn(g, &account_id, model, raw_len, now, request, originator);
     if failure.is_none() && !compact {
         g.response_index.insert(&turn.response_id, &account_id);
     }
-    let (_, etag) = crate::models::models_response(g.behavior.models.as_ref());
+    let (_, etag) = g.behavior.models_response();
     Prepared::Turn {
         turn,
         stream,
@@ -338,13 +341,17 @@ async fn prepare_turn(st: &Shared, req: Incoming, compact: bool) -> Prepared {
 }
 
 /// A new turn's answer for `account_id` (its reply text, fresh ids, the knobs' delta count);
-/// counts it in `responses_served`.
+/// counts it in `responses_served`. With the `request` body, the reply is decided by
+/// [`crate::reply::decide`] (function calls, tool output, `text.format`); `originator` is the
+/// client's header of that name.
 pub(crate) fn new_turn(
     g: &mut crate::state::Inner,
     account_id: &str,
     model: String,
     raw_len: usize,
     now: i64,
+    request: Option<&serde_json::Map<String, Value>>,
+    originator: Option<&str>,
 ) -> Turn {
     g.responses_served += 1;
     let seq = g.responses_served;
@@ -356,6 +363,25 @@ pub(crate) fn new_turn(
         .replace("{account_id}", account_id)
         .replace("{model}", &model)
         .replace("{seq}", &seq.to_string());
+    let reply = match request {
+        Some(body) => decide(body, text, g.behavior.tool_policy(originator)),
+        None => Reply::Text(text),
+    };
+    let (text, calls) = match reply {
+        Reply::Text(t) => (t, Vec::new()),
+        Reply::Calls(calls) => (
+            String::new(),
+            calls
+                .into_iter()
+                .map(|(name, arguments)| FunctionCall {
+                    item_id: format!("fc_{}", random_hex(32)),
+                    call_id: format!("call_{}", random_hex(24)),
+                    name,
+                    arguments,
+                })
+                .collect(),
+        ),
+    };
     Turn {
         response_id: format!("resp_{}", random_hex(32)),
         item_id: format!("msg_{}", random_hex(32)),
@@ -364,6 +390,7 @@ pub(crate) fn new_turn(
         delta_count: g.behavior.delta_count,
         created_at: now,
         input_tokens: (raw_len as i64 / 4).max(1),
+        calls,
     }
 }
 
@@ -482,14 +509,23 @@ async fn models(State(st): State<Shared>, req: Request) -> Response {
     let (body, etag, failure) = {
         let mut g = st.lock();
         let f = g.behavior.take_failure(&path, account.as_deref());
-        let (b, e) = crate::models::models_response(g.behavior.models.as_ref());
+        let (b, e) = g.behavior.models_response();
         (b, e, f)
     };
     if let Some(f) = failure {
         return failure_response(&f);
     }
     let mut headers = HeaderMap::new();
-    put(&mut headers, "etag", etag);
+    put(&mut headers, "etag", etag.clone());
+    let unchanged = req
+        .headers()
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| crate::models::etag_matches(v, &etag));
+    if unchanged {
+        return (axum::http::StatusCode::NOT_MODIFIED, headers).into_response();
+    }
     (headers, axum::Json(body)).into_response()
 }
 

@@ -15,7 +15,9 @@
 //! account's windows:
 //! - `generate: false` (warm-up): `response.created` + `response.completed` with no output and
 //!   no usage; no quota is used;
-//! - otherwise a full turn (one turn's cost, `turns` +1), after `response_delay_ms`;
+//! - otherwise a full turn (one turn's cost, `turns` +1), after `response_delay_ms`, answered
+//!   like an HTTP turn by [`crate::reply::decide`] (function calls, tool output, `text.format`;
+//!   the upgrade's `originator` header decides whether the client is the Codex CLI);
 //! - `previous_response_id` must name a completed or warm-up response of the same account
 //!   (knob `websocket_previous_response_scope`: `account`, or `connection` for this connection
 //!   only), else an error event `{"type":"error","status":400,"error":{"code":
@@ -111,7 +113,7 @@ pub async fn responses_websocket(State(st): State<Shared>, req: Request) -> Resp
         if let Err(e) = acc.quota.check(now) {
             return usage_limit_response(&acc.plan, e.resets_at, now);
         }
-        let (_, etag) = crate::models::models_response(g.behavior.models.as_ref());
+        let (_, etag) = g.behavior.models_response();
         if let Some(seq) = seq {
             with_record(&mut g.requests, seq, |r| {
                 r.ws_frames_received = Some(0);
@@ -126,10 +128,16 @@ pub async fn responses_websocket(State(st): State<Shared>, req: Request) -> Resp
             g.behavior.websocket_previous_response_scope,
         )
     };
+    let originator = parts
+        .headers
+        .get("originator")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let session = Session {
         st: st.clone(),
         seq,
         path,
+        originator,
         account_id: account_id.clone(),
         scope,
         own: ResponseIndex::default(),
@@ -156,6 +164,8 @@ struct Session {
     /// The request log record of the upgrade.
     seq: Option<u64>,
     path: String,
+    /// The upgrade's `originator` header (the Codex CLI's gets no tool calls by default).
+    originator: Option<String>,
     account_id: String,
     scope: PreviousResponseScope,
     /// Responses produced on this connection.
@@ -278,6 +288,8 @@ impl Session {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
+        let (tools, tool_choice, text_format) =
+            obj.map(crate::reply::logged_fields).unwrap_or_default();
         let mut record = WsFrameRecord {
             at_unix_ms,
             len: text.len(),
@@ -287,6 +299,9 @@ impl Session {
             generate: obj.and_then(|m| m.get("generate")).and_then(Value::as_bool),
             body_json_keys: obj.map(|m| m.keys().cloned().collect()),
             response_id: None,
+            tools,
+            tool_choice,
+            text_format,
             outcome: String::new(),
             body_json: parsed.clone(),
         };
@@ -375,7 +390,7 @@ impl Session {
         } else {
             None
         };
-        self.turn(generate, model, failure, len)
+        self.turn(generate, model, failure, len, obj)
     }
 
     /// The events of a `response.create` that passed the checks.
@@ -385,6 +400,7 @@ impl Session {
         model: String,
         failure: Option<InjectedFailure>,
         len: usize,
+        request: &Map<String, Value>,
     ) -> Answer {
         let now = self.st.clock.now();
         let mut guard = self.st.lock();
@@ -436,7 +452,15 @@ impl Session {
             acc.turns += 1;
         }
         let rate_limits = rate_limits_event(acc, now);
-        let turn = new_turn(g, &self.account_id, model, len, now);
+        let turn = new_turn(
+            g,
+            &self.account_id,
+            model,
+            len,
+            now,
+            generate.then_some(request),
+            self.originator.as_deref(),
+        );
         let (body, outcome, truncate) = match failure.as_ref().map(|f| f.mode) {
             Some(FailMode::SseFailed) => {
                 let error = failure.as_ref().and_then(|f| f.body.clone()).unwrap_or_else(

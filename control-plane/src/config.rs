@@ -139,6 +139,14 @@ pub struct SettingsFlags {
     /// How often watched folders are scanned [env: CODEXMESH_WATCH_INTERVAL_MS]
     #[arg(long, global = true, value_name = "MS")]
     pub watch_interval_ms: Option<u64>,
+    /// Close a pooled WebSocket connection after this long (Envoy bootstrap)
+    /// [env: CODEXMESH_WEBSOCKET_MAX_LIFETIME_SECS]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub websocket_max_lifetime_secs: Option<u64>,
+    /// Refuse request bodies larger than this with 413 (Envoy bootstrap)
+    /// [env: CODEXMESH_MAX_REQUEST_BODY_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// The TOML config file. Unknown keys are refused so a typo does not silently fall back to a
@@ -170,6 +178,8 @@ pub struct FileConfig {
     /// `["DIR=POOL", ...]`
     pub watch: Option<Vec<String>>,
     pub watch_interval_ms: Option<u64>,
+    pub websocket_max_lifetime_secs: Option<u64>,
+    pub max_request_body_bytes: Option<u64>,
 }
 
 impl FileConfig {
@@ -282,6 +292,10 @@ pub struct Settings {
     pub auth_base_url: String,
     pub watch: Vec<WatchSpec>,
     pub watch_interval_ms: u64,
+    /// A pooled WebSocket connection's longest life (seconds).
+    pub websocket_max_lifetime_secs: u64,
+    /// Largest request body accepted (bytes); larger ones get 413.
+    pub max_request_body_bytes: u64,
     /// Test-only (see [`Fault`]).
     pub fault: Option<Fault>,
     push_token: Option<GivenSecret>,
@@ -444,6 +458,26 @@ impl Settings {
                 "CODEXMESH_WATCH_INTERVAL_MS",
                 file.watch_interval_ms,
                 "1000",
+            )?,
+            websocket_max_lifetime_secs: positive(
+                pick_parsed(
+                    flags.websocket_max_lifetime_secs,
+                    &env,
+                    "CODEXMESH_WEBSOCKET_MAX_LIFETIME_SECS",
+                    file.websocket_max_lifetime_secs,
+                    "3600",
+                )?,
+                "websocket_max_lifetime_secs",
+            )?,
+            max_request_body_bytes: positive(
+                pick_parsed(
+                    flags.max_request_body_bytes,
+                    &env,
+                    "CODEXMESH_MAX_REQUEST_BODY_BYTES",
+                    file.max_request_body_bytes,
+                    "67108864",
+                )?,
+                "max_request_body_bytes",
             )?,
             fault: match env(ENV_FAULT) {
                 None => None,
@@ -637,6 +671,17 @@ fn pick<T: From<&'static str>>(
     flag.or_else(|| env.map(Into::into))
         .or(file)
         .unwrap_or_else(|| T::from(default))
+}
+
+/// A setting that must be at least 1.
+fn positive(value: u64, name: &str) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            origin: name.to_owned(),
+            message: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(value)
 }
 
 fn pick_parsed<T: std::str::FromStr>(

@@ -22,6 +22,12 @@ pub struct BootstrapParams {
     pub upstream_base_url: String,
     /// The built `codexmesh_filter.wasm`.
     pub wasm_path: PathBuf,
+    /// A pooled WebSocket connection is closed after this long (the upstream closes at 60
+    /// minutes anyway).
+    pub websocket_max_lifetime_secs: u64,
+    /// Request bodies over this are refused with 413 (the filter by content length, Envoy while
+    /// buffering).
+    pub max_request_body_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -208,13 +214,21 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
     } else {
         "        explicit_http_config:\n          http_protocol_options: {}"
     };
+    let tls_ws = tls.replace(
+        "alpn_protocols: [h2, http/1.1]",
+        "alpn_protocols: [http/1.1]",
+    );
     let service_config = serde_json_string(&params.node_id);
+    let downstream_config = format!(
+        "{{\"role\":\"downstream\",\"max_request_body_bytes\":{}}}",
+        params.max_request_body_bytes
+    );
     let control_plane_type = if params.control_plane.is_ip() {
         "STATIC"
     } else {
         "STRICT_DNS"
     };
-    let vars: [(&str, String); 17] = [
+    let vars: [(&str, String); 21] = [
         ("node_id", quote(&params.node_id)),
         ("admin_host", quote(&params.admin_listen.ip().to_string())),
         ("admin_port", params.admin_listen.port().to_string()),
@@ -235,6 +249,16 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         ("upstream_port", upstream.port.to_string()),
         ("upstream_tls", tls),
         ("upstream_protocol", protocol.to_string()),
+        ("upstream_tls_ws", tls_ws),
+        ("downstream_config", quote(&downstream_config)),
+        (
+            "max_request_body_bytes",
+            params.max_request_body_bytes.to_string(),
+        ),
+        (
+            "websocket_max_lifetime",
+            format!("{}s", params.websocket_max_lifetime_secs),
+        ),
     ];
     let mut out = TEMPLATE.to_string();
     for (name, value) in vars {
@@ -264,6 +288,8 @@ mod tests {
             control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
             upstream_base_url: url.into(),
             wasm_path: "/tmp/x.wasm".into(),
+            websocket_max_lifetime_secs: 3600,
+            max_request_body_bytes: 1 << 20,
         }
     }
 

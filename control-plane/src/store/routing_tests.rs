@@ -392,6 +392,7 @@ async fn exercise_routing(store: &Store, tag: &str, key: &MasterKey) -> TestResu
             circuit_open_ms: 5000,
             cooldown_max_ms: 0,
             primary_account_id: b.id.clone(),
+            websockets_disabled: false,
         })
     );
     let override_of = |id: &str| {

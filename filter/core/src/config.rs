@@ -8,8 +8,8 @@ use crate::supervisor::SupervisorSettings;
 pub enum Role {
     /// The bootstrap singleton: Subscribe stream, shared data, reports.
     Service(ServiceConfig),
-    /// Listener filter: auth and ranking.
-    Downstream,
+    /// Listener filter: auth, ranking and the `/v1` translations.
+    Downstream(DownstreamConfig),
     /// Cluster upstream filter: per-attempt injection and evidence.
     Upstream,
 }
@@ -41,6 +41,25 @@ impl Default for ServiceConfig {
     }
 }
 
+/// The listener filter's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamConfig {
+    /// Request bodies over this many bytes are refused with 413 (the route's buffer limit is
+    /// rendered from the same setting).
+    pub max_request_body_bytes: u64,
+}
+
+/// 64 MiB: Codex requests carry whole transcripts.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
@@ -61,7 +80,15 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
         .and_then(|v| v.as_str())
         .ok_or_else(|| ConfigError("'role' is required: service, downstream or upstream".into()))?;
     match role {
-        "downstream" => Ok(Role::Downstream),
+        "downstream" => {
+            let mut cfg = DownstreamConfig::default();
+            if let Some(v) = obj.get("max_request_body_bytes") {
+                cfg.max_request_body_bytes = v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                    ConfigError("'max_request_body_bytes' must be a positive integer".into())
+                })?;
+            }
+            Ok(Role::Downstream(cfg))
+        }
         "upstream" => Ok(Role::Upstream),
         "service" => {
             let mut cfg = ServiceConfig::default();
@@ -124,8 +151,15 @@ mod tests {
     fn filter_roles() {
         assert_eq!(
             parse(br#"{"role":"downstream"}"#).unwrap(),
-            Role::Downstream
+            Role::Downstream(DownstreamConfig::default())
         );
+        assert_eq!(
+            parse(br#"{"role":"downstream","max_request_body_bytes":1024}"#).unwrap(),
+            Role::Downstream(DownstreamConfig {
+                max_request_body_bytes: 1024
+            })
+        );
+        assert!(parse(br#"{"role":"downstream","max_request_body_bytes":0}"#).is_err());
         assert_eq!(parse(br#"{"role":"upstream"}"#).unwrap(), Role::Upstream);
     }
 

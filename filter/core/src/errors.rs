@@ -42,6 +42,10 @@ pub enum ErrorKind {
     ModelNotFound,
     /// The upstream answered with a failed response (`response.failed`, `error` event).
     UpstreamFailed,
+    /// An OpenAI API route a pool of Codex subscriptions cannot serve (embeddings, audio, …).
+    UnsupportedEndpoint,
+    /// A request body over the gateway's size limit.
+    BodyTooLarge,
 }
 
 impl ErrorKind {
@@ -56,6 +60,8 @@ impl ErrorKind {
             Self::InvalidRequest => 400,
             Self::ModelNotFound => 404,
             Self::UpstreamFailed => 502,
+            Self::UnsupportedEndpoint => 501,
+            Self::BodyTooLarge => 413,
         }
     }
 
@@ -74,6 +80,8 @@ impl ErrorKind {
             Self::InvalidRequest => "invalid_request",
             Self::ModelNotFound => "model_not_found",
             Self::UpstreamFailed => "upstream_failed",
+            Self::UnsupportedEndpoint => "unsupported_endpoint",
+            Self::BodyTooLarge => "request_too_large",
         }
     }
 
@@ -93,7 +101,9 @@ impl ErrorKind {
             | Self::WebSocketUnsupported
             | Self::UnknownEndpoint
             | Self::InvalidRequest
-            | Self::ModelNotFound => ErrorSource::Client,
+            | Self::ModelNotFound
+            | Self::UnsupportedEndpoint
+            | Self::BodyTooLarge => ErrorSource::Client,
             Self::NotReady
             | Self::NoAccountAvailable
             | Self::PoolExhausted

@@ -9,6 +9,7 @@ use crate::evidence::UsageLimit;
 use crate::local::LocalAccount;
 use crate::pb;
 use crate::routing::Limits;
+use crate::translate::responses::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -29,6 +30,9 @@ pub enum Verdict {
     TransportFailure,
     /// No answer because the client's stream ended first: never the account's doing.
     ClientCancelled,
+    /// A 200 stream the upstream broke: `response.failed`, or cut before its final event while
+    /// the client was still reading. Health, like a 5xx.
+    StreamBroken,
 }
 
 /// Why an attempt ended without an answer.
@@ -55,7 +59,10 @@ impl Verdict {
         match self {
             Self::Success => "",
             Self::ClientError | Self::ClientCancelled => "client",
-            Self::UsageLimited { .. } | Self::AuthRejected | Self::UpstreamFailure => "upstream",
+            Self::UsageLimited { .. }
+            | Self::AuthRejected
+            | Self::UpstreamFailure
+            | Self::StreamBroken => "upstream",
             Self::TransportFailure => "transport",
         }
     }
@@ -68,7 +75,51 @@ impl Verdict {
     pub fn error_code(self) -> Option<&'static str> {
         match self {
             Self::ClientCancelled => Some("client_cancelled"),
+            Self::StreamBroken => Some("stream_broken"),
             _ => None,
+        }
+    }
+}
+
+/// `response.failed` codes that blame the request, not the account.
+const CLIENT_FAULT_CODES: &[&str] = &[
+    "context_length_exceeded",
+    "invalid_prompt",
+    "invalid_request_error",
+    "invalid_image",
+    "cyber_policy_violation",
+    "content_policy_violation",
+];
+
+/// `response.failed` codes that mean the account's usage is spent or rate limited.
+const USAGE_CODES: &[&str] = &[
+    "rate_limit_exceeded",
+    "usage_limit_reached",
+    "insufficient_quota",
+];
+
+/// What the end of a 200 stream means beyond its status, when it did not complete: `None` for
+/// a completed (or deliberately incomplete: length, content filter) stream, and for one still
+/// open. The caller decides a cut stream's blame first: a stream the client abandoned is
+/// `ClientCancelled`, never this.
+pub fn stream_verdict(
+    end: &Outcome,
+    state: &LocalAccount,
+    limits: &Limits,
+    now_ms: i64,
+) -> Option<Verdict> {
+    match end {
+        Outcome::Pending | Outcome::Completed | Outcome::Incomplete { .. } => None,
+        Outcome::Cut => Some(Verdict::StreamBroken),
+        Outcome::Failed { code, .. } => {
+            let code = code.as_deref().unwrap_or_default();
+            Some(if CLIENT_FAULT_CODES.contains(&code) {
+                Verdict::ClientError
+            } else if USAGE_CODES.contains(&code) {
+                classify(429, None, None, None, state, limits, now_ms)
+            } else {
+                Verdict::StreamBroken
+            })
         }
     }
 }
@@ -93,7 +144,8 @@ pub fn classify(
 ) -> Verdict {
     match status {
         0 => Verdict::TransportFailure,
-        200..=399 => Verdict::Success,
+        // 101: a WebSocket upgrade the account accepted.
+        101 | 200..=399 => Verdict::Success,
         401 | 403 => Verdict::AuthRejected,
         429 => {
             let from_body = body
@@ -169,7 +221,7 @@ pub fn apply(
             }
         }
         Verdict::AuthRejected => state.auth_failed_token = token_fp,
-        Verdict::UpstreamFailure | Verdict::TransportFailure => {
+        Verdict::UpstreamFailure | Verdict::TransportFailure | Verdict::StreamBroken => {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
             let half_open_probe_failed = state.probe_until_ms > 0;
             if half_open_probe_failed || state.consecutive_failures >= limits.circuit_failures {
@@ -422,5 +474,38 @@ mod tests {
         );
         assert_eq!(parse_retry_after(Some("-1"), 0), None);
         assert_eq!(parse_retry_after(None, 0), None);
+    }
+
+    #[test]
+    fn a_broken_stream_is_the_account_s_failure_and_a_bad_prompt_is_not() {
+        let state = LocalAccount::default();
+        let limits = Limits::from_settings(None);
+        let v = |end: Outcome| stream_verdict(&end, &state, &limits, 1_000);
+        assert_eq!(v(Outcome::Completed), None);
+        assert_eq!(v(Outcome::Pending), None);
+        assert_eq!(v(Outcome::Incomplete { reason: None }), None);
+        assert_eq!(v(Outcome::Cut), Some(Verdict::StreamBroken));
+        let failed = |code: &str| Outcome::Failed {
+            code: Some(code.into()),
+            message: None,
+        };
+        assert_eq!(v(failed("server_error")), Some(Verdict::StreamBroken));
+        assert_eq!(
+            v(failed("context_length_exceeded")),
+            Some(Verdict::ClientError)
+        );
+        assert!(matches!(
+            v(failed("usage_limit_reached")),
+            Some(Verdict::UsageLimited { guessed: true, .. })
+        ));
+        assert_eq!(Verdict::StreamBroken.source(), "upstream");
+        let mut s = LocalAccount::default();
+        for _ in 0..limits.circuit_failures {
+            apply(&mut s, Verdict::StreamBroken, 1, &limits, 1_000);
+        }
+        assert!(
+            s.circuit_open_until_ms > 1_000,
+            "broken streams open the circuit"
+        );
     }
 }

@@ -10,17 +10,21 @@ use std::rc::Rc;
 use codexmesh_filter_core::affinity::{
     affinity_key, locality_windows, prompt_cache_key, LOCALITY_HEAD_BYTES,
 };
-use codexmesh_filter_core::endpoints::{self, Endpoint, Serving};
+use codexmesh_filter_core::config::DownstreamConfig;
+use codexmesh_filter_core::endpoints::{self, Endpoint, Serving, Translation};
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::headers::RequestHead;
+use codexmesh_filter_core::ranker;
 use codexmesh_filter_core::routing::{self, Limits, RouteInput, PROBE_RESERVATION_MS};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
+use codexmesh_filter_core::translate::IGNORED_PARAMS_HEADER;
 use codexmesh_filter_core::{auth, pb, turnstate, usage};
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
+use crate::translation::{self, AnswerShape};
 use crate::{cache, host, reply_error};
 
 thread_local! {
@@ -37,6 +41,7 @@ struct Routed {
 
 #[derive(Default)]
 pub struct Downstream {
+    config: DownstreamConfig,
     /// Authenticated, waiting for the body to find its locality key.
     pending: Option<Routed>,
     routed: Option<Routed>,
@@ -50,6 +55,23 @@ pub struct Downstream {
     answered: bool,
     /// The body's head window was searched for the locality key.
     head_searched: bool,
+    /// A `/v1` request waiting for its whole body to be translated.
+    translating: Option<Translation>,
+    /// How a translated request's answer is shaped for the client.
+    answer: Option<AnswerShape>,
+    /// Request parameters the translation dropped (sent back in a header).
+    ignored_params: Option<String>,
+    /// The continuity header's affinity key, kept while the body is awaited.
+    header_key: Option<String>,
+}
+
+impl Downstream {
+    pub fn new(config: DownstreamConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
 }
 
 impl Context for Downstream {
@@ -81,29 +103,65 @@ impl HttpContext for Downstream {
             Ok(a) => a,
             Err(err) => return reply_error(&err),
         };
-        if let Err(err) = take_ownership(&head, admitted.rewritten_path) {
+        if let Err(err) = take_ownership(&head, admitted.rewritten_path.as_deref()) {
             return reply_error(&err);
         }
         let endpoint = admitted.spec.endpoint;
-        match admitted.spec.serving {
+        if admitted.spec.serving == Serving::Local {
+            return answer_locally(&authed, endpoint, now_ms);
+        }
+        if admitted.spec.websocket && websockets_disabled(&authed) {
             // 426 makes the Codex CLI fall back to HTTP SSE at once (other refusals cost it
             // several retries).
-            Serving::WebSocket => {
-                return reply_error(&GatewayError::new(
-                    ErrorKind::WebSocketUnsupported,
-                    "codexmesh serves Codex turns over HTTP SSE; set supports_websockets = false.",
-                ))
-            }
-            Serving::Local => return answer_locally(&authed, endpoint, now_ms),
-            Serving::Forward => {}
+            return reply_error(&GatewayError::new(
+                ErrorKind::WebSocketUnsupported,
+                "WebSockets are turned off for this pool: use HTTP SSE (supports_websockets = false).",
+            ));
         }
         self.endpoint = Some(endpoint);
         self.turn_state = head.get("x-codex-turn-state").map(str::to_string);
         let header_key = affinity_key(|name| head.get(name).map(str::to_string)).map(|k| k.value);
+        let declared_len = head
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared_len.is_some_and(|n| n > self.config.max_request_body_bytes) {
+            return reply_error(&self.body_too_large());
+        }
+        match admitted.spec.translation {
+            Translation::None => {}
+            Translation::Models => {
+                self.answer = Some(AnswerShape::Models {
+                    id: admitted.model_id,
+                    body: Vec::new(),
+                });
+            }
+            Translation::Responses | Translation::ChatCompletions => {
+                let content_type = head.get("content-type");
+                if !translation::is_json_content_type(content_type) {
+                    return translation::reply(&translation::wrong_content_type(
+                        content_type.unwrap_or_default(),
+                    ));
+                }
+                if end_of_stream {
+                    return translation::reply(
+                        &codexmesh_filter_core::translate::ApiError::invalid_json(
+                            "the request has no body",
+                        ),
+                    );
+                }
+                // The whole body is translated before anything is routed or sent.
+                self.translating = Some(admitted.spec.translation);
+                self.header_key = header_key;
+                self.pending = Some(authed);
+                return Action::Pause;
+            }
+        }
         // No continuity header: the body's prompt_cache_key is the next best locality key, so
         // wait for the body (compressed bodies are forwarded untouched, not read).
-        let wants_body =
-            header_key.is_none() && !end_of_stream && head.get("content-encoding").is_none();
+        let wants_body = header_key.is_none()
+            && !end_of_stream
+            && !admitted.spec.websocket
+            && head.get("content-encoding").is_none();
         if wants_body {
             self.pending = Some(authed);
             return Action::Pause;
@@ -117,6 +175,16 @@ impl HttpContext for Downstream {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.pending.is_none() {
             return Action::Continue;
+        }
+        if u64::try_from(body_size).unwrap_or(u64::MAX) > self.config.max_request_body_bytes {
+            self.pending = None;
+            return reply_error(&self.body_too_large());
+        }
+        if let Some(translation) = self.translating {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            return self.translate_pending(translation, body_size);
         }
         // Only two bounded windows of the body are ever copied and searched, so the cost does
         // not grow with the transcript (affinity::locality_windows).
@@ -152,6 +220,17 @@ impl HttpContext for Downstream {
             }
             _ => None,
         };
+        if replacement.is_none() && status == Some(200) {
+            if let Some(ignored) = self.ignored_params.as_deref() {
+                let _ = host::set_response_header(IGNORED_PARAMS_HEADER, ignored);
+            }
+            if let Some(answer) = self.answer.as_ref() {
+                return answer.on_headers(end_of_stream);
+            }
+        } else {
+            // Errors reach the client as the upstream or the gateway shaped them.
+            self.answer = None;
+        }
         if let Some(err) = replacement {
             let _ = host::remove_response_header("content-length");
             let _ = host::set_response_header("content-type", "application/json");
@@ -169,6 +248,9 @@ impl HttpContext for Downstream {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.answered = end_of_stream;
+        if let Some(answer) = self.answer.as_mut() {
+            return answer.on_body(body_size, end_of_stream);
+        }
         let Some(err) = self.replacement.as_ref() else {
             return Action::Continue;
         };
@@ -214,6 +296,45 @@ fn authenticate(head: &RequestHead) -> Result<Routed, GatewayError> {
 }
 
 impl Downstream {
+    fn body_too_large(&self) -> GatewayError {
+        GatewayError::new(
+            ErrorKind::BodyTooLarge,
+            format!(
+                "The request body is larger than this gateway accepts ({} bytes).",
+                self.config.max_request_body_bytes
+            ),
+        )
+    }
+
+    /// The whole `/v1` body is here: translate it for the Codex backend, then route.
+    fn translate_pending(&mut self, translation: Translation, body_size: usize) -> Action {
+        let body = host::request_body_range(0, body_size).unwrap_or_default();
+        let (request, shape) = match translation::translate_request(translation, &body) {
+            Ok(t) => t,
+            Err(err) => {
+                self.pending = None;
+                return translation::reply(&err);
+            }
+        };
+        let replaced = host::replace_request_body(body_size, &request.body).is_ok()
+            && host::set_request_header("content-length", &request.body.len().to_string()).is_ok()
+            && host::set_request_header("content-type", "application/json").is_ok();
+        if !replaced {
+            self.pending = None;
+            return reply_error(&GatewayError::new(
+                ErrorKind::RouteMissing,
+                "codexmesh could not rewrite the request body",
+            ));
+        }
+        self.ignored_params = request.ignored_header();
+        self.answer = Some(shape);
+        let key = self
+            .header_key
+            .take()
+            .or_else(|| prompt_cache_key(&request.body));
+        self.route_pending(key)
+    }
+
     /// Routes the request that waited for its body, with the locality key found there (if any).
     fn route_pending(&mut self, key: Option<String>) -> Action {
         let Some(authed) = self.pending.take() else {
@@ -261,7 +382,7 @@ impl Downstream {
             turn_state_account: turn_state_account.as_deref(),
             turn,
         };
-        let ranking = routing::rank(pool, settings, &local, input, now_ms)?;
+        let ranking = ranker::rank(&snapshot, authed.pool_ix, settings, &local, input, now_ms)?;
         if !ranking.probes.is_empty() {
             claim_probes(&ranking.probes, now_ms);
         }
@@ -295,7 +416,15 @@ impl Downstream {
         let key = pool.keys.get(routed.key_ix)?;
         let settings = routing::effective_routing(pool, key);
         let local = cache::local_table();
-        match routing::rank(pool, settings, &local, RouteInput::default(), now_ms) {
+        let ranked = ranker::rank(
+            &routed.snapshot,
+            routed.pool_ix,
+            settings,
+            &local,
+            RouteInput::default(),
+            now_ms,
+        );
+        match ranked {
             Err(err) if err.kind == ErrorKind::PoolExhausted => Some(err),
             _ => None,
         }
@@ -319,6 +448,16 @@ fn take_ownership(head: &RequestHead, rewritten_path: Option<&str>) -> Result<()
         host::set_request_header(":path", path).map_err(|_| failed("rewrite the path"))?;
     }
     Ok(())
+}
+
+/// Whether the key's pool (or the key's own routing) turns WebSockets off.
+fn websockets_disabled(authed: &Routed) -> bool {
+    authed.snapshot.pool(authed.pool_ix).is_some_and(|pool| {
+        pool.keys
+            .get(authed.key_ix)
+            .and_then(|key| routing::effective_routing(pool, key))
+            .is_some_and(|r| r.websockets_disabled)
+    })
 }
 
 /// Answers an endpoint the gateway serves itself (usage, account check) for the key's pool.

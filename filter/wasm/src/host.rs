@@ -124,6 +124,11 @@ pub fn replace_response_body(size: usize, body: &[u8]) -> Result<(), Status> {
     hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body)
 }
 
+/// Replaces the first `size` bytes of the (buffered) request body.
+pub fn replace_request_body(size: usize, body: &[u8]) -> Result<(), Status> {
+    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, body)
+}
+
 /// `len` bytes of the (buffered) request body from `start`: only they are copied into the VM.
 pub fn request_body_range(start: usize, len: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::HttpRequestBody, start, len)

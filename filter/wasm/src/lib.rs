@@ -7,6 +7,7 @@ mod cache;
 mod downstream;
 mod host;
 mod service;
+mod translation;
 mod upstream;
 
 use codexmesh_filter_core::config::{self, Role};
@@ -105,7 +106,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK panics on None: a service root (never asked in practice) gets a no-op filter.
         Some(match self.role {
-            Some(Role::Downstream) => Box::new(downstream::Downstream::default()),
+            Some(Role::Downstream(cfg)) => Box::new(downstream::Downstream::new(cfg)),
             Some(Role::Upstream) => Box::new(upstream::Upstream::default()),
             _ => Box::new(PassThrough),
         })

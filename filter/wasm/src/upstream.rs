@@ -11,6 +11,7 @@ use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQu
 use codexmesh_filter_core::outbox::Outbox;
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
+use codexmesh_filter_core::translate::responses::{Outcome, OutcomeScanner};
 use codexmesh_filter_core::turnstate;
 use codexmesh_filter_core::verdict::{self, NoAnswer, Verdict};
 use proxy_wasm::hostcalls;
@@ -40,6 +41,10 @@ struct Attempt {
     body: Option<UsageLimit>,
     want_body: bool,
     latency_ms: u32,
+    /// A 200 model stream: watched for its final event, so a broken stream is not a success.
+    stream: Option<OutcomeScanner>,
+    /// How that stream ended, when it did not complete (decided when the attempt ends).
+    stream_end: Option<Outcome>,
 }
 
 #[derive(Default)]
@@ -73,6 +78,17 @@ impl HttpContext for Upstream {
         let Some(attempt) = self.attempt.as_mut() else {
             return Action::Continue;
         };
+        if let Some(scanner) = attempt.stream.as_mut() {
+            if body_size > 0 {
+                if let Some(chunk) = host::response_body(body_size) {
+                    scanner.feed(&chunk);
+                }
+            }
+            if end_of_stream {
+                scanner.finish();
+            }
+            return Action::Continue;
+        }
         if !attempt.want_body {
             return Action::Continue;
         }
@@ -101,23 +117,35 @@ fn elapsed(started_ms: i64, now_ms: i64) -> u32 {
 }
 
 impl Upstream {
-    /// Records the attempt's outcome once: a missing answer is a transport failure.
+    /// Records the attempt's outcome once: a missing answer is a transport failure; a 200
+    /// stream that ended without its final event is the account's failure unless the client
+    /// left first.
     fn finish(&mut self, now_ms: i64) {
         let Some(attempt) = self.attempt.take() else {
             return;
         };
         let mut attempt = attempt;
-        if attempt.status.is_none() {
-            attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
-            // Only an attempt without an answer pays for this lookup. A client that left taught
-            // us nothing about the account: its state is not touched (no write at all).
+        let stream_end = attempt.stream.as_ref().map(OutcomeScanner::outcome);
+        let unfinished = matches!(stream_end, Some(Outcome::Pending | Outcome::Cut));
+        if attempt.status.is_none() || unfinished {
+            if attempt.status.is_none() {
+                attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
+            }
+            // Only an attempt without a (whole) answer pays for this lookup. A client that
+            // left taught us nothing about the account: its state is not touched (no write).
             let client_gone = host::property(&[handoff::CLIENT_GONE_PROPERTY]).is_some();
             if client_gone {
                 attempt.no_answer = Some(NoAnswer::ClientGone);
-            } else {
+            } else if attempt.status.is_none() {
                 attempt.no_answer = Some(NoAnswer::Transport);
                 apply_verdict(&attempt, now_ms);
+            } else {
+                attempt.stream_end = Some(Outcome::Cut);
+                apply_verdict(&attempt, now_ms);
             }
+        } else if let Some(end @ Outcome::Failed { .. }) = stream_end {
+            attempt.stream_end = Some(end);
+            apply_verdict(&attempt, now_ms);
         }
         enqueue(outcome(&attempt, now_ms), now_ms);
     }
@@ -196,6 +224,8 @@ impl Upstream {
             body: None,
             want_body: false,
             latency_ms: 0,
+            stream: None,
+            stream_end: None,
         });
         Ok(())
     }
@@ -228,6 +258,10 @@ impl Upstream {
         attempt.quota = evidence::quota_from_headers(lookup, now_ms);
         attempt.retry_after_ms = verdict::parse_retry_after(lookup("retry-after"), now_ms);
         attempt.want_body = status >= 400 && !end_of_stream;
+        let is_stream = lookup("content-type").is_some_and(|ct| ct.contains("text/event-stream"));
+        if status == 200 && is_stream && !end_of_stream && streams_model_turns(&attempt.handoff) {
+            attempt.stream = Some(OutcomeScanner::new());
+        }
         apply_verdict(attempt, now_ms);
         if let Some(turn_state) = lookup("x-codex-turn-state").filter(|_| status < 400) {
             let entry = turnstate::encode_entry(turn_state, &attempt.account_id, now_ms);
@@ -242,10 +276,25 @@ impl Upstream {
     }
 }
 
+/// Whether the hand-off's endpoint answers a model turn as a Responses event stream.
+fn streams_model_turns(handoff: &RouteHandoff) -> bool {
+    matches!(
+        Endpoint::from_name(&handoff.endpoint),
+        Some(Endpoint::Responses | Endpoint::V1Responses | Endpoint::V1ChatCompletions)
+    )
+}
+
 /// What this attempt's answer means, given the account's local state (for the backoff ladder).
 fn verdict_of(attempt: &Attempt, state: &LocalAccount, now_ms: i64) -> Verdict {
-    if let (None, Some(cause)) = (attempt.status, attempt.no_answer) {
+    if let Some(cause) = attempt.no_answer {
         return cause.verdict();
+    }
+    if let Some(v) = attempt
+        .stream_end
+        .as_ref()
+        .and_then(|end| verdict::stream_verdict(end, state, &attempt.limits, now_ms))
+    {
+        return v;
     }
     verdict::classify(
         attempt.status.unwrap_or(0),
@@ -338,8 +387,19 @@ fn outcome(attempt: &Attempt, now_ms: i64) -> pb::Outcome {
         account_id: attempt.account_id.clone(),
         attempt: attempt.attempt,
         status,
-        error_code: match (body.error_type.is_empty(), v.error_code()) {
-            (true, Some(code)) => code.to_string(),
+        error_code: match (
+            &attempt.stream_end,
+            body.error_type.is_empty(),
+            v.error_code(),
+        ) {
+            (
+                Some(Outcome::Failed {
+                    code: Some(code), ..
+                }),
+                _,
+                _,
+            ) => code.clone(),
+            (_, true, Some(code)) => code.to_string(),
             _ => body.error_type,
         },
         started_at_unix_ms: attempt.started_ms,

@@ -167,8 +167,9 @@ impl Turn {
         })
     }
 
-    /// The events of a whole successful turn, in order: created, output_item.added, the
-    /// deltas, output_item.done, completed. A function-call turn has, per call,
+    /// The events of a whole successful turn, in order: created, output_item.added,
+    /// content_part.added, the deltas, output_text.done, content_part.done, output_item.done,
+    /// completed. A function-call turn has, per call,
     /// output_item.added, function_call_arguments.delta ×n, function_call_arguments.done,
     /// output_item.done.
     pub fn events(&self) -> Vec<Value> {
@@ -191,7 +192,31 @@ impl Turn {
                 "content": [],
             },
         }));
+        // As the Responses API streams a message: the part opens, its text arrives in
+        // deltas, the part closes, then the item (the SDKs' stream helpers index into the
+        // part they were told about).
+        events.push(json!({
+            "type": "response.content_part.added",
+            "item_id": self.item_id,
+            "output_index": 0,
+            "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []},
+        }));
         events.extend(self.delta_events());
+        events.push(json!({
+            "type": "response.output_text.done",
+            "item_id": self.item_id,
+            "output_index": 0,
+            "content_index": 0,
+            "text": self.text,
+        }));
+        events.push(json!({
+            "type": "response.content_part.done",
+            "item_id": self.item_id,
+            "output_index": 0,
+            "content_index": 0,
+            "part": {"type": "output_text", "text": self.text, "annotations": []},
+        }));
         events.push(json!({
             "type": "response.output_item.done",
             "output_index": 0,
@@ -338,9 +363,12 @@ mod tests {
             vec![
                 "response.created",
                 "response.output_item.added",
+                "response.content_part.added",
                 "response.output_text.delta",
                 "response.output_text.delta",
                 "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
                 "response.output_item.done",
                 "response.completed",
             ]
@@ -352,10 +380,11 @@ mod tests {
             .collect();
         assert_eq!(text, "Hello there world");
         assert_eq!(events[0]["response"]["id"], "resp_1");
-        let done = &events[5]["item"];
+        let done = &events[8]["item"];
         assert_eq!(done["role"], "assistant");
         assert_eq!(done["content"][0]["type"], "output_text");
-        let completed = &events[6]["response"];
+        assert_eq!(events[6]["text"], "Hello there world");
+        let completed = &events[9]["response"];
         assert_eq!(completed["id"], "resp_1");
         assert_eq!(completed["usage"]["input_tokens"], 10);
         assert_eq!(completed["usage"]["output_tokens"], 3);
@@ -368,7 +397,7 @@ mod tests {
             completed["usage"]["output_tokens_details"]["reasoning_tokens"],
             0
         );
-        assert_eq!(events[6]["sequence_number"], 6);
+        assert_eq!(events[9]["sequence_number"], 9);
     }
 
     #[test]

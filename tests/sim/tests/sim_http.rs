@@ -234,9 +234,12 @@ async fn sse_events_in_order_and_unbuffered() {
         vec![
             "response.created",
             "response.output_item.added",
+            "response.content_part.added",
             "response.output_text.delta",
             "response.output_text.delta",
             "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
             "response.output_item.done",
             "response.completed",
         ]
@@ -252,7 +255,7 @@ async fn sse_events_in_order_and_unbuffered() {
         first < Duration::from_millis(600),
         "first event after {first:?}"
     );
-    let spread = events[6].1.duration_since(events[0].1);
+    let spread = events[9].1.duration_since(events[0].1);
     assert!(
         spread >= Duration::from_millis(450),
         "events bunched: {spread:?}"
@@ -264,11 +267,11 @@ async fn sse_events_in_order_and_unbuffered() {
         .collect();
     assert_eq!(text, "one two three four five six");
     let created_id = events[0].0["response"]["id"].as_str().unwrap();
-    let done = &events[5].0["item"];
+    let done = &events[8].0["item"];
     assert_eq!(done["type"], "message");
     assert_eq!(done["role"], "assistant");
     assert_eq!(done["content"][0]["text"], "one two three four five six");
-    let completed = &events[6].0["response"];
+    let completed = &events[9].0["response"];
     assert_eq!(completed["id"], created_id);
     assert!(completed["usage"]["total_tokens"].as_i64().unwrap() > 0);
 
@@ -775,7 +778,7 @@ async fn http2_prior_knowledge_streams_too() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), StatusCode::OK);
     let events = read_sse(r).await;
-    assert_eq!(events.len(), 6);
+    assert_eq!(events.len(), 9);
     for (i, (_, at)) in events.iter().enumerate() {
         assert!(at.duration_since(start) >= Duration::from_millis(60 * i as u64));
     }

@@ -267,10 +267,13 @@ async fn warm_up_then_two_turns_on_one_connection() {
             "codex.rate_limits",
             "response.created",
             "response.output_item.added",
+            "response.content_part.added",
             "response.output_text.delta",
             "response.output_text.delta",
             "response.output_text.delta",
             "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
             "response.output_item.done",
             "response.completed",
         ]
@@ -281,8 +284,13 @@ async fn warm_up_then_two_turns_on_one_connection() {
         .map(|e| e["delta"].as_str().unwrap())
         .collect();
     assert_eq!(text, "Hello from the codexmesh simulator.");
-    assert!(t1[8]["response"]["usage"]["total_tokens"].as_i64().unwrap() > 0);
-    let t1_id = t1[8]["response"]["id"].as_str().unwrap().to_string();
+    assert!(
+        t1[11]["response"]["usage"]["total_tokens"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    let t1_id = t1[11]["response"]["id"].as_str().unwrap().to_string();
     assert_ne!(t1_id, warm_id);
 
     send(
@@ -342,7 +350,7 @@ async fn warm_up_then_two_turns_on_one_connection() {
     );
     assert_eq!(rec["model"], "gpt-5.1-codex");
     assert_eq!(rec["ws_frames_received"], 3);
-    assert_eq!(rec["ws_frames_sent"], 3 + 9 + 9);
+    assert_eq!(rec["ws_frames_sent"], 3 + 12 + 12);
     assert_eq!(rec["ws_close"], "client");
     let frames = rec["ws_requests"].as_array().unwrap();
     assert_eq!(frames.len(), 3);

@@ -1,6 +1,18 @@
-//! Session affinity: which continuity header names the session, and weighted rendezvous hashing
-//! so every Envoy replica, with no shared state, sends a session to the same account, and adding
-//! an account to a pool of N moves only about 1/(N+1) of sessions.
+//! Session affinity: which continuity header names the session, and the session's order over a
+//! pool's accounts.
+//!
+//! Rules kept here:
+//! - Every Envoy replica, with no shared state, puts a session on the same account: the order
+//!   depends only on the session key and the snapshot (account ids and weights), through fixed
+//!   hashes that are the same on every build and target.
+//! - A session moves only when its account drops out, and then to its next account; adding an
+//!   account to a pool of N moves about 1/(N+1) of sessions, all of them to the newcomer. Both hold
+//!   because an account's distance to a session depends on that pair alone (a rendezvous
+//!   property), never on the other accounts.
+//! - Weights are honoured approximately: an account has one point on the ring per unit of weight.
+//! - The order can be found without scoring every account (multi-probe consistent hashing:
+//!   `ranker` walks a per-snapshot ring from each probe), so a request's cost does not grow with
+//!   the pool.
 
 /// Continuity headers, strongest first (codex-protocol.md).
 pub const AFFINITY_HEADERS: [&str; 7] = [
@@ -92,8 +104,41 @@ pub fn prompt_cache_key(body: &[u8]) -> Option<String> {
     (!key.is_empty()).then(|| key.chars().take(MAX_KEY_LEN).collect())
 }
 
+/// Probes per session: more probes even out the accounts' shares (a point's share no longer
+/// depends on the gap before it once probes land more densely than points are spread), at the
+/// price of more ring look-ups per request.
+pub const PROBES: usize = 16;
+/// Ring points per unit of weight: an account's share is the average of its points' shares, so
+/// more points even out a point that sits right behind another one (which takes little).
+pub const POINTS_PER_WEIGHT: u32 = 8;
+/// Weight counted at most (round robin's clamp as well).
+pub const MAX_WEIGHT: u32 = 1000;
+/// A pool's ring holds at most about this many points: beyond it, points shrink in proportion
+/// (each account keeps at least one), so a pathological weight mix cannot exhaust memory.
+pub const RING_POINTS_CAP: u64 = 1 << 18;
+
+const SEED_ACCOUNT: u64 = 0x9E37_79B9_7F4A_7C15;
+const SEED_PROBE: u64 = 0xD6E8_FEB8_6659_FD93;
+
+/// The splitmix64 finalizer: a bijective, well-mixed 64-bit step.
+fn mix(mut h: u64) -> u64 {
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+/// FNV-1a over the bytes, then [`mix`]. Fixed, so every replica computes the same value.
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        h ^= u64::from(*byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
 /// A well-mixed 64-bit hash of (key, account id): FNV-1a then the splitmix64 finalizer. Fixed,
-/// so every replica (and every build) computes the same value.
+/// so every replica (and every build) computes the same value (turn-state slots use it).
 pub fn pair_hash(key: &str, account_id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key
@@ -104,17 +149,73 @@ pub fn pair_hash(key: &str, account_id: &str) -> u64 {
         h ^= u64::from(byte);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    h ^ (h >> 31)
+    mix(h)
 }
 
-/// Weighted rendezvous score: weight / -ln(u), u uniform in (0, 1) from the hash. The account
-/// with the highest score owns the key; weights scale each account's share.
-pub fn rendezvous_score(key: &str, account_id: &str, weight: u32) -> f64 {
-    // 53 random bits → (0, 1), never 0 or 1.
-    let u = ((pair_hash(key, account_id) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    f64::from(weight.max(1)) / -u.ln()
+/// The session key's hash (once per request).
+pub fn session_hash(key: &str) -> u64 {
+    hash_bytes(key.as_bytes())
+}
+
+/// An account id's hash (once per snapshot version).
+pub fn account_hash(id: &str) -> u64 {
+    hash_bytes(id.as_bytes())
+}
+
+/// Where an account's `unit`-th point sits on the 32-bit ring.
+pub fn point_position(account_hash: u64, unit: u32) -> u32 {
+    let h = mix(account_hash ^ (u64::from(unit) + 1).wrapping_mul(SEED_ACCOUNT));
+    // The high half of a mixed 64-bit value.
+    (h >> 32) as u32
+}
+
+/// Where a session's probes sit on the ring.
+pub fn probe_positions(session_hash: u64) -> [u32; PROBES] {
+    let mut out = [0u32; PROBES];
+    for (p, slot) in (1u64..).zip(out.iter_mut()) {
+        *slot = (mix(session_hash.wrapping_add(p.wrapping_mul(SEED_PROBE))) >> 32) as u32;
+    }
+    out
+}
+
+/// How many ring points an account of `weight` gets in a pool whose weights (clamped to
+/// `1..=MAX_WEIGHT`) add up to `pool_weight` (see [`RING_POINTS_CAP`]).
+pub fn points_for(weight: u32, pool_weight: u64) -> u32 {
+    let w = weight.clamp(1, MAX_WEIGHT);
+    let points = w * POINTS_PER_WEIGHT;
+    let pool_points = pool_weight.saturating_mul(u64::from(POINTS_PER_WEIGHT));
+    if pool_points <= RING_POINTS_CAP {
+        return points;
+    }
+    let scaled = u64::from(points).saturating_mul(RING_POINTS_CAP) / pool_points.max(1);
+    u32::try_from(scaled).unwrap_or(points).clamp(1, points)
+}
+
+/// A session's distance to an account (smaller comes first): the shortest clockwise way from any
+/// of the session's probes to any of the account's points. `probes` must be sorted.
+pub fn distance(sorted_probes: &[u32; PROBES], account_hash: u64, points: u32) -> u32 {
+    let last = sorted_probes.last().copied().unwrap_or(0);
+    (0..points.max(1))
+        .map(|unit| {
+            let q = point_position(account_hash, unit);
+            // The nearest probe at or before q; none before it: the last one, around the ring.
+            let before = sorted_probes.partition_point(|x| *x <= q);
+            let x = before
+                .checked_sub(1)
+                .and_then(|i| sorted_probes.get(i))
+                .copied()
+                .unwrap_or(last);
+            q.wrapping_sub(x)
+        })
+        .min()
+        .unwrap_or(u32::MAX)
+}
+
+/// The probes of a session, sorted (what [`distance`] takes).
+pub fn sorted_probes(key: &str) -> [u32; PROBES] {
+    let mut probes = probe_positions(session_hash(key));
+    probes.sort_unstable();
+    probes
 }
 
 #[cfg(test)]
@@ -217,20 +318,96 @@ mod tests {
         // Pinned values: a change here would move every session in every deployed pool.
         assert_eq!(pair_hash("session", "acct"), pair_hash("session", "acct"));
         assert_ne!(pair_hash("a", "bc"), pair_hash("ab", "c"));
-        let s = rendezvous_score("k", "a", 1);
-        assert!(s.is_finite() && s > 0.0);
+        // Turn-state slots use pair_hash: unchanged since it was introduced.
+        assert_eq!(pair_hash("session", "acct"), 0x86b5_3bf2_c447_0110);
+        assert_eq!(session_hash("session-1"), 0x8f9d_4a83_e238_4785);
+        assert_eq!(point_position(account_hash("acct-1"), 0), 0x8aa3_2174);
+        assert_eq!(
+            distance(&sorted_probes("session-1"), account_hash("acct-1"), 3),
+            0x0d2a_5ff4
+        );
+    }
+
+    /// Owner of a session among `(id, weight)` accounts: the smallest distance, ties by id.
+    fn owner<'a>(key: &str, accounts: &[(&'a str, u32)]) -> &'a str {
+        let probes = sorted_probes(key);
+        let total: u64 = accounts.iter().map(|(_, w)| u64::from(*w)).sum();
+        accounts
+            .iter()
+            .map(|(id, w)| {
+                (
+                    distance(&probes, account_hash(id), points_for(*w, total)),
+                    *id,
+                )
+            })
+            .min()
+            .unwrap()
+            .1
     }
 
     #[test]
     fn weights_scale_the_share() {
+        let accounts = [("a", 1), ("b", 3)];
         let mut wins = [0u32; 2];
         for i in 0..4000 {
             let key = format!("session-{i}");
-            let a = rendezvous_score(&key, "a", 1);
-            let b = rendezvous_score(&key, "b", 3);
-            wins[usize::from(b > a)] += 1;
+            wins[usize::from(owner(&key, &accounts) == "b")] += 1;
         }
         // Expected 1000 : 3000.
         assert!((850..1150).contains(&wins[0]), "{wins:?}");
+    }
+
+    #[test]
+    fn shares_follow_weights_in_a_larger_pool() {
+        // 40 accounts, weights 1, 2 and 4: each weight class takes its share within 10 %, and no
+        // single account strays far from its own.
+        let ids: Vec<String> = (0..40).map(|i| format!("acc-{i:03}")).collect();
+        let accounts: Vec<(&str, u32)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), [1, 2, 4][i % 3]))
+            .collect();
+        let total: u32 = accounts.iter().map(|(_, w)| w).sum();
+        let sessions = 20_000;
+        let mut wins = std::collections::BTreeMap::new();
+        for i in 0..sessions {
+            *wins
+                .entry(owner(&format!("s-{i}"), &accounts))
+                .or_insert(0u32) += 1;
+        }
+        for class in [1, 2, 4] {
+            let members: Vec<&str> = accounts
+                .iter()
+                .filter(|(_, w)| *w == class)
+                .map(|(id, _)| *id)
+                .collect();
+            let got: u32 = members
+                .iter()
+                .map(|id| wins.get(id).copied().unwrap_or(0))
+                .sum();
+            let want =
+                f64::from(sessions) * f64::from(class) * members.len() as f64 / f64::from(total);
+            let ratio = f64::from(got) / want;
+            assert!(
+                (0.9..1.1).contains(&ratio),
+                "weight {class}: {got} vs {want}"
+            );
+        }
+        for (id, w) in &accounts {
+            let want = f64::from(sessions) * f64::from(*w) / f64::from(total);
+            let got = f64::from(wins.get(id).copied().unwrap_or(0));
+            assert!(
+                (0.6..1.4).contains(&(got / want)),
+                "{id} (weight {w}): {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn points_are_capped_for_huge_pools() {
+        assert_eq!(points_for(0, 10), POINTS_PER_WEIGHT);
+        assert_eq!(points_for(5000, 10), MAX_WEIGHT * POINTS_PER_WEIGHT);
+        assert_eq!(points_for(1000, RING_POINTS_CAP), 1000);
+        assert_eq!(points_for(1, RING_POINTS_CAP), 1);
     }
 }

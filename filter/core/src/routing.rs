@@ -1,12 +1,20 @@
 //! Which accounts may serve a request, and in which order they are tried.
 //!
-//! The downstream filter ranks once per request; the upstream filter takes the k-th candidate on
-//! attempt k, re-checking eligibility against the newest snapshot and local state.
+//! Rules kept here:
+//! - Eligibility ([`eligibility`]) and the strategies' orders are defined once, here; `ranker`
+//!   computes the same answer without walking the whole pool per request.
+//! - Every replica agrees on the order for the same snapshot and request (the base order is by
+//!   account id; only the per-process round-robin turn differs).
+//! - The downstream filter ranks once per request and carries the first candidates (attempts plus
+//!   spares); the upstream filter takes the k-th candidate on attempt k, re-checking eligibility
+//!   against the newest snapshot and local state.
+//! - Nobody can serve: 429 with the pool's earliest reset when every account is out for usage,
+//!   503 otherwise.
 
-use crate::affinity::rendezvous_score;
 use crate::errors::{ErrorKind, GatewayError};
 use crate::local::{effective_quota, token_fingerprint, LocalAccount, LocalTable};
 use crate::pb;
+use crate::ranker::{self, PoolIndex};
 
 /// Attempts per request when the pool does not say (first try included).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -15,7 +23,7 @@ pub const MAX_ATTEMPTS_CAP: u32 = 10;
 /// How long a half-open probe is reserved for the request that took it.
 pub const PROBE_RESERVATION_MS: i64 = 30_000;
 /// Accounts whose quota score is within this fraction of the best share the traffic.
-const QUOTA_TIE_FRACTION: f64 = 0.02;
+pub(crate) const QUOTA_TIE_FRACTION: f64 = 0.02;
 
 /// Thresholds and timings, with the defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -212,7 +220,7 @@ pub fn quota_score(quota: Option<&pb::QuotaSummary>, now_ms: i64) -> f64 {
 pub enum Reason {
     /// `x-codex-turn-state` was issued by this account.
     TurnState,
-    /// The session's rendezvous account.
+    /// The session's own account (`affinity`: multi-probe consistent hashing).
     Affinity,
     /// The pool's strategy.
     Strategy,
@@ -243,14 +251,19 @@ pub struct RouteInput<'a> {
 
 #[derive(Debug, Clone)]
 pub struct Ranking<'a> {
+    /// The first candidates, in the order the attempts take them: as many as a request can use
+    /// (`ranker::candidate_budget`: its attempts plus `handoff::SPARE_CANDIDATES`).
     pub accounts: Vec<&'a pb::Account>,
     pub reason: Reason,
     pub strategy: pb::Strategy,
-    /// Half-open accounts this request takes the probe for (the caller records it).
+    /// Half-open accounts among `accounts`: this request takes their probe (the caller records
+    /// it). One that does not travel with the request is left for another.
     pub probes: Vec<String>,
 }
 
-/// Orders the pool's eligible accounts for one request.
+/// Orders the pool's eligible accounts for one request, with a full pass over the pool (the
+/// filter uses `ranker::rank`, which reuses that pass between requests). The base order is by
+/// account id whatever order the pool lists them in.
 pub fn rank<'a>(
     pool: &'a pb::Pool,
     settings: Option<&pb::RoutingSettings>,
@@ -258,198 +271,24 @@ pub fn rank<'a>(
     input: RouteInput<'_>,
     now_ms: i64,
 ) -> Result<Ranking<'a>, GatewayError> {
-    let limits = Limits::from_settings(settings);
-    let strategy = strategy(settings);
-    let mut eligible = Vec::new();
-    let mut half_open = Vec::new();
-    let mut out = Vec::new();
-    // Stable base order, so every Envoy replica agrees on what "next" means. Snapshots arrive
-    // sorted by id (SnapshotIndex::new), so this costs one pass, not a sort per request.
-    let mut accounts: Vec<&pb::Account> = pool.accounts.iter().collect();
-    if !accounts.is_sorted_by(|a, b| a.id <= b.id) {
-        accounts.sort_by(|a, b| a.id.cmp(&b.id));
-    }
-    for account in accounts {
-        match eligibility(account, &local.get(&account.id), &limits, now_ms) {
-            Eligibility::Eligible => eligible.push(account),
-            Eligibility::HalfOpen => half_open.push(account),
-            Eligibility::Out(why) => out.push(why),
-        }
-    }
-    if eligible.is_empty() && half_open.is_empty() {
-        return Err(exhausted(pool, &out, now_ms));
-    }
-
-    let (ordered, strategy_reason) = order(&eligible, strategy, settings, local, input, now_ms);
-    // Only a fully eligible account can be pinned by its turn state.
-    let pinned = input
-        .turn_state_account
-        .filter(|id| ordered.iter().any(|a| a.id == *id));
-    // A recovering account is probed first (one request per open period); if the probe fails,
-    // the request fails over to the next candidate before the client sees anything. A pinned
-    // turn goes ahead even of probes.
-    let probes: Vec<String> = half_open.iter().map(|a| a.id.clone()).collect();
-    let mut accounts = half_open;
-    accounts.extend(ordered);
-    let reason = if let Some(id) = pinned {
-        if let Some(pos) = accounts.iter().position(|a| a.id == id) {
-            let account = accounts.remove(pos);
-            accounts.insert(0, account);
-        }
-        Reason::TurnState
-    } else if !probes.is_empty() {
-        Reason::Probe
-    } else {
-        strategy_reason
-    };
-    Ok(Ranking {
-        accounts,
-        reason,
-        strategy,
-        probes,
-    })
+    ranker::rank_once(pool, &PoolIndex::new(pool), settings, local, input, now_ms)
 }
 
-fn order<'a>(
-    eligible: &[&'a pb::Account],
-    strategy: pb::Strategy,
-    settings: Option<&pb::RoutingSettings>,
-    local: &LocalTable,
-    input: RouteInput<'_>,
+/// The answer when nobody can serve: 429 with the pool's earliest reset (unix ms, still ahead)
+/// when every account is out for usage reasons, 503 otherwise.
+pub(crate) fn exhausted(
+    pool_name: &str,
+    usage_only: bool,
+    earliest_ms: Option<i64>,
     now_ms: i64,
-) -> (Vec<&'a pb::Account>, Reason) {
-    let mut list = eligible.to_vec();
-    match strategy {
-        pb::Strategy::PrimaryFirst => {
-            let owner = settings
-                .map(|s| s.primary_account_id.as_str())
-                .filter(|id| !id.is_empty());
-            list.sort_by(|a, b| {
-                let a_owner = owner == Some(a.id.as_str());
-                let b_owner = owner == Some(b.id.as_str());
-                b_owner
-                    .cmp(&a_owner)
-                    .then(a.priority.cmp(&b.priority))
-                    .then(a.id.cmp(&b.id))
-            });
-            (list, Reason::Strategy)
-        }
-        pb::Strategy::PriorityOrder => {
-            list.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.id.cmp(&b.id)));
-            (list, Reason::Strategy)
-        }
-        pb::Strategy::RoundRobin | pb::Strategy::QuotaFirst | pb::Strategy::Unspecified => {
-            if let Some(key) = input.affinity_key {
-                // Rendezvous over the eligible set: the session's account first, and a stable
-                // order behind it, so a session moves only when its account drops out. Each
-                // score is computed once (not twice per comparison).
-                let mut scored: Vec<(f64, &pb::Account)> = list
-                    .iter()
-                    .map(|a| (rendezvous_score(key, &a.id, a.weight), *a))
-                    .collect();
-                scored.sort_by(|(sa, a), (sb, b)| sb.total_cmp(sa).then(a.id.cmp(&b.id)));
-                return (
-                    scored.into_iter().map(|(_, a)| a).collect(),
-                    Reason::Affinity,
-                );
-            }
-            if strategy == pb::Strategy::RoundRobin {
-                (weighted_round_robin(&list, input.turn), Reason::Strategy)
-            } else {
-                (
-                    quota_first(&list, local, input.turn, now_ms),
-                    Reason::Strategy,
-                )
-            }
-        }
-    }
-}
-
-/// Smooth weighted round robin: over `sum(weights)` turns each account leads `weight` times,
-/// interleaved. Deterministic in `turn`.
-fn weighted_round_robin<'a>(list: &[&'a pb::Account], turn: u64) -> Vec<&'a pb::Account> {
-    let weights: Vec<u64> = list
-        .iter()
-        .map(|a| u64::from(a.weight.clamp(1, 1000)))
-        .collect();
-    let total: u64 = weights.iter().sum();
-    if total == 0 {
-        return list.to_vec();
-    }
-    // Replay the smooth-WRR state machine up to this turn's position in the cycle.
-    let step = turn % total;
-    let mut current = vec![0i64; list.len()];
-    let mut leader = 0usize;
-    for _ in 0..=step {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += i64::try_from(*w).unwrap_or(1);
-        }
-        leader = current
-            .iter()
-            .enumerate()
-            .max_by(|(ia, a), (ib, b)| a.cmp(b).then(ib.cmp(ia)))
-            .map_or(0, |(i, _)| i);
-        if let Some(c) = current.get_mut(leader) {
-            *c -= i64::try_from(total).unwrap_or(i64::MAX);
-        }
-    }
-    let mut out = list.to_vec();
-    out.rotate_left(leader);
-    out
-}
-
-/// Most headroom first; accounts within a hair of the best share traffic in turn, so fresh
-/// accounts are spent evenly rather than one after another.
-fn quota_first<'a>(
-    list: &[&'a pb::Account],
-    local: &LocalTable,
-    turn: u64,
-    now_ms: i64,
-) -> Vec<&'a pb::Account> {
-    let mut scored: Vec<(f64, &pb::Account)> = list
-        .iter()
-        .map(|a| {
-            let quota = effective_quota(a, &local.get(&a.id));
-            (quota_score(quota.as_ref(), now_ms), *a)
-        })
-        .collect();
-    scored.sort_by(|(sa, a), (sb, b)| {
-        sb.total_cmp(sa)
-            .then(b.health.cmp(&a.health))
-            .then(a.id.cmp(&b.id))
-    });
-    let best = scored.first().map_or(0.0, |(s, _)| *s);
-    let tied = scored
-        .iter()
-        .take_while(|(s, _)| *s >= best * (1.0 - QUOTA_TIE_FRACTION))
-        .count()
-        .max(1);
-    let mut out: Vec<&pb::Account> = scored.into_iter().map(|(_, a)| a).collect();
-    let start = usize::try_from(turn % tied as u64).unwrap_or(0);
-    if let Some(head) = out.get_mut(..tied) {
-        head.rotate_left(start);
-    }
-    out
-}
-
-/// The answer when nobody can serve: 429 with the pool's earliest reset when every account is
-/// out for usage reasons, 503 otherwise.
-fn exhausted(pool: &pb::Pool, out: &[Ineligible], now_ms: i64) -> GatewayError {
-    if !out.is_empty() && out.iter().all(|w| w.is_usage()) {
-        let earliest = out
-            .iter()
-            .filter_map(|w| match w {
-                Ineligible::UsageLimited { until_ms } if *until_ms > now_ms => Some(*until_ms),
-                _ => None,
-            })
-            .min();
-        return GatewayError::pool_exhausted(&pool.name, earliest, now_ms);
+) -> GatewayError {
+    if usage_only {
+        return GatewayError::pool_exhausted(pool_name, earliest_ms, now_ms);
     }
     GatewayError::new(
         ErrorKind::NoAccountAvailable,
         format!(
-            "No account in pool '{}' can serve requests right now (paused, needing re-login, or failing).",
-            pool.name
+            "No account in pool '{pool_name}' can serve requests right now (paused, needing re-login, or failing)."
         ),
     )
 }

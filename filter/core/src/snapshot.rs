@@ -1,10 +1,16 @@
 //! The routing table as the filters see it: the pushed `Snapshot`, indexed for per-request lookups.
+//!
+//! Rules kept here: everything a request looks up is indexed once per version (keys by hash,
+//! accounts by id, per pool the ranking's `PoolIndex`), so a request's lookups do not walk the
+//! table; accounts are sorted by id, the order every replica shares; bad input is an error, never
+//! a panic.
 
 use std::collections::BTreeMap;
 
 use prost::Message;
 
 use crate::pb;
+use crate::ranker::PoolIndex;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotError {
@@ -42,6 +48,8 @@ pub struct SnapshotIndex {
     snapshot: pb::Snapshot,
     keys_by_hash: BTreeMap<[u8; 32], KeyRef>,
     accounts_by_id: BTreeMap<String, AccountRef>,
+    /// Per pool (same positions as `snapshot.pools`): what ranking needs from this version.
+    pool_indexes: Vec<PoolIndex>,
 }
 
 impl SnapshotIndex {
@@ -82,10 +90,12 @@ impl SnapshotIndex {
                 );
             }
         }
+        let pool_indexes = snapshot.pools.iter().map(PoolIndex::new).collect();
         Self {
             snapshot,
             keys_by_hash,
             accounts_by_id,
+            pool_indexes,
         }
     }
 
@@ -99,6 +109,11 @@ impl SnapshotIndex {
 
     pub fn pool(&self, ix: usize) -> Option<&pb::Pool> {
         self.snapshot.pools.get(ix)
+    }
+
+    /// The ranking's per-version index of pool `ix`.
+    pub fn pool_index(&self, ix: usize) -> Option<&PoolIndex> {
+        self.pool_indexes.get(ix)
     }
 
     pub fn pool_by_id(&self, id: &str) -> Option<&pb::Pool> {

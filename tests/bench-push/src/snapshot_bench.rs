@@ -1,12 +1,14 @@
 //! `snapshot`: encoded size, decode time and per-request lookup cost by number of accounts.
 
 use std::hint::black_box;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use codexmesh_filter_core::auth;
 use codexmesh_filter_core::handoff::RouteHandoff;
-use codexmesh_filter_core::local::LocalTable;
+use codexmesh_filter_core::local::{LocalAccount, LocalTable};
+use codexmesh_filter_core::ranker::RankCache;
 use codexmesh_filter_core::routing::{self, Limits, RouteInput};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
 use prost::Message;
@@ -131,10 +133,11 @@ pub fn run(opts: &Options) -> Result<Value> {
         })?;
         measures.push(("account", summarize(&account_lookup)));
 
-        // The downstream filter's per-request work after auth: rank the key's pool, write the
-        // hand-off (every ranked id). Pool of the first active key.
-        let local = LocalTable::default();
-        let now = now_ms();
+        // The downstream filter's per-request work after auth: rank the key's pool (with the
+        // worker's rank cache, as the filter does; the clock runs, so the cache's periodic full
+        // pass is in the numbers), write the hand-off. Pool of the first active key.
+        let index = Rc::new(index);
+        let local = Rc::new(LocalTable::default());
         let raw = built
             .raw_keys
             .iter()
@@ -146,19 +149,46 @@ pub fn run(opts: &Options) -> Result<Value> {
             .ok_or_else(|| anyhow!("no active key"))?
             .clone();
         let bearer = format!("Bearer {raw}");
+        // Sessions differ per request: nothing is cached per session key.
+        let sessions: Vec<String> = (0..1024).map(|i| format!("session-{i:016x}")).collect();
+        // A local table that moves on every request (an answer wrote quota evidence each time):
+        // the rank cache re-checks candidates against each one.
+        let churn: Vec<Rc<LocalTable>> = (0..64)
+            .map(|i| {
+                let mut t = LocalTable::default();
+                if let Some(id) = ids.get((i * stride) % ids.len()) {
+                    t.set(
+                        id,
+                        LocalAccount {
+                            cooldown_until_ms: now_ms() + 3_600_000,
+                            ..Default::default()
+                        },
+                    );
+                }
+                Rc::new(t)
+            })
+            .collect();
+        let mut cache = RankCache::default();
         let mut turn = 0u64;
         let mut last_handoff = Vec::new();
-        let mut downstream = |affinity: Option<&str>| -> Result<()> {
+        let mut downstream = |affinity: bool, local: &Rc<LocalTable>| -> Result<()> {
             let authed = auth::authenticate(&index, Some(&bearer))
                 .map_err(|e| anyhow!("auth: {}", e.message))?;
+            let pool_ix = index
+                .pools()
+                .iter()
+                .position(|p| std::ptr::eq(p, authed.pool))
+                .ok_or_else(|| anyhow!("pool not in the index"))?;
             let settings = routing::effective_routing(authed.pool, authed.key);
             turn += 1;
+            let session = usize::try_from(turn).unwrap_or(0) % sessions.len();
             let input = RouteInput {
-                affinity_key: affinity,
+                affinity_key: affinity.then(|| sessions[session].as_str()),
                 turn_state_account: None,
                 turn,
             };
-            let ranking = routing::rank(authed.pool, settings, &local, input, now)
+            let ranking = cache
+                .rank(&index, pool_ix, settings, local, input, now_ms())
                 .map_err(|e| anyhow!("rank: {}", e.message))?;
             let handoff = RouteHandoff::for_ranking(
                 index.version(),
@@ -171,12 +201,20 @@ pub fn run(opts: &Options) -> Result<Value> {
             last_handoff = handoff.encode().map_err(|e| anyhow!("{e}"))?;
             Ok(())
         };
-        let req = time_each(budget / 2, 20, 100_000, || downstream(None))?;
+        let req = time_each(budget / 2, 20, 100_000, || downstream(false, &local))?;
         measures.push(("request_rank_handoff", summarize(&req)));
-        let req_aff = time_each(budget / 2, 20, 100_000, || {
-            downstream(Some("session-0123456789abcdef"))
-        })?;
+        let req_aff = time_each(budget / 2, 20, 100_000, || downstream(true, &local))?;
         measures.push(("request_rank_handoff_affinity", summarize(&req_aff)));
+        let mut i = 0usize;
+        let req_churn = time_each(budget / 2, 20, 100_000, || {
+            i = i.wrapping_add(1);
+            let local = churn
+                .get(i % churn.len())
+                .ok_or_else(|| anyhow!("no local table"))?;
+            downstream(false, local)
+        })?;
+        measures.push(("request_rank_handoff_local_churn", summarize(&req_churn)));
+        let now = now_ms();
         let handoff_bytes = last_handoff.len();
 
         // The upstream filter per attempt: read the hand-off, take attempt 1's account.
@@ -236,12 +274,12 @@ fn print_row(r: &Row, handoff_bytes: usize) {
         fmt_bytes(handoff_bytes as f64)
     );
     println!(
-        "  {:<31} {:>8} {:>11} {:>11} {:>11}",
+        "  {:<33} {:>8} {:>11} {:>11} {:>11}",
         "measure", "n", "p50", "p99", "max"
     );
     for (name, s) in &r.measures {
         println!(
-            "  {:<31} {:>8} {:>11} {:>11} {:>11}",
+            "  {:<33} {:>8} {:>11} {:>11} {:>11}",
             name,
             s.n,
             fmt_ms(s.p50),

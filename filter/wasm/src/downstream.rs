@@ -227,8 +227,16 @@ impl HttpContext for Downstream {
             if let Some(answer) = self.answer.as_ref() {
                 return answer.on_headers(end_of_stream);
             }
+        } else if replacement.is_none() && self.answer.is_some() && status.unwrap_or(0) >= 400 {
+            // A /v1 client reads OpenAI's error shape, not the Codex backend's.
+            let answer = AnswerShape::UpstreamError {
+                status: status.unwrap_or(0),
+                body: Vec::new(),
+            };
+            let action = answer.on_headers(end_of_stream);
+            self.answer = Some(answer);
+            return action;
         } else {
-            // Errors reach the client as the upstream or the gateway shaped them.
             self.answer = None;
         }
         if let Some(err) = replacement {

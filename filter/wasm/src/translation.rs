@@ -3,8 +3,8 @@
 //! module only moves bytes between it and Envoy).
 //!
 //! Rules it keeps:
-//! - Only a 200 answer is translated; any other status (the gateway's own errors included) goes
-//!   to the client as the upstream or the gateway shaped it.
+//! - A 200 answer is translated; an upstream error answer is given OpenAI's shape (the Codex
+//!   backend answers FastAPI's `{"detail": ...}`); the gateway's own errors are already shaped.
 //! - A streamed translation forwards each upstream chunk as soon as it is translated.
 //! - A collected answer (`stream: false`, the model list) holds the response headers back and
 //!   replaces every upstream chunk with nothing, so only the translator's small state is kept
@@ -13,6 +13,7 @@
 
 use codexmesh_filter_core::endpoints::Translation;
 use codexmesh_filter_core::translate::chat::{ChatCollector, ChatStream};
+use codexmesh_filter_core::translate::error::from_upstream_answer;
 use codexmesh_filter_core::translate::responses::Collector;
 use codexmesh_filter_core::translate::{chat, models, responses, ApiError, UpstreamRequest};
 use proxy_wasm::types::{Action, LogLevel};
@@ -31,6 +32,9 @@ pub enum AnswerShape {
     ResponsePassthrough,
     /// `/v1/models` (or one model of it): the upstream list is small JSON, kept until whole.
     Models { id: Option<String>, body: Vec<u8> },
+    /// An upstream error answer on a `/v1` endpoint: small JSON, kept until whole and given
+    /// OpenAI's shape (`translate::error::from_upstream_answer`).
+    UpstreamError { status: u16, body: Vec<u8> },
 }
 
 /// Translates a whole request body for `translation`.
@@ -67,7 +71,10 @@ impl AnswerShape {
     fn collects(&self) -> bool {
         matches!(
             self,
-            Self::ChatObject(_) | Self::ResponseObject(_) | Self::Models { .. }
+            Self::ChatObject(_)
+                | Self::ResponseObject(_)
+                | Self::Models { .. }
+                | Self::UpstreamError { .. }
         )
     }
 
@@ -77,6 +84,8 @@ impl AnswerShape {
         let _ = host::remove_response_header("content-length");
         let content_type = match self {
             Self::ChatStream(_) | Self::ResponsePassthrough => "text/event-stream",
+            // An error answer without a body keeps its headers as they are.
+            Self::UpstreamError { .. } if end_of_stream => return Action::Continue,
             _ => "application/json",
         };
         let _ = host::set_response_header("content-type", content_type);
@@ -122,6 +131,20 @@ impl AnswerShape {
                     finished(collector.finish())
                 }
             }
+            Self::UpstreamError { status, body } => {
+                if body.len().saturating_add(chunk.len()) <= MAX_ERROR_BODY {
+                    body.extend_from_slice(&chunk);
+                }
+                if !end_of_stream {
+                    (Vec::new(), None)
+                } else {
+                    match from_upstream_answer(*status, body) {
+                        // Already OpenAI's shape: as it came.
+                        None => (std::mem::take(body), None),
+                        Some(err) => finished(Err(err)),
+                    }
+                }
+            }
             Self::Models { id, body } => {
                 if body.len().saturating_add(chunk.len()) <= MAX_MODELS_BODY {
                     body.extend_from_slice(&chunk);
@@ -155,6 +178,9 @@ impl AnswerShape {
         }
     }
 }
+
+/// Upstream error answers are small JSON; beyond this only the start is kept.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The model list is a few KB; anything far larger is not the list.
 const MAX_MODELS_BODY: usize = 4 * 1024 * 1024;

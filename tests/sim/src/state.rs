@@ -237,6 +237,10 @@ pub struct Behavior {
     /// Set `prefer_websockets: true` on every model of the catalogue (false: the built-in
     /// catalogue says false, a replaced one is served as given).
     pub prefer_websockets: bool,
+    /// Refuse a turn whose `model` is not in the catalogue, as the backend does for a ChatGPT
+    /// account (`400 {"detail":"The 'X' model is not supported when using Codex with a ChatGPT
+    /// account."}`). Off by default so tests may use any model name.
+    pub reject_unknown_models: bool,
     /// Answer a turn that offers function tools (and `tool_choice` is not `"none"`, and the
     /// last input item is not a `function_call_output`) with function calls.
     pub tool_calls: bool,
@@ -279,6 +283,7 @@ impl Default for Behavior {
             session_cookies: true,
             models: None,
             prefer_websockets: false,
+            reject_unknown_models: false,
             tool_calls: true,
             tool_calls_for_codex_cli: false,
             refresh_delay_ms: 0,
@@ -326,6 +331,8 @@ pub struct BehaviorPatch {
     pub models: Option<Option<Value>>,
     /// See [`Behavior::prefer_websockets`].
     pub prefer_websockets: Option<bool>,
+    /// See [`Behavior::reject_unknown_models`].
+    pub reject_unknown_models: Option<bool>,
     /// See [`Behavior::tool_calls`].
     pub tool_calls: Option<bool>,
     /// See [`Behavior::tool_calls_for_codex_cli`].
@@ -430,6 +437,9 @@ impl Behavior {
         if let Some(v) = p.models {
             self.models = v;
         }
+        if let Some(v) = p.reject_unknown_models {
+            self.reject_unknown_models = v;
+        }
         if let Some(v) = p.prefer_websockets {
             self.prefer_websockets = v;
         }
@@ -473,6 +483,14 @@ impl Behavior {
             exempt_client: !self.tool_calls_for_codex_cli
                 && crate::reply::is_codex_cli_originator(originator),
         }
+    }
+
+    /// Whether a turn for `model` is refused (see [`Behavior::reject_unknown_models`]).
+    pub fn refuses_model(&self, model: &str) -> bool {
+        self.reject_unknown_models
+            && !self.models_response().0["models"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|m| m["slug"] == model))
     }
 
     /// The model catalogue and its ETag, as the knobs make it.
@@ -747,5 +765,18 @@ mod tests {
         assert!(b
             .apply(serde_json::from_str(r#"{"models":{}}"#).unwrap())
             .is_err());
+    }
+
+    #[test]
+    fn unknown_models_are_refused_only_when_asked() {
+        let mut b = Behavior::default();
+        assert!(!b.refuses_model("no-such-model"));
+        b.reject_unknown_models = true;
+        assert!(b.refuses_model("no-such-model"));
+        let known = b.models_response().0["models"][0]["slug"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(!b.refuses_model(&known));
     }
 }

@@ -304,6 +304,15 @@ async fn prepare_turn(st: &Shared, req: Incoming, compact: bool) -> Prepared {
         .and_then(Value::as_str)
         .unwrap_or(DEFAULT_MODEL)
         .to_string();
+    if !compact && st.lock().behavior.refuses_model(&model) {
+        let shown: String = model.chars().take(100).collect();
+        return Prepared::Answer(detail(
+            400,
+            &format!(
+                "The '{shown}' model is not supported when using Codex with a ChatGPT account."
+            ),
+        ));
+    }
     let now = st.clock.now();
     let mut g = st.lock();
     let g = &mut *g;

@@ -195,6 +195,57 @@ impl From<ApiError> for GatewayError {
     }
 }
 
+/// An upstream HTTP error answer on a `/v1` endpoint, in OpenAI's shape. `None` when the body
+/// already is (`{"error":{...}}`): it passes as it came. The Codex backend's FastAPI answers
+/// (`{"detail": "..."}` or a list of validation errors) keep their status and message; its
+/// refusal of a model the account cannot use becomes OpenAI's `404 model_not_found`.
+pub fn from_upstream_answer(status: u16, body: &[u8]) -> Option<ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if value.get("error").is_some_and(serde_json::Value::is_object) {
+        return None;
+    }
+    let message = match value.get("detail") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.get("msg").and_then(serde_json::Value::as_str))
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => String::new(),
+    };
+    let message = if message.is_empty() {
+        format!("The Codex backend answered HTTP {status}.")
+    } else {
+        message.chars().take(MAX_UPSTREAM_MESSAGE).collect()
+    };
+    if status == 400 && message.contains("model is not supported") {
+        return Some(ApiError {
+            status: 404,
+            error_type: "invalid_request_error".into(),
+            code: Some("model_not_found".into()),
+            param: Some("model".into()),
+            message,
+        });
+    }
+    let (error_type, code) = match status {
+        401 | 403 => ("invalid_request_error", "upstream_auth_failed"),
+        404 => ("invalid_request_error", "not_found"),
+        413 => ("invalid_request_error", "request_too_large"),
+        400..=499 => ("invalid_request_error", "invalid_request"),
+        _ => ("server_error", "upstream_error"),
+    };
+    Some(ApiError {
+        status,
+        error_type: error_type.into(),
+        code: Some(code.into()),
+        param: None,
+        message,
+    })
+}
+
+/// Longest upstream error message passed on.
+const MAX_UPSTREAM_MESSAGE: usize = 500;
+
 /// At most [`MAX_ECHO`] characters of `text`.
 pub fn echo(text: &str) -> String {
     text.chars().take(MAX_ECHO).collect()
@@ -246,5 +297,35 @@ mod tests {
             429
         );
         assert_eq!(ApiError::from_upstream(None, Some("x")).status, 500);
+    }
+
+    #[test]
+    fn upstream_error_answers_take_openai_s_shape() {
+        let openai = br#"{"error":{"message":"x","type":"invalid_request_error","code":"c"}}"#;
+        assert_eq!(from_upstream_answer(400, openai), None);
+        let model = from_upstream_answer(
+            400,
+            br#"{"detail":"The 'nope' model is not supported when using Codex with a ChatGPT account."}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (model.status, model.code.as_deref()),
+            (404, Some("model_not_found"))
+        );
+        assert_eq!(model.param.as_deref(), Some("model"));
+        let detail =
+            from_upstream_answer(400, br#"{"detail":"Instructions are required"}"#).unwrap();
+        assert_eq!(detail.status, 400);
+        assert_eq!(detail.message, "Instructions are required");
+        let list = from_upstream_answer(
+            422,
+            br#"{"detail":[{"loc":["body","input"],"msg":"field required","type":"missing"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(list.message, "field required");
+        let garbage = from_upstream_answer(502, b"<html>bad gateway</html>").unwrap();
+        assert_eq!(garbage.error_type, "server_error");
+        let body: serde_json::Value = serde_json::from_str(&garbage.body()).unwrap();
+        assert_eq!(body["error"]["code"], "upstream_error");
     }
 }

@@ -141,6 +141,10 @@ pub struct RoutingArgs {
     /// Longest cooldown after a 429 without a reset time (>= 1000; "default" = 1800000)
     #[arg(long, value_name = "MS", allow_hyphen_values = true)]
     pub cooldown_max_ms: Option<String>,
+    /// Pool WebSocket upgrades of the Responses endpoint (on, the default) or refuse them with
+    /// 426 so clients fall back to HTTP SSE (off)
+    #[arg(long, value_name = "on|off", allow_hyphen_values = true)]
+    pub websockets: Option<String>,
 }
 
 impl RoutingArgs {
@@ -155,6 +159,7 @@ impl RoutingArgs {
             circuit_failures: self.circuit_failures.as_deref(),
             circuit_open_ms: self.circuit_open_ms.as_deref(),
             cooldown_max_ms: self.cooldown_max_ms.as_deref(),
+            websockets: self.websockets.as_deref(),
         }
     }
 }
@@ -564,6 +569,10 @@ fn routing_text(v: &RoutingView) -> String {
         ("strategy", v.strategy.to_string()),
         ("max attempts", v.max_attempts.to_string()),
         ("explain routes", v.explain_routes.to_string()),
+        (
+            "websockets",
+            if v.websockets { "on" } else { "off" }.to_owned(),
+        ),
         (
             "primary account",
             v.primary_account_id

@@ -72,6 +72,8 @@ pub struct Routing {
     pub circuit_failures: Option<u32>,
     pub circuit_open_ms: Option<u32>,
     pub cooldown_max_ms: Option<u32>,
+    /// WebSocket upgrades are pooled (true, the default) or answered 426.
+    pub websockets: bool,
 }
 
 impl Default for Routing {
@@ -87,6 +89,7 @@ impl Default for Routing {
             circuit_failures: None,
             circuit_open_ms: None,
             cooldown_max_ms: None,
+            websockets: true,
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct RoutingView {
     pub circuit_failures: u32,
     pub circuit_open_ms: u32,
     pub cooldown_max_ms: u32,
+    pub websockets: bool,
 }
 
 impl Routing {
@@ -122,6 +126,7 @@ impl Routing {
             circuit_failures: self.circuit_failures.unwrap_or(DEFAULT_CIRCUIT_FAILURES),
             circuit_open_ms: self.circuit_open_ms.unwrap_or(DEFAULT_CIRCUIT_OPEN_MS),
             cooldown_max_ms: self.cooldown_max_ms.unwrap_or(DEFAULT_COOLDOWN_MAX_MS),
+            websockets: self.websockets,
         }
     }
 
@@ -142,6 +147,7 @@ impl Routing {
             circuit_failures: patch.circuit_failures.unwrap_or(self.circuit_failures),
             circuit_open_ms: patch.circuit_open_ms.unwrap_or(self.circuit_open_ms),
             cooldown_max_ms: patch.cooldown_max_ms.unwrap_or(self.cooldown_max_ms),
+            websockets: patch.websockets.unwrap_or(self.websockets),
         }
     }
 }
@@ -175,6 +181,7 @@ pub struct RoutingPatch {
     pub circuit_failures: Option<Option<u32>>,
     pub circuit_open_ms: Option<Option<u32>>,
     pub cooldown_max_ms: Option<Option<u32>>,
+    pub websockets: Option<bool>,
 }
 
 impl RoutingPatch {
@@ -200,6 +207,7 @@ impl RoutingPatch {
             (self.circuit_failures.is_some(), "--circuit-failures"),
             (self.circuit_open_ms.is_some(), "--circuit-open-ms"),
             (self.cooldown_max_ms.is_some(), "--cooldown-max-ms"),
+            (self.websockets.is_some(), "--websockets"),
         ]
         .into_iter()
         .filter_map(|(set, flag)| set.then_some(flag))
@@ -317,6 +325,15 @@ pub fn parse_bool(flag: &'static str, raw: &str) -> Result<bool, InvalidSetting>
     }
 }
 
+/// `on` or `off` (also `true` / `false`).
+pub fn parse_on_off(flag: &'static str, raw: &str) -> Result<bool, InvalidSetting> {
+    match raw.trim() {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(InvalidSetting::new(flag, raw, "on or off")),
+    }
+}
+
 /// A whole number in `range` (no sign, no fraction, no exponent).
 pub fn parse_u32_in(
     flag: &'static str,
@@ -398,6 +415,7 @@ pub struct RawRoutingFlags<'a> {
     pub circuit_failures: Option<&'a str>,
     pub circuit_open_ms: Option<&'a str>,
     pub cooldown_max_ms: Option<&'a str>,
+    pub websockets: Option<&'a str>,
 }
 
 impl RawRoutingFlags<'_> {
@@ -438,6 +456,10 @@ impl RawRoutingFlags<'_> {
                     parse_optional_u32_in("--cooldown-max-ms", r, &(MIN_DURATION_MS..=u32::MAX))
                 })
                 .transpose()?,
+            websockets: self
+                .websockets
+                .map(|r| parse_on_off("--websockets", r))
+                .transpose()?,
         };
         patch.validate()?;
         Ok(patch)
@@ -461,6 +483,7 @@ mod tests {
                 "circuit_failures" => &mut f.circuit_failures,
                 "circuit_open_ms" => &mut f.circuit_open_ms,
                 "cooldown_max_ms" => &mut f.cooldown_max_ms,
+                "websockets" => &mut f.websockets,
                 other => unreachable_flag(other),
             };
             *slot = Some(v);
@@ -588,9 +611,22 @@ mod tests {
                 "strategy": "quota_first", "max_attempts": 3, "explain_routes": false,
                 "primary_account_id": null, "primary_threshold_percent": 95.0,
                 "secondary_threshold_percent": 99.0, "circuit_failures": 3,
-                "circuit_open_ms": 60000, "cooldown_max_ms": 1800000
+                "circuit_open_ms": 60000, "cooldown_max_ms": 1800000, "websockets": true
             })
         );
+        Ok(())
+    }
+
+    #[test]
+    fn websockets_turn_off_and_on() -> Result<(), InvalidSetting> {
+        let off = flags(&[("websockets", "off")]).parse()?;
+        assert_eq!(off.websockets, Some(false));
+        assert_eq!(off.flags(), vec!["--websockets"]);
+        assert!(!Routing::default().apply(&off, None).websockets);
+        let on = flags(&[("websockets", "on")]).parse()?;
+        assert_eq!(on.websockets, Some(true));
+        let err = flags(&[("websockets", "maybe")]).parse();
+        assert!(err.is_err_and(|e| e.flag == "--websockets"));
         Ok(())
     }
 }

@@ -136,7 +136,7 @@ pub fn proto_routing(r: &Routing) -> pb::RoutingSettings {
         circuit_open_ms: r.circuit_open_ms.unwrap_or(0),
         cooldown_max_ms: r.cooldown_max_ms.unwrap_or(0),
         primary_account_id: r.primary_account_id.clone().unwrap_or_default(),
-        ..Default::default()
+        websockets_disabled: !r.websockets,
     }
 }
 

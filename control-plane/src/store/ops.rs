@@ -17,7 +17,7 @@ use crate::util::{self, now_ms};
 /// `pools` and `pool_keys` name their routing columns alike, so `routing_from_row` reads both.
 pub(super) const POOL_SELECT: &str = "SELECT id, name, created_at, strategy, max_attempts, \
      explain_routes, primary_account_id, primary_threshold_percent, secondary_threshold_percent, \
-     circuit_failures, circuit_open_ms, cooldown_max_ms FROM pools";
+     circuit_failures, circuit_open_ms, cooldown_max_ms, websockets FROM pools";
 
 pub(super) const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_name, a.label, \
      a.chatgpt_account_id, a.chatgpt_user_id, a.email, a.plan, a.state, a.state_reason, \
@@ -30,8 +30,8 @@ pub(super) const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_
 const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name, k.label, \
      k.key_hash, k.status, k.operator, k.created_at, k.revoked_at, k.routing_mode, k.strategy, \
      k.max_attempts, k.explain_routes, k.primary_account_id, k.primary_threshold_percent, \
-     k.secondary_threshold_percent, k.circuit_failures, k.circuit_open_ms, k.cooldown_max_ms \
-     FROM pool_keys k JOIN pools p ON p.id = k.pool_id";
+     k.secondary_threshold_percent, k.circuit_failures, k.circuit_open_ms, k.cooldown_max_ms, \
+     k.websockets FROM pool_keys k JOIN pools p ON p.id = k.pool_id";
 
 const MAX_LABEL_LEN: usize = 128;
 
@@ -94,6 +94,7 @@ pub(super) fn routing_from_row(row: &AnyRow) -> Result<Routing, StoreError> {
         circuit_failures: opt_u32(row, "circuit_failures")?,
         circuit_open_ms: opt_u32(row, "circuit_open_ms")?,
         cooldown_max_ms: opt_u32(row, "cooldown_max_ms")?,
+        websockets: col::<Option<i64>>(row, "websockets")?.is_none_or(|v| v != 0),
     })
 }
 

@@ -122,7 +122,7 @@ async fn write_routing_tx(
         "UPDATE {table} SET strategy = $1, max_attempts = $2, explain_routes = $3, \
            primary_account_id = $4, primary_threshold_percent = $5, \
            secondary_threshold_percent = $6, circuit_failures = $7, circuit_open_ms = $8, \
-           cooldown_max_ms = $9{mode} WHERE id = $10"
+           cooldown_max_ms = $9, websockets = $10{mode} WHERE id = $11"
     ))
     .bind(r.strategy.as_str())
     .bind(i64::from(r.max_attempts))
@@ -133,6 +133,7 @@ async fn write_routing_tx(
     .bind(r.circuit_failures.map(i64::from))
     .bind(r.circuit_open_ms.map(i64::from))
     .bind(r.cooldown_max_ms.map(i64::from))
+    .bind(i64::from(r.websockets))
     .bind(id.to_owned())
     .execute(&mut **tx)
     .await?;
@@ -212,7 +213,8 @@ impl Store {
                     "UPDATE pool_keys SET routing_mode = 'inherit', strategy = NULL, \
                        max_attempts = NULL, explain_routes = NULL, primary_account_id = NULL, \
                        primary_threshold_percent = NULL, secondary_threshold_percent = NULL, \
-                       circuit_failures = NULL, circuit_open_ms = NULL, cooldown_max_ms = NULL \
+                       circuit_failures = NULL, circuit_open_ms = NULL, cooldown_max_ms = NULL, \
+                       websockets = NULL \
                      WHERE id = $1",
                 )
                 .bind(key.id.clone())

@@ -74,7 +74,8 @@ async fn forbidden_paths_and_methods_get_a_404_and_never_reach_the_upstream() {
         ("POST", "/backend-api/wham/usage"),
         ("GET", "/backend-api/wham/tasks/list"),
         ("GET", "/backend-api/"),
-        ("GET", "/v1/models"),
+        ("GET", "/v2/models"),
+        ("GET", "/v1/models/a/b"),
         ("POST", "/codex/responses"),
         ("GET", "/"),
     ] {

@@ -458,9 +458,48 @@ async fn a_429_from_one_account_is_retried_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrades_are_refused_with_426_json() {
+async fn a_pool_with_websockets_off_refuses_upgrades_with_426_json() {
     let stack = Stack::start(1).await.unwrap();
-    let resp = stack
+    let set = stack
+        .cp
+        .cli_json(&["pool", "set-routing", POOL, "--websockets", "off"])
+        .unwrap();
+    assert_eq!(set["websockets"], false, "{set}");
+    // The change reaches the filter with the next snapshot.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let resp = upgrade(&stack).await;
+        if resp.status() == 426 {
+            assert_eq!(
+                openai_error_code(&resp.text().await.unwrap()),
+                "websocket_not_supported"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still upgraded: {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Refused at the gateway: another upgrade never reaches the upstream.
+    let upstream_upgrades = |records: Vec<Value>| {
+        records
+            .iter()
+            .filter(|r| r["websocket"].as_bool() == Some(true))
+            .count()
+    };
+    let before = upstream_upgrades(stack.sim.requests().await.unwrap());
+    assert_eq!(upgrade(&stack).await.status(), 426);
+    assert_eq!(
+        upstream_upgrades(stack.sim.requests().await.unwrap()),
+        before
+    );
+}
+
+async fn upgrade(stack: &Stack) -> reqwest::Response {
+    stack
         .http
         .get(stack.envoy.url("/backend-api/codex/responses"))
         .bearer_auth(&stack.key)
@@ -471,10 +510,5 @@ async fn websocket_upgrades_are_refused_with_426_json() {
         .header("openai-beta", "responses_websockets=2026-02-06")
         .send()
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 426);
-    assert_eq!(
-        openai_error_code(&resp.text().await.unwrap()),
-        "websocket_not_supported"
-    );
+        .unwrap()
 }

@@ -456,7 +456,7 @@ fn prepare(
                 if quota_first {
                     let quota = effective_quota(account, &state);
                     scores.push((
-                        routing::quota_score(quota.as_ref(), now),
+                        routing::steered_score(quota.as_ref(), account.health, now),
                         account.health,
                         ix,
                     ));
@@ -679,6 +679,9 @@ pub fn rank_once<'a>(
     input: RouteInput<'_>,
     now: i64,
 ) -> Result<Ranking<'a>, GatewayError> {
+    if pool.accounts.is_empty() {
+        return Err(routing::empty_pool(&pool.name));
+    }
     let prep = prepare(pool, pix, SettingsKey::new(settings), local, now);
     let budget = candidate_budget(settings);
     match serve(pool, pix, &prep, None, input, budget, now) {
@@ -792,6 +795,9 @@ pub fn rank<'a>(
     input: RouteInput<'_>,
     now: i64,
 ) -> Result<Ranking<'a>, GatewayError> {
+    if let Some(pool) = snapshot.pool(pool_ix).filter(|p| p.accounts.is_empty()) {
+        return Err(routing::empty_pool(&pool.name));
+    }
     CACHE.with(|cell| match cell.try_borrow_mut() {
         Ok(mut cache) => cache.rank(snapshot, pool_ix, settings, local, input, now),
         // Not reachable (nothing here calls back), but never a panic: rank without the cache.
@@ -805,7 +811,7 @@ mod tests {
     use super::*;
     use crate::errors::ErrorKind;
     use crate::local::{token_fingerprint, SeenQuota};
-    use crate::routing::{eligibility, quota_score, rank, Ineligible, QUOTA_TIE_FRACTION};
+    use crate::routing::{eligibility, rank, steered_score, Ineligible, QUOTA_TIE_FRACTION};
     use crate::snapshot::tests::account;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -953,8 +959,9 @@ mod tests {
                     let mut scored: Vec<(f64, &pb::Account)> = list
                         .iter()
                         .map(|a| {
-                            let q = effective_quota(a, &local.get(&a.id));
-                            (quota_score(q.as_ref(), now), *a)
+                            let state = local.get(&a.id);
+                            let q = effective_quota(a, &state);
+                            (steered_score(q.as_ref(), a.health, now), *a)
                         })
                         .collect();
                     scored.sort_by(|(sa, a), (sb, b)| {

@@ -215,6 +215,19 @@ pub fn quota_score(quota: Option<&pb::QuotaSummary>, now_ms: i64) -> f64 {
         .min(window(quota.and_then(|q| q.secondary.as_ref())))
 }
 
+/// Health below this still keeps a sliver of traffic (so recovery is noticed).
+const MIN_HEALTH_WEIGHT: u32 = 10;
+
+/// `quota_first`'s score: headroom ([`quota_score`]) scaled by the account's health score
+/// (0–100, computed by the control plane from every Envoy's outcomes over a sliding window and
+/// pushed with the snapshot), so a failing account loses its share before its circuit opens and
+/// wins it back as its failures age out of the window. Local consecutive failures are left to
+/// the circuit: they never decay, and would sideline an account after one transient error.
+pub fn steered_score(quota: Option<&pb::QuotaSummary>, health: u32, now_ms: i64) -> f64 {
+    let health = f64::from(health.clamp(MIN_HEALTH_WEIGHT, 100)) / 100.0;
+    quota_score(quota, now_ms) * health
+}
+
 /// Why the first account was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -289,6 +302,16 @@ pub(crate) fn exhausted(
         ErrorKind::NoAccountAvailable,
         format!(
             "No account in pool '{pool_name}' can serve requests right now (paused, needing re-login, or failing)."
+        ),
+    )
+}
+
+/// The answer of a pool that has no accounts at all: what to do about it, not a guess at why.
+pub(crate) fn empty_pool(pool_name: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::NoAccountAvailable,
+        format!(
+            "Pool '{pool_name}' has no accounts yet: add one with `codexmesh account import --pool {pool_name} <auth.json>` (or `codexmesh account login --pool {pool_name}`)."
         ),
     )
 }
@@ -574,6 +597,56 @@ mod tests {
             .or_insert(0) += 1;
         }
         assert_eq!(c.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+    }
+
+    #[test]
+    fn a_failing_account_loses_its_share_before_its_circuit_opens() {
+        let mut p = pool(3);
+        let qf = settings(pb::Strategy::QuotaFirst);
+        let l = LocalTable::default();
+        // The control plane's health score fell (its circuit here is still closed).
+        p.accounts[1].health = 60;
+        let sick = p.accounts[1].id.clone();
+        let mut c = BTreeMap::new();
+        for turn in 0..300 {
+            let input = RouteInput {
+                turn,
+                ..Default::default()
+            };
+            *c.entry(first(&p, &qf, &l, input, 0)).or_insert(0) += 1;
+        }
+        assert_eq!(c.get(&sick), None, "{c:?}");
+        assert_eq!(c.values().copied().collect::<Vec<_>>(), [150, 150]);
+        // Recovered: it shares again.
+        p.accounts[1].health = 100;
+        let back = (0..3)
+            .map(|turn| {
+                let input = RouteInput {
+                    turn,
+                    ..Default::default()
+                };
+                first(&p, &qf, &l, input, 0)
+            })
+            .any(|id| id == sick);
+        assert!(back);
+        // It still serves when it is the only one left with headroom.
+        assert!(steered_score(None, 60, 0) > steered_score(None, 100, 0) * 0.5);
+    }
+
+    #[test]
+    fn an_empty_pool_says_how_to_fill_it() {
+        let p = pool(0);
+        let err = rank(
+            &p,
+            Some(&settings(pb::Strategy::QuotaFirst)),
+            &LocalTable::default(),
+            RouteInput::default(),
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), 503);
+        assert!(err.message.contains("no accounts yet"), "{}", err.message);
+        assert!(err.message.contains("codexmesh account import"));
     }
 
     #[test]

@@ -202,7 +202,7 @@ async fn a_pooled_websocket_carries_turns_on_one_account_with_its_credentials() 
 
     // The connection's outcome reaches the request log as the account's success.
     let log = wait_for_log(&stack, |e| {
-        e["path"]
+        e["request_path"]
             .as_str()
             .is_some_and(|p| p.ends_with("/codex/responses"))
             && e["status"] == 101
@@ -210,7 +210,7 @@ async fn a_pooled_websocket_carries_turns_on_one_account_with_its_credentials() 
     .await;
     assert!(
         log.iter()
-            .any(|e| e["status"] == 101 && e["error_source"].as_str().unwrap_or("") == ""),
+            .any(|e| e["status"] == 101 && e["error_source"].as_str().unwrap_or("").is_empty()),
         "{log:#?}"
     );
 }

@@ -310,7 +310,7 @@ pub fn codex_instructions(gateway: SocketAddr, new_key: Option<&RawKey>, pool: &
          base_url = \"http://{gateway}/backend-api/codex\"\n\
          env_key = \"CODEXMESH_API_KEY\"\n\
          wire_api = \"responses\"\n\
-         supports_websockets = false\n\n\
+         supports_websockets = true\n\n\
          and in your shell:\n\n\
          {export}\n"
     )
@@ -383,7 +383,7 @@ mod tests {
         assert!(s.contains("name = \"OpenAI\""));
         assert!(s.contains("env_key = \"CODEXMESH_API_KEY\""));
         assert!(s.contains("wire_api = \"responses\""));
-        assert!(s.contains("supports_websockets = false"));
+        assert!(s.contains("supports_websockets = true"));
         assert!(s.contains(&format!("export CODEXMESH_API_KEY={}", key.expose())));
         let s = codex_instructions("127.0.0.1:1".parse()?, None, "team");
         assert!(s.contains("codexmesh key create --pool team"));

@@ -164,7 +164,7 @@ fn up_runs_envoy_prints_config_and_stops_it() -> TestResult {
     assert!(text.contains("codexmesh serving grpc=127.0.0.1:"), "{text}");
     assert!(text.contains("base_url = \"http://127.0.0.1:"), "{text}");
     assert!(text.contains("/backend-api/codex\""), "{text}");
-    assert!(text.contains("supports_websockets = false"), "{text}");
+    assert!(text.contains("supports_websockets = true"), "{text}");
     let export = out.last().ok_or("no lines")?;
     let key = export
         .split("CODEXMESH_API_KEY=")

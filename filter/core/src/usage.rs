@@ -5,9 +5,11 @@
 //! Rules kept here:
 //! - Accounts that cannot serve for reasons other than usage (paused, re-login needed, no token)
 //!   do not count: the answer describes the capacity the key can actually use.
-//! - A window's `used_percent` is the mean over those accounts (each window past its reset counts
-//!   as unused, an unknown window as unused); `reset_at` is the earliest reset among accounts that
-//!   have used some of it (when the pool next gets capacity back).
+//! - A window's `used_percent` is the capacity-weighted mean over those accounts, each weighted
+//!   by its routing `weight` (operators give a Pro account a larger weight than a Plus one: it is
+//!   both its share of traffic and its share of the pool's capacity); a window past its reset
+//!   counts as unused, an unknown window as unused. `reset_at` is the earliest reset among
+//!   accounts that have used some of it (when the pool next gets capacity back).
 //! - `limit_reached` is true exactly when every counted account is out for usage (the same rule
 //!   that turns a turn into the pool-exhausted 429), or when none can serve at all.
 
@@ -23,15 +25,18 @@ const FALLBACK_PLAN: &str = "plus";
 /// What one window of one counted account contributes.
 #[derive(Debug, Clone, Copy)]
 struct WindowSeen {
+    /// The account's share of the pool's capacity (its routing weight, at least 1).
+    capacity: f64,
     used_percent: f64,
     window_minutes: u32,
     /// Unix seconds; 0 = unknown or already passed.
     resets_at_unix: i64,
 }
 
-fn window_seen(w: Option<&pb::QuotaWindow>, now_ms: i64) -> WindowSeen {
+fn window_seen(w: Option<&pb::QuotaWindow>, capacity: f64, now_ms: i64) -> WindowSeen {
     let Some(w) = w else {
         return WindowSeen {
+            capacity,
             used_percent: 0.0,
             window_minutes: 0,
             resets_at_unix: 0,
@@ -39,6 +44,7 @@ fn window_seen(w: Option<&pb::QuotaWindow>, now_ms: i64) -> WindowSeen {
     };
     let passed = w.resets_at_unix > 0 && w.resets_at_unix.saturating_mul(1000) <= now_ms;
     WindowSeen {
+        capacity,
         used_percent: if passed {
             0.0
         } else {
@@ -53,7 +59,12 @@ fn window_json(seen: &[WindowSeen], now_ms: i64) -> Value {
     if seen.is_empty() {
         return Value::Null;
     }
-    let mean = seen.iter().map(|w| w.used_percent).sum::<f64>() / seen.len() as f64;
+    let capacity: f64 = seen.iter().map(|w| w.capacity).sum();
+    let mean = seen
+        .iter()
+        .map(|w| w.used_percent * w.capacity)
+        .sum::<f64>()
+        / capacity.max(1.0);
     let minutes = seen.iter().map(|w| w.window_minutes).max().unwrap_or(0);
     let reset_at = seen
         .iter()
@@ -100,12 +111,15 @@ pub fn pool_usage(pool: &pb::Pool, local: &LocalTable, limits: &Limits, now_ms: 
             Eligibility::Out(_) => continue,
         }
         let quota = effective_quota(account, &state);
+        let capacity = f64::from(account.weight.max(1));
         primary.push(window_seen(
             quota.as_ref().and_then(|q| q.primary.as_ref()),
+            capacity,
             now_ms,
         ));
         secondary.push(window_seen(
             quota.as_ref().and_then(|q| q.secondary.as_ref()),
+            capacity,
             now_ms,
         ));
     }
@@ -256,6 +270,16 @@ mod tests {
         assert_eq!(v["rate_limit"]["limit_reached"], false);
         assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 0);
         assert_eq!(v["rate_limit"]["primary_window"]["reset_at"], 0);
+    }
+
+    #[test]
+    fn usage_is_weighted_by_each_account_s_capacity() {
+        let mut big = account("a", "pro", pb::AccountState::Active, 10.0, 600);
+        big.weight = 3;
+        let small = account("b", "plus", pb::AccountState::Active, 90.0, 600);
+        let v = usage(&pool(vec![big, small]), &LocalTable::default());
+        // (3 × 10 + 1 × 90) / 4 = 30, not the plain mean of 50.
+        assert_eq!(v["rate_limit"]["primary_window"]["used_percent"], 30);
     }
 
     #[test]

@@ -543,6 +543,17 @@ fn prepare(
 /// Hands out one request's candidates from a prepared order. `recheck`: the local table when it
 /// is newer than the one the order was prepared with (each candidate is checked against it).
 /// None when re-checking ran dry: the caller prepares afresh.
+/// How many accounts past the tied group and the candidate budget are scored again when the
+/// local table moved (see [`serve`]).
+const RESCORE_EXTRA: usize = 4;
+
+fn quota_ordered(strategy: pb::Strategy) -> bool {
+    matches!(
+        strategy,
+        pb::Strategy::QuotaFirst | pb::Strategy::Unspecified
+    )
+}
+
 fn serve<'a>(
     pool: &'a pb::Pool,
     pix: &PoolIndex,
@@ -609,6 +620,46 @@ fn serve<'a>(
         }
         if !done {
             return None;
+        }
+    } else if let (Some(local), true) = (recheck, want > 0 && quota_ordered(strategy)) {
+        // The local table moved since the order was prepared, and with it the quota evidence
+        // that orders quota_first: answers move headroom between requests. The head of the
+        // prepared order (the whole pool when it is small) is scored again against the newest
+        // table, so traffic follows headroom request by request, not in one-second steps.
+        let window = prep.tied.max(budget).saturating_add(RESCORE_EXTRA);
+        let mut scored: Vec<(f64, &pb::Account, u32)> = prep
+            .eligible
+            .iter()
+            .copied()
+            .filter(|ix| Some(*ix) != pinned && ok(*ix, Class::Eligible))
+            .take(window)
+            .filter_map(|ix| {
+                let account = pix.account(pool, ix)?;
+                let quota = effective_quota(account, &local.get(&account.id));
+                let score = routing::steered_score(quota.as_ref(), account.health, now);
+                Some((score, account, ix))
+            })
+            .collect();
+        scored.sort_by(|(sa, a, _), (sb, b, _)| {
+            sb.total_cmp(sa)
+                .then(b.health.cmp(&a.health))
+                .then(a.id.cmp(&b.id))
+        });
+        let best = scored.first().map_or(0.0, |(s, _, _)| *s);
+        let tied = scored
+            .iter()
+            .take_while(|(s, _, _)| *s >= best * (1.0 - routing::QUOTA_TIE_FRACTION))
+            .count()
+            .max(1);
+        let start = usize::try_from(input.turn % u64::try_from(tied).unwrap_or(1)).unwrap_or(0);
+        for i in 0..scored.len() {
+            if out.len() >= budget {
+                break;
+            }
+            let at = if i < tied { (start + i) % tied } else { i };
+            if let Some((_, _, ix)) = scored.get(at) {
+                out.push(*ix);
+            }
         }
     } else if want > 0 {
         let m = prep.eligible.len();
@@ -1313,6 +1364,39 @@ mod tests {
         let _ = cache.rank(&snap, 0, Some(&rr), &cooled, input, NOW + 5_002);
         assert_eq!(cache.prepared, 5);
         assert!(cache.rank(&snap, 7, s, &cooled, input, NOW).is_err());
+    }
+
+    #[test]
+    fn quota_evidence_moves_the_next_request_without_waiting_for_the_next_pass() {
+        let mut cache = RankCache::default();
+        let snap = two_accounts();
+        let seen = |used: f64| {
+            let q = pb::QuotaSummary {
+                primary: Some(pb::QuotaWindow {
+                    used_percent: used,
+                    window_minutes: 300,
+                    resets_at_unix: NOW / 1000 + 18_000,
+                }),
+                observed_at_unix_ms: NOW,
+                ..Default::default()
+            };
+            LocalAccount {
+                seen_quota: SeenQuota::from_pb(&q),
+                ..Default::default()
+            }
+        };
+        let mut table = LocalTable::default();
+        table.set("a0", seen(10.0));
+        table.set("a1", seen(30.0));
+        let first = Rc::new(table.clone());
+        let order = firsts(cache.rank(&snap, 0, None, &first, RouteInput::default(), NOW));
+        assert_eq!(order[0], "a0");
+        // a0 served enough to pass a1 (evidence from its answers), within the same second.
+        table.set("a0", seen(40.0));
+        let later = Rc::new(table);
+        let order = firsts(cache.rank(&snap, 0, None, &later, RouteInput::default(), NOW + 10));
+        assert_eq!(order[0], "a1", "the order followed the new evidence");
+        assert_eq!(cache.prepared, 1, "without a full pass");
     }
 
     #[test]

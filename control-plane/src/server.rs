@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use codexmesh_proto::v1::mesh_server::MeshServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -101,7 +100,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     );
 
     let service = MeshService::new(
-        hub.subscribe(),
+        hub.frames(),
         &push_token,
         Arc::new(lifecycle.sink()),
         Duration::from_millis(settings.heartbeat_interval_ms),
@@ -114,7 +113,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
                 // Lets a client notice a frozen control plane (and us a vanished Envoy).
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-                .add_service(MeshServer::new(service))
+                .add_service(service.routes())
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(grpc_listener),
                     cancel.clone().cancelled_owned(),

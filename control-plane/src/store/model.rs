@@ -168,9 +168,28 @@ pub struct PoolKey {
 /// An account plus its sealed access token, for the snapshot builder only.
 #[derive(Clone)]
 pub struct AccountWithToken {
-    pub account: Account,
+    pub account: SnapshotAccount,
     pub sealed_access_token: Vec<u8>,
     pub quota: Option<QuotaRecord>,
+}
+
+/// The columns of an account a snapshot carries (a subset of [`Account`]: reading only these
+/// halves the snapshot read at 10,000 accounts). Fields mean what they mean in [`Account`].
+#[derive(Debug, Clone)]
+pub struct SnapshotAccount {
+    pub id: String,
+    pub pool_id: String,
+    pub label: String,
+    pub chatgpt_account_id: String,
+    pub plan: Option<String>,
+    pub state: AccountState,
+    pub state_reason: Option<String>,
+    pub cooldown_until_ms: Option<i64>,
+    pub priority: u32,
+    pub weight: u32,
+    pub access_token_expires_at_ms: Option<i64>,
+    pub token_revision: i64,
+    pub health: u32,
 }
 
 /// An account with its tokens opened, for the refresher and `account export`. `Debug` hides the

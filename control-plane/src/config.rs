@@ -24,7 +24,7 @@ pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:18080";
 pub const DEFAULT_ENVOY_ADMIN_LISTEN: &str = "127.0.0.1:19901";
 pub const DEFAULT_WASM_PATH: &str = "target/wasm32-wasip1/release/codexmesh_filter.wasm";
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5000;
-pub const DEFAULT_CHANGE_POLL_MS: u64 = 200;
+pub const DEFAULT_CHANGE_POLL_MS: u64 = 25;
 pub const DEFAULT_REFRESH_LEAD_SECS: u64 = 900;
 pub const DEFAULT_REFRESH_LEASE_SECS: u64 = 60;
 pub const DEFAULT_QUOTA_POLL_INTERVAL_SECS: u64 = 60;
@@ -408,7 +408,7 @@ impl Settings {
                 &env,
                 "CODEXMESH_CHANGE_POLL_MS",
                 file.change_poll_ms,
-                "200",
+                "25",
             )?,
             refresh_lead_secs: pick_parsed(
                 flags.refresh_lead_secs,

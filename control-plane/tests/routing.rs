@@ -32,6 +32,7 @@ const ROUTING_FIELDS: &[&str] = &[
     "circuit_failures",
     "circuit_open_ms",
     "cooldown_max_ms",
+    "websockets",
 ];
 
 /// A workspace with pool `main` (accounts `a`, `b`), pool `other` (account `s`) and a key
@@ -87,7 +88,8 @@ fn routing_commands_print_the_documented_json() -> TestResult {
         json!({"pool": "main", "strategy": "quota_first", "max_attempts": 3,
                "explain_routes": false, "primary_account_id": null,
                "primary_threshold_percent": 95.0, "secondary_threshold_percent": 99.0,
-               "circuit_failures": 3, "circuit_open_ms": 60000, "cooldown_max_ms": 1800000})
+               "circuit_failures": 3, "circuit_open_ms": 60000, "cooldown_max_ms": 1800000,
+               "websockets": true})
     );
     assert_eq!(logical_state(&ws)?, before);
 
@@ -114,13 +116,16 @@ fn routing_commands_print_the_documented_json() -> TestResult {
         "5000",
         "--cooldown-max-ms",
         "600000",
+        "--websockets",
+        "off",
     ])?;
     assert_eq!(
         set,
         json!({"pool": "main", "strategy": "primary_first", "max_attempts": 4,
                "explain_routes": true, "primary_account_id": b["id"],
                "primary_threshold_percent": 90.0, "secondary_threshold_percent": 97.5,
-               "circuit_failures": 5, "circuit_open_ms": 5000, "cooldown_max_ms": 600000})
+               "circuit_failures": 5, "circuit_open_ms": 5000, "cooldown_max_ms": 600000,
+               "websockets": false})
     );
     let again = ws.ok_json(&["pool", "set-routing", "main", "--max-attempts", "2"])?;
     assert_eq!(again["max_attempts"], 2);

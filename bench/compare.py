@@ -408,6 +408,7 @@ class Bench:
         self.notes: list[str] = []
         self.runs: list[dict] = []
         self.cm_env: dict = {}
+        self.seeded: dict = {}
 
     # -- Envoy ------------------------------------------------------------------------------
     def start_envoy(self, name: str, config: Path, cpu: str, env: dict | None = None):
@@ -509,16 +510,10 @@ class Bench:
         })
         env.pop("CODEXMESH_CONFIG", None)
         self.cm_env = env
-        run_cmd([cm, "pool", "create", "bench", "--json"], env=env)
-        for i in range(1, a.accounts + 1):
-            st, _, body = http("POST", f"{sim_url}/__sim/accounts", b"{}", {"content-type": "application/json"})
-            if st not in (200, 201):
-                raise Fail(f"the simulator refused to mint an account: {st} {body[:200]!r}")
-            auth = json.loads(body)["auth_json"]
-            f = self.work / f"account-{i}.json"
-            f.write_text(auth if isinstance(auth, str) else json.dumps(auth))
-            run_cmd([cm, "account", "import", str(f), "--pool", "bench", "--name", f"acct-{i}", "--json"], env=env)
-        self.key = json.loads(run_cmd([cm, "key", "create", "--pool", "bench", "--json"], env=env))["key"]
+        if a.seed_accounts:
+            self.seed(env)
+        else:
+            self.import_accounts(cm, env, sim_url)
         cp_env = dict(env)
         cp_env.update({"CODEXMESH_GRPC_LISTEN": "127.0.0.1:0", "CODEXMESH_ADMIN_LISTEN": "127.0.0.1:0"})
         cp = self.procs.start("control-plane", [cm, "serve"], env=cp_env, cpu=LOAD_CPU)
@@ -529,7 +524,9 @@ class Bench:
 
         grpc = wait_until("the control plane", grpc_addr, 60, proc=cp, procs=self.procs, name="control-plane")
         self.cm_env["CODEXMESH_GRPC_LISTEN"] = grpc
-        log(f"==> control plane on {grpc}, simulator on {sim_url}, {a.accounts} accounts in pool 'bench'")
+        pool_note = (f"{a.seed_accounts} seeded accounts in {a.pools} pool(s)" if a.seed_accounts
+                     else f"{a.accounts} accounts in pool 'bench'")
+        log(f"==> control plane on {grpc}, simulator on {sim_url}, {pool_note}")
         if not with_envoy:
             return
         srv = Server("b", LABELS["b"])
@@ -539,8 +536,43 @@ class Bench:
         srv.proc, srv.admin, port = self.start_envoy(srv.logname, cfg, SERVER_CPU, env=env)
         srv.url = f"http://127.0.0.1:{port}{PATH}"
         srv.side_procs = [cp]
-        self.ready(srv, 60)
+        # A seeded pool of thousands is a snapshot of megabytes: more time for the first one.
+        self.ready(srv, 300 if a.seed_accounts else 60)
         self.servers["b"] = srv
+
+    def import_accounts(self, cm: str, env: dict, sim_url: str):
+        """N simulator-minted accounts, one CLI import each, into pool 'bench', and one key."""
+        a = self.args
+        run_cmd([cm, "pool", "create", "bench", "--json"], env=env)
+        for i in range(1, a.accounts + 1):
+            st, _, body = http("POST", f"{sim_url}/__sim/accounts", b"{}", {"content-type": "application/json"})
+            if st not in (200, 201):
+                raise Fail(f"the simulator refused to mint an account: {st} {body[:200]!r}")
+            auth = json.loads(body)["auth_json"]
+            f = self.work / f"account-{i}.json"
+            f.write_text(auth if isinstance(auth, str) else json.dumps(auth))
+            run_cmd([cm, "account", "import", str(f), "--pool", "bench", "--name", f"acct-{i}", "--json"], env=env)
+        self.key = json.loads(run_cmd([cm, "key", "create", "--pool", "bench", "--json"], env=env))["key"]
+
+    def seed(self, env: dict):
+        """--seed-accounts N --pools P: pools, keys and accounts written straight into the store by
+        `codexmesh-bench-push seed` (thousands of CLI imports would take minutes); the load uses
+        the first pool's key, so a request ranks N/P accounts."""
+        a = self.args
+        tool = ROOT / "target/release/codexmesh-bench-push"
+        if not tool.exists():
+            raise Fail(f"{tool} is missing: cargo build --release -p codexmesh-bench-push")
+        t0 = time.monotonic()
+        out = run_cmd([str(tool), "seed", "--accounts", str(a.seed_accounts), "--pools", str(a.pools),
+                       "--prefix", "bench"], timeout=3600, env=env)
+        seeded = json.loads(out.strip().splitlines()[-1])
+        self.key = seeded["pools"][0]["key"]
+        self.seeded = {"accounts": seeded["accounts"], "pools": len(seeded["pools"]),
+                       "accounts_in_measured_pool": seeded["pools"][0]["accounts"],
+                       "seed_seconds": round(time.monotonic() - t0, 1)}
+        log(f"==> seeded {seeded['accounts']} accounts in {len(seeded['pools'])} pool(s) in "
+            f"{self.seeded['seed_seconds']} s; the load uses pool {seeded['pools'][0]['name']!r} "
+            f"({seeded['pools'][0]['accounts']} accounts)")
 
     def setup_litellm(self, srv: Server):
         venv = BENCH / ".venv-litellm"
@@ -878,7 +910,7 @@ def print_report(summary: list[dict], kinds: list[str], conns: list[int], meta: 
       f"git {meta['git']}")
     s = meta["settings"]
     p(f"settings: {s['rounds']} round(s), {s['duration_s']:g}s per run after {s['warmup_s']:g}s warm-up, "
-      f"wrk -t1 --timeout {s['wrk_timeout_s']:g}s, {s['accounts']} accounts; server on core 0, "
+      f"wrk -t1 --timeout {s['wrk_timeout_s']:g}s, {accounts_text(s)}; server on core 0, "
       f"wrk + stand-in + control plane + simulator on core 1")
     p("columns:  CPU = server process CPU per request (codexmesh: Envoy only; +cp = its control plane, core 1); "
       "x bare / +p50 / +CPU against bare Envoy (a)")
@@ -917,6 +949,13 @@ def print_report(summary: list[dict], kinds: list[str], conns: list[int], meta: 
     p("D<n>: n of the kept runs were marked disturbed (other load on the machine) after the allowed redos.")
     p("Latency percentiles cover completed requests only (wrk is closed-loop: latency ~ connections / req/s);")
     p("a server that completes few or no requests in a run under overload shows '-' or a small count.")
+
+
+def accounts_text(s: dict) -> str:
+    if s.get("seed_accounts"):
+        return (f"{s['seed_accounts']} seeded accounts in {s['pools']} pool(s), "
+                f"{s.get('seeded', {}).get('accounts_in_measured_pool', '?')} in the measured pool")
+    return f"{s['accounts']} accounts"
 
 
 def machine_info() -> dict:
@@ -973,6 +1012,12 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     ap.add_argument("--quick", action="store_true", help="smoke check: 1 round, 3 s runs, 1 s warm-up")
     ap.add_argument("--accounts", type=int, default=4, help="accounts in codexmesh's pool (default 4)")
+    ap.add_argument("--seed-accounts", type=int, default=0,
+                    help="instead of --accounts: write N accounts straight into the store "
+                         "(codexmesh-bench-push seed; tokens the stand-in accepts), spread over --pools")
+    ap.add_argument("--pools", type=int, default=1,
+                    help="with --seed-accounts: pools the accounts are spread over; the load uses "
+                         "the first pool's key (default 1)")
     ap.add_argument("--timeout", type=float, default=5, help="wrk --timeout seconds (default 5)")
     ap.add_argument("--disturb-threshold", type=float, default=0.15,
                     help="unaccounted machine load, in cores, that marks a run disturbed (default 0.15)")
@@ -1002,6 +1047,8 @@ def parse_args(argv):
             ap.error(f"unknown server {s!r} (a, b, c, a2)")
     if not a.connections or min(a.connections) < 1:
         ap.error("--connections needs numbers >= 1")
+    if a.seed_accounts < 0 or a.pools < 1 or (a.seed_accounts and a.pools > a.seed_accounts):
+        ap.error("--seed-accounts >= 0 and 1 <= --pools <= --seed-accounts")
     if a.rounds < 1 or a.duration <= 0:
         ap.error("--rounds >= 1 and --duration > 0")
     a.wasm = str(Path(a.wasm).resolve())
@@ -1032,7 +1079,8 @@ def main(argv) -> int:
                      "sha256": hashlib.sha256(Path(args.wasm).read_bytes()).hexdigest()},
             "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
                          "connections": args.connections, "kinds": args.kinds, "servers": list(bench.servers),
-                         "accounts": args.accounts, "wrk_timeout_s": args.timeout,
+                         "accounts": args.accounts, "seed_accounts": args.seed_accounts,
+                         "pools": args.pools, "seeded": bench.seeded, "wrk_timeout_s": args.timeout,
                          "disturb_threshold_cores": args.disturb_threshold, "max_redos": args.max_redos,
                          "clk_tck": CLK_TCK, "server_cpu": SERVER_CPU, "load_cpu": LOAD_CPU},
             "urls": {s.sid: s.url for s in bench.servers.values()} | {"standin": bench.standin},

@@ -7,7 +7,10 @@
 #   scripts/bench-compare.sh [--quick] [--wasm PATH] [--duration S] [--warmup S] [--rounds R]
 #                            [--connections 1,32,256,1024] [--kinds session,pck,large]
 #                            [--servers a,b,c,a2] [--accounts N] [--timeout S] [--keep-logs]
-#                            [--no-build]
+#                            [--seed-accounts N [--pools P]] [--no-build]
+#
+# --seed-accounts N writes N accounts (spread over P pools, one key each) straight into the store
+# with `codexmesh-bench-push seed` instead of N CLI imports; the load uses the first pool's key.
 #
 # Installs what it needs first (idempotent): scripts/setup.sh (Envoy, wasm target, protoc), Debian
 # wrk, LiteLLM in bench/.venv-litellm; builds release binaries. The orchestration is bench/compare.py;
@@ -22,6 +25,7 @@ command_line="scripts/bench-compare.sh $*"
 
 build=1
 wants_litellm=1
+seeding=0
 pass=()
 prev=""
 abs() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$orig_pwd" "$1" ;; esac; }
@@ -31,6 +35,7 @@ for arg in "$@"; do
   case "$arg" in --wasm=*) arg="--wasm=$(abs "${arg#--wasm=}")" ;; esac
   case "$arg" in
     --no-build) build=0 ;;
+    --seed-accounts|--seed-accounts=*) seeding=1; pass+=("$arg") ;;
     -h|--help) exec python3 bench/compare.py --help ;;
     *) pass+=("$arg") ;;
   esac
@@ -76,7 +81,9 @@ fi
 if [ "$build" = 1 ]; then
   say "building release binaries (filter module, control plane, simulator)"
   if ! step "PROFILE=release scripts/build.sh" 3600 env PROFILE=release bash scripts/build.sh ||
-    ! step "cargo build --release -p codexmesh-sim" 3600 cargo build --locked --release -p codexmesh-sim; then
+    ! step "cargo build --release -p codexmesh-sim" 3600 cargo build --locked --release -p codexmesh-sim ||
+    { [ "$seeding" = 1 ] &&
+      ! step "cargo build --release -p codexmesh-bench-push" 3600 cargo build --locked --release -p codexmesh-bench-push; }; then
     if [ -x target/release/codexmesh ] && [ -x target/release/codexmesh-sim ] &&
       [ -f target/wasm32-wasip1/release/codexmesh_filter.wasm ]; then
       say "build failed: benchmarking the binaries already in target/"

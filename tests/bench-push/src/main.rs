@@ -1,10 +1,13 @@
 //! Benchmark commands for the snapshot and the control plane's push path. They print numbers
 //! (and write them as JSON under `tests/bench-push/results/`); they assert no timing.
 
+mod cp_load;
 mod envoy_bench;
+mod failover;
 mod gen;
 mod procstat;
 mod push;
+mod seed;
 mod snapshot_bench;
 mod stats;
 mod subscriber;
@@ -78,6 +81,51 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         envoy_accounts: usize,
     },
+    /// Writes pools (one key each) and accounts straight into the store of the usual settings
+    /// (CODEXMESH_STORE, CODEXMESH_DATA_DIR, CODEXMESH_MASTER_KEY); prints pools and keys as JSON.
+    Seed {
+        #[arg(long)]
+        accounts: usize,
+        #[arg(long, default_value_t = 1)]
+        pools: usize,
+        #[arg(long, default_value = "seed")]
+        prefix: String,
+    },
+    /// Added latency of one failover (429, then the next account) through Envoy.
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        accounts: usize,
+        /// Requests of each kind.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        /// Pause after each round (a failover cools its first account down for a second or so;
+        /// at 150 ms a pool of 10 ran out of ready accounts).
+        #[arg(long, default_value_t = 400)]
+        gap_ms: u64,
+        /// Retry back-off of a second Envoy measured beside the product's 20 ms (ms, >= 1).
+        #[arg(long, default_value_t = 1)]
+        short_backoff_ms: u64,
+    },
+    /// Control-plane CPU and memory while N accounts are refreshed and polled.
+    CpLoad {
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Access-token lifetimes (s), spread uniformly; refreshed at half their life.
+        #[arg(long, default_value_t = 120)]
+        ttl_min: u64,
+        #[arg(long, default_value_t = 360)]
+        ttl_max: u64,
+        /// CODEXMESH_QUOTA_POLL_INTERVAL_SECS.
+        #[arg(long, default_value_t = 60)]
+        poll_secs: u64,
+        #[arg(long, default_value_t = 10)]
+        sample_secs: u64,
+        /// RUST_LOG of the control plane.
+        #[arg(long, default_value = "info")]
+        rust_log: String,
+    },
 }
 
 fn default_results_dir() -> PathBuf {
@@ -119,6 +167,76 @@ fn write_results(dir: &PathBuf, name: &str, args: Value, data: Value) -> Result<
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (name, args, data) = match cli.cmd {
+        Cmd::Seed {
+            accounts,
+            pools,
+            prefix,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let opts = seed::Options {
+                accounts,
+                pools,
+                prefix,
+                seed: 0x5EED,
+            };
+            let out = runtime.block_on(seed::run(&opts))?;
+            println!("{out}");
+            return Ok(());
+        }
+        Cmd::Failover {
+            accounts,
+            requests,
+            gap_ms,
+            short_backoff_ms,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let opts = failover::Options {
+                accounts,
+                requests,
+                gap_ms,
+                short_backoff_ms,
+            };
+            let data = runtime.block_on(failover::run(&opts))?;
+            (
+                "failover",
+                json!({"accounts": accounts, "requests": requests, "gap_ms": gap_ms,
+                       "short_backoff_ms": short_backoff_ms}),
+                data,
+            )
+        }
+        Cmd::CpLoad {
+            accounts,
+            minutes,
+            ttl_min,
+            ttl_max,
+            poll_secs,
+            sample_secs,
+            rust_log,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let opts = cp_load::Options {
+                accounts,
+                minutes,
+                ttl_min,
+                ttl_max,
+                poll_secs,
+                sample_secs,
+                rust_log,
+            };
+            let data = runtime.block_on(cp_load::run(&opts))?;
+            (
+                "cp-load",
+                json!({"accounts": accounts, "minutes": minutes, "ttl_secs": [ttl_min, ttl_max],
+                       "poll_secs": poll_secs}),
+                data,
+            )
+        }
         Cmd::Snapshot {
             accounts,
             pools,

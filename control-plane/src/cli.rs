@@ -436,33 +436,20 @@ impl Output {
     }
 }
 
+/// Left-aligned columns two spaces apart, no borders, no trailing spaces.
 fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(headers.iter().copied())
+        .add_rows(rows.iter().map(|r| r.iter().map(String::as_str)));
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
     }
-    let fmt_row = |cells: Vec<&str>| -> String {
-        let mut line = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let w = widths.get(i).copied().unwrap_or(0);
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        line.trim_end().to_owned()
-    };
-    let mut s = fmt_row(headers.to_vec());
+    let mut s = table.trim_fmt();
     s.push('\n');
-    for row in rows {
-        s.push_str(&fmt_row(row.iter().map(String::as_str).collect()));
-        s.push('\n');
-    }
     s
 }
 
@@ -939,39 +926,6 @@ async fn refresh_account(settings: &Settings, out: &Output, ident: &str) -> Resu
     }
 }
 
-/// Writes `contents` to `path` with mode 0600: never replacing an existing file unless
-/// `force`, never leaving a partial file.
-fn write_private_file(path: &Path, contents: &str, force: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()
-    };
-    let placed = write().and_then(|()| {
-        if force {
-            std::fs::rename(&tmp, path)
-        } else {
-            std::fs::hard_link(&tmp, path)
-        }
-    });
-    let _ = std::fs::remove_file(&tmp);
-    placed
-}
-
 async fn export_account(
     settings: &Settings,
     out: &Output,
@@ -1077,10 +1031,18 @@ async fn export_leased(
                 .unwrap_or(s.account.tokens_updated_at_ms),
         ),
     );
-    write_private_file(path, &text, force).map_err(|source| CliError::Write {
-        path: path.to_owned(),
-        source,
-    })?;
+    // Mode 0600, never a partial file, and no existing file replaced unless --force.
+    let existing = if force {
+        util::Existing::Replace
+    } else {
+        util::Existing::Keep
+    };
+    util::write_file_atomically(path, text.as_bytes(), util::Access::Private, existing).map_err(
+        |source| CliError::Write {
+            path: path.to_owned(),
+            source,
+        },
+    )?;
     if keep {
         return Ok((s.account, false));
     }
@@ -1560,7 +1522,7 @@ fn envoy_bootstrap_cmd(
         params.control_plane = target;
     }
     let yaml = envoy_bootstrap::render(&params)?;
-    util::write_file_atomically(path, &yaml).map_err(|source| CliError::Write {
+    util::write_shared_file(path, yaml.as_bytes()).map_err(|source| CliError::Write {
         path: path.to_owned(),
         source,
     })?;
@@ -1610,6 +1572,16 @@ mod tests {
     fn table_alignment() {
         let t = render_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+        // Empty cells, a row wider than the header, a short row, no rows.
+        let t = render_table(
+            &["ID", "NAME", "NOTE"],
+            &[
+                vec!["1".into(), String::new(), "long note".into()],
+                vec!["22".into(), "b".into()],
+            ],
+        );
+        assert_eq!(t, "ID  NAME  NOTE\n1         long note\n22  b\n");
+        assert_eq!(render_table(&["A", "B"], &[]), "A  B\n");
     }
 
     #[test]

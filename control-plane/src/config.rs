@@ -37,7 +37,8 @@ pub const ENV_PUSH_TOKEN: &str = "CODEXMESH_PUSH_TOKEN";
 /// Bearer token the admin API's `/api/` routes require, when set.
 pub const ENV_ADMIN_TOKEN: &str = "CODEXMESH_ADMIN_TOKEN";
 pub const ENV_MASTER_KEY: &str = "CODEXMESH_MASTER_KEY";
-/// Test-only fault injection (see [`Fault`]).
+/// Test-only fault injection (see [`Fault`]); read only with the `test-faults` feature.
+#[cfg(feature = "test-faults")]
 pub const ENV_FAULT: &str = "CODEXMESH_FAULT";
 pub const ENV_WATCH: &str = "CODEXMESH_WATCH";
 pub const PUSH_TOKEN_FILE: &str = "push.token";
@@ -250,6 +251,9 @@ impl std::str::FromStr for WatchSpec {
 
 /// Test-only fault injection, from `CODEXMESH_FAULT` (never a flag or config key). Lets the
 /// end-to-end tests crash the process at the one moment that matters for rotation safety.
+/// Compiled only with the cargo feature `test-faults` (on in test builds, off in release
+/// builds), so a release binary ignores the variable.
+#[cfg(feature = "test-faults")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// `kill_after_refresh_persist`: SIGKILL ourselves right after a refresh's transaction
@@ -258,6 +262,7 @@ pub enum Fault {
     KillAfterRefreshPersist,
 }
 
+#[cfg(feature = "test-faults")]
 impl Fault {
     fn parse(s: &str) -> Option<Self> {
         match s.trim() {
@@ -297,6 +302,7 @@ pub struct Settings {
     /// Largest request body accepted (bytes); larger ones get 413.
     pub max_request_body_bytes: u64,
     /// Test-only (see [`Fault`]).
+    #[cfg(feature = "test-faults")]
     pub fault: Option<Fault>,
     push_token: Option<GivenSecret>,
     admin_token: Option<GivenSecret>,
@@ -479,6 +485,7 @@ impl Settings {
                 )?,
                 "max_request_body_bytes",
             )?,
+            #[cfg(feature = "test-faults")]
             fault: match env(ENV_FAULT) {
                 None => None,
                 Some(v) => Some(Fault::parse(&v).ok_or_else(|| ConfigError::Invalid {
@@ -877,6 +884,7 @@ mod tests {
         assert_eq!(s.auth_base_url, DEFAULT_AUTH_BASE_URL);
         assert!(s.watch.is_empty());
         assert_eq!(s.watch_interval_ms, DEFAULT_WATCH_INTERVAL_MS);
+        #[cfg(feature = "test-faults")]
         assert_eq!(s.fault, None);
         Ok(())
     }
@@ -904,13 +912,11 @@ mod tests {
             ("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0"),
             ("CODEXMESH_WATCH", "/a=p1, /b=c=p2 ,"),
             ("CODEXMESH_AUTH_BASE_URL", "http://127.0.0.1:9"),
-            ("CODEXMESH_FAULT", "kill_after_refresh_persist"),
         ]);
         let s = Settings::from_parts(&SettingsFlags::default(), &env, file.clone())?;
         assert_eq!(s.refresh_lead_secs, 50);
         assert_eq!(s.quota_poll_interval_secs, 0);
         assert_eq!(s.auth_base_url, "http://127.0.0.1:9");
-        assert_eq!(s.fault, Some(Fault::KillAfterRefreshPersist));
         assert_eq!(s.watch.len(), 2);
         assert_eq!(s.watch[1].dir, PathBuf::from("/b=c"));
         assert_eq!(s.watch[1].pool, "p2");
@@ -950,7 +956,6 @@ mod tests {
             ("CODEXMESH_HEALTH_WINDOW_SECS", "0"),
             ("CODEXMESH_OUTCOME_RETENTION_HOURS", "87601"),
             ("CODEXMESH_OUTCOME_RETENTION_HOURS", "-1"),
-            ("CODEXMESH_FAULT", "nope"),
             ("CODEXMESH_AUTH_BASE_URL", "ftp://x"),
         ] {
             let r = Settings::from_parts(
@@ -960,6 +965,67 @@ mod tests {
             );
             assert!(r.is_err(), "{name}={value} was accepted");
         }
+        Ok(())
+    }
+
+    /// With the `test-faults` feature (every test build turns it on, see Cargo.toml),
+    /// `CODEXMESH_FAULT` is read and checked.
+    #[cfg(feature = "test-faults")]
+    #[test]
+    fn fault_is_read_with_the_test_faults_feature() -> Result<(), ConfigError> {
+        let with = |v: &str| {
+            Settings::from_parts(
+                &SettingsFlags::default(),
+                &env_of(&[(ENV_FAULT, v)]),
+                FileConfig::default(),
+            )
+        };
+        assert_eq!(
+            with("kill_after_refresh_persist")?.fault,
+            Some(Fault::KillAfterRefreshPersist)
+        );
+        let unknown = with("nope")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(unknown.contains("CODEXMESH_FAULT"), "{unknown}");
+        Ok(())
+    }
+
+    /// Without the feature (a release build) the variable is ignored, even a value that would be
+    /// rejected: there is no fault to set. Runs in a test build without the feature, e.g. with
+    /// the dev-dependency line in Cargo.toml removed.
+    #[cfg(not(feature = "test-faults"))]
+    #[test]
+    fn fault_is_ignored_without_the_test_faults_feature() -> Result<(), ConfigError> {
+        for v in ["kill_after_refresh_persist", "nope"] {
+            Settings::from_parts(
+                &SettingsFlags::default(),
+                &env_of(&[("CODEXMESH_FAULT", v)]),
+                FileConfig::default(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The feature stays out of release builds: no default feature or normal dependency turns it
+    /// on (the dev-dependency, which only test builds use, does; the lifecycle test
+    /// `kill_after_persist_then_restart_uses_the_rotated_token` needs it).
+    #[test]
+    fn test_faults_is_enabled_by_test_builds_only() -> Result<(), Box<dyn std::error::Error>> {
+        let manifest: toml::Table = include_str!("../Cargo.toml").parse()?;
+        let table = |v: Option<&toml::Value>| v.and_then(toml::Value::as_table).cloned();
+        let features = table(manifest.get("features")).unwrap_or_default();
+        assert!(features.contains_key("test-faults"));
+        for (name, enables) in &features {
+            let enables = enables.as_array().cloned().unwrap_or_default();
+            assert!(
+                name == "test-faults" || !enables.iter().any(|f| f.as_str() == Some("test-faults")),
+                "feature {name} enables test-faults"
+            );
+        }
+        let deps = table(manifest.get("dependencies")).unwrap_or_default();
+        assert!(!deps.contains_key("codexmesh-control-plane"));
         Ok(())
     }
 

@@ -28,7 +28,7 @@ impl RawKey {
     }
 
     pub fn hash_hex(&self) -> String {
-        util::hex_encode(&self.hash())
+        hex::encode(self.hash())
     }
 }
 
@@ -85,7 +85,7 @@ mod tests {
     fn hash_is_sha256_of_utf8_bytes() {
         // SHA-256("abc"), a published test vector.
         assert_eq!(
-            util::hex_encode(&hash_key("abc")),
+            hex::encode(hash_key("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn hash_hex_matches_raw_hash() -> Result<(), RandomError> {
         let k = RawKey::generate()?;
-        assert_eq!(k.hash_hex(), util::hex_encode(&hash_key(k.expose())));
+        assert_eq!(k.hash_hex(), hex::encode(hash_key(k.expose())));
         assert_eq!(k.hash_hex().len(), 64);
         Ok(())
     }

@@ -28,7 +28,9 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::authjson;
-use crate::config::{Fault, Settings};
+#[cfg(feature = "test-faults")]
+use crate::config::Fault;
+use crate::config::Settings;
 use crate::crypto::MasterKey;
 use crate::oauth::{self, TokenError};
 use crate::store::{Account, AccountState, Actor, RefreshedTokens, Store, StoreError};
@@ -150,6 +152,8 @@ pub struct RefresherConfig {
     pub token_url: String,
     pub lead_ms: i64,
     pub lease_ms: i64,
+    /// Test-only (see [`Fault`]).
+    #[cfg(feature = "test-faults")]
     pub fault: Option<Fault>,
 }
 
@@ -159,6 +163,7 @@ impl RefresherConfig {
             token_url: s.oauth_token_url.clone(),
             lead_ms: i64::try_from(s.refresh_lead_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             lease_ms: i64::try_from(s.refresh_lease_secs.saturating_mul(1000)).unwrap_or(60_000),
+            #[cfg(feature = "test-faults")]
             fault: s.fault,
         }
     }
@@ -346,6 +351,7 @@ impl Refresher {
                     email: claims.and_then(|c| c.email),
                 };
                 let revision = self.persist(account_id, &acc.label, &tokens).await?;
+                #[cfg(feature = "test-faults")]
                 if self.inner.cfg.fault == Some(Fault::KillAfterRefreshPersist) {
                     tracing::warn!("test fault kill_after_refresh_persist: SIGKILL now");
                     // SAFETY: raise(3) on our own process; SIGKILL cannot be caught.
@@ -579,6 +585,7 @@ mod tests {
                 token_url: "http://127.0.0.1:9/oauth/token".into(),
                 lead_ms: 900_000,
                 lease_ms: 60_000,
+                #[cfg(feature = "test-faults")]
                 fault: None,
             },
             holder_id("test"),

@@ -136,7 +136,7 @@ pub fn build_with(
                 .unwrap_or_default()
                 .iter()
                 .filter_map(|k| {
-                    let Some(hash) = util::hex_decode(&k.key_hash_hex).filter(|h| h.len() == 32)
+                    let Some(hash) = hex::decode(&k.key_hash_hex).ok().filter(|h| h.len() == 32)
                     else {
                         tracing::error!(key_id = %k.id, "stored key hash is not 32 bytes of hex; key left out");
                         return None;

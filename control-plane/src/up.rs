@@ -150,7 +150,7 @@ async fn run_envoy(
         DEFAULT_NODE_ID,
         running.grpc_addr,
     ))?;
-    util::write_file_atomically(&bootstrap_path, &yaml).map_err(|source| UpError::Io {
+    util::write_shared_file(&bootstrap_path, yaml.as_bytes()).map_err(|source| UpError::Io {
         path: bootstrap_path.clone(),
         source,
     })?;

@@ -1,6 +1,16 @@
-//! Small helpers shared by several modules: clock, random identifiers, hex, durations.
+//! Small helpers shared by several modules: clock, random identifiers, bearer tokens, dates and
+//! durations for people, atomic file writes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use subtle::ConstantTimeEq;
+use time::format_description::well_known::Rfc3339;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::OffsetDateTime;
 
 const ALNUM: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -43,44 +53,6 @@ pub fn new_id(prefix: &str) -> Result<String, RandomError> {
     Ok(format!("{prefix}_{}", random_alnum(16)?))
 }
 
-pub fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    let digit = |c: u8| -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|pair| Some((digit(pair[0])? << 4) | digit(pair[1])?))
-        .collect()
-}
-
-/// Compares two byte strings without an early exit, so timing does not reveal where they differ.
-/// Callers pass fixed-length digests so the length does not leak either.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 /// SHA-256 of a shared token, the form it is kept in memory for [`bearer_matches`].
 pub fn token_digest(token: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
@@ -96,10 +68,10 @@ pub fn bearer_matches(authorization: Option<&str>, digest: &[u8; 32]) -> bool {
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .unwrap_or("");
-    !presented.is_empty() && constant_time_eq(&token_digest(presented), digest)
+    !presented.is_empty() && bool::from(token_digest(presented).ct_eq(digest))
 }
 
-/// "in 3d 4h", "in 12m", "expired 2h ago": coarse, for people.
+/// "in 3days 4h", "in 12m 5s", "expired 2h ago": coarse, for people.
 pub fn human_until(target_ms: i64, now_ms: i64) -> String {
     let delta = target_ms.saturating_sub(now_ms);
     let span = human_span(delta.unsigned_abs() / 1000);
@@ -110,160 +82,118 @@ pub fn human_until(target_ms: i64, now_ms: i64) -> String {
     }
 }
 
-/// "5s", "4m", "1h 2m" for a duration in milliseconds (negative counts as 0).
+/// "5s", "4m 10s", "1h 2m" for a duration in milliseconds (negative counts as 0).
 pub fn human_span_ms(ms: &i64) -> String {
     human_span(u64::try_from((*ms).max(0)).unwrap_or(0) / 1000)
 }
 
+/// `humantime`'s rendering cut to its two largest units ("1day 3h", not "1day 3h 12m 7s");
+/// spans of a day or more drop their minutes first, so a day and a second reads "1day".
 fn human_span(secs: u64) -> String {
-    let (d, h, m) = (secs / 86_400, (secs % 86_400) / 3600, (secs % 3600) / 60);
-    if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else if m > 0 {
-        format!("{m}m")
+    let secs = if secs >= 86_400 {
+        secs - secs % 3600
     } else {
-        format!("{secs}s")
-    }
+        secs
+    };
+    let full = humantime::format_duration(Duration::from_secs(secs)).to_string();
+    full.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// See [`fmt_utc_ms`].
+const TABLE_UTC: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day] [hour]:[minute]Z");
+/// See [`fmt_rfc3339_ms`].
+const RFC3339_MS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+fn utc_from_ms(ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
+/// Formats unix milliseconds; outside the years 1-9999 (which `time` rejects) the raw number.
+fn fmt_ms(ms: i64, format: &[BorrowedFormatItem<'_>]) -> String {
+    utc_from_ms(ms)
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_else(|| format!("{ms} ms since 1970"))
 }
 
 /// `2026-01-02 03:04Z` (UTC, minute precision) for tables.
 pub fn fmt_utc_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
+    fmt_ms(ms, TABLE_UTC)
 }
 
 /// `2026-01-02T03:04:05.678Z` (RFC 3339, UTC, milliseconds), as Codex writes `last_refresh`.
 pub fn fmt_rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    fmt_ms(ms, RFC3339_MS)
 }
 
-/// Parses RFC 3339 (`2027-01-15T08:15:00.000000Z`, `...+02:00`) into unix milliseconds.
+/// Parses RFC 3339 (`2027-01-15T08:15:00.000000Z`, `...+02:00`) into unix milliseconds
+/// (sub-millisecond digits are dropped).
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())
-            .flatten()
+    let t = OffsetDateTime::parse(s.trim(), &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+}
+
+/// Who may read a file [`write_file_atomically`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Mode 0600: tokens, keys.
+    Private,
+    /// Mode 0666 less the umask, like any new file (e.g. an Envoy bootstrap).
+    Shared,
+}
+
+/// What [`write_file_atomically`] does when `path` already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    Replace,
+    /// Fail with `ErrorKind::AlreadyExists` and leave the file as it is.
+    Keep,
+}
+
+/// Writes `contents` to a temp file in `path`'s directory (created with its final mode, synced)
+/// and then moves it into place, so a reader (Envoy, the Codex CLI) never sees half a file and
+/// a failure leaves no temp file behind. The directory must exist.
+pub fn write_file_atomically(
+    path: &Path,
+    contents: &[u8],
+    access: Access,
+    existing: Existing,
+) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let mode = match access {
+        Access::Private => 0o600,
+        Access::Shared => 0o666,
     };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let ms_digits: String = frac[..digits]
-            .chars()
-            .chain("000".chars())
-            .take(3)
-            .collect();
-        millis = ms_digits.parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset_secs = match rest {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
-            let oh: i64 = tz[1..3].parse().ok()?;
-            let om: i64 = tz[4..6].parse().ok()?;
-            let v = oh * 3600 + om * 60;
-            if tz.starts_with('-') {
-                -v
-            } else {
-                v
-            }
-        }
-        _ => return None,
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".codexmesh-")
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    let placed = match existing {
+        Existing::Replace => tmp.persist(path),
+        Existing::Keep => tmp.persist_noclobber(path),
     };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
-    Some(secs * 1000 + millis)
+    placed.map(drop).map_err(|e| e.error)
 }
 
-/// (year, month, day) to days since 1970-01-01 (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Writes `contents` to a temp file beside `path` and renames it into place, so a reader (Envoy)
-/// never sees half a file. Creates the parent directory if needed.
-pub fn write_file_atomically(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+/// A file anyone may read (an Envoy bootstrap), replaced atomically; creates its directory if
+/// needed.
+pub fn write_shared_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, contents)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    write_file_atomically(path, contents, Access::Shared, Existing::Replace)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trip() {
-        let bytes = [0u8, 1, 0xab, 0xff, 0x10];
-        let s = hex_encode(&bytes);
-        assert_eq!(s, "0001abff10");
-        assert_eq!(hex_decode(&s).as_deref(), Some(&bytes[..]));
-        assert_eq!(hex_decode("0g"), None);
-        assert_eq!(hex_decode("abc"), None);
-    }
 
     #[test]
     fn alnum_has_requested_length_and_charset() -> Result<(), RandomError> {
@@ -287,13 +217,6 @@ mod tests {
     }
 
     #[test]
-    fn ct_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
-
-    #[test]
     fn utc_format() {
         assert_eq!(fmt_utc_ms(0), "1970-01-01 00:00Z");
         assert_eq!(fmt_utc_ms(951_782_400_000), "2000-02-29 00:00Z");
@@ -310,8 +233,9 @@ mod tests {
             fmt_rfc3339_ms(1_767_225_600_000 + 3_723_456),
             "2026-01-01T01:02:03.456Z"
         );
-        assert_eq!(human_span_ms(&65_000), "1m");
+        assert_eq!(fmt_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
         for ms in [
+            -1,
             0,
             951_782_400_000,
             1_767_225_600_000 + 3_723_456,
@@ -336,14 +260,57 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
-        assert_eq!(human_span_ms(&-5), "0s");
+        // Codex's own `last_refresh` carries microseconds; they are dropped, not rounded.
+        assert_eq!(
+            parse_rfc3339_ms(" 2027-01-15T08:15:00.123999Z "),
+            Some(1_800_000_900_123)
+        );
+        // Years `time` cannot represent are printed as the raw number, never a panic.
+        assert_eq!(fmt_utc_ms(i64::MAX), format!("{} ms since 1970", i64::MAX));
     }
 
     #[test]
     fn human() {
-        assert_eq!(human_until(90_000_000 + 1000, 1000), "in 1d 1h");
-        assert_eq!(human_until(0, 7_200_000), "expired 2h 0m ago");
-        assert_eq!(human_until(65_000, 0), "in 1m");
+        assert_eq!(human_until(90_000_000 + 1000, 1000), "in 1day 1h");
+        assert_eq!(human_until(0, 7_200_000), "expired 2h ago");
+        assert_eq!(human_until(65_000, 0), "in 1m 5s");
         assert_eq!(human_until(5_000, 0), "in 5s");
+        assert_eq!(human_until(86_401_000, 0), "in 1day");
+        assert_eq!(human_until(40 * 86_400_000 + 61_000, 0), "in 1month 9days");
+        assert_eq!(human_span_ms(&3_725_000), "1h 2m");
+        assert_eq!(human_span_ms(&-5), "0s");
+    }
+
+    #[test]
+    fn atomic_writes() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+        let secret = dir.path().join("auth.json");
+        write_file_atomically(&secret, b"one", Access::Private, Existing::Keep)?;
+        assert_eq!(mode(&secret)?, 0o600);
+        let again = write_file_atomically(&secret, b"two", Access::Private, Existing::Keep);
+        assert_eq!(
+            again.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(std::fs::read_to_string(&secret)?, "one");
+        write_file_atomically(&secret, b"two", Access::Private, Existing::Replace)?;
+        assert_eq!(std::fs::read_to_string(&secret)?, "two");
+        assert_eq!(mode(&secret)?, 0o600);
+
+        let shared = dir.path().join("envoy").join("bootstrap.yaml");
+        write_shared_file(&shared, b"x")?;
+        write_shared_file(&shared, b"y")?;
+        assert_eq!(std::fs::read_to_string(&shared)?, "y");
+        // The mode any new file gets (0666 less the umask).
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x")?;
+        assert_eq!(mode(&shared)?, mode(&plain)?);
+        // No temp file is left behind, whether the write succeeded or not.
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 3);
+        assert_eq!(std::fs::read_dir(dir.path().join("envoy"))?.count(), 1);
+        let missing = dir.path().join("no-such-dir").join("f");
+        assert!(write_file_atomically(&missing, b"x", Access::Shared, Existing::Replace).is_err());
+        Ok(())
     }
 }

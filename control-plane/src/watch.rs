@@ -23,7 +23,6 @@ use crate::authjson;
 use crate::config::WatchSpec;
 use crate::crypto::MasterKey;
 use crate::store::{Account, Actor, ImportAction, ImportSource, Store, StoreError};
-use crate::util;
 
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -125,7 +124,7 @@ pub fn list_folder(dir: &Path) -> std::io::Result<(PathBuf, Vec<FoundFile>, Vec<
         };
         files.push(FoundFile {
             path: path.to_string_lossy().into_owned(),
-            hash: util::hex_encode(&Sha256::digest(&bytes)),
+            hash: hex::encode(Sha256::digest(&bytes)),
             bytes,
         });
     }

@@ -660,7 +660,7 @@ impl Store {
         if let Some(l) = label {
             validate_label(l)?;
         }
-        if key_hash_hex.len() != 64 || util::hex_decode(key_hash_hex).is_none() {
+        if key_hash_hex.len() != 64 || hex::decode(key_hash_hex).is_err() {
             return Err(StoreError::Invalid(
                 "key hash must be 64 hex digits".to_owned(),
             ));

@@ -16,7 +16,7 @@ use crate::routing::{Primary, RoutingPatch};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn key_hash(n: u8) -> String {
-    crate::util::hex_encode(&[n; 32])
+    hex::encode([n; 32])
 }
 
 fn patch() -> RoutingPatch {

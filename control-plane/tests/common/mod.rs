@@ -214,11 +214,12 @@ fn b64(v: &Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
-/// An unsigned JWT (`alg: none`) with `claims`: the control plane never verifies signatures.
+/// A JWT with `claims` and an empty signature: the control plane never verifies signatures, but
+/// its decoder (`jsonwebtoken`) wants a header naming a real algorithm (ChatGPT's is RS256).
 pub fn jwt(claims: &Value) -> String {
     format!(
         "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&json!({"alg": "RS256", "typ": "JWT"})),
         b64(claims)
     )
 }

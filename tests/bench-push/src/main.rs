@@ -11,6 +11,7 @@ mod seed;
 mod snapshot_bench;
 mod stats;
 mod subscriber;
+mod surface_bench;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -126,6 +127,18 @@ enum Cmd {
         #[arg(long, default_value = "info")]
         rust_log: String,
     },
+    /// The client surfaces through one real Envoy: Envoy CPU per translated /v1 request vs the
+    /// passthrough Codex request, and WebSocket turns and frames through the gateway vs direct.
+    Surface {
+        /// Streamed requests per kind and round.
+        #[arg(long, default_value_t = 400)]
+        requests: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Turns over one WebSocket, through the gateway and direct.
+        #[arg(long, default_value_t = 300)]
+        ws_turns: usize,
+    },
 }
 
 fn default_results_dir() -> PathBuf {
@@ -205,6 +218,21 @@ fn main() -> Result<()> {
                 "failover",
                 json!({"accounts": accounts, "requests": requests, "gap_ms": gap_ms,
                        "short_backoff_ms": short_backoff_ms}),
+                data,
+            )
+        }
+        Cmd::Surface {
+            requests,
+            rounds,
+            ws_turns,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let data = runtime.block_on(surface_bench::run(requests, rounds, ws_turns))?;
+            (
+                "surface",
+                json!({"requests": requests, "rounds": rounds, "ws_turns": ws_turns}),
                 data,
             )
         }

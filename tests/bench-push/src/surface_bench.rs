@@ -211,8 +211,9 @@ async fn websocket(stack: &Stack, turns: usize) -> Result<Value> {
         .envoy
         .url("/backend-api/codex/responses")
         .replacen("http://", "ws://", 1);
+    // The simulator's base URL is the upstream base (it already ends in /backend-api).
     let direct = format!(
-        "{}/backend-api/codex/responses",
+        "{}/codex/responses",
         stack.sim.base_url().replacen("http://", "ws://", 1)
     );
     let token = stack.access_token(0);

@@ -14,7 +14,10 @@
 //! - A newer local table does not force that pass on every write (answers write it often): for
 //!   [`LOCAL_GRACE_MS`] the prepared order is reused and every candidate handed out is re-checked
 //!   against the newest table, so a new cooldown, open circuit, taken probe or 401 block counts at
-//!   once. Only an account that local state let back in waits, at most that long.
+//!   once. Only an account that local state let back in waits, at most that long. Under
+//!   quota_first the head of the prepared order (its tied group and the candidate budget, plus a
+//!   few) is also scored again against the newest table, since answers move quota between
+//!   requests.
 //! - When no account can serve, the answer (429 with the earliest reset, else 503) comes from a
 //!   full pass against the newest state, as before.
 //! - Deterministic from the snapshot and the request; no clock of its own; no panics.

@@ -366,6 +366,59 @@ mod tests {
         assert!(yaml.contains("address: \"codexmesh.mesh.svc\", port_value: 18090"));
     }
 
+    /// Golden files of the whole bootstrap for the three upstream shapes (`snapshots/`): an IP
+    /// (STATIC, plain HTTP/1.1), a DNS name over TLS (LOGICAL_DNS, ALPN h2 + SNI + SAN check) and a
+    /// DNS name over plain HTTP (LOGICAL_DNS, HTTP/1.1). Review a change with `cargo insta review`
+    /// (or `INSTA_UPDATE=always` then `git diff`).
+    #[test]
+    fn bootstrap_goldens() {
+        for (name, url) in [
+            ("bootstrap_ip_upstream", "http://127.0.0.1:9000/backend-api"),
+            (
+                "bootstrap_dns_tls_upstream",
+                "https://chatgpt.com/backend-api",
+            ),
+            (
+                "bootstrap_dns_plain_upstream",
+                "http://egress.internal:8080/backend-api",
+            ),
+        ] {
+            let params = BootstrapParams {
+                node_id: "envoy-golden".into(),
+                listen: "0.0.0.0:8080".parse().unwrap(),
+                admin_listen: "127.0.0.1:9901".parse().unwrap(),
+                control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
+                upstream_base_url: url.into(),
+                wasm_path: "/opt/codexmesh/codexmesh_filter.wasm".into(),
+                websocket_max_lifetime_secs: 3000,
+                max_request_body_bytes: 16 << 20,
+            };
+            let yaml = render(&params).unwrap();
+            assert!(!yaml.contains("{{"), "{name}: unfilled placeholder");
+            // No secret is rendered: the push token is named (an environment variable Envoy hands
+            // to the wasm service), never inlined. Every line that mentions a token or a
+            // credential must be one of the known ones that only name the variable.
+            assert!(
+                yaml.contains("host_env_keys: [CODEXMESH_PUSH_TOKEN]"),
+                "{name}: the push token must reach the wasm service through host_env_keys"
+            );
+            for line in yaml.lines() {
+                let lower = line.to_ascii_lowercase();
+                let mentions_secret = ["token", "secret", "bearer", "authorization", "password"]
+                    .iter()
+                    .any(|w| lower.contains(w));
+                let allowed = line.trim_start().starts_with('#')
+                    || line.trim() == "host_env_keys: [CODEXMESH_PUSH_TOKEN]"
+                    || line.contains(r#"\"push_token_env\":\"CODEXMESH_PUSH_TOKEN\"}""#);
+                assert!(
+                    !mentions_secret || allowed,
+                    "{name}: unexpected secret-looking line: {line}"
+                );
+            }
+            insta::assert_snapshot!(name, yaml);
+        }
+    }
+
     #[test]
     fn rejects_bad_inputs() {
         assert!(matches!(

@@ -254,6 +254,85 @@ mod tests {
         assert_eq!(body["error"]["code"], "websocket_not_supported");
     }
 
+    /// Every kind, once. The match has no wildcard, so a new kind fails to compile until it is
+    /// listed here and so gets a golden.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn all_kinds() -> Vec<ErrorKind> {
+        let all = [
+            ErrorKind::MissingKey,
+            ErrorKind::MalformedKey,
+            ErrorKind::UnknownKey,
+            ErrorKind::RevokedKey,
+            ErrorKind::NotReady,
+            ErrorKind::NoAccountAvailable,
+            ErrorKind::PoolExhausted,
+            ErrorKind::UpstreamUnavailable,
+            ErrorKind::WebSocketUnsupported,
+            ErrorKind::RouteMissing,
+            ErrorKind::UnknownEndpoint,
+            ErrorKind::InvalidRequest,
+            ErrorKind::ModelNotFound,
+            ErrorKind::UpstreamFailed,
+            ErrorKind::UnsupportedEndpoint,
+            ErrorKind::BodyTooLarge,
+        ];
+        for kind in all {
+            match kind {
+                ErrorKind::MissingKey
+                | ErrorKind::MalformedKey
+                | ErrorKind::UnknownKey
+                | ErrorKind::RevokedKey
+                | ErrorKind::NotReady
+                | ErrorKind::NoAccountAvailable
+                | ErrorKind::PoolExhausted
+                | ErrorKind::UpstreamUnavailable
+                | ErrorKind::WebSocketUnsupported
+                | ErrorKind::RouteMissing
+                | ErrorKind::UnknownEndpoint
+                | ErrorKind::InvalidRequest
+                | ErrorKind::ModelNotFound
+                | ErrorKind::UpstreamFailed
+                | ErrorKind::UnsupportedEndpoint
+                | ErrorKind::BodyTooLarge => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    /// The golden of every error answer (`snapshots/`): `{status, headers, body}` per kind, plus
+    /// `PoolExhausted` with a known reset. Native only (wasm has no filesystem), like the
+    /// translation goldens. Review a change with `cargo insta review` (or `INSTA_UPDATE=always`
+    /// then `git diff`).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn error_answers_golden() {
+        // Headers as ordered `name: value` lines, so order and duplicates show in the diff.
+        let answer = |case: String, err: &GatewayError| {
+            let headers: Vec<String> = err
+                .headers()
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            serde_json::json!({
+                "kind": case,
+                "status": err.status(),
+                "headers": headers,
+                "body": serde_json::from_str::<serde_json::Value>(&err.body()).unwrap(),
+            })
+        };
+        let kinds = all_kinds();
+        let mut golden: Vec<serde_json::Value> = kinds
+            .iter()
+            .map(|kind| answer(format!("{kind:?}"), &GatewayError::new(*kind, "message")))
+            .collect();
+        // 90.5 s before the reset: Retry-After and resets_in_seconds round up.
+        let exhausted =
+            GatewayError::pool_exhausted("team", Some(1_700_000_090_500), 1_700_000_000_000);
+        golden.push(answer("PoolExhausted (with reset)".into(), &exhausted));
+        assert_eq!(golden.len(), kinds.len() + 1);
+        insta::assert_json_snapshot!("error_answers", golden);
+    }
+
     #[test]
     fn only_internal_capacity_errors_are_retryable() {
         assert!(ErrorKind::NotReady.retryable());

@@ -2,28 +2,29 @@
 //! them, as people see them, and as changes to them are parsed and checked.
 //!
 //! Stored numbers are `None` for "the default"; the snapshot sends those as 0, which the filter
-//! reads as its own default. The defaults below mirror `filter/core/src/routing.rs`
-//! (`Limits::from_settings`, `DEFAULT_MAX_ATTEMPTS`, `MAX_ATTEMPTS_CAP`): the control plane only
-//! uses them to *show* effective values, the filter decides. Keep them in step.
+//! reads as the default. The defaults are the contract crate's (`codexmesh_proto::defaults`),
+//! which the filter decides with: the control plane only uses them to *show* effective values.
 
 use std::ops::RangeInclusive;
 
+use codexmesh_proto::defaults;
+use codexmesh_proto::v1 as pb;
 use serde::{Serialize, Serializer};
 
 use crate::store::Strategy;
 
-/// The product default for new pools (and for a custom key row missing its strategy).
-pub const DEFAULT_STRATEGY: Strategy = Strategy::QuotaFirst;
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-pub const DEFAULT_PRIMARY_THRESHOLD_PERCENT: f64 = 95.0;
-pub const DEFAULT_SECONDARY_THRESHOLD_PERCENT: f64 = 99.0;
-pub const DEFAULT_CIRCUIT_FAILURES: u32 = 3;
-pub const DEFAULT_CIRCUIT_OPEN_MS: u32 = 60_000;
-pub const DEFAULT_COOLDOWN_MAX_MS: u32 = 1_800_000;
+/// The product default for new pools (and for a custom key row missing its strategy): the
+/// contract's default strategy, as the store spells it.
+pub const DEFAULT_STRATEGY: Strategy = match defaults::STRATEGY {
+    pb::Strategy::RoundRobin => Strategy::RoundRobin,
+    pb::Strategy::PrimaryFirst => Strategy::PrimaryFirst,
+    pb::Strategy::PriorityOrder => Strategy::PriorityOrder,
+    pb::Strategy::QuotaFirst | pb::Strategy::Unspecified => Strategy::QuotaFirst,
+};
 
-/// Upstream attempts per request: the filter caps at 10 because Envoy buffers the body for
+/// Upstream attempts per request: the filter caps them because Envoy buffers the body for
 /// every retry.
-pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=10;
+pub const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=defaults::MAX_ATTEMPTS_CAP;
 /// Below a second the breaker would flap on every burst; the proto field is u32 milliseconds.
 pub const MIN_DURATION_MS: u32 = 1_000;
 pub const WEIGHT: RangeInclusive<u32> = 1..=1000;
@@ -81,7 +82,7 @@ impl Default for Routing {
     fn default() -> Self {
         Self {
             strategy: DEFAULT_STRATEGY,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_attempts: defaults::MAX_ATTEMPTS,
             explain_routes: false,
             primary_account_id: None,
             primary_threshold_percent: None,
@@ -119,13 +120,13 @@ impl Routing {
             primary_account_id: self.primary_account_id.clone(),
             primary_threshold_percent: self
                 .primary_threshold_percent
-                .unwrap_or(DEFAULT_PRIMARY_THRESHOLD_PERCENT),
+                .unwrap_or(defaults::PRIMARY_THRESHOLD_PERCENT),
             secondary_threshold_percent: self
                 .secondary_threshold_percent
-                .unwrap_or(DEFAULT_SECONDARY_THRESHOLD_PERCENT),
-            circuit_failures: self.circuit_failures.unwrap_or(DEFAULT_CIRCUIT_FAILURES),
-            circuit_open_ms: self.circuit_open_ms.unwrap_or(DEFAULT_CIRCUIT_OPEN_MS),
-            cooldown_max_ms: self.cooldown_max_ms.unwrap_or(DEFAULT_COOLDOWN_MAX_MS),
+                .unwrap_or(defaults::SECONDARY_THRESHOLD_PERCENT),
+            circuit_failures: self.circuit_failures.unwrap_or(defaults::CIRCUIT_FAILURES),
+            circuit_open_ms: self.circuit_open_ms.unwrap_or(defaults::CIRCUIT_OPEN_MS),
+            cooldown_max_ms: self.cooldown_max_ms.unwrap_or(defaults::COOLDOWN_MAX_MS),
             websockets: self.websockets,
         }
     }
@@ -500,14 +501,21 @@ mod tests {
     fn defaults_are_the_filters() {
         let v = Routing::default().view();
         assert_eq!(v.strategy, Strategy::QuotaFirst);
-        assert_eq!(v.max_attempts, 3);
+        assert_eq!(v.max_attempts, defaults::MAX_ATTEMPTS);
         assert!(!v.explain_routes);
         assert_eq!(v.primary_account_id, None);
-        assert_eq!(v.primary_threshold_percent, 95.0);
-        assert_eq!(v.secondary_threshold_percent, 99.0);
-        assert_eq!(v.circuit_failures, 3);
-        assert_eq!(v.circuit_open_ms, 60_000);
-        assert_eq!(v.cooldown_max_ms, 1_800_000);
+        assert_eq!(
+            v.primary_threshold_percent,
+            defaults::PRIMARY_THRESHOLD_PERCENT
+        );
+        assert_eq!(
+            v.secondary_threshold_percent,
+            defaults::SECONDARY_THRESHOLD_PERCENT
+        );
+        assert_eq!(v.circuit_failures, defaults::CIRCUIT_FAILURES);
+        assert_eq!(v.circuit_open_ms, defaults::CIRCUIT_OPEN_MS);
+        assert_eq!(v.cooldown_max_ms, defaults::COOLDOWN_MAX_MS);
+        assert_eq!(*MAX_ATTEMPTS.end(), defaults::MAX_ATTEMPTS_CAP);
     }
 
     #[test]

@@ -69,6 +69,37 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// The keys each role reads; anything else is refused, so a misspelt knob fails at load instead
+/// of silently keeping its default.
+const DOWNSTREAM_KEYS: &[&str] = &["role", "max_request_body_bytes"];
+const UPSTREAM_KEYS: &[&str] = &["role"];
+const SERVICE_KEYS: &[&str] = &[
+    "role",
+    "control_plane_cluster",
+    "node_id",
+    "push_token_env",
+    "watchdog_ms",
+    "backoff_base_ms",
+    "backoff_max_ms",
+    "tick_ms",
+    "report_interval_ms",
+    "report_batch_max",
+];
+
+fn only_known_keys(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    role: &str,
+    known: &[&str],
+) -> Result<(), ConfigError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(ConfigError(format!(
+            "unknown key {key:?} for role {role}: expected {}",
+            known.join(", ")
+        ))),
+    }
+}
+
 pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| ConfigError(format!("not JSON: {e}")))?;
@@ -81,6 +112,7 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
         .ok_or_else(|| ConfigError("'role' is required: service, downstream or upstream".into()))?;
     match role {
         "downstream" => {
+            only_known_keys(obj, role, DOWNSTREAM_KEYS)?;
             let mut cfg = DownstreamConfig::default();
             if let Some(v) = obj.get("max_request_body_bytes") {
                 cfg.max_request_body_bytes = v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
@@ -89,8 +121,12 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
             }
             Ok(Role::Downstream(cfg))
         }
-        "upstream" => Ok(Role::Upstream),
+        "upstream" => {
+            only_known_keys(obj, role, UPSTREAM_KEYS)?;
+            Ok(Role::Upstream)
+        }
         "service" => {
+            only_known_keys(obj, role, SERVICE_KEYS)?;
             let mut cfg = ServiceConfig::default();
             let string = |name: &str, into: &mut String| -> Result<(), ConfigError> {
                 match obj.get(name) {
@@ -188,5 +224,99 @@ mod tests {
             .0
             .contains("tick_ms"));
         assert!(parse(br#"{"role":"service","backoff_base_ms":10,"backoff_max_ms":5}"#).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_per_role() {
+        let err = parse(br#"{"role":"downstream","max_body":1}"#).unwrap_err();
+        assert!(err.0.contains("\"max_body\""), "{err}");
+        assert!(err.0.contains("role downstream"), "{err}");
+        assert!(err.0.contains("max_request_body_bytes"), "{err}");
+
+        // Another role's key is unknown too.
+        let err = parse(br#"{"role":"upstream","max_request_body_bytes":1024}"#).unwrap_err();
+        assert!(err.0.contains("\"max_request_body_bytes\""), "{err}");
+        assert!(err.0.contains("role upstream"), "{err}");
+
+        let err = parse(br#"{"role":"service","node_id":"e1","tick":5}"#).unwrap_err();
+        assert!(err.0.contains("\"tick\""), "{err}");
+        assert!(err.0.contains("role service"), "{err}");
+        assert!(parse(br#"{"role":"downstream","watchdog_ms":5}"#).is_err());
+    }
+
+    #[test]
+    fn every_service_key_is_accepted() {
+        let all = br#"{"role":"service","control_plane_cluster":"cp","node_id":"n",
+            "push_token_env":"T","watchdog_ms":1,"backoff_base_ms":2,"backoff_max_ms":3,
+            "tick_ms":4,"report_interval_ms":5,"report_batch_max":6}"#;
+        let Role::Service(cfg) = parse(all).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(
+            (cfg.control_plane_cluster.as_str(), cfg.node_id.as_str()),
+            ("cp", "n")
+        );
+        assert_eq!(cfg.push_token_env, "T");
+        assert_eq!(
+            (
+                cfg.supervisor.watchdog_ms,
+                cfg.supervisor.backoff_base_ms,
+                cfg.supervisor.backoff_max_ms
+            ),
+            (1, 2, 3)
+        );
+        assert_eq!(
+            (cfg.tick_ms, cfg.report_interval_ms, cfg.report_batch_max),
+            (4, 5, 6)
+        );
+    }
+
+    /// Every plugin configuration the repo renders (the Envoy template and the control plane's
+    /// golden bootstraps) parses: a key added on the rendering side without the filter knowing
+    /// it fails here, not at Envoy start. Native only: no filesystem under wasm.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn rendered_configurations_parse() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let mut files = vec![format!("{root}/envoy/bootstrap.template.yaml")];
+        let snaps = format!("{root}/control-plane/src/snapshots");
+        for entry in std::fs::read_dir(&snaps).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains("envoy_bootstrap") && name.ends_with(".snap") {
+                files.push(path.to_string_lossy().into_owned());
+            }
+        }
+        let mut roles = std::collections::BTreeSet::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for line in text.lines() {
+                let Some(value) = line.trim().strip_prefix("value: ") else {
+                    continue;
+                };
+                // YAML single quotes carry the JSON as is; double quotes escape it like JSON.
+                let json = if let Some(raw) = value.strip_prefix('\'') {
+                    raw.trim_end_matches('\'').to_string()
+                } else if value.starts_with('"') {
+                    serde_json::from_str::<String>(value).unwrap()
+                } else {
+                    continue;
+                };
+                if !json.contains("\"role\"") {
+                    continue;
+                }
+                let role = parse(json.as_bytes()).unwrap_or_else(|e| unreachable!("{file}: {e}"));
+                roles.insert(match role {
+                    Role::Service(_) => "service",
+                    Role::Downstream(_) => "downstream",
+                    Role::Upstream => "upstream",
+                });
+            }
+        }
+        assert_eq!(
+            roles.into_iter().collect::<Vec<_>>(),
+            ["downstream", "service", "upstream"],
+            "{files:?}"
+        );
     }
 }

@@ -16,10 +16,10 @@ use crate::local::{effective_quota, token_fingerprint, LocalAccount, LocalTable}
 use crate::pb;
 use crate::ranker::{self, PoolIndex};
 
-/// Attempts per request when the pool does not say (first try included).
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-/// Never more than this, whatever the settings say: Envoy buffers the body for every retry.
-pub const MAX_ATTEMPTS_CAP: u32 = 10;
+use codexmesh_proto::defaults;
+/// The routing defaults live in the contract crate ([`codexmesh_proto::defaults`]), shared with
+/// the control plane; these names stay for the filter's callers.
+pub use codexmesh_proto::defaults::{MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_CAP};
 /// How long a half-open probe is reserved for the request that took it.
 pub const PROBE_RESERVATION_MS: i64 = 30_000;
 /// Accounts whose quota score is within this fraction of the best share the traffic.
@@ -46,21 +46,33 @@ impl Limits {
         };
         let num = |v: u32, d: u32| if v > 0 { v } else { d };
         Self {
-            primary_threshold_percent: pct(s.map_or(0.0, |s| s.primary_threshold_percent), 95.0),
+            primary_threshold_percent: pct(
+                s.map_or(0.0, |s| s.primary_threshold_percent),
+                defaults::PRIMARY_THRESHOLD_PERCENT,
+            ),
             secondary_threshold_percent: pct(
                 s.map_or(0.0, |s| s.secondary_threshold_percent),
-                99.0,
+                defaults::SECONDARY_THRESHOLD_PERCENT,
             ),
-            circuit_failures: num(s.map_or(0, |s| s.circuit_failures), 3),
-            circuit_open_ms: num(s.map_or(0, |s| s.circuit_open_ms), 60_000),
-            cooldown_max_ms: num(s.map_or(0, |s| s.cooldown_max_ms), 1_800_000),
+            circuit_failures: num(
+                s.map_or(0, |s| s.circuit_failures),
+                defaults::CIRCUIT_FAILURES,
+            ),
+            circuit_open_ms: num(
+                s.map_or(0, |s| s.circuit_open_ms),
+                defaults::CIRCUIT_OPEN_MS,
+            ),
+            cooldown_max_ms: num(
+                s.map_or(0, |s| s.cooldown_max_ms),
+                defaults::COOLDOWN_MAX_MS,
+            ),
         }
     }
 }
 
 pub fn strategy(settings: Option<&pb::RoutingSettings>) -> pb::Strategy {
     match settings.map(|s| pb::Strategy::try_from(s.strategy)) {
-        Some(Ok(pb::Strategy::Unspecified)) | Some(Err(_)) | None => pb::Strategy::QuotaFirst,
+        Some(Ok(pb::Strategy::Unspecified)) | Some(Err(_)) | None => defaults::STRATEGY,
         Some(Ok(s)) => s,
     }
 }
@@ -960,14 +972,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(max_attempts(Some(&r)), MAX_ATTEMPTS_CAP);
-        let l = Limits::from_settings(None);
+        // Unset settings (zeros) read as the contract's defaults.
+        let expected = Limits {
+            primary_threshold_percent: defaults::PRIMARY_THRESHOLD_PERCENT,
+            secondary_threshold_percent: defaults::SECONDARY_THRESHOLD_PERCENT,
+            circuit_failures: defaults::CIRCUIT_FAILURES,
+            circuit_open_ms: defaults::CIRCUIT_OPEN_MS,
+            cooldown_max_ms: defaults::COOLDOWN_MAX_MS,
+        };
+        assert_eq!(Limits::from_settings(None), expected);
         assert_eq!(
-            (l.primary_threshold_percent, l.secondary_threshold_percent),
-            (95.0, 99.0)
-        );
-        assert_eq!(
-            (l.circuit_failures, l.circuit_open_ms, l.cooldown_max_ms),
-            (3, 60_000, 1_800_000)
+            Limits::from_settings(Some(&pb::RoutingSettings::default())),
+            expected
         );
     }
 }

@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-bash scripts/build.sh
+# Cheap checks first: they fail in seconds, before the long build.
 cargo fmt --all --check
+bash scripts/build.sh
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo clippy --locked -p codexmesh-filter --target wasm32-wasip1 -- -D warnings
-cargo test --locked --workspace "$@"
+# Setup installed PostgreSQL: its tests must run, not skip.
+CODEXMESH_REQUIRE_POSTGRES=1 cargo test --locked --workspace "$@"
 # The same filter-core tests compiled to wasm (32-bit usize, no threads, no clock), under Node.
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --locked -p codexmesh-filter-core --target wasm32-unknown-unknown --lib

@@ -4,6 +4,7 @@
 mod cp_load;
 mod envoy_bench;
 mod failover;
+mod fill;
 mod gen;
 mod procstat;
 mod push;

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use codexmesh_control_plane::authjson::CodexCredentials;
 use codexmesh_control_plane::crypto::MasterKey;
-use codexmesh_control_plane::store::{Actor, QuotaRecord, Store, WindowEvidence};
+use codexmesh_control_plane::store::{Actor, Store};
+use codexmesh_control_plane::util::now_ms;
 use codexmesh_proto::v1 as pb;
 use serde_json::{json, Value};
 
+use crate::fill;
 use crate::gen::{self, Rng};
 use crate::procstat::{self, ProcSample};
 use crate::stats::{fmt_bytes, fmt_ms, summarize};
@@ -48,12 +49,6 @@ pub fn default_codexmesh() -> PathBuf {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 struct Populated {
     account_ids: Vec<String>,
     pool_names: Vec<String>,
@@ -82,13 +77,7 @@ async fn populate(store: &Store, key: &MasterKey, opts: &Options) -> Result<Popu
     let t = Instant::now();
     let n_keys = gen::key_count(opts.accounts, pools);
     for k in 0..n_keys {
-        let raw = gen::raw_key(&mut rng);
-        let hash = codexmesh_control_plane::keys::hash_key(&raw);
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        store
-            .create_key(&actor, &pool_names[k % pools], None, false, &hex)
-            .await
-            .context("create key")?;
+        fill::create_key(store, &actor, &pool_names[k % pools], &mut rng).await?;
     }
     let keys_ms = t.elapsed().as_secs_f64() * 1000.0;
 
@@ -96,24 +85,10 @@ async fn populate(store: &Store, key: &MasterKey, opts: &Options) -> Result<Popu
     let mut account_ids = Vec::with_capacity(opts.accounts);
     for n in 0..opts.accounts {
         let login = gen::login(&mut rng, n, now_unix);
-        let creds = CodexCredentials {
-            id_token: login.id_token,
-            access_token: login.access_token,
-            refresh_token: login.refresh_token,
-            chatgpt_account_id: login.chatgpt_account_id,
-            chatgpt_user_id: Some(login.user_id),
-            email: Some(login.email.clone()),
-            plan: Some(login.plan.to_owned()),
-            access_token_expires_at_ms: Some(login.exp_unix * 1000),
-        };
+        let email = login.email.clone();
+        let creds = fill::credentials(login);
         let done = store
-            .import_account(
-                &actor,
-                &pool_names[n % pools],
-                Some(&login.email),
-                &creds,
-                key,
-            )
+            .import_account(&actor, &pool_names[n % pools], Some(&email), &creds, key)
             .await
             .with_context(|| format!("import account {n}"))?;
         account_ids.push(done.account.id);
@@ -129,32 +104,7 @@ async fn populate(store: &Store, key: &MasterKey, opts: &Options) -> Result<Popu
     let accounts_ms = t.elapsed().as_secs_f64() * 1000.0;
 
     let t = Instant::now();
-    let now = now_ms();
-    for id in &account_ids {
-        let q = gen::quota(&mut rng, now_unix);
-        let window = |w: Option<pb::QuotaWindow>| {
-            w.map(|w| WindowEvidence {
-                used_percent: w.used_percent,
-                window_minutes: i64::from(w.window_minutes),
-                resets_at_unix: w.resets_at_unix,
-                observed_at_ms: now,
-                source: "poll".to_owned(),
-            })
-        };
-        let record = QuotaRecord {
-            primary: window(q.primary),
-            secondary: window(q.secondary),
-            credits: None,
-            plan: None,
-            plan_observed_at_ms: 0,
-            version: 0,
-        };
-        // Not bumping: these rows land before the server starts.
-        store
-            .write_quota(id, None, &record, false)
-            .await
-            .context("write quota")?;
-    }
+    fill::write_quota_rows(store, &account_ids, &mut rng, now_unix, now_ms()).await?;
     let quota_ms = t.elapsed().as_secs_f64() * 1000.0;
     let rows_per_sec = opts.accounts as f64 / (accounts_ms / 1000.0).max(1e-9);
     println!(

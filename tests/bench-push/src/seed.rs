@@ -8,11 +8,12 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use codexmesh_control_plane::authjson::CodexCredentials;
 use codexmesh_control_plane::config::{Settings, SettingsFlags};
-use codexmesh_control_plane::store::{Actor, QuotaRecord, Store, WindowEvidence};
+use codexmesh_control_plane::store::{Actor, Store};
+use codexmesh_control_plane::util::now_ms;
 use serde_json::{json, Value};
 
+use crate::fill;
 use crate::gen::{self, Rng};
 
 pub struct Options {
@@ -21,12 +22,6 @@ pub struct Options {
     /// Pools are named `<prefix>-000`, `<prefix>-001`, …
     pub prefix: String,
     pub seed: u64,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub async fn run(opts: &Options) -> Result<Value> {
@@ -57,32 +52,18 @@ pub async fn run(opts: &Options) -> Result<Value> {
             .create_pool(&actor, &name)
             .await
             .with_context(|| format!("create pool {name}"))?;
-        let raw = gen::raw_key(&mut rng);
-        let hash = codexmesh_control_plane::keys::hash_key(&raw);
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        store
-            .create_key(&actor, &name, None, false, &hex)
-            .await
-            .with_context(|| format!("create a key for {name}"))?;
+        let raw = fill::create_key(&store, &actor, &name, &mut rng).await?;
         out_pools.push((name, raw, 0usize));
     }
 
     let mut ids = Vec::with_capacity(opts.accounts);
     for n in 0..opts.accounts {
         let login = gen::login(&mut rng, n, now_unix);
-        let creds = CodexCredentials {
-            id_token: login.id_token,
-            access_token: login.access_token,
-            refresh_token: login.refresh_token,
-            chatgpt_account_id: login.chatgpt_account_id,
-            chatgpt_user_id: Some(login.user_id),
-            email: Some(login.email.clone()),
-            plan: Some(login.plan.to_owned()),
-            access_token_expires_at_ms: Some(login.exp_unix * 1000),
-        };
+        let email = login.email.clone();
+        let creds = fill::credentials(login);
         let pool = &mut out_pools[n % pools];
         let done = store
-            .import_account(&actor, &pool.0, Some(&login.email), &creds, &key)
+            .import_account(&actor, &pool.0, Some(&email), &creds, &key)
             .await
             .with_context(|| format!("import account {n}"))?;
         pool.2 += 1;
@@ -97,31 +78,7 @@ pub async fn run(opts: &Options) -> Result<Value> {
         }
     }
 
-    let now = now_ms();
-    for id in &ids {
-        let q = gen::quota(&mut rng, now_unix);
-        let window = |w: Option<codexmesh_proto::v1::QuotaWindow>| {
-            w.map(|w| WindowEvidence {
-                used_percent: w.used_percent,
-                window_minutes: i64::from(w.window_minutes),
-                resets_at_unix: w.resets_at_unix,
-                observed_at_ms: now,
-                source: "poll".to_owned(),
-            })
-        };
-        let record = QuotaRecord {
-            primary: window(q.primary),
-            secondary: window(q.secondary),
-            credits: None,
-            plan: None,
-            plan_observed_at_ms: 0,
-            version: 0,
-        };
-        store
-            .write_quota(id, None, &record, false)
-            .await
-            .context("write quota")?;
-    }
+    fill::write_quota_rows(&store, &ids, &mut rng, now_unix, now_ms()).await?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "seed: {} pools, {} keys, {} accounts with quota in {secs:.1} s",

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
+use codexmesh_control_plane::util::now_ms;
 use codexmesh_filter_core::auth;
 use codexmesh_filter_core::handoff::RouteHandoff;
 use codexmesh_filter_core::local::{LocalAccount, LocalTable};
@@ -58,12 +59,6 @@ fn time_batched<F: FnMut(usize) -> Result<()>>(
         Ok(())
     })
     .map(|v| v.into_iter().map(|ms| ms / batch as f64).collect())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 struct Row {

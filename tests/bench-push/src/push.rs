@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use codexmesh_control_plane::config::DEFAULT_CHANGE_POLL_MS;
 use codexmesh_control_plane::crypto::MasterKey;
 use codexmesh_control_plane::store::{Actor, Store};
 use codexmesh_control_plane::util::now_ms;
@@ -28,7 +29,7 @@ pub struct Options {
     pub subscribers: Vec<usize>,
     pub changes: usize,
     pub codexmesh: PathBuf,
-    /// `CODEXMESH_CHANGE_POLL_MS` for the server (None: the product default, 200 ms).
+    /// `CODEXMESH_CHANGE_POLL_MS` for the server (None: the product default, `DEFAULT_CHANGE_POLL_MS`).
     pub change_poll_ms: Option<u64>,
     pub change_timeout: Duration,
     /// The control plane is killed when its RSS passes this, or when the machine's
@@ -672,7 +673,7 @@ async fn drive(
             return Err(anyhow!("{why} (after {i} changes)"));
         }
         // Land changes at random points of the server's poll cycle.
-        let poll = opts.change_poll_ms.unwrap_or(200);
+        let poll = opts.change_poll_ms.unwrap_or(DEFAULT_CHANGE_POLL_MS);
         tokio::time::sleep(Duration::from_millis(rng.range(20, 20 + poll))).await;
         let change = change_for(i, pop);
         let t0 = Instant::now();
@@ -854,7 +855,10 @@ pub async fn run(opts: &Options) -> Result<Value> {
         opts.subscribers,
         opts.changes,
         opts.change_poll_ms
-            .map_or_else(|| "default (200)".to_owned(), |v| v.to_string())
+            .map_or_else(
+                || format!("default ({DEFAULT_CHANGE_POLL_MS})"),
+                |v| v.to_string(),
+            )
     );
     let tmp = tempfile::Builder::new()
         .prefix("codexmesh-bench-push-")

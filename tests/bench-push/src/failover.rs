@@ -18,9 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use codexmesh_e2e::{
-    import_account, tail, turn_body, Artifacts, ControlPlane, CpEnv, Envoy, Proc, Sim, POOL,
-};
+use codexmesh_e2e::{import_account, turn_body, Artifacts, ControlPlane, CpEnv, Envoy, Sim, POOL};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -50,16 +48,9 @@ async fn start_envoy_with_backoff(
     base_ms: u64,
 ) -> Result<Envoy> {
     let bootstrap = dir.join(format!("{name}.yaml"));
-    let admin_path = dir.join(format!("{name}.admin"));
     let mut cmd = Command::new(&cp.art_codexmesh);
-    cmd.env("CODEXMESH_DATA_DIR", &cp.env.data_dir)
-        .env("CODEXMESH_STORE", &cp.env.store)
-        .env("CODEXMESH_PUSH_TOKEN", &cp.env.push_token)
-        .env("CODEXMESH_UPSTREAM_BASE_URL", &cp.env.upstream_base_url)
-        .env("CODEXMESH_OAUTH_TOKEN_URL", &cp.env.oauth_token_url)
-        .env("CODEXMESH_WASM", &cp.env.wasm)
-        .env_remove("CODEXMESH_CONFIG")
-        .env("CODEXMESH_GRPC_LISTEN", grpc.to_string())
+    cp.env.apply(&mut cmd);
+    cmd.env("CODEXMESH_GRPC_LISTEN", grpc.to_string())
         .env("CODEXMESH_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("CODEXMESH_ENVOY_ADMIN_LISTEN", "127.0.0.1:0")
         .arg("envoy-bootstrap")
@@ -82,53 +73,7 @@ async fn start_envoy_with_backoff(
             &format!("retry_back_off: {{ base_interval: {secs}s, max_interval: {secs}s }}"),
         ),
     )?;
-    let mut cmd = Command::new(&art.envoy);
-    cmd.arg("-c")
-        .arg(&bootstrap)
-        .args(["--disable-hot-restart", "--concurrency", "2"])
-        .args(["--log-level", "info", "--admin-address-path"])
-        .arg(&admin_path)
-        .env("CODEXMESH_PUSH_TOKEN", &cp.env.push_token);
-    let mut proc = Proc::spawn(name, cmd, dir)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let admin: SocketAddr = loop {
-        if let Ok(text) = std::fs::read_to_string(&admin_path) {
-            if let Ok(a) = text.trim().parse() {
-                break a;
-            }
-        }
-        if !proc.is_running() || Instant::now() > deadline {
-            bail!("{name} did not start:\n{}", tail(&proc.log_text()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut probe = Http1::new(admin);
-    let listen = loop {
-        if let Ok(a) = probe
-            .request("GET", "/listeners?format=json", &[], b"")
-            .await
-        {
-            let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
-            let port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-                .as_u64()
-                .unwrap_or(0);
-            if port > 0 {
-                break SocketAddr::from(([127, 0, 0, 1], u16::try_from(port)?));
-            }
-        }
-        if !proc.is_running() || Instant::now() > deadline {
-            bail!(
-                "{name}'s listener did not come up:\n{}",
-                tail(&proc.log_text())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    Ok(Envoy {
-        proc,
-        listen,
-        admin,
-    })
+    Envoy::run(art, &bootstrap, &cp.env.push_token, dir, name).await
 }
 
 /// A minimal HTTP/1.1 keep-alive client (one connection, one request at a time): the timing

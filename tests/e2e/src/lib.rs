@@ -315,7 +315,8 @@ pub struct CpEnv {
 }
 
 impl CpEnv {
-    fn apply(&self, cmd: &mut Command) {
+    /// Sets the control plane's settings on a `codexmesh` command.
+    pub fn apply(&self, cmd: &mut Command) {
         cmd.env("CODEXMESH_DATA_DIR", &self.data_dir)
             .env("CODEXMESH_STORE", &self.store)
             .env("CODEXMESH_PUSH_TOKEN", &self.push_token)
@@ -469,7 +470,6 @@ impl Envoy {
         name: &str,
     ) -> Result<Self> {
         let bootstrap = dir.join(format!("{name}.yaml"));
-        let admin_path = dir.join(format!("{name}.admin"));
         let bootstrap_s = bootstrap.to_string_lossy().into_owned();
         let mut cmd = Command::new(&cp.art_codexmesh);
         cp.env.apply(&mut cmd);
@@ -487,17 +487,26 @@ impl Envoy {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        Self::run(art, &bootstrap, push_token, dir, name).await
+    }
+
+    /// Starts Envoy on a bootstrap already rendered (a benchmark may edit one first) and waits
+    /// for its admin address and its listener.
+    pub async fn run(
+        art: &Artifacts,
+        bootstrap: &Path,
+        push_token: &str,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Self> {
+        let admin_path = dir.join(format!("{name}.admin"));
         let mut cmd = Command::new(&art.envoy);
-        cmd.args([
-            "-c",
-            &bootstrap_s,
-            "--disable-hot-restart",
-            "--concurrency",
-            "2",
-        ])
-        .args(["--log-level", "info", "--admin-address-path"])
-        .arg(&admin_path)
-        .env("CODEXMESH_PUSH_TOKEN", push_token);
+        cmd.arg("-c")
+            .arg(bootstrap)
+            .args(["--disable-hot-restart", "--concurrency", "2"])
+            .args(["--log-level", "info", "--admin-address-path"])
+            .arg(&admin_path)
+            .env("CODEXMESH_PUSH_TOKEN", push_token);
         let mut proc = Proc::spawn(name, cmd, dir)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let admin = loop {

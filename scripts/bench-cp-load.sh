@@ -26,6 +26,6 @@ if [ "$build" = 1 ]; then
   bash scripts/setup.sh >/dev/null
   # release_artifacts() also checks for the wasm module and Envoy, though cp-load starts neither.
   cargo build --locked -p codexmesh-filter --target wasm32-wasip1 --release
-  cargo build --locked --release -p codexmesh-control-plane -p codexmesh-sim -p codexmesh-bench-push
+  cargo build --locked --release -p codexmesh -p codexmesh-sim -p codexmesh-bench-push
 fi
 exec target/release/codexmesh-bench-push --results-dir bench/results cp-load ${pass[@]+"${pass[@]}"}

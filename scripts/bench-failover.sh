@@ -22,6 +22,6 @@ done
 if [ "$build" = 1 ]; then
   bash scripts/setup.sh >/dev/null
   cargo build --locked -p codexmesh-filter --target wasm32-wasip1 --release
-  cargo build --locked --release -p codexmesh-control-plane -p codexmesh-sim -p codexmesh-bench-push
+  cargo build --locked --release -p codexmesh -p codexmesh-sim -p codexmesh-bench-push
 fi
 exec target/release/codexmesh-bench-push --results-dir bench/results failover ${pass[@]+"${pass[@]}"}

@@ -6,9 +6,9 @@ profile="${PROFILE:-debug}"
 cargo build --locked -p codexmesh-filter --target wasm32-wasip1 --release
 if [ "$profile" = release ]; then
   # No test-only switches: a release binary ignores CODEXMESH_FAULT.
-  cargo build --locked --release -p codexmesh-control-plane
+  cargo build --locked --release -p codexmesh
 else
   # The debug binaries the tests run carry the test-only switches (feature test-faults), the
   # same build `cargo test` makes, so the two do not rebuild each other's binary.
-  cargo build --locked --workspace --bins --features codexmesh-control-plane/test-faults
+  cargo build --locked --workspace --bins --features codexmesh/test-faults
 fi

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use codexmesh_control_plane::crypto::MasterKey;
-use codexmesh_control_plane::store::{Actor, Store};
 use codexmesh_e2e::{ControlPlane, Sim};
+use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::{Actor, Store};
 use serde_json::{json, Value};
 
 use crate::failover::{cp_env, release_artifacts, Http1};
@@ -110,9 +110,8 @@ pub async fn run(opts: &Options) -> Result<Value> {
                 return Err(anyhow!("sim refused account {i}: {}", a.status));
             }
             let v: Value = serde_json::from_slice(&a.body)?;
-            let creds =
-                codexmesh_control_plane::authjson::parse(v["auth_json"].to_string().as_bytes())
-                    .map_err(|e| anyhow!("auth.json of account {i}: {e}"))?;
+            let creds = codexmesh_model::credentials::parse(v["auth_json"].to_string().as_bytes())
+                .map_err(|e| anyhow!("auth.json of account {i}: {e}"))?;
             store
                 .import_account(
                     &actor,

@@ -225,7 +225,7 @@ pub fn release_artifacts() -> Result<Artifacts> {
     for p in [&art.codexmesh, &art.sim, &art.wasm] {
         if !p.exists() {
             bail!(
-                "{} is missing: cargo build --release -p codexmesh-control-plane -p codexmesh-sim, \
+                "{} is missing: cargo build --release -p codexmesh -p codexmesh-sim, \
                  and PROFILE=release scripts/build.sh for the wasm module",
                 p.display()
             );

@@ -3,9 +3,9 @@
 //! row). Shared by `push`'s setup and `seed`.
 
 use anyhow::{Context, Result};
-use codexmesh_control_plane::authjson::CodexCredentials;
-use codexmesh_control_plane::store::{Actor, QuotaRecord, Store, WindowEvidence};
+use codexmesh_model::credentials::CodexCredentials;
 use codexmesh_proto::v1 as pb;
+use codexmesh_store::{Actor, QuotaRecord, Store, WindowEvidence};
 
 use crate::gen::{self, Login, Rng};
 
@@ -26,7 +26,7 @@ pub fn credentials(login: Login) -> CodexCredentials {
 /// Creates a key for `pool` (only its hash is stored, as `key create` does); returns the raw key.
 pub async fn create_key(store: &Store, actor: &Actor, pool: &str, rng: &mut Rng) -> Result<String> {
     let raw = gen::raw_key(rng);
-    let hex: String = codexmesh_control_plane::keys::hash_key(&raw)
+    let hex: String = codexmesh_model::keys::hash_key(&raw)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

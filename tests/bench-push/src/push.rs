@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use codexmesh_control_plane::config::DEFAULT_CHANGE_POLL_MS;
-use codexmesh_control_plane::crypto::MasterKey;
-use codexmesh_control_plane::store::{Actor, Store};
-use codexmesh_control_plane::util::now_ms;
+use codexmesh_engine::config::DEFAULT_CHANGE_POLL_MS;
+use codexmesh_model::util::now_ms;
 use codexmesh_proto::v1 as pb;
+use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::{Actor, Store};
 use serde_json::{json, Value};
 
 use crate::fill;
@@ -144,7 +144,7 @@ async fn measure_rebuild(store: &Store, key: &MasterKey) -> Result<Value> {
         let data = store.snapshot_data().await.context("snapshot_data")?;
         read_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
-        let snap = codexmesh_control_plane::snapshot::build(&data, key, "bench");
+        let snap = codexmesh_engine::snapshot::build(&data, key, "bench");
         build_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
         bytes = prost::Message::encode_to_vec(&snap).len();
@@ -470,7 +470,7 @@ async fn apply(store: &Store, change: &Change, rng: &mut Rng) -> Result<()> {
         }
         Change::CreateKey(pool) => {
             let raw = gen::raw_key(rng);
-            let hash = codexmesh_control_plane::keys::hash_key(&raw);
+            let hash = codexmesh_model::keys::hash_key(&raw);
             let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
             store.create_key(&actor, pool, None, false, &hex).await?;
         }
@@ -837,7 +837,7 @@ pub async fn run(opts: &Options) -> Result<Value> {
     }
     if !opts.codexmesh.exists() {
         return Err(anyhow!(
-            "{} does not exist: cargo build --release -p codexmesh-control-plane, or pass --codexmesh",
+            "{} does not exist: cargo build --release -p codexmesh, or pass --codexmesh",
             opts.codexmesh.display()
         ));
     }

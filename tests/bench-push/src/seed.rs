@@ -8,9 +8,9 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use codexmesh_control_plane::config::{Settings, SettingsFlags};
-use codexmesh_control_plane::store::{Actor, Store};
-use codexmesh_control_plane::util::now_ms;
+use codexmesh_engine::config::{Settings, SettingsFlags};
+use codexmesh_model::util::now_ms;
+use codexmesh_store::{Actor, Store};
 use serde_json::{json, Value};
 
 use crate::fill;

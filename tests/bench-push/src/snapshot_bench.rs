@@ -5,13 +5,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use codexmesh_control_plane::util::now_ms;
 use codexmesh_filter_core::auth;
 use codexmesh_filter_core::handoff::RouteHandoff;
 use codexmesh_filter_core::local::{LocalAccount, LocalTable};
 use codexmesh_filter_core::ranker::RankCache;
 use codexmesh_filter_core::routing::{self, Limits, RouteInput};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
+use codexmesh_model::util::now_ms;
 use prost::Message;
 use serde_json::{json, Value};
 

@@ -1,0 +1,473 @@
+//! Renders the Envoy bootstrap that `codexmesh up` (and the end-to-end tests) run Envoy with,
+//! from `envoy/bootstrap.template.yaml`. Nothing secret is rendered: the push token reaches the
+//! wasm service through Envoy's environment, credentials through the gRPC stream.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+const TEMPLATE: &str = include_str!("../../../envoy/bootstrap.template.yaml");
+
+/// Everything the generated bootstrap depends on.
+#[derive(Debug, Clone)]
+pub struct BootstrapParams {
+    /// Envoy node id, reported to the control plane in SubscribeRequest.
+    pub node_id: String,
+    /// The data-path listener clients talk to.
+    pub listen: SocketAddr,
+    /// Envoy's admin interface (keep it on loopback).
+    pub admin_listen: SocketAddr,
+    /// Where Envoy reaches the control plane's gRPC server.
+    pub control_plane: ControlPlaneTarget,
+    /// Upstream base, e.g. `https://chatgpt.com/backend-api`.
+    pub upstream_base_url: String,
+    /// The built `codexmesh_filter.wasm`.
+    pub wasm_path: PathBuf,
+    /// A pooled WebSocket connection is closed after this long (the upstream closes at 60
+    /// minutes anyway).
+    pub websocket_max_lifetime_secs: u64,
+    /// Request bodies over this are refused with 413 (the filter by content length, Envoy while
+    /// buffering).
+    pub max_request_body_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BootstrapError {
+    #[error("upstream base URL {0:?} is not an http(s) URL with a host (e.g. https://chatgpt.com/backend-api)")]
+    BadUpstreamUrl(String),
+    #[error("node id {0:?} must be 1-128 characters of [A-Za-z0-9._-]")]
+    BadNodeId(String),
+    #[error("wasm path {0:?} is not valid UTF-8")]
+    BadWasmPath(PathBuf),
+    #[error("control-plane address {0:?} must be HOST:PORT (an IP or a DNS name, port 1-65535)")]
+    BadControlPlane(String),
+}
+
+/// Where Envoy dials the control plane: an IP (a STATIC cluster) or a DNS name (STRICT_DNS,
+/// re-resolved, so a container or Kubernetes service name works without a fixed address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for ControlPlaneTarget {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl ControlPlaneTarget {
+    /// `HOST:PORT`, `[v6]:PORT` or `IP:PORT`.
+    pub fn parse(text: &str) -> Result<Self, BootstrapError> {
+        let bad = || BootstrapError::BadControlPlane(text.to_owned());
+        if let Ok(addr) = text.trim().parse::<SocketAddr>() {
+            return (addr.port() != 0).then(|| addr.into()).ok_or_else(bad);
+        }
+        let (host, port) = text.trim().rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    fn is_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+}
+
+/// The pieces of the upstream base URL the cluster and route need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" or "/backend-api").
+    pub base_path: String,
+}
+
+impl UpstreamTarget {
+    pub fn parse(url: &str) -> Result<Self, BootstrapError> {
+        let bad = || BootstrapError::BadUpstreamUrl(url.to_string());
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad());
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+            return Err(bad());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if after.is_empty() => default_port,
+                None => return Err(bad()),
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        if !host_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            tls,
+            host,
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// YAML double-quoted scalar (JSON string escaping is a subset YAML accepts).
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Renders the bootstrap as YAML.
+pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
+    let node_ok = !params.node_id.is_empty()
+        && params.node_id.len() <= 128
+        && params
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !node_ok {
+        return Err(BootstrapError::BadNodeId(params.node_id.clone()));
+    }
+    let wasm = params
+        .wasm_path
+        .to_str()
+        .ok_or_else(|| BootstrapError::BadWasmPath(params.wasm_path.clone()))?;
+    let upstream = UpstreamTarget::parse(&params.upstream_base_url)?;
+    let cluster_type = if upstream.host.parse::<IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "LOGICAL_DNS"
+    };
+    let tls = if upstream.tls {
+        format!(
+            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: {}\n        common_tls_context:\n          alpn_protocols: [h2, http/1.1]\n          validation_context:\n            trusted_ca: {{ filename: /etc/ssl/certs/ca-certificates.crt }}\n            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{ exact: {} }}",
+            quote(&upstream.host),
+            quote(&upstream.host)
+        )
+    } else {
+        String::new()
+    };
+    // TLS upstreams negotiate h2 by ALPN; plain ones (the simulator, an egress proxy) speak h1.
+    let protocol = if upstream.tls {
+        "        auto_config:\n          http_protocol_options: {}\n          http2_protocol_options: {}"
+    } else {
+        "        explicit_http_config:\n          http_protocol_options: {}"
+    };
+    let tls_ws = tls.replace(
+        "alpn_protocols: [h2, http/1.1]",
+        "alpn_protocols: [http/1.1]",
+    );
+    let service_config = serde_json_string(&params.node_id);
+    let downstream_config = format!(
+        "{{\"role\":\"downstream\",\"max_request_body_bytes\":{}}}",
+        params.max_request_body_bytes
+    );
+    let control_plane_type = if params.control_plane.is_ip() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let vars: [(&str, String); 21] = [
+        ("node_id", quote(&params.node_id)),
+        ("admin_host", quote(&params.admin_listen.ip().to_string())),
+        ("admin_port", params.admin_listen.port().to_string()),
+        ("listen_host", quote(&params.listen.ip().to_string())),
+        ("listen_port", params.listen.port().to_string()),
+        ("control_plane_host", quote(&params.control_plane.host)),
+        ("control_plane_port", params.control_plane.port.to_string()),
+        ("control_plane_cluster_type", control_plane_type.to_string()),
+        ("wasm_path", quote(wasm)),
+        ("service_config", quote(&service_config)),
+        (
+            "upstream_prefix",
+            quote(&format!("{}/", upstream.base_path)),
+        ),
+        ("upstream_authority", quote(&upstream.authority())),
+        ("upstream_cluster_type", cluster_type.to_string()),
+        ("upstream_host", quote(&upstream.host)),
+        ("upstream_port", upstream.port.to_string()),
+        ("upstream_tls", tls),
+        ("upstream_protocol", protocol.to_string()),
+        ("upstream_tls_ws", tls_ws),
+        ("downstream_config", quote(&downstream_config)),
+        (
+            "max_request_body_bytes",
+            params.max_request_body_bytes.to_string(),
+        ),
+        (
+            "websocket_max_lifetime",
+            format!("{}s", params.websocket_max_lifetime_secs),
+        ),
+    ];
+    let mut out = TEMPLATE.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{{{name}}}}}"), &value);
+    }
+    Ok(out)
+}
+
+/// The service's plugin configuration (JSON; no secrets).
+fn serde_json_string(node_id: &str) -> String {
+    format!(
+        "{{\"role\":\"service\",\"node_id\":{},\"control_plane_cluster\":\"codexmesh_control_plane\",\"push_token_env\":\"CODEXMESH_PUSH_TOKEN\"}}",
+        quote(node_id)
+    )
+}
+
+pub const DEFAULT_NODE_ID: &str = "codexmesh-local";
+
+/// Envoy cannot dial an unspecified address: use loopback for 0.0.0.0 / [::].
+pub fn dialable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
+}
+
+/// Bootstrap parameters from the settings; `grpc` is where the control plane really listens.
+pub fn from_settings(
+    settings: &codexmesh_engine::config::Settings,
+    node_id: &str,
+    grpc: std::net::SocketAddr,
+) -> BootstrapParams {
+    BootstrapParams {
+        node_id: node_id.to_owned(),
+        listen: settings.gateway_listen,
+        admin_listen: settings.envoy_admin_listen,
+        control_plane: dialable(grpc).into(),
+        upstream_base_url: settings.upstream_base_url.clone(),
+        // Envoy resolves relative paths against its own working directory: pin it down.
+        wasm_path: std::path::absolute(&settings.wasm_path)
+            .unwrap_or_else(|_| settings.wasm_path.clone()),
+        websocket_max_lifetime_secs: settings.websocket_max_lifetime_secs,
+        max_request_body_bytes: settings.max_request_body_bytes,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn params(url: &str) -> BootstrapParams {
+        BootstrapParams {
+            node_id: "envoy-1".into(),
+            listen: "127.0.0.1:18080".parse().unwrap(),
+            admin_listen: "127.0.0.1:19901".parse().unwrap(),
+            control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
+            upstream_base_url: url.into(),
+            wasm_path: "/tmp/x.wasm".into(),
+            websocket_max_lifetime_secs: 3600,
+            max_request_body_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn parses_upstream_urls() {
+        let t = UpstreamTarget::parse("https://chatgpt.com/backend-api").unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.base_path.as_str()),
+            (true, "chatgpt.com", 443, "/backend-api")
+        );
+        let t = UpstreamTarget::parse("http://127.0.0.1:9000/backend-api/").unwrap();
+        assert_eq!(
+            (t.port, t.base_path.as_str(), t.authority()),
+            (9000, "/backend-api", "127.0.0.1:9000".to_string())
+        );
+        let t = UpstreamTarget::parse("http://[::1]:81").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.base_path.as_str()),
+            ("::1", 81, "")
+        );
+        for bad in [
+            "ftp://x",
+            "http://",
+            "https://u@h/",
+            "http://h:0",
+            "http://h:x",
+            "chatgpt.com",
+            "http://h/p?q",
+        ] {
+            assert!(UpstreamTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        let yaml = render(&params("https://chatgpt.com/backend-api")).unwrap();
+        assert!(!yaml.contains("{{"), "unfilled placeholder");
+        assert!(yaml.contains("LOGICAL_DNS"));
+        assert!(yaml.contains("UpstreamTlsContext"));
+        assert!(yaml.contains("prefix_rewrite: \"/backend-api/\""));
+        assert!(yaml.contains("host_rewrite_literal: \"chatgpt.com\""));
+        let yaml = render(&params("http://127.0.0.1:9000/backend-api")).unwrap();
+        assert!(yaml.contains("type: STATIC") && !yaml.contains("UpstreamTlsContext"));
+        assert!(yaml.contains("host_rewrite_literal: \"127.0.0.1:9000\""));
+    }
+
+    #[test]
+    fn the_control_plane_can_be_an_ip_or_a_dns_name() {
+        let t = ControlPlaneTarget::parse("control-plane:18090").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("control-plane", 18090));
+        let t = ControlPlaneTarget::parse("[::1]:9").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 9));
+        for bad in [
+            "control-plane",
+            "h:0",
+            "h:70000",
+            ":80",
+            "bad host:1",
+            "-x:1",
+            "a..b:1",
+            "127.0.0.1:0",
+        ] {
+            assert!(ControlPlaneTarget::parse(bad).is_err(), "{bad}");
+        }
+        let mut p = params("http://127.0.0.1:1");
+        let cluster = |yaml: &str| {
+            let at = yaml.find("- name: codexmesh_control_plane").unwrap();
+            yaml[at..].lines().nth(1).unwrap().trim().to_string()
+        };
+        assert_eq!(cluster(&render(&p).unwrap()), "type: STATIC");
+        p.control_plane = ControlPlaneTarget::parse("codexmesh.mesh.svc:18090").unwrap();
+        let yaml = render(&p).unwrap();
+        assert_eq!(cluster(&yaml), "type: STRICT_DNS");
+        assert!(yaml.contains("address: \"codexmesh.mesh.svc\", port_value: 18090"));
+    }
+
+    /// Golden files of the whole bootstrap for the three upstream shapes (`snapshots/`): an IP
+    /// (STATIC, plain HTTP/1.1), a DNS name over TLS (LOGICAL_DNS, ALPN h2 + SNI + SAN check) and a
+    /// DNS name over plain HTTP (LOGICAL_DNS, HTTP/1.1). Review a change with `cargo insta review`
+    /// (or `INSTA_UPDATE=always` then `git diff`).
+    #[test]
+    fn bootstrap_goldens() {
+        for (name, url) in [
+            ("bootstrap_ip_upstream", "http://127.0.0.1:9000/backend-api"),
+            (
+                "bootstrap_dns_tls_upstream",
+                "https://chatgpt.com/backend-api",
+            ),
+            (
+                "bootstrap_dns_plain_upstream",
+                "http://egress.internal:8080/backend-api",
+            ),
+        ] {
+            let params = BootstrapParams {
+                node_id: "envoy-golden".into(),
+                listen: "0.0.0.0:8080".parse().unwrap(),
+                admin_listen: "127.0.0.1:9901".parse().unwrap(),
+                control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
+                upstream_base_url: url.into(),
+                wasm_path: "/opt/codexmesh/codexmesh_filter.wasm".into(),
+                websocket_max_lifetime_secs: 3000,
+                max_request_body_bytes: 16 << 20,
+            };
+            let yaml = render(&params).unwrap();
+            assert!(!yaml.contains("{{"), "{name}: unfilled placeholder");
+            // No secret is rendered: the push token is named (an environment variable Envoy hands
+            // to the wasm service), never inlined. Every line that mentions a token or a
+            // credential must be one of the known ones that only name the variable.
+            assert!(
+                yaml.contains("host_env_keys: [CODEXMESH_PUSH_TOKEN]"),
+                "{name}: the push token must reach the wasm service through host_env_keys"
+            );
+            for line in yaml.lines() {
+                let lower = line.to_ascii_lowercase();
+                let mentions_secret = ["token", "secret", "bearer", "authorization", "password"]
+                    .iter()
+                    .any(|w| lower.contains(w));
+                let allowed = line.trim_start().starts_with('#')
+                    || line.trim() == "host_env_keys: [CODEXMESH_PUSH_TOKEN]"
+                    || line.contains(r#"\"push_token_env\":\"CODEXMESH_PUSH_TOKEN\"}""#);
+                assert!(
+                    !mentions_secret || allowed,
+                    "{name}: unexpected secret-looking line: {line}"
+                );
+            }
+            insta::assert_snapshot!(name, yaml);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        assert!(matches!(
+            render(&params("nope")),
+            Err(BootstrapError::BadUpstreamUrl(_))
+        ));
+        let mut p = params("http://127.0.0.1:1");
+        p.node_id = "a b".into();
+        assert!(matches!(render(&p), Err(BootstrapError::BadNodeId(_))));
+    }
+
+    #[test]
+    fn unspecified_addresses_become_loopback() -> Result<(), std::net::AddrParseError> {
+        assert_eq!(dialable("0.0.0.0:5".parse()?).to_string(), "127.0.0.1:5");
+        assert_eq!(dialable("[::]:5".parse()?).to_string(), "[::1]:5");
+        assert_eq!(dialable("10.1.2.3:5".parse()?).to_string(), "10.1.2.3:5");
+        Ok(())
+    }
+}

@@ -1,0 +1,699 @@
+//! Token refresh: single-flight per account, rotation-safe, shared by `serve` (scheduler, 401
+//! reports, quota-poll 401s) and the CLI (`account refresh`, `account export`).
+//!
+//! One refresh of one account goes:
+//! 1. the in-process lock for the account (concurrent triggers in this process queue here);
+//! 2. the store lease `refresh:<account id>` (another process, a CLI run or a second replica,
+//!    holding it means that one refreshes; a waiting caller then sees its result);
+//! 3. the generation check: re-read the account; if its `token_revision` moved past what the
+//!    trigger saw, someone already refreshed this generation: nothing to do;
+//! 4. one call to the token endpoint;
+//! 5. on success, ONE transaction that stores the new sealed tokens, their expiry and
+//!    `token_revision` and bumps the revision, before anything else happens (the rotated
+//!    refresh token is never only in memory when the lease is given back); on a permanent
+//!    refusal, `needs_reauth` with the reason (also one bumping transaction); on a transient
+//!    one, backoff bookkeeping;
+//! 6. the lease is released and the snapshot builder nudged.
+//!
+//! A consumed refresh token is never sent twice: the only way to send one is step 4, which runs
+//! under the lease after step 3 proved the stored token is the current generation, and a
+//! successful answer is persisted (retried while the store is unreachable) before the lease
+//! goes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+
+#[cfg(feature = "test-faults")]
+use crate::config::Fault;
+use crate::config::Settings;
+use crate::oauth::{self, TokenError};
+use codexmesh_model::credentials as authjson;
+use codexmesh_model::util::{self, now_ms};
+use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::{Account, AccountState, Actor, RefreshedTokens, Store, StoreError};
+
+/// When the expiry is unknown, refresh this long after the last refresh (the Codex CLI's rule).
+pub const UNKNOWN_EXPIRY_REFRESH_MS: i64 = 8 * 86_400 * 1000;
+/// Transient failures back off from this ...
+pub const BACKOFF_BASE_MS: i64 = 5_000;
+/// ... doubling up to this.
+pub const BACKOFF_MAX_MS: i64 = 300_000;
+/// How often a caller waiting for another holder's lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(200);
+
+/// What started a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The scheduler: only refreshes when the account is due.
+    Schedule,
+    /// A 401 on the data path (or on a quota poll) for the current token generation.
+    Unauthorized,
+    /// An operator (`codexmesh account refresh`).
+    Manual,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Unauthorized => "unauthorized",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// One refresh request: the trigger, the `token_revision` the trigger saw, and whether to wait
+/// for another holder of the lease (the CLI does; background triggers do not).
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub trigger: Trigger,
+    pub seen_revision: i64,
+    pub wait: bool,
+}
+
+/// How a refresh request ended without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// We called the token endpoint and stored the new tokens.
+    Refreshed {
+        expires_at_ms: Option<i64>,
+        revision: i64,
+    },
+    /// Someone else refreshed this generation first (another trigger, process or replica).
+    AlreadyDone { expires_at_ms: Option<i64> },
+    /// A scheduled refresh that is not due (any more).
+    NotDue,
+    /// Another process holds the lease and the request does not wait.
+    Busy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(
+        "account {label} needs re-authentication ({reason}): import a fresh auth.json for it \
+         or run `codexmesh account login`"
+    )]
+    NeedsReauth { label: String, reason: String },
+    #[error("refreshing account {label} failed: {source}; next attempt in {}", util::human_span_ms(.retry_in_ms))]
+    Failed {
+        label: String,
+        source: TokenError,
+        retry_in_ms: i64,
+    },
+    #[error("another process held the refresh lease of account {label} for too long")]
+    LeaseTimeout { label: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// When an account's token should be refreshed next (unix ms): a pending backoff retry, else
+/// `refresh_lead` before expiry, but never earlier than half way through the token's observed
+/// lifetime (so a short-lived token is not refreshed in a loop), else 8 days after the last
+/// refresh when the expiry is unknown.
+pub fn due_at(a: &Account, lead_ms: i64) -> i64 {
+    if let Some(t) = a.next_refresh_at_ms {
+        return t;
+    }
+    match a.access_token_expires_at_ms {
+        Some(exp) => {
+            let lifetime = exp.saturating_sub(a.tokens_updated_at_ms).max(0);
+            exp.saturating_sub(lead_ms.min(lifetime / 2))
+        }
+        None => a
+            .last_refresh_at_ms
+            .unwrap_or(a.tokens_updated_at_ms)
+            .saturating_add(UNKNOWN_EXPIRY_REFRESH_MS),
+    }
+}
+
+/// Exponential backoff after the `failures`-th consecutive transient failure (1-based):
+/// 5 s doubling to 5 min, with "equal jitter" (a random point in the upper half) so replicas
+/// and accounts do not retry in lockstep. `unit` is a random number in [0, 1).
+pub fn backoff_ms(failures: u32, unit: f64) -> i64 {
+    let exp = failures.saturating_sub(1).min(16);
+    let base = BACKOFF_BASE_MS
+        .saturating_mul(1i64 << exp)
+        .min(BACKOFF_MAX_MS);
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    base / 2 + ((base / 2) as f64 * unit) as i64
+}
+
+/// Settings of a [`Refresher`].
+#[derive(Debug, Clone)]
+pub struct RefresherConfig {
+    pub token_url: String,
+    pub lead_ms: i64,
+    pub lease_ms: i64,
+    /// Test-only (see [`Fault`]).
+    #[cfg(feature = "test-faults")]
+    pub fault: Option<Fault>,
+}
+
+impl RefresherConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            token_url: s.oauth_token_url.clone(),
+            lead_ms: i64::try_from(s.refresh_lead_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            lease_ms: i64::try_from(s.refresh_lease_secs.saturating_mul(1000)).unwrap_or(60_000),
+            #[cfg(feature = "test-faults")]
+            fault: s.fault,
+        }
+    }
+}
+
+struct Inner {
+    store: Store,
+    key: MasterKey,
+    http: reqwest::Client,
+    cfg: RefresherConfig,
+    /// Identifies this process in leases.
+    holder: String,
+    actor: Actor,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// (account id, token_revision) generations a 401 already forced a refresh for.
+    forced: Mutex<HashSet<(String, i64)>>,
+    /// Told after every store write that changes the snapshot.
+    changed: Option<Arc<Notify>>,
+    tasks: TaskTracker,
+}
+
+/// The refresher. Cheap to clone.
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Refresher {
+    pub fn new(
+        store: Store,
+        key: MasterKey,
+        http: reqwest::Client,
+        cfg: RefresherConfig,
+        holder: String,
+        actor: Actor,
+        changed: Option<Arc<Notify>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                key,
+                http,
+                cfg,
+                holder,
+                actor,
+                locks: Mutex::new(HashMap::new()),
+                forced: Mutex::new(HashSet::new()),
+                changed,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn lead_ms(&self) -> i64 {
+        self.inner.cfg.lead_ms
+    }
+
+    pub fn lease_ms(&self) -> i64 {
+        self.inner.cfg.lease_ms
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.inner.holder
+    }
+
+    /// Background refreshes started by [`Refresher::force`]: wait for them at shutdown.
+    pub async fn wait_background(&self, within: Duration) {
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(within, self.inner.tasks.wait()).await;
+    }
+
+    fn nudge(&self) {
+        if let Some(n) = &self.inner.changed {
+            n.notify_one();
+        }
+    }
+
+    fn account_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.inner.locks)
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Refreshes one account (see the module documentation).
+    pub async fn refresh(&self, account_id: &str, req: Request) -> Result<Done, RefreshError> {
+        let per_account = self.account_lock(account_id);
+        let _serial = per_account.lock().await;
+        let store = &self.inner.store;
+        let lease = format!("refresh:{account_id}");
+        let ttl = self.inner.cfg.lease_ms;
+        let started = std::time::Instant::now();
+        let patience =
+            Duration::from_millis(u64::try_from(ttl).unwrap_or(60_000)) + Duration::from_secs(10);
+        loop {
+            if store
+                .try_acquire_lease(&lease, &self.inner.holder, ttl)
+                .await?
+            {
+                break;
+            }
+            if !req.wait {
+                return Ok(Done::Busy);
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+            let a = store.account(account_id).await?;
+            if a.token_revision > req.seen_revision {
+                return Ok(Done::AlreadyDone {
+                    expires_at_ms: a.access_token_expires_at_ms,
+                });
+            }
+            if started.elapsed() > patience {
+                return Err(RefreshError::LeaseTimeout { label: a.label });
+            }
+        }
+        let result = self.refresh_leased(account_id, req).await;
+        if let Err(e) = store.release_lease(&lease, &self.inner.holder).await {
+            // It expires on its own; the next holder just waits a little longer.
+            tracing::warn!(account_id, error = %e, "cannot release the refresh lease");
+        }
+        result
+    }
+
+    async fn refresh_leased(&self, account_id: &str, req: Request) -> Result<Done, RefreshError> {
+        let store = &self.inner.store;
+        let secrets = store.account_secrets(account_id, &self.inner.key).await?;
+        let acc = &secrets.account;
+        if acc.token_revision > req.seen_revision {
+            return Ok(Done::AlreadyDone {
+                expires_at_ms: acc.access_token_expires_at_ms,
+            });
+        }
+        if acc.state == AccountState::NeedsReauth {
+            return Err(RefreshError::NeedsReauth {
+                label: acc.label.clone(),
+                reason: acc
+                    .state_reason
+                    .clone()
+                    .unwrap_or_else(|| "unknown".to_owned()),
+            });
+        }
+        let now = now_ms();
+        if req.trigger == Trigger::Schedule
+            && (acc.state == AccountState::Paused || due_at(acc, self.inner.cfg.lead_ms) > now)
+        {
+            return Ok(Done::NotDue);
+        }
+        // The call must finish well within the lease.
+        let timeout = Duration::from_millis(
+            u64::try_from((self.inner.cfg.lease_ms * 2 / 3).clamp(1_000, 30_000)).unwrap_or(30_000),
+        );
+        tracing::info!(account = %acc.label, trigger = req.trigger.as_str(), "refreshing access token");
+        let answer = oauth::refresh_grant(
+            &self.inner.http,
+            &self.inner.cfg.token_url,
+            &secrets.refresh_token,
+            timeout,
+        )
+        .await;
+        match answer {
+            Ok(t) => {
+                let claims = t.id_token.as_deref().map(authjson::id_claims);
+                let expires_at_ms = authjson::jwt_expiry_ms(&t.access_token).or_else(|| {
+                    t.expires_in
+                        .filter(|s| *s > 0)
+                        .map(|s| now.saturating_add(s.saturating_mul(1000)))
+                });
+                let tokens = RefreshedTokens {
+                    access_token: t.access_token,
+                    // No new refresh token: the old one stays valid (not rotated).
+                    refresh_token: t
+                        .refresh_token
+                        .unwrap_or_else(|| secrets.refresh_token.clone()),
+                    id_token: t.id_token.unwrap_or_else(|| secrets.id_token.clone()),
+                    access_token_expires_at_ms: expires_at_ms,
+                    plan: claims.as_ref().and_then(|c| c.plan.clone()),
+                    email: claims.and_then(|c| c.email),
+                };
+                let revision = self.persist(account_id, &acc.label, &tokens).await?;
+                #[cfg(feature = "test-faults")]
+                if self.inner.cfg.fault == Some(Fault::KillAfterRefreshPersist) {
+                    tracing::warn!("test fault kill_after_refresh_persist: SIGKILL now");
+                    // SAFETY: raise(3) on our own process; SIGKILL cannot be caught.
+                    unsafe {
+                        libc::raise(libc::SIGKILL);
+                    }
+                }
+                self.nudge();
+                tracing::info!(
+                    account = %acc.label,
+                    expires_at = %expires_at_ms.map_or_else(|| "unknown".to_owned(), util::fmt_utc_ms),
+                    revision,
+                    "access token refreshed"
+                );
+                Ok(Done::Refreshed {
+                    expires_at_ms,
+                    revision,
+                })
+            }
+            Err(TokenError::Permanent { code }) => {
+                let detail = format!("token endpoint refused the refresh token: {code}");
+                store
+                    .mark_needs_reauth(&self.inner.actor, account_id, &code, &detail)
+                    .await?;
+                self.nudge();
+                tracing::warn!(
+                    account = %acc.label,
+                    reason = %code,
+                    "refresh token refused: account needs re-authentication and leaves routing"
+                );
+                Err(RefreshError::NeedsReauth {
+                    label: acc.label.clone(),
+                    reason: code,
+                })
+            }
+            Err(e) => {
+                let failures = acc.refresh_failures.saturating_add(1);
+                let delay = backoff_ms(failures, unit_random());
+                store
+                    .record_refresh_failure(account_id, failures, now + delay, &e.to_string())
+                    .await?;
+                let still_valid = acc.access_token_expires_at_ms.is_none_or(|t| t > now);
+                if matches!(e, TokenError::Misconfigured(_)) {
+                    tracing::error!(account = %acc.label, error = %e, failures, retry_in_ms = delay,
+                        "refresh failed: the token endpoint refused our request");
+                } else {
+                    tracing::warn!(account = %acc.label, error = %e, failures, retry_in_ms = delay,
+                        still_valid, "refresh failed, will retry; the account keeps serving while its token is valid");
+                }
+                Err(RefreshError::Failed {
+                    label: acc.label.clone(),
+                    source: e,
+                    retry_in_ms: delay,
+                })
+            }
+        }
+    }
+
+    /// Stores a successful refresh. The refresh token we sent is consumed by now, so the new
+    /// one must not be lost to a passing store hiccup: retried for a while before giving up.
+    async fn persist(
+        &self,
+        account_id: &str,
+        label: &str,
+        tokens: &RefreshedTokens,
+    ) -> Result<i64, RefreshError> {
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .inner
+                .store
+                .store_refreshed_tokens(&self.inner.actor, account_id, tokens, &self.inner.key)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e @ (StoreError::NotFound(_) | StoreError::Crypto(_))) => return Err(e.into()),
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::error!(account = %label, error = %e, attempt,
+                        "cannot store the refreshed tokens yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    tracing::error!(account = %label, error = %e,
+                        "giving up storing the refreshed tokens: the account needs a new login");
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// A 401 for `account_id` reported by the data path: refresh at once, once per token
+    /// generation. The outcome names the generation by the token expiry the filter saw, or
+    /// (when that is 0) by the snapshot version it routed with (a snapshot older than the
+    /// token's `token_revision` carried an older token). When both are given, both must agree.
+    pub async fn on_unauthorized(
+        &self,
+        account_id: &str,
+        token_expires_at_unix: i64,
+        snapshot_version: i64,
+    ) -> Result<bool, StoreError> {
+        let a = match self.inner.store.account(account_id).await {
+            Ok(a) => a,
+            Err(StoreError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // The snapshot the attempt routed with already carried the current token ...
+        let routed_with_current = a.token_revision <= snapshot_version;
+        let current = if token_expires_at_unix != 0 {
+            // ... and the token it used is the current one. Two refreshes within one second
+            // give the same expiry: the snapshot version tells them apart when it is known.
+            a.access_token_expires_at_ms.map(|ms| ms.div_euclid(1000))
+                == Some(token_expires_at_unix)
+                && (snapshot_version == 0 || routed_with_current)
+        } else {
+            routed_with_current
+        };
+        if !current {
+            tracing::debug!(account = %a.label, "401 concerned a token that was already replaced");
+            return Ok(false);
+        }
+        Ok(self.force(&a))
+    }
+
+    /// Starts one background refresh for `a`'s current token generation, unless one was already
+    /// forced for it. Returns whether it started one.
+    pub fn force(&self, a: &Account) -> bool {
+        if matches!(a.state, AccountState::NeedsReauth | AccountState::Paused) {
+            return false;
+        }
+        {
+            let mut forced = lock(&self.inner.forced);
+            // Older generations of this account can never match again.
+            forced.retain(|(id, rev)| id != &a.id || *rev >= a.token_revision);
+            if !forced.insert((a.id.clone(), a.token_revision)) {
+                return false;
+            }
+        }
+        tracing::info!(account = %a.label, "401 for the current token: refreshing now");
+        let this = self.clone();
+        let id = a.id.clone();
+        let req = Request {
+            trigger: Trigger::Unauthorized,
+            seen_revision: a.token_revision,
+            wait: false,
+        };
+        self.inner.tasks.spawn(async move {
+            match this.refresh(&id, req).await {
+                Ok(_) | Err(RefreshError::NeedsReauth { .. } | RefreshError::Failed { .. }) => {}
+                Err(e) => tracing::warn!(account_id = %id, error = %e, "forced refresh failed"),
+            }
+        });
+        true
+    }
+}
+
+/// A random number in [0, 1) from the OS source (0.5 if that fails).
+pub fn unit_random() -> f64 {
+    let mut b = [0u8; 8];
+    match util::random_bytes(&mut b) {
+        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    }
+}
+
+/// The lease holder name of this process: host, pid and a random suffix.
+pub fn holder_id(kind: &str) -> String {
+    let suffix = util::random_alnum(8).unwrap_or_else(|_| "x".to_owned());
+    format!("{kind}:{}:{suffix}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(exp: Option<i64>, updated: i64) -> Account {
+        let mut a = codexmesh_model::records::fixtures::account("acc_1");
+        a.access_token_expires_at_ms = exp;
+        a.tokens_updated_at_ms = updated;
+        a
+    }
+
+    #[test]
+    fn due_times() {
+        let hour = 3_600_000;
+        // A 1-hour token with the default 15-minute lead: due at 45 minutes.
+        let a = account(Some(hour), 0);
+        assert_eq!(due_at(&a, 900_000), hour - 900_000);
+        // A 30 s token with a 20 s lead: never earlier than half its life.
+        let a = account(Some(30_000), 0);
+        assert_eq!(due_at(&a, 20_000), 15_000);
+        // Imported already expired: due at once (at its expiry, in the past).
+        let a = account(Some(1_000), 5_000);
+        assert_eq!(due_at(&a, 900_000), 1_000);
+        // Unknown expiry: 8 days after the last refresh (or import).
+        let mut a = account(None, 7);
+        assert_eq!(due_at(&a, 900_000), 7 + UNKNOWN_EXPIRY_REFRESH_MS);
+        a.last_refresh_at_ms = Some(100);
+        assert_eq!(due_at(&a, 900_000), 100 + UNKNOWN_EXPIRY_REFRESH_MS);
+        // A pending backoff wins.
+        a.next_refresh_at_ms = Some(42);
+        assert_eq!(due_at(&a, 900_000), 42);
+    }
+
+    /// A store with one imported account, and a refresher whose token endpoint is a closed
+    /// loopback port: any call to it fails (transiently), so a test sees when one was made.
+    async fn fixture() -> Result<(Refresher, Account), Box<dyn std::error::Error>> {
+        let store = Store::open("sqlite::memory:").await?;
+        let key = MasterKey::generate()?;
+        let actor = Actor("test".into());
+        store.create_pool(&actor, "p").await?;
+        let ns = "https://api.openai.com/auth";
+        let id_token = authjson::unsigned_jwt(&serde_json::json!({
+            "email": "a@b.c", ns: {"chatgpt_account_id": "acct-1", "chatgpt_plan_type": "plus"}
+        }));
+        let access = authjson::unsigned_jwt(&serde_json::json!({"exp": 2_000_000_000}));
+        let creds = authjson::parse(
+            serde_json::json!({"tokens": {"id_token": id_token, "access_token": access,
+                                          "refresh_token": "rt_1"}})
+            .to_string()
+            .as_bytes(),
+        )?;
+        let imported = store
+            .import_account(&actor, "p", None, &creds, &key)
+            .await?;
+        let r = Refresher::new(
+            store,
+            key,
+            oauth::http_client()?,
+            RefresherConfig {
+                token_url: "http://127.0.0.1:9/oauth/token".into(),
+                lead_ms: 900_000,
+                lease_ms: 60_000,
+                #[cfg(feature = "test-faults")]
+                fault: None,
+            },
+            holder_id("test"),
+            actor,
+            None,
+        );
+        Ok((r, imported.account))
+    }
+
+    #[tokio::test]
+    async fn generation_check_and_guards_come_before_any_call(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (r, a) = fixture().await?;
+        let req = |trigger, seen_revision, wait| Request {
+            trigger,
+            seen_revision,
+            wait,
+        };
+        // Someone refreshed after the trigger looked: nothing to do, no call.
+        let done = r
+            .refresh(&a.id, req(Trigger::Manual, a.token_revision - 1, false))
+            .await?;
+        assert_eq!(
+            done,
+            Done::AlreadyDone {
+                expires_at_ms: Some(2_000_000_000_000)
+            }
+        );
+        // The scheduler only acts when due (this token has years left).
+        let done = r
+            .refresh(&a.id, req(Trigger::Schedule, a.token_revision, false))
+            .await?;
+        assert_eq!(done, Done::NotDue);
+        // Another process holds the lease: a background trigger does not wait ...
+        let lease = format!("refresh:{}", a.id);
+        assert!(r.store().try_acquire_lease(&lease, "other", 60_000).await?);
+        let done = r
+            .refresh(&a.id, req(Trigger::Unauthorized, a.token_revision, false))
+            .await?;
+        assert_eq!(done, Done::Busy);
+        r.store().release_lease(&lease, "other").await?;
+        // A forced refresh does call (and fails transiently here: backoff recorded).
+        let err = r
+            .refresh(&a.id, req(Trigger::Unauthorized, a.token_revision, false))
+            .await;
+        assert!(matches!(err, Err(RefreshError::Failed { .. })), "{err:?}");
+        let after = r.store().account(&a.id).await?;
+        assert_eq!(after.refresh_failures, 1);
+        assert!(after.next_refresh_at_ms.is_some());
+        assert!(r.store().lease(&lease).await?.is_none(), "lease released");
+        // needs_reauth: refused before the token endpoint.
+        r.store()
+            .mark_needs_reauth(&Actor("t".into()), &a.id, "refresh_token_reused", "x")
+            .await?;
+        let err = r
+            .refresh(
+                &a.id,
+                req(Trigger::Manual, after.token_revision + 100, true),
+            )
+            .await;
+        assert!(
+            matches!(&err, Err(RefreshError::NeedsReauth { reason, .. }) if reason == "refresh_token_reused"),
+            "{err:?}"
+        );
+        assert_eq!(r.store().account(&a.id).await?.refresh_failures, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn one_forced_refresh_per_token_generation() -> Result<(), Box<dyn std::error::Error>> {
+        let (r, a) = fixture().await?;
+        let exp = 2_000_000_000;
+        // Another generation's expiry, or a snapshot older than the token: not this token.
+        assert!(!r.on_unauthorized(&a.id, exp - 1, 0).await?);
+        assert!(!r.on_unauthorized(&a.id, 0, a.token_revision - 1).await?);
+        assert!(!r.on_unauthorized(&a.id, exp, a.token_revision - 1).await?);
+        assert!(!r.on_unauthorized("acc_unknown", exp, 0).await?);
+        // This generation: once.
+        assert!(r.on_unauthorized(&a.id, exp, a.token_revision).await?);
+        assert!(!r.on_unauthorized(&a.id, exp, 0).await?);
+        assert!(!r.on_unauthorized(&a.id, 0, a.token_revision + 5).await?);
+        r.wait_background(Duration::from_secs(20)).await;
+        // A new generation (a re-import) may force again.
+        let mut next = r.store().account(&a.id).await?;
+        next.token_revision += 1;
+        assert!(r.force(&next));
+        assert!(!r.force(&next));
+        next.state = AccountState::Paused;
+        next.token_revision += 1;
+        assert!(!r.force(&next), "paused accounts are left alone");
+        Ok(())
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        assert_eq!(backoff_ms(1, 0.0), 2_500);
+        assert_eq!(backoff_ms(1, 1.0), 5_000);
+        assert_eq!(backoff_ms(2, 1.0), 10_000);
+        assert_eq!(backoff_ms(3, 0.5), 15_000);
+        assert_eq!(backoff_ms(7, 1.0), 300_000);
+        assert_eq!(backoff_ms(40, 1.0), 300_000);
+        assert_eq!(backoff_ms(0, 1.0), 5_000);
+        assert_eq!(backoff_ms(2, f64::NAN), 7_500);
+        for _ in 0..100 {
+            let r = unit_random();
+            assert!((0.0..1.0).contains(&r));
+            let b = backoff_ms(3, r);
+            assert!((10_000..=20_000).contains(&b));
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! `serve`: the gRPC Mesh service and the admin HTTP API, side by side, with one shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Settings};
+use crate::lifecycle::Lifecycle;
+use crate::push::MeshService;
+use crate::snapshot::{self, SnapshotHub};
+use codexmesh_store::{Store, StoreError};
+
+/// How long open streams and connections get to finish after shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0} server failed: {1}")]
+    Server(&'static str, String),
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(String),
+}
+
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    cancel: CancellationToken,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<std::io::Result<()>>,
+    hub: SnapshotHub,
+    lifecycle: Lifecycle,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Binds both listeners (port 0 picks a free port: see `grpc_addr`/`admin_addr`), builds the
+/// first snapshot and starts serving. Fails before serving anything if the master key does not
+/// match the store.
+pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, ServeError> {
+    let key = settings.master_key()?;
+    let push_token = settings.push_token()?;
+    store.verify_master_key(&key).await?;
+
+    let grpc_listener = bind("gRPC", settings.grpc_listen).await?;
+    let admin_listener = bind("admin HTTP", settings.admin_listen).await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "gRPC",
+            addr: settings.grpc_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "admin HTTP",
+            addr: settings.admin_listen,
+            source,
+        })?;
+
+    let http = crate::oauth::http_client().map_err(|e| ServeError::Http(e.to_string()))?;
+    let cancel = CancellationToken::new();
+    let cp_id = snapshot::new_control_plane_id();
+    let hub = SnapshotHub::start(
+        store.clone(),
+        key.clone(),
+        cp_id.clone(),
+        Duration::from_millis(settings.change_poll_ms),
+        cancel.clone(),
+    )
+    .await?;
+    let lifecycle = Lifecycle::start(
+        settings,
+        store.clone(),
+        key,
+        http,
+        format!("serve:{cp_id}"),
+        hub.nudger(),
+        hub.subscribe(),
+        cancel.clone(),
+    );
+
+    let service = MeshService::new(
+        hub.frames(),
+        &push_token,
+        Arc::new(lifecycle.sink()),
+        Duration::from_millis(settings.heartbeat_interval_ms),
+        cancel.clone(),
+    );
+    let grpc = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                // Lets a client notice a frozen control plane (and us a vanished Envoy).
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .add_service(service.routes())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc_listener),
+                    cancel.clone().cancelled_owned(),
+                )
+                .await;
+            cancel.cancel();
+            result
+        })
+    };
+    let admin = {
+        let cancel = cancel.clone();
+        let admin_token = settings.admin_token();
+        if admin_token.is_none() && !admin_addr.ip().is_loopback() {
+            tracing::warn!(
+                admin = %admin_addr,
+                "the admin API listens beyond loopback without CODEXMESH_ADMIN_TOKEN: anyone who \
+                 reaches it can read pool metadata and the request log"
+            );
+        }
+        let app = crate::api::router(store, settings.health_window_secs, admin_token.as_ref());
+        tokio::spawn(async move {
+            let result = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(cancel.clone().cancelled_owned())
+                .await;
+            cancel.cancel();
+            result
+        })
+    };
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
+    Ok(RunningServer {
+        grpc_addr,
+        admin_addr,
+        cancel,
+        grpc,
+        admin,
+        hub,
+        lifecycle,
+    })
+}
+
+impl RunningServer {
+    /// Cancelling this token stops everything (what SIGINT/SIGTERM do).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The latest snapshot version published to subscribers.
+    pub fn snapshot_version(&self) -> u64 {
+        self.hub.current().version
+    }
+
+    /// Asks the snapshot builder to check the store now (after an in-process write).
+    pub fn nudge(&self) {
+        self.hub.nudge();
+    }
+
+    /// The refresher of this server (in-process tests and tools).
+    pub fn refresher(&self) -> &crate::refresh::Refresher {
+        self.lifecycle.refresher()
+    }
+
+    /// Waits until shutdown is asked for or a server fails, then stops the rest (bounded).
+    pub async fn finish(mut self) -> Result<(), ServeError> {
+        let mut grpc_done = None;
+        let mut admin_done = None;
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            r = &mut self.grpc => grpc_done = Some(r),
+            r = &mut self.admin => admin_done = Some(r),
+        }
+        self.cancel.cancel();
+        let grace = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(grace);
+        while grpc_done.is_none() || admin_done.is_none() {
+            tokio::select! {
+                r = &mut self.grpc, if grpc_done.is_none() => grpc_done = Some(r),
+                r = &mut self.admin, if admin_done.is_none() => admin_done = Some(r),
+                _ = &mut grace => {
+                    tracing::warn!("connections still open after the grace period; closing them");
+                    self.grpc.abort();
+                    self.admin.abort();
+                    break;
+                }
+            }
+        }
+        self.hub.join().await;
+        self.lifecycle.join(SHUTDOWN_GRACE).await;
+        if let Some(r) = grpc_done {
+            r.map_err(|e| ServeError::Server("gRPC", e.to_string()))?
+                .map_err(|e| ServeError::Server("gRPC", e.to_string()))?;
+        }
+        if let Some(r) = admin_done {
+            r.map_err(|e| ServeError::Server("admin HTTP", e.to_string()))?
+                .map_err(|e| ServeError::Server("admin HTTP", e.to_string()))?;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Installs the SIGINT/SIGTERM handlers right away (so a signal during start-up leads to a clean
+/// stop rather than the default "terminate now") and returns a token cancelled when one arrives.
+pub fn watch_signals() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let handlers =
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    let t = token.clone();
+    tokio::spawn(async move {
+        match handlers {
+            Ok((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                t.cancel();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot install signal handlers"),
+        }
+    });
+    token
+}

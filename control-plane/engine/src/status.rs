@@ -1,0 +1,166 @@
+//! The status report shared by `codexmesh status --json` and `GET /api/v1/status`.
+
+use serde::Serialize;
+
+use codexmesh_model::health::WindowStats;
+use codexmesh_model::util::now_ms;
+use codexmesh_store::{
+    Account, Counters, CreditsEvidence, KeyStatus, Pool, QuotaRecord, Store, StoreError,
+    WindowEvidence,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The store revision: the version the next snapshot carries.
+    pub revision: i64,
+    pub generated_at_ms: i64,
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    #[serde(flatten)]
+    pub pool: Pool,
+    pub keys: KeyCounts,
+    pub accounts: Vec<AccountStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct KeyCounts {
+    pub active: u32,
+    pub revoked: u32,
+}
+
+/// An account with what the lifecycle workers know about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountStatus {
+    #[serde(flatten)]
+    pub account: Account,
+    /// The freshest quota evidence; None before the first poll or report.
+    pub quota: Option<QuotaView>,
+    pub health: HealthView,
+    /// All-time activity counters.
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaView {
+    /// The 5-hour window.
+    pub primary: Option<WindowView>,
+    /// The weekly window.
+    pub secondary: Option<WindowView>,
+    pub credits: Option<CreditsEvidence>,
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowView {
+    /// As routing sees it: 0 once the reset time passed.
+    pub used_percent: f64,
+    /// As last observed.
+    pub observed_used_percent: f64,
+    pub window_minutes: i64,
+    /// Unix seconds, 0 = unknown.
+    pub resets_at_unix: i64,
+    /// Seconds until the reset (0 when passed or unknown).
+    pub resets_in_secs: i64,
+    pub observed_at_ms: i64,
+    /// poll | headers | limit | reset
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthView {
+    /// The live score (0..100) over the window, from the outcomes in the store.
+    pub score: u32,
+    /// The score the snapshot carries (moves in steps, see `crate::health`).
+    pub published: u32,
+    pub window_secs: u64,
+    /// Counters over the window.
+    #[serde(flatten)]
+    pub window: WindowStats,
+}
+
+fn window_view(w: &WindowEvidence, now_unix: i64) -> WindowView {
+    WindowView {
+        used_percent: crate::quota::effective_used(w, now_unix),
+        observed_used_percent: w.used_percent,
+        window_minutes: w.window_minutes,
+        resets_at_unix: w.resets_at_unix,
+        resets_in_secs: if w.resets_at_unix > 0 {
+            (w.resets_at_unix - now_unix).max(0)
+        } else {
+            0
+        },
+        observed_at_ms: w.observed_at_ms,
+        source: w.source.clone(),
+    }
+}
+
+pub fn quota_view(q: &QuotaRecord, now_unix: i64) -> QuotaView {
+    QuotaView {
+        primary: q.primary.as_ref().map(|w| window_view(w, now_unix)),
+        secondary: q.secondary.as_ref().map(|w| window_view(w, now_unix)),
+        credits: q.credits.clone(),
+        plan: q.plan.clone(),
+    }
+}
+
+pub async fn build(store: &Store, health_window_secs: u64) -> Result<StatusReport, StoreError> {
+    // Read the revision first: the rest is then at least as new as the number shown.
+    let revision = store.revision().await?;
+    let pools = store.list_pools().await?;
+    let keys = store.list_keys(None).await?;
+    let accounts = store.list_accounts(None).await?;
+    let mut quotas = store.all_quota().await?;
+    let counters = store.all_counters().await?;
+    let now = now_ms();
+    let window_ms = i64::try_from(health_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let groups = store
+        .outcome_groups(
+            now.saturating_sub(window_ms),
+            now.saturating_sub(window_ms / codexmesh_model::health::RECENT_FRACTION),
+        )
+        .await?;
+    let stats = codexmesh_model::health::window_stats(&groups);
+    let pools = pools
+        .into_iter()
+        .map(|pool| {
+            let mut counts = KeyCounts::default();
+            for k in keys.iter().filter(|k| k.pool_id == pool.id) {
+                match k.status {
+                    KeyStatus::Active => counts.active += 1,
+                    KeyStatus::Revoked => counts.revoked += 1,
+                }
+            }
+            let accounts = accounts
+                .iter()
+                .filter(|a| a.pool_id == pool.id)
+                .map(|a| {
+                    let window = stats.get(&a.id).copied().unwrap_or_default();
+                    AccountStatus {
+                        quota: quotas.remove(&a.id).map(|q| quota_view(&q, now / 1000)),
+                        health: HealthView {
+                            score: codexmesh_model::health::score(&window),
+                            published: a.health,
+                            window_secs: health_window_secs,
+                            window,
+                        },
+                        counters: counters.get(&a.id).copied().unwrap_or_default(),
+                        account: a.clone(),
+                    }
+                })
+                .collect();
+            PoolStatus {
+                pool,
+                keys: counts,
+                accounts,
+            }
+        })
+        .collect();
+    Ok(StatusReport {
+        revision,
+        generated_at_ms: now,
+        pools,
+    })
+}

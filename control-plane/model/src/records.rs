@@ -1,0 +1,470 @@
+//! Rows as the rest of the crate sees them. None of these types carries a plaintext secret, and
+//! their `Serialize` output is what `--json` and the admin API print.
+
+use serde::Serialize;
+
+pub use crate::routing::{Routing, RoutingMode};
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// How a pool ranks its accounts (the filter implements them; stored here).
+    Strategy {
+        RoundRobin = "round_robin",
+        QuotaFirst = "quota_first",
+        PrimaryFirst = "primary_first",
+        PriorityOrder = "priority_order",
+    }
+);
+
+string_enum!(
+    AccountState {
+        Active = "active",
+        Paused = "paused",
+        CoolingDown = "cooling_down",
+        NeedsReauth = "needs_reauth",
+    }
+);
+
+string_enum!(
+    KeyStatus {
+        Active = "active",
+        Revoked = "revoked",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub id: String,
+    pub name: String,
+    pub routing: Routing,
+    pub created_at_ms: i64,
+}
+
+/// `{"id","name","strategy","max_attempts","explain_routes","created_at_ms","routing"}`: the
+/// first fields as before this pool had more settings (scripts read them), `routing` the
+/// effective settings with the defaults filled in.
+impl Serialize for Pool {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            id: &'a str,
+            name: &'a str,
+            strategy: Strategy,
+            max_attempts: u32,
+            explain_routes: bool,
+            created_at_ms: i64,
+            routing: &'a Routing,
+        }
+        Json {
+            id: &self.id,
+            name: &self.name,
+            strategy: self.routing.strategy,
+            max_attempts: self.routing.max_attempts,
+            explain_routes: self.routing.explain_routes,
+            created_at_ms: self.created_at_ms,
+            routing: &self.routing,
+        }
+        .serialize(serializer)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub id: String,
+    pub pool_id: String,
+    /// The pool's name.
+    pub pool: String,
+    pub label: String,
+    pub chatgpt_account_id: String,
+    pub chatgpt_user_id: Option<String>,
+    pub email: Option<String>,
+    pub plan: Option<String>,
+    pub state: AccountState,
+    pub state_reason: Option<String>,
+    pub cooldown_until_ms: Option<i64>,
+    pub priority: u32,
+    pub weight: u32,
+    pub access_token_expires_at_ms: Option<i64>,
+    pub tokens_updated_at_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Store revision at which the current access token was written.
+    pub token_revision: i64,
+    /// The published health score (0..100) the snapshot carries.
+    pub health: u32,
+    /// Last successful refresh.
+    pub last_refresh_at_ms: Option<i64>,
+    /// Consecutive transient refresh failures (0 when the last attempt worked).
+    pub refresh_failures: u32,
+    /// When the next refresh attempt is due after a failure (None: by token expiry).
+    pub next_refresh_at_ms: Option<i64>,
+    /// Why the last refresh failed (an error code or a short description; never a token).
+    pub last_refresh_error: Option<String>,
+    /// The watched-folder file this account came from, if any.
+    pub source_path: Option<String>,
+    /// SHA-256 (hex) of that file's content when it was last imported.
+    #[serde(skip)]
+    pub source_hash: Option<String>,
+}
+
+impl Account {
+    /// `needs_reauth (refresh_token_reused)`, `active`, ...: the state with its reason where
+    /// the reason matters to an operator.
+    pub fn state_display(&self) -> String {
+        match (&self.state, &self.state_reason) {
+            (AccountState::NeedsReauth | AccountState::CoolingDown, Some(r)) => {
+                format!("{} ({r})", self.state)
+            }
+            _ => self.state.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolKey {
+    pub id: String,
+    pub pool_id: String,
+    /// The pool's name.
+    pub pool: String,
+    pub label: String,
+    /// Lowercase hex SHA-256 of the raw key. Not secret, but of no use to people: not printed.
+    #[serde(skip)]
+    pub key_hash_hex: String,
+    pub status: KeyStatus,
+    pub operator: bool,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+    pub routing_mode: RoutingMode,
+    /// The key's own settings when `routing_mode` is custom (then always Some), else None.
+    pub routing_override: Option<Routing>,
+}
+
+/// An account plus its sealed access token, for the snapshot builder only.
+#[derive(Clone)]
+pub struct AccountWithToken {
+    pub account: SnapshotAccount,
+    pub sealed_access_token: Vec<u8>,
+    pub quota: Option<QuotaRecord>,
+}
+
+/// The columns of an account a snapshot carries (a subset of [`Account`]: reading only these
+/// halves the snapshot read at 10,000 accounts). Fields mean what they mean in [`Account`].
+#[derive(Debug, Clone)]
+pub struct SnapshotAccount {
+    pub id: String,
+    pub pool_id: String,
+    pub label: String,
+    pub chatgpt_account_id: String,
+    pub plan: Option<String>,
+    pub state: AccountState,
+    pub state_reason: Option<String>,
+    pub cooldown_until_ms: Option<i64>,
+    pub priority: u32,
+    pub weight: u32,
+    pub access_token_expires_at_ms: Option<i64>,
+    pub token_revision: i64,
+    pub health: u32,
+}
+
+/// An account with its tokens opened, for the refresher and `account export`. `Debug` hides the
+/// tokens.
+#[derive(Clone)]
+pub struct AccountSecrets {
+    pub account: Account,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub id_token: String,
+}
+
+impl std::fmt::Debug for AccountSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSecrets")
+            .field("account", &self.account.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a successful refresh wrote. `Debug` hides the tokens.
+#[derive(Clone)]
+pub struct RefreshedTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub id_token: String,
+    pub access_token_expires_at_ms: Option<i64>,
+    /// From the new id token's claims, when it carries them.
+    pub plan: Option<String>,
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshedTokens")
+            .field(
+                "access_token_expires_at_ms",
+                &self.access_token_expires_at_ms,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an imported account came from, for watched folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSource {
+    pub path: String,
+    pub hash: String,
+}
+
+/// Which quota window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Primary,
+    Secondary,
+}
+
+/// One window's freshest evidence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WindowEvidence {
+    pub used_percent: f64,
+    pub window_minutes: i64,
+    /// Unix seconds; 0 = unknown.
+    pub resets_at_unix: i64,
+    /// When it was observed (unix ms).
+    pub observed_at_ms: i64,
+    /// `poll` (GET /wham/usage), `headers` (x-codex-* on an answer), `limit` (a 429
+    /// usage_limit_reached), `reset` (the reset time passed).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CreditsEvidence {
+    pub has_credits: bool,
+    pub unlimited: bool,
+    pub balance: Option<String>,
+    pub observed_at_ms: i64,
+}
+
+/// The freshest quota evidence of one account.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QuotaRecord {
+    pub primary: Option<WindowEvidence>,
+    pub secondary: Option<WindowEvidence>,
+    pub credits: Option<CreditsEvidence>,
+    pub plan: Option<String>,
+    #[serde(skip)]
+    pub plan_observed_at_ms: i64,
+    /// Write counter (compare-and-set).
+    #[serde(skip)]
+    pub version: i64,
+}
+
+impl QuotaRecord {
+    pub fn window(&self, kind: WindowKind) -> Option<&WindowEvidence> {
+        match kind {
+            WindowKind::Primary => self.primary.as_ref(),
+            WindowKind::Secondary => self.secondary.as_ref(),
+        }
+    }
+
+    pub fn window_mut(&mut self, kind: WindowKind) -> &mut Option<WindowEvidence> {
+        match kind {
+            WindowKind::Primary => &mut self.primary,
+            WindowKind::Secondary => &mut self.secondary,
+        }
+    }
+}
+
+/// All-time activity counters of one account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub requests: i64,
+    pub successes: i64,
+    pub fallbacks_served: i64,
+}
+
+/// Outcomes of one account in a time window, grouped by what matters to the health score.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutcomeGroup {
+    pub account_id: String,
+    pub status: i64,
+    pub error_source: Option<String>,
+    pub fallback: bool,
+    /// Whether these outcomes are in the recent part of the window.
+    pub recent: bool,
+    pub count: i64,
+    pub latency_sum_ms: i64,
+}
+
+/// A lease row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub expires_at_ms: i64,
+}
+
+/// Everything a snapshot is built from, read in one transaction.
+#[derive(Clone)]
+pub struct SnapshotData {
+    pub revision: i64,
+    pub pools: Vec<Pool>,
+    pub keys: Vec<PoolKey>,
+    pub accounts: Vec<AccountWithToken>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportAction {
+    Created,
+    Updated,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportResult {
+    pub action: ImportAction,
+    pub account: Account,
+    pub revision: i64,
+}
+
+/// What a state change did: `changed == false` means it was already so (nothing written).
+#[derive(Debug, Clone, Serialize)]
+pub struct Changed<T> {
+    pub changed: bool,
+    #[serde(flatten)]
+    pub item: T,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QuotaWindowRecord {
+    pub used_percent: f64,
+    pub window_minutes: i64,
+    pub resets_at_unix: i64,
+}
+
+/// One reported upstream attempt: metadata only (never bodies, prompts or tokens).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutcomeRecord {
+    pub pool_id: String,
+    pub key_id: String,
+    pub account_id: String,
+    pub attempt: i64,
+    pub status: i64,
+    pub error_code: Option<String>,
+    pub started_at_ms: i64,
+    pub latency_ms: i64,
+    pub request_path: Option<String>,
+    pub snapshot_version: i64,
+    pub plan: Option<String>,
+    pub resets_at_unix: Option<i64>,
+    pub primary: Option<QuotaWindowRecord>,
+    pub secondary: Option<QuotaWindowRecord>,
+    pub quota_observed_at_ms: Option<i64>,
+    pub credits_has_credits: bool,
+    pub credits_unlimited: bool,
+    pub credits_balance: Option<String>,
+    /// "client", "upstream", "transport" or None.
+    pub error_source: Option<String>,
+    /// The attempt served a request another account had failed first.
+    pub fallback: bool,
+    pub retry_after_unix: Option<i64>,
+    /// The token generation (its expiry, unix seconds) the attempt used.
+    pub token_expires_at_unix: Option<i64>,
+    /// The strategy that ranked the request (`quota_first`, ...).
+    pub strategy: Option<String>,
+    /// Why this attempt's account was chosen (`affinity`, `turn_state`, `strategy`, `probe`,
+    /// `failover`).
+    pub route_reason: Option<String>,
+}
+
+/// Filters for the request log; None matches anything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestLogQuery {
+    pub pool_id: Option<String>,
+    pub account_id: Option<String>,
+    pub key_id: Option<String>,
+    /// Only entries older than this one (paging backwards).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// One request-log row as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedOutcome {
+    pub id: i64,
+    pub received_at_ms: i64,
+    pub node_id: String,
+    pub outcome: OutcomeRecord,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: Option<String>,
+    pub revision: i64,
+}
+
+/// Fixtures for unit tests in this and other crates (feature `fixtures`).
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures {
+    use super::{Account, AccountState};
+
+    pub fn account(id: &str) -> Account {
+        Account {
+            id: id.to_owned(),
+            pool_id: "pool_1".into(),
+            pool: "p".into(),
+            label: id.to_owned(),
+            chatgpt_account_id: format!("chatgpt-{id}"),
+            chatgpt_user_id: None,
+            email: None,
+            plan: None,
+            state: AccountState::Active,
+            state_reason: None,
+            cooldown_until_ms: None,
+            priority: 0,
+            weight: 1,
+            access_token_expires_at_ms: None,
+            tokens_updated_at_ms: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            token_revision: 1,
+            health: 100,
+            last_refresh_at_ms: None,
+            refresh_failures: 0,
+            next_refresh_at_ms: None,
+            last_refresh_error: None,
+            source_path: None,
+            source_hash: None,
+        }
+    }
+}

@@ -1,5 +1,0 @@
-//! `codexmesh`: the control plane's command line (all logic lives in the library).
-
-fn main() -> std::process::ExitCode {
-    codexmesh_control_plane::cli::main()
-}

@@ -3,44 +3,7 @@
 
 use serde::Serialize;
 
-pub use crate::routing::{Routing, RoutingMode};
-
-macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some($name::$variant),)+ _ => None }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-string_enum!(
-    /// How a pool ranks its accounts (the filter implements them; stored here).
-    Strategy {
-        RoundRobin = "round_robin",
-        QuotaFirst = "quota_first",
-        PrimaryFirst = "primary_first",
-        PriorityOrder = "priority_order",
-    }
-);
+pub use crate::routing::{Routing, RoutingMode, Strategy};
 
 string_enum!(
     AccountState {

@@ -11,7 +11,15 @@ use codexmesh_proto::defaults;
 use codexmesh_proto::v1 as pb;
 use serde::{Serialize, Serializer};
 
-use crate::records::Strategy;
+string_enum!(
+    /// How a pool ranks its accounts (the filter implements them; stored here).
+    Strategy {
+        RoundRobin = "round_robin",
+        QuotaFirst = "quota_first",
+        PrimaryFirst = "primary_first",
+        PriorityOrder = "priority_order",
+    }
+);
 
 /// The product default for new pools (and for a custom key row missing its strategy): the
 /// contract's default strategy, as the store spells it.

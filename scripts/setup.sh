@@ -4,7 +4,8 @@
 #   wheel in a project-local .venv, and with --test also the test tools (Codex CLI and the OpenAI
 #   Node SDK from npm, the OpenAI Python SDK into .venv,
 #   PostgreSQL for the multi-replica tests, the wasm32-unknown-unknown target and
-#   wasm-bindgen-cli for the filter core's wasm test run).
+#   wasm-bindgen-cli for the filter core's wasm test run, and cargo-deny for the license, source
+#   and ban checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +55,14 @@ if [ "$want_test_tools" = 1 ]; then
   if [ -n "$wb_version" ] && [ "$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
     say "cargo install wasm-bindgen-cli $wb_version (a few minutes, once)"
     cargo install -q wasm-bindgen-cli --version "$wb_version"
+  fi
+  # cargo-deny (deny.toml) checks licenses, sources and bans; pinned. Its own release profile uses
+  # fat LTO and one codegen unit, which only makes the build slow: turned off for the install.
+  deny_version=0.20.2
+  if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
+    say "cargo install cargo-deny $deny_version (a few minutes, once)"
+    CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+      cargo install -q --locked cargo-deny --version "$deny_version"
   fi
   command -v node >/dev/null 2>&1 || apt_install nodejs npm
   # The multi-replica tests start their own throwaway PostgreSQL cluster (initdb + pg_ctl).

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing, builds the wasm module and binaries, checks
-# formatting and lints, then runs the unit, integration and end-to-end suites.
+# Runs every test: installs what is missing, checks formatting and the dependency tree
+# (cargo deny), builds the wasm module and binaries, checks lints, then runs the unit,
+# integration and end-to-end suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 # Cheap checks first: they fail in seconds, before the long build.
 cargo fmt --all --check
+# Licenses, sources (crates.io only) and bans (deny.toml), offline. Advisories are not checked:
+# they need the RustSec database, which this offline run cannot fetch (see deny.toml).
+cargo deny --offline --locked check --hide-inclusion-graph licenses sources bans
 bash scripts/build.sh
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo clippy --locked -p codexmesh-filter --target wasm32-wasip1 -- -D warnings

@@ -219,7 +219,6 @@ pub fn sorted_probes(key: &str) -> [u32; PROBES] {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -79,7 +79,6 @@ pub fn authenticate<'a>(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::snapshot::tests::sample;

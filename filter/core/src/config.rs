@@ -177,7 +177,6 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -363,7 +363,6 @@ fn unsupported(method: &str, path: &str) -> GatewayError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -220,7 +220,6 @@ impl fmt::Display for GatewayError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -80,7 +80,6 @@ pub fn parse_error_body(body: &[u8], now_unix_ms: i64) -> Option<UsageLimit> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -294,7 +294,6 @@ fn decode_line(line: &str, with_quota: bool) -> Option<(&str, LocalAccount)> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -64,7 +64,6 @@ pub fn decode(message: &[u8]) -> Option<Vec<pb::Outcome>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -860,7 +860,6 @@ pub fn rank<'a>(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::errors::ErrorKind;

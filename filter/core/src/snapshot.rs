@@ -144,7 +144,6 @@ pub fn decode_version(bytes: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
     use crate::auth::hash_key;

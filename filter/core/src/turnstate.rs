@@ -43,7 +43,6 @@ pub fn lookup(slot: &[u8], token: &str, now_ms: i64) -> Option<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -157,7 +157,6 @@ pub fn account_check(pool: &pb::Pool) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::local::LocalAccount;

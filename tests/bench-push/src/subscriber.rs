@@ -276,7 +276,6 @@ pub async fn subscribe(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

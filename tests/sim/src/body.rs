@@ -74,7 +74,6 @@ pub fn zstd_encode(data: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;

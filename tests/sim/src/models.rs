@@ -115,7 +115,6 @@ pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

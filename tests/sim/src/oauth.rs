@@ -252,7 +252,6 @@ async fn refresh_grant(st: Shared, tr: TokenRequest) -> Response {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -111,7 +111,6 @@ impl axum::serve::Listener for TlsListener {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

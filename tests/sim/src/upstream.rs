@@ -627,7 +627,6 @@ pub async fn not_found() -> impl IntoResponse {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Device-code login over real HTTP, spoken the way the Codex CLI speaks it
 //! (`codex login --device-auth`): usercode → poll → `authorization_code` exchange.
 
+// An integration-test crate: clippy.toml's allow-*-in-tests reaches only `#[test]` functions and
+// `#[cfg(test)]` items, not this file's helper functions, which fail the test like an assert.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;

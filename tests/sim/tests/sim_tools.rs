@@ -1,6 +1,8 @@
 //! Tool-using and JSON-format turns, the model catalogue's ETag and `prefer_websockets`, over
 //! real HTTP (SSE and JSON) and the Responses WebSocket on 127.0.0.1.
 
+// An integration-test crate: clippy.toml's allow-*-in-tests reaches only `#[test]` functions and
+// `#[cfg(test)]` items, not this file's helper functions, which fail the test like an assert.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The Responses WebSocket over real TCP on 127.0.0.1, driven by a tokio-tungstenite client.
 
+// An integration-test crate: clippy.toml's allow-*-in-tests reaches only `#[test]` functions and
+// `#[cfg(test)]` items, not this file's helper functions, which fail the test like an assert.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};

@@ -1064,7 +1064,6 @@ pub fn completion_of(response: &Value, requested_model: &str) -> Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

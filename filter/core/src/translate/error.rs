@@ -252,7 +252,6 @@ pub fn echo(text: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -7,8 +7,6 @@
 //! - The golden files (insta, `snapshots/`) are native only: wasm has no filesystem. Review a
 //!   changed golden with `cargo insta review` (or `INSTA_UPDATE=always` then `git diff`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use serde_json::{json, Value};
 
 use super::chat::{chat_request, ChatCollector, ChatStream};

@@ -51,7 +51,6 @@ pub fn model_entry(codex_body: &[u8], id: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

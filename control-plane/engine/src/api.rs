@@ -1,8 +1,13 @@
 //! Admin HTTP API (axum): health, status and the request log. Loopback by default; with
 //! `admin_token` set, every `/api/` route needs `Authorization: Bearer <admin token>` (`/healthz`
 //! stays open for probes). It only ever shows metadata (never tokens, keys or prompts).
+//!
+//! Rules: a handler parses its HTTP input, calls a use case in [`crate::ops`] and renders its
+//! result; no workflow is written here. Every failure goes through [`error_response`], which
+//! maps an [`OpsError`]'s kind to one status code.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
@@ -12,21 +17,19 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::config::Secret;
+use crate::ops::{self, ErrorKind, Ops, OpsError};
 use codexmesh_model::util;
-use codexmesh_store::Store;
 
 #[derive(Clone)]
 struct ApiState {
-    store: Store,
-    health_window_secs: u64,
+    ops: Arc<Ops>,
     /// SHA-256 of the admin token; None: no token configured.
     token_digest: Option<[u8; 32]>,
 }
 
-pub fn router(store: Store, health_window_secs: u64, admin_token: Option<&Secret>) -> Router {
+pub(crate) fn router(ops: Ops, admin_token: Option<&Secret>) -> Router {
     let state = ApiState {
-        store,
-        health_window_secs,
+        ops: Arc::new(ops),
         token_digest: admin_token.map(|t| util::token_digest(t.expose())),
     };
     let api = Router::new()
@@ -67,17 +70,51 @@ async fn healthz() -> &'static str {
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
-    match crate::status::build(&state.store, state.health_window_secs).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "status: store read failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"error": "store unavailable"})),
-            )
-                .into_response()
-        }
+    match ops::reports::status(&state.ops).await {
+        Ok(outcome) => Json(outcome.value).into_response(),
+        Err(e) => error_response("status", &e),
     }
+}
+
+/// The one place an [`OpsError`] becomes an HTTP answer: invalid input 400 (naming the field
+/// when known), not found 404, conflict 409, upstream 502, store unavailable 503, else 500.
+fn error_response(what: &str, e: &OpsError) -> Response {
+    let kind = e.kind();
+    let status = match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = match kind {
+        ErrorKind::Invalid => match e.field() {
+            Some(field) => {
+                let message = match e {
+                    // The field is in its own member: the message without the prefix.
+                    OpsError::RequestLog(ops::RequestLogError::Invalid { message, .. }) => {
+                        message.clone()
+                    }
+                    other => other.to_string(),
+                };
+                serde_json::json!({"error": {"field": field, "message": message}})
+            }
+            None => serde_json::json!({"error": {"message": e.to_string()}}),
+        },
+        ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Upstream => {
+            serde_json::json!({"error": {"message": e.to_string()}})
+        }
+        ErrorKind::Unavailable => {
+            tracing::error!(error = %e, "{what}: store read failed");
+            serde_json::json!({"error": "store unavailable"})
+        }
+        ErrorKind::Internal => {
+            tracing::error!(error = %e, "{what} failed");
+            serde_json::json!({"error": {"message": "internal error"}})
+        }
+    };
+    (status, Json(body)).into_response()
 }
 
 /// A 400 naming the query parameter at fault.
@@ -92,8 +129,8 @@ fn bad_field(field: &str, message: &str) -> Response {
 /// Reads the request-log query; Err names the parameter at fault and why.
 fn request_filter(
     params: HashMap<String, String>,
-) -> Result<crate::requests::Filter, (String, String)> {
-    let mut filter = crate::requests::Filter::default();
+) -> Result<ops::reports::Filter, (String, String)> {
+    let mut filter = ops::reports::Filter::default();
     for (name, value) in params {
         let number = || {
             value
@@ -123,21 +160,12 @@ async fn requests(
     State(state): State<ApiState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    use crate::requests::RequestLogError;
     let filter = match request_filter(params) {
         Ok(f) => f,
         Err((field, message)) => return bad_field(&field, &message),
     };
-    match crate::requests::query(&state.store, &filter).await {
-        Ok(entries) => Json(entries).into_response(),
-        Err(RequestLogError::Invalid { field, message }) => bad_field(field, &message),
-        Err(RequestLogError::Store(e)) => {
-            tracing::error!(error = %e, "requests: store read failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"error": "store unavailable"})),
-            )
-                .into_response()
-        }
+    match ops::reports::requests(&state.ops, &filter).await {
+        Ok(outcome) => Json(outcome.value).into_response(),
+        Err(e) => error_response("requests", &e),
     }
 }

@@ -4,27 +4,33 @@
 //! Rules this crate keeps: it reads and writes state only through `codexmesh_store`; it talks to
 //! the outside (the auth server, the upstream's usage endpoint, Envoy over gRPC, operators over
 //! HTTP) and nothing above it does; a workflow (import, refresh, set routing, …) is written once
-//! here and called from every surface.
+//! in [`ops`] and called from every surface. Its public API is deliberate: [`config`], [`ops`],
+//! [`server`] and [`snapshot`]; everything else is internal.
+//!
+//! Dependencies point one way: `server` → `api` → `ops` → (`status`, `requests`, `refresh`,
+//! `login`, `oauth`, `quota`) → store; `ops` never depends on `api` or `server`.
 //!
 //! - [`config`]: settings (flag > environment > file > default) and secrets;
-//! - [`server`]: `serve` — the gRPC push service ([`push`]) and the admin API ([`api`]) side by
-//!   side, with the lifecycle workers ([`lifecycle`]: refresh, quota polls, health, retention,
-//!   watched folders);
+//! - [`ops`]: the use cases (pools, accounts, keys, reports) with their notices and errors;
+//! - [`server`]: `serve` — the gRPC push service (`push`) and the admin API (`api`) side by
+//!   side, with the lifecycle workers (`lifecycle`: refresh, quota polls, health, retention,
+//!   watched folders (`watch`));
 //! - [`snapshot`]: builds, encodes and publishes what the filters run on;
-//! - [`refresh`], [`oauth`], [`login`]: tokens and the auth server;
-//! - [`quota`]: active quota polls and the evidence write;
-//! - [`status`], [`requests`]: the reports operators read.
+//! - `refresh`, `oauth`, `login`: tokens and the auth server;
+//! - `quota`: active quota polls and the evidence write;
+//! - `status`, `requests`: the reports operators read (through [`ops::reports`]).
 
-pub mod api;
+mod api;
 pub mod config;
-pub mod lifecycle;
-pub mod login;
-pub mod oauth;
-pub mod push;
-pub mod quota;
-pub mod refresh;
-pub mod requests;
+mod lifecycle;
+mod login;
+mod oauth;
+pub mod ops;
+mod push;
+mod quota;
+mod refresh;
+mod requests;
 pub mod server;
 pub mod snapshot;
-pub mod status;
-pub mod watch;
+mod status;
+mod watch;

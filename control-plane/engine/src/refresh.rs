@@ -84,7 +84,7 @@ pub enum Done {
         revision: i64,
     },
     /// Someone else refreshed this generation first (another trigger, process or replica).
-    AlreadyDone { expires_at_ms: Option<i64> },
+    RefreshedElsewhere { expires_at_ms: Option<i64> },
     /// A scheduled refresh that is not due (any more).
     NotDue,
     /// Another process holds the lease and the request does not wait.
@@ -279,7 +279,7 @@ impl Refresher {
             tokio::time::sleep(LEASE_POLL).await;
             let a = store.account(account_id).await?;
             if a.token_revision > req.seen_revision {
-                return Ok(Done::AlreadyDone {
+                return Ok(Done::RefreshedElsewhere {
                     expires_at_ms: a.access_token_expires_at_ms,
                 });
             }
@@ -300,7 +300,7 @@ impl Refresher {
         let secrets = store.account_secrets(account_id, &self.inner.key).await?;
         let acc = &secrets.account;
         if acc.token_revision > req.seen_revision {
-            return Ok(Done::AlreadyDone {
+            return Ok(Done::RefreshedElsewhere {
                 expires_at_ms: acc.access_token_expires_at_ms,
             });
         }
@@ -610,7 +610,7 @@ mod tests {
             .await?;
         assert_eq!(
             done,
-            Done::AlreadyDone {
+            Done::RefreshedElsewhere {
                 expires_at_ms: Some(2_000_000_000_000)
             }
         );

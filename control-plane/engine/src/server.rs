@@ -13,7 +13,7 @@ use crate::config::{ConfigError, Settings};
 use crate::lifecycle::Lifecycle;
 use crate::push::MeshService;
 use crate::snapshot::{self, SnapshotHub};
-use codexmesh_store::{Store, StoreError};
+use codexmesh_store::{Actor, Store, StoreError};
 
 /// How long open streams and connections get to finish after shutdown was asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -133,7 +133,8 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
                  reaches it can read pool metadata and the request log"
             );
         }
-        let app = crate::api::router(store, settings.health_window_secs, admin_token.as_ref());
+        let ops = crate::ops::Ops::with_store(settings.clone(), Actor("api".to_owned()), store);
+        let app = crate::api::router(ops, admin_token.as_ref());
         tokio::spawn(async move {
             let result = axum::serve(admin_listener, app)
                 .with_graceful_shutdown(cancel.clone().cancelled_owned())

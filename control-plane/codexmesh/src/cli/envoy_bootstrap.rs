@@ -1,0 +1,62 @@
+//! `codexmesh envoy-bootstrap`: writes the Envoy bootstrap for these settings (rendering lives
+//! in `crate::envoy_bootstrap`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{CliError, Ctx};
+use crate::envoy_bootstrap as bootstrap;
+use codexmesh_store::files;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output file
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Envoy node id (reported to the control plane)
+    #[arg(long, value_name = "ID", default_value = bootstrap::DEFAULT_NODE_ID)]
+    node_id: String,
+    /// Where Envoy reaches the control plane, when not at grpc_listen: HOST:PORT, where
+    /// HOST may be a DNS name (a container or Kubernetes service)
+    #[arg(long, value_name = "HOST:PORT")]
+    control_plane: Option<String>,
+}
+
+pub fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
+    let settings = ctx.settings();
+    let (path, node_id) = (&args.out, args.node_id.as_str());
+    let control_plane = args
+        .control_plane
+        .as_deref()
+        .map(bootstrap::ControlPlaneTarget::parse)
+        .transpose()?;
+    if control_plane.is_none() && settings.grpc_listen.port() == 0 {
+        return Err(CliError::Usage(
+            "grpc_listen has port 0; Envoy needs the control plane's real port".to_owned(),
+        ));
+    }
+    if node_id.is_empty() || node_id.chars().any(char::is_control) {
+        return Err(CliError::Usage(
+            "--node-id must be non-empty printable text".to_owned(),
+        ));
+    }
+    let mut params = bootstrap::from_settings(settings, node_id, settings.grpc_listen);
+    if let Some(target) = control_plane {
+        params.control_plane = target;
+    }
+    let yaml = bootstrap::render(&params)?;
+    files::write_shared_file(path, yaml.as_bytes()).map_err(|source| CliError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    if ctx.out.json {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            path: &'a Path,
+            node_id: &'a str,
+        }
+        return ctx.out.json(&Written { path, node_id });
+    }
+    ctx.out.line(&format!("wrote {}", path.display()))
+}

@@ -1,0 +1,107 @@
+//! `codexmesh status`: pools, accounts (quota, health, counters) and key counts.
+
+use super::output::{expires_in, opt};
+use super::{notify, CliError, Ctx};
+use codexmesh_engine::ops::reports::{self, AccountStatus, WindowView};
+use codexmesh_model::util::{self, now_ms};
+use codexmesh_store::Strategy;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub async fn execute(_args: Args, ctx: &Ctx) -> Result<(), CliError> {
+    let out = &ctx.out;
+    let report = notify(reports::status(&ctx.ops).await?);
+    if out.json {
+        return out.json(&report);
+    }
+    if report.pools.is_empty() {
+        return out.line("no pools yet: codexmesh pool create NAME (or codexmesh up)");
+    }
+    let now = now_ms();
+    let mut rows = Vec::new();
+    for p in &report.pools {
+        if p.accounts.is_empty() {
+            let mut row = vec![p.pool.name.clone(), "(no accounts)".to_owned()];
+            row.resize(11, String::new());
+            rows.push(row);
+        }
+        for s in &p.accounts {
+            let a = &s.account;
+            let q = s.quota.as_ref();
+            rows.push(vec![
+                p.pool.name.clone(),
+                a.label.clone(),
+                a.chatgpt_account_id.clone(),
+                opt(&a.plan),
+                a.state_display(),
+                expires_in(a, now),
+                pct(q.and_then(|q| q.primary.as_ref())),
+                pct(q.and_then(|q| q.secondary.as_ref())),
+                resets(s),
+                s.health.score.to_string(),
+                format!(
+                    "{}/{}/{}",
+                    s.counters.requests, s.counters.successes, s.counters.fallbacks_served
+                ),
+            ]);
+        }
+    }
+    out.table(
+        &[
+            "POOL",
+            "ACCOUNT",
+            "CHATGPT ACCOUNT ID",
+            "PLAN",
+            "STATE",
+            "TOKEN EXPIRES",
+            "5H",
+            "WEEK",
+            "RESETS",
+            "HEALTH",
+            "REQ/OK/FALLBACK",
+        ],
+        &rows,
+    )?;
+    out.line("")?;
+    for p in &report.pools {
+        let r = &p.pool.routing;
+        let primary = match (&r.strategy, &r.primary_account_id) {
+            (Strategy::PrimaryFirst, Some(id)) => {
+                let label = p
+                    .accounts
+                    .iter()
+                    .find(|a| &a.account.id == id)
+                    .map_or(id.as_str(), |a| a.account.label.as_str());
+                format!(" (primary {label})")
+            }
+            _ => String::new(),
+        };
+        out.line(&format!(
+            "pool {}: strategy {}{primary}, {} active key(s), {} revoked",
+            p.pool.name, r.strategy, p.keys.active, p.keys.revoked
+        ))?;
+    }
+    out.line(&format!("store revision {}", report.revision))
+}
+
+/// "42%" for a window as routing sees it, "-" without evidence.
+fn pct(w: Option<&WindowView>) -> String {
+    w.map_or_else(|| "-".to_owned(), |w| format!("{:.0}%", w.used_percent))
+}
+
+/// When the busier window resets ("in 2h 3m"), "-" without evidence.
+fn resets(a: &AccountStatus) -> String {
+    let Some(q) = &a.quota else {
+        return "-".to_owned();
+    };
+    [q.primary.as_ref(), q.secondary.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter(|w| w.resets_in_secs > 0)
+        .max_by(|x, y| x.used_percent.total_cmp(&y.used_percent))
+        .map_or_else(
+            || "-".to_owned(),
+            |w| format!("in {}", util::human_span_ms(&(w.resets_in_secs * 1000))),
+        )
+}

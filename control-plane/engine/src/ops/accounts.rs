@@ -1,0 +1,429 @@
+//! Account use cases: import an auth.json, sign in with the device code, list, set priority
+//! and weight, pause, resume, remove, refresh now, export.
+//!
+//! Rules: everything that can be checked without a person's help (the file, the label, the
+//! pool, the master key) is checked before anything is written or anyone is asked to approve a
+//! login; a token never leaves the store except through [`export`], which holds the account's
+//! refresh lease while the token changes hands.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{Notice, Ops, OpsError, Outcome};
+use crate::login::{self, LoginError, UserCode};
+use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Request, Trigger};
+use codexmesh_model::credentials::{self as authjson, CodexCredentials};
+use codexmesh_model::util::{self, now_ms};
+use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::{files, Account, AccountState, Changed, ImportResult, Store};
+
+/// How long [`login_finish`] waits for the approval unless told otherwise.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = login::DEFAULT_TIMEOUT;
+
+/// Imports the Codex auth.json at `path` into `pool`.
+pub async fn import_file(
+    ops: &Ops,
+    path: &Path,
+    pool: &str,
+    label: Option<&str>,
+) -> Result<Outcome<ImportResult>, OpsError> {
+    // Parse and check everything before writing anything.
+    let creds = authjson::read_file(path).map_err(|source| OpsError::AuthJson {
+        path: path.to_owned(),
+        source,
+    })?;
+    import(ops, &creds, pool, label).await
+}
+
+/// Imports a parsed login into `pool` (a known ChatGPT account id updates its tokens).
+pub async fn import(
+    ops: &Ops,
+    creds: &CodexCredentials,
+    pool: &str,
+    label: Option<&str>,
+) -> Result<Outcome<ImportResult>, OpsError> {
+    if let Some(l) = label {
+        codexmesh_store::validate_label(l)?;
+    }
+    let store = ops.store().await?;
+    store.pool_by_name(pool).await?;
+    let key = ops.settings().master_key()?;
+    let result = store
+        .import_account(ops.actor(), pool, label, creds, &key)
+        .await?;
+    let mut notices = Vec::new();
+    if let Some(exp) = result.account.access_token_expires_at_ms {
+        if exp <= now_ms() {
+            notices.push(Notice::warning(
+                "access_token_expired",
+                format!(
+                    "this access token already expired ({}); requests through the account \
+                     fail until it is refreshed or re-imported",
+                    util::fmt_utc_ms(exp)
+                ),
+            ));
+        }
+    }
+    notices.push(Notice::note(
+        "refresh_token_taken_over",
+        "the gateway now uses this login's refresh token; do not keep using this \
+         auth.json in another Codex install (refresh tokens rotate)",
+    ));
+    Ok(Outcome::with_notices(result, notices))
+}
+
+pub async fn list(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<Account>>, OpsError> {
+    let store = ops.store().await?;
+    Ok(Outcome::new(store.list_accounts(pool).await?))
+}
+
+/// Sets an account's priority and/or weight (neither: only reads the account).
+pub async fn set(
+    ops: &Ops,
+    ident: &str,
+    priority: Option<u32>,
+    weight: Option<u32>,
+) -> Result<Outcome<Changed<Account>>, OpsError> {
+    let store = ops.store().await?;
+    Ok(Outcome::new(if priority.is_none() && weight.is_none() {
+        Changed {
+            changed: false,
+            item: store.account(ident).await?,
+        }
+    } else {
+        store
+            .set_account_routing(ops.actor(), ident, priority, weight)
+            .await?
+    }))
+}
+
+/// Stops routing to the account.
+pub async fn pause(ops: &Ops, ident: &str) -> Result<Outcome<Changed<Account>>, OpsError> {
+    set_paused(ops, ident, true).await
+}
+
+/// Routes to a paused account again.
+pub async fn resume(ops: &Ops, ident: &str) -> Result<Outcome<Changed<Account>>, OpsError> {
+    set_paused(ops, ident, false).await
+}
+
+async fn set_paused(
+    ops: &Ops,
+    ident: &str,
+    paused: bool,
+) -> Result<Outcome<Changed<Account>>, OpsError> {
+    let store = ops.store().await?;
+    Ok(Outcome::new(
+        store.set_account_paused(ops.actor(), ident, paused).await?,
+    ))
+}
+
+/// Deletes the account and its stored tokens; returns it as it was.
+pub async fn remove(ops: &Ops, ident: &str) -> Result<Outcome<Account>, OpsError> {
+    let store = ops.store().await?;
+    Ok(Outcome::new(
+        store.remove_account(ops.actor(), ident).await?,
+    ))
+}
+
+/// The account after [`refresh`].
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    pub account: Account,
+    /// This process called the token endpoint (false: another process refreshed the same
+    /// token generation meanwhile).
+    pub by_us: bool,
+}
+
+/// Refreshes the account's access token now, single-flight with every other process.
+pub async fn refresh(ops: &Ops, ident: &str) -> Result<Outcome<Refreshed>, OpsError> {
+    let store = ops.store().await?;
+    let key = ops.settings().master_key()?;
+    store.verify_master_key(&key).await?;
+    let before = store.account(ident).await?;
+    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let refresher = Refresher::new(
+        store.clone(),
+        key,
+        http,
+        RefresherConfig::from_settings(ops.settings()),
+        refresh::holder_id("cli"),
+        ops.actor().clone(),
+        None,
+    );
+    let done = refresher
+        .refresh(
+            &before.id,
+            Request {
+                trigger: Trigger::Manual,
+                seen_revision: before.token_revision,
+                wait: true,
+            },
+        )
+        .await?;
+    let account = store.account(&before.id).await?;
+    Ok(Outcome::new(Refreshed {
+        account,
+        by_us: matches!(done, Done::Refreshed { .. }),
+    }))
+}
+
+/// The account after [`export`].
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub path: PathBuf,
+    /// The account as it was written out (as it was before removal when removed).
+    pub account: Account,
+    /// The account left its pool (false with `keep`).
+    pub removed: bool,
+}
+
+/// How [`export`] treats the account and an existing file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportOptions {
+    /// Overwrite an existing file.
+    pub force: bool,
+    /// Keep the account in its pool (both sides then rotate one refresh token).
+    pub keep: bool,
+}
+
+/// Writes the account out as a Codex auth.json (mode 0600) and, unless `keep`, removes it from
+/// its pool: its refresh token then belongs to whoever holds the file.
+pub async fn export(
+    ops: &Ops,
+    ident: &str,
+    path: &Path,
+    options: ExportOptions,
+) -> Result<Outcome<Exported>, OpsError> {
+    if !options.force && std::fs::symlink_metadata(path).is_ok() {
+        return Err(OpsError::Conflict(format!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        )));
+    }
+    let store = ops.store().await?;
+    let key = ops.settings().master_key()?;
+    store.verify_master_key(&key).await?;
+    let account = store.account(ident).await?;
+    // Hold the refresh lease, so no refresh rotates the token while it changes hands.
+    let holder = refresh::holder_id("cli-export");
+    let lease = format!("refresh:{}", account.id);
+    let lease_ms =
+        i64::try_from(ops.settings().refresh_lease_secs.saturating_mul(1000)).unwrap_or(60_000);
+    let patience = Instant::now()
+        + Duration::from_millis(u64::try_from(lease_ms).unwrap_or(60_000))
+        + Duration::from_secs(10);
+    while !store.try_acquire_lease(&lease, &holder, lease_ms).await? {
+        if Instant::now() > patience {
+            return Err(RefreshError::LeaseTimeout {
+                label: account.label.clone(),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let result = export_leased(ops, store, &key, &account.id, path, options).await;
+    if let Err(e) = store.release_lease(&lease, &holder).await {
+        tracing::warn!(error = %e, "cannot release the refresh lease; it expires on its own");
+    }
+    let (account, removed) = result?;
+    let mut notices = Vec::new();
+    if account.state == AccountState::NeedsReauth {
+        notices.push(Notice::warning(
+            "exported_needs_reauth",
+            format!(
+                "account {} needs re-authentication ({}): the exported refresh token no \
+                 longer works",
+                account.label,
+                account.state_reason.as_deref().unwrap_or("unknown")
+            ),
+        ));
+    }
+    notices.push(if removed {
+        Notice::info(
+            "exported_removed",
+            format!(
+                "removed account {} from pool {}: its refresh token now belongs to whoever \
+                 holds {}",
+                account.label,
+                account.pool,
+                path.display()
+            ),
+        )
+    } else {
+        Notice::warning(
+            "exported_kept",
+            format!(
+                "account {} stays in pool {} (--keep): the gateway and the holder of {} now \
+                 share one refresh token; whichever refreshes second loses the login",
+                account.label,
+                account.pool,
+                path.display()
+            ),
+        )
+    });
+    Ok(Outcome::with_notices(
+        Exported {
+            path: path.to_owned(),
+            account,
+            removed,
+        },
+        notices,
+    ))
+}
+
+async fn export_leased(
+    ops: &Ops,
+    store: &Store,
+    key: &MasterKey,
+    id: &str,
+    path: &Path,
+    options: ExportOptions,
+) -> Result<(Account, bool), OpsError> {
+    let s = store.account_secrets(id, key).await?;
+    let text = authjson::render(
+        &s.id_token,
+        &s.access_token,
+        &s.refresh_token,
+        &s.account.chatgpt_account_id,
+        &util::fmt_rfc3339_ms(
+            s.account
+                .last_refresh_at_ms
+                .unwrap_or(s.account.tokens_updated_at_ms),
+        ),
+    );
+    // Mode 0600, never a partial file, and no existing file replaced unless forced.
+    let existing = if options.force {
+        files::Existing::Replace
+    } else {
+        files::Existing::Keep
+    };
+    files::write_file_atomically(path, text.as_bytes(), files::Access::Private, existing).map_err(
+        |source| OpsError::Write {
+            path: path.to_owned(),
+            source,
+        },
+    )?;
+    if options.keep {
+        return Ok((s.account, false));
+    }
+    let removed = store.remove_account(ops.actor(), id).await?;
+    Ok((removed, true))
+}
+
+/// A device-code login waiting for a person: show them [`PendingLogin::verification_url`] and
+/// [`PendingLogin::user_code`], then call [`login_finish`].
+#[derive(Debug)]
+pub struct PendingLogin {
+    http: reqwest::Client,
+    issuer: String,
+    code: UserCode,
+    key: MasterKey,
+    pool: String,
+    label: Option<String>,
+    timeout: Duration,
+}
+
+impl PendingLogin {
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    /// Where the person approves the code.
+    pub fn verification_url(&self) -> String {
+        login::verification_url(&self.issuer)
+    }
+
+    /// The code the person enters there.
+    pub fn user_code(&self) -> &str {
+        &self.code.user_code
+    }
+
+    /// Whole minutes until the code expires (15 when the server did not say).
+    pub fn expires_in_minutes(&self) -> i64 {
+        self.code
+            .expires_at_ms
+            .map_or(15, |e| ((e - now_ms()).max(0) + 59_999) / 60_000)
+    }
+}
+
+/// Starts a device-code login into `pool`: checks everything that can fail without a person's
+/// help, then asks the auth server for a user code.
+pub async fn login_start(
+    ops: &Ops,
+    pool: &str,
+    label: Option<&str>,
+    timeout: Duration,
+) -> Result<PendingLogin, OpsError> {
+    if let Some(l) = label {
+        codexmesh_store::validate_label(l)?;
+    }
+    if timeout.is_zero() {
+        return Err(OpsError::invalid(
+            "timeout_secs",
+            "--timeout-secs must be at least 1",
+        ));
+    }
+    let store = ops.store().await?;
+    store.pool_by_name(pool).await?;
+    let key = ops.settings().master_key()?;
+    store.verify_master_key(&key).await?;
+    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let issuer = ops
+        .settings()
+        .auth_base_url
+        .trim_end_matches('/')
+        .to_owned();
+    let code = login::request_user_code(&http, &issuer).await?;
+    Ok(PendingLogin {
+        http,
+        issuer,
+        code,
+        key,
+        pool: pool.to_owned(),
+        label: label.map(str::to_owned),
+        timeout,
+    })
+}
+
+/// Waits for the approval, exchanges it for tokens and adds the login to the pool, exactly as
+/// an imported auth.json (the claims decide the account).
+pub async fn login_finish(
+    ops: &Ops,
+    pending: PendingLogin,
+) -> Result<Outcome<ImportResult>, OpsError> {
+    let PendingLogin {
+        http,
+        issuer,
+        code,
+        key,
+        pool,
+        label,
+        timeout,
+    } = pending;
+    let approval = login::wait_for_approval(&http, &issuer, &code, timeout).await?;
+    let tokens = login::exchange(&http, &issuer, &approval).await?;
+    let rendered = authjson::render(
+        &tokens.id_token,
+        &tokens.access_token,
+        &tokens.refresh_token,
+        "",
+        &util::fmt_rfc3339_ms(now_ms()),
+    );
+    let creds = authjson::parse(rendered.as_bytes()).map_err(|e| {
+        OpsError::Login(LoginError::BadAnswer(format!(
+            "the new login's tokens: {e}"
+        )))
+    })?;
+    let store = ops.store().await?;
+    let result = store
+        .import_account(ops.actor(), &pool, label.as_deref(), &creds, &key)
+        .await?;
+    Ok(Outcome::with_notices(
+        result,
+        vec![Notice::info(
+            "login_approved",
+            "approved: the gateway holds this login now",
+        )],
+    ))
+}

@@ -1,0 +1,177 @@
+//! Pool use cases: create, list, change routing, and `up`'s first-run pool.
+//!
+//! Rules: a pool name is checked before the store is opened; a routing change is a parsed
+//! [`RoutingPatch`] (flag parsing lives in `codexmesh_model::routing`) and an empty patch only
+//! reads.
+
+use serde::Serialize;
+
+use super::{Notice, Ops, OpsError, Outcome};
+use crate::status::{self, KeyCounts};
+use codexmesh_model::keys::RawKey;
+use codexmesh_model::routing::{Primary, RoutingMode, RoutingPatch, RoutingView};
+use codexmesh_store::{Changed, Pool, Strategy};
+
+/// The pool `up` creates in an empty store.
+pub const DEFAULT_POOL: &str = "default";
+
+/// A pool with its account and key counts (`pool list`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSummary {
+    #[serde(flatten)]
+    pub pool: Pool,
+    pub accounts: usize,
+    pub keys: KeyCounts,
+}
+
+/// A pool's effective routing after `set_routing`.
+#[derive(Debug, Clone)]
+pub struct PoolRouting {
+    pub pool: Pool,
+    pub routing: RoutingView,
+    /// The patch had settings (false: this only showed the routing).
+    pub requested: bool,
+    /// Something actually changed.
+    pub changed: bool,
+}
+
+/// The pool `up` serves and, when it had to create it, the key it issued (shown once).
+#[derive(Debug)]
+pub struct FirstPool {
+    pub pool: String,
+    pub new_key: Option<RawKey>,
+}
+
+pub async fn create(ops: &Ops, name: &str) -> Result<Outcome<Pool>, OpsError> {
+    // Validate before touching the store so bad input creates nothing.
+    codexmesh_store::validate_pool_name(name)?;
+    let store = ops.store().await?;
+    Ok(Outcome::new(store.create_pool(ops.actor(), name).await?))
+}
+
+pub async fn list(ops: &Ops) -> Result<Outcome<Vec<PoolSummary>>, OpsError> {
+    let store = ops.store().await?;
+    let report = status::build(store, ops.settings().health_window_secs).await?;
+    Ok(Outcome::new(
+        report
+            .pools
+            .into_iter()
+            .map(|p| PoolSummary {
+                accounts: p.accounts.len(),
+                keys: p.keys,
+                pool: p.pool,
+            })
+            .collect(),
+    ))
+}
+
+/// Applies `patch` to the pool's routing (an empty patch only reads it).
+pub async fn set_routing(
+    ops: &Ops,
+    name: &str,
+    patch: &RoutingPatch,
+) -> Result<Outcome<PoolRouting>, OpsError> {
+    let store = ops.store().await?;
+    let result = if patch.is_empty() {
+        Changed {
+            changed: false,
+            item: store.pool_by_name(name).await?,
+        }
+    } else {
+        store.set_pool_routing(ops.actor(), name, patch).await?
+    };
+    let pool = result.item;
+    let view = pool.routing.view();
+    let mut notices: Vec<Notice> = unused_primary(patch, &view).into_iter().collect();
+    if result.changed {
+        let custom = store
+            .list_keys(Some(&pool.name))
+            .await?
+            .iter()
+            .filter(|k| k.routing_mode == RoutingMode::Custom)
+            .count();
+        if custom > 0 {
+            notices.push(Notice::note(
+                "keys_keep_own_routing",
+                format!(
+                    "{custom} key(s) of pool {} have their own routing and keep it \
+                     (codexmesh key set-routing ID --inherit to follow the pool)",
+                    pool.name
+                ),
+            ));
+        }
+    }
+    Ok(Outcome::with_notices(
+        PoolRouting {
+            pool,
+            routing: view,
+            requested: !patch.is_empty(),
+            changed: result.changed,
+        },
+        notices,
+    ))
+}
+
+/// `up`'s first run: the store's first pool, or a new [`DEFAULT_POOL`] with a new key.
+pub async fn first_pool(ops: &Ops) -> Result<Outcome<FirstPool>, OpsError> {
+    let store = ops.store().await?;
+    let pools = store.list_pools().await?;
+    Ok(Outcome::new(match pools.first() {
+        Some(p) => FirstPool {
+            pool: p.name.clone(),
+            new_key: None,
+        },
+        None => {
+            store.create_pool(ops.actor(), DEFAULT_POOL).await?;
+            let (_key, raw) = store
+                .issue_key(ops.actor(), DEFAULT_POOL, None, false)
+                .await?;
+            FirstPool {
+                pool: DEFAULT_POOL.to_owned(),
+                new_key: Some(raw),
+            }
+        }
+    }))
+}
+
+/// A primary account only steers primary_first: say so rather than let it look effective.
+pub(super) fn unused_primary(patch: &RoutingPatch, v: &RoutingView) -> Option<Notice> {
+    (matches!(patch.primary, Some(Primary::Account(_))) && v.strategy != Strategy::PrimaryFirst)
+        .then(|| {
+            Notice::note(
+                "primary_unused",
+                format!(
+                    "the primary account is stored but only matters with --strategy \
+                     primary_first (the strategy is {})",
+                    v.strategy
+                ),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codexmesh_model::routing::RawRoutingFlags;
+
+    #[test]
+    fn a_primary_without_primary_first_gets_a_note() -> Result<(), Box<dyn std::error::Error>> {
+        let patch = RawRoutingFlags {
+            primary: Some("acct-1"),
+            ..RawRoutingFlags::default()
+        }
+        .parse()?;
+        let mut view = codexmesh_model::routing::Routing::default().view();
+        view.strategy = Strategy::QuotaFirst;
+        let n = unused_primary(&patch, &view).ok_or("no notice")?;
+        assert_eq!(n.code, "primary_unused");
+        assert_eq!(
+            n.to_string(),
+            "note: the primary account is stored but only matters with --strategy \
+             primary_first (the strategy is quota_first)"
+        );
+        view.strategy = Strategy::PrimaryFirst;
+        assert!(unused_primary(&patch, &view).is_none());
+        Ok(())
+    }
+}

@@ -4,7 +4,7 @@
 //! attempts. Only ids travel here: credentials are looked up in the snapshot at attempt time.
 
 use crate::pb;
-use crate::routing::{self, Ranking};
+use crate::routing::{self, Ranking, SPARE_CANDIDATES};
 
 /// The filter-state property name (`set_property(["codexmesh.route"])`).
 pub const PROPERTY: &str = "codexmesh.route";
@@ -15,10 +15,6 @@ pub const PROPERTY: &str = "codexmesh.route";
 pub const CLIENT_GONE_PROPERTY: &str = "codexmesh.client_gone";
 
 const FORMAT_TAG: &str = "cmr3";
-
-/// Candidates that travel beyond the attempts: they cover accounts that drop out between the
-/// ranking and their attempt. The rest of a large pool never travels.
-pub const SPARE_CANDIDATES: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteHandoff {

@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod headers;
 pub mod local;
 pub mod outbox;
+pub mod pool_index;
 pub mod ranker;
 pub mod routing;
 pub mod snapshot;

@@ -14,7 +14,6 @@
 use crate::errors::{ErrorKind, GatewayError};
 use crate::local::{effective_quota, token_fingerprint, LocalAccount, LocalTable};
 use crate::pb;
-use crate::ranker::{self, PoolIndex};
 
 use codexmesh_proto::defaults;
 /// The routing defaults live in the contract crate ([`codexmesh_proto::defaults`]), shared with
@@ -207,6 +206,10 @@ pub fn max_attempts(routing: Option<&pb::RoutingSettings>) -> u32 {
     }
 }
 
+/// Candidates that travel beyond the attempts: they cover accounts that drop out between the
+/// ranking and their attempt. The rest of a large pool never travels.
+pub const SPARE_CANDIDATES: usize = 2;
+
 /// Headroom that would otherwise be lost: remaining percent divided by the fraction of the
 /// window still to run, so an account about to reset is spent first. Unknown quota counts as a
 /// fresh window.
@@ -277,26 +280,13 @@ pub struct RouteInput<'a> {
 #[derive(Debug, Clone)]
 pub struct Ranking<'a> {
     /// The first candidates, in the order the attempts take them: as many as a request can use
-    /// (`ranker::candidate_budget`: its attempts plus `handoff::SPARE_CANDIDATES`).
+    /// (`ranker::candidate_budget`: its attempts plus [`SPARE_CANDIDATES`]).
     pub accounts: Vec<&'a pb::Account>,
     pub reason: Reason,
     pub strategy: pb::Strategy,
     /// Half-open accounts among `accounts`: this request takes their probe (the caller records
     /// it). One that does not travel with the request is left for another.
     pub probes: Vec<String>,
-}
-
-/// Orders the pool's eligible accounts for one request, with a full pass over the pool (the
-/// filter uses `ranker::rank`, which reuses that pass between requests). The base order is by
-/// account id whatever order the pool lists them in.
-pub fn rank<'a>(
-    pool: &'a pb::Pool,
-    settings: Option<&pb::RoutingSettings>,
-    local: &LocalTable,
-    input: RouteInput<'_>,
-    now_ms: i64,
-) -> Result<Ranking<'a>, GatewayError> {
-    ranker::rank_once(pool, &PoolIndex::new(pool), settings, local, input, now_ms)
 }
 
 /// The answer when nobody can serve: 429 with the pool's earliest reset (unix ms, still ahead)
@@ -362,6 +352,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ranker::rank_pool;
     use crate::snapshot::tests::{account, sample};
     use crate::snapshot::SnapshotIndex;
     use std::collections::BTreeMap;
@@ -374,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_sorted_once_ranks_exactly_like_an_unsorted_pool() {
-        // Ids deliberately out of order; the index sorts them once, rank() must not care.
+        // Ids deliberately out of order; the index sorts them once, rank_pool() must not care.
         let mut p = pool(0);
         p.accounts = (0..300)
             .rev()
@@ -406,8 +397,10 @@ mod tests {
                     ..Default::default()
                 };
                 assert_eq!(
-                    ids(&rank(sorted, Some(&s), &local, input, 0).unwrap().accounts),
-                    ids(&rank(&unsorted, Some(&s), &local, input, 0)
+                    ids(&rank_pool(sorted, Some(&s), &local, input, 0)
+                        .unwrap()
+                        .accounts),
+                    ids(&rank_pool(&unsorted, Some(&s), &local, input, 0)
                         .unwrap()
                         .accounts),
                     "{strategy:?} {key:?}"
@@ -453,7 +446,7 @@ mod tests {
         input: RouteInput<'_>,
         now: i64,
     ) -> String {
-        rank(p, Some(s), local, input, now).unwrap().accounts[0]
+        rank_pool(p, Some(s), local, input, now).unwrap().accounts[0]
             .id
             .clone()
     }
@@ -464,7 +457,7 @@ mod tests {
         let rr = settings(pb::Strategy::RoundRobin);
         let l = LocalTable::default();
         let r = |turn| {
-            ids(&rank(
+            ids(&rank_pool(
                 &snap.pools[0],
                 Some(&rr),
                 &l,
@@ -577,7 +570,7 @@ mod tests {
         // Over the threshold as seen here: out, with its reset as the pool's earliest.
         l.set("a0", seen(96.0, now - 1_000));
         l.set("a1", seen(99.0, now - 1_000));
-        let err = rank(&p, Some(&qf), &l, RouteInput::default(), now).unwrap_err();
+        let err = rank_pool(&p, Some(&qf), &l, RouteInput::default(), now).unwrap_err();
         assert_eq!(err.status(), 429, "{err:?}");
         // A snapshot newer than what was seen here wins again.
         for a in &mut p.accounts {
@@ -647,7 +640,7 @@ mod tests {
     #[test]
     fn an_empty_pool_says_how_to_fill_it() {
         let p = pool(0);
-        let err = rank(
+        let err = rank_pool(
             &p,
             Some(&settings(pb::Strategy::QuotaFirst)),
             &LocalTable::default(),
@@ -679,14 +672,14 @@ mod tests {
         let mut pf = settings(pb::Strategy::PrimaryFirst);
         pf.primary_account_id = "a2".into();
         assert_eq!(
-            ids(&rank(&p, Some(&pf), &l, RouteInput::default(), 0)
+            ids(&rank_pool(&p, Some(&pf), &l, RouteInput::default(), 0)
                 .unwrap()
                 .accounts),
             ["a2", "a1", "a0"]
         );
         let po = settings(pb::Strategy::PriorityOrder);
         assert_eq!(
-            ids(&rank(&p, Some(&po), &l, RouteInput::default(), 0)
+            ids(&rank_pool(&p, Some(&po), &l, RouteInput::default(), 0)
                 .unwrap()
                 .accounts),
             ["a1", "a2", "a0"]
@@ -711,11 +704,11 @@ mod tests {
         p.accounts[0].quota = quota(95.0, now / 1000 + 60, 300);
         let qf = settings(pb::Strategy::QuotaFirst);
         let l = LocalTable::default();
-        let r = rank(&p, Some(&qf), &l, RouteInput::default(), now).unwrap();
+        let r = rank_pool(&p, Some(&qf), &l, RouteInput::default(), now).unwrap();
         assert_eq!(ids(&r.accounts), ["a1"]);
         // After the reset time the same (stale) evidence no longer counts.
         let later = now + 61_000;
-        let r = rank(&p, Some(&qf), &l, RouteInput::default(), later).unwrap();
+        let r = rank_pool(&p, Some(&qf), &l, RouteInput::default(), later).unwrap();
         assert_eq!(r.accounts.len(), 2);
         // Secondary threshold is 99 by default.
         p.accounts[1].quota = Some(pb::QuotaSummary {
@@ -727,7 +720,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            rank(&p, Some(&qf), &l, RouteInput::default(), now)
+            rank_pool(&p, Some(&qf), &l, RouteInput::default(), now)
                 .unwrap()
                 .accounts
                 .len(),
@@ -748,7 +741,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let err = rank(&p, None, &local, RouteInput::default(), now).unwrap_err();
+        let err = rank_pool(&p, None, &local, RouteInput::default(), now).unwrap_err();
         assert_eq!((err.kind, err.status()), (ErrorKind::PoolExhausted, 429));
         assert_eq!(err.resets_at_unix, Some(3_000));
         let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
@@ -760,7 +753,7 @@ mod tests {
             .any(|(k, v)| *k == "retry-after" && v == "2000"));
         // One paused account among them: not a quota problem any more → 503.
         p.accounts[0].state = pb::AccountState::Paused as i32;
-        let err = rank(&p, None, &local, RouteInput::default(), now).unwrap_err();
+        let err = rank_pool(&p, None, &local, RouteInput::default(), now).unwrap_err();
         assert_eq!(err.status(), 503);
     }
 
@@ -778,12 +771,12 @@ mod tests {
             },
         );
         assert_eq!(
-            ids(&rank(&p, Some(&qf), &local, RouteInput::default(), 50)
+            ids(&rank_pool(&p, Some(&qf), &local, RouteInput::default(), 50)
                 .unwrap()
                 .accounts),
             ["a1"]
         );
-        let r = rank(&p, Some(&qf), &local, RouteInput::default(), 100).unwrap();
+        let r = rank_pool(&p, Some(&qf), &local, RouteInput::default(), 100).unwrap();
         assert_eq!(
             (ids(&r.accounts), r.reason, r.probes.clone()),
             (
@@ -803,9 +796,11 @@ mod tests {
             },
         );
         assert_eq!(
-            ids(&rank(&p, Some(&qf), &local, RouteInput::default(), 200)
-                .unwrap()
-                .accounts),
+            ids(
+                &rank_pool(&p, Some(&qf), &local, RouteInput::default(), 200)
+                    .unwrap()
+                    .accounts
+            ),
             ["a1"]
         );
         // 401 on the current token blocks only that token.
@@ -818,9 +813,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(rank(&p2, None, &local, RouteInput::default(), 0).is_err());
+        assert!(rank_pool(&p2, None, &local, RouteInput::default(), 0).is_err());
         p2.accounts[0].access_token = "refreshed".into();
-        assert!(rank(&p2, None, &local, RouteInput::default(), 0).is_ok());
+        assert!(rank_pool(&p2, None, &local, RouteInput::default(), 0).is_ok());
     }
 
     #[test]
@@ -872,7 +867,7 @@ mod tests {
     fn turn_state_pins_the_issuing_account() {
         let p = pool(3);
         let l = LocalTable::default();
-        let r = rank(
+        let r = rank_pool(
             &p,
             None,
             &l,
@@ -930,7 +925,7 @@ mod tests {
         let rr = settings(pb::Strategy::RoundRobin);
         let l = LocalTable::default();
         assert_eq!(
-            rank(
+            rank_pool(
                 &p,
                 Some(&rr),
                 &l,
@@ -946,7 +941,7 @@ mod tests {
             3
         );
         assert_eq!(
-            rank(
+            rank_pool(
                 &p,
                 None,
                 &l,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use crate::pb;
-use crate::ranker::PoolIndex;
+use crate::pool_index::PoolIndex;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotError {

@@ -278,7 +278,7 @@ mod tests {
     fn rendered_configurations_parse() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
         let mut files = vec![format!("{root}/envoy/bootstrap.template.yaml")];
-        let snaps = format!("{root}/control-plane/src/snapshots");
+        let snaps = format!("{root}/control-plane/codexmesh/src/snapshots");
         for entry in std::fs::read_dir(&snaps).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();

@@ -1,10 +1,8 @@
 //! The `codexmesh` binary, driven as a user would, in a temp dir.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Login, TestResult, Workspace};
+use codexmesh_test_kit::{self as kit, Cli, Login, TestResult, Workspace};
 use serde_json::Value;
 
 fn assert_no_secrets(text: &str, login: &Login) {
@@ -121,11 +119,11 @@ fn import_then_reimport_updates_in_place() -> TestResult {
     assert_eq!(arr[0]["label"], "alice");
 
     // Unknown pool: exit 1 with a message, nothing written.
-    let before = common::logical_state(&ws)?;
+    let before = kit::logical_state(&ws)?;
     let r = ws.run(&["account", "import", p, "--pool", "nope"])?;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("no pool named \"nope\""), "{}", r.stderr);
-    assert_eq!(before, common::logical_state(&ws)?);
+    assert_eq!(before, kit::logical_state(&ws)?);
     Ok(())
 }
 
@@ -143,7 +141,7 @@ fn malformed_auth_json_exits_2_and_writes_nothing() -> TestResult {
         "main",
     ])?;
 
-    let no_id = common::jwt(&serde_json::json!({"email": "x@example.com"}));
+    let no_id = kit::jwt(&serde_json::json!({"email": "x@example.com"}));
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "not-json",
@@ -173,7 +171,7 @@ fn malformed_auth_json_exits_2_and_writes_nothing() -> TestResult {
         (
             "no-account-id",
             serde_json::json!({"auth_mode": "chatgpt", "tokens": {
-                "id_token": no_id, "access_token": common::jwt(&serde_json::json!({"exp": 1})),
+                "id_token": no_id, "access_token": kit::jwt(&serde_json::json!({"exp": 1})),
                 "refresh_token": "rt"}})
             .to_string(),
             "no ChatGPT account id",
@@ -184,7 +182,7 @@ fn malformed_auth_json_exits_2_and_writes_nothing() -> TestResult {
             "not a ChatGPT login",
         ),
     ];
-    let before = common::logical_state(&ws)?;
+    let before = kit::logical_state(&ws)?;
     for (name, contents, expect) in cases {
         let p = ws.write_auth(&format!("{name}.json"), &contents)?;
         let r = ws.run(&[
@@ -212,7 +210,7 @@ fn malformed_auth_json_exits_2_and_writes_nothing() -> TestResult {
         "main",
     ])?;
     assert_eq!(missing.code, 2, "{}", missing.stderr);
-    assert_eq!(before, common::logical_state(&ws)?, "store changed");
+    assert_eq!(before, kit::logical_state(&ws)?, "store changed");
     Ok(())
 }
 
@@ -347,7 +345,7 @@ fn settings_errors_are_clear() -> TestResult {
         .env("CODEXMESH_GRPC_LISTEN", "not-an-address")
         .args(["status"])
         .output()?;
-    let r = common::Run::from(r);
+    let r = kit::Run::from(r);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("CODEXMESH_GRPC_LISTEN"), "{}", r.stderr);
 

@@ -1,12 +1,12 @@
 //! `codexmesh serve` as a process, spoken to with the generated tonic client.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use codexmesh_proto::v1 as pb;
 use codexmesh_proto::v1::mesh_client::MeshClient;
-use common::{http_get, http_get_with, AnyError, Login, Served, TestResult, Workspace};
+use codexmesh_test_kit::{
+    http_get, http_get_with, AnyError, Cli, Login, Served, TestResult, Workspace,
+};
 use tonic::transport::Channel;
 use tonic::Streaming;
 

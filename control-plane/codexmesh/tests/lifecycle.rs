@@ -4,17 +4,14 @@
 //! (active polls, reported headers and 429s), 401 reports, health, watched folders, export and
 //! the device-code login.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use codexmesh_proto::v1 as pb;
 use codexmesh_proto::v1::mesh_client::MeshClient;
-use common::pg::TempPostgres;
-use common::sim::Sim;
-use common::{AnyError, Served, TestResult, Workspace};
+use codexmesh_test_kit::pg::TempPostgres;
+use codexmesh_test_kit::{self as kit, AnyError, Cli, Served, Sim, TestResult, Workspace};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic::Streaming;
@@ -177,20 +174,16 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-type CliThread = std::thread::JoinHandle<Result<common::Run, String>>;
+type CliThread = std::thread::JoinHandle<Result<kit::Run, String>>;
 
 /// Runs a CLI command on its own thread (the test goes on meanwhile).
 fn spawn_cli(ws: &Workspace, args: &[&str]) -> CliThread {
     let mut cmd = ws.command();
     cmd.args(args);
-    std::thread::spawn(move || {
-        cmd.output()
-            .map(common::Run::from)
-            .map_err(|e| e.to_string())
-    })
+    std::thread::spawn(move || cmd.output().map(kit::Run::from).map_err(|e| e.to_string()))
 }
 
-async fn join_cli(h: CliThread) -> Result<common::Run, AnyError> {
+async fn join_cli(h: CliThread) -> Result<kit::Run, AnyError> {
     let joined = tokio::task::spawn_blocking(move || h.join()).await?;
     Ok(joined.map_err(|_| "CLI thread panicked")??)
 }
@@ -230,7 +223,7 @@ async fn refresh_rotates_and_never_resends_a_consumed_token() -> TestResult {
 
     // What went out: the Codex body, each refresh token exactly once, first the imported one.
     let calls = sim
-        .requests("path_contains=/oauth/token&include_body=1")
+        .requests_where("path_contains=/oauth/token&include_body=1")
         .await?;
     let sent: Vec<String> = calls
         .iter()
@@ -302,7 +295,8 @@ async fn permanent_refusals_put_the_account_in_needs_reauth() -> TestResult {
         let label = format!("p{i}");
         let (acct, _) = import(&ws, &sim, "main", &label, json!({})).await?;
         let id = sim_id(&acct);
-        sim.patch(&id, json!({"fail_next_refresh": [spec]})).await?;
+        sim.patch_account(&id, json!({"fail_next_refresh": [spec]}))
+            .await?;
         let r = ws.run(&["account", "refresh", &label])?;
         assert_eq!(r.code, 1, "{label}: {}", r.stderr);
         assert!(
@@ -337,7 +331,7 @@ async fn permanent_refusals_put_the_account_in_needs_reauth() -> TestResult {
     .await?;
     let id = sim_id(&acct);
     let cm_id = s(&imported["id"]);
-    sim.patch(&id, json!({"fail_next_refresh": ["refresh_token_reused"]}))
+    sim.patch_account(&id, json!({"fail_next_refresh": ["refresh_token_reused"]}))
         .await?;
     let served = Served::start(&ws, &[])?;
     let mut mesh = Mesh::connect(&ws, &served).await?;
@@ -380,7 +374,7 @@ async fn transient_failures_back_off_and_keep_the_account_serving() -> TestResul
     ws.ok(&["pool", "create", "main"])?;
     let (acct, imported) = import(&ws, &sim, "main", "flaky", json!({})).await?;
     let id = sim_id(&acct);
-    sim.patch(&id, json!({"fail_next_refresh": [503, 502]}))
+    sim.patch_account(&id, json!({"fail_next_refresh": [503, 502]}))
         .await?;
 
     // The operator's try fails with the reason and the retry time; nothing leaves routing.
@@ -411,7 +405,7 @@ async fn transient_failures_back_off_and_keep_the_account_serving() -> TestResul
     assert_eq!(state["revoked"], false);
     // Backoff with jitter: 2.5-5 s after the first failure, 5-10 s after the second.
     let at: Vec<i64> = sim
-        .requests("path_contains=/oauth/token")
+        .requests_where("path_contains=/oauth/token")
         .await?
         .iter()
         .filter_map(|r| r["real_unix_ms"].as_i64())
@@ -453,7 +447,7 @@ async fn due_account(
 ) -> Result<(Value, Value), AnyError> {
     let (acct, imported) =
         import(ws, sim, "main", label, json!({"access_token_ttl_secs": 2})).await?;
-    sim.patch(
+    sim.patch_account(
         &sim_id(&acct),
         json!({"access_token_ttl_secs": 3600, "refresh_delay_ms": delay_ms}),
     )
@@ -593,7 +587,7 @@ async fn kill_after_persist_then_restart_uses_the_rotated_token() -> TestResult 
         "the consumed token was not replayed: {after}"
     );
     let sent: Vec<String> = sim
-        .requests("path_contains=/oauth/token&include_body=1")
+        .requests_where("path_contains=/oauth/token&include_body=1")
         .await?
         .iter()
         .map(|r| s(&r["body_json"]["refresh_token"]))
@@ -637,7 +631,7 @@ async fn polled_quota_lands_in_status_and_snapshots() -> TestResult {
     .await?;
     let id = sim_id(&acct);
     let cm_id = s(&imported["id"]);
-    sim.patch(
+    sim.patch_account(
         &id,
         json!({"primary_used": 42, "secondary_used": 75, "plan": "pro"}),
     )
@@ -661,7 +655,7 @@ async fn polled_quota_lands_in_status_and_snapshots() -> TestResult {
         "{}",
         plain.stdout
     );
-    let polls = sim.requests("path_contains=/wham/usage").await?;
+    let polls = sim.requests_where("path_contains=/wham/usage").await?;
     assert!(!polls.is_empty());
     for p in &polls {
         assert_eq!(p["headers"]["chatgpt-account-id"], id);
@@ -669,7 +663,7 @@ async fn polled_quota_lands_in_status_and_snapshots() -> TestResult {
 
     // Exhaustion is routing news: it reaches subscribers.
     let mut mesh = Mesh::connect(&ws, &served).await?;
-    sim.patch(&id, json!({"primary_used": 100})).await?;
+    sim.patch_account(&id, json!({"primary_used": 100})).await?;
     mesh.snapshot_until(
         Duration::from_secs(10),
         "an exhausted primary window",
@@ -682,7 +676,7 @@ async fn polled_quota_lands_in_status_and_snapshots() -> TestResult {
     .await?;
     // The window resets: usable again without anyone's help.
     let reset_at = now_ms() / 1000 + 2;
-    sim.patch(&id, json!({"primary_reset_at": reset_at}))
+    sim.patch_account(&id, json!({"primary_reset_at": reset_at}))
         .await?;
     let snap = mesh
         .snapshot_until(Duration::from_secs(15), "the window reset", |s| {
@@ -1141,7 +1135,8 @@ async fn device_code_login_joins_a_pool() -> TestResult {
     let login = &logins["logins"][0];
     assert_eq!(login["status"], "exchanged");
     assert!(
-        r.stderr.contains(&format!("{}/codex/device", sim.base)),
+        r.stderr
+            .contains(&format!("{}/codex/device", sim.root_url())),
         "{}",
         r.stderr
     );
@@ -1193,12 +1188,12 @@ async fn device_code_login_joins_a_pool() -> TestResult {
     let r = ws.run(&["account", "login", "--pool", "team"])?;
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("not enabled"), "{}", r.stderr);
-    let before = sim.requests("path_contains=deviceauth").await?.len();
+    let before = sim.requests_where("path_contains=deviceauth").await?.len();
     let r = ws.run(&["account", "login", "--pool", "nope"])?;
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no pool named"), "{}", r.stderr);
     assert_eq!(
-        sim.requests("path_contains=deviceauth").await?.len(),
+        sim.requests_where("path_contains=deviceauth").await?.len(),
         before
     );
     Ok(())

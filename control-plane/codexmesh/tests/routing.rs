@@ -1,9 +1,7 @@
 //! Routing commands (`pool set-routing`, `account set`, `key set-routing`) driven as a user
 //! would: their JSON, and bad values refused with exit 1, named, and nothing written.
 
-mod common;
-
-use common::{logical_state, Login, TestResult, Workspace};
+use codexmesh_test_kit::{logical_state, Cli, Login, TestResult, Workspace};
 use serde_json::{json, Value};
 
 /// Keys of a JSON object, sorted.

@@ -1,14 +1,12 @@
 //! `codexmesh up` with a stand-in Envoy (a tiny Python HTTP server answering `/ready` on the
 //! admin port), so the flow is covered without a real Envoy or the wasm module.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{AnyError, TestResult, Workspace};
+use codexmesh_test_kit::{free_port, AnyError, Cli, TestResult, Workspace};
 
 const FAKE_ENVOY: &str = r#"#!/usr/bin/env python3
 import http.server, json, os, sys, threading
@@ -36,12 +34,6 @@ fn python_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> Result<u16, AnyError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 struct Up {

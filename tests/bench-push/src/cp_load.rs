@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use codexmesh_e2e::{ControlPlane, Sim};
 use codexmesh_store::crypto::MasterKey;
 use codexmesh_store::{Actor, Store};
+use codexmesh_test_kit::{Artifacts, ControlPlane, CpEnv, Sim};
 use serde_json::{json, Value};
 
-use crate::failover::{cp_env, release_artifacts, Http1};
+use crate::failover::Http1;
 use crate::gen::Rng;
 use crate::procstat;
 use crate::stats::{fmt_bytes, summarize};
@@ -75,11 +75,11 @@ async fn sim_requests(control: &mut Http1, p: &str) -> Result<Vec<(i64, u64)>> {
 }
 
 pub async fn run(opts: &Options) -> Result<Value> {
-    let art = release_artifacts()?;
+    let art = Artifacts::locate_profile("release")?;
     let dir = tempfile::Builder::new()
         .prefix("codexmesh-bench-cp-load-")
         .tempdir()?;
-    let sim = Sim::start(&art, dir.path()).await?;
+    let sim = Sim::spawn(&art, dir.path())?;
     let mut control = Http1::new(sim.addr);
 
     // Accounts in the simulator, imported in-process (one store transaction each).
@@ -141,7 +141,7 @@ pub async fn run(opts: &Options) -> Result<Value> {
         ),
         ("RUST_LOG".into(), opts.rust_log.clone()),
     ];
-    let mut env = cp_env(dir.path(), &sim, &art, extra);
+    let mut env = CpEnv::new(dir.path(), &sim, &art, extra);
     env.store = store_url;
     let mut cp = ControlPlane::new(&art, env, dir.path());
     let t_start = Instant::now();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use codexmesh_e2e::{Stack, POOL};
+use codexmesh_test_kit::{Stack, POOL};
 use serde_json::{json, Value};
 
 use crate::gen::Rng;

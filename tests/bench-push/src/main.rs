@@ -180,6 +180,8 @@ fn write_results(dir: &PathBuf, name: &str, args: Value, data: Value) -> Result<
 }
 
 fn main() -> Result<()> {
+    // Not a test: the processes' log tails would only clutter the numbers.
+    codexmesh_test_kit::proc::set_log_tails(false);
     let cli = Cli::parse();
     let (name, args, data) = match cli.cmd {
         Cmd::Seed {

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use codexmesh_e2e::{turn_body, Stack, StackOptions};
+use codexmesh_test_kit::{turn_body, Stack, StackOptions};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{openai_error_code, turn_body, Stack, StackOptions, POOL};
+use codexmesh_test_kit::{openai_error_code, turn_body, Stack, StackOptions, POOL};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 

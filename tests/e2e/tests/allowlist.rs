@@ -3,7 +3,9 @@
 //! simulator's request log as the witness of what reached the upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use codexmesh_e2e::{openai_error_code, raw_http, turn_body, RawResponse, Stack, StackOptions};
+use codexmesh_test_kit::{
+    openai_error_code, raw_http, turn_body, RawResponse, Stack, StackOptions,
+};
 use serde_json::{json, Value};
 
 /// A stack whose control plane does not poll `/wham/usage` itself, so every upstream request the

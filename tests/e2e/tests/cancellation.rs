@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{turn_body, Stack, StackOptions};
+use codexmesh_test_kit::{turn_body, Stack, StackOptions};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use codexmesh_e2e::{repo_root, Stack, StackOptions};
+use codexmesh_test_kit::{repo_root, Stack, StackOptions};
 use serde_json::Value;
 
 fn python() -> PathBuf {
@@ -51,7 +51,7 @@ async fn run_client(stack: &Stack, program: PathBuf, script: &str, scenario: &st
     assert!(
         out.status.success(),
         "{scenario} failed: {stderr}\n{stdout}\nenvoy log:\n{}",
-        codexmesh_e2e::tail(&stack.envoy.proc.log_text())
+        codexmesh_test_kit::tail(&stack.envoy.proc.log_text())
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{scenario}: {e}: {stdout}"))
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{repo_root, turn_body, Stack, StackOptions, POOL};
+use codexmesh_test_kit::{repo_root, turn_body, Stack, StackOptions, POOL};
 use serde_json::{json, Value};
 
 const REPLY: &str = "codexmesh e2e reply: the pool answered";

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{turn_body, Stack, StackOptions};
+use codexmesh_test_kit::{turn_body, Stack, StackOptions};
 use serde_json::{json, Value};
 
 fn account_status(status: &Value, label: &str) -> Value {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{openai_error_code, sse, turn_body, Envoy, Stack, POOL};
+use codexmesh_test_kit::{openai_error_code, sse, turn_body, Envoy, Stack, POOL};
 use serde_json::{json, Value};
 
 fn header<'a>(req: &'a Value, name: &str) -> Option<&'a str> {
@@ -314,7 +314,7 @@ async fn before_any_snapshot_requests_get_503_then_serve_once_it_arrives() {
     let stack = Stack::start(1).await.unwrap();
     // A second Envoy pointed at a control plane that is not there yet.
     let mut cp2 =
-        codexmesh_e2e::ControlPlane::new(&stack.art, stack.cp.env.clone(), stack.dir.path());
+        codexmesh_test_kit::ControlPlane::new(&stack.art, stack.cp.env.clone(), stack.dir.path());
     let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let grpc = spare.local_addr().unwrap();
     drop(spare);
@@ -387,7 +387,7 @@ async fn wrong_push_token_gets_nothing() {
     assert!(
         log.contains("rejected the push token"),
         "{}",
-        codexmesh_e2e::tail(&log)
+        codexmesh_test_kit::tail(&log)
     );
 }
 

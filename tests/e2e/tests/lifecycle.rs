@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{turn_body, Stack, StackOptions};
+use codexmesh_test_kit::{turn_body, Stack, StackOptions};
 use serde_json::{json, Value};
 
 fn setting(k: &str, v: &str) -> (String, String) {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{import_account, turn_body, Envoy, Stack, StackOptions, POOL};
+use codexmesh_test_kit::{import_account, turn_body, Envoy, Stack, StackOptions, POOL};
 use serde_json::{json, Value};
 
 /// Sends one turn with a session header; returns (status, account that served, route header).
@@ -542,7 +542,7 @@ async fn attempts_are_bounded_and_total_failure_is_a_clear_503() {
 async fn an_unreachable_upstream_is_a_json_503_not_a_hang() {
     let stack = Stack::start(1).await.unwrap();
     // Stop the simulator: every attempt now fails to connect.
-    let mut sim_proc = stack.sim.proc.pid();
+    let mut sim_proc = stack.sim.pid();
     assert!(sim_proc.is_some());
     // SAFETY: kill(2) on the simulator we spawned.
     unsafe { libc::kill(sim_proc.take().unwrap(), libc::SIGKILL) };

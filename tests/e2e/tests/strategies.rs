@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{turn_body, Stack, StackOptions, POOL};
+use codexmesh_test_kit::{turn_body, Stack, StackOptions, POOL};
 use serde_json::{json, Value};
 
 /// Sends `n` turns without session headers or cache keys (pure strategy), `concurrency` at a

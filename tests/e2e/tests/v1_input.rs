@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use codexmesh_e2e::{openai_error_code, raw_http, Stack, StackOptions};
+use codexmesh_test_kit::{openai_error_code, raw_http, Stack, StackOptions};
 use serde_json::{json, Value};
 
 const BODY_LIMIT: usize = 64 * 1024;

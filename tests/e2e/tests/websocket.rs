@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use codexmesh_e2e::{openai_error_code, Stack, StackOptions};
+use codexmesh_test_kit::{openai_error_code, Stack, StackOptions};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

@@ -4,8 +4,9 @@
 use codexmesh_model::credentials::{self as authjson, CodexCredentials};
 use serde_json::json;
 
-#[path = "../../../codexmesh/tests/common/pg.rs"]
-pub mod pg;
+/// The throwaway PostgreSQL of the test kit (not every test file uses it).
+#[allow(unused_imports)]
+pub use codexmesh_test_kit::pg;
 
 pub fn creds(
     account: &str,

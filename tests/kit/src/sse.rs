@@ -1,5 +1,8 @@
 //! Reads an SSE response event by event, stamping each with the time it arrived, so tests can
 //! tell an unbuffered stream from one delivered in a single burst.
+//!
+//! Rules: reading is bounded by a timeout measured from when the request was sent; `[DONE]` is
+//! skipped; every other `data:` line must be JSON.
 
 use std::time::{Duration, Instant};
 

@@ -2,14 +2,16 @@
 //! 127.0.0.1 port with the unix socket in that dir, stopped (immediate) and deleted on drop.
 //! As root the server runs as the `postgres` user (`runuser`), since PostgreSQL refuses root.
 //!
-//! Shared by the integration tests (`mod common`) and the store's unit tests (`#[path]`).
-#![allow(dead_code)]
+//! Rules: a missing PostgreSQL skips (with a note) only when nobody requires it; under
+//! `CODEXMESH_REQUIRE_POSTGRES=1` (set by scripts/test.sh, whose setup installs PostgreSQL) it is
+//! an error. The cluster listens on loopback only (trust authentication) and is stopped through
+//! `pg_ctl -D <its data dir>`, which signals exactly its own postmaster.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
+use anyhow::{anyhow, bail, Result};
 
 pub struct TempPostgres {
     /// `postgres://cm@127.0.0.1:PORT/postgres` (trust authentication, loopback only).
@@ -48,24 +50,15 @@ pub fn find_bin_dir() -> Option<PathBuf> {
     })
 }
 
-fn free_port() -> Result<u16, AnyError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl TempPostgres {
     /// Starts a cluster, or returns None (after printing a note) when no PostgreSQL binaries
     /// exist on this machine. Under `CODEXMESH_REQUIRE_POSTGRES=1` (set by scripts/test.sh, whose
     /// setup installs PostgreSQL) a missing PostgreSQL is an error, not a silent skip.
-    pub fn start() -> Result<Option<Self>, AnyError> {
+    pub fn start() -> Result<Option<Self>> {
         let required = std::env::var("CODEXMESH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-        let skip = |why: &str| -> Result<Option<Self>, AnyError> {
+        let skip = |why: &str| -> Result<Option<Self>> {
             if required {
-                return Err(format!(
-                    "PostgreSQL is required here (CODEXMESH_REQUIRE_POSTGRES=1) but {why}"
-                )
-                .into());
+                bail!("PostgreSQL is required here (CODEXMESH_REQUIRE_POSTGRES=1) but {why}");
             }
             eprintln!("note: {why}: Postgres tests SKIPPED");
             Ok(None)
@@ -116,7 +109,7 @@ impl TempPostgres {
                 "--no-sync",
             ],
         )?;
-        let port = free_port()?;
+        let port = crate::net::free_port()?;
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c \
              synchronous_commit=off -c full_page_writes=off -c max_connections=60",
@@ -154,7 +147,7 @@ impl TempPostgres {
         }
     }
 
-    fn run(&self, tool: &str, args: &[&str]) -> Result<(), AnyError> {
+    fn run(&self, tool: &str, args: &[&str]) -> Result<()> {
         let out = self
             .command(tool)
             .args(args)
@@ -162,13 +155,12 @@ impl TempPostgres {
             .stdin(std::process::Stdio::null())
             .output()?;
         if !out.status.success() {
-            return Err(format!(
+            bail!(
                 "{tool} failed ({}):\n{}{}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
+            );
         }
         Ok(())
     }
@@ -179,13 +171,13 @@ impl TempPostgres {
     }
 
     /// `CREATE DATABASE name` through the server's own `createdb`.
-    pub fn create_database(&self, name: &str) -> Result<String, AnyError> {
+    pub fn create_database(&self, name: &str) -> Result<String> {
         let port = self
             .url
             .rsplit(':')
             .next()
             .and_then(|p| p.split('/').next())
-            .ok_or("no port in url")?
+            .ok_or_else(|| anyhow!("no port in url"))?
             .to_owned();
         self.run(
             "createdb",

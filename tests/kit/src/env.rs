@@ -1,0 +1,92 @@
+//! The environment of every `codexmesh` process the kit starts.
+//!
+//! Rules: a `codexmesh` command comes from [`codexmesh_command`] and nowhere else. It starts with
+//! every setting in [`SCRUBBED_ENV`] removed, so the developer's shell cannot change what a test
+//! sees, and with the outbound URLs (upstream, OAuth token, device login) on [`NOWHERE`], so no
+//! test reaches the Internet unless it points them at a simulator. stdin is `/dev/null`.
+//! [`SCRUBBED_ENV`] is the one list of those variables: a new `CODEXMESH_*` setting of the
+//! control plane (`control-plane/engine/src/config.rs`) belongs here.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Every variable the control plane reads as a setting (each `CODEXMESH_*` of
+/// `control-plane/engine/src/config.rs`), plus `RUST_LOG`: removed from every `codexmesh` child.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "CODEXMESH_CONFIG",
+    "CODEXMESH_STORE",
+    "CODEXMESH_DATA_DIR",
+    "CODEXMESH_UPSTREAM_BASE_URL",
+    "CODEXMESH_OAUTH_TOKEN_URL",
+    "CODEXMESH_AUTH_BASE_URL",
+    "CODEXMESH_GRPC_LISTEN",
+    "CODEXMESH_ADMIN_LISTEN",
+    "CODEXMESH_ADMIN_TOKEN",
+    "CODEXMESH_GATEWAY_LISTEN",
+    "CODEXMESH_ENVOY_ADMIN_LISTEN",
+    "CODEXMESH_PUSH_TOKEN",
+    "CODEXMESH_MASTER_KEY",
+    "CODEXMESH_ENVOY_BIN",
+    "CODEXMESH_WASM",
+    "CODEXMESH_HEARTBEAT_INTERVAL_MS",
+    "CODEXMESH_CHANGE_POLL_MS",
+    "CODEXMESH_REFRESH_LEAD_SECS",
+    "CODEXMESH_REFRESH_LEASE_SECS",
+    "CODEXMESH_QUOTA_POLL_INTERVAL_SECS",
+    "CODEXMESH_HEALTH_WINDOW_SECS",
+    "CODEXMESH_OUTCOME_RETENTION_HOURS",
+    "CODEXMESH_MAX_REQUEST_BODY_BYTES",
+    "CODEXMESH_WEBSOCKET_MAX_LIFETIME_SECS",
+    "CODEXMESH_WATCH",
+    "CODEXMESH_WATCH_INTERVAL_MS",
+    "CODEXMESH_FAULT",
+    "RUST_LOG",
+];
+
+/// Where the binary's outbound calls go unless a test points them at a simulator: a closed
+/// loopback port (the discard port), so no test ever reaches the Internet.
+pub const NOWHERE: &str = "http://127.0.0.1:9";
+
+/// `bin` with [`SCRUBBED_ENV`] removed, outbound URLs on [`NOWHERE`] and stdin closed; the caller
+/// adds its settings (env or flags) and the subcommand.
+pub fn codexmesh_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env(
+        "CODEXMESH_UPSTREAM_BASE_URL",
+        format!("{NOWHERE}/backend-api"),
+    )
+    .env(
+        "CODEXMESH_OAUTH_TOKEN_URL",
+        format!("{NOWHERE}/oauth/token"),
+    )
+    .env("CODEXMESH_AUTH_BASE_URL", NOWHERE)
+    .stdin(Stdio::null());
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SCRUBBED_ENV;
+
+    /// Every `CODEXMESH_*` name the settings declaration reads is scrubbed.
+    #[test]
+    fn the_list_covers_every_setting_in_config_rs() -> anyhow::Result<()> {
+        let config =
+            std::fs::read_to_string(crate::repo_root().join("control-plane/engine/src/config.rs"))?;
+        let mut missing = Vec::new();
+        for (i, _) in config.match_indices("\"CODEXMESH_") {
+            let name: String = config[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !SCRUBBED_ENV.contains(&name.as_str()) && !missing.contains(&name) {
+                missing.push(name);
+            }
+        }
+        anyhow::ensure!(missing.is_empty(), "not in SCRUBBED_ENV: {missing:?}");
+        Ok(())
+    }
+}

@@ -1,5 +1,5 @@
-//! Generated types for the codexmesh control-plane ↔ Envoy contract (`codexmesh.proto`), and the
-//! routing defaults both sides read ([`defaults`]).
+//! Generated types for the codexmesh control-plane ↔ Envoy contract (`codexmesh.proto`), the
+//! routing defaults both sides read ([`defaults`]) and the names both sides spell ([`names`]).
 #![allow(clippy::derive_partial_eq_without_eq)]
 
 pub mod v1 {
@@ -33,9 +33,42 @@ pub mod defaults {
     pub const COOLDOWN_MAX_MS: u32 = 1_800_000;
 }
 
+/// Names the filter and the control plane (or the Envoy bootstrap it renders) must spell the same
+/// way. Declared once here; the filter's own shared-data keys and queues stay in the filter.
+pub mod names {
+    /// The proxy-wasm VM id of every codexmesh plugin (the bootstrap's `vm_id`): shared data and
+    /// queues are scoped by it.
+    pub const VM_ID: &str = "codexmesh";
+    /// The Envoy cluster that reaches the control plane: a cluster of the rendered bootstrap and
+    /// the service plugin's default `control_plane_cluster`.
+    pub const CONTROL_PLANE_CLUSTER: &str = "codexmesh_control_plane";
+    /// The host environment variable holding the push token: the bootstrap's `host_env_keys`,
+    /// the service plugin's default `push_token_env` and the control plane's push-token setting.
+    pub const PUSH_TOKEN_ENV: &str = "CODEXMESH_PUSH_TOKEN";
+    /// The gRPC service of `codexmesh.proto` (package `codexmesh.v1`, service `Mesh`).
+    pub const MESH_SERVICE: &str = "codexmesh.v1.Mesh";
+    /// The streaming method the service plugin opens.
+    pub const SUBSCRIBE_METHOD: &str = "Subscribe";
+    /// `/{MESH_SERVICE}/{SUBSCRIBE_METHOD}`: the HTTP/2 path of a Subscribe call.
+    pub const SUBSCRIBE_PATH: &str = "/codexmesh.v1.Mesh/Subscribe";
+}
+
 #[cfg(test)]
 mod tests {
-    use super::defaults;
+    use super::{defaults, names};
+
+    #[test]
+    fn names_agree_with_the_proto() {
+        assert_eq!(
+            names::SUBSCRIBE_PATH,
+            format!("/{}/{}", names::MESH_SERVICE, names::SUBSCRIBE_METHOD)
+        );
+        let proto = include_str!("../codexmesh.proto");
+        let (package, service) = names::MESH_SERVICE.rsplit_once('.').unwrap_or_default();
+        assert!(proto.contains(&format!("package {package};")));
+        assert!(proto.contains(&format!("service {service} {{")));
+        assert!(proto.contains(&format!("rpc {}(", names::SUBSCRIBE_METHOD)));
+    }
 
     /// The `.proto` comments repeat the defaults for its readers; they must say the same.
     #[test]

@@ -5,6 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use codexmesh_proto::names;
+
 const TEMPLATE: &str = include_str!("../../../envoy/bootstrap.template.yaml");
 
 /// Everything the generated bootstrap depends on.
@@ -228,7 +230,13 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
     } else {
         "STRICT_DNS"
     };
-    let vars: [(&str, String); 21] = [
+    let vars: [(&str, String); 24] = [
+        ("vm_id", names::VM_ID.to_string()),
+        (
+            "control_plane_cluster",
+            names::CONTROL_PLANE_CLUSTER.to_string(),
+        ),
+        ("push_token_env", names::PUSH_TOKEN_ENV.to_string()),
         ("node_id", quote(&params.node_id)),
         ("admin_host", quote(&params.admin_listen.ip().to_string())),
         ("admin_port", params.admin_listen.port().to_string()),
@@ -270,8 +278,10 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
 /// The service's plugin configuration (JSON; no secrets).
 fn serde_json_string(node_id: &str) -> String {
     format!(
-        "{{\"role\":\"service\",\"node_id\":{},\"control_plane_cluster\":\"codexmesh_control_plane\",\"push_token_env\":\"CODEXMESH_PUSH_TOKEN\"}}",
-        quote(node_id)
+        "{{\"role\":\"service\",\"node_id\":{},\"control_plane_cluster\":{},\"push_token_env\":{}}}",
+        quote(node_id),
+        quote(names::CONTROL_PLANE_CLUSTER),
+        quote(names::PUSH_TOKEN_ENV)
     )
 }
 

@@ -39,7 +39,7 @@ use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::{OutcomeRecord, QuotaWindowRecord, Store, StoreError};
 
 /// The Subscribe method's HTTP/2 path (as the generated client calls it).
-pub const SUBSCRIBE_PATH: &str = "/codexmesh.v1.Mesh/Subscribe";
+pub const SUBSCRIBE_PATH: &str = codexmesh_proto::names::SUBSCRIBE_PATH;
 /// A SubscribeRequest is three short fields; anything near this is not one.
 const MAX_SUBSCRIBE_REQUEST_BYTES: usize = 64 * 1024;
 /// gRPC length prefix: compression flag + big-endian u32 length.

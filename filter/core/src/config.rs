@@ -30,9 +30,9 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
-            control_plane_cluster: "codexmesh_control_plane".into(),
+            control_plane_cluster: codexmesh_proto::names::CONTROL_PLANE_CLUSTER.into(),
             node_id: "codexmesh-envoy".into(),
-            push_token_env: "CODEXMESH_PUSH_TOKEN".into(),
+            push_token_env: codexmesh_proto::names::PUSH_TOKEN_ENV.into(),
             supervisor: SupervisorSettings::default(),
             tick_ms: 200,
             report_interval_ms: 1000,

@@ -16,7 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
 /// The VM id every codexmesh plugin must use; shared data and queues are scoped by it.
-pub const VM_ID: &str = "codexmesh";
+pub const VM_ID: &str = codexmesh_proto::names::VM_ID;
 /// Shared queue carrying encoded `Outcome`s from the filters to the service.
 pub const OUTCOME_QUEUE: &str = "codexmesh.outcomes";
 

@@ -14,7 +14,6 @@ use proxy_wasm::types::LogLevel;
 
 use crate::{cache, host, OUTCOME_QUEUE};
 
-const MESH_SERVICE: &str = "codexmesh.v1.Mesh";
 /// Outcomes kept while the control plane is unreachable; older ones are dropped first.
 const PENDING_CAP: usize = 20_000;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,8 +120,8 @@ impl Service {
         let target = self.grpc_target();
         let opened = hostcalls::open_grpc_stream(
             &target,
-            MESH_SERVICE,
-            "Subscribe",
+            codexmesh_proto::names::MESH_SERVICE,
+            codexmesh_proto::names::SUBSCRIBE_METHOD,
             vec![("authorization", auth.as_bytes())],
         );
         let token = match opened {

@@ -313,7 +313,7 @@ pub fn from_settings(
         // Envoy resolves relative paths against its own working directory: pin it down.
         wasm_path: std::path::absolute(&settings.wasm_path)
             .unwrap_or_else(|_| settings.wasm_path.clone()),
-        websocket_max_lifetime_secs: settings.websocket_max_lifetime_secs,
+        websocket_max_lifetime_secs: settings.websocket_max_lifetime.as_secs(),
         max_request_body_bytes: settings.max_request_body_bytes,
     }
 }

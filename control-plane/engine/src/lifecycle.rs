@@ -98,14 +98,14 @@ impl Lifecycle {
             snapshots,
             cancel.clone(),
         ))];
-        if settings.quota_poll_interval_secs > 0 {
+        if !settings.quota_poll_interval.is_zero() {
             tasks.push(tokio::spawn(run_poller(
                 Poller {
                     store: store.clone(),
                     key: key.clone(),
                     http,
                     upstream: settings.upstream_base_url.clone(),
-                    interval_ms: i64::try_from(settings.quota_poll_interval_secs * 1000)
+                    interval_ms: i64::try_from(settings.quota_poll_interval.as_millis())
                         .unwrap_or(60_000),
                     holder,
                     refresher: refresher.clone(),
@@ -116,23 +116,22 @@ impl Lifecycle {
         }
         tasks.push(tokio::spawn(run_health(
             store.clone(),
-            i64::try_from(settings.health_window_secs * 1000).unwrap_or(300_000),
+            i64::try_from(settings.health_window.as_millis()).unwrap_or(300_000),
             health_wake.clone(),
             changed.clone(),
             cancel.clone(),
         )));
-        if settings.outcome_retention_hours > 0 {
+        if !settings.outcome_retention.is_zero() {
             tasks.push(tokio::spawn(run_retention(
                 store.clone(),
-                i64::try_from(settings.outcome_retention_hours.saturating_mul(3_600_000))
-                    .unwrap_or(i64::MAX),
+                i64::try_from(settings.outcome_retention.as_millis()).unwrap_or(i64::MAX),
                 cancel.clone(),
             )));
         }
         if !settings.watch.is_empty() {
             let watcher = Watcher::new(store, key, settings.watch.clone());
             tasks.push(tokio::spawn(watcher.run(
-                Duration::from_millis(settings.watch_interval_ms),
+                settings.watch_interval,
                 changed.clone(),
                 cancel,
             )));

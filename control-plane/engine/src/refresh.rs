@@ -161,8 +161,8 @@ impl RefresherConfig {
     pub fn from_settings(s: &Settings) -> Self {
         Self {
             token_url: s.oauth_token_url.clone(),
-            lead_ms: i64::try_from(s.refresh_lead_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-            lease_ms: i64::try_from(s.refresh_lease_secs.saturating_mul(1000)).unwrap_or(60_000),
+            lead_ms: i64::try_from(s.refresh_lead.as_millis()).unwrap_or(i64::MAX),
+            lease_ms: i64::try_from(s.refresh_lease.as_millis()).unwrap_or(60_000),
             #[cfg(feature = "test-faults")]
             fault: s.fault,
         }

@@ -84,7 +84,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         store.clone(),
         key.clone(),
         cp_id.clone(),
-        Duration::from_millis(settings.change_poll_ms),
+        settings.change_poll,
         cancel.clone(),
     )
     .await?;
@@ -103,7 +103,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         hub.frames(),
         &push_token,
         Arc::new(lifecycle.sink()),
-        Duration::from_millis(settings.heartbeat_interval_ms),
+        settings.heartbeat_interval,
         cancel.clone(),
     );
     let grpc = {

@@ -60,7 +60,7 @@ enum Cmd {
         /// The codexmesh binary (default: target/release/codexmesh, else target/debug).
         #[arg(long)]
         codexmesh: Option<PathBuf>,
-        /// The server's CODEXMESH_CHANGE_POLL_MS (default: unset, i.e. the product's 200).
+        /// The server's CODEXMESH_CHANGE_POLL_MS (default: unset, i.e. the product's default).
         #[arg(long)]
         change_poll_ms: Option<u64>,
         /// Give up on a change reaching every subscriber after this many seconds.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use codexmesh_engine::config::DEFAULT_CHANGE_POLL_MS;
+use codexmesh_engine::config::Settings;
 use codexmesh_model::util::now_ms;
 use codexmesh_proto::v1 as pb;
 use codexmesh_store::crypto::MasterKey;
@@ -29,7 +29,7 @@ pub struct Options {
     pub subscribers: Vec<usize>,
     pub changes: usize,
     pub codexmesh: PathBuf,
-    /// `CODEXMESH_CHANGE_POLL_MS` for the server (None: the product default, `DEFAULT_CHANGE_POLL_MS`).
+    /// `CODEXMESH_CHANGE_POLL_MS` for the server (None: the product default, `Settings::builtin()`'s).
     pub change_poll_ms: Option<u64>,
     pub change_timeout: Duration,
     /// The control plane is killed when its RSS passes this, or when the machine's
@@ -449,6 +449,12 @@ impl Change {
 }
 
 /// Change `i`: pause an account, resume it, create a key; repeat with the next account.
+/// The control plane's built-in `change_poll_ms`.
+fn default_change_poll_ms() -> Result<u64> {
+    let poll = Settings::builtin()?.change_poll;
+    Ok(u64::try_from(poll.as_millis())?)
+}
+
 fn change_for(i: usize, pop: &Populated) -> Change {
     let round = i / 3;
     let account = pop.account_ids[(round * 7919) % pop.account_ids.len()].clone();
@@ -673,7 +679,10 @@ async fn drive(
             return Err(anyhow!("{why} (after {i} changes)"));
         }
         // Land changes at random points of the server's poll cycle.
-        let poll = opts.change_poll_ms.unwrap_or(DEFAULT_CHANGE_POLL_MS);
+        let poll = match opts.change_poll_ms {
+            Some(ms) => ms,
+            None => default_change_poll_ms()?,
+        };
         tokio::time::sleep(Duration::from_millis(rng.range(20, 20 + poll))).await;
         let change = change_for(i, pop);
         let t0 = Instant::now();
@@ -846,6 +855,10 @@ pub async fn run(opts: &Options) -> Result<Value> {
         .ok()
         .and_then(|m| m.elapsed().ok())
         .map_or(0, |d| d.as_secs());
+    let poll = match opts.change_poll_ms {
+        Some(ms) => ms.to_string(),
+        None => format!("default ({})", default_change_poll_ms()?),
+    };
     println!(
         "push bench: {} ({} s old), {} accounts over {} pool(s), subscribers {:?}, {} changes, change_poll_ms {}",
         opts.codexmesh.display(),
@@ -854,11 +867,7 @@ pub async fn run(opts: &Options) -> Result<Value> {
         opts.pools,
         opts.subscribers,
         opts.changes,
-        opts.change_poll_ms
-            .map_or_else(
-                || format!("default ({DEFAULT_CHANGE_POLL_MS})"),
-                |v| v.to_string(),
-            )
+        poll
     );
     let tmp = tempfile::Builder::new()
         .prefix("codexmesh-bench-push-")

@@ -209,7 +209,7 @@ pub async fn export(
     let holder = refresh::holder_id("cli-export");
     let lease = format!("refresh:{}", account.id);
     let lease_ms =
-        i64::try_from(ops.settings().refresh_lease_secs.saturating_mul(1000)).unwrap_or(60_000);
+        i64::try_from(ops.settings().refresh_lease.as_millis()).unwrap_or(60_000);
     let patience = Instant::now()
         + Duration::from_millis(u64::try_from(lease_ms).unwrap_or(60_000))
         + Duration::from_secs(10);

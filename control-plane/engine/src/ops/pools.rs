@@ -51,7 +51,7 @@ pub async fn create(ops: &Ops, name: &str) -> Result<Outcome<Pool>, OpsError> {
 
 pub async fn list(ops: &Ops) -> Result<Outcome<Vec<PoolSummary>>, OpsError> {
     let store = ops.store().await?;
-    let report = status::build(store, ops.settings().health_window_secs).await?;
+    let report = status::build(store, ops.settings().health_window.as_secs()).await?;
     Ok(Outcome::new(
         report
             .pools

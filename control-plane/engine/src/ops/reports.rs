@@ -15,7 +15,7 @@ pub use crate::status::{
 pub async fn status(ops: &Ops) -> Result<Outcome<StatusReport>, OpsError> {
     let store = ops.store().await?;
     Ok(Outcome::new(
-        crate::status::build(store, ops.settings().health_window_secs).await?,
+        crate::status::build(store, ops.settings().health_window.as_secs()).await?,
     ))
 }
 

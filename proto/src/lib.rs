@@ -49,6 +49,8 @@ pub mod names {
     pub const MESH_SERVICE: &str = "codexmesh.v1.Mesh";
     /// The streaming method the service plugin opens.
     pub const SUBSCRIBE_METHOD: &str = "Subscribe";
+    /// The unary method that carries the filters' outcomes.
+    pub const REPORT_METHOD: &str = "Report";
     /// `/{MESH_SERVICE}/{SUBSCRIBE_METHOD}`: the HTTP/2 path of a Subscribe call.
     pub const SUBSCRIBE_PATH: &str = "/codexmesh.v1.Mesh/Subscribe";
 }
@@ -67,7 +69,9 @@ mod tests {
         let (package, service) = names::MESH_SERVICE.rsplit_once('.').unwrap_or_default();
         assert!(proto.contains(&format!("package {package};")));
         assert!(proto.contains(&format!("service {service} {{")));
-        assert!(proto.contains(&format!("rpc {}(", names::SUBSCRIBE_METHOD)));
+        for method in [names::SUBSCRIBE_METHOD, names::REPORT_METHOD] {
+            assert!(proto.contains(&format!("rpc {method}(")), "{method}");
+        }
     }
 
     /// The `.proto` comments repeat the defaults for its readers; they must say the same.

@@ -275,8 +275,8 @@ impl Service {
         let target = self.grpc_target();
         match hostcalls::dispatch_grpc_call(
             &target,
-            MESH_SERVICE,
-            "Report",
+            codexmesh_proto::names::MESH_SERVICE,
+            codexmesh_proto::names::REPORT_METHOD,
             vec![("authorization", auth.as_bytes())],
             Some(&batch.encode_to_vec()),
             REPORT_TIMEOUT,

@@ -1432,13 +1432,13 @@ mod tests {
     }
 
     /// The README's settings table is rendered from the declaration. `UPDATE_README=1 cargo test
-    /// -p codexmesh-control-plane readme_settings_table` rewrites it.
+    /// -p codexmesh-engine readme_settings_table` rewrites it.
     #[test]
     fn readme_settings_table_is_generated() -> Result<(), Box<dyn std::error::Error>> {
         const BEGIN: &str =
-            "<!-- settings:begin (generated from control-plane/src/config.rs) -->\n";
+            "<!-- settings:begin (generated from control-plane/engine/src/config.rs) -->\n";
         const END: &str = "<!-- settings:end -->";
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
         let readme = std::fs::read_to_string(&path)?;
         let start = readme
             .find(BEGIN)
@@ -1473,7 +1473,7 @@ mod tests {
             have == want,
             "README.md's settings table differs from the declaration in config.rs \
              (- README, + declaration):\n{diff}\
-             regenerate it with: UPDATE_README=1 cargo test -p codexmesh-control-plane \
+             regenerate it with: UPDATE_README=1 cargo test -p codexmesh-engine \
              readme_settings_table"
         );
         Ok(())
@@ -1496,11 +1496,17 @@ mod tests {
             }
             Ok(())
         }
+        // Every control-plane crate's sources (this one and its neighbours).
         let mut files = Vec::new();
-        walk(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut files,
-        )?;
+        for krate in ["model", "store", "engine", "codexmesh"] {
+            walk(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join(krate)
+                    .join("src"),
+                &mut files,
+            )?;
+        }
         assert!(files.len() > 10, "found only {files:?}");
         let mut undeclared = Vec::new();
         for file in &files {

@@ -167,10 +167,18 @@ pub fn build_with(
                 .map(|a| {
                     let acc = &a.account;
                     let print = SealPrint::of(acc.token_revision, &a.sealed_access_token);
-                    let cached = previous
-                        .remove(&acc.id)
+                    // An account in several pools: opened (or reused) for the first already.
+                    let cached = cache
+                        .entries
+                        .get(&acc.id)
                         .filter(|(p, _)| *p == print)
-                        .map(|(_, token)| token);
+                        .map(|(_, token)| token.clone())
+                        .or_else(|| {
+                            previous
+                                .remove(&acc.id)
+                                .filter(|(p, _)| *p == print)
+                                .map(|(_, token)| token)
+                        });
                     let opened = match cached {
                         Some(token) => {
                             cache.reused += 1;

@@ -112,7 +112,7 @@ pub async fn build(store: &Store, health_window_secs: u64) -> Result<StatusRepor
     let pools = store.list_pools().await?;
     let keys = store.list_keys(None).await?;
     let accounts = store.list_accounts(None).await?;
-    let mut quotas = store.all_quota().await?;
+    let quotas = store.all_quota().await?;
     let counters = store.all_counters().await?;
     let now = now_ms();
     let window_ms = i64::try_from(health_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -133,13 +133,25 @@ pub async fn build(store: &Store, health_window_secs: u64) -> Result<StatusRepor
                     KeyStatus::Revoked => counts.revoked += 1,
                 }
             }
-            let accounts = accounts
+            // An account in several pools is shown in each, with that pool's priority and
+            // weight in view.
+            let mut members: Vec<Account> = accounts
                 .iter()
-                .filter(|a| a.pool_id == pool.id)
+                .filter_map(|a| {
+                    let m = a.membership(&pool.id)?;
+                    let mut a = a.clone();
+                    a.view_membership(&m.clone());
+                    Some(a)
+                })
+                .collect();
+            members
+                .sort_by(|a, b| (a.priority, &a.label, &a.id).cmp(&(b.priority, &b.label, &b.id)));
+            let accounts = members
+                .into_iter()
                 .map(|a| {
                     let window = stats.get(&a.id).copied().unwrap_or_default();
                     AccountStatus {
-                        quota: quotas.remove(&a.id).map(|q| quota_view(&q, now / 1000)),
+                        quota: quotas.get(&a.id).map(|q| quota_view(q, now / 1000)),
                         health: HealthView {
                             score: codexmesh_model::health::score(&window),
                             published: a.health,
@@ -147,7 +159,7 @@ pub async fn build(store: &Store, health_window_secs: u64) -> Result<StatusRepor
                             window,
                         },
                         counters: counters.get(&a.id).copied().unwrap_or_default(),
-                        account: a.clone(),
+                        account: a,
                     }
                 })
                 .collect();

@@ -254,6 +254,10 @@ impl Watcher {
                 )
                 .await?;
             let a = &result.account;
+            if result.tokens == crate::store::TokenUpdate::KeptNewer {
+                tracing::info!(file = %file.path, pool = %pool.name, account = %a.label,
+                    "the stored tokens of this login are newer than the file's: kept them");
+            }
             match result.action {
                 ImportAction::Created => {
                     tracing::info!(file = %file.path, pool = %pool.name, account = %a.label,
@@ -283,11 +287,12 @@ impl Watcher {
     }
 
     async fn remove(&self, a: &Account, report: &mut ScanReport) -> Result<(), StoreError> {
-        match self.store.remove_account(&self.actor, &a.id).await {
-            Ok(_) => {
-                tracing::info!(account = %a.label, pool = %a.pool,
+        // Only this folder's pool: the login may be a member of others too (then it stays).
+        match self.store.leave_pool(&self.actor, &a.id, &a.pool).await {
+            Ok((_, deleted)) => {
+                tracing::info!(account = %a.label, pool = %a.pool, deleted,
                     file = %a.source_path.as_deref().unwrap_or(""),
-                    "removed an account whose watched file is gone");
+                    "removed an account whose watched file is gone from the pool");
                 report.removed.push(a.id.clone());
                 Ok(())
             }

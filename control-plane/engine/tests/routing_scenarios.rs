@@ -349,7 +349,7 @@ async fn exercise_routing(store: &Store, tag: &str, key: &MasterKey) -> TestResu
 
     // Priority and weight.
     let set = store
-        .set_account_routing(&actor, "a", Some(7), Some(3))
+        .set_account_routing(&actor, "a", None, Some(7), Some(3))
         .await?;
     assert!(set.changed);
     assert_eq!((set.item.priority, set.item.weight), (7, 3));
@@ -357,14 +357,14 @@ async fn exercise_routing(store: &Store, tag: &str, key: &MasterKey) -> TestResu
     let r2 = store.revision().await?;
     assert!(
         !store
-            .set_account_routing(&actor, &a.id, Some(7), None)
+            .set_account_routing(&actor, &a.id, None, Some(7), None)
             .await?
             .changed
     );
     for w in [0, 1001] {
         assert!(matches!(
             store
-                .set_account_routing(&actor, &a.id, None, Some(w))
+                .set_account_routing(&actor, &a.id, None, None, Some(w))
                 .await,
             Err(StoreError::Invalid(_))
         ));

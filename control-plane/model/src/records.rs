@@ -57,6 +57,20 @@ impl Serialize for Pool {
     }
 }
 
+/// An account's place in one pool: the pool's priority and weight for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    pub pool_id: String,
+    /// The pool's name.
+    pub pool: String,
+    pub priority: u32,
+    pub weight: u32,
+    pub created_at_ms: i64,
+}
+
+/// One login (one credential lineage, one refresher), a member of one or more pools.
+/// `pool_id`, `pool`, `priority` and `weight` are one membership's: the pool a listing was
+/// asked for, else the first of `pools` by name; `pools` has them all.
 #[derive(Debug, Clone, Serialize)]
 pub struct Account {
     pub id: String,
@@ -94,9 +108,33 @@ pub struct Account {
     /// SHA-256 (hex) of that file's content when it was last imported.
     #[serde(skip)]
     pub source_hash: Option<String>,
+    /// Every pool the account is a member of, by pool name.
+    pub pools: Vec<Membership>,
 }
 
 impl Account {
+    /// The membership in pool `pool_id`, if the account is a member there.
+    pub fn membership(&self, pool_id: &str) -> Option<&Membership> {
+        self.pools.iter().find(|m| m.pool_id == pool_id)
+    }
+
+    /// Makes `m` the membership in view (`pool_id`, `pool`, `priority`, `weight`).
+    pub(crate) fn view_membership(&mut self, m: &Membership) {
+        self.pool_id.clone_from(&m.pool_id);
+        self.pool.clone_from(&m.pool);
+        self.priority = m.priority;
+        self.weight = m.weight;
+    }
+
+    /// The names of its pools, comma-separated.
+    pub fn pool_names(&self) -> String {
+        self.pools
+            .iter()
+            .map(|m| m.pool.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// `needs_reauth (refresh_token_reused)`, `active`, ...: the state with its reason where
     /// the reason matters to an operator.
     pub fn state_display(&self) -> String {
@@ -308,11 +346,27 @@ pub enum ImportAction {
     Updated,
 }
 
+/// What an import did with the tokens of a login the store already had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenUpdate {
+    /// A new account: the imported tokens start its lineage.
+    New,
+    /// The imported tokens replaced the stored ones (newer, or the same generation).
+    Replaced,
+    /// The stored tokens are newer (the imported access token expires earlier: its refresh
+    /// token was most likely rotated since): kept, the imported ones ignored.
+    KeptNewer,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ImportResult {
     pub action: ImportAction,
     pub account: Account,
     pub revision: i64,
+    /// The account was not a member of the pool before (always true for a new account).
+    pub joined_pool: bool,
+    pub tokens: TokenUpdate,
 }
 
 /// What a state change did: `changed == false` means it was already so (nothing written).
@@ -428,6 +482,7 @@ pub mod fixtures {
             last_refresh_error: None,
             source_path: None,
             source_hash: None,
+            pools: Vec::new(),
         }
     }
 }

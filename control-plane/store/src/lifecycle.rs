@@ -192,6 +192,19 @@ impl Store {
         Ok(account)
     }
 
+    /// [`Store::account`] with its membership in pool `pool` in view; without a pool, an
+    /// account in several pools is an error asking for one.
+    pub async fn account_in_pool(
+        &self,
+        ident: &str,
+        pool: Option<&str>,
+    ) -> Result<Account, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let account = super::ops::resolve_account_for_pool_tx(&mut tx, ident, pool).await;
+        tx.rollback().await?;
+        account
+    }
+
     /// An account (by id) with its three tokens opened under `key`.
     pub async fn account_secrets(
         &self,
@@ -208,7 +221,11 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no account with id {id:?}")))?;
-        let account = account_from_row(&row)?;
+        let mut account = [account_from_row(&row)?];
+        let mut tx = self.pool.begin().await?;
+        super::ops::attach_memberships_tx(&mut tx, &mut account, Some(id), None).await?;
+        tx.rollback().await?;
+        let [account] = account;
         let open = |field: &str| -> Result<String, StoreError> {
             let sealed: Vec<u8> = col(&row, &format!("sealed_{field}"))?;
             Ok(key.open_string(&account.id, field, &sealed)?)

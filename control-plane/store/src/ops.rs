@@ -1,14 +1,17 @@
 //! Store operations: pools, accounts, keys, outcomes, audit, snapshot reads.
 
+use std::collections::HashMap;
+
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 
+use super::TokenUpdate;
 use super::{
     audit, col, col_bool, col_u32, is_unique_violation, Account, AccountState, AccountWithToken,
     Actor, AuditEntry, Changed, ImportAction, ImportResult, ImportSource, KeyStatus, LoggedOutcome,
-    OutcomeRecord, Pool, PoolKey, RequestLogQuery, Routing, RoutingMode, SnapshotAccount,
-    SnapshotData, Store, StoreError, Strategy,
+    Membership, OutcomeRecord, Pool, PoolKey, RequestLogQuery, Routing, RoutingMode,
+    SnapshotAccount, SnapshotData, Store, StoreError, Strategy,
 };
 use crate::crypto::MasterKey;
 use codexmesh_model::credentials::CodexCredentials;
@@ -21,13 +24,18 @@ pub(super) const POOL_SELECT: &str = "SELECT id, name, created_at, strategy, max
      explain_routes, primary_account_id, primary_threshold_percent, secondary_threshold_percent, \
      circuit_failures, circuit_open_ms, cooldown_max_ms, websockets FROM pools";
 
-pub(super) const ACCOUNT_SELECT: &str = "SELECT a.id, a.pool_id, p.name AS pool_name, a.label, \
+/// An account's own columns; its pools come from `pool_memberships` ([`attach_memberships_tx`]).
+/// (`accounts.pool_id`, `priority` and `weight` are pre-0005 leftovers: not read.)
+pub(super) const ACCOUNT_SELECT: &str = "SELECT a.id, a.label, \
      a.chatgpt_account_id, a.chatgpt_user_id, a.email, a.plan, a.state, a.state_reason, \
-     a.cooldown_until, a.priority, a.weight, a.access_token_expires_at, a.tokens_updated_at, \
+     a.cooldown_until, a.access_token_expires_at, a.tokens_updated_at, \
      a.created_at, a.updated_at, a.sealed_access_token, a.token_revision, a.health, \
      a.last_refresh_at, a.refresh_failures, a.next_refresh_at, a.last_refresh_error, \
      a.source_path, a.source_hash \
-     FROM accounts a JOIN pools p ON p.id = a.pool_id";
+     FROM accounts a";
+
+const MEMBERSHIP_SELECT: &str = "SELECT m.account_id, m.pool_id, p.name AS pool_name, \
+     m.priority, m.weight, m.created_at FROM pool_memberships m JOIN pools p ON p.id = m.pool_id";
 
 const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name, k.label, \
      k.key_hash, k.status, k.operator, k.created_at, k.revoked_at, k.routing_mode, k.strategy, \
@@ -90,8 +98,9 @@ pub(super) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
     let state: String = col(row, "state")?;
     Ok(Account {
         id: col(row, "id")?,
-        pool_id: col(row, "pool_id")?,
-        pool: col(row, "pool_name")?,
+        // Filled in from its memberships.
+        pool_id: String::new(),
+        pool: String::new(),
         label: col(row, "label")?,
         chatgpt_account_id: col(row, "chatgpt_account_id")?,
         chatgpt_user_id: col(row, "chatgpt_user_id")?,
@@ -101,8 +110,8 @@ pub(super) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("unknown account state {state:?}")))?,
         state_reason: col(row, "state_reason")?,
         cooldown_until_ms: col(row, "cooldown_until")?,
-        priority: col_u32(row, "priority")?,
-        weight: col_u32(row, "weight")?,
+        priority: 0,
+        weight: 1,
         access_token_expires_at_ms: col(row, "access_token_expires_at")?,
         tokens_updated_at_ms: col(row, "tokens_updated_at")?,
         created_at_ms: col(row, "created_at")?,
@@ -115,7 +124,62 @@ pub(super) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
         last_refresh_error: col(row, "last_refresh_error")?,
         source_path: col(row, "source_path")?,
         source_hash: col(row, "source_hash")?,
+        pools: Vec::new(),
     })
+}
+
+fn membership_from_row(row: &AnyRow) -> Result<(String, Membership), StoreError> {
+    Ok((
+        col(row, "account_id")?,
+        Membership {
+            pool_id: col(row, "pool_id")?,
+            pool: col(row, "pool_name")?,
+            priority: col_u32(row, "priority")?,
+            weight: col_u32(row, "weight")?,
+            created_at_ms: col(row, "created_at")?,
+        },
+    ))
+}
+
+/// Fills in `accounts`' memberships (all of them when `only` is None, else those of the one
+/// account `only`) and puts the one in `view_pool` (else the first by pool name) in view.
+pub(super) async fn attach_memberships_tx(
+    tx: &mut Transaction<'static, Any>,
+    accounts: &mut [Account],
+    only: Option<&str>,
+    view_pool: Option<&str>,
+) -> Result<(), StoreError> {
+    let rows = match only {
+        Some(id) => {
+            sqlx::query(&format!(
+                "{MEMBERSHIP_SELECT} WHERE m.account_id = $1 ORDER BY p.name"
+            ))
+            .bind(id.to_owned())
+            .fetch_all(&mut **tx)
+            .await?
+        }
+        None => {
+            sqlx::query(&format!("{MEMBERSHIP_SELECT} ORDER BY p.name"))
+                .fetch_all(&mut **tx)
+                .await?
+        }
+    };
+    let mut of: HashMap<String, Vec<Membership>> = HashMap::new();
+    for r in &rows {
+        let (account_id, m) = membership_from_row(r)?;
+        of.entry(account_id).or_default().push(m);
+    }
+    for a in accounts.iter_mut() {
+        a.pools = of.remove(&a.id).unwrap_or_default();
+        let shown = view_pool
+            .and_then(|p| a.membership(p))
+            .or_else(|| a.pools.first())
+            .cloned();
+        if let Some(m) = shown {
+            a.view_membership(&m);
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
@@ -265,7 +329,59 @@ pub(super) async fn resolve_account_tx(
     ident: &str,
 ) -> Result<Account, StoreError> {
     let rows = rows_by_id_or_label(tx, ACCOUNT_SELECT, "a", ident).await?;
-    pick_one(&rows, "account", ident, account_from_row, |a| &a.id)
+    let mut account = [pick_one(&rows, "account", ident, account_from_row, |a| {
+        &a.id
+    })?];
+    let id = account[0].id.clone();
+    attach_memberships_tx(tx, &mut account, Some(&id), None).await?;
+    let [account] = account;
+    Ok(account)
+}
+
+/// [`resolve_account_tx`] with the membership in `pool` in view; an error naming the account's
+/// pools when it is not a member there.
+pub(super) async fn resolve_member_tx(
+    tx: &mut Transaction<'static, Any>,
+    ident: &str,
+    pool: &Pool,
+) -> Result<Account, StoreError> {
+    let mut account = resolve_account_tx(tx, ident).await?;
+    let m = account.membership(&pool.id).cloned().ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "account {} is not in pool {:?} (its pools: {})",
+            account.label,
+            pool.name,
+            account.pool_names()
+        ))
+    })?;
+    account.view_membership(&m);
+    Ok(account)
+}
+
+/// The account by id or label, with the membership in pool `pool_name` in view when given;
+/// without a pool, an account in several pools is an error asking for one.
+pub(super) async fn resolve_account_for_pool_tx(
+    tx: &mut Transaction<'static, Any>,
+    ident: &str,
+    pool_name: Option<&str>,
+) -> Result<Account, StoreError> {
+    match pool_name {
+        Some(name) => {
+            let pool = pool_by_name_tx(tx, name).await?;
+            resolve_member_tx(tx, ident, &pool).await
+        }
+        None => {
+            let account = resolve_account_tx(tx, ident).await?;
+            if account.pools.len() > 1 {
+                return Err(StoreError::Invalid(format!(
+                    "account {} is in several pools ({}): name one with --pool",
+                    account.label,
+                    account.pool_names()
+                )));
+            }
+            Ok(account)
+        }
+    }
 }
 
 pub(super) async fn resolve_key_tx(
@@ -389,9 +505,17 @@ impl Store {
             .await
     }
 
-    /// [`Store::import_account`], remembering the watched-folder file it came from. The
-    /// tokens' generation starts over: `token_revision` is this write's revision and any
-    /// refresh backoff is cleared.
+    /// [`Store::import_account`], remembering the watched-folder file it came from.
+    ///
+    /// One login (same ChatGPT account id and user) is one account, whatever the pools: a
+    /// login the store already has gains a membership in `pool_name` (priority 0, weight 1)
+    /// when it lacks one, and never a second token lineage. Its tokens are replaced unless
+    /// the stored ones are newer (the imported access token expires earlier: its refresh
+    /// token was most likely rotated since, and replaying it would revoke the login), in
+    /// which case they are kept ([`TokenUpdate::KeptNewer`]); an account that needs
+    /// re-authentication always takes the imported tokens. Replaced tokens start a new
+    /// generation: `token_revision` is this write's revision and any refresh backoff is
+    /// cleared.
     pub async fn import_account_from(
         &self,
         actor: &Actor,
@@ -407,29 +531,46 @@ impl Store {
         let (mut tx, revision) = self.begin_write().await?;
         check_master_key_tx(&mut tx, key).await?;
         let pool = pool_by_name_tx(&mut tx, pool_name).await?;
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM accounts WHERE pool_id = $1 AND chatgpt_account_id = $2",
-        )
-        .bind(pool.id.clone())
-        .bind(creds.chatgpt_account_id.clone())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let existing = find_login_tx(&mut tx, creds).await?;
         let now = now_ms();
-        let (id, action) = match existing {
-            Some(id) => (id, ImportAction::Updated),
+        let (id, action) = match &existing {
+            Some((id, _)) => (id.clone(), ImportAction::Updated),
             None => (util::new_id("acc")?, ImportAction::Created),
+        };
+        let tokens = match existing {
+            None => TokenUpdate::New,
+            Some((_, stored_expiry)) => match (creds.access_token_expires_at_ms, stored_expiry) {
+                (Some(imported), Some(stored)) if imported < stored => TokenUpdate::KeptNewer,
+                _ => TokenUpdate::Replaced,
+            },
         };
         let seal = |field: &str, value: &str| key.seal_str(&id, field, value);
         let access = seal("access_token", &creds.access_token)?;
         let refresh = seal("refresh_token", &creds.refresh_token)?;
         let id_tok = seal("id_token", &creds.id_token)?;
 
-        match action {
-            ImportAction::Updated => {
+        match tokens {
+            TokenUpdate::KeptNewer => {
+                sqlx::query(
+                    "UPDATE accounts SET label = COALESCE($1, label), updated_at = $2, \
+                       source_path = COALESCE($3, source_path), \
+                       source_hash = COALESCE($4, source_hash) \
+                     WHERE id = $5",
+                )
+                .bind(label.map(str::to_owned))
+                .bind(now)
+                .bind(source.map(|s| s.path.clone()))
+                .bind(source.map(|s| s.hash.clone()))
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
+            TokenUpdate::Replaced => {
                 sqlx::query(
                     "UPDATE accounts SET \
                        sealed_access_token = $1, sealed_refresh_token = $2, sealed_id_token = $3, \
-                       access_token_expires_at = $4, email = $5, plan = $6, chatgpt_user_id = $7, \
+                       access_token_expires_at = $4, email = $5, plan = $6, \
+                       chatgpt_user_id = COALESCE($7, chatgpt_user_id), \
                        label = COALESCE($8, label), tokens_updated_at = $9, updated_at = $9, \
                        state_reason = CASE WHEN state = 'needs_reauth' THEN NULL ELSE state_reason END, \
                        state = CASE WHEN state = 'needs_reauth' THEN 'active' ELSE state END, \
@@ -454,11 +595,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            ImportAction::Created => {
+            TokenUpdate::New => {
                 let label = match label {
                     Some(l) => l.to_owned(),
                     None => default_account_label(&mut tx, &pool.id, creds).await?,
                 };
+                // accounts.pool_id / priority / weight: pre-0005 columns, not read (see
+                // migrations/*/0005_memberships.sql); pool_id names the first pool.
                 sqlx::query(
                     "INSERT INTO accounts (id, pool_id, label, chatgpt_account_id, chatgpt_user_id, \
                        email, plan, state, priority, weight, access_token_expires_at, \
@@ -484,9 +627,23 @@ impl Store {
                 .bind(source.map(|s| s.path.clone()))
                 .bind(source.map(|s| s.hash.clone()))
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        // SQLite keeps the pre-0005 UNIQUE (pool_id, chatgpt_account_id).
+                        StoreError::Conflict(format!(
+                            "another user of ChatGPT account {} was first imported into pool \
+                             {:?}: import this login into another pool first, then add it \
+                             here with `codexmesh account join`",
+                            creds.chatgpt_account_id, pool.name
+                        ))
+                    } else {
+                        e.into()
+                    }
+                })?;
             }
         }
+        let joined_pool = add_membership_tx(&mut tx, &pool.id, &id, 0, 1).await?;
         let action_name = match action {
             ImportAction::Created => "account.import",
             ImportAction::Updated => "account.reimport",
@@ -497,39 +654,107 @@ impl Store {
             action_name,
             Some(&id),
             json!({"pool": pool.name, "chatgpt_account_id": creds.chatgpt_account_id,
-                   "source": source.map(|s| s.path.clone())}),
+                   "source": source.map(|s| s.path.clone()), "joined_pool": joined_pool,
+                   "tokens": tokens}),
             revision,
         )
         .await?;
-        let account = resolve_account_tx(&mut tx, &id).await?;
+        let account = resolve_member_tx(&mut tx, &id, &pool).await?;
         tx.commit().await?;
         Ok(ImportResult {
             action,
             account,
             revision,
+            joined_pool,
+            tokens,
         })
     }
 
+    /// Accounts with every membership; with `pool`, that pool's members (its membership in
+    /// view), else every account once (its first pool in view).
     pub async fn list_accounts(&self, pool: Option<&str>) -> Result<Vec<Account>, StoreError> {
-        let rows = match pool {
+        let mut tx = self.pool.begin().await?;
+        let (rows, view) = match pool {
             Some(name) => {
-                self.pool_by_name(name).await?;
-                sqlx::query(&format!(
-                    "{ACCOUNT_SELECT} WHERE p.name = $1 ORDER BY a.priority, a.label, a.id"
+                let pool = pool_by_name_tx(&mut tx, name).await?;
+                let rows = sqlx::query(&format!(
+                    "{ACCOUNT_SELECT} JOIN pool_memberships m ON m.account_id = a.id \
+                     WHERE m.pool_id = $1 ORDER BY m.priority, a.label, a.id"
                 ))
-                .bind(name.to_owned())
-                .fetch_all(&self.pool)
-                .await?
+                .bind(pool.id.clone())
+                .fetch_all(&mut *tx)
+                .await?;
+                (rows, Some(pool.id))
             }
             None => {
-                sqlx::query(&format!(
-                    "{ACCOUNT_SELECT} ORDER BY p.name, a.priority, a.label, a.id"
-                ))
-                .fetch_all(&self.pool)
-                .await?
+                // Ordered by first pool below.
+                let rows = sqlx::query(&format!("{ACCOUNT_SELECT} ORDER BY a.label, a.id"))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                (rows, None)
             }
         };
-        rows.iter().map(account_from_row).collect()
+        let mut accounts = rows
+            .iter()
+            .map(account_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        attach_memberships_tx(&mut tx, &mut accounts, None, view.as_deref()).await?;
+        tx.rollback().await?;
+        if view.is_none() {
+            accounts.sort_by(|a, b| {
+                (&a.pool, a.priority, &a.label, &a.id).cmp(&(&b.pool, b.priority, &b.label, &b.id))
+            });
+        }
+        Ok(accounts)
+    }
+
+    /// Adds an account (by id or label) to another pool, with that pool's priority and weight
+    /// for it (defaults 0 and 1). `changed == false`: it was a member already (nothing written).
+    pub async fn join_pool(
+        &self,
+        actor: &Actor,
+        ident: &str,
+        pool_name: &str,
+        priority: Option<u32>,
+        weight: Option<u32>,
+    ) -> Result<Changed<Account>, StoreError> {
+        if let Some(w) = weight {
+            crate::routing::check_weight(w).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let pool = pool_by_name_tx(&mut tx, pool_name).await?;
+        let account = resolve_account_tx(&mut tx, ident).await?;
+        if account.membership(&pool.id).is_some() {
+            let account = resolve_member_tx(&mut tx, &account.id, &pool).await?;
+            return Ok(Changed {
+                changed: false,
+                item: account,
+            });
+        }
+        add_membership_tx(
+            &mut tx,
+            &pool.id,
+            &account.id,
+            priority.unwrap_or(0),
+            weight.unwrap_or(1),
+        )
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            "account.join",
+            Some(&account.id),
+            json!({"pool": pool.name, "label": account.label,
+                   "priority": priority.unwrap_or(0), "weight": weight.unwrap_or(1)}),
+            revision,
+        )
+        .await?;
+        let account = resolve_member_tx(&mut tx, &account.id, &pool).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: account,
+        })
     }
 
     /// Pauses (`true`) or resumes (`false`) an account found by id or label.
@@ -590,7 +815,7 @@ impl Store {
         })
     }
 
-    /// Deletes an account and its sealed tokens.
+    /// Deletes an account (from every pool) and its sealed tokens.
     pub async fn remove_account(&self, actor: &Actor, ident: &str) -> Result<Account, StoreError> {
         let (mut tx, revision) = self.begin_write().await?;
         let account = resolve_account_tx(&mut tx, ident).await?;
@@ -615,7 +840,7 @@ impl Store {
             actor,
             "account.remove",
             Some(&account.id),
-            json!({"pool": account.pool, "label": account.label,
+            json!({"pool": account.pool, "pools": account.pool_names(), "label": account.label,
                    "chatgpt_account_id": account.chatgpt_account_id,
                    "cleared_primary_of": {"pools": primary_of_pools, "keys": primary_of_keys}}),
             revision,
@@ -623,6 +848,44 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(account)
+    }
+
+    /// Takes an account (by id or label) out of one pool: its membership goes, and where it
+    /// was primary_first's owner in that pool (the pool's or a key's setting) that is cleared.
+    /// Leaving its last pool removes the account ([`Store::remove_account`]); the returned flag
+    /// says so.
+    pub async fn leave_pool(
+        &self,
+        actor: &Actor,
+        ident: &str,
+        pool_name: &str,
+    ) -> Result<(Account, bool), StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let pool = pool_by_name_tx(&mut tx, pool_name).await?;
+        let account = resolve_member_tx(&mut tx, ident, &pool).await?;
+        if account.pools.len() <= 1 {
+            // Its last pool: the whole account goes (dropping the transaction undoes the bump).
+            drop(tx);
+            let removed = self.remove_account(actor, &account.id).await?;
+            return Ok((removed, true));
+        }
+        let cleared = clear_primary_in_pool_tx(&mut tx, &pool.id, &account.id).await?;
+        sqlx::query("DELETE FROM pool_memberships WHERE pool_id = $1 AND account_id = $2")
+            .bind(pool.id.clone())
+            .bind(account.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "account.leave",
+            Some(&account.id),
+            json!({"pool": pool.name, "label": account.label, "cleared_primary_of": cleared}),
+            revision,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((account, false))
     }
 
     // ---- keys ----
@@ -971,11 +1234,12 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut quotas = super::lifecycle::all_quota_tx(&mut tx).await?;
+        let quotas = super::lifecycle::all_quota_tx(&mut tx).await?;
         let accounts = accounts
             .into_iter()
             .map(|mut a| {
-                a.quota = quotas.remove(&a.account.id);
+                // An account in several pools is sent in each.
+                a.quota = quotas.get(&a.account.id).cloned();
                 a
             })
             .collect();
@@ -989,10 +1253,13 @@ impl Store {
     }
 }
 
-/// What [`Store::snapshot_data`] reads of each account, in the order accounts are sent.
-const SNAPSHOT_ACCOUNT_SELECT: &str = "SELECT id, pool_id, label, chatgpt_account_id, plan, \
-     state, state_reason, cooldown_until, priority, weight, access_token_expires_at, \
-     token_revision, health, sealed_access_token FROM accounts ORDER BY priority, label, id";
+/// What [`Store::snapshot_data`] reads of each account, once per membership (with that pool's
+/// priority and weight), in the order accounts are sent.
+const SNAPSHOT_ACCOUNT_SELECT: &str = "SELECT a.id, m.pool_id, a.label, a.chatgpt_account_id, \
+     a.plan, a.state, a.state_reason, a.cooldown_until, m.priority, m.weight, \
+     a.access_token_expires_at, a.token_revision, a.health, a.sealed_access_token \
+     FROM pool_memberships m JOIN accounts a ON a.id = m.account_id \
+     ORDER BY m.priority, a.label, a.id, m.pool_id";
 
 fn snapshot_account_from_row(row: &AnyRow) -> Result<SnapshotAccount, StoreError> {
     let state: String = col(row, "state")?;
@@ -1025,12 +1292,14 @@ async fn default_account_label(
         .email
         .clone()
         .unwrap_or_else(|| creds.chatgpt_account_id.clone());
-    let taken: Option<String> =
-        sqlx::query_scalar("SELECT id FROM accounts WHERE pool_id = $1 AND label = $2")
-            .bind(pool_id.to_owned())
-            .bind(base.clone())
-            .fetch_optional(&mut **tx)
-            .await?;
+    let taken: Option<String> = sqlx::query_scalar(
+        "SELECT a.id FROM accounts a JOIN pool_memberships m ON m.account_id = a.id \
+             WHERE m.pool_id = $1 AND a.label = $2",
+    )
+    .bind(pool_id.to_owned())
+    .bind(base.clone())
+    .fetch_optional(&mut **tx)
+    .await?;
     let label = if taken.is_some() {
         let short: String = creds.chatgpt_account_id.chars().take(8).collect();
         format!("{base}/{short}")
@@ -1038,6 +1307,99 @@ async fn default_account_label(
         base
     };
     Ok(label.chars().take(MAX_LABEL_LEN).collect())
+}
+
+/// The account with the same login as `creds` (same ChatGPT account id and user), with its
+/// stored access token expiry. A row without a user id (an auth.json without the claim) is the
+/// login when it is the only candidate: the older import could not tell users apart. The expiry
+/// is None when the account needs re-authentication (its tokens are not worth keeping).
+async fn find_login_tx(
+    tx: &mut Transaction<'static, Any>,
+    creds: &CodexCredentials,
+) -> Result<Option<(String, Option<i64>)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, chatgpt_user_id, access_token_expires_at, state FROM accounts \
+         WHERE chatgpt_account_id = $1 ORDER BY id",
+    )
+    .bind(creds.chatgpt_account_id.clone())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut exact = None;
+    let mut loose = Vec::new();
+    for r in &rows {
+        let id: String = col(r, "id")?;
+        let user: Option<String> = col(r, "chatgpt_user_id")?;
+        // A login that needs re-authentication has nothing worth keeping: any import replaces
+        // its tokens.
+        let expiry: Option<i64> = col(r, "access_token_expires_at")?;
+        let state: String = col(r, "state")?;
+        let expiry = expiry.filter(|_| state != AccountState::NeedsReauth.as_str());
+        if user == creds.chatgpt_user_id {
+            exact = Some((id, expiry));
+        } else if user.is_none() || creds.chatgpt_user_id.is_none() {
+            loose.push((id, expiry));
+        }
+    }
+    Ok(match (exact, loose.len()) {
+        (Some(found), _) => Some(found),
+        (None, 1) => loose.pop(),
+        _ => None,
+    })
+}
+
+/// Makes `account_id` a member of `pool_id`; false when it already was (nothing written).
+pub(super) async fn add_membership_tx(
+    tx: &mut Transaction<'static, Any>,
+    pool_id: &str,
+    account_id: &str,
+    priority: u32,
+    weight: u32,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO pool_memberships (pool_id, account_id, priority, weight, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pool_id, account_id) DO NOTHING",
+    )
+    .bind(pool_id.to_owned())
+    .bind(account_id.to_owned())
+    .bind(i64::from(priority))
+    .bind(i64::from(weight))
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Clears `account_id` as primary_first's owner of pool `pool_id` and of that pool's keys (an
+/// owner must be a member); returns where, for the audit row.
+async fn clear_primary_in_pool_tx(
+    tx: &mut Transaction<'static, Any>,
+    pool_id: &str,
+    account_id: &str,
+) -> Result<serde_json::Value, StoreError> {
+    let pools = sqlx::query(
+        "UPDATE pools SET primary_account_id = NULL WHERE id = $1 AND primary_account_id = $2",
+    )
+    .bind(pool_id.to_owned())
+    .bind(account_id.to_owned())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM pool_keys WHERE pool_id = $1 AND primary_account_id = $2 ORDER BY id",
+    )
+    .bind(pool_id.to_owned())
+    .bind(account_id.to_owned())
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE pool_keys SET primary_account_id = NULL WHERE pool_id = $1 \
+         AND primary_account_id = $2",
+    )
+    .bind(pool_id.to_owned())
+    .bind(account_id.to_owned())
+    .execute(&mut **tx)
+    .await?;
+    Ok(json!({"pool": pools > 0, "keys": keys}))
 }
 
 impl Store {

@@ -6,8 +6,8 @@ use serde_json::json;
 use sqlx::{Any, Transaction};
 
 use super::ops::{
-    account_from_row, find_pool_tx, pool_by_name_tx, resolve_account_tx, resolve_key_tx,
-    PoolKeyColumn, ACCOUNT_SELECT,
+    account_from_row, find_pool_tx, pool_by_name_tx, resolve_account_for_pool_tx, resolve_key_tx,
+    resolve_member_tx, PoolKeyColumn, ACCOUNT_SELECT,
 };
 use super::{audit, Account, Actor, Changed, NullableF64, Pool, PoolKey, Store, StoreError};
 use codexmesh_model::routing::{self, Primary, Routing, RoutingMode, RoutingPatch};
@@ -54,7 +54,7 @@ pub(super) async fn pool_by_id_tx(
         .ok_or_else(|| StoreError::Corrupt(format!("pool {id} is missing")))
 }
 
-/// The owner account a patch names, resolved inside `pool` (id first, then label):
+/// The owner account a patch names, resolved among `pool`'s members (id first, then label):
 /// `None` = not named, `Some(None)` = cleared.
 async fn resolve_primary_tx(
     tx: &mut Transaction<'static, Any>,
@@ -67,7 +67,8 @@ async fn resolve_primary_tx(
         Some(Primary::Account(ident)) => ident,
     };
     let mut rows = sqlx::query(&format!(
-        "{ACCOUNT_SELECT} WHERE a.pool_id = $1 AND a.id = $2"
+        "{ACCOUNT_SELECT} JOIN pool_memberships m ON m.account_id = a.id \
+         WHERE m.pool_id = $1 AND a.id = $2"
     ))
     .bind(pool.id.clone())
     .bind(ident.clone())
@@ -75,7 +76,8 @@ async fn resolve_primary_tx(
     .await?;
     if rows.is_empty() {
         rows = sqlx::query(&format!(
-            "{ACCOUNT_SELECT} WHERE a.pool_id = $1 AND a.label = $2 ORDER BY a.id"
+            "{ACCOUNT_SELECT} JOIN pool_memberships m ON m.account_id = a.id \
+             WHERE m.pool_id = $1 AND a.label = $2 ORDER BY a.id"
         ))
         .bind(pool.id.clone())
         .bind(ident.clone())
@@ -265,11 +267,13 @@ impl Store {
     }
 
     /// Sets an account's priority (lower goes first in priority_order and primary_first) and
-    /// weight (its share in round robin and session spreading).
+    /// weight (its share in round robin and session spreading) in one pool: `pool` names it,
+    /// and may be left out for an account in one pool only.
     pub async fn set_account_routing(
         &self,
         actor: &Actor,
         ident: &str,
+        pool: Option<&str>,
         priority: Option<u32>,
         weight: Option<u32>,
     ) -> Result<Changed<Account>, StoreError> {
@@ -277,7 +281,7 @@ impl Store {
             routing::check_weight(w).map_err(invalid)?;
         }
         let (mut tx, revision) = self.begin_write().await?;
-        let account = resolve_account_tx(&mut tx, ident).await?;
+        let account = resolve_account_for_pool_tx(&mut tx, ident, pool).await?;
         let new_priority = priority.unwrap_or(account.priority);
         let new_weight = weight.unwrap_or(account.weight);
         if (new_priority, new_weight) == (account.priority, account.weight) {
@@ -287,14 +291,20 @@ impl Store {
             });
         }
         sqlx::query(
-            "UPDATE accounts SET priority = $1, weight = $2, updated_at = $3 WHERE id = $4",
+            "UPDATE pool_memberships SET priority = $1, weight = $2 \
+             WHERE pool_id = $3 AND account_id = $4",
         )
         .bind(i64::from(new_priority))
         .bind(i64::from(new_weight))
-        .bind(now_ms())
+        .bind(account.pool_id.clone())
         .bind(account.id.clone())
         .execute(&mut *tx)
         .await?;
+        sqlx::query("UPDATE accounts SET updated_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(account.id.clone())
+            .execute(&mut *tx)
+            .await?;
         audit(
             &mut tx,
             actor,
@@ -306,7 +316,8 @@ impl Store {
             revision,
         )
         .await?;
-        let account = resolve_account_tx(&mut tx, &account.id).await?;
+        let pool = pool_by_id_tx(&mut tx, &account.pool_id).await?;
+        let account = resolve_member_tx(&mut tx, &account.id, &pool).await?;
         tx.commit().await?;
         Ok(Changed {
             changed: true,

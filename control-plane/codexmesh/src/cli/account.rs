@@ -11,11 +11,13 @@ use super::{notify, print_notices, CliError, Ctx, Output};
 use codexmesh_engine::ops::accounts::{self, ExportOptions, DEFAULT_LOGIN_TIMEOUT};
 use codexmesh_model::routing::{parse_u32_in, WEIGHT};
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_store::{Account, ImportAction, ImportResult};
+use codexmesh_store::{Account, ImportAction, ImportResult, TokenUpdate};
 
 #[derive(Debug, Subcommand)]
 pub enum Args {
-    /// Import a Codex auth.json (ChatGPT login) into a pool
+    /// Import a Codex auth.json (ChatGPT login) into a pool. A login already present (in any
+    /// pool) stays one account: it joins this pool too, and its tokens are updated unless the
+    /// stored ones are newer
     Import {
         /// Path to the auth.json
         path: PathBuf,
@@ -42,10 +44,13 @@ pub enum Args {
         #[arg(value_name = "ID|LABEL")]
         account: String,
     },
-    /// Set an account's priority and weight; prints the account
+    /// Set an account's priority and weight in a pool; prints the account
     Set {
         #[arg(value_name = "ID|LABEL")]
         account: String,
+        /// The pool whose priority and weight change (needed when the account is in several)
+        #[arg(long)]
+        pool: Option<String>,
         /// Lower goes first (priority_order; primary_first's fallback order); default 0
         #[arg(long, value_name = "N", allow_hyphen_values = true)]
         priority: Option<String>,
@@ -53,10 +58,28 @@ pub enum Args {
         #[arg(long, value_name = "N", allow_hyphen_values = true)]
         weight: Option<String>,
     },
-    /// Delete an account and its stored tokens
+    /// Delete an account and its stored tokens (from every pool), or with --pool take it out
+    /// of that pool only (deleting it when that was its last pool)
     Remove {
         #[arg(value_name = "ID|LABEL")]
         account: String,
+        /// Only leave this pool
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Add an account to another pool (one account, one token lineage, in several pools)
+    Join {
+        #[arg(value_name = "ID|LABEL")]
+        account: String,
+        /// The pool to join
+        #[arg(long)]
+        pool: String,
+        /// Priority in that pool (default 0)
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        priority: Option<String>,
+        /// Weight in that pool (1-1000; default 1)
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        weight: Option<String>,
     },
     /// Refresh an account's access token now (single-flight with every other process)
     Refresh {
@@ -109,20 +132,32 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 return out.line("no accounts: codexmesh account import PATH --pool NAME");
             }
             let now = now_ms();
-            let rows: Vec<Vec<String>> = accounts
-                .iter()
-                .map(|a| {
-                    vec![
-                        a.pool.clone(),
-                        a.label.clone(),
-                        a.id.clone(),
-                        a.chatgpt_account_id.clone(),
-                        opt(&a.plan),
-                        a.state_display(),
-                        expires_in(a, now),
-                    ]
-                })
-                .collect();
+            // One row per membership (an account in several pools shows in each); with
+            // --pool, that pool's.
+            let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+            for a in &accounts {
+                let pools: Vec<&str> = match &pool {
+                    Some(_) => vec![a.pool.as_str()],
+                    None => a.pools.iter().map(|m| m.pool.as_str()).collect(),
+                };
+                for p in pools {
+                    rows.push((
+                        p.to_owned(),
+                        vec![
+                            p.to_owned(),
+                            a.label.clone(),
+                            a.id.clone(),
+                            a.chatgpt_account_id.clone(),
+                            opt(&a.plan),
+                            a.state_display(),
+                            expires_in(a, now),
+                        ],
+                    ));
+                }
+            }
+            // Stable: within a pool, the listing's order (priority, label).
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
             out.table(
                 &[
                     "POOL",
@@ -138,6 +173,7 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
         }
         Args::Set {
             account,
+            pool,
             priority,
             weight,
         } => {
@@ -147,7 +183,7 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             let weight = weight
                 .map(|r| parse_u32_in("--weight", &r, &WEIGHT))
                 .transpose()?;
-            let result = notify(accounts::set(ops, &account, priority, weight).await?);
+            let result = notify(accounts::set(ops, &account, pool.as_deref(), priority, weight).await?);
             let a = &result.item;
             if out.json {
                 return out.json(a);
@@ -170,24 +206,78 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             let result = notify(accounts::resume(ops, &account).await?);
             print_paused(out, &result, false)
         }
-        Args::Remove { account } => {
-            let removed = notify(accounts::remove(ops, &account).await?);
+        Args::Join {
+            account,
+            pool,
+            priority,
+            weight,
+        } => {
+            let priority = priority
+                .map(|r| parse_u32_in("--priority", &r, &(0..=u32::MAX)))
+                .transpose()?;
+            let weight = weight
+                .map(|r| parse_u32_in("--weight", &r, &WEIGHT))
+                .transpose()?;
+            let result = notify(accounts::join(ops, &account, &pool, priority, weight).await?);
+            if out.json {
+                return out.json(&result);
+            }
+            let a = &result.item;
+            out.line(&format!(
+                "account {} ({}) {} pool {} (priority {}, weight {}); its pools: {}",
+                a.label,
+                a.id,
+                if result.changed {
+                    "joined"
+                } else {
+                    "is already in"
+                },
+                a.pool,
+                a.priority,
+                a.weight,
+                a.pool_names()
+            ))
+        }
+        Args::Remove { account, pool } => {
+            let accounts::Removed {
+                account: removed,
+                deleted,
+            } = notify(accounts::remove(ops, &account, pool.as_deref()).await?);
             if out.json {
                 #[derive(Serialize)]
                 struct Removed<'a> {
                     removed: bool,
+                    /// The account itself (and its tokens) went, not just one membership.
+                    deleted: bool,
                     #[serde(flatten)]
                     account: &'a Account,
                 }
                 return out.json(&Removed {
                     removed: true,
+                    deleted,
                     account: &removed,
                 });
             }
-            out.line(&format!(
-                "removed account {} ({}) from pool {}; its tokens are deleted",
-                removed.label, removed.id, removed.pool
-            ))
+            match pool.as_deref().filter(|_| !deleted) {
+                None => out.line(&format!(
+                    "removed account {} ({}) from pool(s) {}; its tokens are deleted",
+                    removed.label,
+                    removed.id,
+                    removed.pool_names()
+                )),
+                Some(p) => out.line(&format!(
+                    "removed account {} ({}) from pool {p}; it stays in {}",
+                    removed.label,
+                    removed.id,
+                    removed
+                        .pools
+                        .iter()
+                        .filter(|m| m.pool != p)
+                        .map(|m| m.pool.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
+            }
         }
         Args::Refresh { account } => {
             let r = notify(accounts::refresh(ops, &account).await?);
@@ -286,14 +376,27 @@ fn print_import(out: &Output, result: &ImportResult) -> Result<(), CliError> {
     }
     let a = &result.account;
     let plan = a.plan.clone().unwrap_or_else(|| "unknown plan".to_owned());
-    match result.action {
-        ImportAction::Created => out.line(&format!(
+    let tokens = match result.tokens {
+        TokenUpdate::KeptNewer => "kept its newer stored tokens",
+        _ => "updated its tokens",
+    };
+    match (result.action, result.joined_pool) {
+        (ImportAction::Created, _) => out.line(&format!(
             "imported account {} ({}, {}) into pool {} as {}",
             a.label, a.chatgpt_account_id, plan, a.pool, a.id
         )),
-        ImportAction::Updated => out.line(&format!(
-            "account {} ({}) was already in pool {}: updated its tokens ({})",
+        (ImportAction::Updated, false) => out.line(&format!(
+            "account {} ({}) was already in pool {}: {tokens} ({})",
             a.label, a.chatgpt_account_id, a.pool, a.id
+        )),
+        (ImportAction::Updated, true) => out.line(&format!(
+            "account {} ({}) was already present ({}): added it to pool {} (one account, one \
+             refresh token, now in {}) and {tokens}",
+            a.label,
+            a.chatgpt_account_id,
+            a.id,
+            a.pool,
+            a.pool_names()
         )),
     }
 }

@@ -15,7 +15,9 @@ use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Reque
 use codexmesh_model::credentials::{self as authjson, CodexCredentials};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::crypto::MasterKey;
-use codexmesh_store::{files, Account, AccountState, Changed, ImportResult, Store};
+use codexmesh_store::{
+    files, Account, AccountState, Changed, ImportResult, Store, TokenUpdate,
+};
 
 /// How long [`login_finish`] waits for the approval unless told otherwise.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = login::DEFAULT_TIMEOUT;
@@ -64,11 +66,19 @@ pub async fn import(
             ));
         }
     }
-    notices.push(Notice::note(
-        "refresh_token_taken_over",
-        "the gateway now uses this login's refresh token; do not keep using this \
-         auth.json in another Codex install (refresh tokens rotate)",
-    ));
+    notices.push(if result.tokens == TokenUpdate::KeptNewer {
+        Notice::note(
+            "stored_tokens_newer",
+            "the stored tokens of this login are newer than this auth.json's (its refresh \
+             token was most likely rotated since): kept them, ignored the file's",
+        )
+    } else {
+        Notice::note(
+            "refresh_token_taken_over",
+            "the gateway now uses this login's refresh token; do not keep using this \
+             auth.json in another Codex install (refresh tokens rotate)",
+        )
+    });
     Ok(Outcome::with_notices(result, notices))
 }
 
@@ -77,10 +87,12 @@ pub async fn list(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<Account>>
     Ok(Outcome::new(store.list_accounts(pool).await?))
 }
 
-/// Sets an account's priority and/or weight (neither: only reads the account).
+/// Sets an account's priority and/or weight in a pool (`pool` is needed when the account is in
+/// several); neither: only reads the account as that pool sees it.
 pub async fn set(
     ops: &Ops,
     ident: &str,
+    pool: Option<&str>,
     priority: Option<u32>,
     weight: Option<u32>,
 ) -> Result<Outcome<Changed<Account>>, OpsError> {
@@ -88,13 +100,52 @@ pub async fn set(
     Ok(Outcome::new(if priority.is_none() && weight.is_none() {
         Changed {
             changed: false,
-            item: store.account(ident).await?,
+            item: store.account_in_pool(ident, pool).await?,
         }
     } else {
         store
-            .set_account_routing(ops.actor(), ident, priority, weight)
+            .set_account_routing(ops.actor(), ident, pool, priority, weight)
             .await?
     }))
+}
+
+/// Adds the account to another pool (one account, one token lineage, in several pools).
+pub async fn join(
+    ops: &Ops,
+    ident: &str,
+    pool: &str,
+    priority: Option<u32>,
+    weight: Option<u32>,
+) -> Result<Outcome<Changed<Account>>, OpsError> {
+    let store = ops.store().await?;
+    Ok(Outcome::new(
+        store
+            .join_pool(ops.actor(), ident, pool, priority, weight)
+            .await?,
+    ))
+}
+
+/// What [`remove`] did: the account as it was, and whether the account itself (and its
+/// tokens) went or only one membership.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    pub account: Account,
+    pub deleted: bool,
+}
+
+/// Deletes the account and its stored tokens (from every pool); with `pool`, takes it out of
+/// that pool only (deleting it when that was its last pool).
+pub async fn remove(
+    ops: &Ops,
+    ident: &str,
+    pool: Option<&str>,
+) -> Result<Outcome<Removed>, OpsError> {
+    let store = ops.store().await?;
+    let (account, deleted) = match pool {
+        Some(p) => store.leave_pool(ops.actor(), ident, p).await?,
+        None => (store.remove_account(ops.actor(), ident).await?, true),
+    };
+    Ok(Outcome::new(Removed { account, deleted }))
 }
 
 /// Stops routing to the account.
@@ -115,14 +166,6 @@ async fn set_paused(
     let store = ops.store().await?;
     Ok(Outcome::new(
         store.set_account_paused(ops.actor(), ident, paused).await?,
-    ))
-}
-
-/// Deletes the account and its stored tokens; returns it as it was.
-pub async fn remove(ops: &Ops, ident: &str) -> Result<Outcome<Account>, OpsError> {
-    let store = ops.store().await?;
-    Ok(Outcome::new(
-        store.remove_account(ops.actor(), ident).await?,
     ))
 }
 
@@ -243,10 +286,10 @@ pub async fn export(
         Notice::info(
             "exported_removed",
             format!(
-                "removed account {} from pool {}: its refresh token now belongs to whoever \
-                 holds {}",
+                "removed account {} from pool(s) {}: its refresh token now belongs to \
+                 whoever holds {}",
                 account.label,
-                account.pool,
+                account.pool_names(),
                 path.display()
             ),
         )
@@ -254,10 +297,10 @@ pub async fn export(
         Notice::warning(
             "exported_kept",
             format!(
-                "account {} stays in pool {} (--keep): the gateway and the holder of {} now \
-                 share one refresh token; whichever refreshes second loses the login",
+                "account {} stays in pool(s) {} (--keep): the gateway and the holder of {} \
+                 now share one refresh token; whichever refreshes second loses the login",
                 account.label,
-                account.pool,
+                account.pool_names(),
                 path.display()
             ),
         )

@@ -22,8 +22,8 @@ use base64::Engine;
 use serde::Deserialize;
 
 use codexmesh_model::util::{self, redact_url, RandomError};
-use codexmesh_store::files::ensure_private_dir;
 use codexmesh_store::crypto::{CryptoError, MasterKey};
+use codexmesh_store::files::ensure_private_dir;
 
 /// Names the TOML config file (also `--config`); not a config-file key itself.
 pub const ENV_CONFIG: &str = "CODEXMESH_CONFIG";
@@ -1482,6 +1482,24 @@ mod tests {
     /// Every `CODEXMESH_*` name the control plane's source mentions is a declared variable
     /// (`ALL_ENV_VARS`, which the test harnesses scrub), a test harness's own (`CODEXMESH_TEST_*`),
     /// or one it only prints for clients.
+    /// The test kit's scrub list (what every spawned `codexmesh` starts without) is exactly the
+    /// declared variables plus `RUST_LOG`: a new setting cannot leak in from a developer's shell.
+    #[test]
+    fn the_test_kit_scrubs_exactly_the_declared_variables() {
+        let mut scrubbed: Vec<&str> = codexmesh_test_kit::env::SCRUBBED_ENV
+            .iter()
+            .copied()
+            .filter(|v| *v != "RUST_LOG")
+            .collect();
+        let mut declared: Vec<&str> = ALL_ENV_VARS.to_vec();
+        scrubbed.sort_unstable();
+        declared.sort_unstable();
+        assert_eq!(
+            scrubbed, declared,
+            "tests/kit/src/env.rs SCRUBBED_ENV (left) vs ALL_ENV_VARS (right)"
+        );
+    }
+
     #[test]
     fn every_variable_in_the_source_is_declared() -> Result<(), Box<dyn std::error::Error>> {
         const NOT_READ: &[&str] = &["CODEXMESH_API_KEY"];

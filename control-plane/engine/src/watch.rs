@@ -254,7 +254,7 @@ impl Watcher {
                 )
                 .await?;
             let a = &result.account;
-            if result.tokens == crate::store::TokenUpdate::KeptNewer {
+            if result.tokens == codexmesh_store::TokenUpdate::KeptNewer {
                 tracing::info!(file = %file.path, pool = %pool.name, account = %a.label,
                     "the stored tokens of this login are newer than the file's: kept them");
             }

@@ -117,7 +117,11 @@ async fn a_known_store_builds_the_known_snapshot() -> TestResult {
         )
         .await?;
     store
-        .set_account_routing(&actor, &bob.id, Some(1), Some(3))
+        .set_account_routing(&actor, &bob.id, None, Some(1), Some(3))
+        .await?;
+    // Carol is one login in two pools: one account, with team-a's own priority and weight.
+    store
+        .join_pool(&actor, &carol.id, "team-a", Some(2), Some(5))
         .await?;
     store.set_account_paused(&actor, &carol.id, true).await?;
     store

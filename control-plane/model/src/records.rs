@@ -119,7 +119,7 @@ impl Account {
     }
 
     /// Makes `m` the membership in view (`pool_id`, `pool`, `priority`, `weight`).
-    pub(crate) fn view_membership(&mut self, m: &Membership) {
+    pub fn view_membership(&mut self, m: &Membership) {
         self.pool_id.clone_from(&m.pool_id);
         self.pool.clone_from(&m.pool);
         self.priority = m.priority;

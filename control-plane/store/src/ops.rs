@@ -719,7 +719,8 @@ impl Store {
         weight: Option<u32>,
     ) -> Result<Changed<Account>, StoreError> {
         if let Some(w) = weight {
-            crate::routing::check_weight(w).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            codexmesh_model::routing::check_weight(w)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
         }
         let (mut tx, revision) = self.begin_write().await?;
         let pool = pool_by_name_tx(&mut tx, pool_name).await?;

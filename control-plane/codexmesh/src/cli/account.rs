@@ -183,7 +183,8 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             let weight = weight
                 .map(|r| parse_u32_in("--weight", &r, &WEIGHT))
                 .transpose()?;
-            let result = notify(accounts::set(ops, &account, pool.as_deref(), priority, weight).await?);
+            let result =
+                notify(accounts::set(ops, &account, pool.as_deref(), priority, weight).await?);
             let a = &result.item;
             if out.json {
                 return out.json(a);

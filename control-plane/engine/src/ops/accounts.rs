@@ -15,9 +15,7 @@ use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Reque
 use codexmesh_model::credentials::{self as authjson, CodexCredentials};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::crypto::MasterKey;
-use codexmesh_store::{
-    files, Account, AccountState, Changed, ImportResult, Store, TokenUpdate,
-};
+use codexmesh_store::{files, Account, AccountState, Changed, ImportResult, Store, TokenUpdate};
 
 /// How long [`login_finish`] waits for the approval unless told otherwise.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = login::DEFAULT_TIMEOUT;
@@ -251,8 +249,7 @@ pub async fn export(
     // Hold the refresh lease, so no refresh rotates the token while it changes hands.
     let holder = refresh::holder_id("cli-export");
     let lease = format!("refresh:{}", account.id);
-    let lease_ms =
-        i64::try_from(ops.settings().refresh_lease.as_millis()).unwrap_or(60_000);
+    let lease_ms = i64::try_from(ops.settings().refresh_lease.as_millis()).unwrap_or(60_000);
     let patience = Instant::now()
         + Duration::from_millis(u64::try_from(lease_ms).unwrap_or(60_000))
         + Duration::from_secs(10);

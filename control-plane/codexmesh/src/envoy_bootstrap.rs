@@ -319,7 +319,6 @@ pub fn from_settings(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -500,7 +500,6 @@ mod tests {
         f
     }
 
-    #[allow(clippy::panic)]
     fn unreachable_flag(name: &str) -> ! {
         panic!("no flag {name}")
     }

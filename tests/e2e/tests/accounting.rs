@@ -1,7 +1,6 @@
 //! Honest accounting and routing through real Envoy: a stream the upstream breaks after its 200
 //! is the account's failure, one the client abandons is nobody's; accounts without quota
 //! evidence still get traffic under quota_first; an empty pool says how to fill it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! A pool key reaches the Codex endpoints and nothing else: the allowlist, path normalization,
 //! gateway-owned headers and account cookies, each trick tried through real Envoy, with the
 //! simulator's request log as the witness of what reached the upstream.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use codexmesh_test_kit::{
     openai_error_code, raw_http, turn_body, RawResponse, Stack, StackOptions,

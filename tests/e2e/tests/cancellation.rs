@@ -1,7 +1,6 @@
 //! A pool never goes dark because of the gateway's side of things: clients that hang up (before
 //! the answer or mid-stream) never count against an account, and Envoy's own limits never stop a
 //! failover. Through real Envoy, with the simulator as the upstream.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! Real OpenAI SDKs (Python and Node, pinned in tests/clients) on the gateway's `/v1` surface
 //! with a pool key: each scenario asserts what the SDK returned and what the simulator received
 //! (an account's token and id, never the pool key).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

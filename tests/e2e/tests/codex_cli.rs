@@ -1,6 +1,5 @@
 //! The real Codex CLI (npm `@openai/codex`, pinned in tests/codex-cli) talking to the gateway with
 //! a pool key, as a developer would configure it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

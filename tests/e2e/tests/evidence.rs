@@ -1,6 +1,5 @@
 //! Account evidence through the data path: passive quota from the answers' headers, a spent
 //! window coming back by itself, and a 401 leading to a forced refresh and the account's return.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,4 @@
 //! The spine, end to end: real Envoy + the built wasm module + `codexmesh serve` + the simulator.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,5 @@
 //! Account lifecycle through real Envoy: tokens refreshed ahead of expiry reach the data path
 //! with no failed client request, and health drops under upstream failures and recovers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,6 @@
 //! served from both pools, refreshes are forced from both sides (the CLI, a 401 through each
 //! pool, the scheduler), and every refresh is exactly one token call: the simulator never sees
 //! a consumed refresh token again (it would answer `refresh_token_reused` and revoke the login).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,4 @@
 //! Routing through real Envoy: affinity, failover, cooldowns, explanation, honest errors.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

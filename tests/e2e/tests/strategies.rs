@@ -1,5 +1,4 @@
 //! Each routing strategy's behaviour over many requests, through real Envoy, set with the CLI.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

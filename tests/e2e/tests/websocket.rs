@@ -2,7 +2,6 @@
 //! request (pool key, strategy, failover before the 101), the account's credentials are
 //! injected, frames pass both ways, one connection stays on one account, its life is bounded,
 //! and each connection's outcome reaches the request log.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 

@@ -10,6 +10,11 @@ cargo fmt --all --check
 # Licenses, sources (crates.io only) and bans (deny.toml), offline. Advisories are not checked:
 # they need the RustSec database, which this offline run cannot fetch (see deny.toml).
 cargo deny --offline --locked check --hide-inclusion-graph licenses sources bans
+# Generated docs: the README's settings table must be what the settings declaration renders, and
+# the module layering must hold (crates one way, no module cycles). Both read source files only;
+# the crates they compile are the ones the long build needs first anyway.
+cargo test --locked -p codexmesh-engine --lib -- config::tests::readme_settings_table_is_generated
+cargo test --locked -p codexmesh --test architecture
 bash scripts/build.sh
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo clippy --locked -p codexmesh-filter --target wasm32-wasip1 -- -D warnings

@@ -4,7 +4,6 @@
 //! check against, and the tokens only matter to the upstream that issued them. The claims are used
 //! for bookkeeping (account id, plan, email, expiry), never for an authorisation decision here.
 
-use std::path::Path;
 
 use base64::Engine;
 use serde_json::{Map, Value};
@@ -12,7 +11,7 @@ use serde_json::{Map, Value};
 const AUTH_CLAIMS: &str = "https://api.openai.com/auth";
 const PROFILE_CLAIMS: &str = "https://api.openai.com/profile";
 /// A real auth.json is a few KB; anything far larger is not one.
-const MAX_FILE_BYTES: u64 = 1 << 20;
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthJsonError {
@@ -69,14 +68,6 @@ impl std::fmt::Debug for CodexCredentials {
             )
             .finish_non_exhaustive()
     }
-}
-
-pub fn read_file(path: &Path) -> Result<CodexCredentials, AuthJsonError> {
-    let meta = std::fs::metadata(path)?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(AuthJsonError::TooLarge);
-    }
-    parse(&std::fs::read(path)?)
 }
 
 pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {

@@ -28,11 +28,20 @@ pub async fn import_file(
     label: Option<&str>,
 ) -> Result<Outcome<ImportResult>, OpsError> {
     // Parse and check everything before writing anything.
-    let creds = authjson::read_file(path).map_err(|source| OpsError::AuthJson {
+    let creds = read_auth_file(path).map_err(|source| OpsError::AuthJson {
         path: path.to_owned(),
         source,
     })?;
     import(ops, &creds, pool, label).await
+}
+
+/// Reads and parses an auth.json, refusing files larger than any real one before reading them.
+fn read_auth_file(path: &Path) -> Result<CodexCredentials, authjson::AuthJsonError> {
+    let meta = std::fs::metadata(path)?;
+    if meta.len() > authjson::MAX_FILE_BYTES {
+        return Err(authjson::AuthJsonError::TooLarge);
+    }
+    authjson::parse(&std::fs::read(path)?)
 }
 
 /// Imports a parsed login into `pool` (a known ChatGPT account id updates its tokens).

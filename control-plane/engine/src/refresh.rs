@@ -427,7 +427,9 @@ impl Refresher {
                 .await
             {
                 Ok(r) => return Ok(r),
-                Err(e @ (StoreError::NotFound(_) | StoreError::Crypto(_))) => return Err(e.into()),
+                Err(e @ (StoreError::NotFound { .. } | StoreError::Crypto(_))) => {
+                    return Err(e.into())
+                }
                 Err(e) if attempt < 10 => {
                     attempt += 1;
                     tracing::error!(account = %label, error = %e, attempt,
@@ -455,7 +457,7 @@ impl Refresher {
     ) -> Result<bool, StoreError> {
         let a = match self.inner.store.account(account_id).await {
             Ok(a) => a,
-            Err(StoreError::NotFound(_)) => return Ok(false),
+            Err(StoreError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
         // The snapshot the attempt routed with already carried the current token ...

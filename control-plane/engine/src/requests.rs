@@ -78,7 +78,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RequestLogError {
 /// A missing pool, account or key is the operator's typo, reported against its field.
 fn named(field: &'static str, e: StoreError) -> RequestLogError {
     match e {
-        StoreError::NotFound(_) | StoreError::Invalid(_) | StoreError::Ambiguous { .. } => {
+        StoreError::NotFound { .. } | StoreError::Invalid { .. } | StoreError::Ambiguous { .. } => {
             invalid(field, e.to_string())
         }
         other => RequestLogError::Store(other),

@@ -343,7 +343,10 @@ impl SnapshotHub {
             tokens: TokenCache::default(),
         };
         let built = builder.build(&store.snapshot_data().await?);
-        let frame = built.frame.map_err(StoreError::Invalid)?;
+        let frame = built.frame.map_err(|message| StoreError::Invalid {
+            field: "snapshot",
+            message,
+        })?;
         tracing::info!(
             version = built.snapshot.version,
             pools = built.snapshot.pools.len(),

@@ -192,12 +192,12 @@ impl Watcher {
         }
         let pool = match self.store.pool_by_name(&spec.pool).await {
             Ok(p) => p,
-            Err(StoreError::NotFound(_)) => {
+            Err(StoreError::NotFound { .. }) => {
                 tracing::info!(pool = %spec.pool, "creating the pool of a watched folder");
                 match self.store.create_pool(&self.actor, &spec.pool).await {
                     Ok(p) => p,
                     // Another process created it meanwhile.
-                    Err(StoreError::Conflict(_)) => self.store.pool_by_name(&spec.pool).await?,
+                    Err(StoreError::Conflict { .. }) => self.store.pool_by_name(&spec.pool).await?,
                     Err(e) => return Err(e),
                 }
             }
@@ -296,7 +296,7 @@ impl Watcher {
                 report.removed.push(a.id.clone());
                 Ok(())
             }
-            Err(StoreError::NotFound(_)) => Ok(()),
+            Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -109,7 +109,7 @@ async fn exercise_memberships(store: &Store, tag: &str, key: &MasterKey) -> Test
         store
             .set_account_routing(&actor, &id, None, Some(5), Some(3))
             .await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Invalid { .. })
     ));
     let set = store
         .set_account_routing(&actor, &id, Some(&pb), Some(5), Some(3))
@@ -190,7 +190,7 @@ async fn exercise_memberships(store: &Store, tag: &str, key: &MasterKey) -> Test
     );
     assert!(matches!(
         store.set_pool_routing(&actor, &pb, &primary(&id)).await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Invalid { .. })
     ));
     let after = store.account(&id).await?;
     assert_eq!(after.pools.len(), 1);
@@ -206,7 +206,7 @@ async fn exercise_memberships(store: &Store, tag: &str, key: &MasterKey) -> Test
     assert!(store.leave_pool(&actor, &id, &pb).await?.1);
     assert!(matches!(
         store.account(&id).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     Ok(())
 }

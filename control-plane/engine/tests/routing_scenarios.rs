@@ -277,17 +277,17 @@ async fn exercise_routing(store: &Store, tag: &str, key: &MasterKey) -> TestResu
     ];
     for p in &bad {
         let r = store.set_pool_routing(&actor, &name, p).await;
-        assert!(matches!(r, Err(StoreError::Invalid(_))), "{p:?}: {r:?}");
+        assert!(matches!(r, Err(StoreError::Invalid { .. })), "{p:?}: {r:?}");
         let r = store
             .set_key_routing(&actor, &k1.id, &KeyRoutingChange::Custom(p.clone()))
             .await;
-        assert!(matches!(r, Err(StoreError::Invalid(_))), "{p:?}: {r:?}");
+        assert!(matches!(r, Err(StoreError::Invalid { .. })), "{p:?}: {r:?}");
     }
     assert!(matches!(
         store
             .set_pool_routing(&actor, "no-such-pool", &change)
             .await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert_eq!(store.revision().await?, r0 + 1);
     assert_eq!(store.pool_by_name(&name).await?.routing, expected);
@@ -366,7 +366,7 @@ async fn exercise_routing(store: &Store, tag: &str, key: &MasterKey) -> TestResu
             store
                 .set_account_routing(&actor, &a.id, None, None, Some(w))
                 .await,
-            Err(StoreError::Invalid(_))
+            Err(StoreError::Invalid { .. })
         ));
     }
     assert_eq!(store.revision().await?, r2);

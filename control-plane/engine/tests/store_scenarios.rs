@@ -31,10 +31,10 @@ async fn exercise(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
 
     // A failed mutation leaves the revision alone.
     let dup = store.create_pool(&actor, &pool_name).await;
-    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
     assert!(matches!(
         store.create_pool(&actor, "bad name!").await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Invalid { .. })
     ));
     assert_eq!(store.revision().await?, r1);
 
@@ -163,7 +163,7 @@ async fn exercise(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
         store
             .create_key(&actor, "no-such-pool", None, false, &raw.hash_hex())
             .await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 
     // Outcomes are stored but do not move the revision.
@@ -228,7 +228,7 @@ async fn exercise(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
     assert_eq!(removed.id, other.account.id);
     assert!(matches!(
         store.remove_account(&actor, &other.account.id).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 
     // Every mutation left an audit row with its revision; no secrets in them.

@@ -6,79 +6,51 @@
 //! front (no lock-upgrade deadlocks) and serialises writers on one row in Postgres. Writes that
 //! are not (meaningful) snapshot input do not bump it: outcomes and activity counters, leases,
 //! refresh bookkeeping (failure count, next attempt), and quota evidence or health scores that
-//! did not move enough to change routing (see `lifecycle.rs`). Those writers never take the
-//! `meta` row, so lock order stays `meta` first, then account rows.
+//! did not move enough to change routing (see `quota.rs` and `accounts.rs`). Those writers never
+//! take the `meta` row, so lock order stays `meta` first, then account rows.
+//!
+//! Layout: one private module per aggregate (`pools`, `accounts`, `keys`, `routing`, `leases`,
+//! `quota`, `outcomes`, `audit`, `snapshot_data`), each adding methods to [`Store`]; `rows` (all
+//! row mapping) and `error` are leaves; `tx` (transaction starts, lookups by name, id or label)
+//! sits between them and the aggregates. Dependencies point one way: leaves ← `tx` ← aggregates
+//! (and `audit` ← the writers, `quota` ← `snapshot_data`); no aggregate uses another otherwise.
 
 pub mod crypto;
 pub mod files;
-mod lifecycle;
-mod ops;
+
+mod accounts;
+mod audit;
+mod error;
+mod keys;
+mod leases;
+mod outcomes;
+mod pools;
+mod quota;
 mod routing;
+mod rows;
+mod snapshot_data;
+mod tx;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::AnyPool;
 
+// The public API: the store, what its methods take and return, its errors. The aggregate
+// modules stay private: their methods are on `Store`.
 pub use codexmesh_model::records::*;
-pub use lifecycle::QuotaWrite;
-pub use ops::{validate_label, validate_pool_name};
+pub use error::{ConflictReason, Entity, Lookup, StoreError};
+pub use quota::QuotaWrite;
 pub use routing::{KeyRouting, KeyRoutingChange};
-
-use crate::crypto::CryptoError;
-use codexmesh_model::util::RandomError;
+pub use tx::{validate_label, validate_pool_name};
 
 /// The schema, per backend (tests upgrade old schemas step by step with these).
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("database migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("store URL {0:?} is not sqlite:PATH or postgres://...")]
-    BadUrl(String),
-    #[error("cannot prepare the SQLite file {}: {source}", path.display())]
-    SqliteFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{what} {ident:?} is ambiguous (matches {ids}); use the id")]
-    Ambiguous {
-        what: &'static str,
-        ident: String,
-        ids: String,
-    },
-    #[error(
-        "the master key does not match the one this store's secrets were sealed with \
-         (check CODEXMESH_MASTER_KEY / the data dir's master.key)"
-    )]
-    MasterKeyMismatch,
-    #[error("stored data is inconsistent: {0}")]
-    Corrupt(String),
-    #[error(transparent)]
-    Crypto(#[from] CryptoError),
-    #[error(transparent)]
-    Random(#[from] RandomError),
-}
-
-impl From<codexmesh_model::ids::InvalidValue> for StoreError {
-    fn from(e: codexmesh_model::ids::InvalidValue) -> Self {
-        StoreError::Invalid(e.message)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -258,96 +230,4 @@ impl Store {
                 .await?,
         )
     }
-
-    /// Starts a mutation: opens a transaction whose first statement bumps the revision.
-    /// Dropping the transaction without commit rolls the bump back too.
-    async fn begin_write(&self) -> Result<(Transaction<'static, Any>, i64), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let revision: i64 = sqlx::query_scalar(
-            "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        Ok((tx, revision))
-    }
-
-    /// Starts a read that must see one consistent state (snapshot builds).
-    async fn begin_consistent_read(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            // READ COMMITTED would let the tables move under the revision we report.
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(tx)
-    }
-}
-
-async fn audit(
-    tx: &mut Transaction<'static, Any>,
-    actor: &Actor,
-    action: &str,
-    target: Option<&str>,
-    detail: serde_json::Value,
-    revision: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, target, detail, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(codexmesh_model::util::now_ms())
-    .bind(actor.0.clone())
-    .bind(action.to_owned())
-    .bind(target.map(str::to_owned))
-    .bind(detail.to_string())
-    .bind(revision)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Typed column access with the column named in errors.
-fn col<T>(row: &AnyRow, name: &str) -> Result<T, StoreError>
-where
-    T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
-{
-    row.try_get::<T, _>(name).map_err(StoreError::from)
-}
-
-fn col_u32(row: &AnyRow, name: &str) -> Result<u32, StoreError> {
-    let v: i64 = col(row, name)?;
-    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{name} = {v} is out of range")))
-}
-
-fn col_bool(row: &AnyRow, name: &str) -> Result<bool, StoreError> {
-    Ok(col::<i64>(row, name)? != 0)
-}
-
-/// A nullable DOUBLE PRECISION parameter. sqlx 0.8's Any driver sends a NULL `f64` to Postgres
-/// as `float4`, so a statement first prepared with a NULL there is cached with a `float4`
-/// parameter and a later non-NULL `f64` fails ("incorrect binary data format"). A NULL `f32`
-/// goes out as `float8`: use that for NULLs. (SQLite does not care.)
-pub(crate) struct NullableF64(pub Option<f64>);
-
-impl<'q> sqlx::Encode<'q, Any> for NullableF64 {
-    fn encode_by_ref(
-        &self,
-        buf: &mut <Any as sqlx::Database>::ArgumentBuffer<'q>,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        match self.0 {
-            Some(v) => <f64 as sqlx::Encode<'q, Any>>::encode_by_ref(&v, buf),
-            None => <Option<f32> as sqlx::Encode<'q, Any>>::encode_by_ref(&None, buf),
-        }
-    }
-}
-
-impl sqlx::Type<Any> for NullableF64 {
-    fn type_info() -> sqlx::any::AnyTypeInfo {
-        <f64 as sqlx::Type<Any>>::type_info()
-    }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }

@@ -1,15 +1,18 @@
 //! Routing changes: a pool's settings, a key's override, an account's priority and weight.
 //! Each is one bumping transaction with an audit row; a change that changes nothing is rolled
-//! back (no new revision, no push).
+//! back (no new revision, no push). Uses `rows`, `tx`, `audit` and `error`, no other aggregate.
 
 use serde_json::json;
 use sqlx::{Any, Transaction};
 
-use super::ops::{
-    account_from_row, find_pool_tx, pool_by_name_tx, resolve_account_for_pool_tx, resolve_key_tx,
-    resolve_member_tx, PoolKeyColumn, ACCOUNT_SELECT,
+use crate::audit::audit;
+use crate::error::StoreError;
+use crate::rows::{account_from_row, NullableF64, ACCOUNT_SELECT};
+use crate::tx::{
+    pool_by_id_tx, pool_by_name_tx, resolve_account_for_pool_tx, resolve_key_tx, resolve_member_tx,
 };
-use super::{audit, Account, Actor, Changed, NullableF64, Pool, PoolKey, Store, StoreError};
+use crate::{Actor, Store};
+use codexmesh_model::records::{Account, Changed, Pool, PoolKey};
 use codexmesh_model::routing::{self, Primary, Routing, RoutingMode, RoutingPatch};
 use codexmesh_model::util::now_ms;
 
@@ -38,20 +41,6 @@ pub enum KeyRoutingChange {
     /// Own settings: the current override (or, for an inheriting key, a copy of the pool's
     /// settings) with the patch applied. An empty patch changes nothing.
     Custom(RoutingPatch),
-}
-
-fn invalid(e: routing::InvalidSetting) -> StoreError {
-    StoreError::Invalid(e.to_string())
-}
-
-/// A pool an account or key points at: its absence is corruption, not a typo.
-pub(super) async fn pool_by_id_tx(
-    tx: &mut Transaction<'static, Any>,
-    id: &str,
-) -> Result<Pool, StoreError> {
-    find_pool_tx(tx, PoolKeyColumn::Id, id)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("pool {id} is missing")))
 }
 
 /// The owner account a patch names, resolved among `pool`'s members (id first, then label):
@@ -90,20 +79,26 @@ async fn resolve_primary_tx(
         .collect::<Result<_, _>>()?;
     match accounts.as_slice() {
         [one] => Ok(Some(Some(one.id.clone()))),
-        [] => Err(StoreError::Invalid(format!(
-            "invalid --primary {ident:?}: no account with that id or label in pool {:?}",
-            pool.name
-        ))),
-        several => Err(StoreError::Invalid(format!(
-            "invalid --primary {ident:?}: several accounts in pool {:?} have that label ({}); \
-             use the id",
-            pool.name,
-            several
-                .iter()
-                .map(|a| a.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        [] => Err(StoreError::invalid(
+            "primary",
+            format!(
+                "invalid --primary {ident:?}: no account with that id or label in pool {:?}",
+                pool.name
+            ),
+        )),
+        several => Err(StoreError::invalid(
+            "primary",
+            format!(
+                "invalid --primary {ident:?}: several accounts in pool {:?} have that label \
+                 ({}); use the id",
+                pool.name,
+                several
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
     }
 }
 
@@ -151,7 +146,7 @@ impl Store {
         patch: &RoutingPatch,
     ) -> Result<Changed<Pool>, StoreError> {
         // Checked before the transaction: a bad value writes nothing.
-        patch.validate().map_err(invalid)?;
+        patch.validate().map_err(StoreError::from)?;
         let (mut tx, revision) = self.begin_write().await?;
         let pool = pool_by_name_tx(&mut tx, pool_name).await?;
         let primary = resolve_primary_tx(&mut tx, &pool, patch.primary.as_ref()).await?;
@@ -198,7 +193,7 @@ impl Store {
         change: &KeyRoutingChange,
     ) -> Result<Changed<KeyRouting>, StoreError> {
         if let KeyRoutingChange::Custom(patch) = change {
-            patch.validate().map_err(invalid)?;
+            patch.validate().map_err(StoreError::from)?;
         }
         let (mut tx, revision) = self.begin_write().await?;
         let key = resolve_key_tx(&mut tx, ident).await?;
@@ -278,7 +273,7 @@ impl Store {
         weight: Option<u32>,
     ) -> Result<Changed<Account>, StoreError> {
         if let Some(w) = weight {
-            routing::check_weight(w).map_err(invalid)?;
+            routing::check_weight(w).map_err(StoreError::from)?;
         }
         let (mut tx, revision) = self.begin_write().await?;
         let account = resolve_account_for_pool_tx(&mut tx, ident, pool).await?;

@@ -293,7 +293,14 @@ mod tests {
         });
         assert_eq!(e.exit_code(), 2);
         assert_eq!(e.to_string(), "auth.json: not a JSON object");
-        let e = CliError::Ops(StoreError::NotFound("no pool named \"x\"".into()).into());
+        let e = CliError::Ops(
+            StoreError::NotFound {
+                what: codexmesh_store::Entity::Pool,
+                ident: "x".into(),
+                lookup: codexmesh_store::Lookup::Name,
+            }
+            .into(),
+        );
         assert_eq!(e.exit_code(), 1);
         assert_eq!(e.to_string(), "no pool named \"x\"");
     }

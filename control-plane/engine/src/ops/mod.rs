@@ -216,9 +216,9 @@ pub enum OpsError {
 
 fn store_kind(e: &StoreError) -> ErrorKind {
     match e {
-        StoreError::NotFound(_) => ErrorKind::NotFound,
-        StoreError::Invalid(_) | StoreError::Ambiguous { .. } => ErrorKind::Invalid,
-        StoreError::Conflict(_) => ErrorKind::Conflict,
+        StoreError::NotFound { .. } => ErrorKind::NotFound,
+        StoreError::Invalid { .. } | StoreError::Ambiguous { .. } => ErrorKind::Invalid,
+        StoreError::Conflict { .. } => ErrorKind::Conflict,
         StoreError::Db(_) | StoreError::Migrate(_) | StoreError::SqliteFile { .. } => {
             ErrorKind::Unavailable
         }
@@ -227,6 +227,14 @@ fn store_kind(e: &StoreError) -> ErrorKind {
         | StoreError::Corrupt(_)
         | StoreError::Crypto(_)
         | StoreError::Random(_) => ErrorKind::Internal,
+    }
+}
+
+/// The store names the field of its invalid-input errors; other store errors have none.
+fn store_field(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::Invalid { field, .. } => Some(field),
+        _ => None,
     }
 }
 
@@ -270,6 +278,9 @@ impl OpsError {
             OpsError::AuthJson { .. } => Some("auth_json"),
             OpsError::Invalid { field, .. } => Some(field),
             OpsError::RequestLog(RequestLogError::Invalid { field, .. }) => Some(field),
+            OpsError::Store(e)
+            | OpsError::Refresh(RefreshError::Store(e))
+            | OpsError::RequestLog(RequestLogError::Store(e)) => store_field(e),
             _ => None,
         }
     }
@@ -285,23 +296,75 @@ impl OpsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codexmesh_store::{ConflictReason, Entity, Lookup};
 
     #[test]
     fn kinds_follow_the_cause() {
         let cases: Vec<(OpsError, ErrorKind, Option<&str>)> = vec![
             (
-                StoreError::NotFound("no pool \"x\"".into()).into(),
+                StoreError::NotFound {
+                    what: Entity::Pool,
+                    ident: "x".into(),
+                    lookup: Lookup::Name,
+                }
+                .into(),
                 ErrorKind::NotFound,
                 None,
             ),
             (
-                StoreError::Conflict("pool x exists".into()).into(),
+                StoreError::NotFound {
+                    what: Entity::Membership,
+                    ident: "a".into(),
+                    lookup: Lookup::InPool {
+                        pool: "p".into(),
+                        its_pools: "q".into(),
+                    },
+                }
+                .into(),
+                ErrorKind::NotFound,
+                None,
+            ),
+            (
+                StoreError::Conflict {
+                    what: Entity::Pool,
+                    ident: "x".into(),
+                    reason: ConflictReason::NameTaken,
+                }
+                .into(),
                 ErrorKind::Conflict,
                 None,
             ),
             (
+                StoreError::Conflict {
+                    what: Entity::Account,
+                    ident: "a".into(),
+                    reason: ConflictReason::NeedsReauth,
+                }
+                .into(),
+                ErrorKind::Conflict,
+                None,
+            ),
+            (
+                StoreError::Invalid {
+                    field: "primary",
+                    message: "invalid --primary \"z\": no account".into(),
+                }
+                .into(),
+                ErrorKind::Invalid,
+                Some("primary"),
+            ),
+            (
+                RequestLogError::Store(StoreError::Invalid {
+                    field: "label",
+                    message: "bad label".into(),
+                })
+                .into(),
+                ErrorKind::Invalid,
+                Some("label"),
+            ),
+            (
                 StoreError::Ambiguous {
-                    what: "account",
+                    what: Entity::Account,
                     ident: "a".into(),
                     ids: "1, 2".into(),
                 }
@@ -349,7 +412,12 @@ mod tests {
                 None,
             ),
             (
-                RefreshError::Store(StoreError::NotFound("no account".into())).into(),
+                RefreshError::Store(StoreError::NotFound {
+                    what: Entity::Account,
+                    ident: "acc_1".into(),
+                    lookup: Lookup::Id,
+                })
+                .into(),
                 ErrorKind::NotFound,
                 None,
             ),
@@ -386,7 +454,12 @@ mod tests {
 
     #[test]
     fn errors_keep_their_messages() {
-        let e: OpsError = StoreError::NotFound("no pool named \"x\"".into()).into();
+        let e: OpsError = StoreError::NotFound {
+            what: Entity::Pool,
+            ident: "x".into(),
+            lookup: Lookup::Name,
+        }
+        .into();
         assert_eq!(e.to_string(), "no pool named \"x\"");
         let e: OpsError = LoginError::Denied.into();
         assert_eq!(

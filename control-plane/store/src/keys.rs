@@ -1,0 +1,164 @@
+//! API keys: issuing (only the hash is stored), listing, revoking, finding by id or label (a
+//! key's routing override changes in `routing`). Rules: every write is one bumping transaction
+//! with an audit row; the raw key never reaches the store.
+
+use serde_json::json;
+
+use crate::audit::audit;
+use crate::error::{ConflictReason, Entity, StoreError};
+use crate::rows::{key_from_row, KEY_SELECT};
+use crate::tx::{is_unique_violation, pool_by_name_tx, resolve_key_tx, validate_label};
+use crate::{Actor, Store};
+use codexmesh_model::keys::RawKey;
+use codexmesh_model::records::{Changed, KeyStatus, PoolKey};
+use codexmesh_model::util::{self, now_ms};
+
+impl Store {
+    /// Generates a key, stores only its hash, and returns the stored row plus the raw key (which
+    /// exists nowhere else: the caller shows it once).
+    pub async fn issue_key(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        label: Option<&str>,
+        operator: bool,
+    ) -> Result<(PoolKey, RawKey), StoreError> {
+        let raw = RawKey::generate()?;
+        let key = self
+            .create_key(actor, pool, label, operator, &raw.hash_hex())
+            .await?;
+        Ok((key, raw))
+    }
+
+    /// Stores a new key's hash. The caller generated the raw key and shows it once.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        pool_name: &str,
+        label: Option<&str>,
+        operator: bool,
+        key_hash_hex: &str,
+    ) -> Result<PoolKey, StoreError> {
+        if let Some(l) = label {
+            validate_label(l)?;
+        }
+        if key_hash_hex.len() != 64 || hex::decode(key_hash_hex).is_err() {
+            return Err(StoreError::invalid(
+                "key_hash",
+                "key hash must be 64 hex digits",
+            ));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let pool = pool_by_name_tx(&mut tx, pool_name).await?;
+        let id = util::new_id("key")?;
+        let label = match label {
+            Some(l) => l.to_owned(),
+            None => {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM pool_keys WHERE pool_id = $1")
+                        .bind(pool.id.clone())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                format!("key-{}", n + 1)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO pool_keys (id, pool_id, label, key_hash, status, operator, created_at) \
+             VALUES ($1, $2, $3, $4, 'active', $5, $6)",
+        )
+        .bind(id.clone())
+        .bind(pool.id.clone())
+        .bind(label.clone())
+        .bind(key_hash_hex.to_ascii_lowercase())
+        .bind(i64::from(operator))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::conflict(
+                    Entity::Key,
+                    key_hash_hex.to_ascii_lowercase(),
+                    ConflictReason::HashTaken,
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        audit(
+            &mut tx,
+            actor,
+            "key.create",
+            Some(&id),
+            json!({"pool": pool.name, "label": label, "operator": operator}),
+            revision,
+        )
+        .await?;
+        let key = resolve_key_tx(&mut tx, &id).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    pub async fn list_keys(&self, pool: Option<&str>) -> Result<Vec<PoolKey>, StoreError> {
+        let rows = match pool {
+            Some(name) => {
+                self.pool_by_name(name).await?;
+                sqlx::query(&format!(
+                    "{KEY_SELECT} WHERE p.name = $1 ORDER BY k.created_at, k.id"
+                ))
+                .bind(name.to_owned())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("{KEY_SELECT} ORDER BY p.name, k.created_at, k.id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(key_from_row).collect()
+    }
+
+    pub async fn revoke_key(
+        &self,
+        actor: &Actor,
+        ident: &str,
+    ) -> Result<Changed<PoolKey>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let key = resolve_key_tx(&mut tx, ident).await?;
+        if key.status == KeyStatus::Revoked {
+            return Ok(Changed {
+                changed: false,
+                item: key,
+            });
+        }
+        sqlx::query("UPDATE pool_keys SET status = 'revoked', revoked_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(key.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "key.revoke",
+            Some(&key.id),
+            json!({"pool": key.pool, "label": key.label}),
+            revision,
+        )
+        .await?;
+        let key = resolve_key_tx(&mut tx, &key.id).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: key,
+        })
+    }
+
+    /// A key by id or label (a label must be unique).
+    pub async fn find_key(&self, ident: &str) -> Result<PoolKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let key = resolve_key_tx(&mut tx, ident).await;
+        tx.rollback().await?;
+        key
+    }
+}

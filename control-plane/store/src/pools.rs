@@ -1,0 +1,88 @@
+//! Pools: creating, listing and finding them by name (their routing settings change in
+//! `routing`). Rules: every write is one bumping transaction with an audit row.
+
+use serde_json::json;
+
+use crate::audit::audit;
+use crate::error::{ConflictReason, Entity, Lookup, StoreError};
+use crate::rows::{pool_from_row, POOL_SELECT};
+use crate::tx::{is_unique_violation, validate_pool_name};
+use crate::{Actor, Store};
+use codexmesh_model::records::{Pool, Routing};
+use codexmesh_model::util::{self, now_ms};
+
+impl Store {
+    pub async fn create_pool(&self, actor: &Actor, name: &str) -> Result<Pool, StoreError> {
+        validate_pool_name(name)?;
+        let (mut tx, revision) = self.begin_write().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM pools WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::conflict(
+                Entity::Pool,
+                name,
+                ConflictReason::NameTaken,
+            ));
+        }
+        // The product defaults (quota_first), named explicitly: the column's DEFAULT is the
+        // pre-0003 'round_robin' (see migrations/*/0003_routing.sql).
+        let pool = Pool {
+            id: util::new_id("pool")?,
+            name: name.to_owned(),
+            routing: Routing::default(),
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO pools (id, name, strategy, max_attempts, explain_routes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(pool.id.clone())
+        .bind(pool.name.clone())
+        .bind(pool.routing.strategy.as_str())
+        .bind(i64::from(pool.routing.max_attempts))
+        .bind(i64::from(pool.routing.explain_routes))
+        .bind(pool.created_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::conflict(Entity::Pool, name, ConflictReason::NameTaken)
+            } else {
+                e.into()
+            }
+        })?;
+        audit(
+            &mut tx,
+            actor,
+            "pool.create",
+            Some(&pool.id),
+            json!({"name": name}),
+            revision,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(pool)
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
+        sqlx::query(&format!("{POOL_SELECT} ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(pool_from_row)
+            .collect()
+    }
+
+    pub async fn pool_by_name(&self, name: &str) -> Result<Pool, StoreError> {
+        let row = sqlx::query(&format!("{POOL_SELECT} WHERE name = $1"))
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => pool_from_row(&r),
+            None => Err(StoreError::not_found(Entity::Pool, name, Lookup::Name)),
+        }
+    }
+}

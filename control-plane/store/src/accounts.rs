@@ -10,7 +10,9 @@ use sqlx::{Any, Transaction};
 use crate::audit::audit;
 use crate::crypto::MasterKey;
 use crate::error::{ConflictReason, Entity, Lookup, StoreError};
-use crate::rows::{account_from_row, col, ACCOUNT_SELECT};
+use crate::rows::{
+    account_from_row, login_from_row, sealed_from_row, LoginRow, ACCOUNT_SELECT, LOGIN_SELECT,
+};
 use crate::tx::{
     attach_memberships_tx, is_unique_violation, pool_by_name_tx, resolve_account_for_pool_tx,
     resolve_account_tx, resolve_member_tx, validate_label,
@@ -81,22 +83,23 @@ async fn find_login_tx(
     tx: &mut Transaction<'static, Any>,
     creds: &CodexCredentials,
 ) -> Result<Option<(String, Option<i64>)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, chatgpt_user_id, access_token_expires_at, state FROM accounts \
-         WHERE chatgpt_account_id = $1 ORDER BY id",
-    )
+    let rows = sqlx::query(&format!(
+        "{LOGIN_SELECT} WHERE chatgpt_account_id = $1 ORDER BY id"
+    ))
     .bind(creds.chatgpt_account_id.clone())
     .fetch_all(&mut **tx)
     .await?;
     let mut exact = None;
     let mut loose = Vec::new();
     for r in &rows {
-        let id: String = col(r, "id")?;
-        let user: Option<String> = col(r, "chatgpt_user_id")?;
+        let LoginRow {
+            id,
+            user,
+            expiry,
+            state,
+        } = login_from_row(r)?;
         // A login that needs re-authentication has nothing worth keeping: any import replaces
         // its tokens.
-        let expiry: Option<i64> = col(r, "access_token_expires_at")?;
-        let state: String = col(r, "state")?;
         let expiry = expiry.filter(|_| state != AccountState::NeedsReauth.as_str());
         if user == creds.chatgpt_user_id {
             exact = Some((id, expiry));
@@ -618,7 +621,7 @@ impl Store {
         tx.rollback().await?;
         let [account] = account;
         let open = |field: &str| -> Result<String, StoreError> {
-            let sealed: Vec<u8> = col(&row, &format!("sealed_{field}"))?;
+            let sealed = sealed_from_row(&row, field)?;
             Ok(key.open_string(&account.id, field, &sealed)?)
         };
         Ok(AccountSecrets {

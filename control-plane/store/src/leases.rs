@@ -3,7 +3,7 @@
 //! is one statement, atomic on SQLite and Postgres. Uses only `rows` and `error`.
 
 use crate::error::StoreError;
-use crate::rows::lease_from_row;
+use crate::rows::{lease_from_row, LEASE_SELECT};
 use crate::Store;
 use codexmesh_model::records::Lease;
 use codexmesh_model::util::now_ms;
@@ -44,7 +44,7 @@ impl Store {
     }
 
     pub async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        let row = sqlx::query("SELECT name, holder, expires_at FROM leases WHERE name = $1")
+        let row = sqlx::query(&format!("{LEASE_SELECT} WHERE name = $1"))
             .bind(name.to_owned())
             .fetch_optional(&self.pool)
             .await?;

@@ -9,7 +9,8 @@ use sqlx::{Any, Transaction};
 
 use crate::error::StoreError;
 use crate::rows::{
-    counters_from_row, logged_outcome_from_row, outcome_group_from_row, NullableF64, OUTCOME_COLS,
+    counters_from_row, logged_outcome_from_row, outcome_group_from_row, NullableF64,
+    COUNTERS_SELECT, OUTCOME_COLS,
 };
 use crate::Store;
 use codexmesh_model::records::{
@@ -205,11 +206,7 @@ impl Store {
     }
 
     pub async fn all_counters(&self) -> Result<HashMap<String, Counters>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT account_id, requests, successes, fallbacks_served FROM account_stats",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(COUNTERS_SELECT).fetch_all(&self.pool).await?;
         rows.iter().map(counters_from_row).collect()
     }
 }

@@ -8,9 +8,9 @@ use sqlx::{Any, Row};
 
 use crate::error::StoreError;
 use codexmesh_model::records::{
-    Account, AccountState, AuditEntry, Counters, CreditsEvidence, KeyStatus, Lease, LoggedOutcome,
-    Membership, OutcomeGroup, OutcomeRecord, Pool, PoolKey, QuotaRecord, QuotaWindowRecord,
-    Routing, RoutingMode, SnapshotAccount, Strategy, WindowEvidence,
+    Account, AccountState, AccountWithToken, AuditEntry, Counters, CreditsEvidence, KeyStatus,
+    Lease, LoggedOutcome, Membership, OutcomeGroup, OutcomeRecord, Pool, PoolKey, QuotaRecord,
+    QuotaWindowRecord, Routing, RoutingMode, SnapshotAccount, Strategy, WindowEvidence,
 };
 
 /// `pools` and `pool_keys` name their routing columns alike, so `routing_from_row` reads both.
@@ -61,6 +61,15 @@ pub(crate) const OUTCOME_COLS: &str = "id, received_at, node_id, pool_id, key_id
      retry_after, token_expires_at, strategy, route_reason";
 
 pub(crate) const AUDIT_COLS: &str = "id, at, actor, action, target, detail, revision";
+
+pub(crate) const LEASE_SELECT: &str = "SELECT name, holder, expires_at FROM leases";
+
+pub(crate) const COUNTERS_SELECT: &str =
+    "SELECT account_id, requests, successes, fallbacks_served FROM account_stats";
+
+/// What an import compares to find the stored account of a login ([`login_from_row`]).
+pub(crate) const LOGIN_SELECT: &str =
+    "SELECT id, chatgpt_user_id, access_token_expires_at, state FROM accounts";
 
 /// Typed column access with the column named in errors.
 pub(crate) fn col<T>(row: &AnyRow, name: &str) -> Result<T, StoreError>
@@ -256,7 +265,7 @@ pub(crate) fn outcome_from_row(r: &AnyRow) -> Result<OutcomeRecord, StoreError> 
     })
 }
 
-pub(crate) fn snapshot_account_from_row(row: &AnyRow) -> Result<SnapshotAccount, StoreError> {
+fn snapshot_account_from_row(row: &AnyRow) -> Result<SnapshotAccount, StoreError> {
     let state: String = col(row, "state")?;
     Ok(SnapshotAccount {
         id: col(row, "id")?,
@@ -364,4 +373,37 @@ pub(crate) fn counters_from_row(r: &AnyRow) -> Result<(String, Counters), StoreE
             fallbacks_served: col(r, "fallbacks_served")?,
         },
     ))
+}
+
+/// A row of [`LOGIN_SELECT`]: an account as a candidate for an imported login.
+pub(crate) struct LoginRow {
+    pub id: String,
+    pub user: Option<String>,
+    pub expiry: Option<i64>,
+    pub state: String,
+}
+
+pub(crate) fn login_from_row(r: &AnyRow) -> Result<LoginRow, StoreError> {
+    Ok(LoginRow {
+        id: col(r, "id")?,
+        user: col(r, "chatgpt_user_id")?,
+        expiry: col(r, "access_token_expires_at")?,
+        state: col(r, "state")?,
+    })
+}
+
+/// The sealed token column `sealed_{field}` (`access_token`, `refresh_token`, `id_token`).
+pub(crate) fn sealed_from_row(r: &AnyRow, field: &str) -> Result<Vec<u8>, StoreError> {
+    col(r, &format!("sealed_{field}"))
+}
+
+/// A row of [`SNAPSHOT_ACCOUNT_SELECT`] with its sealed access token (quota filled in later).
+pub(crate) fn snapshot_account_with_token_from_row(
+    r: &AnyRow,
+) -> Result<AccountWithToken, StoreError> {
+    Ok(AccountWithToken {
+        account: snapshot_account_from_row(r)?,
+        sealed_access_token: sealed_from_row(r, "access_token")?,
+        quota: None,
+    })
 }

@@ -5,11 +5,11 @@
 use crate::error::StoreError;
 use crate::quota::all_quota_tx;
 use crate::rows::{
-    col, key_from_row, pool_from_row, snapshot_account_from_row, KEY_SELECT, POOL_SELECT,
+    key_from_row, pool_from_row, snapshot_account_with_token_from_row, KEY_SELECT, POOL_SELECT,
     SNAPSHOT_ACCOUNT_SELECT,
 };
 use crate::Store;
-use codexmesh_model::records::{AccountWithToken, SnapshotData};
+use codexmesh_model::records::SnapshotData;
 
 impl Store {
     /// Reads everything a snapshot needs, consistently with the revision it reports.
@@ -36,13 +36,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|r| {
-                Ok(AccountWithToken {
-                    account: snapshot_account_from_row(r)?,
-                    sealed_access_token: col(r, "sealed_access_token")?,
-                    quota: None,
-                })
-            })
+            .map(snapshot_account_with_token_from_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
         let quotas = all_quota_tx(&mut tx).await?;
         let accounts = accounts

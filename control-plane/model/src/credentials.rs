@@ -4,7 +4,6 @@
 //! check against, and the tokens only matter to the upstream that issued them. The claims are used
 //! for bookkeeping (account id, plan, email, expiry), never for an authorisation decision here.
 
-
 use base64::Engine;
 use serde_json::{Map, Value};
 

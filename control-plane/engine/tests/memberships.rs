@@ -3,10 +3,7 @@
 //! releases made for a login imported into two pools. Against SQLite always, and against a
 //! throwaway PostgreSQL when its binaries exist.
 
-use std::borrow::Cow;
-
 use serde_json::json;
-use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 mod support;
@@ -221,23 +218,7 @@ async fn sqlite_memberships() -> TestResult {
 /// A database at the 0004 schema holding what the dual-ownership bug left: one login as two
 /// rows in two pools (plus another account). Opening it with this release merges them.
 async fn upgrade_from_0004(url: &str, full: &Migrator) -> TestResult {
-    sqlx::any::install_default_drivers();
-    let old = Migrator {
-        migrations: Cow::Owned(
-            full.migrations
-                .iter()
-                .filter(|m| m.version <= 4)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    assert_eq!(old.migrations.len(), 4);
-    let db = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await?;
-    old.run(&db).await?;
+    let db = support::database_at_version(url, full, 4).await?;
     for sql in [
         "INSERT INTO pools (id, name, strategy, max_attempts, explain_routes, created_at, \
            primary_account_id) VALUES ('pool_1', 'one', 'primary_first', 3, 0, 1, NULL), \
@@ -354,20 +335,8 @@ async fn postgres_memberships_and_upgrade() -> TestResult {
     let Some(temp) = pg::TempPostgres::start().map_err(|e| e.to_string())? else {
         return Ok(());
     };
-    sqlx::any::install_default_drivers();
-    let admin = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&temp.url)
-        .await?;
-    sqlx::query("CREATE DATABASE upgrade_0004")
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let upgrade_url = temp
-        .url
-        .strip_suffix("/postgres")
-        .map(|base| format!("{base}/upgrade_0004"))
-        .ok_or("unexpected temp Postgres URL")?;
+    // A second, empty database for the upgrade.
+    let upgrade_url = support::empty_database(&temp, "upgrade_0004").await?;
     upgrade_from_0004(&upgrade_url, &POSTGRES_MIGRATIONS).await?;
     let store = Store::open(&temp.url).await?;
     exercise_memberships(&store, "pg", &MasterKey::generate()?).await?;

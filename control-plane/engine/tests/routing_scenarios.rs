@@ -2,10 +2,7 @@
 //! revisions and audit rows, and what the snapshot carries. Against SQLite always, and against
 //! a throwaway PostgreSQL when its binaries exist.
 
-use std::borrow::Cow;
-
 use codexmesh_proto::v1 as pb;
-use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 mod support;
@@ -29,23 +26,7 @@ fn patch() -> RoutingPatch {
 /// Creates a database at the 0002 schema (what the previous release left behind), fills it as
 /// that release would have, then opens it with this one: 0003 must apply and keep everything.
 async fn upgrade_from_0002(url: &str, full: &Migrator) -> TestResult {
-    sqlx::any::install_default_drivers();
-    let old = Migrator {
-        migrations: Cow::Owned(
-            full.migrations
-                .iter()
-                .filter(|m| m.version <= 2)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    assert_eq!(old.migrations.len(), 2);
-    let db = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await?;
-    old.run(&db).await?;
+    let db = support::database_at_version(url, full, 2).await?;
     sqlx::query(
         "INSERT INTO pools (id, name, strategy, max_attempts, explain_routes, created_at) \
          VALUES ('pool_rr', 'legacy-rr', 'round_robin', 3, 0, 1), \
@@ -519,20 +500,7 @@ async fn postgres_routing_and_upgrade() -> TestResult {
         return Ok(());
     };
     // A second, empty database for the upgrade.
-    sqlx::any::install_default_drivers();
-    let admin = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&temp.url)
-        .await?;
-    sqlx::query("CREATE DATABASE upgrade_0002")
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let upgrade_url = temp
-        .url
-        .strip_suffix("/postgres")
-        .map(|base| format!("{base}/upgrade_0002"))
-        .ok_or("unexpected temp Postgres URL")?;
+    let upgrade_url = support::empty_database(&temp, "upgrade_0002").await?;
     upgrade_from_0002(&upgrade_url, &POSTGRES_MIGRATIONS).await?;
     let store = Store::open(&temp.url).await?;
     assert_eq!(store.backend(), Backend::Postgres);

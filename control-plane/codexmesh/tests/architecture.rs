@@ -100,18 +100,6 @@ fn crates_depend_in_one_direction() -> TestResult {
     Ok(())
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            rust_files(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// The top-level module a file belongs to (`src/a.rs`, `src/a/mod.rs`, `src/a/b.rs` → `a`).
 fn top_module(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).ok()?;
@@ -225,8 +213,7 @@ fn no_module_cycles_inside_a_crate() -> TestResult {
         "filter/core",
     ] {
         let src = root.join(krate).join("src");
-        let mut files = Vec::new();
-        rust_files(&src, &mut files)?;
+        let files = codexmesh_test_kit::source::rust_files(&src)?;
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for file in files.iter().filter(|f| !is_test_file(f)) {
             let Some(module) = top_module(&src, file) else {

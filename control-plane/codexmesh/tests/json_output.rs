@@ -8,40 +8,19 @@
 //! `resets_in_secs` fields: `<time>` when set), the temp dir (`<dir>`), the simulator's address
 //! (`<sim>`), the simulator's made-up user ids (`<user>`) and JWT-shaped strings (`<jwt>`).
 
+use codexmesh_test_kit::source::StableIds;
 use codexmesh_test_kit::{Cli, Sim, TestResult, Workspace};
 use serde_json::{json, Map, Value};
 
 struct Redactor {
-    seen: Vec<String>,
+    ids: StableIds,
     dir: String,
     sim: String,
 }
 
 impl Redactor {
-    fn id(&mut self, s: &str) -> Option<String> {
-        for prefix in ["acc_", "pool_", "key_"] {
-            let Some(tail) = s.strip_prefix(prefix) else {
-                continue;
-            };
-            if tail.len() == 16 && tail.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                if !self.seen.iter().any(|x| x == s) {
-                    self.seen.push(s.to_owned());
-                }
-                let n = self
-                    .seen
-                    .iter()
-                    .filter(|x| x.starts_with(prefix))
-                    .position(|x| x == s)
-                    .unwrap_or(0)
-                    + 1;
-                return Some(format!("<{}#{n}>", prefix.trim_end_matches('_')));
-            }
-        }
-        None
-    }
-
     fn string(&mut self, s: &str) -> String {
-        if let Some(id) = self.id(s) {
+        if let Some(id) = self.ids.id(s) {
             return id;
         }
         if s.starts_with("cmk_") && s.len() == 44 {
@@ -87,7 +66,7 @@ async fn every_json_output_matches_its_golden_file() -> TestResult {
     let mut ws = Workspace::new()?;
     ws.extra_args = sim.cp_args();
     let mut r = Redactor {
-        seen: Vec::new(),
+        ids: StableIds::default(),
         dir: ws.path().display().to_string(),
         sim: sim.root_url(),
     };

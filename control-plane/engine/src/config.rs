@@ -1503,27 +1503,15 @@ mod tests {
     #[test]
     fn every_variable_in_the_source_is_declared() -> Result<(), Box<dyn std::error::Error>> {
         const NOT_READ: &[&str] = &["CODEXMESH_API_KEY"];
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-            for entry in std::fs::read_dir(dir)? {
-                let path = entry?.path();
-                if path.is_dir() {
-                    walk(&path, out)?;
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    out.push(path);
-                }
-            }
-            Ok(())
-        }
         // Every control-plane crate's sources (this one and its neighbours).
         let mut files = Vec::new();
         for krate in ["model", "store", "engine", "codexmesh"] {
-            walk(
+            files.extend(codexmesh_test_kit::source::rust_files(
                 &Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("..")
                     .join(krate)
                     .join("src"),
-                &mut files,
-            )?;
+            )?);
         }
         assert!(files.len() > 10, "found only {files:?}");
         let mut undeclared = Vec::new();

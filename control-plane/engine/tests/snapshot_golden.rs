@@ -15,43 +15,9 @@ use codexmesh_model::routing::RoutingPatch;
 use codexmesh_model::Strategy;
 use codexmesh_store::crypto::MasterKey;
 use codexmesh_store::{Actor, Store};
+use codexmesh_test_kit::source::StableIds;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// Replaces every `prefix_XXXXXXXXXXXXXXXX` id with `<prefix#n>` in order of appearance.
-fn stable_ids(text: &str) -> String {
-    let mut seen: Vec<String> = Vec::new();
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    'scan: while !rest.is_empty() {
-        for prefix in ["acc_", "pool_", "key_"] {
-            if let Some(tail) = rest.strip_prefix(prefix) {
-                let id_len = tail.bytes().take_while(u8::is_ascii_alphanumeric).count();
-                if id_len == 16 {
-                    let id = &rest[..prefix.len() + 16];
-                    let n = match seen.iter().position(|s| s == id) {
-                        Some(i) => i + 1,
-                        None => {
-                            seen.push(id.to_owned());
-                            seen.len()
-                        }
-                    };
-                    let kind = prefix.trim_end_matches('_');
-                    let ordinal = seen[..n].iter().filter(|s| s.starts_with(prefix)).count();
-                    out.push_str(&format!("<{kind}#{ordinal}>"));
-                    rest = &rest[prefix.len() + 16..];
-                    continue 'scan;
-                }
-            }
-        }
-        let mut chars = rest.chars();
-        if let Some(c) = chars.next() {
-            out.push(c);
-        }
-        rest = chars.as_str();
-    }
-    out
-}
 
 fn window(used: f64, minutes: i64) -> WindowEvidence {
     WindowEvidence {
@@ -148,14 +114,9 @@ async fn a_known_store_builds_the_known_snapshot() -> TestResult {
             k.key_hash.truncate(4);
         }
     }
-    insta::assert_snapshot!("known_store", stable_ids(&format!("{snap:#?}")));
-    Ok(())
-}
-
-#[test]
-fn ids_are_numbered_by_first_appearance() {
-    assert_eq!(
-        stable_ids("acc_AAAAAAAAAAAAAAAA pool_BBBBBBBBBBBBBBBB acc_CCCCCCCCCCCCCCCC acc_AAAAAAAAAAAAAAAA acc_short"),
-        "<acc#1> <pool#1> <acc#2> <acc#1> acc_short"
+    insta::assert_snapshot!(
+        "known_store",
+        StableIds::default().text(&format!("{snap:#?}"))
     );
+    Ok(())
 }

@@ -31,6 +31,7 @@ pub mod pg;
 pub mod proc;
 pub mod serve;
 pub mod sim;
+pub mod source;
 pub mod sse;
 pub mod stack;
 pub mod wait;

@@ -87,6 +87,9 @@ fn error_response(what: &str, e: &OpsError) -> Response {
         ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     };
     let body = match kind {
         ErrorKind::Invalid => match e.field() {
@@ -102,7 +105,12 @@ fn error_response(what: &str, e: &OpsError) -> Response {
             }
             None => serde_json::json!({"error": {"message": e.to_string()}}),
         },
-        ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Upstream => {
+        ErrorKind::NotFound
+        | ErrorKind::Conflict
+        | ErrorKind::Upstream
+        | ErrorKind::Unauthenticated
+        | ErrorKind::Forbidden
+        | ErrorKind::RateLimited => {
             serde_json::json!({"error": {"message": e.to_string()}})
         }
         ErrorKind::Unavailable => {

@@ -11,6 +11,7 @@
 //! - [`health`]: the 0–100 health score from outcome windows;
 //! - [`credentials`]: Codex `auth.json` and the JWT claims read from it;
 //! - [`keys`]: pool keys (format, hashing);
+//! - [`operators`]: operators, roles, API tokens and who may see or change which pool;
 //! - [`ids`]: identifiers and the names people give things;
 //! - [`util`]: the clock, random values, constant-time token checks, times for people.
 #![forbid(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod credentials;
 pub mod health;
 pub mod ids;
 pub mod keys;
+pub mod operators;
 pub mod quota;
 pub mod records;
 pub mod routing;

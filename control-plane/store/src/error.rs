@@ -17,6 +17,9 @@ pub enum Entity {
     Key,
     /// An account's membership in a pool.
     Membership,
+    Operator,
+    ApiToken,
+    BootstrapSecret,
 }
 
 impl Entity {
@@ -26,6 +29,9 @@ impl Entity {
             Entity::Account => "account",
             Entity::Key => "key",
             Entity::Membership => "membership",
+            Entity::Operator => "operator",
+            Entity::ApiToken => "API token",
+            Entity::BootstrapSecret => "bootstrap secret",
         }
     }
 }
@@ -45,6 +51,11 @@ pub enum Lookup {
     Id,
     /// By id, then label: `no key with id or label "x"`.
     IdOrLabel,
+    /// By id, then name: `no operator with id or name "x"`.
+    IdOrName,
+    /// A secret that is unknown, used or expired (which one is not said): `no valid bootstrap
+    /// secret matches`.
+    Valid,
     /// By id, gone while a refresh of it was under way.
     RemovedWhileRefreshing,
     /// An account (`ident` is its label) that is not a member of `pool`; `its_pools` names the
@@ -123,6 +134,8 @@ fn not_found_message(what: Entity, ident: &str, lookup: &Lookup) -> String {
         Lookup::Name => format!("no {what} named {ident:?}"),
         Lookup::Id => format!("no {what} with id {ident:?}"),
         Lookup::IdOrLabel => format!("no {what} with id or label {ident:?}"),
+        Lookup::IdOrName => format!("no {what} with id or name {ident:?}"),
+        Lookup::Valid => format!("no valid {what} matches (unknown, already used or expired)"),
         Lookup::RemovedWhileRefreshing => {
             format!("{what} {ident} was removed while it was being refreshed")
         }

@@ -10,7 +10,7 @@
 //! take the `meta` row, so lock order stays `meta` first, then account rows.
 //!
 //! Layout: one private module per aggregate (`pools`, `accounts`, `keys`, `routing`, `leases`,
-//! `quota`, `outcomes`, `audit`, `snapshot_data`), each adding methods to [`Store`]; `rows` (all
+//! `operators`, `quota`, `outcomes`, `audit`, `snapshot_data`), each adding methods to [`Store`]; `rows` (all
 //! row mapping) and `error` are leaves; `tx` (transaction starts, lookups by name, id or label)
 //! sits between them and the aggregates. Dependencies point one way: leaves ← `tx` ← aggregates
 //! (and `audit` ← the writers, `quota` ← `snapshot_data`); no aggregate uses another otherwise.
@@ -23,6 +23,7 @@ mod audit;
 mod error;
 mod keys;
 mod leases;
+mod operators;
 mod outcomes;
 mod pools;
 mod quota;
@@ -42,6 +43,7 @@ use sqlx::AnyPool;
 // modules stay private: their methods are on `Store`.
 pub use codexmesh_model::records::*;
 pub use error::{ConflictReason, Entity, Lookup, StoreError};
+pub use operators::{AuditFilter, NewOperator, OperatorCredentials, Throttle};
 pub use quota::QuotaWrite;
 pub use routing::{KeyRouting, KeyRoutingChange};
 pub use tx::{validate_label, validate_pool_name};

@@ -407,3 +407,47 @@ pub(crate) fn snapshot_account_with_token_from_row(
         quota: None,
     })
 }
+
+pub(crate) const OPERATOR_COLS: &str = "id, name, role, disabled, totp_enabled, created_at, \
+     updated_at";
+
+pub(crate) const API_TOKEN_COLS: &str =
+    "id, label, role, created_by, created_at, last_used_at, revoked_at";
+
+fn role_col(row: &AnyRow) -> Result<codexmesh_model::operators::Role, StoreError> {
+    let role: String = col(row, "role")?;
+    codexmesh_model::operators::Role::parse(&role)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown operator role {role:?}")))
+}
+
+/// An operator without its pools (the caller fills them in).
+pub(crate) fn operator_from_row(
+    row: &AnyRow,
+) -> Result<codexmesh_model::operators::Operator, StoreError> {
+    Ok(codexmesh_model::operators::Operator {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        role: role_col(row)?,
+        pools: Vec::new(),
+        disabled: col_bool(row, "disabled")?,
+        totp_enabled: col_bool(row, "totp_enabled")?,
+        created_at_ms: col(row, "created_at")?,
+        updated_at_ms: col(row, "updated_at")?,
+    })
+}
+
+/// An API token without its pools (the caller fills them in).
+pub(crate) fn api_token_from_row(
+    row: &AnyRow,
+) -> Result<codexmesh_model::operators::ApiToken, StoreError> {
+    Ok(codexmesh_model::operators::ApiToken {
+        id: col(row, "id")?,
+        label: col(row, "label")?,
+        role: role_col(row)?,
+        pools: Vec::new(),
+        created_by: col(row, "created_by")?,
+        created_at_ms: col(row, "created_at")?,
+        last_used_at_ms: col(row, "last_used_at")?,
+        revoked_at_ms: col(row, "revoked_at")?,
+    })
+}

@@ -1,6 +1,6 @@
 //! The use cases every surface calls: the CLI today, the admin API (reports), later the dashboard
 //! and MCP. One function per use case, grouped by aggregate: [`pools`], [`accounts`], [`keys`],
-//! [`reports`].
+//! [`reports`], [`operators`].
 //!
 //! Rules this module keeps:
 //! - a use case decides, validates and writes; a surface only parses its input, calls it and
@@ -26,6 +26,7 @@ use codexmesh_store::{Actor, Store, StoreError};
 
 pub mod accounts;
 pub mod keys;
+pub mod operators;
 pub mod pools;
 pub mod reports;
 
@@ -169,6 +170,13 @@ pub enum ErrorKind {
     Upstream,
     /// The store cannot be reached (HTTP 503).
     Unavailable,
+    /// No valid credentials: a failed sign-in, a bad, expired or revoked token (HTTP 401).
+    Unauthenticated,
+    /// The principal sees the thing but its role may not do this (HTTP 403). What it may not
+    /// see at all is [`ErrorKind::NotFound`].
+    Forbidden,
+    /// Too many failed sign-ins: locked for a while (HTTP 429).
+    RateLimited,
     /// A bug, bad settings or stored data that does not add up (HTTP 500).
     Internal,
 }
@@ -212,6 +220,12 @@ pub enum OpsError {
     Http(String),
     #[error(transparent)]
     RequestLog(#[from] RequestLogError),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    RateLimited(String),
 }
 
 fn store_kind(e: &StoreError) -> ErrorKind {
@@ -247,6 +261,9 @@ impl OpsError {
                 ErrorKind::Invalid
             }
             OpsError::Conflict(_) => ErrorKind::Conflict,
+            OpsError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            OpsError::Forbidden(_) => ErrorKind::Forbidden,
+            OpsError::RateLimited(_) => ErrorKind::RateLimited,
             OpsError::Refresh(e) => match e {
                 RefreshError::NeedsReauth { .. } | RefreshError::LeaseTimeout { .. } => {
                     ErrorKind::Conflict

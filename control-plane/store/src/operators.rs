@@ -60,7 +60,8 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     /// Exact action (`pool.create`), or a prefix ending in `.` (`operator.`).
     pub action: Option<String>,
-    /// Rows about this pool: its name in the detail's `"pool"` (or `"name"` for `pool.*`).
+    /// Rows about this pool: its name in the detail's `"pool"`, in its `"pools"` list (operator
+    /// and token rows), or its `"name"` for `pool.*` (a text match on the JSON detail).
     pub pool: Option<String>,
     /// Only rows with an id below this (paging: pass the last id of the previous page).
     pub before_id: Option<i64>,
@@ -800,9 +801,12 @@ impl Store {
             let quoted = escape_like(&serde_json::Value::String(pool.clone()).to_string());
             let p1 = next(format!("%\"pool\":{quoted}%"), &mut binds);
             let p2 = next(format!("%\"name\":{quoted}%"), &mut binds);
+            // Operator and token rows list their pools (`"pools":[…]`, keys sorted, so only
+            // later keys follow the array; none of them holds a pool name).
+            let p3 = next(format!("%\"pools\":[%{quoted}%]%"), &mut binds);
             clauses.push(format!(
                 "(detail LIKE {p1} ESCAPE '\\' OR (action LIKE 'pool.%' AND detail LIKE {p2} \
-                 ESCAPE '\\'))"
+                 ESCAPE '\\') OR detail LIKE {p3} ESCAPE '\\')"
             ));
         }
         let mut sql = format!("SELECT {} FROM audit_log", crate::rows::AUDIT_COLS);

@@ -23,6 +23,7 @@ use codexmesh_store::{Actor, StoreError};
 mod account;
 mod envoy_bootstrap;
 mod key;
+mod operator;
 mod output;
 mod pool;
 mod requests;
@@ -59,6 +60,11 @@ pub enum Command {
     /// Create, list and revoke pool keys
     #[command(subcommand)]
     Key(key::Args),
+    /// Operators (owner, admin, viewer), their pools and API tokens
+    #[command(subcommand)]
+    Operator(operator::Args),
+    /// The audit log, newest first, with filters and paging
+    Audit(operator::AuditArgs),
     /// Pools, accounts and key counts
     Status(status::Args),
     /// The request log, newest first: which account served each upstream attempt, and why
@@ -234,6 +240,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Pool(args) => pool::execute(args, &ctx).await,
         Command::Account(args) => account::execute(args, &ctx).await,
         Command::Key(args) => key::execute(args, &ctx).await,
+        Command::Operator(args) => operator::execute(args, &ctx).await,
+        Command::Audit(args) => operator::execute_audit(args, &ctx).await,
         Command::Status(args) => status::execute(args, &ctx).await,
         Command::Requests(args) => requests::execute(args, &ctx).await,
         Command::Serve(args) => serve::execute(args, &ctx).await,

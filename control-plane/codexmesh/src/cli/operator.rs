@@ -1,0 +1,351 @@
+//! `codexmesh operator …` (create, list, set-role, assign, disable, enable, set-password,
+//! bootstrap, token create|list|revoke) and `codexmesh audit`. The shell acts with full access
+//! (the audit log names the shell user). Passwords come only from stdin (`--password-stdin`),
+//! never from a flag.
+
+use std::io::BufRead;
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::output::change_suffix;
+use super::{notify, CliError, Ctx};
+use codexmesh_engine::ops::operators;
+use codexmesh_model::operators::{Access, ApiToken, Operator, Role};
+use codexmesh_model::util;
+use codexmesh_store::AuditFilter;
+
+#[derive(Debug, Subcommand)]
+pub enum Args {
+    /// Create an operator
+    Create {
+        /// Sign-in name (an email or a handle)
+        #[arg(long)]
+        name: String,
+        /// owner, admin or viewer
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Pools it works on, comma-separated (admins and viewers)
+        #[arg(long, value_delimiter = ',')]
+        pools: Vec<String>,
+        /// Read the password from the first line of stdin (without it: no password yet)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List operators
+    List,
+    /// Change an operator's role (signs it out everywhere)
+    SetRole {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+        #[arg(value_parser = parse_role)]
+        role: Role,
+    },
+    /// Replace an operator's pools
+    Assign {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+        /// Pools, comma-separated (empty: none)
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        pools: Vec<String>,
+    },
+    /// Disable an operator (signs it out everywhere)
+    Disable {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+    },
+    /// Enable a disabled operator
+    Enable {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+    },
+    /// Set an operator's password from the first line of stdin (signs it out everywhere)
+    SetPassword {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Print a one-time secret (valid for an hour) that creates the first owner
+    Bootstrap,
+    /// API tokens for automation
+    #[command(subcommand)]
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenArgs {
+    /// Create an API token; the token is printed once
+    Create {
+        #[arg(long)]
+        label: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long, value_delimiter = ',')]
+        pools: Vec<String>,
+    },
+    /// List API tokens (never the tokens themselves)
+    List,
+    /// Revoke an API token
+    Revoke {
+        #[arg(value_name = "ID|LABEL")]
+        token: String,
+    },
+}
+
+/// `codexmesh audit`: the audit log, newest first.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Only this actor (cli:alice, operator:bob, token:ci)
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only this action (pool.create), or a prefix ending in "." (operator.)
+    #[arg(long)]
+    action: Option<String>,
+    /// Only rows about this pool
+    #[arg(long)]
+    pool: Option<String>,
+    /// Rows per page (1-1000)
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Only rows older than this id (the last id of the previous page)
+    #[arg(long)]
+    before: Option<i64>,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("expected owner, admin or viewer, not {s:?}"))
+}
+
+fn read_password() -> Result<String, CliError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Usage(format!("cannot read the password from stdin: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn shell() -> Access {
+    let user = codexmesh_store::Actor::cli().0;
+    Access::shell(user.strip_prefix("cli:").unwrap_or(&user))
+}
+
+fn operator_rows(ops: &[Operator]) -> Vec<Vec<String>> {
+    ops.iter()
+        .map(|o| {
+            vec![
+                o.id.clone(),
+                o.name.clone(),
+                o.role.to_string(),
+                if o.role == Role::Owner {
+                    "(all)".to_owned()
+                } else {
+                    o.pools.join(",")
+                },
+                if o.disabled { "disabled" } else { "active" }.to_owned(),
+                util::fmt_utc_ms(o.created_at_ms),
+            ]
+        })
+        .collect()
+}
+
+const OPERATOR_HEADERS: &[&str] = &["ID", "NAME", "ROLE", "POOLS", "STATE", "CREATED"];
+
+fn token_rows(ts: &[ApiToken]) -> Vec<Vec<String>> {
+    ts.iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.label.clone(),
+                t.role.to_string(),
+                if t.role == Role::Owner {
+                    "(all)".to_owned()
+                } else {
+                    t.pools.join(",")
+                },
+                t.last_used_at_ms
+                    .map_or_else(|| "-".to_owned(), util::fmt_utc_ms),
+                t.revoked_at_ms
+                    .map_or_else(|| "-".to_owned(), util::fmt_utc_ms),
+            ]
+        })
+        .collect()
+}
+
+const TOKEN_HEADERS: &[&str] = &["ID", "LABEL", "ROLE", "POOLS", "LAST USED", "REVOKED"];
+
+#[derive(Serialize)]
+struct CreatedToken<'a> {
+    #[serde(flatten)]
+    token: &'a ApiToken,
+    secret: &'a str,
+}
+
+#[derive(Serialize)]
+struct Bootstrap<'a> {
+    secret: &'a str,
+    expires_at_ms: i64,
+}
+
+async fn one(ctx: &Ctx, op: &Operator, changed: Option<bool>) -> Result<(), CliError> {
+    let out = &ctx.out;
+    if out.json {
+        return match changed {
+            Some(changed) => out.json(&codexmesh_model::records::Changed {
+                changed,
+                item: op.clone(),
+            }),
+            None => out.json(op),
+        };
+    }
+    out.table(OPERATOR_HEADERS, &operator_rows(std::slice::from_ref(op)))?;
+    if let Some(changed) = changed {
+        eprintln!("{}{}", op.name, change_suffix(true, changed));
+    }
+    Ok(())
+}
+
+pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
+    let (ops, out, access) = (&ctx.ops, &ctx.out, shell());
+    match args {
+        Args::Create {
+            name,
+            role,
+            pools,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                Some(read_password()?)
+            } else {
+                None
+            };
+            let op = notify(
+                operators::create(ops, &access, &name, role, &pools, password.as_deref()).await?,
+            );
+            if password.is_none() {
+                eprintln!(
+                    "note: {} has no password yet: codexmesh operator set-password {} \
+                     --password-stdin",
+                    op.name, op.name
+                );
+            }
+            one(ctx, &op, None).await
+        }
+        Args::List => {
+            let list = notify(operators::list(ops, &access).await?);
+            if out.json {
+                return out.json(&list);
+            }
+            if list.is_empty() {
+                return out.line("no operators: codexmesh operator bootstrap, or operator create");
+            }
+            out.table(OPERATOR_HEADERS, &operator_rows(&list))
+        }
+        Args::SetRole { operator, role } => {
+            let c = notify(operators::set_role(ops, &access, &operator, role).await?);
+            one(ctx, &c.item, Some(c.changed)).await
+        }
+        Args::Assign { operator, pools } => {
+            let c = notify(operators::assign(ops, &access, &operator, &pools).await?);
+            one(ctx, &c.item, Some(c.changed)).await
+        }
+        Args::Disable { operator } => {
+            let c = notify(operators::set_disabled(ops, &access, &operator, true).await?);
+            one(ctx, &c.item, Some(c.changed)).await
+        }
+        Args::Enable { operator } => {
+            let c = notify(operators::set_disabled(ops, &access, &operator, false).await?);
+            one(ctx, &c.item, Some(c.changed)).await
+        }
+        Args::SetPassword { operator, .. } => {
+            let password = read_password()?;
+            let op = notify(operators::set_password(ops, &access, &operator, &password).await?);
+            one(ctx, &op, Some(true)).await
+        }
+        Args::Bootstrap => {
+            let b = notify(operators::bootstrap_secret(ops).await?);
+            if out.json {
+                return out.json(&Bootstrap {
+                    secret: b.secret.expose(),
+                    expires_at_ms: b.expires_at_ms,
+                });
+            }
+            out.line(b.secret.expose())?;
+            eprintln!(
+                "one-time owner bootstrap secret, valid once until {}: shown only now",
+                util::fmt_utc_ms(b.expires_at_ms)
+            );
+            Ok(())
+        }
+        Args::Token(t) => match t {
+            TokenArgs::Create { label, role, pools } => {
+                let issued =
+                    notify(operators::issue_token(ops, &access, &label, role, &pools).await?);
+                if out.json {
+                    return out.json(&CreatedToken {
+                        token: &issued.token,
+                        secret: issued.secret.expose(),
+                    });
+                }
+                out.line(issued.secret.expose())?;
+                eprintln!(
+                    "created API token {} ({}, {}). The token above is shown only once: store it now.",
+                    issued.token.id, issued.token.label, issued.token.role
+                );
+                Ok(())
+            }
+            TokenArgs::List => {
+                let list = notify(operators::list_tokens(ops, &access).await?);
+                if out.json {
+                    return out.json(&list);
+                }
+                if list.is_empty() {
+                    return out.line("no API tokens: codexmesh operator token create");
+                }
+                out.table(TOKEN_HEADERS, &token_rows(&list))
+            }
+            TokenArgs::Revoke { token } => {
+                let c = notify(operators::revoke_token(ops, &access, &token).await?);
+                if out.json {
+                    return out.json(&c);
+                }
+                out.table(TOKEN_HEADERS, &token_rows(std::slice::from_ref(&c.item)))?;
+                eprintln!("{}{}", c.item.label, change_suffix(true, c.changed));
+                Ok(())
+            }
+        },
+    }
+}
+
+pub async fn execute_audit(args: AuditArgs, ctx: &Ctx) -> Result<(), CliError> {
+    let filter = AuditFilter {
+        actor: args.actor,
+        action: args.action,
+        pool: args.pool,
+        before_id: args.before,
+        limit: args.limit,
+    };
+    let rows = notify(operators::audit(&ctx.ops, &shell(), filter).await?);
+    let out = &ctx.out;
+    if out.json {
+        return out.json(&rows);
+    }
+    if rows.is_empty() {
+        return out.line("no audit rows match");
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                util::fmt_utc_ms(e.at_ms),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone().unwrap_or_else(|| "-".to_owned()),
+                e.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.table(&["ID", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"], &table)
+}

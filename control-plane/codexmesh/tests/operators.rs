@@ -65,6 +65,24 @@ fn operators_are_managed_from_the_shell() -> TestResult {
     let list = ws.ok_json(&["operator", "list"])?;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
 
+    // A second factor: enrolled (secret shown once), not enabled before a right code.
+    let enrolled = ws.ok_json(&["operator", "totp-enroll", "alice@example.com"])?;
+    assert!(enrolled["uri"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("otpauth://totp/")));
+    let r = ws.run(&[
+        "operator",
+        "totp-confirm",
+        "alice@example.com",
+        "--code",
+        "123",
+    ])?;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let off = ws.ok_json(&["operator", "totp-disable", "alice@example.com"])?;
+    assert_eq!(off["totp_enabled"], false);
+    let audit = ws.ok(&["audit", "--json"])?.stdout;
+    assert!(!audit.contains(enrolled["secret"].as_str().unwrap_or("-")));
+
     // Bad input: exit 1 (unknown pool) or 2 (clap: unknown role), nothing written.
     let r = ws.run(&[
         "operator", "create", "--name", "bob", "--role", "viewer", "--pools", "nope",

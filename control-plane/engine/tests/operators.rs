@@ -63,7 +63,7 @@ async fn sessions_are_revoked_by_password_role_and_sign_out(ops: &Ops) -> TestRe
         .value;
     assert_eq!(alice.pools, vec!["p1".to_owned()]);
 
-    let signed = operators::sign_in(ops, "alice", PW, "10.0.0.1")
+    let signed = operators::sign_in(ops, "alice", PW, None, "10.0.0.1")
         .await?
         .value;
     let access = operators::verify_session(ops, signed.token.expose()).await?;
@@ -75,7 +75,7 @@ async fn sessions_are_revoked_by_password_role_and_sign_out(ops: &Ops) -> TestRe
         kind(operators::verify_session(ops, signed.token.expose()).await),
         Some(ErrorKind::Unauthenticated)
     );
-    let signed = operators::sign_in(ops, "alice", "another long password", "10.0.0.1")
+    let signed = operators::sign_in(ops, "alice", "another long password", None, "10.0.0.1")
         .await?
         .value;
     operators::set_role(ops, &shell, "alice", Role::Viewer).await?;
@@ -83,7 +83,7 @@ async fn sessions_are_revoked_by_password_role_and_sign_out(ops: &Ops) -> TestRe
         kind(operators::verify_session(ops, signed.token.expose()).await),
         Some(ErrorKind::Unauthenticated)
     );
-    let signed = operators::sign_in(ops, "alice", "another long password", "10.0.0.1")
+    let signed = operators::sign_in(ops, "alice", "another long password", None, "10.0.0.1")
         .await?
         .value;
     let access = operators::verify_session(ops, signed.token.expose()).await?;
@@ -107,26 +107,26 @@ async fn sign_in_failures_lock_the_operator_and_the_address(ops: &Ops) -> TestRe
     operators::create(ops, &shell, "bob", Role::Owner, &[], Some(PW)).await?;
     for _ in 0..operators::OPERATOR_THROTTLE.max_failures {
         assert_eq!(
-            kind(operators::sign_in(ops, "bob", "wrong password!!", "10.0.0.2").await),
+            kind(operators::sign_in(ops, "bob", "wrong password!!", None, "10.0.0.2").await),
             Some(ErrorKind::Unauthenticated)
         );
     }
     // Locked: even the right password is refused, before it is checked.
     assert_eq!(
-        kind(operators::sign_in(ops, "bob", PW, "10.0.0.3").await),
+        kind(operators::sign_in(ops, "bob", PW, None, "10.0.0.3").await),
         Some(ErrorKind::RateLimited)
     );
     // Unknown names count against the address.
     for _ in 0..operators::CLIENT_THROTTLE.max_failures {
-        let _ = operators::sign_in(ops, "nobody", "wrong password!!", "10.0.0.9").await;
+        let _ = operators::sign_in(ops, "nobody", "wrong password!!", None, "10.0.0.9").await;
     }
     assert_eq!(
-        kind(operators::sign_in(ops, "nobody", PW, "10.0.0.9").await),
+        kind(operators::sign_in(ops, "nobody", PW, None, "10.0.0.9").await),
         Some(ErrorKind::RateLimited)
     );
     // A password change clears the operator's lock.
     operators::set_password(ops, &shell, "bob", "a new long password").await?;
-    operators::sign_in(ops, "bob", "a new long password", "10.0.0.3").await?;
+    operators::sign_in(ops, "bob", "a new long password", None, "10.0.0.3").await?;
     Ok(())
 }
 
@@ -140,7 +140,7 @@ async fn roles_limit_what_an_operator_may_do(ops: &Ops) -> TestResult {
     operators::create(ops, &shell, "other", Role::Viewer, &["p2".into()], Some(PW)).await?;
     let adm = operators::verify_session(
         ops,
-        operators::sign_in(ops, "adm", PW, "c")
+        operators::sign_in(ops, "adm", PW, None, "c")
             .await?
             .value
             .token
@@ -176,7 +176,7 @@ async fn roles_limit_what_an_operator_may_do(ops: &Ops) -> TestResult {
     // A viewer changes nothing.
     let v1 = operators::verify_session(
         ops,
-        operators::sign_in(ops, "v1", PW, "c")
+        operators::sign_in(ops, "v1", PW, None, "c")
             .await?
             .value
             .token
@@ -194,14 +194,17 @@ async fn roles_limit_what_an_operator_may_do(ops: &Ops) -> TestResult {
         Some(ErrorKind::Conflict)
     );
     // Disabling signs out.
-    let t = operators::sign_in(ops, "v1", PW, "c").await?.value.token;
+    let t = operators::sign_in(ops, "v1", PW, None, "c")
+        .await?
+        .value
+        .token;
     operators::set_disabled(ops, &shell, "v1", true).await?;
     assert_eq!(
         kind(operators::verify_session(ops, t.expose()).await),
         Some(ErrorKind::Unauthenticated)
     );
     assert_eq!(
-        kind(operators::sign_in(ops, "v1", PW, "c").await),
+        kind(operators::sign_in(ops, "v1", PW, None, "c").await),
         Some(ErrorKind::Unauthenticated)
     );
     Ok(())
@@ -335,6 +338,51 @@ async fn the_audit_log_records_changes_without_secrets(ops: &Ops) -> TestResult 
     Ok(())
 }
 
+async fn a_second_factor_is_enrolled_confirmed_and_required(ops: &Ops) -> TestResult {
+    let shell = Access::shell("tester");
+    operators::create(ops, &shell, "root", Role::Owner, &[], Some(PW)).await?;
+    let enrolled = operators::totp_enroll(ops, &shell, "root").await?.value;
+    assert!(enrolled
+        .uri
+        .starts_with("otpauth://totp/codexmesh:root?secret="));
+    assert!(!format!("{enrolled:?}").contains(&enrolled.secret_base32));
+    // Not enabled until confirmed: the password alone still signs in.
+    operators::sign_in(ops, "root", PW, None, "c").await?;
+    let secret = totp_rs::Secret::Encoded(enrolled.secret_base32.clone()).to_bytes()?;
+    let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret)?;
+    assert_eq!(
+        kind(operators::totp_confirm(ops, &shell, "root", "000000x").await),
+        Some(ErrorKind::Invalid)
+    );
+    let confirmed = operators::totp_confirm(ops, &shell, "root", &totp.generate_current()?)
+        .await?
+        .value;
+    assert!(confirmed.changed && confirmed.item.totp_enabled);
+    // Now a code is required.
+    assert_eq!(
+        kind(operators::sign_in(ops, "root", PW, None, "c").await),
+        Some(ErrorKind::Unauthenticated)
+    );
+    let code = totp.generate_current()?;
+    operators::sign_in(ops, "root", PW, Some(&code), "c").await?;
+    // No secret in the audit log.
+    let log = operators::audit(
+        ops,
+        &shell,
+        AuditFilter {
+            action: Some("operator.".into()),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await?
+    .value;
+    assert!(!serde_json::to_string(&log)?.contains(&enrolled.secret_base32));
+    operators::totp_disable(ops, &shell, "root").await?;
+    operators::sign_in(ops, "root", PW, None, "c").await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn sqlite_bootstrap_secret_makes_one_owner_once() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -371,6 +419,12 @@ async fn sqlite_the_audit_log_records_changes_without_secrets() -> TestResult {
     the_audit_log_records_changes_without_secrets(&ops_in(&dir, None)?).await
 }
 
+#[tokio::test]
+async fn sqlite_a_second_factor_is_enrolled_confirmed_and_required() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    a_second_factor_is_enrolled_confirmed_and_required(&ops_in(&dir, None)?).await
+}
+
 /// Every scenario again on PostgreSQL, one fresh database each.
 #[tokio::test]
 async fn postgres_scenarios() -> TestResult {
@@ -396,5 +450,8 @@ async fn postgres_scenarios() -> TestResult {
     let dir = tempfile::tempdir()?;
     let url = support::empty_database(&temp, "op_5").await?;
     the_audit_log_records_changes_without_secrets(&ops_in(&dir, Some(url))?).await?;
+    let dir = tempfile::tempdir()?;
+    let url = support::empty_database(&temp, "op_totp").await?;
+    a_second_factor_is_enrolled_confirmed_and_required(&ops_in(&dir, Some(url))?).await?;
     Ok(())
 }

@@ -537,6 +537,75 @@ impl Store {
         Ok(changed.item)
     }
 
+    /// Stores a sealed TOTP secret (not yet enabled: [`Store::enable_operator_totp`] after the
+    /// operator proves it has it), replacing any earlier one and turning the factor off.
+    pub async fn enroll_operator_totp(
+        &self,
+        actor: &Actor,
+        ident: &str,
+        sealed_secret: &[u8],
+    ) -> Result<Operator, StoreError> {
+        let sealed = sealed_secret.to_vec();
+        Ok(self
+            .change_operator(actor, ident, "operator.totp_enroll", move |tx, op| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE operators SET totp_secret_sealed = $1, totp_enabled = 0 \
+                         WHERE id = $2",
+                    )
+                    .bind(sealed)
+                    .bind(op.id.clone())
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(Some(json!({})))
+                })
+            })
+            .await?
+            .item)
+    }
+
+    /// Turns the enrolled second factor on or off (off also drops the secret). Either way the
+    /// operator's sessions end.
+    pub async fn set_operator_totp_enabled(
+        &self,
+        actor: &Actor,
+        ident: &str,
+        enabled: bool,
+    ) -> Result<Changed<Operator>, StoreError> {
+        let action = if enabled {
+            "operator.totp_enable"
+        } else {
+            "operator.totp_disable"
+        };
+        self.change_operator(actor, ident, action, move |tx, op| {
+            Box::pin(async move {
+                if op.totp_enabled == enabled {
+                    return Ok(None);
+                }
+                let sql = if enabled {
+                    "UPDATE operators SET totp_enabled = 1, session_epoch = session_epoch + 1 \
+                     WHERE id = $1 AND totp_secret_sealed IS NOT NULL"
+                } else {
+                    "UPDATE operators SET totp_enabled = 0, totp_secret_sealed = NULL, \
+                     session_epoch = session_epoch + 1 WHERE id = $1"
+                };
+                let n = sqlx::query(sql)
+                    .bind(op.id.clone())
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    return Err(StoreError::invalid(
+                        "totp",
+                        format!("operator {} has no enrolled second factor", op.name),
+                    ));
+                }
+                Ok(Some(json!({})))
+            })
+        })
+        .await
+    }
+
     /// Revokes every session of the operator (sign-out everywhere).
     pub async fn bump_session_epoch(&self, actor: &Actor, ident: &str) -> Result<i64, StoreError> {
         self.change_operator(actor, ident, "operator.sign_out", move |tx, op| {

@@ -68,6 +68,24 @@ pub enum Args {
     },
     /// Print a one-time secret (valid for an hour) that creates the first owner
     Bootstrap,
+    /// Start a second factor (TOTP): prints its secret and otpauth URI once; enabled by
+    /// totp-confirm
+    TotpEnroll {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+    },
+    /// Enable the enrolled second factor with a current code
+    TotpConfirm {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+        #[arg(long)]
+        code: String,
+    },
+    /// Turn the second factor off (drops its secret)
+    TotpDisable {
+        #[arg(value_name = "ID|NAME")]
+        operator: String,
+    },
     /// API tokens for automation
     #[command(subcommand)]
     Token(TokenArgs),
@@ -277,6 +295,32 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 util::fmt_utc_ms(b.expires_at_ms)
             );
             Ok(())
+        }
+        Args::TotpEnroll { operator } => {
+            let e = notify(operators::totp_enroll(ops, &access, &operator).await?);
+            if out.json {
+                return out.json(&serde_json::json!({
+                    "operator": e.operator.name,
+                    "secret": e.secret_base32,
+                    "uri": e.uri,
+                }));
+            }
+            out.line(&e.secret_base32)?;
+            out.line(&e.uri)?;
+            eprintln!(
+                "second factor enrolled for {} (shown only now); enable it with \
+                 codexmesh operator totp-confirm {} --code CODE",
+                e.operator.name, e.operator.name
+            );
+            Ok(())
+        }
+        Args::TotpConfirm { operator, code } => {
+            let c = notify(operators::totp_confirm(ops, &access, &operator, &code).await?);
+            one(ctx, &c.item, Some(c.changed)).await
+        }
+        Args::TotpDisable { operator } => {
+            let c = notify(operators::totp_disable(ops, &access, &operator).await?);
+            one(ctx, &c.item, Some(c.changed)).await
         }
         Args::Token(t) => match t {
             TokenArgs::Create { label, role, pools } => {

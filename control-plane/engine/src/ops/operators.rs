@@ -23,8 +23,12 @@
 //!   tell which names exist; every failure has the same message.
 //! - **Bootstrap**: a `cmb_…` secret valid for one hour and once, only while no owner exists;
 //!   issuing a new one drops older unused ones.
-//! - **TOTP**: not implemented yet. An operator with `totp_enabled` cannot sign in (fail closed)
-//!   until it is.
+//! - **TOTP** (RFC 6238 via `totp-rs`: SHA-1, 6 digits, 30 s, one step of skew): enrolling
+//!   stores a 20-byte random secret sealed with the master key (owner = operator id, field
+//!   `totp_secret`) and shows it once (base32 and an `otpauth://` URI); it is enabled only after
+//!   a code is confirmed. Then sign-in needs a code; a wrong or missing code counts as a failed
+//!   sign-in. Not yet: the setting that requires TOTP for everyone, replay protection (a code
+//!   works again within its window), recovery codes.
 
 use std::sync::OnceLock;
 
@@ -350,6 +354,129 @@ pub async fn set_password(
     ))
 }
 
+const TOTP_FIELD: &str = "totp_secret";
+const TOTP_SECRET_LEN: usize = 20;
+
+fn totp_for(secret: Vec<u8>) -> Result<totp_rs::TOTP, OpsError> {
+    totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret)
+        .map_err(|e| OpsError::Conflict(format!("cannot set up the second factor: {e}")))
+}
+
+/// Whether `code` is the current TOTP code of the sealed secret.
+fn totp_check(ops: &Ops, operator_id: &str, sealed: &[u8], code: &str) -> Result<bool, OpsError> {
+    let secret = ops
+        .settings()
+        .master_key()?
+        .open(operator_id, TOTP_FIELD, sealed)
+        .map_err(StoreError::from)?;
+    let totp = totp_for(secret)?;
+    let now = u64::try_from(now_ms() / 1000).unwrap_or_default();
+    Ok(totp.check(code.trim(), now))
+}
+
+/// A second factor's secret, shown once. `Debug` redacts it.
+pub struct TotpEnrollment {
+    pub operator: Operator,
+    /// Base32, for typing into an authenticator.
+    pub secret_base32: String,
+    /// `otpauth://totp/...`, for a QR code.
+    pub uri: String,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpEnrollment")
+            .field("operator", &self.operator)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The operator itself, or one `access` manages.
+async fn self_or_managed(ops: &Ops, access: &Access, ident: &str) -> Result<Operator, OpsError> {
+    let store = ops.store().await?;
+    let target = store.find_operator(ident).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => not_found(ident),
+        e => e.into(),
+    })?;
+    if matches!(&access.principal, Principal::Operator { id, .. } if *id == target.id) {
+        return Ok(target);
+    }
+    managed(ops, access, ident).await
+}
+
+/// Starts enrolling a second factor: a new secret, sealed, not yet enabled.
+pub async fn totp_enroll(
+    ops: &Ops,
+    access: &Access,
+    ident: &str,
+) -> Result<Outcome<TotpEnrollment>, OpsError> {
+    let op = self_or_managed(ops, access, ident).await?;
+    let mut secret = vec![0u8; TOTP_SECRET_LEN];
+    util::random_bytes(&mut secret).map_err(StoreError::from)?;
+    let sealed = ops
+        .settings()
+        .master_key()?
+        .seal(&op.id, TOTP_FIELD, &secret)
+        .map_err(StoreError::from)?;
+    let totp = totp_for(secret)?;
+    let secret_base32 = totp.get_secret_base32();
+    let uri = format!(
+        "otpauth://totp/codexmesh:{}?secret={secret_base32}&issuer=codexmesh&algorithm=SHA1&digits=6&period=30",
+        op.name.replace(':', "_")
+    );
+    let operator = ops
+        .store()
+        .await?
+        .enroll_operator_totp(&actor_for(ops, access), &op.id, &sealed)
+        .await?;
+    Ok(Outcome::new(TotpEnrollment {
+        operator,
+        secret_base32,
+        uri,
+    }))
+}
+
+/// Enables the enrolled second factor once `code` proves the operator has it.
+pub async fn totp_confirm(
+    ops: &Ops,
+    access: &Access,
+    ident: &str,
+    code: &str,
+) -> Result<Outcome<Changed<Operator>>, OpsError> {
+    let op = self_or_managed(ops, access, ident).await?;
+    let store = ops.store().await?;
+    let creds = store.operator_credentials(&op.id).await?;
+    let Some(sealed) = creds.totp_secret_sealed else {
+        return Err(OpsError::invalid(
+            "totp",
+            format!("operator {} has no enrolled second factor", op.name),
+        ));
+    };
+    if !totp_check(ops, &op.id, &sealed, code)? {
+        return Err(OpsError::invalid("code", "the code does not match"));
+    }
+    Ok(Outcome::new(
+        store
+            .set_operator_totp_enabled(&actor_for(ops, access), &op.id, true)
+            .await?,
+    ))
+}
+
+/// Turns the second factor off and drops its secret.
+pub async fn totp_disable(
+    ops: &Ops,
+    access: &Access,
+    ident: &str,
+) -> Result<Outcome<Changed<Operator>>, OpsError> {
+    let op = self_or_managed(ops, access, ident).await?;
+    Ok(Outcome::new(
+        ops.store()
+            .await?
+            .set_operator_totp_enabled(&actor_for(ops, access), &op.id, false)
+            .await?,
+    ))
+}
+
 /// A signed session token. `Debug` redacts it.
 pub struct SessionToken(String);
 
@@ -434,6 +561,7 @@ pub async fn sign_in(
     ops: &Ops,
     name: &str,
     password: &str,
+    totp_code: Option<&str>,
     client: &str,
 ) -> Result<Outcome<SignedIn>, OpsError> {
     let store = ops.store().await?;
@@ -465,8 +593,22 @@ pub async fn sign_in(
             false
         }
     };
+    let second_ok = match &creds {
+        Some(c) if password_ok && c.operator.totp_enabled => {
+            let code = totp_code.unwrap_or_default();
+            match &c.totp_secret_sealed {
+                Some(sealed) => totp_check(ops, &c.operator.id, sealed, code)?,
+                None => false,
+            }
+        }
+        _ => true,
+    };
     let creds = match creds {
-        Some(c) if password_ok && c.password_hash.is_some() && !c.operator.disabled => c,
+        Some(c)
+            if password_ok && second_ok && c.password_hash.is_some() && !c.operator.disabled =>
+        {
+            c
+        }
         other => {
             store.record_client_failure(client, CLIENT_THROTTLE).await?;
             if let Some(c) = other {
@@ -477,11 +619,6 @@ pub async fn sign_in(
             return Err(unauthenticated());
         }
     };
-    if creds.operator.totp_enabled {
-        return Err(OpsError::Unauthenticated(
-            "this operator has a second factor, which this version cannot check yet".into(),
-        ));
-    }
     store.record_operator_success(&creds.operator.id).await?;
     let iat = now_ms() / 1000;
     let claims = Claims {

@@ -96,7 +96,7 @@ pub async fn run(settings: &Settings) -> Result<(), UpError> {
     let push_token = settings.push_token()?;
 
     // The store's first pool, or a new default pool and key: the use case decides.
-    let actor = Actor(format!("{}:up", Actor::cli().0));
+    let actor = Actor::new(format!("{}:up", Actor::cli().name));
     let ops = Ops::with_store(settings.clone(), actor, store.clone());
     let FirstPool {
         pool: pool_name,

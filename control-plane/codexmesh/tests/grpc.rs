@@ -329,7 +329,7 @@ async fn in_process_server_with_env_token() -> TestResult {
     assert!(first.pools.is_empty());
 
     // An in-process write plus a nudge is picked up at once.
-    store.create_pool(&Actor("test".into()), "p1").await?;
+    store.create_pool(&Actor::new("test"), "p1").await?;
     running.nudge();
     let second = next_snapshot(&mut stream, Duration::from_secs(1)).await?;
     assert_eq!(second.pools.len(), 1);

@@ -89,7 +89,7 @@ impl Lifecycle {
             http.clone(),
             RefresherConfig::from_settings(settings),
             holder.clone(),
-            Actor("refresher".to_owned()),
+            Actor::new("refresher".to_owned()),
             Some(changed.clone()),
         );
         let health_wake = Arc::new(Notify::new());

@@ -563,7 +563,7 @@ mod tests {
     async fn fixture() -> Result<(Refresher, Account), Box<dyn std::error::Error>> {
         let store = Store::open("sqlite::memory:").await?;
         let key = MasterKey::generate()?;
-        let actor = Actor("test".into());
+        let actor = Actor::new("test");
         store.create_pool(&actor, "p").await?;
         let ns = "https://api.openai.com/auth";
         let id_token = authjson::unsigned_jwt(&serde_json::json!({
@@ -640,7 +640,7 @@ mod tests {
         assert!(r.store().lease(&lease).await?.is_none(), "lease released");
         // needs_reauth: refused before the token endpoint.
         r.store()
-            .mark_needs_reauth(&Actor("t".into()), &a.id, "refresh_token_reused", "x")
+            .mark_needs_reauth(&Actor::new("t"), &a.id, "refresh_token_reused", "x")
             .await?;
         let err = r
             .refresh(

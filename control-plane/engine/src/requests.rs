@@ -213,8 +213,8 @@ mod tests {
     #[tokio::test]
     async fn filters_page_and_name_things() -> Result<(), Box<dyn std::error::Error>> {
         let store = Store::open("sqlite::memory:").await?;
-        let pool = store.create_pool(&Actor("t".into()), "main").await?;
-        let other = store.create_pool(&Actor("t".into()), "other").await?;
+        let pool = store.create_pool(&Actor::new("t"), "main").await?;
+        let other = store.create_pool(&Actor::new("t"), "other").await?;
         store
             .record_outcomes(
                 "node-a",

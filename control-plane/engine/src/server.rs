@@ -133,7 +133,8 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
                  reaches it can read pool metadata and the request log"
             );
         }
-        let ops = crate::ops::Ops::with_store(settings.clone(), Actor("api".to_owned()), store);
+        let ops =
+            crate::ops::Ops::with_store(settings.clone(), Actor::new("api".to_owned()), store);
         let app = crate::api::router(ops, admin_token.as_ref());
         tokio::spawn(async move {
             let result = axum::serve(admin_listener, app)

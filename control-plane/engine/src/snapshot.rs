@@ -685,7 +685,7 @@ mod tests {
         .await?;
         let mut frames = hub.frames();
         let before = frames.borrow().version;
-        store.create_pool(&Actor("test".into()), "nudged").await?;
+        store.create_pool(&Actor::new("test"), "nudged").await?;
         hub.nudge();
         let f = wait_for_version(&mut frames, before + 1, Duration::from_secs(5)).await?;
         // The frame is the snapshot the hub holds, encoded.
@@ -721,7 +721,7 @@ mod tests {
         let before = frames.borrow().version;
         // Another handle on the file, as the CLI would be: no nudge.
         let other = Store::open(&url).await?;
-        other.create_pool(&Actor("cli".into()), "polled").await?;
+        other.create_pool(&Actor::new("cli"), "polled").await?;
         wait_for_version(&mut frames, before + 1, Duration::from_secs(5)).await?;
         assert!(hub.current().pools.iter().any(|p| p.name == "polled"));
         cancel.cancel();

@@ -150,7 +150,7 @@ impl Watcher {
             store,
             key,
             specs,
-            actor: Actor("watch".to_owned()),
+            actor: Actor::new("watch".to_owned()),
             reported: HashSet::new(),
             unreadable: HashSet::new(),
         }

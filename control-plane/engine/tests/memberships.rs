@@ -41,7 +41,7 @@ fn creds_expiring(
 }
 
 async fn exercise_memberships(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
-    let actor = Actor("test".into());
+    let actor = Actor::new("test");
     let (pa, pb) = (format!("ma-{tag}"), format!("mb-{tag}"));
     store.create_pool(&actor, &pa).await?;
     store.create_pool(&actor, &pb).await?;
@@ -295,7 +295,7 @@ async fn upgrade_from_0004(url: &str, full: &Migrator) -> TestResult {
     let key = MasterKey::generate()?;
     let again = store
         .import_account(
-            &Actor("t".into()),
+            &Actor::new("t"),
             "one",
             None,
             &creds("cg-dup", "d@example.com", "z")?,

@@ -23,7 +23,7 @@ fn ops_in(
         ..Default::default()
     };
     let settings = Settings::resolve(&flags, &|_| None)?;
-    Ok(Ops::new(settings, Actor("cli:tester".into())))
+    Ok(Ops::new(settings, Actor::new("cli:tester")))
 }
 
 fn kind<T: std::fmt::Debug>(r: Result<T, OpsError>) -> Option<ErrorKind> {

@@ -106,7 +106,7 @@ async fn upgrade_from_0002(url: &str, full: &Migrator) -> TestResult {
         (None, None)
     );
     // New pools get the product default.
-    let fresh = store.create_pool(&Actor("t".into()), "fresh").await?;
+    let fresh = store.create_pool(&Actor::new("t"), "fresh").await?;
     assert_eq!(fresh.routing.strategy, Strategy::QuotaFirst);
     assert_eq!(
         store.pool_by_name("fresh").await?.routing.strategy,
@@ -150,14 +150,14 @@ async fn import(
 ) -> Result<Account, Box<dyn std::error::Error>> {
     let c = creds(chatgpt, &format!("{label}@example.com"), chatgpt)?;
     Ok(store
-        .import_account(&Actor("test".into()), pool, Some(label), &c, key)
+        .import_account(&Actor::new("test"), pool, Some(label), &c, key)
         .await?
         .account)
 }
 
 /// Routing changes against one store; `tag` keeps names unique on a shared Postgres.
 async fn exercise_routing(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
-    let actor = Actor("test".into());
+    let actor = Actor::new("test");
     let name = format!("r-{tag}");
     let other = format!("r2-{tag}");
     let created = store.create_pool(&actor, &name).await?;

@@ -21,7 +21,7 @@ async fn sqlite_store(dir: &tempfile::TempDir) -> Result<Store, StoreError> {
 
 /// The whole lifecycle against one store; `tag` keeps names unique on a shared Postgres.
 async fn exercise(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
-    let actor = Actor("test".into());
+    let actor = Actor::new("test");
     let pool_name = format!("p-{tag}");
 
     let r0 = store.revision().await?;
@@ -258,8 +258,8 @@ async fn sqlite_revision_survives_reopen() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = sqlite_store(&dir).await?;
     assert_eq!(store.revision().await?, 1);
-    store.create_pool(&Actor("t".into()), "a").await?;
-    store.create_pool(&Actor("t".into()), "b").await?;
+    store.create_pool(&Actor::new("t"), "a").await?;
+    store.create_pool(&Actor::new("t"), "b").await?;
     let r = store.revision().await?;
     assert_eq!(r, 3);
     store.close().await;
@@ -278,8 +278,7 @@ async fn concurrent_writers_get_distinct_revisions() -> TestResult {
     for i in 0..10 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            s.create_pool(&Actor("t".into()), &format!("pool-{i}"))
-                .await
+            s.create_pool(&Actor::new("t"), &format!("pool-{i}")).await
         }));
     }
     for t in tasks {
@@ -297,7 +296,7 @@ async fn concurrent_writers_get_distinct_revisions() -> TestResult {
 #[tokio::test]
 async fn in_memory_sqlite_works() -> TestResult {
     let store = Store::open("sqlite::memory:").await?;
-    store.create_pool(&Actor("t".into()), "m").await?;
+    store.create_pool(&Actor::new("t"), "m").await?;
     assert_eq!(store.list_pools().await?.len(), 1);
     assert_eq!(store.revision().await?, 2);
     Ok(())
@@ -358,7 +357,7 @@ async fn postgres_lifecycle() -> TestResult {
 /// Leases, refresh persistence, quota compare-and-set, counters and health: against one store
 /// (also run against Postgres by the integration tests).
 pub(crate) async fn exercise_lifecycle(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
-    let actor = Actor("test".into());
+    let actor = Actor::new("test");
     let pool = format!("lc-{tag}");
     store.create_pool(&actor, &pool).await?;
     let imported = store

@@ -470,7 +470,7 @@ impl Store {
              updated_at = $3 WHERE id = $4",
         )
         .bind(target.as_str())
-        .bind(paused.then(|| format!("paused by {}", actor.0)))
+        .bind(paused.then(|| format!("paused by {}", actor.name)))
         .bind(now_ms())
         .bind(account.id.clone())
         .execute(&mut *tx)

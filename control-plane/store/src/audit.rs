@@ -23,7 +23,7 @@ pub(crate) async fn audit(
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(codexmesh_model::util::now_ms())
-    .bind(actor.0.clone())
+    .bind(actor.name.clone())
     .bind(action.to_owned())
     .bind(target.map(str::to_owned))
     .bind(detail.to_string())

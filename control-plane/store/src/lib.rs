@@ -60,11 +60,29 @@ pub enum Backend {
     Postgres,
 }
 
-/// Who made a change, for the audit log ("cli:alice", "api", "system").
-#[derive(Debug, Clone)]
-pub struct Actor(pub String);
+/// Who made a change, for the audit log: a name (`cli:alice`, `operator:bob`, `token:ci`,
+/// `refresher`) and, for changes that came over the network, the client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    /// The client's IP address (admin API requests); None for local and background work.
+    pub client: Option<String>,
+}
 
 impl Actor {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            client: None,
+        }
+    }
+
+    /// The same actor, seen from `client`.
+    pub fn from_client(mut self, client: Option<String>) -> Self {
+        self.client = client;
+        self
+    }
+
     pub fn cli() -> Self {
         use std::os::unix::fs::MetadataExt;
         let user = std::env::var("USER")
@@ -78,7 +96,7 @@ impl Actor {
                     .map(|m| format!("uid{}", m.uid()))
             })
             .unwrap_or_else(|| "unknown".to_owned());
-        Self(format!("cli:{user}"))
+        Self::new(format!("cli:{user}"))
     }
 }
 

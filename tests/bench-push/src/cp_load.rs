@@ -92,7 +92,7 @@ pub async fn run(opts: &Options) -> Result<Value> {
     );
     {
         let store = Store::open(&store_url).await.context("open store")?;
-        let actor = Actor("bench-cp-load".to_owned());
+        let actor = Actor::new("bench-cp-load".to_owned());
         store.create_pool(&actor, "load").await?;
         let mut rng = Rng::new(0xC0AD);
         for i in 0..opts.accounts {

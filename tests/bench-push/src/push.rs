@@ -59,7 +59,7 @@ struct Populated {
 /// Writes pools, keys and accounts (sealed tokens, quota) through the store API, one
 /// transaction per row as the CLI would, but without a process per row.
 async fn populate(store: &Store, key: &MasterKey, opts: &Options) -> Result<Populated> {
-    let actor = Actor("bench".to_owned());
+    let actor = Actor::new("bench".to_owned());
     let mut rng = Rng::new(0xBE4C_0001);
     let now_unix = now_ms() / 1000;
     let t = Instant::now();
@@ -466,7 +466,7 @@ fn change_for(i: usize, pop: &Populated) -> Change {
 }
 
 async fn apply(store: &Store, change: &Change, rng: &mut Rng) -> Result<()> {
-    let actor = Actor("bench".to_owned());
+    let actor = Actor::new("bench".to_owned());
     match change {
         Change::Pause(id) => {
             store.set_account_paused(&actor, id, true).await?;

@@ -39,7 +39,7 @@ pub async fn run(opts: &Options) -> Result<Value> {
         .verify_master_key(&key)
         .await
         .context("the store was sealed with another master key")?;
-    let actor = Actor("bench-seed".to_owned());
+    let actor = Actor::new("bench-seed".to_owned());
     let mut rng = Rng::new(opts.seed);
     let now_unix = now_ms() / 1000;
     let pools = opts.pools.max(1);

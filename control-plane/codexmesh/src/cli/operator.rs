@@ -145,7 +145,7 @@ fn read_password() -> Result<String, CliError> {
 }
 
 fn shell() -> Access {
-    let user = codexmesh_store::Actor::cli().0;
+    let user = codexmesh_store::Actor::cli().name;
     Access::shell(user.strip_prefix("cli:").unwrap_or(&user))
 }
 

@@ -124,7 +124,7 @@ mod tests {
             ..Default::default()
         };
         let settings = crate::config::Settings::resolve(&flags, &|_| None)?;
-        let ops = Ops::new(settings, codexmesh_store::Actor("test".into()));
+        let ops = Ops::new(settings, codexmesh_store::Actor::new("test"));
         let patch = RawRoutingFlags {
             strategy: Some("round_robin"),
             ..RawRoutingFlags::default()

@@ -15,12 +15,14 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use crate::config::{ConfigError, Settings};
 use codexmesh_model::credentials::AuthJsonError;
+use codexmesh_model::operators::{Access, Principal};
 use codexmesh_model::routing::InvalidSetting;
 use codexmesh_store::{Actor, Store, StoreError};
 
@@ -34,31 +36,51 @@ pub use crate::login::LoginError;
 pub use crate::refresh::RefreshError;
 pub use crate::requests::RequestLogError;
 
-/// The context every use case runs in: the settings, who acts (for the audit log) and the
-/// store, opened on first use so a use case can reject bad input before touching it.
+/// The context every use case runs in: the settings, who acts and what it may see and change
+/// ([`Access`]; the audit log's [`Actor`] with the client address), and the store, opened on
+/// first use so a use case can reject bad input before touching it.
 #[derive(Debug)]
 pub struct Ops {
-    settings: Settings,
+    settings: Arc<Settings>,
+    access: Access,
     actor: Actor,
     store: OnceCell<Store>,
 }
 
 impl Ops {
-    /// Opens the settings' store when a use case first needs it.
+    /// Local use (the CLI, `up`, background work): shell access, everything. Opens the
+    /// settings' store when a use case first needs it.
     pub fn new(settings: Settings, actor: Actor) -> Self {
         Self {
-            settings,
+            settings: Arc::new(settings),
+            access: Access::shell(actor.name.trim_start_matches("cli:")),
             actor,
             store: OnceCell::new(),
         }
     }
 
-    /// Runs on an already open store (`serve`'s admin API, `up`).
+    /// Local use on an already open store (`serve`, `up`).
     pub fn with_store(settings: Settings, actor: Actor, store: Store) -> Self {
         Self {
-            settings,
+            settings: Arc::new(settings),
+            access: Access::shell(actor.name.trim_start_matches("cli:")),
             actor,
             store: OnceCell::new_with(Some(store)),
+        }
+    }
+
+    /// The same settings and store, acting for `access` from `client` (an admin API request).
+    pub fn acting_as(&self, access: Access, client: Option<String>) -> Self {
+        let actor = match &access.principal {
+            Principal::Shell { .. } => self.actor.clone(),
+            other => Actor::new(other.actor()),
+        }
+        .from_client(client);
+        Self {
+            settings: Arc::clone(&self.settings),
+            access,
+            actor,
+            store: OnceCell::new_with(self.store.get().cloned()),
         }
     }
 
@@ -66,8 +88,14 @@ impl Ops {
         &self.settings
     }
 
+    /// Who the audit log names (with the client address for API requests).
     pub fn actor(&self) -> &Actor {
         &self.actor
+    }
+
+    /// What the acting principal may see and change.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// The store, opened (and migrated) on first use.

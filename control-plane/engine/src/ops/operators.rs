@@ -72,7 +72,7 @@ const SIGN_IN_FAILED: &str = "wrong name or password";
 fn actor_for(ops: &Ops, access: &Access) -> Actor {
     match access.principal {
         Principal::Shell { .. } => ops.actor().clone(),
-        _ => Actor(access.principal.actor()),
+        _ => Actor::new(access.principal.actor()),
     }
 }
 
@@ -174,7 +174,7 @@ pub async fn bootstrap_owner(
     let store = ops.store().await?;
     let op = store
         .consume_bootstrap_secret(
-            &Actor(format!("bootstrap:{name}")),
+            &Actor::new(format!("bootstrap:{name}")),
             &secret_hash_hex(secret),
             name,
             &hash,

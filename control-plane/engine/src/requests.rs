@@ -76,7 +76,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RequestLogError {
 }
 
 /// A missing pool, account or key is the operator's typo, reported against its field.
-fn named(field: &'static str, e: StoreError) -> RequestLogError {
+pub(crate) fn named(field: &'static str, e: StoreError) -> RequestLogError {
     match e {
         StoreError::NotFound { .. } | StoreError::Invalid { .. } | StoreError::Ambiguous { .. } => {
             invalid(field, e.to_string())
@@ -93,9 +93,12 @@ pub fn check_limit(limit: Option<i64>) -> Result<i64, RequestLogError> {
     }
 }
 
+/// The log as `filter` asks; `visible_pools` (pool names, None: all) limits it to a tenant's
+/// pools.
 pub async fn query(
     store: &Store,
     filter: &Filter,
+    visible_pools: Option<&[String]>,
 ) -> Result<Vec<RequestLogEntry>, RequestLogError> {
     let limit = check_limit(filter.limit)?;
     if let Some(before) = filter.before.filter(|b| *b < 1) {
@@ -125,6 +128,19 @@ pub async fn query(
         Some(ident) => Some(store.find_key(ident).await.map_err(|e| named("key", e))?.id),
         None => None,
     };
+    let pools: HashMap<String, String> = store
+        .list_pools()
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p.name))
+        .collect();
+    let visible_pool_ids = visible_pools.map(|names| {
+        pools
+            .iter()
+            .filter(|(_, name)| names.contains(name))
+            .map(|(id, _)| id.clone())
+            .collect()
+    });
     let rows = store
         .request_log(&RequestLogQuery {
             pool_id,
@@ -132,14 +148,9 @@ pub async fn query(
             key_id,
             before_id: filter.before,
             limit,
+            visible_pool_ids,
         })
         .await?;
-    let pools: HashMap<String, String> = store
-        .list_pools()
-        .await?
-        .into_iter()
-        .map(|p| (p.id, p.name))
-        .collect();
     let accounts: HashMap<String, String> = store
         .list_accounts(None)
         .await?
@@ -225,7 +236,7 @@ mod tests {
                 ],
             )
             .await?;
-        let all = query(&store, &Filter::default()).await?;
+        let all = query(&store, &Filter::default(), None).await?;
         assert_eq!(all.len(), 3);
         assert!(
             all[0].id > all[1].id && all[1].id > all[2].id,
@@ -242,6 +253,7 @@ mod tests {
                 pool: Some("main".into()),
                 ..Filter::default()
             },
+            None,
         )
         .await?;
         assert_eq!(main.len(), 2);
@@ -254,9 +266,17 @@ mod tests {
                 limit: Some(1),
                 ..Filter::default()
             },
+            None,
         )
         .await?;
         assert_eq!(page.len(), 1);
+        // A tenant limited to the other pool sees none of main's entries; no pools, nothing.
+        let tenant = query(&store, &Filter::default(), Some(&["other".to_owned()])).await?;
+        assert!(tenant.iter().all(|e| e.pool_id != pool.id), "{tenant:?}");
+        assert!(tenant.len() < all.len());
+        assert!(query(&store, &Filter::default(), Some(&[]))
+            .await?
+            .is_empty());
         assert_eq!(page[0].id, all[1].id);
         assert_eq!(page[0].status, 429);
 
@@ -297,7 +317,7 @@ mod tests {
                 "before",
             ),
         ] {
-            let got = query(&store, &filter).await;
+            let got = query(&store, &filter, None).await;
             assert!(
                 matches!(&got, Err(RequestLogError::Invalid { field: f, .. }) if *f == field),
                 "{field}: {got:?}"

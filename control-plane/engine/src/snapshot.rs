@@ -569,6 +569,7 @@ mod tests {
                 name: "main".into(),
                 routing: Routing::default(),
                 created_at_ms: 0,
+                archived_at_ms: None,
             }],
             keys: vec![],
             accounts,

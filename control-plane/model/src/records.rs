@@ -27,6 +27,8 @@ pub struct Pool {
     pub name: String,
     pub routing: Routing,
     pub created_at_ms: i64,
+    /// When the pool was archived (it then leaves the snapshot: its keys stop working).
+    pub archived_at_ms: Option<i64>,
 }
 
 /// `{"id","name","strategy","max_attempts","explain_routes","created_at_ms","routing"}`: the
@@ -43,6 +45,8 @@ impl Serialize for Pool {
             explain_routes: bool,
             created_at_ms: i64,
             routing: &'a Routing,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            archived_at_ms: Option<i64>,
         }
         Json {
             id: &self.id,
@@ -52,6 +56,7 @@ impl Serialize for Pool {
             explain_routes: self.routing.explain_routes,
             created_at_ms: self.created_at_ms,
             routing: &self.routing,
+            archived_at_ms: self.archived_at_ms,
         }
         .serialize(serializer)
     }
@@ -428,6 +433,8 @@ pub struct RequestLogQuery {
     /// Only entries older than this one (paging backwards).
     pub before_id: Option<i64>,
     pub limit: i64,
+    /// Tenant isolation: Some(ids) keeps only entries of these pools (None: all).
+    pub visible_pool_ids: Option<Vec<String>>,
 }
 
 /// One request-log row as stored.
@@ -439,14 +446,27 @@ pub struct LoggedOutcome {
     pub outcome: OutcomeRecord,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One audit row: who (`actor`, and `client` for API requests) did what (`action`) to what
+/// (`target`), how it ended (`outcome`), when, and which pools it concerns. `detail` is JSON
+/// metadata, never a secret or a prompt.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub at_ms: i64,
+    /// `cli:alice`, `operator:bob`, `token:ci-deploy`, `refresher`, `watch`, …
     pub actor: String,
+    /// `pool.create`, `account.pause`, `key.rotate`, `session.sign_in`, …
     pub action: String,
     pub target: Option<String>,
+    /// `ok`, or why it was refused: `not_found`, `invalid`, `conflict`, `forbidden`,
+    /// `unauthenticated`, `rate_limited`, `upstream`, `unavailable`, `internal`.
+    pub outcome: String,
+    /// The client's IP address (admin API requests).
+    pub client: Option<String>,
+    /// The pools the row concerns (empty: owners only).
+    pub pools: Vec<String>,
     pub detail: Option<String>,
+    /// The store revision the change made (0: it changed nothing).
     pub revision: i64,
 }
 

@@ -75,6 +75,10 @@ pub enum ConflictReason {
     LoginInPool { pool: String },
     /// The account (`ident` is its label) needs re-authentication before it can be resumed.
     NeedsReauth,
+    /// The key `ident` is revoked (a revoked key cannot get a new secret).
+    Revoked,
+    /// The pool `ident` is archived (restore it first).
+    Archived,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +160,12 @@ fn conflict_message(what: Entity, ident: &str, reason: &ConflictReason) -> Strin
         ),
         ConflictReason::NeedsReauth => {
             format!("{what} {ident} needs re-authentication: import a fresh auth.json for it")
+        }
+        ConflictReason::Revoked => {
+            format!("{what} {ident} is revoked: issue a new one instead")
+        }
+        ConflictReason::Archived => {
+            format!("{what} {ident} is archived: restore it first")
         }
     }
 }

@@ -154,6 +154,42 @@ impl Store {
         })
     }
 
+    /// Gives an active key a new secret: the same id, label, pool and routing, a new hash (the
+    /// old secret stops working with the next snapshot). Returns the raw key, shown once.
+    pub async fn rotate_key(
+        &self,
+        actor: &Actor,
+        ident: &str,
+    ) -> Result<(PoolKey, RawKey), StoreError> {
+        let raw = RawKey::generate()?;
+        let (mut tx, revision) = self.begin_write().await?;
+        let key = resolve_key_tx(&mut tx, ident).await?;
+        if key.status == KeyStatus::Revoked {
+            return Err(StoreError::conflict(
+                Entity::Key,
+                key.id,
+                ConflictReason::Revoked,
+            ));
+        }
+        sqlx::query("UPDATE pool_keys SET key_hash = $1 WHERE id = $2")
+            .bind(raw.hash_hex())
+            .bind(key.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "key.rotate",
+            Some(&key.id),
+            json!({"pool": key.pool, "label": key.label}),
+            revision,
+        )
+        .await?;
+        let key = resolve_key_tx(&mut tx, &key.id).await?;
+        tx.commit().await?;
+        Ok((key, raw))
+    }
+
     /// A key by id or label (a label must be unique).
     pub async fn find_key(&self, ident: &str) -> Result<PoolKey, StoreError> {
         let mut tx = self.pool.begin().await?;

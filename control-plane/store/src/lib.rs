@@ -41,9 +41,10 @@ use sqlx::AnyPool;
 
 // The public API: the store, what its methods take and return, its errors. The aggregate
 // modules stay private: their methods are on `Store`.
+pub use audit::AuditFilter;
 pub use codexmesh_model::records::*;
 pub use error::{ConflictReason, Entity, Lookup, StoreError};
-pub use operators::{AuditFilter, NewOperator, OperatorCredentials, Throttle};
+pub use operators::{NewOperator, OperatorCredentials, Throttle};
 pub use quota::QuotaWrite;
 pub use routing::{KeyRouting, KeyRoutingChange};
 pub use tx::{validate_label, validate_pool_name};

@@ -53,21 +53,6 @@ pub struct NewOperator<'a> {
     pub password_hash: Option<&'a str>,
 }
 
-/// Filters for [`Store::audit_entries`]; newest first.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    /// Exact actor (`cli:alice`, `operator:bob`, `token:ci`).
-    pub actor: Option<String>,
-    /// Exact action (`pool.create`), or a prefix ending in `.` (`operator.`).
-    pub action: Option<String>,
-    /// Rows about this pool: its name in the detail's `"pool"`, in its `"pools"` list (operator
-    /// and token rows), or its `"name"` for `pool.*` (a text match on the JSON detail).
-    pub pool: Option<String>,
-    /// Only rows with an id below this (paging: pass the last id of the previous page).
-    pub before_id: Option<i64>,
-    pub limit: i64,
-}
-
 /// The sign-in throttle's parameters (the engine decides them; the store counts).
 #[derive(Debug, Clone, Copy)]
 pub struct Throttle {
@@ -77,17 +62,6 @@ pub struct Throttle {
     pub window_ms: i64,
     /// How long a lock lasts.
     pub lock_ms: i64,
-}
-
-fn escape_like(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 async fn pool_names_tx(
@@ -840,68 +814,5 @@ impl Store {
             changed: true,
             item: token,
         })
-    }
-
-    /// The audit log, newest first, filtered and paged (see [`AuditFilter`]).
-    pub async fn audit_entries(
-        &self,
-        filter: &AuditFilter,
-    ) -> Result<Vec<codexmesh_model::records::AuditEntry>, StoreError> {
-        let mut clauses: Vec<String> = Vec::new();
-        let mut binds: Vec<String> = Vec::new();
-        let next = |v: String, binds: &mut Vec<String>| {
-            binds.push(v);
-            format!("${}", binds.len())
-        };
-        if let Some(a) = &filter.actor {
-            let p = next(a.clone(), &mut binds);
-            clauses.push(format!("actor = {p}"));
-        }
-        if let Some(a) = &filter.action {
-            if a.ends_with('.') {
-                let p = next(format!("{}%", escape_like(a)), &mut binds);
-                clauses.push(format!("action LIKE {p} ESCAPE '\\'"));
-            } else {
-                let p = next(a.clone(), &mut binds);
-                clauses.push(format!("action = {p}"));
-            }
-        }
-        if let Some(pool) = &filter.pool {
-            let quoted = escape_like(&serde_json::Value::String(pool.clone()).to_string());
-            let p1 = next(format!("%\"pool\":{quoted}%"), &mut binds);
-            let p2 = next(format!("%\"name\":{quoted}%"), &mut binds);
-            // Operator and token rows list their pools (`"pools":[…]`, keys sorted, so only
-            // later keys follow the array; none of them holds a pool name).
-            let p3 = next(format!("%\"pools\":[%{quoted}%]%"), &mut binds);
-            clauses.push(format!(
-                "(detail LIKE {p1} ESCAPE '\\' OR (action LIKE 'pool.%' AND detail LIKE {p2} \
-                 ESCAPE '\\') OR detail LIKE {p3} ESCAPE '\\')"
-            ));
-        }
-        let mut sql = format!("SELECT {} FROM audit_log", crate::rows::AUDIT_COLS);
-        if let Some(before) = filter.before_id {
-            clauses.push(format!("id < {before}"));
-        }
-        if !clauses.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&clauses.join(" AND "));
-        }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit.max(0)));
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = q.bind(b);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(crate::rows::audit_from_row).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::escape_like;
-
-    #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(escape_like("a_b%c\\"), "a\\_b\\%c\\\\");
     }
 }

@@ -168,19 +168,33 @@ impl Store {
     pub async fn request_log(&self, q: &RequestLogQuery) -> Result<Vec<LoggedOutcome>, StoreError> {
         // '' stands for "any": a typed text parameter works the same on SQLite and Postgres,
         // where an untyped `$1 IS NULL` would not.
-        let rows = sqlx::query(&format!(
+        let visible = match &q.visible_pool_ids {
+            None => String::new(),
+            Some(ids) if ids.is_empty() => " AND 1 = 0".to_owned(),
+            Some(ids) => format!(
+                " AND pool_id IN ({})",
+                (0..ids.len())
+                    .map(|i| format!("${}", i + 6))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let sql = format!(
             "SELECT {OUTCOME_COLS} FROM outcomes \
              WHERE ($1 = '' OR pool_id = $1) AND ($2 = '' OR account_id = $2) \
-               AND ($3 = '' OR key_id = $3) AND ($4 = 0 OR id < $4) \
+               AND ($3 = '' OR key_id = $3) AND ($4 = 0 OR id < $4){visible} \
              ORDER BY id DESC LIMIT $5"
-        ))
-        .bind(q.pool_id.clone().unwrap_or_default())
-        .bind(q.account_id.clone().unwrap_or_default())
-        .bind(q.key_id.clone().unwrap_or_default())
-        .bind(q.before_id.unwrap_or(0))
-        .bind(q.limit.max(0))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(q.pool_id.clone().unwrap_or_default())
+            .bind(q.account_id.clone().unwrap_or_default())
+            .bind(q.key_id.clone().unwrap_or_default())
+            .bind(q.before_id.unwrap_or(0))
+            .bind(q.limit.max(0));
+        for id in q.visible_pool_ids.iter().flatten() {
+            query = query.bind(id.clone());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(logged_outcome_from_row).collect()
     }
 

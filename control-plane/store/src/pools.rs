@@ -1,14 +1,16 @@
-//! Pools: creating, listing and finding them by name (their routing settings change in
-//! `routing`). Rules: every write is one bumping transaction with an audit row.
+//! Pools: creating, archiving, restoring, listing and finding them by name (their routing
+//! settings change in `routing`). Rules: every write is one bumping transaction with an audit
+//! row; an archived pool keeps its rows (accounts, keys, the log) but leaves the snapshot.
 
 use serde_json::json;
 
 use crate::audit::audit;
 use crate::error::{ConflictReason, Entity, Lookup, StoreError};
 use crate::rows::{pool_from_row, POOL_SELECT};
+use crate::tx::pool_by_name_tx;
 use crate::tx::{is_unique_violation, validate_pool_name};
 use crate::{Actor, Store};
-use codexmesh_model::records::{Pool, Routing};
+use codexmesh_model::records::{Changed, Pool, Routing};
 use codexmesh_model::util::{self, now_ms};
 
 impl Store {
@@ -33,6 +35,7 @@ impl Store {
             name: name.to_owned(),
             routing: Routing::default(),
             created_at_ms: now_ms(),
+            archived_at_ms: None,
         };
         sqlx::query(
             "INSERT INTO pools (id, name, strategy, max_attempts, explain_routes, created_at) \
@@ -84,5 +87,47 @@ impl Store {
             Some(r) => pool_from_row(&r),
             None => Err(StoreError::not_found(Entity::Pool, name, Lookup::Name)),
         }
+    }
+
+    /// Archives the pool (`archived`) or brings it back: an archived pool leaves the snapshot,
+    /// so its keys stop working and its accounts serve only their other pools.
+    pub async fn set_pool_archived(
+        &self,
+        actor: &Actor,
+        name: &str,
+        archived: bool,
+    ) -> Result<Changed<Pool>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let pool = pool_by_name_tx(&mut tx, name).await?;
+        if pool.archived_at_ms.is_some() == archived {
+            return Ok(Changed {
+                changed: false,
+                item: pool,
+            });
+        }
+        sqlx::query("UPDATE pools SET archived_at = $1 WHERE id = $2")
+            .bind(archived.then(now_ms))
+            .bind(pool.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            if archived {
+                "pool.archive"
+            } else {
+                "pool.restore"
+            },
+            Some(&pool.id),
+            json!({"name": pool.name}),
+            revision,
+        )
+        .await?;
+        let pool = pool_by_name_tx(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: pool,
+        })
     }
 }

@@ -16,7 +16,7 @@ use codexmesh_model::records::{
 /// `pools` and `pool_keys` name their routing columns alike, so `routing_from_row` reads both.
 pub(crate) const POOL_SELECT: &str = "SELECT id, name, created_at, strategy, max_attempts, \
      explain_routes, primary_account_id, primary_threshold_percent, secondary_threshold_percent, \
-     circuit_failures, circuit_open_ms, cooldown_max_ms, websockets FROM pools";
+     circuit_failures, circuit_open_ms, cooldown_max_ms, websockets, archived_at FROM pools";
 
 /// An account's own columns; its pools come from `pool_memberships` (`tx::attach_memberships_tx`).
 /// (`accounts.pool_id`, `priority` and `weight` are pre-0005 leftovers: not read.)
@@ -60,7 +60,8 @@ pub(crate) const OUTCOME_COLS: &str = "id, received_at, node_id, pool_id, key_id
      credits_has_credits, credits_unlimited, credits_balance, error_source, fallback, \
      retry_after, token_expires_at, strategy, route_reason";
 
-pub(crate) const AUDIT_COLS: &str = "id, at, actor, action, target, detail, revision";
+pub(crate) const AUDIT_COLS: &str =
+    "id, at, actor, action, target, outcome, client, detail, revision";
 
 pub(crate) const LEASE_SELECT: &str = "SELECT name, holder, expires_at FROM leases";
 
@@ -150,6 +151,7 @@ pub(crate) fn pool_from_row(row: &AnyRow) -> Result<Pool, StoreError> {
         name: col(row, "name")?,
         routing: routing_from_row(row)?,
         created_at_ms: col(row, "created_at")?,
+        archived_at_ms: col(row, "archived_at")?,
     })
 }
 
@@ -338,6 +340,10 @@ pub(crate) fn audit_from_row(r: &AnyRow) -> Result<AuditEntry, StoreError> {
         actor: col(r, "actor")?,
         action: col(r, "action")?,
         target: col(r, "target")?,
+        outcome: col(r, "outcome")?,
+        client: col(r, "client")?,
+        // Filled from audit_pools by the reader.
+        pools: Vec::new(),
         detail: col(r, "detail")?,
         revision: col(r, "revision")?,
     })

@@ -9,7 +9,7 @@ use crate::rows::{
     SNAPSHOT_ACCOUNT_SELECT,
 };
 use crate::Store;
-use codexmesh_model::records::SnapshotData;
+use codexmesh_model::records::{AccountWithToken, PoolKey, SnapshotData};
 
 impl Store {
     /// Reads everything a snapshot needs, consistently with the revision it reports.
@@ -39,7 +39,7 @@ impl Store {
             .map(snapshot_account_with_token_from_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
         let quotas = all_quota_tx(&mut tx).await?;
-        let accounts = accounts
+        let accounts: Vec<AccountWithToken> = accounts
             .into_iter()
             .map(|mut a| {
                 // An account in several pools is sent in each.
@@ -48,6 +48,24 @@ impl Store {
             })
             .collect();
         tx.commit().await?;
+        // Archived pools are not served: neither they nor their keys and memberships are sent.
+        let archived: std::collections::HashSet<String> = pools
+            .iter()
+            .filter(|p| p.archived_at_ms.is_some())
+            .map(|p| p.id.clone())
+            .collect();
+        let pools = pools
+            .into_iter()
+            .filter(|p| !archived.contains(&p.id))
+            .collect();
+        let keys = keys
+            .into_iter()
+            .filter(|k: &PoolKey| !archived.contains(&k.pool_id))
+            .collect();
+        let accounts = accounts
+            .into_iter()
+            .filter(|a: &AccountWithToken| !archived.contains(&a.account.pool_id))
+            .collect();
         Ok(SnapshotData {
             revision,
             pools,

@@ -4,7 +4,8 @@
 //! Rules: everything that can be checked without a person's help (the file, the label, the
 //! pool, the master key) is checked before anything is written or anyone is asked to approve a
 //! login; a token never leaves the store except through [`export`], which holds the account's
-//! refresh lease while the token changes hands.
+//! refresh lease while the token changes hands. A principal sees only its pools' accounts, each
+//! with only the memberships it sees, and every refused change is audited (`guard`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +16,10 @@ use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Reque
 use codexmesh_model::credentials::{self as authjson, CodexCredentials};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::crypto::MasterKey;
-use codexmesh_store::{files, Account, AccountState, Changed, ImportResult, Store, TokenUpdate};
+use codexmesh_store::{
+    files, Account, AccountState, Changed, Entity, ImportResult, Lookup, Store, StoreError,
+    TokenUpdate,
+};
 
 /// How long [`login_finish`] waits for the approval unless told otherwise.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = login::DEFAULT_TIMEOUT;
@@ -51,15 +55,27 @@ pub async fn import(
     pool: &str,
     label: Option<&str>,
 ) -> Result<Outcome<ImportResult>, OpsError> {
+    let result = import_checked(ops, creds, pool, label).await;
+    ops.audited("account.import", label, &[pool], result).await
+}
+
+async fn import_checked(
+    ops: &Ops,
+    creds: &CodexCredentials,
+    pool: &str,
+    label: Option<&str>,
+) -> Result<Outcome<ImportResult>, OpsError> {
     if let Some(l) = label {
         codexmesh_store::validate_label(l)?;
     }
+    ops.change_pool(pool)?;
     let store = ops.store().await?;
     store.pool_by_name(pool).await?;
     let key = ops.settings().master_key()?;
-    let result = store
+    let mut result = store
         .import_account(ops.actor(), pool, label, creds, &key)
         .await?;
+    result.account = ops.redact_account(result.account);
     let mut notices = Vec::new();
     if let Some(exp) = result.account.access_token_expires_at_ms {
         if exp <= now_ms() {
@@ -89,9 +105,60 @@ pub async fn import(
     Ok(Outcome::with_notices(result, notices))
 }
 
+/// The accounts the principal sees (of `pool`, or of all its pools).
 pub async fn list(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<Account>>, OpsError> {
+    if let Some(p) = pool {
+        ops.see_pool(p)?;
+    }
     let store = ops.store().await?;
-    Ok(Outcome::new(store.list_accounts(pool).await?))
+    let accounts = store.list_accounts(pool).await?;
+    Ok(Outcome::new(
+        accounts
+            .into_iter()
+            .map(|a| ops.redact_account(a))
+            .filter(|a| !a.pools.is_empty())
+            .collect(),
+    ))
+}
+
+/// The pool of `account` a change names: `pool` when given (it must be one of the account's
+/// pools the principal sees), else its only visible pool. Errors never name unseen pools.
+fn membership_pool(ops: &Ops, account: &Account, pool: Option<&str>) -> Result<String, OpsError> {
+    let visible: Vec<&str> = account
+        .pools
+        .iter()
+        .map(|m| m.pool.as_str())
+        .filter(|p| ops.access().sees_pool(p))
+        .collect();
+    match pool {
+        Some(p) => {
+            ops.see_pool(p)?;
+            if visible.contains(&p) {
+                Ok(p.to_owned())
+            } else {
+                Err(StoreError::NotFound {
+                    what: Entity::Membership,
+                    ident: account.label.clone(),
+                    lookup: Lookup::InPool {
+                        pool: p.to_owned(),
+                        its_pools: visible.join(", "),
+                    },
+                }
+                .into())
+            }
+        }
+        None => match visible.as_slice() {
+            [only] => Ok((*only).to_owned()),
+            _ => Err(OpsError::invalid(
+                "pool",
+                format!(
+                    "account {} is in several pools ({}): name one with --pool",
+                    account.label,
+                    visible.join(", ")
+                ),
+            )),
+        },
+    }
 }
 
 /// Sets an account's priority and/or weight in a pool (`pool` is needed when the account is in
@@ -103,17 +170,33 @@ pub async fn set(
     priority: Option<u32>,
     weight: Option<u32>,
 ) -> Result<Outcome<Changed<Account>>, OpsError> {
-    let store = ops.store().await?;
-    Ok(Outcome::new(if priority.is_none() && weight.is_none() {
-        Changed {
-            changed: false,
-            item: store.account_in_pool(ident, pool).await?,
-        }
-    } else {
-        store
-            .set_account_routing(ops.actor(), ident, pool, priority, weight)
-            .await?
-    }))
+    let mut aimed = pool.map(str::to_owned);
+    let result = async {
+        let account = ops.account_to_see(ident).await?;
+        let pool = membership_pool(ops, &account, pool)?;
+        aimed = Some(pool.clone());
+        let store = ops.store().await?;
+        let mut changed = if priority.is_none() && weight.is_none() {
+            Changed {
+                changed: false,
+                item: store.account_in_pool(&account.id, Some(&pool)).await?,
+            }
+        } else {
+            ops.change_pool(&pool)?;
+            store
+                .set_account_routing(ops.actor(), &account.id, Some(&pool), priority, weight)
+                .await?
+        };
+        changed.item = ops.redact_account(changed.item);
+        Ok(Outcome::new(changed))
+    }
+    .await;
+    if priority.is_none() && weight.is_none() {
+        return result;
+    }
+    let pools: Vec<&str> = aimed.as_deref().into_iter().collect();
+    ops.audited("account.set", Some(ident), &pools, result)
+        .await
 }
 
 /// Adds the account to another pool (one account, one token lineage, in several pools).
@@ -124,12 +207,19 @@ pub async fn join(
     priority: Option<u32>,
     weight: Option<u32>,
 ) -> Result<Outcome<Changed<Account>>, OpsError> {
-    let store = ops.store().await?;
-    Ok(Outcome::new(
-        store
-            .join_pool(ops.actor(), ident, pool, priority, weight)
-            .await?,
-    ))
+    let result = async {
+        let account = ops.account_to_see(ident).await?;
+        ops.change_pool(pool)?;
+        let store = ops.store().await?;
+        let mut changed = store
+            .join_pool(ops.actor(), &account.id, pool, priority, weight)
+            .await?;
+        changed.item = ops.redact_account(changed.item);
+        Ok(Outcome::new(changed))
+    }
+    .await;
+    ops.audited("account.join", Some(ident), &[pool], result)
+        .await
 }
 
 /// What [`remove`] did: the account as it was, and whether the account itself (and its
@@ -147,12 +237,31 @@ pub async fn remove(
     ident: &str,
     pool: Option<&str>,
 ) -> Result<Outcome<Removed>, OpsError> {
-    let store = ops.store().await?;
-    let (account, deleted) = match pool {
-        Some(p) => store.leave_pool(ops.actor(), ident, p).await?,
-        None => (store.remove_account(ops.actor(), ident).await?, true),
+    let action = if pool.is_some() {
+        "account.leave"
+    } else {
+        "account.remove"
     };
-    Ok(Outcome::new(Removed { account, deleted }))
+    let result = async {
+        let store = ops.store().await?;
+        let (account, deleted) = match pool {
+            Some(p) => {
+                let account = ops.account_to_see(ident).await?;
+                let p = membership_pool(ops, &account, Some(p))?;
+                ops.change_pool(&p)?;
+                store.leave_pool(ops.actor(), &account.id, &p).await?
+            }
+            None => {
+                let account = ops.account_to_change(ident).await?;
+                (store.remove_account(ops.actor(), &account.id).await?, true)
+            }
+        };
+        let account = ops.redact_account(account);
+        Ok(Outcome::new(Removed { account, deleted }))
+    }
+    .await;
+    let pools: Vec<&str> = pool.into_iter().collect();
+    ops.audited(action, Some(ident), &pools, result).await
 }
 
 /// Stops routing to the account.
@@ -170,10 +279,22 @@ async fn set_paused(
     ident: &str,
     paused: bool,
 ) -> Result<Outcome<Changed<Account>>, OpsError> {
-    let store = ops.store().await?;
-    Ok(Outcome::new(
-        store.set_account_paused(ops.actor(), ident, paused).await?,
-    ))
+    let result = async {
+        let account = ops.account_to_change(ident).await?;
+        let store = ops.store().await?;
+        let mut changed = store
+            .set_account_paused(ops.actor(), &account.id, paused)
+            .await?;
+        changed.item = ops.redact_account(changed.item);
+        Ok(Outcome::new(changed))
+    }
+    .await;
+    let action = if paused {
+        "account.pause"
+    } else {
+        "account.resume"
+    };
+    ops.audited(action, Some(ident), &[], result).await
 }
 
 /// The account after [`refresh`].
@@ -187,10 +308,28 @@ pub struct Refreshed {
 
 /// Refreshes the account's access token now, single-flight with every other process.
 pub async fn refresh(ops: &Ops, ident: &str) -> Result<Outcome<Refreshed>, OpsError> {
+    let result = refresh_checked(ops, ident).await;
+    ops.audited("account.refresh", Some(ident), &[], result)
+        .await
+}
+
+async fn refresh_checked(ops: &Ops, ident: &str) -> Result<Outcome<Refreshed>, OpsError> {
+    let before = ops.account_to_see(ident).await?;
+    // A refresh changes nothing but the token's age: a writer of any of its pools may ask.
+    ops.require_writer()?;
+    if !before
+        .pools
+        .iter()
+        .any(|m| ops.access().may_change_pool(&m.pool))
+    {
+        return Err(OpsError::Forbidden(format!(
+            "you may not change account {}",
+            before.label
+        )));
+    }
     let store = ops.store().await?;
     let key = ops.settings().master_key()?;
     store.verify_master_key(&key).await?;
-    let before = store.account(ident).await?;
     let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
     let refresher = Refresher::new(
         store.clone(),
@@ -211,7 +350,7 @@ pub async fn refresh(ops: &Ops, ident: &str) -> Result<Outcome<Refreshed>, OpsEr
             },
         )
         .await?;
-    let account = store.account(&before.id).await?;
+    let account = ops.redact_account(store.account(&before.id).await?);
     Ok(Outcome::new(Refreshed {
         account,
         by_us: matches!(done, Done::Refreshed { .. }),
@@ -251,6 +390,8 @@ pub async fn export(
             path.display()
         )));
     }
+    // It writes a file on this host: local (shell) use only.
+    ops.require_owner("export accounts")?;
     let store = ops.store().await?;
     let key = ops.settings().master_key()?;
     store.verify_master_key(&key).await?;
@@ -413,6 +554,7 @@ pub async fn login_start(
             "--timeout-secs must be at least 1",
         ));
     }
+    ops.change_pool(pool)?;
     let store = ops.store().await?;
     store.pool_by_name(pool).await?;
     let key = ops.settings().master_key()?;
@@ -465,9 +607,10 @@ pub async fn login_finish(
         )))
     })?;
     let store = ops.store().await?;
-    let result = store
+    let mut result = store
         .import_account(ops.actor(), &pool, label.as_deref(), &creds, &key)
         .await?;
+    result.account = ops.redact_account(result.account);
     Ok(Outcome::with_notices(
         result,
         vec![Notice::info(

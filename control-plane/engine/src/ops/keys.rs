@@ -1,13 +1,17 @@
-//! Pool key use cases: issue, list, revoke, give a key its own routing or make it inherit.
+//! Pool key use cases: issue, list, rotate, revoke, give a key its own routing or make it
+//! inherit.
 //!
 //! Rules: a key's secret exists only in [`IssuedKey`] (the store keeps its hash); a label and
-//! the routing input are checked before the store is opened.
+//! the routing input are checked before the store is opened; a principal sees and changes only
+//! the keys of its pools (`guard`), and every refused change is audited.
 
 use super::pools::unused_primary;
 use super::{Notice, Ops, OpsError, Outcome};
 use codexmesh_model::keys::RawKey;
 use codexmesh_model::routing::{RoutingPatch, RoutingView};
-use codexmesh_store::{Changed, KeyRoutingChange, KeyStatus, Pool, PoolKey};
+use codexmesh_store::{
+    Changed, ConflictReason, Entity, KeyRoutingChange, KeyStatus, Pool, PoolKey, StoreError,
+};
 
 /// A new key and its secret, shown once.
 #[derive(Debug)]
@@ -22,22 +26,72 @@ pub async fn issue(
     label: Option<&str>,
     operator: bool,
 ) -> Result<Outcome<IssuedKey>, OpsError> {
-    if let Some(l) = label {
-        codexmesh_store::validate_label(l)?;
+    let result = async {
+        if let Some(l) = label {
+            codexmesh_store::validate_label(l)?;
+        }
+        ops.change_pool(pool)?;
+        let store = ops.store().await?;
+        if store.pool_by_name(pool).await?.archived_at_ms.is_some() {
+            return Err(StoreError::Conflict {
+                what: Entity::Pool,
+                ident: pool.to_owned(),
+                reason: ConflictReason::Archived,
+            }
+            .into());
+        }
+        let (key, secret) = store.issue_key(ops.actor(), pool, label, operator).await?;
+        Ok(Outcome::new(IssuedKey { key, secret }))
     }
-    let store = ops.store().await?;
-    let (key, secret) = store.issue_key(ops.actor(), pool, label, operator).await?;
-    Ok(Outcome::new(IssuedKey { key, secret }))
+    .await;
+    ops.audited("key.create", label, &[pool], result).await
 }
 
+/// The keys the principal sees (of `pool`, or of all its pools).
 pub async fn list(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<PoolKey>>, OpsError> {
+    if let Some(p) = pool {
+        ops.see_pool(p)?;
+    }
     let store = ops.store().await?;
-    Ok(Outcome::new(store.list_keys(pool).await?))
+    let mut keys = store.list_keys(pool).await?;
+    keys.retain(|k| ops.access().sees_pool(&k.pool));
+    Ok(Outcome::new(keys))
 }
 
 pub async fn revoke(ops: &Ops, ident: &str) -> Result<Outcome<Changed<PoolKey>>, OpsError> {
-    let store = ops.store().await?;
-    Ok(Outcome::new(store.revoke_key(ops.actor(), ident).await?))
+    let mut pool = None;
+    let result = async {
+        let key = ops.key_to_change(ident).await?;
+        pool = Some(key.pool.clone());
+        let store = ops.store().await?;
+        Ok(Outcome::new(store.revoke_key(ops.actor(), &key.id).await?))
+    }
+    .await;
+    let pools: Vec<&str> = pool.as_deref().into_iter().collect();
+    ops.audited("key.revoke", Some(ident), &pools, result).await
+}
+
+/// Gives the key a new secret (same id, label, pool and routing); the old one stops working
+/// with the next snapshot. The new secret is shown once.
+pub async fn rotate(ops: &Ops, ident: &str) -> Result<Outcome<IssuedKey>, OpsError> {
+    let mut pool = None;
+    let result = async {
+        let key = ops.key_to_change(ident).await?;
+        pool = Some(key.pool.clone());
+        let store = ops.store().await?;
+        let (key, secret) = store.rotate_key(ops.actor(), &key.id).await?;
+        Ok(Outcome::with_notices(
+            IssuedKey { key, secret },
+            vec![Notice::note(
+                "old_key_stops",
+                "the previous secret of this key stops working as soon as the Envoys have \
+                 the next snapshot (seconds): hand the new one out now",
+            )],
+        ))
+    }
+    .await;
+    let pools: Vec<&str> = pool.as_deref().into_iter().collect();
+    ops.audited("key.rotate", Some(ident), &pools, result).await
 }
 
 /// A key's effective routing after [`set_routing`].
@@ -68,7 +122,7 @@ pub async fn set_routing(
             ),
         ));
     }
-    let store = ops.store().await?;
+    let key = ops.key_to_see(ident).await?;
     let change = if inherit {
         Some(KeyRoutingChange::Inherit)
     } else if patch.is_empty() {
@@ -76,11 +130,20 @@ pub async fn set_routing(
     } else {
         Some(KeyRoutingChange::Custom(patch.clone()))
     };
+    let store = ops.store().await?;
     let result = match &change {
-        Some(c) => store.set_key_routing(ops.actor(), ident, c).await?,
+        Some(c) => {
+            let written = async {
+                ops.require_writer()?;
+                Ok(store.set_key_routing(ops.actor(), &key.id, c).await?)
+            }
+            .await;
+            ops.audited("key.set_routing", Some(ident), &[&key.pool], written)
+                .await?
+        }
         None => Changed {
             changed: false,
-            item: store.key_routing(ident).await?,
+            item: store.key_routing(&key.id).await?,
         },
     };
     let routing = result.item.effective().view();

@@ -2,7 +2,7 @@
 //!
 //! Rules: a pool name is checked before the store is opened; a routing change is a parsed
 //! [`RoutingPatch`] (flag parsing lives in `codexmesh_model::routing`) and an empty patch only
-//! reads.
+//! reads. Only owners create pools; a principal sees and changes only its pools (`guard`).
 
 use serde::Serialize;
 
@@ -43,12 +43,49 @@ pub struct FirstPool {
 }
 
 pub async fn create(ops: &Ops, name: &str) -> Result<Outcome<Pool>, OpsError> {
-    // Validate before touching the store so bad input creates nothing.
-    codexmesh_store::validate_pool_name(name)?;
-    let store = ops.store().await?;
-    Ok(Outcome::new(store.create_pool(ops.actor(), name).await?))
+    let result = async {
+        // Validate before touching the store so bad input creates nothing.
+        codexmesh_store::validate_pool_name(name)?;
+        ops.require_owner("create pools")?;
+        let store = ops.store().await?;
+        Ok(Outcome::new(store.create_pool(ops.actor(), name).await?))
+    }
+    .await;
+    ops.audited("pool.create", Some(name), &[], result).await
 }
 
+/// Archives the pool (`archived`) or restores it. An archived pool leaves the snapshot: its
+/// keys stop working, its accounts serve only their other pools; nothing is deleted.
+pub async fn set_archived(
+    ops: &Ops,
+    name: &str,
+    archived: bool,
+) -> Result<Outcome<Changed<Pool>>, OpsError> {
+    let action = if archived {
+        "pool.archive"
+    } else {
+        "pool.restore"
+    };
+    let result = async {
+        ops.change_pool(name)?;
+        let store = ops.store().await?;
+        let changed = store.set_pool_archived(ops.actor(), name, archived).await?;
+        let mut notices = Vec::new();
+        if archived && changed.changed {
+            notices.push(Notice::note(
+                "pool_archived",
+                format!(
+                    "pool {name} is archived: its keys stop working with the next snapshot;                      restore it to serve it again"
+                ),
+            ));
+        }
+        Ok(Outcome::with_notices(changed, notices))
+    }
+    .await;
+    ops.audited(action, Some(name), &[name], result).await
+}
+
+/// The pools the principal sees, with counts.
 pub async fn list(ops: &Ops) -> Result<Outcome<Vec<PoolSummary>>, OpsError> {
     let store = ops.store().await?;
     let report = status::build(store, ops.settings().health_window.as_secs()).await?;
@@ -56,6 +93,7 @@ pub async fn list(ops: &Ops) -> Result<Outcome<Vec<PoolSummary>>, OpsError> {
         report
             .pools
             .into_iter()
+            .filter(|p| ops.access().sees_pool(&p.pool.name))
             .map(|p| PoolSummary {
                 accounts: p.accounts.len(),
                 keys: p.keys,
@@ -67,6 +105,24 @@ pub async fn list(ops: &Ops) -> Result<Outcome<Vec<PoolSummary>>, OpsError> {
 
 /// Applies `patch` to the pool's routing (an empty patch only reads it).
 pub async fn set_routing(
+    ops: &Ops,
+    name: &str,
+    patch: &RoutingPatch,
+) -> Result<Outcome<PoolRouting>, OpsError> {
+    if patch.is_empty() {
+        ops.see_pool(name)?;
+        return routing_result(ops, name, patch).await;
+    }
+    let result = async {
+        ops.change_pool(name)?;
+        routing_result(ops, name, patch).await
+    }
+    .await;
+    ops.audited("pool.set_routing", Some(name), &[name], result)
+        .await
+}
+
+async fn routing_result(
     ops: &Ops,
     name: &str,
     patch: &RoutingPatch,
@@ -114,6 +170,7 @@ pub async fn set_routing(
 
 /// `up`'s first run: the store's first pool, or a new [`DEFAULT_POOL`] with a new key.
 pub async fn first_pool(ops: &Ops) -> Result<Outcome<FirstPool>, OpsError> {
+    ops.require_owner("set up the first pool")?;
     let store = ops.store().await?;
     let pools = store.list_pools().await?;
     Ok(Outcome::new(match pools.first() {

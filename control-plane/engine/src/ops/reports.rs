@@ -1,7 +1,8 @@
 //! The reports operators read: the status report and the request log. Both the CLI and the
 //! admin API call these.
 //!
-//! Rules: read-only; a request-log filter's numbers are checked before the store is opened.
+//! Rules: read-only; a request-log filter's numbers are checked before the store is opened; a
+//! principal sees only its pools, their accounts (with the memberships it sees) and entries.
 
 use super::{Ops, OpsError, Outcome};
 use crate::requests;
@@ -14,9 +15,16 @@ pub use crate::status::{
 /// Pools, their accounts with quota, health and counters, and key counts.
 pub async fn status(ops: &Ops) -> Result<Outcome<StatusReport>, OpsError> {
     let store = ops.store().await?;
-    Ok(Outcome::new(
-        crate::status::build(store, ops.settings().health_window.as_secs()).await?,
-    ))
+    let mut report = crate::status::build(store, ops.settings().health_window.as_secs()).await?;
+    report
+        .pools
+        .retain(|p| ops.access().sees_pool(&p.pool.name));
+    for pool in &mut report.pools {
+        for a in &mut pool.accounts {
+            a.account = ops.redact_account(a.account.clone());
+        }
+    }
+    Ok(Outcome::new(report))
 }
 
 /// The request log, newest first, filtered.
@@ -26,6 +34,36 @@ pub async fn requests(
 ) -> Result<Outcome<Vec<RequestLogEntry>>, OpsError> {
     // Checked before the store is opened: a bad number touches nothing.
     requests::check_limit(filter.limit)?;
+    let visible = ops.visible_pools();
+    let mut filter = filter.clone();
+    if visible.is_some() {
+        // Names resolve among what the principal sees (field-named errors as the log's own).
+        if let Some(p) = &filter.pool {
+            ops.see_pool(p).map_err(|e| named_field("pool", e))?;
+        }
+        if let Some(a) = &filter.account {
+            let account = ops
+                .account_to_see(a)
+                .await
+                .map_err(|e| named_field("account", e))?;
+            filter.account = Some(account.id);
+        }
+        if let Some(k) = &filter.key {
+            let key = ops.key_to_see(k).await.map_err(|e| named_field("key", e))?;
+            filter.key = Some(key.id);
+        }
+    }
     let store = ops.store().await?;
-    Ok(Outcome::new(requests::query(store, filter).await?))
+    Ok(Outcome::new(
+        requests::query(store, &filter, visible.as_deref()).await?,
+    ))
+}
+
+/// A filter name that does not resolve is the request log's invalid-parameter error, as when
+/// the store answers it (see `requests::named`).
+fn named_field(field: &'static str, e: OpsError) -> OpsError {
+    match e {
+        OpsError::Store(s) => crate::requests::named(field, s).into(),
+        other => other,
+    }
 }

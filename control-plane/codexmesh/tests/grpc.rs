@@ -75,6 +75,12 @@ async fn subscribe_report_and_restart() -> TestResult {
     let revoked_key = ws.ok_json(&["key", "create", "--pool", "main", "--name", "old"])?;
     ws.ok(&["key", "revoke", revoked_key["id"].as_str().ok_or("id")?])?;
 
+    let api_token = ws.ok_json(&[
+        "operator", "token", "create", "--label", "t", "--role", "owner",
+    ])?["secret"]
+        .as_str()
+        .ok_or("no secret")?
+        .to_owned();
     let served = Served::start(&ws, &["--heartbeat-interval-ms", "300"])?;
     let token = push_token(&ws)?;
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -271,7 +277,12 @@ async fn subscribe_report_and_restart() -> TestResult {
     // Admin HTTP: health and status, without secrets.
     let (code, body) = http_get(&served.admin, "/healthz")?;
     assert_eq!((code, body.trim()), (200, "ok"));
-    let (code, body) = http_get(&served.admin, "/api/v1/status")?;
+    let bearer = format!("Bearer {api_token}");
+    let (code, body) = http_get_with(
+        &served.admin,
+        "/api/v1/status",
+        &[("Authorization", bearer.as_str())],
+    )?;
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(status["pools"][0]["name"], "main");
@@ -344,41 +355,46 @@ async fn in_process_server_with_env_token() -> TestResult {
 }
 
 #[tokio::test]
-async fn an_admin_token_guards_the_api_but_not_the_health_probe() -> TestResult {
+async fn the_admin_api_needs_a_principal_but_the_health_probe_does_not() -> TestResult {
     let ws = Workspace::new()?;
     ws.ok(&["pool", "create", "main"])?;
+    // The old shared admin token is gone: setting it opens nothing.
     let served = Served::start_env(&ws, &[], &[("CODEXMESH_ADMIN_TOKEN", "adm-s3cret")])?;
     let (code, body) = http_get(&served.admin, "/healthz")?;
     assert_eq!((code, body.trim()), (200, "ok"));
+    let created = ws.ok_json(&[
+        "operator", "token", "create", "--label", "ci", "--role", "owner",
+    ])?;
+    let secret = created["secret"].as_str().ok_or("no secret")?.to_owned();
     for path in ["/api/v1/status", "/api/v1/requests"] {
         let (code, body) = http_get(&served.admin, path)?;
         assert_eq!(code, 401, "{path}: {body}");
         let error: serde_json::Value = serde_json::from_str(&body)?;
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("admin token")),
-            "{body}"
-        );
-        let (code, _) = http_get_with(&served.admin, path, &[("Authorization", "Bearer nope")])?;
-        assert_eq!(code, 401, "{path}: a wrong token");
-        let (code, body) = http_get_with(
-            &served.admin,
-            path,
-            &[("Authorization", "Bearer adm-s3cret")],
-        )?;
+        assert_eq!(error["error"]["kind"], "unauthenticated", "{body}");
+        for wrong in [
+            "Bearer nope",
+            "Bearer adm-s3cret",
+            "Bearer cma_0000000000000000000000000000000000000000",
+        ] {
+            let (code, _) = http_get_with(&served.admin, path, &[("Authorization", wrong)])?;
+            assert_eq!(code, 401, "{path}: {wrong}");
+        }
+        let bearer = format!("Bearer {secret}");
+        let (code, body) =
+            http_get_with(&served.admin, path, &[("Authorization", bearer.as_str())])?;
         assert_eq!(code, 200, "{path}: {body}");
     }
+    let bearer = format!("Bearer {secret}");
     let (_, body) = http_get_with(
         &served.admin,
         "/api/v1/status",
-        &[("Authorization", "Bearer adm-s3cret")],
+        &[("Authorization", bearer.as_str())],
     )?;
     let status: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(status["pools"][0]["name"], "main");
     // The token itself is never logged.
     let log = served.log_lines("");
-    assert!(log.iter().all(|l| !l.contains("adm-s3cret")));
+    assert!(log.iter().all(|l| !l.contains(&secret)));
     served.stop()?;
     Ok(())
 }

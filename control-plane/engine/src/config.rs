@@ -7,7 +7,7 @@
 //! differs, and `UPDATE_README=1` rewrites it). [`ALL_ENV_VARS`] lists every variable the control
 //! plane reads, for the test harnesses that scrub them from child processes.
 //!
-//! Secrets (push token, admin token, master key) never come from flags: from the environment, the
+//! Secrets (push token, master key) never come from flags: from the environment, the
 //! config file, or (push token, master key) a file generated once into the data dir with mode
 //! 0600.
 
@@ -628,13 +628,6 @@ declare_settings! {
             help: "The token Envoy presents to subscribe (a secret: never a flag).",
             readme: "generated once into `<data_dir>/push.token` (0600)",
         }
-        admin_token {
-            env: ENV_ADMIN_TOKEN = "CODEXMESH_ADMIN_TOKEN",
-            trim: true,
-            help: "Bearer token the admin API's `/api/` routes require, when set.",
-            readme: "none: the admin API (loopback by default) is open; when set, `/api/` routes \
-                     need `Authorization: Bearer <token>` (`/healthz` stays open)",
-        }
         master_key {
             env: ENV_MASTER_KEY = "CODEXMESH_MASTER_KEY",
             trim: false,
@@ -809,11 +802,6 @@ impl Settings {
 
     pub fn master_key_path(&self) -> PathBuf {
         self.data_dir.join(MASTER_KEY_FILE)
-    }
-
-    /// The admin API token, when one is configured (then `/api/` routes require it).
-    pub fn admin_token(&self) -> Option<Secret> {
-        self.admin_token.as_ref().map(|g| g.value.clone())
     }
 
     /// The push token: given explicitly, or read from (or generated once into) the data dir.
@@ -1568,12 +1556,7 @@ mod tests {
         vars.sort_unstable();
         vars.dedup();
         assert_eq!(vars.len(), ALL_ENV_VARS.len());
-        for must in [
-            "CODEXMESH_ADMIN_TOKEN",
-            "CODEXMESH_OUTCOME_RETENTION_HOURS",
-            ENV_CONFIG,
-            ENV_FAULT,
-        ] {
+        for must in ["CODEXMESH_OUTCOME_RETENTION_HOURS", ENV_CONFIG, ENV_FAULT] {
             assert!(ALL_ENV_VARS.contains(&must), "{must}");
         }
     }

@@ -22,6 +22,7 @@
 
 mod api;
 pub mod config;
+mod envoys;
 mod lifecycle;
 mod login;
 mod oauth;

@@ -35,6 +35,7 @@ use tonic::{Request, Response, Status};
 use tower_service::Service;
 
 use crate::config::Secret;
+use crate::envoys::{Envoys, Registration};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::{OutcomeRecord, QuotaWindowRecord, Store, StoreError};
 
@@ -136,6 +137,7 @@ pub struct MeshService<S> {
     sink: Arc<S>,
     heartbeat: Duration,
     shutdown: CancellationToken,
+    envoys: Envoys,
 }
 
 impl<S: OutcomeSink> MeshService<S> {
@@ -154,7 +156,14 @@ impl<S: OutcomeSink> MeshService<S> {
             sink,
             heartbeat,
             shutdown,
+            envoys: Envoys::default(),
         }
+    }
+
+    /// Records subscriptions and reported versions in `envoys` (the admin API's view).
+    pub fn with_envoys(mut self, envoys: Envoys) -> Self {
+        self.envoys = envoys;
+        self
     }
 
     /// The service to add to the gRPC server: Subscribe served from the shared frames, Report
@@ -165,6 +174,7 @@ impl<S: OutcomeSink> MeshService<S> {
             auth: self.auth.clone(),
             heartbeat: self.heartbeat,
             shutdown: self.shutdown.clone(),
+            envoys: self.envoys.clone(),
         });
         MeshRoutes {
             subscribe,
@@ -270,6 +280,9 @@ impl<S: OutcomeSink> Mesh for MeshService<S> {
             )));
         }
         let node = loggable(&batch.node_id);
+        if let Some(version) = batch.outcomes.iter().map(|o| o.snapshot_version).max() {
+            self.envoys.reported(&node, version);
+        }
         let records: Vec<OutcomeRecord> = batch.outcomes.iter().map(outcome_record).collect();
         match self.sink.record(&node, records).await {
             Ok(accepted) => {
@@ -333,6 +346,7 @@ struct SubscribeRoute {
     auth: Arc<PushAuth>,
     heartbeat: Duration,
     shutdown: CancellationToken,
+    envoys: Envoys,
 }
 
 impl SubscribeRoute {
@@ -375,12 +389,19 @@ impl SubscribeRoute {
         let node = loggable(&request.node_id);
         tracing::info!(peer = %peer, node = %node, known_version = request.known_version,
             client_build = %loggable(&request.client_build), "subscriber connected");
+        let registration = self.envoys.register(
+            node.clone(),
+            peer.clone(),
+            loggable(&request.client_build),
+            request.known_version,
+        );
         let body = SubscribeBody::new(
             self.frames.clone(),
             self.heartbeat,
             self.shutdown.clone(),
             node,
-        );
+        )
+        .registered(registration);
         let mut response = http::Response::new(tonic::body::Body::new(body));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -440,6 +461,8 @@ struct SubscribeBody {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     node: String,
     done: bool,
+    /// In the Envoys registry while the stream lives.
+    registration: Option<Registration>,
 }
 
 impl SubscribeBody {
@@ -458,7 +481,13 @@ impl SubscribeBody {
             shutdown: Box::pin(shutdown.cancelled_owned()),
             node,
             done: false,
+            registration: None,
         }
+    }
+
+    fn registered(mut self, registration: Registration) -> Self {
+        self.registration = Some(registration);
+        self
     }
 
     fn rearm_heartbeat(&mut self) {
@@ -498,6 +527,9 @@ impl http_body::Body for SubscribeBody {
                         continue;
                     }
                     this.sent = Some(frame.version);
+                    if let Some(r) = &this.registration {
+                        r.sent(frame.version);
+                    }
                     this.rearm_heartbeat();
                     tracing::debug!(node = %this.node, version = frame.version, "sent snapshot");
                     return Poll::Ready(Some(Ok(Frame::data(frame.bytes))));
@@ -723,6 +755,7 @@ mod tests {
             }),
             heartbeat: Duration::from_secs(60),
             shutdown: CancellationToken::new(),
+            envoys: Envoys::default(),
         }
     }
 
@@ -789,6 +822,14 @@ mod tests {
             .into_data()
             .map_err(|_| "trailers")?;
         assert_eq!(version_of(&first)?, 3);
+        // The subscription is listed with what it was sent, and leaves with its stream.
+        let listed = route.envoys.list();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].node_id, "envoy-1");
+        assert_eq!(listed[0].client_build, "test");
+        assert_eq!(listed[0].sent_version, Some(3));
+        drop(body);
+        assert!(route.envoys.list().is_empty());
         Ok(())
     }
 }

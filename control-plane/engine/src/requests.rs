@@ -37,7 +37,7 @@ pub enum RequestLogError {
     Store(#[from] StoreError),
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RequestLogEntry {
     pub id: i64,
     pub received_at_ms: i64,

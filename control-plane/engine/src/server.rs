@@ -1,5 +1,8 @@
 //! `serve`: the gRPC Mesh service and the admin HTTP API, side by side, with one shutdown.
 
+/// The admin API's OpenAPI document (what `GET /api/v1/openapi.json` serves).
+pub use crate::api::openapi_json;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,13 +102,15 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         cancel.clone(),
     );
 
+    let envoys = crate::envoys::Envoys::default();
     let service = MeshService::new(
         hub.frames(),
         &push_token,
         Arc::new(lifecycle.sink()),
         settings.heartbeat_interval,
         cancel.clone(),
-    );
+    )
+    .with_envoys(envoys.clone());
     let grpc = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -125,21 +130,16 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     };
     let admin = {
         let cancel = cancel.clone();
-        let admin_token = settings.admin_token();
-        if admin_token.is_none() && !admin_addr.ip().is_loopback() {
-            tracing::warn!(
-                admin = %admin_addr,
-                "the admin API listens beyond loopback without CODEXMESH_ADMIN_TOKEN: anyone who \
-                 reaches it can read pool metadata and the request log"
-            );
-        }
         let ops =
             crate::ops::Ops::with_store(settings.clone(), Actor::new("api".to_owned()), store);
-        let app = crate::api::router(ops, admin_token.as_ref());
+        let app = crate::api::router(ops, envoys);
         tokio::spawn(async move {
-            let result = axum::serve(admin_listener, app)
-                .with_graceful_shutdown(cancel.clone().cancelled_owned())
-                .await;
+            let result = axum::serve(
+                admin_listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .await;
             cancel.cancel();
             result
         })

@@ -9,7 +9,7 @@ use codexmesh_store::{
     WindowEvidence,
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     /// The store revision: the version the next snapshot carries.
     pub revision: i64,
@@ -17,7 +17,7 @@ pub struct StatusReport {
     pub pools: Vec<PoolStatus>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     #[serde(flatten)]
     pub pool: Pool,
@@ -25,14 +25,14 @@ pub struct PoolStatus {
     pub accounts: Vec<AccountStatus>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct KeyCounts {
     pub active: u32,
     pub revoked: u32,
 }
 
 /// An account with what the lifecycle workers know about it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AccountStatus {
     #[serde(flatten)]
     pub account: Account,
@@ -43,7 +43,7 @@ pub struct AccountStatus {
     pub counters: Counters,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuotaView {
     /// The 5-hour window.
     pub primary: Option<WindowView>,
@@ -53,7 +53,7 @@ pub struct QuotaView {
     pub plan: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WindowView {
     /// As routing sees it: 0 once the reset time passed.
     pub used_percent: f64,
@@ -69,7 +69,7 @@ pub struct WindowView {
     pub source: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthView {
     /// The live score (0..100) over the window, from the outcomes in the store.
     pub score: u32,

@@ -70,7 +70,7 @@ pub fn classify(status: i64, error_source: Option<&str>) -> Class {
 }
 
 /// One account's outcomes in the window, classified.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WindowStats {
     /// Every attempt (all classes).
     pub requests: i64,

@@ -62,8 +62,46 @@ impl Serialize for Pool {
     }
 }
 
+// The JSON shape of [`Pool`] for the OpenAPI document (its `Serialize` is hand-written).
+/// A pool: its routing (the first settings also at the top level, as scripts read them) and
+/// when it was archived.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PoolJson {
+    id: String,
+    name: String,
+    strategy: Strategy,
+    max_attempts: u32,
+    explain_routes: bool,
+    created_at_ms: i64,
+    routing: crate::routing::RoutingView,
+    /// Present when the pool is archived.
+    archived_at_ms: Option<i64>,
+}
+
+impl utoipa::PartialSchema for Pool {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <PoolJson as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for Pool {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Pool")
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <PoolJson as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// An account's place in one pool: the pool's priority and weight for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Membership {
     pub pool_id: String,
     /// The pool's name.
@@ -76,7 +114,7 @@ pub struct Membership {
 /// One login (one credential lineage, one refresher), a member of one or more pools.
 /// `pool_id`, `pool`, `priority` and `weight` are one membership's: the pool a listing was
 /// asked for, else the first of `pools` by name; `pools` has them all.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: String,
     pub pool_id: String,
@@ -152,7 +190,7 @@ impl Account {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolKey {
     pub id: String,
     pub pool_id: String,
@@ -168,6 +206,7 @@ pub struct PoolKey {
     pub revoked_at_ms: Option<i64>,
     pub routing_mode: RoutingMode,
     /// The key's own settings when `routing_mode` is custom (then always Some), else None.
+    #[schema(value_type = Option<crate::routing::RoutingView>)]
     pub routing_override: Option<Routing>,
 }
 
@@ -247,7 +286,7 @@ pub struct ImportSource {
 }
 
 /// Which quota window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowKind {
     Primary,
@@ -255,7 +294,7 @@ pub enum WindowKind {
 }
 
 /// One window's freshest evidence.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WindowEvidence {
     pub used_percent: f64,
     pub window_minutes: i64,
@@ -268,7 +307,7 @@ pub struct WindowEvidence {
     pub source: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CreditsEvidence {
     pub has_credits: bool,
     pub unlimited: bool,
@@ -277,7 +316,7 @@ pub struct CreditsEvidence {
 }
 
 /// The freshest quota evidence of one account.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QuotaRecord {
     pub primary: Option<WindowEvidence>,
     pub secondary: Option<WindowEvidence>,
@@ -307,7 +346,7 @@ impl QuotaRecord {
 }
 
 /// All-time activity counters of one account.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counters {
     pub requests: i64,
     pub successes: i64,
@@ -344,7 +383,7 @@ pub struct SnapshotData {
     pub accounts: Vec<AccountWithToken>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportAction {
     Created,
@@ -352,7 +391,7 @@ pub enum ImportAction {
 }
 
 /// What an import did with the tokens of a login the store already had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenUpdate {
     /// A new account: the imported tokens start its lineage.
@@ -364,7 +403,7 @@ pub enum TokenUpdate {
     KeptNewer,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ImportResult {
     pub action: ImportAction,
     pub account: Account,
@@ -375,7 +414,7 @@ pub struct ImportResult {
 }
 
 /// What a state change did: `changed == false` means it was already so (nothing written).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Changed<T> {
     pub changed: bool,
     #[serde(flatten)]

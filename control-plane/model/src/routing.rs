@@ -38,7 +38,7 @@ pub const MIN_DURATION_MS: u32 = 1_000;
 pub const WEIGHT: RangeInclusive<u32> = 1..=1000;
 
 /// Whether a key follows its pool's routing or carries its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoutingMode {
     Inherit,
@@ -104,7 +104,7 @@ impl Default for Routing {
 }
 
 /// Effective settings with every default filled in: what `--json` prints.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RoutingView {
     pub strategy: Strategy,
     pub max_attempts: u32,

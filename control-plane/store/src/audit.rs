@@ -60,16 +60,29 @@ fn pools_in_detail(action: &str, detail: &serde_json::Value) -> BTreeSet<String>
     pools
 }
 
+/// One row to write (the actor aside).
+struct NewRow<'a> {
+    action: &'a str,
+    target: Option<&'a str>,
+    outcome: &'a str,
+    detail: &'a serde_json::Value,
+    revision: i64,
+    pools: BTreeSet<String>,
+}
+
 async fn insert_row(
     tx: &mut Transaction<'static, Any>,
     actor: &Actor,
-    action: &str,
-    target: Option<&str>,
-    outcome: &str,
-    detail: &serde_json::Value,
-    revision: i64,
-    mut pools: BTreeSet<String>,
+    row: NewRow<'_>,
 ) -> Result<i64, StoreError> {
+    let NewRow {
+        action,
+        target,
+        outcome,
+        detail,
+        revision,
+        mut pools,
+    } = row;
     let row = sqlx::query(
         "INSERT INTO audit_log (at, actor, action, target, outcome, client, detail, revision) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -119,7 +132,15 @@ pub(crate) async fn audit(
     revision: i64,
 ) -> Result<(), StoreError> {
     let pools = pools_in_detail(action, &detail);
-    insert_row(tx, actor, action, target, "ok", &detail, revision, pools).await?;
+    let row = NewRow {
+        action,
+        target,
+        outcome: "ok",
+        detail: &detail,
+        revision,
+        pools,
+    };
+    insert_row(tx, actor, row).await?;
     Ok(())
 }
 
@@ -138,7 +159,15 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut all = pools_in_detail(action, &detail);
         all.extend(pools.iter().cloned());
-        insert_row(&mut tx, actor, action, target, outcome, &detail, 0, all).await?;
+        let row = NewRow {
+            action,
+            target,
+            outcome,
+            detail: &detail,
+            revision: 0,
+            pools: all,
+        };
+        insert_row(&mut tx, actor, row).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -711,9 +711,26 @@ async fn the_request_log_shows_each_attempt_and_why_but_never_the_prompt() {
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("account"), "{}", bad.stderr);
 
-    // The admin API serves the same log; bad parameters are named.
+    // The admin API serves the same log (to an API token); bad parameters are named.
     let admin = stack.cp.admin_addr.expect("admin address");
-    let api: Value = reqwest::get(format!("http://{admin}/api/v1/requests?limit=1"))
+    let created = stack
+        .cp
+        .cli_json(&[
+            "operator",
+            "token",
+            "create",
+            "--label",
+            "reader",
+            "--role",
+            "viewer",
+            "--pools",
+            codexmesh_test_kit::stack::POOL,
+        ])
+        .unwrap();
+    let token = created["secret"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let get = |url: String| http.get(url).bearer_auth(&token).send();
+    let api: Value = get(format!("http://{admin}/api/v1/requests?limit=1"))
         .await
         .unwrap()
         .json()
@@ -726,7 +743,7 @@ async fn the_request_log_shows_each_attempt_and_why_but_never_the_prompt() {
         ("limit=0", "limit"),
         ("acount=x", "acount"),
     ] {
-        let resp = reqwest::get(format!("http://{admin}/api/v1/requests?{query}"))
+        let resp = get(format!("http://{admin}/api/v1/requests?{query}"))
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 400, "{query}");

@@ -369,6 +369,7 @@ pub async fn execute_audit(args: AuditArgs, ctx: &Ctx) -> Result<(), CliError> {
         pool: args.pool,
         before_id: args.before,
         limit: args.limit,
+        ..AuditFilter::default()
     };
     let rows = notify(operators::audit(&ctx.ops, &shell(), filter).await?);
     let out = &ctx.out;

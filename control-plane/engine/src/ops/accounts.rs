@@ -121,6 +121,36 @@ pub async fn list(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<Account>>
     ))
 }
 
+/// One account as the principal sees it.
+pub async fn get(ops: &Ops, ident: &str) -> Result<Outcome<Account>, OpsError> {
+    let account = ops.account_to_see(ident).await?;
+    Ok(Outcome::new(ops.redact_account(account)))
+}
+
+/// Makes the account a member of `pool` with these settings: joins it when it is not a
+/// member yet, else changes its priority and/or weight there (the API's `PUT` membership).
+pub async fn put_membership(
+    ops: &Ops,
+    ident: &str,
+    pool: &str,
+    priority: Option<u32>,
+    weight: Option<u32>,
+) -> Result<Outcome<Changed<Account>>, OpsError> {
+    let account = match ops.account_to_see(ident).await {
+        Ok(a) => a,
+        Err(e) => {
+            return ops
+                .audited("account.join", Some(ident), &[pool], Err(e))
+                .await
+        }
+    };
+    if account.pools.iter().any(|m| m.pool == pool) && ops.access().sees_pool(pool) {
+        set(ops, &account.id, Some(pool), priority, weight).await
+    } else {
+        join(ops, &account.id, pool, priority, weight).await
+    }
+}
+
 /// The pool of `account` a change names: `pool` when given (it must be one of the account's
 /// pools the principal sees), else its only visible pool. Errors never name unseen pools.
 fn membership_pool(ops: &Ops, account: &Account, pool: Option<&str>) -> Result<String, OpsError> {

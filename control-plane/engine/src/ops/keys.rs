@@ -71,6 +71,11 @@ pub async fn revoke(ops: &Ops, ident: &str) -> Result<Outcome<Changed<PoolKey>>,
     ops.audited("key.revoke", Some(ident), &pools, result).await
 }
 
+/// One key as the principal sees it.
+pub async fn get(ops: &Ops, ident: &str) -> Result<Outcome<PoolKey>, OpsError> {
+    Ok(Outcome::new(ops.key_to_see(ident).await?))
+}
+
 /// Gives the key a new secret (same id, label, pool and routing); the old one stops working
 /// with the next snapshot. The new secret is shown once.
 pub async fn rotate(ops: &Ops, ident: &str) -> Result<Outcome<IssuedKey>, OpsError> {

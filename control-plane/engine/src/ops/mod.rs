@@ -128,7 +128,7 @@ impl<T> Outcome<T> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeLevel {
     /// Something is or will go wrong unless the operator acts.
@@ -141,9 +141,10 @@ pub enum NoticeLevel {
 
 /// A message for the person who asked: a level, a stable code (for machines and tests) and
 /// the text. Displays as the CLI prints it: `warning: …`, `note: …`, or the bare text (info).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Notice {
     pub level: NoticeLevel,
+    #[schema(value_type = String)]
     pub code: &'static str,
     pub message: String,
 }

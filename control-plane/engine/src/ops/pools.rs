@@ -16,7 +16,7 @@ use codexmesh_store::{Changed, Pool, Strategy};
 pub const DEFAULT_POOL: &str = "default";
 
 /// A pool with its account and key counts (`pool list`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolSummary {
     #[serde(flatten)]
     pub pool: Pool,

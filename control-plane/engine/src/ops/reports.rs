@@ -4,8 +4,11 @@
 //! Rules: read-only; a request-log filter's numbers are checked before the store is opened; a
 //! principal sees only its pools, their accounts (with the memberships it sees) and entries.
 
+use serde::Serialize;
+
 use super::{Ops, OpsError, Outcome};
 use crate::requests;
+use codexmesh_model::records::AccountState;
 
 pub use crate::requests::{Filter, RequestLogEntry, DEFAULT_LIMIT, MAX_LIMIT};
 pub use crate::status::{
@@ -66,4 +69,56 @@ fn named_field(field: &'static str, e: OpsError) -> OpsError {
         OpsError::Store(s) => crate::requests::named(field, s).into(),
         other => other,
     }
+}
+
+/// One account's quota windows in one pool, with their reset times.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AccountQuota {
+    pub pool: String,
+    pub account_id: String,
+    pub label: String,
+    pub state: AccountState,
+    pub plan: Option<String>,
+    /// The 5-hour window (None before the first evidence).
+    pub primary: Option<WindowView>,
+    /// The weekly window.
+    pub secondary: Option<WindowView>,
+}
+
+/// The quota windows of every account the principal sees (of `pool`, or of all its pools).
+pub async fn quota(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<AccountQuota>>, OpsError> {
+    if let Some(p) = pool {
+        ops.see_pool(p)?;
+    }
+    let report = status(ops).await?.value;
+    let mut rows = Vec::new();
+    for p in report.pools {
+        if pool.is_some_and(|want| want != p.pool.name) {
+            continue;
+        }
+        if pool.is_some() || p.pool.archived_at_ms.is_none() {
+            for a in p.accounts {
+                let (primary, secondary, plan) = match a.quota {
+                    Some(q) => (q.primary, q.secondary, q.plan.or(a.account.plan.clone())),
+                    None => (None, None, a.account.plan.clone()),
+                };
+                rows.push(AccountQuota {
+                    pool: p.pool.name.clone(),
+                    account_id: a.account.id,
+                    label: a.account.label,
+                    state: a.account.state,
+                    plan,
+                    primary,
+                    secondary,
+                });
+            }
+        }
+    }
+    if let Some(want) = pool {
+        if !rows.iter().any(|r| r.pool == want) {
+            // The pool exists (see_pool passed) but may have no accounts: still an answer.
+            ops.store().await?.pool_by_name(want).await?;
+        }
+    }
+    Ok(Outcome::new(rows))
 }

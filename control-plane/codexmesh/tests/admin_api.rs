@@ -1,0 +1,754 @@
+//! The admin API against the real `serve` and store: tenant isolation on every route (driven
+//! by the served OpenAPI document, which is the router's own route table), bad input, keys
+//! shown once, auth.json uploads, and the audit of refused changes.
+
+use std::collections::BTreeMap;
+
+use codexmesh_test_kit::auth::Login;
+use codexmesh_test_kit::cli::{Cli, Workspace};
+use codexmesh_test_kit::serve::Served;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Two tenants' pools (`a`, `b`), an account and a key in each (and an account labelled `dup`
+/// in both), and API tokens: owner, admin of `a`, viewer of `a`.
+struct Tenants {
+    ws: Workspace,
+    served: Served,
+    base: String,
+    owner: String,
+    admin_a: String,
+    viewer_a: String,
+    http: reqwest::Client,
+}
+
+fn token(
+    ws: &Workspace,
+    label: &str,
+    role: &str,
+    pools: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut args = vec![
+        "operator", "token", "create", "--label", label, "--role", role,
+    ];
+    if !pools.is_empty() {
+        args.extend(["--pools", pools]);
+    }
+    let v = ws.ok_json(&args)?;
+    Ok(v["secret"].as_str().ok_or("no secret")?.to_owned())
+}
+
+impl Tenants {
+    async fn start() -> Result<Self, Box<dyn std::error::Error>> {
+        let ws = Workspace::new()?;
+        for pool in ["a", "b"] {
+            ws.ok(&["pool", "create", pool])?;
+            let login = Login::new(
+                &format!("acct-{pool}"),
+                &format!("{pool}@x.test"),
+                "plus",
+                pool,
+            );
+            ws.import_auth(
+                &format!("{pool}.json"),
+                &login.auth_json(),
+                pool,
+                Some(&format!("acct-{pool}")),
+            )?;
+            let dup = Login::new(
+                &format!("dup-{pool}"),
+                &format!("dup-{pool}@x.test"),
+                "plus",
+                &format!("d{pool}"),
+            );
+            ws.import_auth(
+                &format!("dup-{pool}.json"),
+                &dup.auth_json(),
+                pool,
+                Some("dup"),
+            )?;
+            ws.ok(&[
+                "key",
+                "create",
+                "--pool",
+                pool,
+                "--name",
+                &format!("key-{pool}"),
+            ])?;
+        }
+        let owner = token(&ws, "owner-bot", "owner", "")?;
+        let admin_a = token(&ws, "admin-a-bot", "admin", "a")?;
+        let viewer_a = token(&ws, "viewer-a-bot", "viewer", "a")?;
+        let served = Served::start(&ws, &[])?;
+        let base = format!("http://{}", served.admin_addr()?);
+        Ok(Self {
+            ws,
+            served,
+            base,
+            owner,
+            admin_a,
+            viewer_a,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), Box<dyn std::error::Error>> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+}
+
+/// How a route treats another tenant's data.
+enum Isolation {
+    /// Addresses one resource by path: `other` names the other tenant's, `own` the caller's.
+    /// An admin of `a` gets the same 404 for `other` as for a name nobody has; a viewer of `a`
+    /// reads `own` (GET) or is refused 403 (a change).
+    Resource {
+        other: Vec<&'static str>,
+        own: &'static str,
+        missing: &'static str,
+        body: Option<Value>,
+    },
+    /// Lists what the caller sees: the other tenant's names never appear.
+    Listing { path: &'static str },
+    /// Only owners may (creating a pool): 403 for admins and viewers alike.
+    OwnersOnly { path: &'static str, body: Value },
+}
+
+fn auth_json_body() -> Value {
+    serde_json::from_str(&Login::new("acct-new", "new@x.test", "plus", "new").auth_json())
+        .unwrap_or(Value::Null)
+}
+
+/// One isolation case per route of the OpenAPI document, keyed `METHOD /path/{param}`.
+fn cases() -> BTreeMap<&'static str, Isolation> {
+    use Isolation::*;
+    let routing = || Some(json!({"strategy": "round_robin"}));
+    let member = || Some(json!({"priority": 3}));
+    BTreeMap::from([
+        (
+            "GET /api/v1/pools",
+            Listing {
+                path: "/api/v1/pools",
+            },
+        ),
+        (
+            "POST /api/v1/pools",
+            OwnersOnly {
+                path: "/api/v1/pools",
+                body: json!({"name": "c"}),
+            },
+        ),
+        (
+            "GET /api/v1/pools/{pool}",
+            Resource {
+                other: vec!["/api/v1/pools/b"],
+                own: "/api/v1/pools/a",
+                missing: "/api/v1/pools/zz-none",
+                body: None,
+            },
+        ),
+        (
+            "PATCH /api/v1/pools/{pool}/routing",
+            Resource {
+                other: vec!["/api/v1/pools/b/routing"],
+                own: "/api/v1/pools/a/routing",
+                missing: "/api/v1/pools/zz-none/routing",
+                body: routing(),
+            },
+        ),
+        (
+            "POST /api/v1/pools/{pool}/archive",
+            Resource {
+                other: vec!["/api/v1/pools/b/archive"],
+                own: "/api/v1/pools/a/archive",
+                missing: "/api/v1/pools/zz-none/archive",
+                body: None,
+            },
+        ),
+        (
+            "POST /api/v1/pools/{pool}/restore",
+            Resource {
+                other: vec!["/api/v1/pools/b/restore"],
+                own: "/api/v1/pools/a/restore",
+                missing: "/api/v1/pools/zz-none/restore",
+                body: None,
+            },
+        ),
+        (
+            "GET /api/v1/accounts",
+            Listing {
+                path: "/api/v1/accounts",
+            },
+        ),
+        (
+            "GET /api/v1/accounts/{account}",
+            Resource {
+                other: vec!["/api/v1/accounts/acct-b"],
+                own: "/api/v1/accounts/acct-a",
+                missing: "/api/v1/accounts/zz-none",
+                body: None,
+            },
+        ),
+        (
+            "DELETE /api/v1/accounts/{account}",
+            Resource {
+                other: vec!["/api/v1/accounts/acct-b"],
+                own: "/api/v1/accounts/acct-a",
+                missing: "/api/v1/accounts/zz-none",
+                body: None,
+            },
+        ),
+        (
+            "POST /api/v1/accounts/{account}/pause",
+            Resource {
+                other: vec!["/api/v1/accounts/acct-b/pause"],
+                own: "/api/v1/accounts/acct-a/pause",
+                missing: "/api/v1/accounts/zz-none/pause",
+                body: None,
+            },
+        ),
+        (
+            "POST /api/v1/accounts/{account}/resume",
+            Resource {
+                other: vec!["/api/v1/accounts/acct-b/resume"],
+                own: "/api/v1/accounts/acct-a/resume",
+                missing: "/api/v1/accounts/zz-none/resume",
+                body: None,
+            },
+        ),
+        (
+            "POST /api/v1/accounts/{account}/refresh",
+            Resource {
+                other: vec!["/api/v1/accounts/acct-b/refresh"],
+                own: "/api/v1/accounts/acct-a/refresh",
+                missing: "/api/v1/accounts/zz-none/refresh",
+                body: None,
+            },
+        ),
+        (
+            "POST /api/v1/pools/{pool}/accounts",
+            Resource {
+                other: vec!["/api/v1/pools/b/accounts"],
+                own: "/api/v1/pools/a/accounts",
+                missing: "/api/v1/pools/zz-none/accounts",
+                body: Some(auth_json_body()),
+            },
+        ),
+        (
+            "PUT /api/v1/pools/{pool}/accounts/{account}",
+            Resource {
+                other: vec![
+                    "/api/v1/pools/b/accounts/acct-b",
+                    "/api/v1/pools/a/accounts/acct-b",
+                    "/api/v1/pools/b/accounts/acct-a",
+                ],
+                own: "/api/v1/pools/a/accounts/acct-a",
+                missing: "/api/v1/pools/zz-none/accounts/zz-none",
+                body: member(),
+            },
+        ),
+        (
+            "DELETE /api/v1/pools/{pool}/accounts/{account}",
+            Resource {
+                other: vec![
+                    "/api/v1/pools/b/accounts/acct-b",
+                    "/api/v1/pools/a/accounts/acct-b",
+                    "/api/v1/pools/b/accounts/acct-a",
+                ],
+                own: "/api/v1/pools/a/accounts/acct-a",
+                missing: "/api/v1/pools/zz-none/accounts/zz-none",
+                body: None,
+            },
+        ),
+        (
+            "GET /api/v1/keys",
+            Listing {
+                path: "/api/v1/keys",
+            },
+        ),
+        (
+            "POST /api/v1/pools/{pool}/keys",
+            Resource {
+                other: vec!["/api/v1/pools/b/keys"],
+                own: "/api/v1/pools/a/keys",
+                missing: "/api/v1/pools/zz-none/keys",
+                body: Some(json!({})),
+            },
+        ),
+        (
+            "GET /api/v1/keys/{key}",
+            Resource {
+                other: vec!["/api/v1/keys/key-b"],
+                own: "/api/v1/keys/key-a",
+                missing: "/api/v1/keys/zz-none",
+                body: None,
+            },
+        ),
+        (
+            "POST /api/v1/keys/{key}/rotate",
+            Resource {
+                other: vec!["/api/v1/keys/key-b/rotate"],
+                own: "/api/v1/keys/key-a/rotate",
+                missing: "/api/v1/keys/zz-none/rotate",
+                body: None,
+            },
+        ),
+        (
+            "POST /api/v1/keys/{key}/revoke",
+            Resource {
+                other: vec!["/api/v1/keys/key-b/revoke"],
+                own: "/api/v1/keys/key-a/revoke",
+                missing: "/api/v1/keys/zz-none/revoke",
+                body: None,
+            },
+        ),
+        (
+            "PATCH /api/v1/keys/{key}/routing",
+            Resource {
+                other: vec!["/api/v1/keys/key-b/routing"],
+                own: "/api/v1/keys/key-a/routing",
+                missing: "/api/v1/keys/zz-none/routing",
+                body: routing(),
+            },
+        ),
+        (
+            "GET /api/v1/status",
+            Listing {
+                path: "/api/v1/status",
+            },
+        ),
+        (
+            "GET /api/v1/quota",
+            Listing {
+                path: "/api/v1/quota",
+            },
+        ),
+        (
+            "GET /api/v1/requests",
+            Listing {
+                path: "/api/v1/requests",
+            },
+        ),
+        (
+            "GET /api/v1/envoys",
+            Listing {
+                path: "/api/v1/envoys",
+            },
+        ),
+    ])
+}
+
+/// The routes of the served OpenAPI document as `METHOD /path`.
+async fn documented_routes(t: &Tenants) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let (code, doc) = t
+        .call(None, Method::GET, "/api/v1/openapi.json", None)
+        .await?;
+    assert_eq!(code, 200, "{doc}");
+    let mut routes = Vec::new();
+    for (path, item) in doc["paths"].as_object().ok_or("no paths")? {
+        for method in item.as_object().ok_or("bad path item")?.keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                routes.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    Ok(routes)
+}
+
+/// Routes anyone may call (nothing to isolate).
+const OPEN: &[&str] = &["POST /api/v1/session", "POST /api/v1/bootstrap"];
+
+fn method_of(route: &str) -> Method {
+    route
+        .split(' ')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(Method::GET)
+}
+
+/// The other tenant's names, which no listing for `a`'s principals may show.
+const OTHER_NAMES: &[&str] = &["\"b\"", "acct-b", "key-b", "dup-b"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_keeps_tenants_apart() -> TestResult {
+    let t = Tenants::start().await?;
+    let routes = documented_routes(&t).await?;
+    let cases = cases();
+    let missing: Vec<&String> = routes
+        .iter()
+        .filter(|r| !cases.contains_key(r.as_str()) && !OPEN.contains(&r.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes without a tenant-isolation case (add one to cases()): {missing:?}"
+    );
+    let (_, before) = t
+        .call(Some(&t.owner), Method::GET, "/api/v1/status", None)
+        .await?;
+    for route in &routes {
+        if OPEN.contains(&route.as_str()) {
+            continue;
+        }
+        let method = method_of(route);
+        match &cases[route.as_str()] {
+            Isolation::Resource {
+                other,
+                own,
+                missing,
+                body,
+            } => {
+                // Unauthenticated: 401 before anything is looked up.
+                let (code, _) = t.call(None, method.clone(), own, body.as_ref()).await?;
+                assert_eq!(code, 401, "{route} without a token");
+                let (miss_code, miss) = t
+                    .call(Some(&t.admin_a), method.clone(), missing, body.as_ref())
+                    .await?;
+                assert_eq!(miss_code, 404, "{route} {missing}: {miss}");
+                for path in other {
+                    for who in [&t.admin_a, &t.viewer_a] {
+                        let (code, answer) = t
+                            .call(Some(who), method.clone(), path, body.as_ref())
+                            .await?;
+                        assert_eq!(
+                            code, 404,
+                            "{route} {path}: another tenant's is not found: {answer}"
+                        );
+                        assert_eq!(answer["error"]["kind"], "not_found", "{route} {path}");
+                        for name in OTHER_NAMES {
+                            let text = answer.to_string().replace("\\\"", "\"");
+                            assert!(
+                                !text.contains(&format!("pools ({})", name.trim_matches('"'))),
+                                "{route} {path}: leaks {name}: {answer}"
+                            );
+                        }
+                    }
+                }
+                let (code, answer) = t
+                    .call(Some(&t.viewer_a), method.clone(), own, body.as_ref())
+                    .await?;
+                if method == Method::GET {
+                    assert_eq!(
+                        code, 200,
+                        "{route}: a viewer reads its own pool's: {answer}"
+                    );
+                } else {
+                    assert_eq!(code, 403, "{route}: a viewer changes nothing: {answer}");
+                    assert_eq!(answer["error"]["kind"], "forbidden", "{route}");
+                }
+            }
+            Isolation::Listing { path } => {
+                let (code, _) = t.call(None, Method::GET, path, None).await?;
+                assert_eq!(code, 401, "{route} without a token");
+                for who in [&t.admin_a, &t.viewer_a] {
+                    let (code, answer) = t.call(Some(who), Method::GET, path, None).await?;
+                    assert_eq!(code, 200, "{route}: {answer}");
+                    let text = answer.to_string();
+                    for name in OTHER_NAMES {
+                        assert!(
+                            !text.contains(name),
+                            "{route} shows {name} to a tenant of a: {text}"
+                        );
+                    }
+                }
+                let (_, all) = t.call(Some(&t.owner), Method::GET, path, None).await?;
+                if path.ends_with("/pools")
+                    || path.ends_with("/accounts")
+                    || path.ends_with("/keys")
+                {
+                    assert!(
+                        all.to_string().contains("-b") || all.to_string().contains("\"b\""),
+                        "{route}: the owner sees b: {all}"
+                    );
+                }
+            }
+            Isolation::OwnersOnly { path, body } => {
+                let (code, _) = t.call(None, method.clone(), path, Some(body)).await?;
+                assert_eq!(code, 401, "{route} without a token");
+                for who in [&t.admin_a, &t.viewer_a] {
+                    let (code, answer) =
+                        t.call(Some(who), method.clone(), path, Some(body)).await?;
+                    assert_eq!(code, 403, "{route}: {answer}");
+                }
+            }
+        }
+    }
+    // A label shared by both tenants resolves to the caller's own account, not "ambiguous".
+    let (code, dup) = t
+        .call(Some(&t.admin_a), Method::GET, "/api/v1/accounts/dup", None)
+        .await?;
+    assert_eq!(code, 200, "{dup}");
+    assert_eq!(dup["pools"][0]["pool"], "a", "{dup}");
+    // Filters naming the other tenant's things answer as for names nobody has.
+    for (filter, nobody) in [
+        ("pool=b", "pool=zz-none"),
+        ("account=acct-b", "account=zz-none"),
+        ("key=key-b", "key=zz-none"),
+    ] {
+        let (code_b, b) = t
+            .call(
+                Some(&t.admin_a),
+                Method::GET,
+                &format!("/api/v1/requests?{filter}"),
+                None,
+            )
+            .await?;
+        let (code_n, n) = t
+            .call(
+                Some(&t.admin_a),
+                Method::GET,
+                &format!("/api/v1/requests?{nobody}"),
+                None,
+            )
+            .await?;
+        assert_eq!(code_b, code_n, "{filter}: {b} vs {n}");
+        assert_eq!(b["error"]["field"], n["error"]["field"], "{filter}");
+    }
+    // Nothing any refused attempt tried was written: the store's revision did not move.
+    let (_, after) = t
+        .call(Some(&t.owner), Method::GET, "/api/v1/status", None)
+        .await?;
+    assert_eq!(
+        before["revision"], after["revision"],
+        "a refused change wrote something"
+    );
+    assert_eq!(before["pools"], after["pools"]);
+    t.served.stop()?;
+    drop(t.ws);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_named_and_changes_nothing() -> TestResult {
+    let t = Tenants::start().await?;
+    let url = format!("{}/api/v1/pools/a/routing", t.base);
+    let send = |body: &'static str, ct: &'static str| {
+        t.http
+            .patch(&url)
+            .bearer_auth(&t.owner)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    for (body, field) in [
+        (r#"{"strategy": "fastest"}"#, "strategy"),
+        (r#"{"strategy": "round_robin", "colour": "red"}"#, "colour"),
+        (r#"{"max_attempts": [1]}"#, "max_attempts"),
+        (r#"{"max_attempts": 0}"#, "max_attempts"),
+        (r#"{"strategy": "#, "strategy"),
+        (r#"[1, 2]"#, "body"),
+    ] {
+        let resp = send(body, "application/json").await?;
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
+        let v: Value = resp.json().await?;
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+        assert_eq!(v["error"]["kind"], "invalid", "{body}");
+    }
+    let resp = send(r#"{"strategy": "round_robin"}"#, "text/plain").await?;
+    assert_eq!(resp.status().as_u16(), 415);
+    // Oversized bodies: 413, for JSON bodies and uploads.
+    let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(300 * 1024));
+    let resp = t
+        .http
+        .post(format!("{}/api/v1/pools", t.base))
+        .bearer_auth(&t.owner)
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 413);
+    let resp = t
+        .http
+        .post(format!("{}/api/v1/pools/a/accounts", t.base))
+        .bearer_auth(&t.owner)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 413);
+    // Nested paths: the field inside.
+    let resp = t
+        .http
+        .put(format!("{}/api/v1/pools/a/accounts/acct-a", t.base))
+        .bearer_auth(&t.owner)
+        .json(&json!({"priority": "high"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await?;
+    assert_eq!(v["error"]["field"], "priority", "{v}");
+    // Unknown and malformed query parameters.
+    for (query, field) in [
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("acount=x", "acount"),
+    ] {
+        let (code, v) = t
+            .call(
+                Some(&t.owner),
+                Method::GET,
+                &format!("/api/v1/requests?{query}"),
+                None,
+            )
+            .await?;
+        assert_eq!(code, 400, "{query}: {v}");
+        assert_eq!(v["error"]["field"], field, "{query}: {v}");
+    }
+    // A broken auth.json upload names auth_json.
+    let resp = t
+        .http
+        .post(format!("{}/api/v1/pools/a/accounts", t.base))
+        .bearer_auth(&t.owner)
+        .json(&json!({"tokens": {"access_token": "x"}}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await?;
+    assert_eq!(v["error"]["field"], "auth_json", "{v}");
+    // None of it changed the store; an unknown route is a JSON 404.
+    let (_, status) = t
+        .call(Some(&t.owner), Method::GET, "/api/v1/pools/a", None)
+        .await?;
+    assert_eq!(status["routing"]["strategy"], "quota_first", "{status}");
+    let (code, v) = t
+        .call(Some(&t.owner), Method::GET, "/api/v1/nothing-here", None)
+        .await?;
+    assert_eq!(
+        (code, v["error"]["kind"].as_str()),
+        (404, Some("not_found"))
+    );
+    t.served.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_manages_its_pool_through_the_api() -> TestResult {
+    let t = Tenants::start().await?;
+    let admin = Some(t.admin_a.as_str());
+    // Routing.
+    let (code, v) = t
+        .call(
+            admin,
+            Method::PATCH,
+            "/api/v1/pools/a/routing",
+            Some(&json!({"strategy": "round_robin", "max_attempts": 2})),
+        )
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["routing"]["strategy"].as_str(), v["changed"].as_bool()),
+        (Some("round_robin"), Some(true))
+    );
+    // Keys: the secret once; rotation gives a new one; lists never show them.
+    let (code, created) = t
+        .call(
+            admin,
+            Method::POST,
+            "/api/v1/pools/a/keys",
+            Some(&json!({"label": "ci"})),
+        )
+        .await?;
+    assert_eq!(code, 201, "{created}");
+    let first = created["secret"].as_str().ok_or("no secret")?.to_owned();
+    let (code, rotated) = t
+        .call(admin, Method::POST, "/api/v1/keys/ci/rotate", None)
+        .await?;
+    assert_eq!(code, 200, "{rotated}");
+    let second = rotated["secret"].as_str().ok_or("no secret")?.to_owned();
+    assert_ne!(first, second);
+    assert_eq!(
+        rotated["key"]["id"], created["key"]["id"],
+        "same key, new secret"
+    );
+    let (_, list) = t.call(admin, Method::GET, "/api/v1/keys", None).await?;
+    assert!(!list.to_string().contains(&first) && !list.to_string().contains(&second));
+    let (code, revoked) = t
+        .call(admin, Method::POST, "/api/v1/keys/ci/revoke", None)
+        .await?;
+    assert_eq!(
+        (code, revoked["status"].as_str()),
+        (200, Some("revoked")),
+        "{revoked}"
+    );
+    let (code, _) = t
+        .call(admin, Method::POST, "/api/v1/keys/ci/rotate", None)
+        .await?;
+    assert_eq!(code, 409, "a revoked key gets no new secret");
+    // An auth.json upload, memberships, pause and resume.
+    let login = Login::new("acct-up", "up@x.test", "pro", "up");
+    let resp = t
+        .http
+        .post(format!("{}/api/v1/pools/a/accounts?label=uploaded", t.base))
+        .bearer_auth(&t.admin_a)
+        .header("content-type", "application/json")
+        .body(login.auth_json())
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 201);
+    let imported: Value = resp.json().await?;
+    assert_eq!(imported["account"]["label"], "uploaded", "{imported}");
+    assert!(
+        !imported.to_string().contains(&login.access_token),
+        "no token echoed"
+    );
+    let (code, v) = t
+        .call(
+            admin,
+            Method::PUT,
+            "/api/v1/pools/a/accounts/uploaded",
+            Some(&json!({"priority": 5, "weight": 3})),
+        )
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["priority"].as_u64(), v["weight"].as_u64()),
+        (Some(5), Some(3))
+    );
+    let (code, v) = t
+        .call(admin, Method::POST, "/api/v1/accounts/uploaded/pause", None)
+        .await?;
+    assert_eq!((code, v["state"].as_str()), (200, Some("paused")), "{v}");
+    let (code, v) = t
+        .call(
+            admin,
+            Method::POST,
+            "/api/v1/accounts/uploaded/resume",
+            None,
+        )
+        .await?;
+    assert_eq!((code, v["state"].as_str()), (200, Some("active")), "{v}");
+    // Archive: the pool stays readable, marked archived; restore brings it back.
+    let (code, v) = t
+        .call(admin, Method::POST, "/api/v1/pools/a/archive", None)
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["archived_at_ms"].is_i64(), "{v}");
+    let (code, v) = t
+        .call(admin, Method::POST, "/api/v1/pools/a/restore", None)
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    assert!(v.get("archived_at_ms").is_none(), "{v}");
+    // The CLI sees the same store (one set of use cases).
+    let accounts = t.ws.ok_json(&["account", "list", "--pool", "a"])?;
+    assert!(accounts.to_string().contains("uploaded"));
+    t.served.stop()?;
+    Ok(())
+}

@@ -45,6 +45,7 @@ macro_rules! string_enum {
     };
 }
 
+pub mod activity;
 pub mod credentials;
 pub mod health;
 pub mod ids;

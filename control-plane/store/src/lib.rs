@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod files;
 
 mod accounts;
+mod activity;
 mod audit;
 mod error;
 mod keys;
@@ -41,6 +42,7 @@ use sqlx::AnyPool;
 
 // The public API: the store, what its methods take and return, its errors. The aggregate
 // modules stay private: their methods are on `Store`.
+pub use activity::{ActivityQuery, ACTIVITY_MAX_ROWS};
 pub use audit::AuditFilter;
 pub use codexmesh_model::records::*;
 pub use error::{ConflictReason, Entity, Lookup, StoreError};

@@ -27,6 +27,7 @@ use codexmesh_model::routing::InvalidSetting;
 use codexmesh_store::{Actor, Store, StoreError};
 
 pub mod accounts;
+pub mod activity;
 mod guard;
 pub mod keys;
 pub mod operators;

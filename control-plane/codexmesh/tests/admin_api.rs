@@ -138,222 +138,60 @@ fn auth_json_body() -> Value {
         .unwrap_or(Value::Null)
 }
 
+fn res(
+    other: &[&'static str],
+    own: &'static str,
+    missing: &'static str,
+    body: Option<Value>,
+) -> Isolation {
+    Isolation::Resource {
+        other: other.to_vec(),
+        own,
+        missing,
+        body,
+    }
+}
+
+fn list(path: &'static str) -> Isolation {
+    Isolation::Listing { path }
+}
+
 /// One isolation case per route of the OpenAPI document, keyed `METHOD /path/{param}`.
+#[rustfmt::skip]
 fn cases() -> BTreeMap<&'static str, Isolation> {
-    use Isolation::*;
     let routing = || Some(json!({"strategy": "round_robin"}));
     let member = || Some(json!({"priority": 3}));
+    let cross = ["/api/v1/pools/b/accounts/acct-b", "/api/v1/pools/a/accounts/acct-b",
+                 "/api/v1/pools/b/accounts/acct-a"];
     BTreeMap::from([
-        (
-            "GET /api/v1/pools",
-            Listing {
-                path: "/api/v1/pools",
-            },
-        ),
-        (
-            "POST /api/v1/pools",
-            OwnersOnly {
-                path: "/api/v1/pools",
-                body: json!({"name": "c"}),
-            },
-        ),
-        (
-            "GET /api/v1/pools/{pool}",
-            Resource {
-                other: vec!["/api/v1/pools/b"],
-                own: "/api/v1/pools/a",
-                missing: "/api/v1/pools/zz-none",
-                body: None,
-            },
-        ),
-        (
-            "PATCH /api/v1/pools/{pool}/routing",
-            Resource {
-                other: vec!["/api/v1/pools/b/routing"],
-                own: "/api/v1/pools/a/routing",
-                missing: "/api/v1/pools/zz-none/routing",
-                body: routing(),
-            },
-        ),
-        (
-            "POST /api/v1/pools/{pool}/archive",
-            Resource {
-                other: vec!["/api/v1/pools/b/archive"],
-                own: "/api/v1/pools/a/archive",
-                missing: "/api/v1/pools/zz-none/archive",
-                body: None,
-            },
-        ),
-        (
-            "POST /api/v1/pools/{pool}/restore",
-            Resource {
-                other: vec!["/api/v1/pools/b/restore"],
-                own: "/api/v1/pools/a/restore",
-                missing: "/api/v1/pools/zz-none/restore",
-                body: None,
-            },
-        ),
-        (
-            "GET /api/v1/accounts",
-            Listing {
-                path: "/api/v1/accounts",
-            },
-        ),
-        (
-            "GET /api/v1/accounts/{account}",
-            Resource {
-                other: vec!["/api/v1/accounts/acct-b"],
-                own: "/api/v1/accounts/acct-a",
-                missing: "/api/v1/accounts/zz-none",
-                body: None,
-            },
-        ),
-        (
-            "DELETE /api/v1/accounts/{account}",
-            Resource {
-                other: vec!["/api/v1/accounts/acct-b"],
-                own: "/api/v1/accounts/acct-a",
-                missing: "/api/v1/accounts/zz-none",
-                body: None,
-            },
-        ),
-        (
-            "POST /api/v1/accounts/{account}/pause",
-            Resource {
-                other: vec!["/api/v1/accounts/acct-b/pause"],
-                own: "/api/v1/accounts/acct-a/pause",
-                missing: "/api/v1/accounts/zz-none/pause",
-                body: None,
-            },
-        ),
-        (
-            "POST /api/v1/accounts/{account}/resume",
-            Resource {
-                other: vec!["/api/v1/accounts/acct-b/resume"],
-                own: "/api/v1/accounts/acct-a/resume",
-                missing: "/api/v1/accounts/zz-none/resume",
-                body: None,
-            },
-        ),
-        (
-            "POST /api/v1/accounts/{account}/refresh",
-            Resource {
-                other: vec!["/api/v1/accounts/acct-b/refresh"],
-                own: "/api/v1/accounts/acct-a/refresh",
-                missing: "/api/v1/accounts/zz-none/refresh",
-                body: None,
-            },
-        ),
-        (
-            "POST /api/v1/pools/{pool}/accounts",
-            Resource {
-                other: vec!["/api/v1/pools/b/accounts"],
-                own: "/api/v1/pools/a/accounts",
-                missing: "/api/v1/pools/zz-none/accounts",
-                body: Some(auth_json_body()),
-            },
-        ),
-        (
-            "PUT /api/v1/pools/{pool}/accounts/{account}",
-            Resource {
-                other: vec![
-                    "/api/v1/pools/b/accounts/acct-b",
-                    "/api/v1/pools/a/accounts/acct-b",
-                    "/api/v1/pools/b/accounts/acct-a",
-                ],
-                own: "/api/v1/pools/a/accounts/acct-a",
-                missing: "/api/v1/pools/zz-none/accounts/zz-none",
-                body: member(),
-            },
-        ),
-        (
-            "DELETE /api/v1/pools/{pool}/accounts/{account}",
-            Resource {
-                other: vec![
-                    "/api/v1/pools/b/accounts/acct-b",
-                    "/api/v1/pools/a/accounts/acct-b",
-                    "/api/v1/pools/b/accounts/acct-a",
-                ],
-                own: "/api/v1/pools/a/accounts/acct-a",
-                missing: "/api/v1/pools/zz-none/accounts/zz-none",
-                body: None,
-            },
-        ),
-        (
-            "GET /api/v1/keys",
-            Listing {
-                path: "/api/v1/keys",
-            },
-        ),
-        (
-            "POST /api/v1/pools/{pool}/keys",
-            Resource {
-                other: vec!["/api/v1/pools/b/keys"],
-                own: "/api/v1/pools/a/keys",
-                missing: "/api/v1/pools/zz-none/keys",
-                body: Some(json!({})),
-            },
-        ),
-        (
-            "GET /api/v1/keys/{key}",
-            Resource {
-                other: vec!["/api/v1/keys/key-b"],
-                own: "/api/v1/keys/key-a",
-                missing: "/api/v1/keys/zz-none",
-                body: None,
-            },
-        ),
-        (
-            "POST /api/v1/keys/{key}/rotate",
-            Resource {
-                other: vec!["/api/v1/keys/key-b/rotate"],
-                own: "/api/v1/keys/key-a/rotate",
-                missing: "/api/v1/keys/zz-none/rotate",
-                body: None,
-            },
-        ),
-        (
-            "POST /api/v1/keys/{key}/revoke",
-            Resource {
-                other: vec!["/api/v1/keys/key-b/revoke"],
-                own: "/api/v1/keys/key-a/revoke",
-                missing: "/api/v1/keys/zz-none/revoke",
-                body: None,
-            },
-        ),
-        (
-            "PATCH /api/v1/keys/{key}/routing",
-            Resource {
-                other: vec!["/api/v1/keys/key-b/routing"],
-                own: "/api/v1/keys/key-a/routing",
-                missing: "/api/v1/keys/zz-none/routing",
-                body: routing(),
-            },
-        ),
-        (
-            "GET /api/v1/status",
-            Listing {
-                path: "/api/v1/status",
-            },
-        ),
-        (
-            "GET /api/v1/quota",
-            Listing {
-                path: "/api/v1/quota",
-            },
-        ),
-        (
-            "GET /api/v1/requests",
-            Listing {
-                path: "/api/v1/requests",
-            },
-        ),
-        (
-            "GET /api/v1/envoys",
-            Listing {
-                path: "/api/v1/envoys",
-            },
-        ),
+        ("GET /api/v1/pools", list("/api/v1/pools")),
+        ("POST /api/v1/pools", Isolation::OwnersOnly { path: "/api/v1/pools", body: json!({"name": "c"}) }),
+        ("GET /api/v1/pools/{pool}", res(&["/api/v1/pools/b"], "/api/v1/pools/a", "/api/v1/pools/zz-none", None)),
+        ("PATCH /api/v1/pools/{pool}/routing", res(&["/api/v1/pools/b/routing"], "/api/v1/pools/a/routing", "/api/v1/pools/zz-none/routing", routing())),
+        ("POST /api/v1/pools/{pool}/archive", res(&["/api/v1/pools/b/archive"], "/api/v1/pools/a/archive", "/api/v1/pools/zz-none/archive", None)),
+        ("POST /api/v1/pools/{pool}/restore", res(&["/api/v1/pools/b/restore"], "/api/v1/pools/a/restore", "/api/v1/pools/zz-none/restore", None)),
+        ("GET /api/v1/pools/{pool}/activity", res(&["/api/v1/pools/b/activity"], "/api/v1/pools/a/activity", "/api/v1/pools/zz-none/activity", None)),
+        ("GET /api/v1/accounts", list("/api/v1/accounts")),
+        ("GET /api/v1/accounts/{account}", res(&["/api/v1/accounts/acct-b"], "/api/v1/accounts/acct-a", "/api/v1/accounts/zz-none", None)),
+        ("DELETE /api/v1/accounts/{account}", res(&["/api/v1/accounts/acct-b"], "/api/v1/accounts/acct-a", "/api/v1/accounts/zz-none", None)),
+        ("POST /api/v1/accounts/{account}/pause", res(&["/api/v1/accounts/acct-b/pause"], "/api/v1/accounts/acct-a/pause", "/api/v1/accounts/zz-none/pause", None)),
+        ("POST /api/v1/accounts/{account}/resume", res(&["/api/v1/accounts/acct-b/resume"], "/api/v1/accounts/acct-a/resume", "/api/v1/accounts/zz-none/resume", None)),
+        ("POST /api/v1/accounts/{account}/refresh", res(&["/api/v1/accounts/acct-b/refresh"], "/api/v1/accounts/acct-a/refresh", "/api/v1/accounts/zz-none/refresh", None)),
+        ("GET /api/v1/accounts/{account}/activity", res(&["/api/v1/accounts/acct-b/activity"], "/api/v1/accounts/acct-a/activity", "/api/v1/accounts/zz-none/activity", None)),
+        ("POST /api/v1/pools/{pool}/accounts", res(&["/api/v1/pools/b/accounts"], "/api/v1/pools/a/accounts", "/api/v1/pools/zz-none/accounts", Some(auth_json_body()))),
+        ("PUT /api/v1/pools/{pool}/accounts/{account}", res(&cross, "/api/v1/pools/a/accounts/acct-a", "/api/v1/pools/zz-none/accounts/zz-none", member())),
+        ("DELETE /api/v1/pools/{pool}/accounts/{account}", res(&cross, "/api/v1/pools/a/accounts/acct-a", "/api/v1/pools/zz-none/accounts/zz-none", None)),
+        ("GET /api/v1/keys", list("/api/v1/keys")),
+        ("POST /api/v1/pools/{pool}/keys", res(&["/api/v1/pools/b/keys"], "/api/v1/pools/a/keys", "/api/v1/pools/zz-none/keys", Some(json!({})))),
+        ("GET /api/v1/keys/{key}", res(&["/api/v1/keys/key-b"], "/api/v1/keys/key-a", "/api/v1/keys/zz-none", None)),
+        ("POST /api/v1/keys/{key}/rotate", res(&["/api/v1/keys/key-b/rotate"], "/api/v1/keys/key-a/rotate", "/api/v1/keys/zz-none/rotate", None)),
+        ("POST /api/v1/keys/{key}/revoke", res(&["/api/v1/keys/key-b/revoke"], "/api/v1/keys/key-a/revoke", "/api/v1/keys/zz-none/revoke", None)),
+        ("PATCH /api/v1/keys/{key}/routing", res(&["/api/v1/keys/key-b/routing"], "/api/v1/keys/key-a/routing", "/api/v1/keys/zz-none/routing", routing())),
+        ("GET /api/v1/status", list("/api/v1/status")),
+        ("GET /api/v1/quota", list("/api/v1/quota")),
+        ("GET /api/v1/requests", list("/api/v1/requests")),
+        ("GET /api/v1/activity", list("/api/v1/activity?since=1h")),
+        ("GET /api/v1/envoys", list("/api/v1/envoys")),
     ])
 }
 

@@ -4,7 +4,7 @@
 //! Rules: read-only; each handler is one [`crate::ops::reports`] (or registry) call for the
 //! [`Caller`]; parameters are typed and unknown ones are errors.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -12,9 +12,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::accounts::PoolFilter;
-use super::{ApiError, ApiState, Caller, QueryParams};
+use super::{ApiError, ApiState, Caller, QueryParams, Reply};
 use crate::envoys::EnvoyView;
+use crate::ops::activity::ActivityRequest;
 use crate::ops::{self, reports::AccountQuota, reports::RequestLogEntry, reports::StatusReport};
+use codexmesh_model::activity::Activity;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -22,6 +24,84 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(quota))
         .routes(routes!(requests))
         .routes(routes!(envoys))
+        .routes(routes!(activity))
+        .routes(routes!(pool_activity))
+        .routes(routes!(account_activity))
+}
+
+/// The activity window: `since` (a duration: `1h`, `24h`, `7d`; default 24h, at most 30 days)
+/// cut into buckets of `bucket` (default: a 48th of the window, whole minutes).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct WindowParams {
+    pub since: Option<String>,
+    pub bucket: Option<String>,
+}
+
+/// Activity of every pool the caller sees, per account: requests, success rate, health score,
+/// fallbacks, latency percentiles and a timeline.
+#[utoipa::path(get, path = "/api/v1/activity", tag = "reports", params(ActivityRequest),
+    responses((status = 200, body = Reply<Activity>), (status = 400, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)))]
+async fn activity(
+    State(state): State<ApiState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ActivityRequest>,
+) -> Result<Json<Reply<Activity>>, ApiError> {
+    Ok(Json(
+        ops::activity::activity(&caller.ops(&state), &q)
+            .await?
+            .into(),
+    ))
+}
+
+/// One pool's activity, per account and in total.
+#[utoipa::path(get, path = "/api/v1/pools/{pool}/activity", tag = "reports",
+    params(("pool" = String, Path, description = "Pool name"), WindowParams),
+    responses((status = 200, body = Reply<Activity>), (status = 400, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)))]
+async fn pool_activity(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(pool): Path<String>,
+    QueryParams(w): QueryParams<WindowParams>,
+) -> Result<Json<Reply<Activity>>, ApiError> {
+    let q = ActivityRequest {
+        pool: Some(pool),
+        account: None,
+        since: w.since,
+        bucket: w.bucket,
+    };
+    Ok(Json(
+        ops::activity::activity(&caller.ops(&state), &q)
+            .await?
+            .into(),
+    ))
+}
+
+/// One account's activity (in the pools the caller sees).
+#[utoipa::path(get, path = "/api/v1/accounts/{account}/activity", tag = "reports",
+    params(("account" = String, Path, description = "Account id or label"), WindowParams),
+    responses((status = 200, body = Reply<Activity>), (status = 400, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)))]
+async fn account_activity(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(account): Path<String>,
+    QueryParams(w): QueryParams<WindowParams>,
+) -> Result<Json<Reply<Activity>>, ApiError> {
+    let q = ActivityRequest {
+        pool: None,
+        account: Some(account),
+        since: w.since,
+        bucket: w.bucket,
+    };
+    Ok(Json(
+        ops::activity::activity(&caller.ops(&state), &q)
+            .await?
+            .into(),
+    ))
 }
 
 /// The request log's filters and paging: newest first, `limit` entries (1-1000, default

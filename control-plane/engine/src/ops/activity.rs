@@ -11,11 +11,8 @@ use serde::Deserialize;
 
 use super::{Notice, Ops, OpsError, Outcome};
 use codexmesh_model::activity::{self as model, Activity, Window, DAY_MS, MINUTE_MS};
-use codexmesh_model::operators::Access;
 use codexmesh_model::util::now_ms;
-use codexmesh_store::{
-    Account, ActivityQuery, Entity, Lookup, Store, StoreError, ACTIVITY_MAX_ROWS,
-};
+use codexmesh_store::{ActivityQuery, ACTIVITY_MAX_ROWS};
 
 /// The window when none is given.
 pub const DEFAULT_SINCE: &str = "24h";
@@ -27,6 +24,7 @@ pub const MIN_BUCKET_MS: i64 = 1_000;
 
 /// What to show: as people type it (query parameters, flags); checked by [`activity`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ActivityRequest {
     /// Only this pool (by name).
@@ -73,62 +71,6 @@ pub fn window_for(q: &ActivityRequest, now_ms: i64) -> Result<Window, OpsError> 
     Window::ending_at(now_ms, since, bucket).map_err(|e| invalid(e.field, e.message))
 }
 
-fn pool_not_found(name: &str) -> OpsError {
-    StoreError::NotFound {
-        what: Entity::Pool,
-        ident: name.to_owned(),
-        lookup: Lookup::Name,
-    }
-    .into()
-}
-
-fn account_not_found(ident: &str) -> OpsError {
-    StoreError::NotFound {
-        what: Entity::Account,
-        ident: ident.to_owned(),
-        lookup: Lookup::IdOrLabel,
-    }
-    .into()
-}
-
-fn sees_account(access: &Access, account: &Account) -> bool {
-    access.role.sees_all_pools() || account.pools.iter().any(|m| access.sees_pool(&m.pool))
-}
-
-/// The account `ident` (id, then label) among those `access` sees: an account it may not see is
-/// not found, and a label shared with accounts it may not see is not ambiguous for it.
-async fn resolve_account(store: &Store, access: &Access, ident: &str) -> Result<String, OpsError> {
-    match store.find_account(ident).await {
-        Ok(account) if sees_account(access, &account) => Ok(account.id),
-        Ok(_) => Err(account_not_found(ident)),
-        Err(StoreError::Ambiguous { .. }) if !access.role.sees_all_pools() => {
-            let mut matches: Vec<Account> = store
-                .list_accounts(None)
-                .await?
-                .into_iter()
-                .filter(|a| a.label == ident && sees_account(access, a))
-                .collect();
-            match matches.len() {
-                0 => Err(account_not_found(ident)),
-                1 => Ok(matches.remove(0).id),
-                _ => Err(StoreError::Ambiguous {
-                    what: Entity::Account,
-                    ident: ident.to_owned(),
-                    ids: matches
-                        .iter()
-                        .map(|a| a.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-                .into()),
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The activity of a pool (or every pool the principal sees) and of each account in it over
-/// the requested window ending now.
 pub async fn activity(ops: &Ops, q: &ActivityRequest) -> Result<Outcome<Activity>, OpsError> {
     activity_at(ops, q, now_ms()).await
 }
@@ -148,20 +90,20 @@ pub async fn activity_at(
             return Err(invalid("account", "an account id or label is needed"));
         }
     }
-    let access = ops.access();
-    if let Some(pool) = q.pool.as_deref().filter(|p| !access.sees_pool(p)) {
-        return Err(pool_not_found(pool));
+    if let Some(pool) = &q.pool {
+        ops.see_pool(pool)?;
     }
-    let store = ops.store().await?;
+    // Resolved among the accounts the principal sees (`guard`).
     let account_id = match &q.account {
-        Some(ident) => Some(resolve_account(store, access, ident).await?),
+        Some(ident) => Some(ops.account_to_see(ident).await?.id),
         None => None,
     };
+    let store = ops.store().await?;
     let value = store
         .activity(&ActivityQuery {
             pool: q.pool.clone(),
             account_id,
-            visible_pools: (!access.role.sees_all_pools()).then(|| access.pools.clone()),
+            visible_pools: ops.visible_pools(),
             window,
             max_rows: ACTIVITY_MAX_ROWS,
         })

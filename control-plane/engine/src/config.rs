@@ -95,6 +95,8 @@ pub mod kind {
     pub struct Secs;
     /// A duration given in hours.
     pub struct Hours;
+    /// On or off: `true`/`false` (the environment also takes `1`/`0`, `yes`/`no`, `on`/`off`).
+    pub struct Switch;
 
     impl Kind for Text {
         type Raw = String;
@@ -167,6 +169,21 @@ pub mod kind {
         }
         fn number(raw: &u64) -> Option<u64> {
             Some(*raw)
+        }
+    }
+
+    impl Kind for Switch {
+        type Raw = bool;
+        type Value = bool;
+        fn parse(s: &str) -> Result<bool, String> {
+            match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(format!("{s:?}: expected true or false")),
+            }
+        }
+        fn value(raw: Option<bool>) -> Option<bool> {
+            raw
         }
     }
 
@@ -613,6 +630,16 @@ declare_settings! {
             range: 1..=u64::MAX,
             help: "Refuse request bodies larger than this with 413 (Envoy bootstrap)",
             readme: "(64 MiB; larger bodies get `413 request_too_large`)",
+        }
+        require_totp: Switch {
+            key: require_totp,
+            flag: "require-totp",
+            value_name: "BOOL",
+            env: "CODEXMESH_REQUIRE_TOTP",
+            default: "false",
+            help: "Require a second factor (TOTP) of every operator who signs in with a password",
+            readme: "(`true`: an operator without TOTP who signs in gets a session that may only \
+                     enroll and confirm its TOTP and sign out; API tokens are unaffected)",
         }
     }
     watch {
@@ -1094,8 +1121,57 @@ mod tests {
         assert_eq!(s.watch_interval, Duration::from_secs(1));
         assert_eq!(s.websocket_max_lifetime, Duration::from_secs(3600));
         assert_eq!(s.max_request_body_bytes, 64 << 20);
+        assert!(!s.require_totp);
         #[cfg(feature = "test-faults")]
         assert_eq!(s.fault, None);
+        Ok(())
+    }
+
+    #[test]
+    fn require_totp_is_a_switch() -> Result<(), ConfigError> {
+        let resolve = |env: &[(&str, &str)], file: Option<bool>, flag: Option<bool>| {
+            Settings::from_parts(
+                &SettingsFlags {
+                    require_totp: flag,
+                    ..SettingsFlags::default()
+                },
+                &env_of(env),
+                FileConfig {
+                    require_totp: file,
+                    ..FileConfig::default()
+                },
+            )
+            .map(|s| s.require_totp)
+        };
+        assert!(!resolve(&[], None, None)?);
+        assert!(resolve(&[], Some(true), None)?);
+        for on in ["true", "1", "yes", "ON"] {
+            assert!(resolve(
+                &[("CODEXMESH_REQUIRE_TOTP", on)],
+                Some(false),
+                None
+            )?);
+        }
+        for off in ["false", "0", "no", "off"] {
+            assert!(!resolve(
+                &[("CODEXMESH_REQUIRE_TOTP", off)],
+                Some(true),
+                None
+            )?);
+        }
+        assert!(!resolve(
+            &[("CODEXMESH_REQUIRE_TOTP", "true")],
+            None,
+            Some(false)
+        )?);
+        let bad = resolve(&[("CODEXMESH_REQUIRE_TOTP", "maybe")], None, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            bad.contains("CODEXMESH_REQUIRE_TOTP") && bad.contains("expected true or false"),
+            "{bad}"
+        );
         Ok(())
     }
 

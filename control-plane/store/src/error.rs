@@ -79,6 +79,8 @@ pub enum ConflictReason {
     Revoked,
     /// The pool `ident` is archived (restore it first).
     Archived,
+    /// The change would leave no enabled owner (`ident` is the operator's name).
+    LastOwner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +168,9 @@ fn conflict_message(what: Entity, ident: &str, reason: &ConflictReason) -> Strin
         }
         ConflictReason::Archived => {
             format!("{what} {ident} is archived: restore it first")
+        }
+        ConflictReason::LastOwner => {
+            format!("{ident} is the last owner: make another owner first")
         }
     }
 }
@@ -263,6 +268,10 @@ mod tests {
             (
                 StoreError::conflict(Entity::Account, "a@x", ConflictReason::NeedsReauth),
                 "account a@x needs re-authentication: import a fresh auth.json for it",
+            ),
+            (
+                StoreError::conflict(Entity::Operator, "root", ConflictReason::LastOwner),
+                "root is the last owner: make another owner first",
             ),
             (
                 StoreError::invalid("key_hash", "key hash must be 64 hex digits"),

@@ -7,7 +7,13 @@
 //! detail holds names, roles and pools only — never a password, hash, secret or token. These
 //! writes bump `meta.revision` like every audited write (taking the `meta` row first keeps the
 //! one lock order; the extra snapshot build is cheap and operators change rarely). Sign-in
-//! counters (failures, lockouts, last use) are bookkeeping: no bump, no audit row.
+//! counters (failures, lockouts, last use, the last TOTP step used) are bookkeeping: no bump; a
+//! sign-in attempt gets an audit row (`session.sign_in`, revision 0) but bumps nothing.
+//!
+//! The last enabled owner stays: a change that demotes or disables an owner counts the enabled
+//! owners again inside its own transaction (after its update, under the write lock every writer
+//! takes first) and rolls back when none is left, so two such changes racing each other cannot
+//! both pass ([`ConflictReason::LastOwner`]).
 
 use serde_json::json;
 use sqlx::{Any, Transaction};
@@ -143,6 +149,29 @@ async fn set_pools_tx(
             q = q.bind(now_ms());
         }
         q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Refuses, inside the change's transaction and after its update, a change that left no enabled
+/// owner when `before` was one (the caller's error rolls the transaction back).
+async fn keep_an_owner_tx(
+    tx: &mut Transaction<'static, Any>,
+    before: &Operator,
+) -> Result<(), StoreError> {
+    if before.role != Role::Owner || before.disabled {
+        return Ok(());
+    }
+    let owners: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM operators WHERE role = 'owner' AND disabled = 0")
+            .fetch_one(&mut **tx)
+            .await?;
+    if owners == 0 {
+        return Err(StoreError::conflict(
+            Entity::Operator,
+            before.name.clone(),
+            ConflictReason::LastOwner,
+        ));
     }
     Ok(())
 }
@@ -346,7 +375,8 @@ impl Store {
     }
 
     /// Runs one audited operator change: `apply` gets the transaction and the operator and
-    /// says whether it changed anything (no change: nothing is written, no audit row).
+    /// says whether it changed anything (no change: nothing is written, no audit row). The
+    /// audit detail gets the operator's `name` and, unless `apply` named them, its `pools`.
     async fn change_operator<F>(
         &self,
         actor: &Actor,
@@ -384,6 +414,12 @@ impl Store {
         let mut detail = detail;
         if let Some(map) = detail.as_object_mut() {
             map.insert("name".into(), json!(after.name));
+            // The row concerns the operator's pools, before and after (tenant isolation: the
+            // admins of those pools read it).
+            let mut pools: Vec<&String> = before.pools.iter().chain(&after.pools).collect();
+            pools.sort();
+            pools.dedup();
+            map.entry("pools").or_insert_with(|| json!(pools));
         }
         audit(&mut tx, actor, action, Some(&after.id), detail, revision).await?;
         tx.commit().await?;
@@ -394,7 +430,8 @@ impl Store {
     }
 
     /// Sets the role (and with it revokes every session: the epoch moves). An owner's pool
-    /// rows are dropped (owners see all).
+    /// rows are dropped (owners see all). Demoting the last enabled owner is refused
+    /// ([`ConflictReason::LastOwner`]), checked in the transaction.
     pub async fn set_operator_role(
         &self,
         actor: &Actor,
@@ -420,6 +457,7 @@ impl Store {
                         .execute(&mut **tx)
                         .await?;
                 }
+                keep_an_owner_tx(tx, op).await?;
                 Ok(Some(json!({"from": op.role, "to": role})))
             })
         })
@@ -454,7 +492,8 @@ impl Store {
         .await
     }
 
-    /// Disables or enables the operator; disabling revokes its sessions.
+    /// Disables or enables the operator; disabling revokes its sessions. Disabling the last
+    /// enabled owner is refused ([`ConflictReason::LastOwner`]), checked in the transaction.
     pub async fn set_operator_disabled(
         &self,
         actor: &Actor,
@@ -479,6 +518,9 @@ impl Store {
                 .bind(op.id.clone())
                 .execute(&mut **tx)
                 .await?;
+                if disabled {
+                    keep_an_owner_tx(tx, op).await?;
+                }
                 Ok(Some(json!({})))
             })
         })
@@ -511,8 +553,9 @@ impl Store {
         Ok(changed.item)
     }
 
-    /// Stores a sealed TOTP secret (not yet enabled: [`Store::enable_operator_totp`] after the
-    /// operator proves it has it), replacing any earlier one and turning the factor off.
+    /// Stores a sealed TOTP secret (not yet enabled: [`Store::set_operator_totp_enabled`] after
+    /// the operator proves it has it), replacing any earlier one, turning the factor off and
+    /// forgetting the last step used (a new secret's codes start afresh).
     pub async fn enroll_operator_totp(
         &self,
         actor: &Actor,
@@ -524,8 +567,8 @@ impl Store {
             .change_operator(actor, ident, "operator.totp_enroll", move |tx, op| {
                 Box::pin(async move {
                     sqlx::query(
-                        "UPDATE operators SET totp_secret_sealed = $1, totp_enabled = 0 \
-                         WHERE id = $2",
+                        "UPDATE operators SET totp_secret_sealed = $1, totp_enabled = 0, \
+                         totp_last_step = NULL WHERE id = $2",
                     )
                     .bind(sealed)
                     .bind(op.id.clone())
@@ -561,7 +604,7 @@ impl Store {
                      WHERE id = $1 AND totp_secret_sealed IS NOT NULL"
                 } else {
                     "UPDATE operators SET totp_enabled = 0, totp_secret_sealed = NULL, \
-                     session_epoch = session_epoch + 1 WHERE id = $1"
+                     totp_last_step = NULL, session_epoch = session_epoch + 1 WHERE id = $1"
                 };
                 let n = sqlx::query(sql)
                     .bind(op.id.clone())
@@ -580,9 +623,10 @@ impl Store {
         .await
     }
 
-    /// Revokes every session of the operator (sign-out everywhere).
+    /// Revokes every session of the operator (sign-out everywhere; audited as
+    /// `session.sign_out`).
     pub async fn bump_session_epoch(&self, actor: &Actor, ident: &str) -> Result<i64, StoreError> {
-        self.change_operator(actor, ident, "operator.sign_out", move |tx, op| {
+        self.change_operator(actor, ident, "session.sign_out", move |tx, op| {
             Box::pin(async move {
                 sqlx::query("UPDATE operators SET session_epoch = session_epoch + 1 WHERE id = $1")
                     .bind(op.id.clone())
@@ -626,17 +670,51 @@ impl Store {
         Ok(locked)
     }
 
-    /// A successful sign-in: counters reset, the time noted.
-    pub async fn record_operator_success(&self, operator_id: &str) -> Result<(), StoreError> {
+    /// A successful sign-in: counters reset, the time noted, and the audit row
+    /// (`session.sign_in`, outcome `ok`, revision 0: nothing the snapshot reads changed) written
+    /// in the same transaction. `detail` holds metadata only (its `pools` place the row).
+    pub async fn record_sign_in(
+        &self,
+        actor: &Actor,
+        operator_id: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE operators SET failed_signins = 0, locked_until = NULL, last_signin_at = $1 \
              WHERE id = $2",
         )
         .bind(now_ms())
         .bind(operator_id.to_owned())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        audit(
+            &mut tx,
+            actor,
+            "session.sign_in",
+            Some(operator_id),
+            detail,
+            0,
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Uses up TOTP time step `step` of the operator: true when it is later than every step
+    /// used before (then it is noted), false for a replay (the same or an older step). One
+    /// conditional update, so two uses of one code racing each other cannot both succeed.
+    pub async fn use_totp_step(&self, operator_id: &str, step: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE operators SET totp_last_step = $1 \
+             WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+        )
+        .bind(step)
+        .bind(operator_id.to_owned())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// The client address's lock end, when it is locked now.

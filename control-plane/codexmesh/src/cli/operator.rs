@@ -1,9 +1,14 @@
 //! `codexmesh operator …` (create, list, set-role, assign, disable, enable, set-password,
-//! bootstrap, token create|list|revoke) and `codexmesh audit`. The shell acts with full access
-//! (the audit log names the shell user). Passwords come only from stdin (`--password-stdin`),
-//! never from a flag.
+//! bootstrap, totp-enroll|confirm|disable, token create|list|revoke) and `codexmesh audit`. The
+//! shell acts with full access (the context's `Ops` carries it; the audit log names the shell
+//! user).
+//!
+//! Passwords are never a flag or an argument (they would show in `ps` and shell history):
+//! with `--password-stdin` the first line of stdin (for scripts), else, when stdin is a
+//! terminal, typed twice without echo (`rpassword`, on the controlling terminal). A password is
+//! never printed, logged or put in an error message.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 
 use clap::Subcommand;
 use serde::Serialize;
@@ -11,7 +16,7 @@ use serde::Serialize;
 use super::output::change_suffix;
 use super::{notify, CliError, Ctx};
 use codexmesh_engine::ops::operators;
-use codexmesh_model::operators::{Access, ApiToken, Operator, Role};
+use codexmesh_model::operators::{ApiToken, Operator, Role};
 use codexmesh_model::util;
 use codexmesh_store::AuditFilter;
 
@@ -28,7 +33,8 @@ pub enum Args {
         /// Pools it works on, comma-separated (admins and viewers)
         #[arg(long, value_delimiter = ',')]
         pools: Vec<String>,
-        /// Read the password from the first line of stdin (without it: no password yet)
+        /// Read the password from the first line of stdin (without it: typed at the terminal
+        /// without echo, empty for none yet; no terminal: no password yet)
         #[arg(long)]
         password_stdin: bool,
     },
@@ -59,11 +65,13 @@ pub enum Args {
         #[arg(value_name = "ID|NAME")]
         operator: String,
     },
-    /// Set an operator's password from the first line of stdin (signs it out everywhere)
+    /// Set an operator's password, typed at the terminal without echo or (--password-stdin)
+    /// from stdin (signs it out everywhere)
     SetPassword {
         #[arg(value_name = "ID|NAME")]
         operator: String,
-        #[arg(long, required = true)]
+        /// Read the password from the first line of stdin (for scripts)
+        #[arg(long)]
         password_stdin: bool,
     },
     /// Print a one-time secret (valid for an hour) that creates the first owner
@@ -135,7 +143,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| format!("expected owner, admin or viewer, not {s:?}"))
 }
 
-fn read_password() -> Result<String, CliError> {
+/// The first line of stdin, without its line ending.
+fn password_from_stdin() -> Result<String, CliError> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
@@ -144,9 +153,47 @@ fn read_password() -> Result<String, CliError> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-fn shell() -> Access {
-    let user = codexmesh_store::Actor::cli().name;
-    Access::shell(user.strip_prefix("cli:").unwrap_or(&user))
+/// A password typed at the terminal without echo, twice. `optional`: an empty first answer
+/// means none (and is not asked again).
+fn password_from_terminal(name: &str, optional: bool) -> Result<String, CliError> {
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| CliError::Usage(format!("cannot read the password: {e}")))
+    };
+    let hint = if optional { " (empty: none yet)" } else { "" };
+    let first = ask(format!("password for {name}{hint}: "))?;
+    if first.is_empty() && optional {
+        return Ok(first);
+    }
+    if ask(format!("password for {name} again: "))? != first {
+        return Err(CliError::Usage(
+            "the two passwords differ: nothing changed".into(),
+        ));
+    }
+    Ok(first)
+}
+
+/// Where a password comes from: `--password-stdin`, else the terminal when stdin is one.
+/// `Ok(None)`: no password (only when `optional`; otherwise a usage error).
+fn read_password(
+    password_stdin: bool,
+    name: &str,
+    optional: bool,
+) -> Result<Option<String>, CliError> {
+    if password_stdin {
+        return password_from_stdin().map(Some);
+    }
+    if std::io::stdin().is_terminal() {
+        let pw = password_from_terminal(name, optional)?;
+        return Ok((!pw.is_empty() || !optional).then_some(pw));
+    }
+    if optional {
+        Ok(None)
+    } else {
+        Err(CliError::Usage(
+            "stdin is not a terminal: pipe the password in with --password-stdin".into(),
+        ))
+    }
 }
 
 fn operator_rows(ops: &[Operator]) -> Vec<Vec<String>> {
@@ -225,7 +272,7 @@ async fn one(ctx: &Ctx, op: &Operator, changed: Option<bool>) -> Result<(), CliE
 }
 
 pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
-    let (ops, out, access) = (&ctx.ops, &ctx.out, shell());
+    let (ops, out) = (&ctx.ops, &ctx.out);
     match args {
         Args::Create {
             name,
@@ -233,25 +280,20 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             pools,
             password_stdin,
         } => {
-            let password = if password_stdin {
-                Some(read_password()?)
-            } else {
-                None
-            };
-            let op = notify(
-                operators::create(ops, &access, &name, role, &pools, password.as_deref()).await?,
-            );
+            let password = read_password(password_stdin, &name, true)?;
+            let op =
+                notify(operators::create(ops, &name, role, &pools, password.as_deref()).await?);
             if password.is_none() {
                 eprintln!(
-                    "note: {} has no password yet: codexmesh operator set-password {} \
-                     --password-stdin",
+                    "note: {} has no password yet: codexmesh operator set-password {} (at a \
+                     terminal, or with --password-stdin)",
                     op.name, op.name
                 );
             }
             one(ctx, &op, None).await
         }
         Args::List => {
-            let list = notify(operators::list(ops, &access).await?);
+            let list = notify(operators::list(ops).await?);
             if out.json {
                 return out.json(&list);
             }
@@ -261,24 +303,27 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             out.table(OPERATOR_HEADERS, &operator_rows(&list))
         }
         Args::SetRole { operator, role } => {
-            let c = notify(operators::set_role(ops, &access, &operator, role).await?);
+            let c = notify(operators::set_role(ops, &operator, role).await?);
             one(ctx, &c.item, Some(c.changed)).await
         }
         Args::Assign { operator, pools } => {
-            let c = notify(operators::assign(ops, &access, &operator, &pools).await?);
+            let c = notify(operators::assign(ops, &operator, &pools).await?);
             one(ctx, &c.item, Some(c.changed)).await
         }
         Args::Disable { operator } => {
-            let c = notify(operators::set_disabled(ops, &access, &operator, true).await?);
+            let c = notify(operators::set_disabled(ops, &operator, true).await?);
             one(ctx, &c.item, Some(c.changed)).await
         }
         Args::Enable { operator } => {
-            let c = notify(operators::set_disabled(ops, &access, &operator, false).await?);
+            let c = notify(operators::set_disabled(ops, &operator, false).await?);
             one(ctx, &c.item, Some(c.changed)).await
         }
-        Args::SetPassword { operator, .. } => {
-            let password = read_password()?;
-            let op = notify(operators::set_password(ops, &access, &operator, &password).await?);
+        Args::SetPassword {
+            operator,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin, &operator, false)?.unwrap_or_default();
+            let op = notify(operators::set_password(ops, &operator, &password).await?);
             one(ctx, &op, Some(true)).await
         }
         Args::Bootstrap => {
@@ -297,7 +342,7 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             Ok(())
         }
         Args::TotpEnroll { operator } => {
-            let e = notify(operators::totp_enroll(ops, &access, &operator).await?);
+            let e = notify(operators::totp_enroll(ops, &operator).await?);
             if out.json {
                 return out.json(&serde_json::json!({
                     "operator": e.operator.name,
@@ -315,17 +360,16 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             Ok(())
         }
         Args::TotpConfirm { operator, code } => {
-            let c = notify(operators::totp_confirm(ops, &access, &operator, &code).await?);
+            let c = notify(operators::totp_confirm(ops, &operator, &code).await?);
             one(ctx, &c.item, Some(c.changed)).await
         }
         Args::TotpDisable { operator } => {
-            let c = notify(operators::totp_disable(ops, &access, &operator).await?);
+            let c = notify(operators::totp_disable(ops, &operator).await?);
             one(ctx, &c.item, Some(c.changed)).await
         }
         Args::Token(t) => match t {
             TokenArgs::Create { label, role, pools } => {
-                let issued =
-                    notify(operators::issue_token(ops, &access, &label, role, &pools).await?);
+                let issued = notify(operators::issue_token(ops, &label, role, &pools).await?);
                 if out.json {
                     return out.json(&CreatedToken {
                         token: &issued.token,
@@ -340,7 +384,7 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 Ok(())
             }
             TokenArgs::List => {
-                let list = notify(operators::list_tokens(ops, &access).await?);
+                let list = notify(operators::list_tokens(ops).await?);
                 if out.json {
                     return out.json(&list);
                 }
@@ -350,7 +394,7 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 out.table(TOKEN_HEADERS, &token_rows(&list))
             }
             TokenArgs::Revoke { token } => {
-                let c = notify(operators::revoke_token(ops, &access, &token).await?);
+                let c = notify(operators::revoke_token(ops, &token).await?);
                 if out.json {
                     return out.json(&c);
                 }
@@ -371,7 +415,7 @@ pub async fn execute_audit(args: AuditArgs, ctx: &Ctx) -> Result<(), CliError> {
         limit: args.limit,
         ..AuditFilter::default()
     };
-    let rows = notify(operators::audit(&ctx.ops, &shell(), filter).await?);
+    let rows = notify(operators::audit(&ctx.ops, filter).await?);
     let out = &ctx.out;
     if out.json {
         return out.json(&rows);
@@ -387,10 +431,14 @@ pub async fn execute_audit(args: AuditArgs, ctx: &Ctx) -> Result<(), CliError> {
                 util::fmt_utc_ms(e.at_ms),
                 e.actor.clone(),
                 e.action.clone(),
+                e.outcome.clone(),
                 e.target.clone().unwrap_or_else(|| "-".to_owned()),
                 e.detail.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    out.table(&["ID", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"], &table)
+    out.table(
+        &["ID", "AT", "ACTOR", "ACTION", "OUTCOME", "TARGET", "DETAIL"],
+        &table,
+    )
 }

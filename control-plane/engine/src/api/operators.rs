@@ -25,7 +25,8 @@ pub(super) fn protected_routes() -> OpenApiRouter<ApiState> {
 
 /// A session token's principal, and whether it may only set up its second factor.
 pub(super) async fn verify_session(base: &Ops, token: &str) -> Result<(Access, bool), OpsError> {
-    Ok((ops::operators::verify_session(base, token).await?, false))
+    let session = ops::operators::verify_session(base, token).await?;
+    Ok((session.access, session.totp_setup_only))
 }
 
 /// What a session restricted to setting up TOTP may call.

@@ -9,6 +9,7 @@
 //! `main.rs` only calls [`cli::main`]; the library target exists so the integration tests can
 //! render a bootstrap the way `up` does.
 
+mod announce;
 pub mod cli;
 pub mod envoy_bootstrap;
 mod up;

@@ -108,7 +108,7 @@ pub async fn run(settings: &Settings) -> Result<(), UpError> {
         "codexmesh serving grpc={} admin={}",
         running.grpc_addr, running.admin_addr
     );
-    crate::cli::serve::announce_bootstrap(&ops, running.admin_addr).await;
+    crate::announce::bootstrap_secret(&ops, running.admin_addr).await;
     let result = run_envoy(
         settings,
         &running,

@@ -80,9 +80,22 @@ impl Tenants {
         }
         let owner = token(&ws, "owner-bot", "owner", "")?;
         let admin_a = token(&ws, "admin-a-bot", "admin", "a")?;
+        token(&ws, "admin-b-bot", "admin", "b")?;
         let viewer_a = token(&ws, "viewer-a-bot", "viewer", "a")?;
         let served = Served::start(&ws, &[])?;
         let base = format!("http://{}", served.admin_addr()?);
+        let http = reqwest::Client::new();
+        for (name, role, pool) in [("bob-b", "admin", "b"), ("carol-a", "viewer", "a")] {
+            let resp = http
+                .post(format!("{base}/api/v1/operators"))
+                .bearer_auth(&owner)
+                .json(&json!({"name": name, "role": role, "pools": [pool]}))
+                .send()
+                .await?;
+            if resp.status().as_u16() != 201 {
+                return Err(format!("creating {name}: {}", resp.text().await?).into());
+            }
+        }
         Ok(Self {
             ws,
             served,
@@ -90,7 +103,7 @@ impl Tenants {
             owner,
             admin_a,
             viewer_a,
-            http: reqwest::Client::new(),
+            http,
         })
     }
 
@@ -126,11 +139,28 @@ enum Isolation {
         own: &'static str,
         missing: &'static str,
         body: Option<Value>,
+        /// What a viewer of `a` gets for `own` when not the rule above (operators and tokens
+        /// are not visible to viewers at all: 404).
+        viewer_own: Option<u16>,
     },
     /// Lists what the caller sees: the other tenant's names never appear.
     Listing { path: &'static str },
     /// Only owners may (creating a pool): 403 for admins and viewers alike.
     OwnersOnly { path: &'static str, body: Value },
+    /// Creates something scoped to pools: naming the other tenant's pool is 404 for an admin of
+    /// `a`; a viewer of `a` may not create (403) even for `a`.
+    Scoped {
+        path: &'static str,
+        other_body: Value,
+        own_body: Value,
+    },
+    /// About the caller itself (no tenant data): 401 without a principal, `for_tokens` for an
+    /// API token (which has no session or second factor).
+    SelfService {
+        path: &'static str,
+        body: Option<Value>,
+        for_tokens: u16,
+    },
 }
 
 fn auth_json_body() -> Value {
@@ -149,6 +179,31 @@ fn res(
         own,
         missing,
         body,
+        viewer_own: None,
+    }
+}
+
+/// An operator or token route: a viewer sees no operator or token but itself.
+fn res_hidden_from_viewers(
+    other: &[&'static str],
+    own: &'static str,
+    missing: &'static str,
+    body: Option<Value>,
+) -> Isolation {
+    Isolation::Resource {
+        other: other.to_vec(),
+        own,
+        missing,
+        body,
+        viewer_own: Some(404),
+    }
+}
+
+fn me(path: &'static str, body: Option<Value>, for_tokens: u16) -> Isolation {
+    Isolation::SelfService {
+        path,
+        body,
+        for_tokens,
     }
 }
 
@@ -192,6 +247,27 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("GET /api/v1/requests", list("/api/v1/requests")),
         ("GET /api/v1/activity", list("/api/v1/activity?since=1h")),
         ("GET /api/v1/envoys", list("/api/v1/envoys")),
+        ("GET /api/v1/audit", list("/api/v1/audit?limit=1000")),
+        ("GET /api/v1/operators", list("/api/v1/operators")),
+        ("POST /api/v1/operators", Isolation::Scoped { path: "/api/v1/operators",
+            other_body: json!({"name": "x1", "role": "viewer", "pools": ["b"]}),
+            own_body: json!({"name": "x2", "role": "viewer", "pools": ["a"]}) }),
+        ("GET /api/v1/operators/{operator}", res_hidden_from_viewers(&["/api/v1/operators/bob-b"], "/api/v1/operators/carol-a", "/api/v1/operators/zz-none", None)),
+        ("PUT /api/v1/operators/{operator}/role", res_hidden_from_viewers(&["/api/v1/operators/bob-b/role"], "/api/v1/operators/carol-a/role", "/api/v1/operators/zz-none/role", Some(json!({"role": "viewer"})))),
+        ("PUT /api/v1/operators/{operator}/pools", res_hidden_from_viewers(&["/api/v1/operators/bob-b/pools"], "/api/v1/operators/carol-a/pools", "/api/v1/operators/zz-none/pools", Some(json!({"pools": ["a"]})))),
+        ("PUT /api/v1/operators/{operator}/password", res_hidden_from_viewers(&["/api/v1/operators/bob-b/password"], "/api/v1/operators/carol-a/password", "/api/v1/operators/zz-none/password", Some(json!({"password": "a long enough password"})))),
+        ("POST /api/v1/operators/{operator}/disable", res_hidden_from_viewers(&["/api/v1/operators/bob-b/disable"], "/api/v1/operators/carol-a/disable", "/api/v1/operators/zz-none/disable", None)),
+        ("POST /api/v1/operators/{operator}/enable", res_hidden_from_viewers(&["/api/v1/operators/bob-b/enable"], "/api/v1/operators/carol-a/enable", "/api/v1/operators/zz-none/enable", None)),
+        ("GET /api/v1/tokens", list("/api/v1/tokens")),
+        ("POST /api/v1/tokens", Isolation::Scoped { path: "/api/v1/tokens",
+            other_body: json!({"label": "t1", "role": "viewer", "pools": ["b"]}),
+            own_body: json!({"label": "t2", "role": "viewer", "pools": ["a"]}) }),
+        ("POST /api/v1/tokens/{token}/revoke", res_hidden_from_viewers(&["/api/v1/tokens/admin-b-bot/revoke"], "/api/v1/tokens/viewer-a-bot/revoke", "/api/v1/tokens/zz-none/revoke", None)),
+        ("GET /api/v1/me", me("/api/v1/me", None, 200)),
+        ("DELETE /api/v1/session", me("/api/v1/session", None, 400)),
+        ("POST /api/v1/me/totp", me("/api/v1/me/totp", None, 403)),
+        ("POST /api/v1/me/totp/confirm", me("/api/v1/me/totp/confirm", Some(json!({"code": "123456"})), 403)),
+        ("DELETE /api/v1/me/totp", me("/api/v1/me/totp", None, 403)),
     ])
 }
 
@@ -224,7 +300,7 @@ fn method_of(route: &str) -> Method {
 }
 
 /// The other tenant's names, which no listing for `a`'s principals may show.
-const OTHER_NAMES: &[&str] = &["\"b\"", "acct-b", "key-b", "dup-b"];
+const OTHER_NAMES: &[&str] = &["\"b\"", "acct-b", "key-b", "dup-b", "bob-b", "admin-b-bot"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_keeps_tenants_apart() -> TestResult {
@@ -253,6 +329,7 @@ async fn every_route_keeps_tenants_apart() -> TestResult {
                 own,
                 missing,
                 body,
+                viewer_own,
             } => {
                 // Unauthenticated: 401 before anything is looked up.
                 let (code, _) = t.call(None, method.clone(), own, body.as_ref()).await?;
@@ -283,7 +360,9 @@ async fn every_route_keeps_tenants_apart() -> TestResult {
                 let (code, answer) = t
                     .call(Some(&t.viewer_a), method.clone(), own, body.as_ref())
                     .await?;
-                if method == Method::GET {
+                if let Some(expected) = viewer_own {
+                    assert_eq!(code, *expected, "{route}: {answer}");
+                } else if method == Method::GET {
                     assert_eq!(
                         code, 200,
                         "{route}: a viewer reads its own pool's: {answer}"
@@ -296,9 +375,16 @@ async fn every_route_keeps_tenants_apart() -> TestResult {
             Isolation::Listing { path } => {
                 let (code, _) = t.call(None, Method::GET, path, None).await?;
                 assert_eq!(code, 401, "{route} without a token");
-                for who in [&t.admin_a, &t.viewer_a] {
-                    let (code, answer) = t.call(Some(who), Method::GET, path, None).await?;
+                for (who, me) in [
+                    (&t.admin_a, "token:admin-a-bot"),
+                    (&t.viewer_a, "token:viewer-a-bot"),
+                ] {
+                    let (code, mut answer) = t.call(Some(who), Method::GET, path, None).await?;
                     assert_eq!(code, 200, "{route}: {answer}");
+                    if let Some(rows) = answer.as_array_mut() {
+                        // Its own audit rows may name what it typed (its refused attempts).
+                        rows.retain(|r| r["actor"] != me);
+                    }
                     let text = answer.to_string();
                     for name in OTHER_NAMES {
                         assert!(
@@ -317,6 +403,35 @@ async fn every_route_keeps_tenants_apart() -> TestResult {
                         "{route}: the owner sees b: {all}"
                     );
                 }
+            }
+            Isolation::Scoped {
+                path,
+                other_body,
+                own_body,
+            } => {
+                let (code, _) = t.call(None, method.clone(), path, Some(own_body)).await?;
+                assert_eq!(code, 401, "{route} without a token");
+                let (code, answer) = t
+                    .call(Some(&t.admin_a), method.clone(), path, Some(other_body))
+                    .await?;
+                assert_eq!(code, 404, "{route}: another tenant's pool: {answer}");
+                let (code, answer) = t
+                    .call(Some(&t.viewer_a), method.clone(), path, Some(own_body))
+                    .await?;
+                assert_eq!(code, 403, "{route}: a viewer creates nothing: {answer}");
+            }
+            Isolation::SelfService {
+                path,
+                body,
+                for_tokens,
+            } => {
+                let (code, _) = t.call(None, method.clone(), path, body.as_ref()).await?;
+                assert_eq!(code, 401, "{route} without a principal");
+                let (code, answer) = t
+                    .call(Some(&t.viewer_a), method.clone(), path, body.as_ref())
+                    .await?;
+                assert_eq!(code, *for_tokens, "{route} for an API token: {answer}");
+                assert!(!answer.to_string().contains("bob-b"), "{route}: {answer}");
             }
             Isolation::OwnersOnly { path, body } => {
                 let (code, _) = t.call(None, method.clone(), path, Some(body)).await?;

@@ -42,6 +42,20 @@ macro_rules! string_enum {
                 f.write_str(self.as_str())
             }
         }
+
+        /// From its name; anything else is an error listing the names.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::parse(&s).ok_or_else(|| {
+                    let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not one of {}",
+                        names.join(", ")
+                    ))
+                })
+            }
+        }
     };
 }
 

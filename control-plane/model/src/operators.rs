@@ -63,7 +63,7 @@ impl Role {
 }
 
 /// An operator as every surface may print it (no password hash, TOTP secret or counters).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Operator {
     pub id: String,
     /// The sign-in name (an email or a handle; unique).
@@ -78,7 +78,7 @@ pub struct Operator {
 }
 
 /// An API token as every surface may print it (never the token or its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: String,
     pub label: String,

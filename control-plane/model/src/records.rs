@@ -505,7 +505,8 @@ pub struct AuditEntry {
     /// The pools the row concerns (empty: owners only).
     pub pools: Vec<String>,
     pub detail: Option<String>,
-    /// The store revision the change made (0: it changed nothing).
+    /// The store revision the change made; a change no snapshot carries (operators, tokens)
+    /// names the revision it was made at; 0: a refusal, nothing changed.
     pub revision: i64,
 }
 

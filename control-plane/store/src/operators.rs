@@ -4,9 +4,9 @@
 //! Rules: secrets arrive already hashed (argon2id PHC strings for passwords, SHA-256 hex for API
 //! tokens and bootstrap secrets) and never leave except as [`OperatorCredentials`] (whose `Debug`
 //! redacts them); every change an operator makes is one transaction with an audit row whose
-//! detail holds names, roles and pools only — never a password, hash, secret or token. These
-//! writes bump `meta.revision` like every audited write (taking the `meta` row first keeps the
-//! one lock order; the extra snapshot build is cheap and operators change rarely). Sign-in
+//! detail holds names, roles and pools only — never a password, hash, secret or token. No
+//! snapshot carries any of this, so these writes do not bump `meta.revision` (they take the
+//! `meta` row first all the same, keeping the one lock order: `begin_unpublished_write`). Sign-in
 //! counters (failures, lockouts, last use, the last TOTP step used) are bookkeeping: no bump; a
 //! sign-in attempt gets an audit row (`session.sign_in`, revision 0) but bumps nothing.
 //!
@@ -223,7 +223,7 @@ impl Store {
         actor: &Actor,
         new: &NewOperator<'_>,
     ) -> Result<Operator, StoreError> {
-        let (mut tx, revision) = self.begin_write().await?;
+        let (mut tx, revision) = self.begin_unpublished_write().await?;
         let id = insert_operator_tx(&mut tx, new).await?;
         let op = operator_tx(&mut tx, &id).await?;
         audit(
@@ -247,7 +247,7 @@ impl Store {
         secret_hash_hex: &str,
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let (mut tx, revision) = self.begin_write().await?;
+        let (mut tx, revision) = self.begin_unpublished_write().await?;
         sqlx::query("DELETE FROM bootstrap_secrets WHERE used_at IS NULL")
             .execute(&mut *tx)
             .await?;
@@ -283,7 +283,7 @@ impl Store {
         name: &str,
         password_hash: &str,
     ) -> Result<Operator, StoreError> {
-        let (mut tx, revision) = self.begin_write().await?;
+        let (mut tx, revision) = self.begin_unpublished_write().await?;
         let now = now_ms();
         let used = sqlx::query(
             "UPDATE bootstrap_secrets SET used_at = $1 \
@@ -396,7 +396,7 @@ impl Store {
             >,
         >,
     {
-        let (mut tx, revision) = self.begin_write().await?;
+        let (mut tx, revision) = self.begin_unpublished_write().await?;
         let before = operator_tx(&mut tx, ident).await?;
         let Some(detail) = apply(&mut tx, &before).await? else {
             tx.rollback().await?;
@@ -779,7 +779,7 @@ impl Store {
                 "token hash must be 64 hex digits",
             ));
         }
-        let (mut tx, revision) = self.begin_write().await?;
+        let (mut tx, revision) = self.begin_unpublished_write().await?;
         let id = util::new_id("tok")?;
         sqlx::query(
             "INSERT INTO api_tokens (id, label, token_hash, role, created_by, created_at) \
@@ -863,7 +863,7 @@ impl Store {
         actor: &Actor,
         ident: &str,
     ) -> Result<Changed<ApiToken>, StoreError> {
-        let (mut tx, revision) = self.begin_write().await?;
+        let (mut tx, revision) = self.begin_unpublished_write().await?;
         let token = api_token_tx(&mut tx, ident).await?;
         if token.is_revoked() {
             tx.rollback().await?;

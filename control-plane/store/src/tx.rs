@@ -44,6 +44,22 @@ impl Store {
         Ok((tx, revision))
     }
 
+    /// Starts a change to what no snapshot carries (operators, API tokens): like
+    /// [`Store::begin_write`] its first statement writes the `meta` row (the same lock order,
+    /// and SQLite's write lock taken up front), but it leaves the revision as it is, so Envoys
+    /// are not sent a new snapshot for it. The audit row names the revision it was made at.
+    pub(crate) async fn begin_unpublished_write(
+        &self,
+    ) -> Result<(Transaction<'static, Any>, i64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(
+            "UPDATE meta SET value = value WHERE key = 'revision' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok((tx, revision))
+    }
+
     /// Starts a read that must see one consistent state (snapshot builds).
     pub(crate) async fn begin_consistent_read(
         &self,

@@ -27,7 +27,7 @@ mod operator;
 mod output;
 mod pool;
 mod requests;
-pub(crate) mod serve;
+mod serve;
 mod status;
 mod up;
 

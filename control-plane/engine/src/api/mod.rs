@@ -62,8 +62,6 @@ pub(crate) struct ApiState {
 pub(crate) struct Caller {
     pub access: Access,
     pub client: Option<String>,
-    /// The raw session token when the caller signed in (for sign-out), None for API tokens.
-    pub via_cookie: bool,
     /// A session that may only set up its second factor (`require_totp`).
     pub totp_setup_only: bool,
 }
@@ -133,7 +131,7 @@ fn changes_state(method: &Method) -> bool {
 async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let client = client_address(&request);
     let headers = request.headers();
-    let (access, via_cookie, totp_setup_only) = if let Some(token) = bearer(headers) {
+    let (access, totp_setup_only) = if let Some(token) = bearer(headers) {
         let verified = if codexmesh_model::operators::looks_like_api_token(token) {
             ops::operators::verify_token(&state.base, token)
                 .await
@@ -142,7 +140,7 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
             operators::verify_session(&state.base, token).await
         };
         match verified {
-            Ok((access, setup)) => (access, false, setup),
+            Ok((access, setup)) => (access, setup),
             Err(e) => return ApiError::from(e).into_response(),
         }
     } else if let Some(token) = cookie(headers, SESSION_COOKIE) {
@@ -165,7 +163,7 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
             }
         }
         match operators::verify_session(&state.base, token).await {
-            Ok((access, setup)) => (access, true, setup),
+            Ok((access, setup)) => (access, setup),
             Err(e) => return ApiError::from(e).into_response(),
         }
     } else {
@@ -186,7 +184,6 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
     request.extensions_mut().insert(Caller {
         access,
         client,
-        via_cookie,
         totp_setup_only,
     });
     next.run(request).await

@@ -280,6 +280,11 @@ pub async fn list(ops: &Ops) -> Result<Outcome<Vec<Operator>>, OpsError> {
     ))
 }
 
+/// One operator (by id or name) the principal sees.
+pub async fn get(ops: &Ops, ident: &str) -> Result<Outcome<Operator>, OpsError> {
+    Ok(Outcome::new(visible(ops, ident).await?))
+}
+
 /// The operator `ident` as the principal sees it (not visible: not found).
 async fn visible(ops: &Ops, ident: &str) -> Result<Operator, OpsError> {
     let store = ops.store().await?;

@@ -699,6 +699,53 @@ async fn an_admin_manages_its_pool_through_the_api() -> TestResult {
         .await?;
     assert_eq!(code, 200, "{v}");
     assert!(v.get("archived_at_ms").is_none(), "{v}");
+    // Every change is in the audit log with who, what, how it ended and from where, and no
+    // secret is: not the keys, not the login's tokens.
+    let (code, audit) = t
+        .call(admin, Method::GET, "/api/v1/audit?pool=a&limit=100", None)
+        .await?;
+    assert_eq!(code, 200, "{audit}");
+    let rows = audit.as_array().ok_or("not a list")?;
+    for action in [
+        "pool.set_routing",
+        "key.create",
+        "key.rotate",
+        "key.revoke",
+        "account.import",
+        "account.set",
+        "account.pause",
+        "account.resume",
+        "pool.archive",
+        "pool.restore",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["action"] == action && r["outcome"] == "ok")
+            .ok_or(format!("no {action} row: {audit}"))?;
+        assert_eq!(row["actor"], "token:admin-a-bot", "{row}");
+        assert_eq!(row["outcome"], "ok", "{row}");
+        assert_eq!(row["client"], "127.0.0.1", "{row}");
+        assert!(
+            row["pools"]
+                .as_array()
+                .is_some_and(|p| p.contains(&json!("a"))),
+            "{row}"
+        );
+    }
+    let refused = rows
+        .iter()
+        .find(|r| r["action"] == "key.rotate" && r["outcome"] == "conflict");
+    assert!(
+        refused.is_some(),
+        "the refused rotation is audited: {audit}"
+    );
+    let text = audit.to_string();
+    for secret in [&first, &second, &login.access_token, &login.refresh_token] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret reached the audit log"
+        );
+    }
     // The CLI sees the same store (one set of use cases).
     let accounts = t.ws.ok_json(&["account", "list", "--pool", "a"])?;
     assert!(accounts.to_string().contains("uploaded"));

@@ -239,8 +239,9 @@ impl Store {
         Ok(op)
     }
 
-    /// Stores a bootstrap secret's hash, valid until `expires_at_ms`; earlier unused ones are
-    /// dropped (only the newest works).
+    /// Stores a bootstrap secret's hash, valid until `expires_at_ms`. Expired unused ones are
+    /// dropped; the others stay valid (several replicas starting together each print one, and
+    /// each must work until the first creates the owner).
     pub async fn create_bootstrap_secret(
         &self,
         actor: &Actor,
@@ -248,7 +249,8 @@ impl Store {
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
         let (mut tx, revision) = self.begin_unpublished_write().await?;
-        sqlx::query("DELETE FROM bootstrap_secrets WHERE used_at IS NULL")
+        sqlx::query("DELETE FROM bootstrap_secrets WHERE used_at IS NULL AND expires_at <= $1")
+            .bind(now_ms())
             .execute(&mut *tx)
             .await?;
         sqlx::query(

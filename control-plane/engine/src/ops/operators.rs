@@ -41,7 +41,8 @@
 //!   not a valid operator name shows as `operator:(invalid name)`) and the client address; the
 //!   target and pools are the operator's when the name is one. Sign-out is `session.sign_out`.
 //! - **Bootstrap**: a `cmb_…` secret valid for one hour and once, only while no owner exists;
-//!   issuing a new one drops older unused ones. Using it is audited as `bootstrap:NAME` (the
+//!   each stays valid until it expires or an owner exists (replicas starting together each
+//!   print one). Using it is audited as `bootstrap:NAME` (the
 //!   name as typed for a refused attempt) with the client address.
 //! - **TOTP** (RFC 6238 via `totp-rs`: SHA-1, 6 digits, 30 s, one step of skew): enrolling
 //!   stores a 20-byte random secret sealed with the master key (owner = operator id, field

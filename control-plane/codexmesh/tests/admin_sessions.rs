@@ -409,6 +409,55 @@ async fn sign_in_is_throttled_and_audited_without_secrets() -> TestResult {
         !text.contains(wrong) && !text.contains(PASSWORD),
         "a password reached the audit log"
     );
+
+    // The address locks after 20 failures in 15 minutes (attempts at a locked operator count);
+    // from then on its attempts, sign-in and bootstrap alike, are refused without a row each.
+    let mut locked = false;
+    for i in 0..30 {
+        let (code, _, _) = api
+            .sign_in(&format!("guess{i}@x.test"), wrong, None)
+            .await?;
+        if code == StatusCode::TOO_MANY_REQUESTS {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "the address never locked");
+    let rows_now = |a: Value| a.as_array().map_or(0, Vec::len);
+    let (_, _, before) = api
+        .send(
+            Method::GET,
+            "/api/v1/audit?limit=1000",
+            Auth::Bearer(&owner),
+            None,
+        )
+        .await?;
+    for _ in 0..5 {
+        let (code, _, _) = api.sign_in("bob@x.test", PASSWORD, None).await?;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+        let (code, _, _) = api
+            .send(
+                Method::POST,
+                "/api/v1/bootstrap",
+                Auth::None,
+                Some(json!({"secret": "cmb_guess", "name": "eve@x.test", "password": PASSWORD})),
+            )
+            .await?;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let (_, _, after) = api
+        .send(
+            Method::GET,
+            "/api/v1/audit?limit=1000",
+            Auth::Bearer(&owner),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        rows_now(before),
+        rows_now(after),
+        "a locked address grew the audit log"
+    );
     served.stop()?;
     Ok(())
 }

@@ -42,8 +42,10 @@
 //!   target and pools are the operator's when the name is one. Sign-out is `session.sign_out`.
 //! - **Bootstrap**: a `cmb_…` secret valid for one hour and once, only while no owner exists;
 //!   each stays valid until it expires or an owner exists (replicas starting together each
-//!   print one). Using it is audited as `bootstrap:NAME` (the
-//!   name as typed for a refused attempt) with the client address.
+//!   print one). Using it is audited as `bootstrap:NAME` (the name as typed for a refused
+//!   attempt) with the client address. Wrong secrets count against the client address like
+//!   failed sign-ins (20 in 15 minutes lock it); a locked address is refused without an
+//!   audit row, as are sign-in attempts from it, so no stranger can grow the log unboundedly.
 //! - **TOTP** (RFC 6238 via `totp-rs`: SHA-1, 6 digits, 30 s, one step of skew): enrolling
 //!   stores a 20-byte random secret sealed with the master key (owner = operator id, field
 //!   `totp_secret`) and shows it once (base32 and an `otpauth://` URI); it is enabled only after
@@ -213,15 +215,33 @@ pub async fn bootstrap_owner(
     password: &str,
 ) -> Result<Outcome<Operator>, OpsError> {
     let actor = actor_as(ops, "bootstrap", name);
+    // Guessing is throttled like sign-in, per client address; while the address is locked its
+    // attempts are refused unheard and not audited (so they cannot grow the log).
+    let client = ops
+        .actor()
+        .client
+        .clone()
+        .unwrap_or_else(|| LOCAL_CLIENT.to_owned());
+    let store = ops.store().await?;
+    if let Some(until) = store.client_locked_until(&client).await? {
+        return Err(OpsError::RateLimited(format!(
+            "too many failed attempts from this address: try again {}",
+            util::human_until(until, now_ms())
+        )));
+    }
     let result = async {
         validate_operator_name(name).map_err(StoreError::from)?;
         validate_password(password).map_err(StoreError::from)?;
         let hash = hash_password(password)?;
-        let store = ops.store().await?;
         let op = store
             .consume_bootstrap_secret(&actor, &secret_hash_hex(secret), name, &hash)
-            .await?;
-        Ok(Outcome::new(op))
+            .await;
+        if let Err(StoreError::NotFound { .. }) = &op {
+            store
+                .record_client_failure(&client, CLIENT_THROTTLE)
+                .await?;
+        }
+        Ok(Outcome::new(op?))
     }
     .await;
     if let Err(e) = &result {
@@ -902,7 +922,11 @@ pub async fn sign_in(
 ) -> Result<Outcome<SignedIn>, OpsError> {
     let mut known: Option<Operator> = None;
     let result = check_sign_in(ops, name, password, totp_code, &mut known).await;
-    if let Err(e) = &result {
+    // While its address is locked, a client's attempts are refused unheard and not audited
+    // (the failures that locked it were), so they cannot grow the log. An operator's lock needs
+    // its record: a rate limit without one is the address's.
+    let address_locked = matches!(&result, Err(OpsError::RateLimited(_))) && known.is_none();
+    if let Some(e) = result.as_ref().err().filter(|_| !address_locked) {
         audit_refusal_as(
             ops,
             &actor_as(ops, "operator", name),
@@ -949,6 +973,11 @@ async fn check_sign_in(
         .and_then(|c| c.locked_until_ms)
         .filter(|u| *u > now_ms())
     {
+        // Attempts at a locked operator count against the address too: one address cannot
+        // keep trying (and filling the audit log) while the operator is locked.
+        store
+            .record_client_failure(&client, CLIENT_THROTTLE)
+            .await?;
         return Err(OpsError::RateLimited(format!(
             "too many failed sign-ins for this operator: try again {}",
             util::human_until(until, now_ms())

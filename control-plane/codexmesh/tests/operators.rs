@@ -175,8 +175,17 @@ fn api_tokens_and_bootstrap_secrets_are_shown_once() -> TestResult {
     assert_eq!(next[0]["action"], "token.revoke");
     let pool = ws.ok_json(&["audit", "--pool", "main"])?;
     assert_eq!(pool.as_array().map(Vec::len), Some(3), "{pool}");
+    let refused = ws.ok_json(&["audit", "--outcome", "conflict"])?;
+    assert_eq!(refused.as_array().map(Vec::len), Some(1), "{refused}");
+    let target = audit[1]["target"].as_str().unwrap_or("-").to_owned();
+    let about = ws.ok_json(&["audit", "--target", &target])?;
+    assert_eq!(about[0]["action"], "operator.create", "{about}");
+    let recent = ws.ok_json(&["audit", "--since", "1h"])?;
+    assert_eq!(recent.as_array().map(Vec::len), Some(6), "{recent}");
     let r = ws.run(&["audit", "--limit", "0"])?;
     assert_eq!(r.code, 1, "{}", r.stderr);
+    let r = ws.run(&["audit", "--since", "soon"])?;
+    assert_eq!(r.code, 2, "a bad duration is a usage error: {}", r.stderr);
     Ok(())
 }
 

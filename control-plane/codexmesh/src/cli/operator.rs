@@ -131,12 +131,26 @@ pub struct AuditArgs {
     /// Only rows about this pool
     #[arg(long)]
     pool: Option<String>,
+    /// Only rows about this target (an id)
+    #[arg(long)]
+    target: Option<String>,
+    /// Only rows with this outcome (ok, forbidden, not_found, invalid, conflict, …)
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only rows at most this long ago (e.g. 1h, 7d)
+    #[arg(long, value_parser = parse_since)]
+    since: Option<i64>,
     /// Rows per page (1-1000)
     #[arg(long, default_value_t = 50)]
     limit: i64,
     /// Only rows older than this id (the last id of the previous page)
     #[arg(long)]
     before: Option<i64>,
+}
+
+/// A duration like `1h` or `7d`, in milliseconds.
+fn parse_since(s: &str) -> Result<i64, String> {
+    codexmesh_model::activity::parse_span(s)
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -411,6 +425,11 @@ pub async fn execute_audit(args: AuditArgs, ctx: &Ctx) -> Result<(), CliError> {
         actor: args.actor,
         action: args.action,
         pool: args.pool,
+        target: args.target,
+        outcome: args.outcome,
+        since_ms: args
+            .since
+            .map(|ms| codexmesh_model::util::now_ms().saturating_sub(ms)),
         before_id: args.before,
         limit: args.limit,
         ..AuditFilter::default()

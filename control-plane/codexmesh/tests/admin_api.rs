@@ -621,6 +621,19 @@ async fn an_admin_manages_its_pool_through_the_api() -> TestResult {
         .await?;
     assert_eq!(code, 201, "{created}");
     let first = created["secret"].as_str().ok_or("no secret")?.to_owned();
+    let resp = t
+        .http
+        .get(format!("{}/api/v1/keys", t.base))
+        .bearer_auth(&t.admin_a)
+        .send()
+        .await?;
+    assert_eq!(
+        resp.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store"),
+        "no answer is cached"
+    );
     let (code, rotated) = t
         .call(admin, Method::POST, "/api/v1/keys/ci/rotate", None)
         .await?;

@@ -539,7 +539,23 @@ pub(crate) fn router(ops: Ops, envoys: crate::envoys::Envoys) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// No answer is cached by a browser or proxy (some carry a secret shown once: a new key, a
+/// session token) or sniffed as another content type.
+async fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 #[cfg(test)]

@@ -38,19 +38,12 @@ pub struct ActivityRequest {
     pub bucket: Option<String>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> OpsError {
-    OpsError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
-
 /// The request's window at `now_ms`, checked.
 pub fn window_for(q: &ActivityRequest, now_ms: i64) -> Result<Window, OpsError> {
     let since_text = q.since.as_deref().unwrap_or(DEFAULT_SINCE);
-    let since = model::parse_span(since_text).map_err(|m| invalid("since", m))?;
+    let since = model::parse_span(since_text).map_err(|m| OpsError::invalid("since", m))?;
     if !(MIN_SINCE_MS..=MAX_SINCE_MS).contains(&since) {
-        return Err(invalid(
+        return Err(OpsError::invalid(
             "since",
             format!("{since_text:?} is outside 1 minute..=30 days"),
         ));
@@ -58,9 +51,9 @@ pub fn window_for(q: &ActivityRequest, now_ms: i64) -> Result<Window, OpsError> 
     let bucket = match q.bucket.as_deref() {
         None => model::default_bucket_ms(since),
         Some(text) => {
-            let b = model::parse_span(text).map_err(|m| invalid("bucket", m))?;
+            let b = model::parse_span(text).map_err(|m| OpsError::invalid("bucket", m))?;
             if b < MIN_BUCKET_MS {
-                return Err(invalid(
+                return Err(OpsError::invalid(
                     "bucket",
                     format!("{text:?} is shorter than 1 second"),
                 ));
@@ -68,7 +61,7 @@ pub fn window_for(q: &ActivityRequest, now_ms: i64) -> Result<Window, OpsError> 
             b
         }
     };
-    Window::ending_at(now_ms, since, bucket).map_err(|e| invalid(e.field, e.message))
+    Window::ending_at(now_ms, since, bucket).map_err(|e| OpsError::invalid(e.field, e.message))
 }
 
 pub async fn activity(ops: &Ops, q: &ActivityRequest) -> Result<Outcome<Activity>, OpsError> {
@@ -83,11 +76,15 @@ pub async fn activity_at(
 ) -> Result<Outcome<Activity>, OpsError> {
     let window = window_for(q, now_ms)?;
     if let Some(pool) = &q.pool {
-        codexmesh_model::ids::validate_pool_name(pool).map_err(|e| invalid("pool", e.message))?;
+        codexmesh_model::ids::validate_pool_name(pool)
+            .map_err(|e| OpsError::invalid("pool", e.message))?;
     }
     if let Some(account) = &q.account {
         if account.trim().is_empty() {
-            return Err(invalid("account", "an account id or label is needed"));
+            return Err(OpsError::invalid(
+                "account",
+                "an account id or label is needed",
+            ));
         }
     }
     if let Some(pool) = &q.pool {

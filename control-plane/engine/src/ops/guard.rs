@@ -14,7 +14,7 @@
 
 use super::{ErrorKind, Ops, OpsError};
 use codexmesh_model::records::{Account, PoolKey};
-use codexmesh_store::{Entity, Lookup, StoreError};
+use codexmesh_store::{Actor, Entity, Lookup, StoreError};
 
 fn not_found(what: Entity, ident: &str, lookup: Lookup) -> OpsError {
     StoreError::NotFound {
@@ -206,24 +206,34 @@ impl Ops {
         result: Result<T, OpsError>,
     ) -> Result<T, OpsError> {
         if let Err(e) = &result {
-            let outcome = e.kind().as_str();
             let pools: Vec<String> = pools.iter().map(|p| (*p).to_owned()).collect();
-            let detail = serde_json::json!({ "error": audit_message(e) });
-            match self.store().await {
-                Ok(store) => {
-                    if let Err(write) = store
-                        .audit_refusal(self.actor(), action, target, outcome, &pools, detail)
-                        .await
-                    {
-                        tracing::warn!(action, error = %write, "cannot audit a refused change");
-                    }
-                }
-                Err(open) => {
-                    tracing::warn!(action, error = %open, "cannot audit a refused change")
-                }
-            }
+            self.audit_refusal_as(self.actor(), action, target, &pools, e)
+                .await;
         }
         result
+    }
+
+    /// Writes the audit row of refusal `e` as `actor` (sign-in and bootstrap name the one who
+    /// tried, not the acting principal). Best effort: a failed write is logged.
+    pub(crate) async fn audit_refusal_as(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: Option<&str>,
+        pools: &[String],
+        e: &OpsError,
+    ) {
+        let detail = serde_json::json!({ "error": audit_message(e) });
+        let written = match self.store().await {
+            Ok(store) => store
+                .audit_refusal(actor, action, target, e.kind().as_str(), pools, detail)
+                .await
+                .map_err(OpsError::from),
+            Err(open) => Err(open),
+        };
+        if let Err(write) = written {
+            tracing::warn!(action, error = %write, "cannot audit a refused change");
+        }
     }
 }
 

@@ -245,7 +245,8 @@ pub async fn bootstrap_owner(
     }
     .await;
     if let Err(e) = &result {
-        audit_refusal_as(ops, &actor, "operator.bootstrap", None, &[], e).await;
+        ops.audit_refusal_as(&actor, "operator.bootstrap", None, &[], e)
+            .await;
     }
     result
 }
@@ -874,41 +875,6 @@ fn actor_as(ops: &Ops, kind: &str, name: &str) -> Actor {
     Actor::new(format!("{kind}:{shown}")).from_client(ops.actor().client.clone())
 }
 
-/// Writes a refusal's audit row as `actor` (best effort: if it cannot be written, that is
-/// logged and the refusal's own error stands). Internal and store failures are named by their
-/// kind only (their messages are for the server log).
-async fn audit_refusal_as(
-    ops: &Ops,
-    actor: &Actor,
-    action: &str,
-    target: Option<&str>,
-    pools: &[String],
-    e: &OpsError,
-) {
-    use super::ErrorKind;
-    let message = match e.kind() {
-        ErrorKind::Internal | ErrorKind::Unavailable => e.kind().as_str().to_owned(),
-        _ => e.to_string(),
-    };
-    let written = match ops.store().await {
-        Ok(store) => store
-            .audit_refusal(
-                actor,
-                action,
-                target,
-                e.kind().as_str(),
-                pools,
-                json!({ "error": message }),
-            )
-            .await
-            .map_err(OpsError::from),
-        Err(open) => Err(open),
-    };
-    if let Err(write) = written {
-        tracing::warn!(action, error = %write, "cannot audit a refused attempt");
-    }
-}
-
 /// Checks a name and password (and a TOTP code when the operator has a second factor) with
 /// throttling, and issues a session token. The client address is `ops.actor().client` (None:
 /// local, throttled as [`LOCAL_CLIENT`]); `ops.access()` plays no part (this is how a principal
@@ -927,8 +893,7 @@ pub async fn sign_in(
     // its record: a rate limit without one is the address's.
     let address_locked = matches!(&result, Err(OpsError::RateLimited(_))) && known.is_none();
     if let Some(e) = result.as_ref().err().filter(|_| !address_locked) {
-        audit_refusal_as(
-            ops,
+        ops.audit_refusal_as(
             &actor_as(ops, "operator", name),
             "session.sign_in",
             known.as_ref().map(|o| o.id.as_str()),

@@ -161,6 +161,9 @@ enum Isolation {
         body: Option<Value>,
         for_tokens: u16,
     },
+    /// A stream with no tenant data (live events): 401 without a principal, else it opens
+    /// (200, `text/event-stream`) for anyone signed in; only the status and headers are read.
+    Stream { path: &'static str },
 }
 
 fn auth_json_body() -> Value {
@@ -247,6 +250,7 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("GET /api/v1/requests", list("/api/v1/requests")),
         ("GET /api/v1/activity", list("/api/v1/activity?since=1h")),
         ("GET /api/v1/envoys", list("/api/v1/envoys")),
+        ("GET /api/v1/events", Isolation::Stream { path: "/api/v1/events" }),
         ("GET /api/v1/audit", list("/api/v1/audit?limit=1000")),
         ("GET /api/v1/operators", list("/api/v1/operators")),
         ("POST /api/v1/operators", Isolation::Scoped { path: "/api/v1/operators",
@@ -432,6 +436,28 @@ async fn every_route_keeps_tenants_apart() -> TestResult {
                     .await?;
                 assert_eq!(code, *for_tokens, "{route} for an API token: {answer}");
                 assert!(!answer.to_string().contains("bob-b"), "{route}: {answer}");
+            }
+            Isolation::Stream { path } => {
+                let (code, _) = t.call(None, Method::GET, path, None).await?;
+                assert_eq!(code, 401, "{route} without a principal");
+                for who in [&t.admin_a, &t.viewer_a] {
+                    // Only the head: the body never ends while the server runs.
+                    let resp = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        t.http
+                            .get(format!("{}{path}", t.base))
+                            .bearer_auth(who)
+                            .send(),
+                    )
+                    .await??;
+                    assert_eq!(resp.status().as_u16(), 200, "{route}");
+                    let ct = resp
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    assert!(ct.starts_with("text/event-stream"), "{route}: {ct}");
+                }
             }
             Isolation::OwnersOnly { path, body } => {
                 let (code, _) = t.call(None, method.clone(), path, Some(body)).await?;

@@ -5,12 +5,15 @@
 //! registers when its stream starts and leaves when it ends ([`Registration`] drops); the
 //! version an Envoy *runs* is the newest snapshot version its own outcome reports carried, the
 //! version it was *sent* the newest frame written to its stream. Node ids and builds are
-//! client-supplied text: stored already made loggable (printable, bounded) by the caller.
+//! client-supplied text: stored already made loggable (printable, bounded) by the caller;
+//! every report also moves a `watch` of the last report's time ([`Envoys::activity`]), which
+//! the admin API's live events read (no tenant data: only a time).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use codexmesh_model::util::now_ms;
 
@@ -43,13 +46,31 @@ struct Inner {
 }
 
 /// The registry, shared by the gRPC service and the admin API.
-#[derive(Debug, Clone, Default)]
-pub struct Envoys(Arc<Mutex<Inner>>);
+#[derive(Debug, Clone)]
+pub struct Envoys {
+    inner: Arc<Mutex<Inner>>,
+    /// When the last outcome report arrived (ms since the epoch; 0: none yet).
+    activity: Arc<watch::Sender<i64>>,
+}
+
+impl Default for Envoys {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            activity: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
 
 impl Envoys {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave it inconsistent (plain inserts).
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves whenever an outcome report arrives: its value is the time (ms) of the last one.
+    pub fn activity(&self) -> watch::Receiver<i64> {
+        self.activity.subscribe()
     }
 
     /// Registers a new subscription; it leaves when the returned guard drops.
@@ -90,8 +111,11 @@ impl Envoys {
             .reported
             .entry(node_id.to_owned())
             .or_insert((version, 0));
+        let at = now_ms();
         entry.0 = entry.0.max(version);
-        entry.1 = now_ms();
+        entry.1 = at;
+        drop(inner);
+        self.activity.send_replace(at);
     }
 
     /// Every subscribed Envoy, oldest connection first.
@@ -151,7 +175,14 @@ mod tests {
         let a = envoys.register("node-a".into(), "127.0.0.1:1".into(), "b1".into(), 0);
         let b = envoys.register("node-b".into(), "127.0.0.1:2".into(), "b1".into(), 3);
         a.sent(7);
+        let mut activity = envoys.activity();
+        assert_eq!(*activity.borrow_and_update(), 0, "no report yet");
         envoys.reported("node-a", 6);
+        assert!(
+            activity.has_changed().unwrap_or(false),
+            "a report moves activity"
+        );
+        assert!(*activity.borrow_and_update() > 0);
         envoys.reported("node-a", 5);
         let list = envoys.list();
         assert_eq!(list.len(), 2);

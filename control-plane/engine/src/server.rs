@@ -132,7 +132,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         let cancel = cancel.clone();
         let ops =
             crate::ops::Ops::with_store(settings.clone(), Actor::new("api".to_owned()), store);
-        let app = crate::api::router(ops, envoys);
+        let app = crate::api::router(ops, envoys, hub.subscribe(), cancel.clone());
         tokio::spawn(async move {
             let result = axum::serve(
                 admin_listener,

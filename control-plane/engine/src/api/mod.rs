@@ -36,6 +36,7 @@ use crate::ops::{self, ErrorKind, Notice, Ops, OpsError};
 use codexmesh_model::operators::Access;
 
 mod accounts;
+mod events;
 mod keys;
 mod operators;
 mod pools;
@@ -54,6 +55,7 @@ pub(crate) struct ApiState {
     /// own [`Ops`] ([`Caller::ops`]).
     base: Arc<Ops>,
     envoys: crate::envoys::Envoys,
+    live: events::Live,
 }
 
 /// Who is calling, from where, and how it proved it (a request extension set by
@@ -471,7 +473,7 @@ impl Modify for SecuritySchemes {
     ),
     modifiers(&SecuritySchemes),
     security(("bearer" = []), ("session_cookie" = [])),
-    components(schemas(ErrorBody, ErrorDetail, Notice))
+    components(schemas(ErrorBody, ErrorDetail, Notice, events::ChangeEvent, events::ActivityEvent))
 )]
 struct ApiDoc;
 
@@ -483,6 +485,7 @@ fn api_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(accounts::routes())
         .merge(keys::routes())
         .merge(reports::routes())
+        .merge(events::routes())
         .merge(operators::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -510,14 +513,27 @@ fn document() -> utoipa::openapi::OpenApi {
         .merge(accounts::routes())
         .merge(keys::routes())
         .merge(reports::routes())
+        .merge(events::routes())
         .merge(operators::protected_routes());
     router.to_openapi()
 }
 
-pub(crate) fn router(ops: Ops, envoys: crate::envoys::Envoys) -> Router {
+/// The admin API over `ops` (shell access, used to authenticate callers), the Envoy registry,
+/// and the live state the events stream reads (`snapshots`: the snapshot hub's watch;
+/// `shutdown`: ends every stream).
+pub(crate) fn router(
+    ops: Ops,
+    envoys: crate::envoys::Envoys,
+    snapshots: tokio::sync::watch::Receiver<Arc<codexmesh_proto::v1::Snapshot>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Router {
     let state = ApiState {
         base: Arc::new(ops),
         envoys,
+        live: events::Live {
+            snapshots,
+            shutdown,
+        },
     };
     let (api, doc) = api_routes(&state).split_for_parts();
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));

@@ -247,6 +247,9 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("PATCH /api/v1/keys/{key}/routing", res(&["/api/v1/keys/key-b/routing"], "/api/v1/keys/key-a/routing", "/api/v1/keys/zz-none/routing", routing())),
         ("GET /api/v1/status", list("/api/v1/status")),
         ("GET /api/v1/quota", list("/api/v1/quota")),
+        // Refreshing live state writes only quota evidence: a viewer of the pool may (200).
+        ("POST /api/v1/pools/{pool}/quota/refresh", Isolation::Resource { other: vec!["/api/v1/pools/b/quota/refresh"],
+            own: "/api/v1/pools/a/quota/refresh", missing: "/api/v1/pools/zz-none/quota/refresh", body: None, viewer_own: Some(200) }),
         ("GET /api/v1/requests", list("/api/v1/requests")),
         ("GET /api/v1/activity", list("/api/v1/activity?since=1h")),
         ("GET /api/v1/envoys", list("/api/v1/envoys")),

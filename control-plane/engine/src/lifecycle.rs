@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::push::OutcomeSink;
-use crate::quota::{self, Observation, PollResult};
+use crate::quota::{self, Observation, Polled};
 use crate::refresh::{self, Done, Refresher, RefresherConfig, Request, Trigger};
 use crate::watch::Watcher;
 use codexmesh_model::util::now_ms;
@@ -397,34 +397,31 @@ impl Poller {
         {
             return Ok(());
         }
-        let s = self.store.account_secrets(account_id, &self.key).await?;
         let timeout = Duration::from_millis(
             u64::try_from(self.interval_ms.clamp(1_000, 20_000)).unwrap_or(20_000),
         );
-        match quota::poll_once(
+        let (account, polled) = quota::poll_account(
+            &self.store,
+            &self.key,
             &self.http,
             &self.upstream,
-            &s.access_token,
-            &s.account.chatgpt_account_id,
+            account_id,
             timeout,
         )
-        .await
-        {
-            PollResult::Observed(obs) => {
-                if quota::record(&self.store, account_id, &obs)
-                    .await?
-                    .is_some()
-                {
+        .await?;
+        match polled {
+            Polled::Recorded { bumped } => {
+                if bumped {
                     self.changed.notify_one();
                 }
-                tracing::debug!(account = %s.account.label, "quota polled");
+                tracing::debug!(account = %account.label, "quota polled");
             }
-            PollResult::Unauthorized(status) => {
-                tracing::info!(account = %s.account.label, status, "usage poll refused the access token");
-                self.refresher.force(&s.account);
+            Polled::Unauthorized(status) => {
+                tracing::info!(account = %account.label, status, "usage poll refused the access token");
+                self.refresher.force(&account);
             }
-            PollResult::Failed(why) => {
-                tracing::debug!(account = %s.account.label, error = %why, "usage poll failed");
+            Polled::Failed(why) => {
+                tracing::debug!(account = %account.label, error = %why, "usage poll failed");
             }
         }
         Ok(())

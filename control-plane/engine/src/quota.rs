@@ -1,12 +1,14 @@
 //! Quota evidence, the I/O half: active polls of `{upstream_base_url}/wham/usage`
-//! ([`poll_once`]; the poller in `lifecycle` spreads them over `quota_poll_interval_secs`) and
-//! the compare-and-set write of merged evidence ([`record`]). What the evidence means and how it
-//! merges is `codexmesh_model::quota`.
+//! ([`poll_once`]; [`poll_account`] polls one stored account and records what it learnt, for
+//! the poller in `lifecycle`, which spreads them over `quota_poll_interval_secs`, and for an
+//! operator's refresh-now in `ops::reports`) and the compare-and-set write of merged evidence
+//! ([`record`]). What the evidence means and how it merges is `codexmesh_model::quota`.
 
 use std::time::Duration;
 
 pub use codexmesh_model::quota::*;
-use codexmesh_store::{QuotaWrite, Store, StoreError};
+use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::{Account, QuotaWrite, Store, StoreError};
 use serde_json::Value;
 
 /// Merges an observation into the store: read, merge, compare-and-set write (bumping the
@@ -94,4 +96,44 @@ pub async fn poll_once(
         },
         Err(_) => PollResult::Failed("answer is not JSON".to_owned()),
     }
+}
+
+/// What [`poll_account`] did.
+#[derive(Debug)]
+pub enum Polled {
+    /// Evidence was merged; `bumped`: it mattered enough to move the store revision.
+    Recorded { bumped: bool },
+    /// The access token was refused (401/403): a refresh is due, not a quota change.
+    Unauthorized(u16),
+    /// Anything else, for the log (never shown to API callers: it may name the upstream).
+    Failed(String),
+}
+
+/// Polls one stored account's usage now (its access token opened with `key`) and records the
+/// evidence; returns the account as stored with what happened.
+pub async fn poll_account(
+    store: &Store,
+    key: &MasterKey,
+    http: &reqwest::Client,
+    upstream_base_url: &str,
+    account_id: &str,
+    timeout: Duration,
+) -> Result<(Account, Polled), StoreError> {
+    let s = store.account_secrets(account_id, key).await?;
+    let polled = match poll_once(
+        http,
+        upstream_base_url,
+        &s.access_token,
+        &s.account.chatgpt_account_id,
+        timeout,
+    )
+    .await
+    {
+        PollResult::Observed(obs) => Polled::Recorded {
+            bumped: record(store, account_id, &obs).await?.is_some(),
+        },
+        PollResult::Unauthorized(status) => Polled::Unauthorized(status),
+        PollResult::Failed(why) => Polled::Failed(why),
+    };
+    Ok((s.account, polled))
 }

@@ -1,7 +1,9 @@
-//! What operators read: the status report, quota windows with reset times, the request log
-//! (filtered, paged), per-account activity, and the Envoys connected to this control plane.
+//! What operators read: the status report, quota windows with reset times (and a refresh-now
+//! of a pool's), the request log (filtered, paged), per-account activity, and the Envoys
+//! connected to this control plane.
 //!
-//! Rules: read-only; each handler is one [`crate::ops::reports`] (or registry) call for the
+//! Rules: read-only but for the quota refresh, which writes only quota evidence (see
+//! [`crate::ops::reports::refresh_quota`]); each handler is one [`crate::ops::reports`] (or registry) call for the
 //! [`Caller`]; parameters are typed and unknown ones are errors.
 
 use axum::extract::{Path, State};
@@ -14,14 +16,16 @@ use utoipa_axum::routes;
 use super::accounts::PoolFilter;
 use super::{ApiError, ApiState, Caller, QueryParams, Reply};
 use crate::envoys::EnvoyView;
+use crate::ops;
 use crate::ops::activity::ActivityRequest;
-use crate::ops::{self, reports::AccountQuota, reports::RequestLogEntry, reports::StatusReport};
+use crate::ops::reports::{AccountQuota, QuotaRefresh, RequestLogEntry, StatusReport};
 use codexmesh_model::activity::Activity;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(status))
         .routes(routes!(quota))
+        .routes(routes!(refresh_quota))
         .routes(routes!(requests))
         .routes(routes!(envoys))
         .routes(routes!(activity))
@@ -173,4 +177,23 @@ async fn requests(
     responses((status = 200, body = Vec<EnvoyView>)))]
 async fn envoys(State(state): State<ApiState>, _caller: Caller) -> Json<Vec<EnvoyView>> {
     Json(state.envoys.list())
+}
+
+/// Polls the pool's account usage now (at most once per pool every 10 s; within that, the
+/// stored evidence) and returns the pool's quota rows. Whoever sees the pool may: it changes
+/// nothing but quota evidence.
+#[utoipa::path(post, path = "/api/v1/pools/{pool}/quota/refresh", tag = "reports",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses((status = 200, body = Reply<QuotaRefresh>), (status = 400, body = super::ErrorBody),
+              (status = 404, body = super::ErrorBody)))]
+async fn refresh_quota(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(pool): Path<String>,
+) -> Result<Json<Reply<QuotaRefresh>>, ApiError> {
+    Ok(Json(
+        ops::reports::refresh_quota(&caller.ops(&state), &pool)
+            .await?
+            .into(),
+    ))
 }

@@ -1,12 +1,17 @@
-//! The reports operators read: the status report and the request log. Both the CLI and the
-//! admin API call these.
+//! The reports operators read: the status report, quota windows (and refreshing them now), and
+//! the request log. Both the CLI and the admin API call these.
 //!
-//! Rules: read-only; a request-log filter's numbers are checked before the store is opened; a
-//! principal sees only its pools, their accounts (with the memberships it sees) and entries.
+//! Rules: read-only, but for [`refresh_quota`], which writes nothing but quota evidence (what
+//! the background poller writes anyway) and so is allowed to whoever sees the pool, viewers
+//! included: refreshing live state changes no setting, so it is not an audited change. It asks
+//! the upstream at most once per pool per [`QUOTA_REFRESH_COOLDOWN_MS`] (a store lease, shared
+//! by replicas), so no caller can turn it into a stream of upstream calls. A request-log
+//! filter's numbers are checked before the store is opened; a principal sees only its pools,
+//! their accounts (with the memberships it sees) and entries.
 
 use serde::Serialize;
 
-use super::{Ops, OpsError, Outcome};
+use super::{Notice, Ops, OpsError, Outcome};
 use crate::requests;
 use codexmesh_model::records::AccountState;
 
@@ -121,4 +126,136 @@ pub async fn quota(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<AccountQ
         }
     }
     Ok(Outcome::new(rows))
+}
+
+/// The shortest time between two refresh-now polls of one pool.
+pub const QUOTA_REFRESH_COOLDOWN_MS: i64 = 10_000;
+/// How long one account's poll may take.
+const QUOTA_REFRESH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Polls in flight at once.
+const QUOTA_REFRESH_CONCURRENCY: usize = 4;
+
+/// What [`refresh_quota`] did, and the pool's quota rows after it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QuotaRefresh {
+    /// Accounts polled (active and cooling-down members; 0 when within the cooldown).
+    pub polled: u32,
+    /// Polls that brought no evidence (see the notices).
+    pub failed: u32,
+    /// The pool was refreshed less than 10 s ago: nothing was polled now.
+    pub cooldown: bool,
+    /// The pool's quota rows after the polls (as `GET /api/v1/quota?pool=`).
+    pub accounts: Vec<AccountQuota>,
+}
+
+/// Polls the usage of `pool`'s active and cooling-down accounts now (at most once per pool per
+/// [`QUOTA_REFRESH_COOLDOWN_MS`]), records the evidence, and returns the pool's quota rows.
+pub async fn refresh_quota(ops: &Ops, pool: &str) -> Result<Outcome<QuotaRefresh>, OpsError> {
+    codexmesh_model::ids::validate_pool_name(pool).map_err(|e| OpsError::Invalid {
+        field: "pool",
+        message: e.message,
+    })?;
+    ops.see_pool(pool)?;
+    let store = ops.store().await?;
+    let accounts: Vec<_> = store
+        .list_accounts(Some(pool))
+        .await?
+        .into_iter()
+        .filter(|a| matches!(a.state, AccountState::Active | AccountState::CoolingDown))
+        .collect();
+    let mut notices = Vec::new();
+    let (mut polled, mut failed, mut refused) = (0u32, 0u32, 0u32);
+    let lease = format!("quota-refresh:{pool}");
+    let holder = crate::refresh::holder_id("quota-refresh");
+    let cooldown = !store
+        .try_acquire_lease(&lease, &holder, QUOTA_REFRESH_COOLDOWN_MS)
+        .await?;
+    if cooldown {
+        notices.push(Notice::note(
+            "quota_refresh_recent",
+            format!(
+                "pool {pool} was refreshed less than {} s ago: showing the stored evidence",
+                QUOTA_REFRESH_COOLDOWN_MS / 1000
+            ),
+        ));
+    } else if !accounts.is_empty() {
+        let key = ops.settings().master_key()?;
+        store.verify_master_key(&key).await?;
+        let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(QUOTA_REFRESH_CONCURRENCY));
+        let mut jobs = tokio::task::JoinSet::new();
+        for a in &accounts {
+            let (store, key, http, limit) =
+                (store.clone(), key.clone(), http.clone(), limit.clone());
+            let upstream = ops.settings().upstream_base_url.clone();
+            let (id, label) = (a.id.clone(), a.label.clone());
+            jobs.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let result = crate::quota::poll_account(
+                    &store,
+                    &key,
+                    &http,
+                    &upstream,
+                    &id,
+                    QUOTA_REFRESH_TIMEOUT,
+                )
+                .await;
+                (label, result)
+            });
+        }
+        while let Some(joined) = jobs.join_next().await {
+            polled += 1;
+            let (label, result) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, "a quota poll task failed");
+                    continue;
+                }
+            };
+            match result {
+                Ok((_, crate::quota::Polled::Recorded { .. })) => {}
+                Ok((_, crate::quota::Polled::Unauthorized(status))) => {
+                    failed += 1;
+                    refused += 1;
+                    notices.push(Notice::warning(
+                        "quota_poll_unauthorized",
+                        format!(
+                            "the upstream refused the access token of {label} (HTTP {status}): \
+                             the control plane refreshes it when due, or run \
+                             `codexmesh account refresh {label}`"
+                        ),
+                    ));
+                }
+                Ok((_, crate::quota::Polled::Failed(why))) => {
+                    failed += 1;
+                    tracing::info!(account = %label, error = %why, "quota refresh: poll failed");
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::info!(account = %label, error = %e, "quota refresh: poll skipped");
+                }
+            }
+        }
+        let other = failed.saturating_sub(refused);
+        if other > 0 {
+            notices.push(Notice::warning(
+                "quota_poll_failed",
+                format!(
+                    "{other} of {polled} usage polls failed (see the control plane's log); \
+                     their rows show the last evidence"
+                ),
+            ));
+        }
+    }
+    let rows = quota(ops, Some(pool)).await?.value;
+    Ok(Outcome::with_notices(
+        QuotaRefresh {
+            polled,
+            failed,
+            cooldown,
+            accounts: rows,
+        },
+        notices,
+    ))
 }

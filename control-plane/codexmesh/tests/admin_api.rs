@@ -246,6 +246,7 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("POST /api/v1/keys/{key}/revoke", res(&["/api/v1/keys/key-b/revoke"], "/api/v1/keys/key-a/revoke", "/api/v1/keys/zz-none/revoke", None)),
         ("PATCH /api/v1/keys/{key}/routing", res(&["/api/v1/keys/key-b/routing"], "/api/v1/keys/key-a/routing", "/api/v1/keys/zz-none/routing", routing())),
         ("GET /api/v1/status", list("/api/v1/status")),
+        ("GET /api/v1/overview", list("/api/v1/overview")),
         ("GET /api/v1/quota", list("/api/v1/quota")),
         // Refreshing live state writes only quota evidence: a viewer of the pool may (200).
         ("POST /api/v1/pools/{pool}/quota/refresh", Isolation::Resource { other: vec!["/api/v1/pools/b/quota/refresh"],

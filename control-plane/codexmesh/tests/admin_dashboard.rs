@@ -134,3 +134,77 @@ async fn a_viewer_refreshes_its_pools_quota_now_at_most_every_ten_seconds() -> T
     s.served.stop()?;
     Ok(())
 }
+
+fn pool<'a>(overview: &'a Value, name: &str) -> Option<&'a Value> {
+    overview["pools"]
+        .as_array()?
+        .iter()
+        .find(|p| p["pool"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_combines_headroom_states_and_the_last_hour() -> TestResult {
+    let s = Setup::start().await?;
+    let owner = s.token("owner", "owner", "")?;
+    let outsider = s.token("viewer-other", "viewer", "other")?;
+    let (code, before) = s
+        .call(&owner, reqwest::Method::GET, "/api/v1/overview")
+        .await?;
+    assert_eq!(code, 200, "{before}");
+    let main = pool(&before, "main").ok_or("no main")?;
+    assert_eq!(main["accounts"]["active"], 2, "{before}");
+    assert!(
+        main["primary"]["headroom_percent"].is_null(),
+        "no evidence yet is unknown, not 100 %: {before}"
+    );
+    assert_eq!(main["last_hour"]["requests"], 0);
+    assert_eq!(main["last_hour"]["failovers"], 0);
+
+    // Evidence (q1 40 % and q2 60 % of the 5-hour window, both 10 % of the week), and q2
+    // weighs three times q1: (60 * 1 + 40 * 3) / 4 = 45 % left.
+    let (code, out) = s
+        .call(
+            &owner,
+            reqwest::Method::POST,
+            "/api/v1/pools/main/quota/refresh",
+        )
+        .await?;
+    assert_eq!(code, 200, "{out}");
+    s.ws.ok(&["account", "set", "q2", "--weight", "3"])?;
+    let (_, now) = s
+        .call(&owner, reqwest::Method::GET, "/api/v1/overview")
+        .await?;
+    let main = pool(&now, "main").ok_or("no main")?;
+    assert_eq!(main["primary"]["headroom_percent"], 45.0, "{now}");
+    assert_eq!(main["primary"]["accounts"], 2);
+    assert!(
+        main["primary"]["earliest_reset_unix"].as_i64() > Some(0),
+        "{now}"
+    );
+    assert_eq!(main["secondary"]["headroom_percent"], 90.0, "{now}");
+
+    // A paused account leaves the mean and is counted as paused.
+    s.ws.ok(&["account", "pause", "q1"])?;
+    let (_, paused) = s
+        .call(&owner, reqwest::Method::GET, "/api/v1/overview")
+        .await?;
+    let main = pool(&paused, "main").ok_or("no main")?;
+    assert_eq!(main["accounts"]["active"], 1, "{paused}");
+    assert_eq!(main["accounts"]["paused"], 1, "{paused}");
+    assert_eq!(main["primary"]["headroom_percent"], 40.0, "{paused}");
+
+    // Another tenant sees only its own pool.
+    let (code, theirs) = s
+        .call(&outsider, reqwest::Method::GET, "/api/v1/overview")
+        .await?;
+    assert_eq!(code, 200, "{theirs}");
+    let names: Vec<&Value> = theirs["pools"]
+        .as_array()
+        .ok_or("no pools")?
+        .iter()
+        .map(|p| &p["pool"])
+        .collect();
+    assert_eq!(names, vec![&json!("other")], "{theirs}");
+    s.served.stop()?;
+    Ok(())
+}

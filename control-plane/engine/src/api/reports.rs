@@ -18,6 +18,7 @@ use super::{ApiError, ApiState, Caller, QueryParams, Reply};
 use crate::envoys::EnvoyView;
 use crate::ops;
 use crate::ops::activity::ActivityRequest;
+use crate::ops::overview::Overview;
 use crate::ops::reports::{AccountQuota, QuotaRefresh, RequestLogEntry, StatusReport};
 use codexmesh_model::activity::Activity;
 
@@ -26,6 +27,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(status))
         .routes(routes!(quota))
         .routes(routes!(refresh_quota))
+        .routes(routes!(overview))
         .routes(routes!(requests))
         .routes(routes!(envoys))
         .routes(routes!(activity))
@@ -195,5 +197,19 @@ async fn refresh_quota(
         ops::reports::refresh_quota(&caller.ops(&state), &pool)
             .await?
             .into(),
+    ))
+}
+
+/// Every pool the caller sees at a glance: accounts by state, the combined headroom of the
+/// 5-hour and weekly windows (weighted mean of what is left over active accounts, and the next
+/// reset), and the last hour's requests, errors and failovers.
+#[utoipa::path(get, path = "/api/v1/overview", tag = "reports",
+    responses((status = 200, body = Reply<Overview>)))]
+async fn overview(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Reply<Overview>>, ApiError> {
+    Ok(Json(
+        ops::overview::overview(&caller.ops(&state)).await?.into(),
     ))
 }

@@ -1,6 +1,6 @@
 //! The use cases every surface calls: the CLI today, the admin API (reports), later the dashboard
 //! and MCP. One function per use case, grouped by aggregate: [`pools`], [`accounts`], [`keys`],
-//! [`reports`], [`operators`].
+//! [`reports`], [`overview`], [`operators`].
 //!
 //! Rules this module keeps:
 //! - a use case decides, validates and writes; a surface only parses its input, calls it and
@@ -31,6 +31,7 @@ pub mod activity;
 mod guard;
 pub mod keys;
 pub mod operators;
+pub mod overview;
 pub mod pools;
 pub mod reports;
 

@@ -1,9 +1,13 @@
 //! The live events stream (`GET /api/v1/events`) against the real `serve`: it needs a caller,
-//! starts with the current revision, tells of a change made through the API within seconds,
-//! and ends when the server stops.
+//! starts with the current revision, tells of a change made through the API within seconds and
+//! of outcome reports from an Envoy (which the overview then counts), and ends when the server
+//! stops.
 
 use std::time::Duration;
 
+use codexmesh_proto::v1 as pb;
+use codexmesh_proto::v1::mesh_client::MeshClient;
+use codexmesh_test_kit::auth::Login;
 use codexmesh_test_kit::cli::{Cli, Workspace};
 use codexmesh_test_kit::serve::Served;
 use serde_json::{json, Value};
@@ -142,6 +146,106 @@ async fn a_change_is_announced_to_signed_in_callers() -> TestResult {
     })
     .await;
     assert!(ended.is_ok(), "the stream outlived the server");
+    drop(ws);
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_announced_and_counted_in_the_overview() -> TestResult {
+    let ws = Workspace::new()?;
+    ws.ok(&["pool", "create", "main"])?;
+    let imported = ws.import_auth(
+        "a1.json",
+        &Login::new("acct-1", "a1@x.test", "plus", "a1").auth_json(),
+        "main",
+        Some("a1"),
+    )?;
+    let account_id = imported["account"]["id"]
+        .as_str()
+        .ok_or("no id")?
+        .to_owned();
+    let pool_id = imported["account"]["pool_id"]
+        .as_str()
+        .ok_or("no pool_id")?
+        .to_owned();
+    let owner = ws.ok_json(&[
+        "operator", "token", "create", "--label", "t", "--role", "owner",
+    ])?;
+    let token = owner["secret"].as_str().ok_or("no secret")?.to_owned();
+    let served = Served::start(&ws, &[])?;
+    let base = format!("http://{}", served.admin_addr()?);
+    let http = reqwest::Client::new();
+    let mut resp = http
+        .get(format!("{base}/api/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut seen = String::new();
+    assert!(
+        wait_for(&mut resp, &mut seen, Duration::from_secs(5), |n, _| n
+            == "change")
+        .await?,
+        "{seen:?}"
+    );
+
+    // An Envoy reports a failed attempt and the fallback that served the request.
+    let push = std::fs::read_to_string(ws.data_dir().join("push.token"))?;
+    let mut client = MeshClient::connect(format!("http://{}", served.grpc)).await?;
+    let outcome = |attempt: u32, status: u32, fallback: bool| pb::Outcome {
+        pool_id: pool_id.clone(),
+        key_id: "key_test".into(),
+        account_id: account_id.clone(),
+        attempt,
+        status,
+        fallback,
+        started_at_unix_ms: now_ms() - 50,
+        latency_ms: 40,
+        request_path: "/backend-api/codex/responses".into(),
+        ..Default::default()
+    };
+    let mut report = tonic::Request::new(pb::ReportBatch {
+        node_id: "events-test".into(),
+        outcomes: vec![outcome(1, 500, false), outcome(2, 200, true)],
+    });
+    report
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {}", push.trim()).parse()?);
+    let accepted = client.report(report).await?.into_inner().accepted;
+    assert_eq!(accepted, 2);
+    let sent_at = now_ms();
+    assert!(
+        wait_for(&mut resp, &mut seen, Duration::from_secs(5), |n, d| {
+            n == "activity" && d["at_ms"].as_i64().is_some_and(|t| t > sent_at - 60_000)
+        })
+        .await?,
+        "no activity event after a report: {seen:?}"
+    );
+
+    // The overview counts them.
+    let overview: serde_json::Value = http
+        .get(format!("{base}/api/v1/overview"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let main = overview["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pool"] == "main"))
+        .ok_or("no main")?;
+    assert_eq!(main["last_hour"]["requests"], 2, "{overview}");
+    assert_eq!(main["last_hour"]["errors"], 1, "{overview}");
+    assert_eq!(main["last_hour"]["failovers"], 1, "{overview}");
+    drop(resp);
+    served.stop()?;
     drop(ws);
     Ok(())
 }

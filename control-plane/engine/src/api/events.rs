@@ -10,7 +10,9 @@
 //! - `change` is sent on connect (the revision the page starts from) and whenever the revision
 //!   moves; `activity` at most once per [`ACTIVITY_SPACING`]; a comment every [`KEEP_ALIVE`];
 //! - the stream ends when the server shuts down or the client goes away (its task notices
-//!   either at once).
+//!   either at once), and after [`STREAM_LIFETIME`] in any case: the browser's `EventSource`
+//!   reconnects by itself, and so the caller is authenticated again (a signed-out session or a
+//!   revoked token does not keep a stream for long).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ use codexmesh_proto::v1 as pb;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The smallest gap between two `activity` events.
 pub const ACTIVITY_SPACING: Duration = Duration::from_secs(1);
+/// How long one stream lasts at most.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// Events buffered for a slow client before the stream waits for it.
 const BUFFER: usize = 16;
 
@@ -65,6 +69,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 /// Live events (Server-Sent Events): `change` (`{"revision": N}`) on connect and whenever the
 /// store revision moves, `activity` (`{"at_ms": T}`) at most once a second while outcome
 /// reports arrive, and a keep-alive comment every 15 s. No tenant data: refetch what changed.
+/// A stream lasts at most 5 minutes (reconnect: `EventSource` does).
 #[utoipa::path(get, path = "/api/v1/events", tag = "reports",
     responses((status = 200, content_type = "text/event-stream", body = String,
                description = "`event: change` with a ChangeEvent, `event: activity` with an \
@@ -117,10 +122,13 @@ async fn pump(
     let mut pending: Option<tokio::time::Instant> = None;
     let mut last_activity = tokio::time::Instant::now() - ACTIVITY_SPACING;
     let mut activity_open = true;
+    let ends = tokio::time::sleep(STREAM_LIFETIME);
+    tokio::pin!(ends);
     loop {
         let due = pending;
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = &mut ends => break,
             _ = tx.closed() => break,
             changed = snapshots.changed() => {
                 if changed.is_err() {
@@ -188,6 +196,19 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the burst was one event");
         shutdown.cancel();
         assert!(rx.recv().await.is_none(), "the stream ends at shutdown");
+        assert!(task.await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_after_its_lifetime() {
+        let (_snap_tx, snap_rx) = watch::channel(snapshot(1));
+        let (_act_tx, act_rx) = watch::channel(0i64);
+        let (tx, mut rx) = mpsc::channel(BUFFER);
+        let start = tokio::time::Instant::now();
+        let task = tokio::spawn(pump(snap_rx, act_rx, CancellationToken::new(), tx));
+        assert!(rx.recv().await.is_some(), "the starting revision");
+        assert!(rx.recv().await.is_none(), "then nothing until it ends");
+        assert!(start.elapsed() >= STREAM_LIFETIME);
         assert!(task.await.is_ok());
     }
 

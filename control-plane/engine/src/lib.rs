@@ -1,5 +1,5 @@
 //! codexmesh's control-plane engine: everything `serve` runs and the use cases every surface
-//! (CLI, admin API, and later the dashboard and MCP) calls.
+//! (CLI, admin API, the dashboard, and later MCP) calls.
 //!
 //! Rules this crate keeps: it reads and writes state only through `codexmesh_store`; it talks to
 //! the outside (the auth server, the upstream's usage endpoint, Envoy over gRPC, operators over
@@ -15,6 +15,7 @@
 //! - [`server`]: `serve` — the gRPC push service (`push`) and the admin API (`api`) side by
 //!   side, with the lifecycle workers (`lifecycle`: refresh, quota polls, health, retention,
 //!   watched folders (`watch`));
+//! - `dashboard`: the operator dashboard's files, embedded and served beside the admin API;
 //! - [`snapshot`]: builds, encodes and publishes what the filters run on;
 //! - `refresh`, `oauth`, `login`: tokens and the auth server;
 //! - `quota`: active quota polls and the evidence write;
@@ -22,6 +23,7 @@
 
 mod api;
 pub mod config;
+mod dashboard;
 mod envoys;
 mod lifecycle;
 mod login;

@@ -547,6 +547,7 @@ pub(crate) fn router(
             }),
         )
         .merge(api)
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -560,13 +561,16 @@ pub(crate) fn router(
 }
 
 /// No answer is cached by a browser or proxy (some carry a secret shown once: a new key, a
-/// session token) or sniffed as another content type.
+/// session token) or sniffed as another content type. The dashboard's files, which hold no
+/// data, set their own (`no-cache`: revalidated by ETag).
 async fn no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),

@@ -103,7 +103,12 @@ pub async fn run(settings: &Settings) -> Result<(), UpError> {
         new_key,
     } = ops::pools::first_pool(&ops).await?.value;
 
-    let running = server::start(settings, store.clone()).await?;
+    // The dashboard's client snippets point at the Envoy this command runs, unless told otherwise.
+    let mut serving = settings.clone();
+    if serving.gateway_url.is_empty() {
+        serving.gateway_url = format!("http://{}", settings.gateway_listen);
+    }
+    let running = server::start(&serving, store.clone()).await?;
     println!(
         "codexmesh serving grpc={} admin={}",
         running.grpc_addr, running.admin_addr

@@ -254,6 +254,13 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("GET /api/v1/requests", list("/api/v1/requests")),
         ("GET /api/v1/activity", list("/api/v1/activity?since=1h")),
         ("GET /api/v1/envoys", list("/api/v1/envoys")),
+        ("GET /api/v1/gateway", list("/api/v1/gateway")),
+        // A device login: adding an account (viewers may not); its outcome only for whoever
+        // started it (nobody else finds one, whatever the id).
+        ("POST /api/v1/pools/{pool}/logins", res(&["/api/v1/pools/b/logins"], "/api/v1/pools/a/logins",
+            "/api/v1/pools/zz-none/logins", Some(json!({})))),
+        ("GET /api/v1/logins/{login}", Isolation::Resource { other: vec!["/api/v1/logins/lgn_someone_elses"],
+            own: "/api/v1/logins/lgn_unknown", missing: "/api/v1/logins/lgn_missing", body: None, viewer_own: Some(404) }),
         ("GET /api/v1/events", Isolation::Stream { path: "/api/v1/events" }),
         ("GET /api/v1/audit", list("/api/v1/audit?limit=1000")),
         ("GET /api/v1/operators", list("/api/v1/operators")),

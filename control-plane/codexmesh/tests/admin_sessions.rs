@@ -544,9 +544,16 @@ async fn a_required_second_factor_is_set_up_before_anything_else() -> TestResult
         .await?;
     assert_eq!(code, StatusCode::OK, "{v}");
 
-    // Now sign-in needs a code; a code is accepted once.
-    let (code, _, _) = api.sign_in("dora@x.test", PASSWORD, None).await?;
+    // Now sign-in needs a code: the right password alone is asked for it (kind
+    // `totp_required`, the dashboard's second step; no session, no cookie), a wrong one is a
+    // plain failure; a code is accepted once.
+    let (code, headers, v) = api.sign_in("dora@x.test", PASSWORD, None).await?;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["kind"], "totp_required", "{v}");
+    assert!(headers.get("set-cookie").is_none());
+    let (code, _, v) = api.sign_in("dora@x.test", "wrong password", None).await?;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["kind"], "unauthenticated", "{v}");
     let next = totp_code(&secret, 1)?;
     let (code, _, s) = api.sign_in("dora@x.test", PASSWORD, Some(&next)).await?;
     assert_eq!(code, StatusCode::OK, "{s}");

@@ -466,6 +466,15 @@ declare_settings! {
             help: "OAuth token endpoint",
             readme: "",
         }
+        gateway_url: Text {
+            key: gateway_url,
+            flag: "gateway-url",
+            value_name: "URL",
+            env: "CODEXMESH_GATEWAY_URL",
+            default: "",
+            help: "The gateway's address as clients reach it, for the dashboard's client snippets",
+            readme: "(empty: unknown, the dashboard asks; `up` sets its own Envoy's)",
+        }
         grpc_listen: Addr {
             key: grpc_listen,
             flag: "grpc-listen",

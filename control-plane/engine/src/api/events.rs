@@ -12,7 +12,9 @@
 //! - the stream ends when the server shuts down or the client goes away (its task notices
 //!   either at once), and after [`STREAM_LIFETIME`] in any case: the browser's `EventSource`
 //!   reconnects by itself, and so the caller is authenticated again (a signed-out session or a
-//!   revoked token does not keep a stream for long).
+//!   revoked token does not keep a stream for long);
+//! - at most [`MAX_STREAMS`] streams are open at once per replica; beyond that a caller gets
+//!   503 with `Retry-After` (each stream holds a task and two watch subscriptions).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const ACTIVITY_SPACING: Duration = Duration::from_secs(1);
 /// How long one stream lasts at most.
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
+/// Streams open at once on one replica.
+pub const MAX_STREAMS: usize = 256;
 /// Events buffered for a slow client before the stream waits for it.
 const BUFFER: usize = 16;
 
@@ -48,6 +52,18 @@ pub(crate) struct Live {
     pub snapshots: watch::Receiver<Arc<pb::Snapshot>>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// One permit per open stream ([`MAX_STREAMS`]).
+    pub streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl Live {
+    pub fn new(snapshots: watch::Receiver<Arc<pb::Snapshot>>, shutdown: CancellationToken) -> Self {
+        Self {
+            snapshots,
+            shutdown,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        }
+    }
 }
 
 /// Event `change`: the store revision moved (or, first, the revision the stream starts at).
@@ -74,16 +90,36 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
     responses((status = 200, content_type = "text/event-stream", body = String,
                description = "`event: change` with a ChangeEvent, `event: activity` with an \
                               ActivityEvent"),
-              (status = 401, body = super::ErrorBody)))]
-async fn events(State(state): State<ApiState>, _caller: Caller) -> impl IntoResponse {
+              (status = 401, body = super::ErrorBody),
+              (status = 503, body = super::ErrorBody, description = "too many open streams")))]
+async fn events(State(state): State<ApiState>, _caller: Caller) -> axum::response::Response {
+    let Ok(permit) = Arc::clone(&state.live.streams).try_acquire_owned() else {
+        let mut refused = super::ApiError::raw(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            crate::ops::ErrorKind::Unavailable.as_str(),
+            format!("{MAX_STREAMS} live streams are open on this control plane; retry shortly"),
+            None,
+        )
+        .into_response();
+        refused.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return refused;
+    };
     let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(pump(
+    let (snapshots, activity, shutdown) = (
         state.live.snapshots.clone(),
         state.envoys.activity(),
         state.live.shutdown.clone(),
-        tx,
-    ));
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    );
+    tokio::spawn(async move {
+        pump(snapshots, activity, shutdown, tx).await;
+        drop(permit);
+    });
+    Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
 }
 
 fn event<T: Serialize>(name: &str, data: &T) -> Option<Event> {

@@ -38,6 +38,7 @@ use codexmesh_model::operators::Access;
 mod accounts;
 mod events;
 mod keys;
+mod logins;
 mod operators;
 mod pools;
 mod reports;
@@ -56,6 +57,7 @@ pub(crate) struct ApiState {
     base: Arc<Ops>,
     envoys: crate::envoys::Envoys,
     live: events::Live,
+    logins: logins::Logins,
 }
 
 /// Who is calling, from where, and how it proved it (a request extension set by
@@ -286,7 +288,7 @@ impl From<OpsError> for ApiError {
             ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthenticated | ErrorKind::TotpRequired => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         };
@@ -486,6 +488,7 @@ fn api_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(keys::routes())
         .merge(reports::routes())
         .merge(events::routes())
+        .merge(logins::routes())
         .merge(operators::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -514,6 +517,7 @@ fn document() -> utoipa::openapi::OpenApi {
         .merge(keys::routes())
         .merge(reports::routes())
         .merge(events::routes())
+        .merge(logins::routes())
         .merge(operators::protected_routes());
     router.to_openapi()
 }
@@ -530,10 +534,8 @@ pub(crate) fn router(
     let state = ApiState {
         base: Arc::new(ops),
         envoys,
-        live: events::Live {
-            snapshots,
-            shutdown,
-        },
+        live: events::Live::new(snapshots, shutdown),
+        logins: logins::Logins::default(),
     };
     let (api, doc) = api_routes(&state).split_for_parts();
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));

@@ -8,8 +8,8 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -30,6 +30,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(overview))
         .routes(routes!(requests))
         .routes(routes!(envoys))
+        .routes(routes!(gateway))
         .routes(routes!(activity))
         .routes(routes!(pool_activity))
         .routes(routes!(account_activity))
@@ -212,4 +213,22 @@ async fn overview(
     Ok(Json(
         ops::overview::overview(&caller.ops(&state)).await?.into(),
     ))
+}
+
+/// Where clients reach the gateway (setting `gateway_url`), for the client snippets a new key
+/// comes with.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct GatewayView {
+    /// The gateway's base URL as clients reach it; null when not configured.
+    pub url: Option<String>,
+}
+
+/// The gateway's address as clients reach it (setting `gateway_url`; `up` sets its Envoy's).
+#[utoipa::path(get, path = "/api/v1/gateway", tag = "reports",
+    responses((status = 200, body = GatewayView)))]
+async fn gateway(State(state): State<ApiState>, _caller: Caller) -> Json<GatewayView> {
+    let url = state.base.settings().gateway_url.trim();
+    Json(GatewayView {
+        url: (!url.is_empty()).then(|| url.trim_end_matches('/').to_owned()),
+    })
 }

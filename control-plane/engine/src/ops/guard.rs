@@ -37,6 +37,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::TotpRequired => "totp_required",
             ErrorKind::Internal => "internal",
         }
     }

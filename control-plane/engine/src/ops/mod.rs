@@ -209,6 +209,9 @@ pub enum ErrorKind {
     Forbidden,
     /// Too many failed sign-ins: locked for a while (HTTP 429).
     RateLimited,
+    /// The password was right and the operator has a second factor: sign in again with its
+    /// current code (HTTP 401). Only a caller who knew the password ever sees it.
+    TotpRequired,
     /// A bug, bad settings or stored data that does not add up (HTTP 500).
     Internal,
 }
@@ -258,6 +261,8 @@ pub enum OpsError {
     Forbidden(String),
     #[error("{0}")]
     RateLimited(String),
+    #[error("this operator signs in with a one-time code too: send it as `totp`")]
+    TotpRequired,
 }
 
 fn store_kind(e: &StoreError) -> ErrorKind {
@@ -296,6 +301,7 @@ impl OpsError {
             OpsError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             OpsError::Forbidden(_) => ErrorKind::Forbidden,
             OpsError::RateLimited(_) => ErrorKind::RateLimited,
+            OpsError::TotpRequired => ErrorKind::TotpRequired,
             OpsError::Refresh(e) => match e {
                 RefreshError::NeedsReauth { .. } | RefreshError::LeaseTimeout { .. } => {
                     ErrorKind::Conflict

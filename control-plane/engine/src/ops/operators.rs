@@ -955,6 +955,14 @@ async fn check_sign_in(
             false
         }
     };
+    // The right password for an operator with a second factor, and no code: ask for it (the
+    // dashboard's second step) rather than count a failure.
+    if let Some(c) = &creds {
+        let no_code = totp_code.is_none_or(|code| code.trim().is_empty());
+        if password_ok && c.operator.totp_enabled && no_code && !c.operator.disabled {
+            return Err(OpsError::TotpRequired);
+        }
+    }
     let second_ok = match &creds {
         Some(c) if password_ok && c.operator.totp_enabled => {
             match (&c.totp_secret_sealed, totp_code) {

@@ -524,3 +524,39 @@ async fn event_streams_are_bounded_per_replica() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_the_same_overview_and_refreshes_the_same_way() -> TestResult {
+    let s = Setup::start().await?;
+    let owner = s.token("owner", "owner", "")?;
+    let refreshed = s.ws.ok_json(&["pool", "refresh-quota", "main"])?;
+    assert_eq!(refreshed["polled"], 2, "{refreshed}");
+    assert_eq!(refreshed["cooldown"], false, "{refreshed}");
+    // The API shares the cooldown (a store lease): nothing is polled again now.
+    let (code, again) = s
+        .call(
+            &owner,
+            reqwest::Method::POST,
+            "/api/v1/pools/main/quota/refresh",
+        )
+        .await?;
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["cooldown"], true, "{again}");
+    let cli = s.ws.ok_json(&["pool", "overview"])?;
+    let (_, api) = s
+        .call(&owner, reqwest::Method::GET, "/api/v1/overview")
+        .await?;
+    let (cli_main, api_main) = (
+        pool(&cli, "main").ok_or("no main in the CLI's")?,
+        pool(&api, "main").ok_or("no main in the API's")?,
+    );
+    assert_eq!(cli_main["primary"]["headroom_percent"], 50.0, "{cli}");
+    assert_eq!(cli_main["primary"], api_main["primary"]);
+    assert_eq!(cli_main["accounts"], api_main["accounts"]);
+    let text = s.ws.ok(&["pool", "overview"])?.stdout;
+    assert!(text.contains("main") && text.contains("50%"), "{text}");
+    let r = s.ws.run(&["pool", "refresh-quota", "zz-none"])?;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("zz-none"), "{}", r.stderr);
+    Ok(())
+}

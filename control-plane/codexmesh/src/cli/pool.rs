@@ -1,11 +1,14 @@
-//! `codexmesh pool …`: create, list, set-routing.
+//! `codexmesh pool …`: create, list, set-routing, overview (the dashboard's pools overview) and
+//! refresh-quota (its "refresh live state").
 
 use clap::Subcommand;
 use serde::Serialize;
 
 use super::output::{change_suffix, routing_text};
 use super::{notify, CliError, Ctx, RoutingArgs};
-use codexmesh_engine::ops::pools;
+use codexmesh_engine::ops::overview::WindowHeadroom;
+use codexmesh_engine::ops::reports::WindowView;
+use codexmesh_engine::ops::{overview, pools, reports};
 use codexmesh_model::routing::RoutingView;
 use codexmesh_model::util;
 
@@ -23,6 +26,12 @@ pub enum Args {
         #[command(flatten)]
         routing: Box<RoutingArgs>,
     },
+    /// Each pool at a glance: accounts by state, the combined headroom of the 5-hour and weekly
+    /// windows with the next reset, and the last hour's requests, errors and failovers
+    Overview,
+    /// Poll the usage of a pool's accounts now (at most once per pool every 10 s) and print
+    /// their quota windows
+    RefreshQuota { name: String },
 }
 
 /// `{"pool", <effective routing>}`.
@@ -84,5 +93,89 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             out.line(&format!("pool {} routing{what}:", r.pool.name))?;
             out.line(&routing_text(&r.routing))
         }
+        Args::Overview => {
+            let o = notify(overview::overview(&ctx.ops).await?);
+            if out.json {
+                return out.json(&o);
+            }
+            if o.pools.is_empty() {
+                return out.line("no pools yet: codexmesh pool create NAME");
+            }
+            let rows: Vec<Vec<String>> = o
+                .pools
+                .iter()
+                .map(|p| {
+                    let a = &p.accounts;
+                    vec![
+                        p.pool.clone(),
+                        format!(
+                            "{} ({} active, {} paused, {} cooling, {} re-login)",
+                            a.total, a.active, a.paused, a.cooling_down, a.needs_reauth
+                        ),
+                        headroom(&p.primary),
+                        headroom(&p.secondary),
+                        format!(
+                            "{}/{}/{}",
+                            p.last_hour.requests, p.last_hour.errors, p.last_hour.failovers
+                        ),
+                    ]
+                })
+                .collect();
+            out.table(
+                &[
+                    "POOL",
+                    "ACCOUNTS",
+                    "5H LEFT",
+                    "WEEK LEFT",
+                    "LAST HOUR REQ/ERR/FAILOVER",
+                ],
+                &rows,
+            )
+        }
+        Args::RefreshQuota { name } => {
+            let r = notify(reports::refresh_quota(&ctx.ops, &name).await?);
+            if out.json {
+                return out.json(&r);
+            }
+            if r.cooldown {
+                out.line(&format!(
+                    "pool {name} was refreshed moments ago: nothing polled now"
+                ))?;
+            } else {
+                out.line(&format!(
+                    "polled {} account(s) of pool {name}, {} without an answer",
+                    r.polled, r.failed
+                ))?;
+            }
+            let rows: Vec<Vec<String>> = r
+                .accounts
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.label.clone(),
+                        a.state.to_string(),
+                        window(a.primary.as_ref()),
+                        window(a.secondary.as_ref()),
+                    ]
+                })
+                .collect();
+            out.table(&["ACCOUNT", "STATE", "5H USED", "WEEK USED"], &rows)
+        }
     }
+}
+
+/// `62% (resets 2026-12-02 14:00:00 UTC)`, or `unknown` before any evidence.
+fn headroom(h: &WindowHeadroom) -> String {
+    match (h.headroom_percent, h.earliest_reset_unix) {
+        (Some(p), Some(reset)) => format!("{p:.0}% (resets {})", util::fmt_utc_ms(reset * 1000)),
+        (Some(p), None) => format!("{p:.0}%"),
+        (None, _) => "unknown".to_owned(),
+    }
+}
+
+fn window(w: Option<&WindowView>) -> String {
+    w.map_or_else(
+        || "unknown".to_owned(),
+        |w| format!("{:.0}%", w.used_percent),
+    )
 }

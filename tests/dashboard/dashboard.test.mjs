@@ -1,0 +1,711 @@
+// The operator dashboard in a real browser: Debian's Chromium driven by playwright-core, against a
+// real gateway (simulator, `codexmesh serve` with its embedded dashboard, Envoy) that
+// tests/e2e/tests/dashboard.rs starts and prepares. It passes the addresses, operators, pools and
+// credentials as JSON in CODEXMESH_DASHBOARD_CONFIG (see `Config` below); this script drives the
+// pages through the DOM contract the dashboard keeps (data-page/data-ready/data-testid/data-write/
+// data-filter) and exits non-zero with the failed step named.
+//
+// Rules: every wait has a deadline; any page error, console error or CSP violation fails the run
+// (an API answer of 401/404 that the page expects, logged by Chrome as "Failed to load resource",
+// is allowed and listed); screenshots go to the artifacts dir, and so do a screenshot and the
+// HTML of the page a step failed on. No timing is asserted: the 200-account render time is
+// printed only.
+//
+// Config (JSON):
+//   admin_url, gateway_url            http://127.0.0.1:PORT of the admin API and of Envoy
+//   owner, viewer, tenant_admin       {name, password} (viewer and tenant_admin: also {pool})
+//   api_token                         an owner API token for out-of-band calls (the pause)
+//   pool_a                            the pool the viewer and the tenant admin work on
+//   other_pool                        {name, labels}: another tenant's pool and its accounts
+//   new_pool                          the pool the owner creates through the overview
+//   import                            {label, auth_json}: the account pasted into the import form
+//   big_pool                          {name, accounts}: a pool with many accounts (render time)
+//   requests                          how many turns to send with the key made on the keys page
+//   artifacts_dir                     where screenshots go
+//   bench_loads                       > 0: only sign in and load the big pool that many times,
+//                                     print the render times (median), and stop
+
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const require = createRequire(import.meta.url);
+
+if (!process.env.CODEXMESH_DASHBOARD_CONFIG) {
+  console.error('CODEXMESH_DASHBOARD_CONFIG is not set: run this through tests/e2e/tests/dashboard.rs');
+  process.exit(2);
+}
+const cfg = JSON.parse(process.env.CODEXMESH_DASHBOARD_CONFIG);
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const ARTIFACTS = cfg.artifacts_dir;
+mkdirSync(ARTIFACTS, { recursive: true });
+
+const LAPTOP = { width: 1366, height: 768 };
+const PHONE = { width: 390, height: 844 };
+/** How long a page may take to show its data (a debug build on a busy 2-core machine). */
+const READY_MS = 20_000;
+/** How long a live update may take to show without a reload. */
+const LIVE_MS = 15_000;
+/** The pages every operator can open, by name, and their route. */
+const PAGES = (pool) => [
+  ['overview', '/'],
+  ['pool', `/pools/${encodeURIComponent(pool)}`],
+  ['accounts', '/accounts'],
+  ['keys', '/keys'],
+  ['setup', '/setup'],
+  ['envoys', '/envoys'],
+  ['requests', '/requests'],
+  ['audit', '/audit'],
+];
+
+const ui = (route) => `${cfg.admin_url}/ui${route}`;
+const log = (...a) => console.log(...a);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------------------------
+// Problems the pages report (console errors, page errors, CSP violations), per page.
+
+const problems = [];
+const allowed = [];
+
+/** Chrome logs a failed fetch as "Failed to load resource: … status of 404 (Not Found)". */
+function expectedApiMiss(msg) {
+  const url = msg.location()?.url ?? '';
+  return (
+    /Failed to load resource: the server responded with a status of (401|404)\b/.test(msg.text()) &&
+    url.startsWith(`${cfg.admin_url}/api/v1/`)
+  );
+}
+
+function watch(page, who) {
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    const where = msg.location()?.url ?? '';
+    const line = `${who} console error on ${page.url()}: ${msg.text()} (${where})`;
+    if (!/Content.Security.Policy/i.test(msg.text()) && expectedApiMiss(msg)) {
+      allowed.push(line);
+    } else {
+      problems.push(line);
+    }
+  });
+  page.on('pageerror', (err) => problems.push(`${who} page error on ${page.url()}: ${err.stack || err}`));
+  // A dialog would block the page; accept confirmations (e.g. "resume this account?").
+  page.on('dialog', (d) => d.accept().catch(() => {}));
+  return page;
+}
+
+function assertNoProblems(when) {
+  if (problems.length) {
+    throw new Error(`the pages reported errors (${when}):\n  ${problems.join('\n  ')}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps: named, timed, with the page's state saved when one fails.
+
+let current = { page: null };
+async function step(name, fn) {
+  const t0 = Date.now();
+  log(`-- ${name}`);
+  try {
+    await fn();
+    assertNoProblems(name);
+  } catch (err) {
+    err.message = `step "${name}": ${err.message}`;
+    const page = current.page;
+    if (page && !page.isClosed()) {
+      const base = path.join(ARTIFACTS, `failure-${name.replace(/[^a-z0-9]+/gi, '-')}`);
+      await page.screenshot({ path: `${base}.png`, fullPage: true }).catch(() => {});
+      await page
+        .content()
+        .then((html) => writeFileSync(`${base}.html`, html))
+        .catch(() => {});
+      err.message += `\n  page: ${page.url()}\n  saved: ${base}.png and .html`;
+    }
+    throw err;
+  }
+  log(`   ok (${Date.now() - t0} ms)`);
+}
+
+/** Polls `probe` (returning a truthy value when done) until `ms` pass; fails with what it saw. */
+async function until(what, ms, probe, every = 250) {
+  const deadline = Date.now() + ms;
+  let seen;
+  for (;;) {
+    try {
+      const r = await probe();
+      if (r && !r.notYet) return r;
+      seen = r?.notYet ?? r;
+    } catch (e) {
+      seen = e.message;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`${what}: not within ${ms} ms; last seen: ${JSON.stringify(seen)}`);
+    }
+    await sleep(every);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page helpers.
+
+/** What the page shows: its data-page, data-ready, and any alert (to explain a timeout). */
+async function pageState(page) {
+  return page
+    .evaluate(() => {
+      const s = document.querySelector('section[data-page]');
+      const alerts = [...document.querySelectorAll('[role=alert]')].map((a) => a.textContent.trim());
+      return {
+        page: s?.dataset.page ?? null,
+        ready: s ? s.hasAttribute('data-ready') : false,
+        renders: s?.dataset.renders ?? null,
+        alerts: alerts.filter(Boolean),
+      };
+    })
+    .catch((e) => ({ error: e.message }));
+}
+
+/** Waits for `section[data-page=NAME][data-ready]` (plus `extra` attribute selectors). */
+async function ready(page, name, extra = '', ms = READY_MS) {
+  const sel = `section[data-page="${name}"][data-ready]${extra}`;
+  try {
+    await page.waitForSelector(sel, { timeout: ms });
+  } catch {
+    throw new Error(
+      `${sel} did not appear within ${ms} ms on ${page.url()}; the page shows ${JSON.stringify(await pageState(page))}`,
+    );
+  }
+}
+
+async function open(page, route, name, extra = '') {
+  await page.goto(ui(route), { waitUntil: 'domcontentloaded' });
+  await ready(page, name, extra);
+}
+
+/** The number a cell's text starts with ("12", "98 %", "1,204 ms"). */
+function leadingNumber(text) {
+  const m = /^\s*(-?[\d,]*\.?\d+)/.exec(text ?? '');
+  return m ? Number(m[1].replace(/,/g, '')) : NaN;
+}
+
+async function submit(form) {
+  const button = form.locator('button[type=submit], input[type=submit], button:not([type])').first();
+  await button.click();
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+async function signIn(page, who) {
+  await page.goto(ui('/'), { waitUntil: 'domcontentloaded' });
+  try {
+    await page.waitForSelector('section[data-page="sign-in"]', { timeout: READY_MS });
+  } catch {
+    throw new Error(`/ui/ signed out did not show the sign-in page: ${JSON.stringify(await pageState(page))}`);
+  }
+  await page.focus('input#signin-name');
+  await page.keyboard.type(who.name);
+  await page.keyboard.press('Tab');
+  const focused = await page.evaluate(() => document.activeElement?.id);
+  assert.equal(focused, 'signin-password', 'Tab from the name field reaches the password field');
+  await page.keyboard.type(who.password);
+  await page.keyboard.press('Enter');
+  try {
+    await ready(page, 'overview');
+  } catch (e) {
+    throw new Error(`signing in as ${who.name}: ${e.message}`);
+  }
+  const whoami = await page.locator('[data-testid=whoami]').innerText();
+  assert.ok(whoami.includes(who.name), `whoami shows "${whoami}", not ${who.name}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// API helpers (out of band: the test's own credential, not the page's session).
+
+async function api(method, route, body, token = cfg.api_token) {
+  const res = await fetch(`${cfg.admin_url}/api/v1${route}`, {
+    method,
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {}
+  return { status: res.status, json, text };
+}
+
+async function accountByLabel(label) {
+  const { status, json, text } = await api('GET', '/accounts');
+  assert.equal(status, 200, `GET /api/v1/accounts: ${text}`);
+  return (Array.isArray(json) ? json : json.accounts ?? []).find((a) => a.label === label);
+}
+
+/** One Codex turn through Envoy with `key` (the shape of tests/kit's `turn_body`). */
+async function turn(key, prompt = 'ping') {
+  const res = await fetch(`${cfg.gateway_url}/backend-api/codex/responses`, {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${key}`,
+      accept: 'text/event-stream',
+      'content-type': 'application/json',
+    },
+    body: JSON.stringify({
+      model: 'gpt-5.1-codex',
+      instructions: 'You are a test.',
+      input: [{ type: 'message', role: 'user', content: [{ type: 'input_text', text: prompt }] }],
+      tools: [],
+      tool_choice: 'auto',
+      parallel_tool_calls: false,
+      store: false,
+      stream: true,
+      include: [],
+    }),
+    signal: AbortSignal.timeout(30_000),
+  });
+  return { status: res.status, body: await res.text() };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+    '--disable-quic',
+  ],
+});
+log(`chromium ${browser.version()} (${CHROMIUM}); artifacts in ${ARTIFACTS}`);
+
+async function context(options = {}) {
+  const ctx = await browser.newContext({ viewport: LAPTOP, ...options });
+  ctx.setDefaultTimeout(READY_MS);
+  return ctx;
+}
+
+/** Loads the big pool `loads` times in `page`; returns the times to `[data-ready]` (ms). */
+async function bigPoolRenderTimes(page, loads) {
+  const times = [];
+  const pool = cfg.big_pool.name;
+  for (let i = 0; i < loads; i++) {
+    await page.goto(ui(`/pools/${encodeURIComponent(pool)}`), { waitUntil: 'commit' });
+    await ready(page, 'pool', `[data-pool="${pool}"]`, 120_000);
+    // performance.now() counts from this navigation's start; the init script noted when the
+    // section first had data-ready (a MutationObserver, so not the moment of our polling).
+    const t = await page.evaluate(() => window.__cmReadyAt ?? performance.now());
+    times.push(Math.round(t));
+  }
+  return times;
+}
+
+/** Notes (in the page) when `[data-page=pool][data-ready]` first appears. */
+const READY_PROBE = () => {
+  const note = () => {
+    if (window.__cmReadyAt === undefined && document.querySelector('section[data-page="pool"][data-ready]')) {
+      window.__cmReadyAt = performance.now();
+    }
+  };
+  new MutationObserver(note).observe(document, { subtree: true, childList: true, attributes: true });
+};
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+let exitCode = 0;
+try {
+  if (cfg.bench_loads > 0) {
+    await bench();
+  } else {
+    await scenario();
+  }
+  if (allowed.length) log(`expected API misses the pages logged:\n  ${allowed.join('\n  ')}`);
+  log('dashboard: all steps passed');
+} catch (err) {
+  exitCode = 1;
+  console.error(`\nFAILED ${err.stack || err}`);
+} finally {
+  await browser.close().catch(() => {});
+}
+process.exit(exitCode);
+
+async function bench() {
+  const ctx = await context();
+  await ctx.addInitScript(READY_PROBE);
+  const page = watch(await ctx.newPage(), 'owner');
+  current.page = page;
+  await step('sign in as the owner', () => signIn(page, cfg.owner));
+  await step(`render ${cfg.big_pool.accounts} accounts ${cfg.bench_loads} times`, async () => {
+    const times = await bigPoolRenderTimes(page, cfg.bench_loads);
+    log(
+      `BENCH dashboard pool page with ${cfg.big_pool.accounts} accounts: navigation start to data-ready ` +
+        `median ${median(times)} ms, min ${Math.min(...times)} ms, max ${Math.max(...times)} ms ` +
+        `(${times.length} loads: ${times.join(', ')})`,
+    );
+  });
+}
+
+async function scenario() {
+  // ------------------------------------------------------------------ the owner, on a laptop
+  const owner = await context();
+  await owner.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: cfg.admin_url });
+  await owner.addInitScript(READY_PROBE);
+  const page = watch(await owner.newPage(), 'owner');
+  current.page = page;
+  const pool = cfg.new_pool;
+  const label = cfg.import.label;
+  let accountId;
+  let key;
+  const keyLabel = 'browser-key';
+
+  await step('a. the owner signs in with the keyboard', async () => {
+    await page.goto(ui('/'), { waitUntil: 'domcontentloaded' });
+    await page.waitForSelector('section[data-page="sign-in"]');
+    await shot(page, 'laptop-sign-in');
+    await signIn(page, cfg.owner);
+    for (const sel of ['[data-testid=whoami]', 'button[data-testid=sign-out]', '[data-testid=live-status]']) {
+      assert.equal(await page.locator(sel).count(), 1, `the shell has one ${sel}`);
+    }
+  });
+
+  await step('b. the owner creates a pool on the overview and opens it', async () => {
+    const form = page.locator('form[data-testid=create-pool]');
+    await form.locator('input[name=name]').fill(pool);
+    await submit(form);
+    const card = page.locator(`[data-testid=pool-card][data-pool="${pool}"]`);
+    await card.waitFor({ timeout: READY_MS });
+    await card.locator('a[href]').first().click();
+    await ready(page, 'pool', `[data-pool="${pool}"]`);
+    assert.ok(
+      new URL(page.url()).pathname === `/ui/pools/${pool}`,
+      `the pool's link leads to /ui/pools/${pool}, not ${page.url()}`,
+    );
+  });
+
+  await step('c. the owner imports an account by pasting its auth.json', async () => {
+    const form = page.locator('form[data-testid=import-account]');
+    await form.locator('input[name=label]').fill(label);
+    await form.locator('textarea[name=auth_json]').fill(cfg.import.auth_json);
+    await submit(form);
+    const account = await until(`account ${label} in the store`, READY_MS, () => accountByLabel(label));
+    accountId = account.id;
+    const row = page.locator(`[data-testid=members] tr[data-account="${accountId}"]`);
+    await row.waitFor({ timeout: READY_MS }).catch(async () => {
+      throw new Error(
+        `the members table has no row tr[data-account="${accountId}"] (${label}); it has ` +
+          JSON.stringify(await page.locator('[data-testid=members] tr[data-account]').evaluateAll((rs) => rs.map((r) => r.dataset.account))),
+      );
+    });
+    assert.ok((await row.innerText()).includes(label), `the member row shows the label ${label}`);
+    for (const sel of ['input[name=priority]', 'input[name=weight]', 'button[data-testid=remove-member]']) {
+      assert.equal(await row.locator(sel).count(), 1, `the member row has ${sel}`);
+    }
+  });
+
+  await step('d. the owner changes the routing strategy and it sticks', async () => {
+    const select = page.locator('form[data-testid=routing-form] select[name=strategy]');
+    const before = await select.inputValue();
+    const options = await select.locator('option').evaluateAll((os) => os.map((o) => o.value));
+    const want = options.includes('priority_order') && before !== 'priority_order' ? 'priority_order' : options.find((o) => o && o !== before);
+    assert.ok(want, `the strategy select offers another strategy than ${before}: ${options}`);
+    await select.selectOption(want);
+    await submit(page.locator('form[data-testid=routing-form]'));
+    await until(`the pool's strategy to be ${want} (API)`, READY_MS, async () => {
+      const { json } = await api('GET', `/pools/${pool}`);
+      return json?.strategy === want || { notYet: json };
+    });
+    await page.reload({ waitUntil: 'domcontentloaded' });
+    await ready(page, 'pool', `[data-pool="${pool}"]`);
+    assert.equal(await select.inputValue(), want, 'after a reload the select shows the saved strategy');
+  });
+
+  await step('e. the owner creates a key and copies it', async () => {
+    await open(page, '/keys', 'keys');
+    const rowsBefore = await page.locator('tr[data-testid=key-row]').count();
+    const form = page.locator('form[data-testid=create-key]');
+    await form.locator('select[name=pool]').selectOption(pool);
+    await form.locator('input[name=label]').fill(keyLabel);
+    await submit(form);
+    const code = page.locator('[data-testid=new-key] code[data-testid=new-key-value]');
+    await code.waitFor({ timeout: READY_MS });
+    key = (await code.innerText()).trim();
+    assert.ok(/^\S{16,}$/.test(key), `the new key looks like a key: "${key}"`);
+    for (const tool of ['codex', 'openai-python', 'openai-node', 'agents']) {
+      const snippet = page.locator(`[data-testid=new-key] [data-testid=snippet][data-tool="${tool}"]`);
+      assert.equal(await snippet.count(), 1, `one ${tool} snippet`);
+      assert.ok((await snippet.innerText()).includes(key), `the ${tool} snippet contains the key`);
+    }
+    await page.locator('button[data-testid=copy-key]').click();
+    const copied = await page.evaluate(() => navigator.clipboard.readText()).catch((e) => `unreadable: ${e.message}`);
+    if (copied.startsWith('unreadable: ')) {
+      log(`   note: the clipboard could not be read back (${copied})`);
+    } else {
+      assert.equal(copied.trim(), key, 'the copy button put the key on the clipboard');
+    }
+    await until('a key row for the new key', READY_MS, async () => (await page.locator('tr[data-testid=key-row]').count()) > rowsBefore);
+    await shot(page, 'laptop-keys-new-key');
+  });
+
+  const n = cfg.requests;
+  let served = 0;
+  await step(`f+g. ${n} turns through Envoy with the key show up live on the pool page`, async () => {
+    // The key reaches Envoy with the next snapshot: retry until one turn is served.
+    await until('a turn with the new key to be served (200)', 30_000, async () => {
+      const r = await turn(key);
+      if (r.status === 200) return true;
+      return { notYet: `${r.status} ${r.body.slice(0, 200)}` };
+    }, 300);
+    served = 1;
+    await open(page, `/pools/${encodeURIComponent(pool)}`, 'pool', `[data-pool="${pool}"]`);
+    await page.evaluate(() => {
+      window.__cmNoReload = true;
+    });
+    const renders0 = Number((await pageState(page)).renders ?? 0);
+    for (let i = 0; i < n; i++) {
+      const r = await turn(key, `turn ${i}`);
+      assert.equal(r.status, 200, `turn ${i} through Envoy: ${r.status} ${r.body.slice(0, 300)}`);
+      assert.ok(r.body.includes('response.completed'), `turn ${i} streamed to the end: ${r.body.slice(-300)}`);
+      served++;
+    }
+    const row = page.locator(`table[data-testid=activity-table] tbody tr[data-label="${label}"]`);
+    await until(`the activity row of ${label} to count ${served} requests (live)`, LIVE_MS, async () => {
+      if ((await row.count()) !== 1) return { notYet: `${await row.count()} rows for ${label}` };
+      const requests = leadingNumber(await row.locator('td[data-col=requests]').innerText());
+      const total = Number(await row.locator('svg[data-testid=timeline]').getAttribute('data-total'));
+      const poolTotal = Number(await page.locator('svg[data-testid=pool-timeline]').getAttribute('data-total'));
+      return (requests >= served && total >= served && poolTotal >= served) || { notYet: { requests, total, poolTotal } };
+    });
+    for (const col of ['requests', 'success', 'health', 'fallbacks', 'latency']) {
+      const text = await row.locator(`td[data-col=${col}]`).innerText();
+      assert.ok(!Number.isNaN(leadingNumber(text)), `td[data-col=${col}] starts with a number: "${text}"`);
+    }
+    assert.equal(await row.getAttribute('data-account'), accountId, 'the activity row names the account by id');
+    assert.ok(await page.evaluate(() => window.__cmNoReload === true), 'the page was not reloaded');
+    const renders1 = Number((await pageState(page)).renders ?? 0);
+    assert.ok(renders1 > renders0, `the page re-rendered on its own (data-renders ${renders0} -> ${renders1})`);
+    await page.locator('button[data-testid=refresh-live]').click();
+    await ready(page, 'pool', `[data-pool="${pool}"]`);
+    await shot(page, 'laptop-pool');
+  });
+
+  await step('g. the request log shows the turns of that key and account', async () => {
+    await open(page, '/requests', 'requests');
+    assert.equal(await page.locator('form[data-testid=filters][data-filter]').count(), 1, 'the request log has its filter form');
+    const matching = () =>
+      page.locator('table[data-testid=requests-table] tr[data-request]').evaluateAll(
+        (rows, [label, keyLabel]) =>
+          rows.filter((r) => {
+            const cell = (c) => r.querySelector(`td[data-col=${c}]`)?.textContent ?? '';
+            return cell('account').includes(label) && cell('key').includes(keyLabel);
+          }).length,
+        [label, keyLabel],
+      );
+    await until(`request rows for account ${label} and key ${keyLabel}`, READY_MS, async () => {
+      const m = await matching();
+      return m >= served || { notYet: `${m} matching rows` };
+    }, 500);
+  });
+
+  await step('h. a pause made elsewhere shows live; resume from the page', async () => {
+    await open(page, '/accounts', 'accounts');
+    await page.evaluate(() => {
+      window.__cmNoReload = true;
+    });
+    const row = page.locator(`[data-testid=account-row][data-label="${label}"]`);
+    assert.equal(await row.count(), 1, `one account row for ${label}`);
+    assert.equal(await row.getAttribute('data-account'), accountId, 'the account row names the account by id');
+    for (const bar of await page.locator('[data-testid=quota-bar]').all()) {
+      assert.equal(await bar.getAttribute('role'), 'meter', 'a quota bar is a meter');
+      assert.ok(['primary', 'secondary'].includes(await bar.getAttribute('data-window')), 'a quota bar names its window');
+    }
+    const paused = row.locator('[data-testid=badge][data-badge=paused]');
+    assert.equal(await paused.count(), 0, `${label} is not paused yet`);
+    const { status, text } = await api('POST', `/accounts/${encodeURIComponent(accountId)}/pause`);
+    assert.equal(status, 200, `pausing through the API: ${text}`);
+    await paused.waitFor({ timeout: LIVE_MS }).catch(async () => {
+      throw new Error(`the paused badge did not appear within ${LIVE_MS} ms without a reload; badges: ${await row.locator('[data-testid=badge]').evaluateAll((bs) => bs.map((b) => b.dataset.badge))}`);
+    });
+    assert.ok(await page.evaluate(() => window.__cmNoReload === true), 'the page was not reloaded');
+    await shot(page, 'laptop-accounts-paused');
+    await row.locator('[data-testid=resume]').click();
+    await paused.waitFor({ state: 'detached', timeout: LIVE_MS });
+    await until(`${label} active again (API)`, READY_MS, async () => {
+      const a = await accountByLabel(label);
+      return a?.state === 'active' || { notYet: a?.state };
+    });
+  });
+
+  await step('k. every page passes axe (wcag2a, wcag2aa) and starts with a skip link', async () => {
+    const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+    const failures = [];
+    for (const [name, route] of PAGES(pool)) {
+      await open(page, route, name);
+      // The skip link is the first Tab stop, visible when focused, and points at the content.
+      await page.evaluate(() => document.activeElement?.blur());
+      await page.keyboard.press('Tab');
+      const first = await page.evaluate(() => {
+        const el = document.activeElement;
+        const r = el.getBoundingClientRect();
+        const s = getComputedStyle(el);
+        const href = el.getAttribute('href') ?? '';
+        return {
+          tag: el.tagName,
+          text: el.textContent.trim(),
+          href,
+          target: href.startsWith('#') && !!document.getElementById(href.slice(1)),
+          visible: r.width > 0 && r.height > 0 && r.bottom > 0 && r.right > 0 && s.visibility !== 'hidden',
+          focusStyle:
+            (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || (s.boxShadow && s.boxShadow !== 'none'),
+        };
+      });
+      if (!(first.tag === 'A' && /skip/i.test(first.text) && first.target)) {
+        failures.push(`${name}: the first Tab stop is not a skip link to the content: ${JSON.stringify(first)}`);
+      } else if (!first.visible || !first.focusStyle) {
+        failures.push(`${name}: the focused skip link is not visible with a focus style: ${JSON.stringify(first)}`);
+      }
+      // Injected through the DevTools protocol: the page's CSP forbids inline script tags.
+      await page.evaluate(axeSource);
+      const violations = await page.evaluate(async () => {
+        const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa'] } });
+        return r.violations.map((v) => ({
+          id: v.id,
+          impact: v.impact,
+          help: v.help,
+          nodes: v.nodes.slice(0, 5).map((n) => `${n.target.join(' ')}: ${n.failureSummary?.split('\n').slice(1).join(' ')}`),
+        }));
+      });
+      for (const v of violations) {
+        failures.push(`${name}: axe ${v.id} (${v.impact}): ${v.help}\n      ${v.nodes.join('\n      ')}`);
+      }
+      await shot(page, `laptop-${name}`);
+    }
+    // An unknown route is the not-found page.
+    await page.goto(ui('/no-such-page'), { waitUntil: 'domcontentloaded' });
+    await page.waitForSelector('section[data-page="not-found"]').catch(async () => {
+      throw new Error(`/ui/no-such-page is not the not-found page: ${JSON.stringify(await pageState(page))}`);
+    });
+    await shot(page, 'laptop-not-found');
+    if (failures.length) throw new Error(`accessibility:\n  ${failures.join('\n  ')}`);
+  });
+
+  await step('l+m. on a phone the overview and the pool page do not scroll sideways', async () => {
+    const phone = await context({
+      viewport: PHONE,
+      deviceScaleFactor: 2,
+      isMobile: true,
+      hasTouch: true,
+      storageState: await owner.storageState(),
+    });
+    const p = watch(await phone.newPage(), 'owner (phone)');
+    current.page = p;
+    const wide = [];
+    for (const [name, route] of PAGES(pool).filter(([n]) => ['overview', 'pool', 'accounts', 'keys', 'requests'].includes(n))) {
+      await open(p, route, name);
+      const { scrollWidth, innerWidth } = await p.evaluate(() => ({
+        scrollWidth: document.documentElement.scrollWidth,
+        innerWidth: window.innerWidth,
+      }));
+      if (['overview', 'pool'].includes(name) && scrollWidth > innerWidth) {
+        wide.push(`${name}: scrollWidth ${scrollWidth} > innerWidth ${innerWidth}`);
+      }
+      await shot(p, `phone-${name}`);
+    }
+    await phone.close();
+    current.page = page;
+    if (wide.length) throw new Error(`the page scrolls sideways at ${PHONE.width}x${PHONE.height}: ${wide.join('; ')}`);
+  });
+
+  await step(`n. the pool of ${cfg.big_pool.accounts} accounts renders (time printed, not asserted)`, async () => {
+    const [ms] = await bigPoolRenderTimes(page, 1);
+    const rows = await page.locator('[data-testid=members] tr[data-account]').count();
+    const activity = await page.locator('table[data-testid=activity-table] tbody tr[data-account]').count();
+    log(`   TIMING pool page with ${cfg.big_pool.accounts} accounts: navigation start to data-ready ${ms} ms (${rows} member rows, ${activity} activity rows)`);
+    assert.equal(rows, cfg.big_pool.accounts, `the members table renders all ${cfg.big_pool.accounts} accounts`);
+    await shot(page, 'laptop-pool-big');
+  });
+
+  // ------------------------------------------------------------------ a viewer
+  await step('i. a viewer sees no control that changes anything, on every page', async () => {
+    const ctx = await context();
+    const p = watch(await ctx.newPage(), 'viewer');
+    current.page = p;
+    await signIn(p, cfg.viewer);
+    const found = [];
+    for (const [name, route] of PAGES(cfg.viewer.pool)) {
+      await open(p, route, name);
+      const seen = await p.evaluate(() => {
+        const describe = (el) => `${el.tagName.toLowerCase()}${el.dataset.testid ? `[data-testid=${el.dataset.testid}]` : ''}${el.name ? `[name=${el.name}]` : ''}`;
+        const writes = [...document.querySelectorAll('[data-write]')].map(describe);
+        const fields = [...document.querySelectorAll('input, select, textarea')]
+          .filter((el) => !el.closest('[data-filter]'))
+          .map(describe);
+        const named = [
+          ...document.querySelectorAll(
+            'form[data-testid=create-pool], form[data-testid=create-key], form[data-testid=import-account], ' +
+              'form[data-testid=routing-form], form[data-testid=add-member], [data-testid=pause], ' +
+              '[data-testid=resume], [data-testid=relogin], [data-testid=remove-member]',
+          ),
+        ].map(describe);
+        return { writes, fields, named };
+      });
+      if (seen.writes.length) found.push(`${name}: [data-write] ${seen.writes.join(', ')}`);
+      if (seen.fields.length) found.push(`${name}: fields outside a filter form ${seen.fields.join(', ')}`);
+      if (seen.named.length) found.push(`${name}: write controls ${seen.named.join(', ')}`);
+    }
+    await shot(p, 'laptop-viewer-audit');
+    await ctx.close();
+    current.page = page;
+    if (found.length) throw new Error(`a viewer is offered changes:\n  ${found.join('\n  ')}`);
+  });
+
+  // ------------------------------------------------------------------ an admin of one pool
+  await step("j. an admin of one pool cannot see another tenant's pool", async () => {
+    const ctx = await context();
+    const p = watch(await ctx.newPage(), 'tenant admin');
+    current.page = p;
+    await signIn(p, cfg.tenant_admin);
+    const other = cfg.other_pool;
+    const leaks = async (where) => {
+      const text = await p.evaluate(() => document.body.innerText + document.body.innerHTML);
+      const leaked = other.labels.filter((l) => text.includes(l));
+      assert.deepEqual(leaked, [], `${where} shows the other tenant's accounts ${leaked}`);
+    };
+    await ready(p, 'overview');
+    assert.equal(await p.locator(`[data-testid=pool-card][data-pool="${other.name}"]`).count(), 0, `the overview lists ${other.name}`);
+    assert.equal(await p.locator(`[data-testid=pool-card][data-pool="${cfg.tenant_admin.pool}"]`).count(), 1, `the overview lists ${cfg.tenant_admin.pool}`);
+    await leaks('the overview');
+    await p.goto(ui(`/pools/${encodeURIComponent(other.name)}`), { waitUntil: 'domcontentloaded' });
+    await p.waitForSelector('section[data-page="not-found"]').catch(async () => {
+      throw new Error(`/ui/pools/${other.name} is not the not-found page: ${JSON.stringify(await pageState(p))}`);
+    });
+    await sleep(500); // anything fetched late would show by now
+    await leaks(`/ui/pools/${other.name}`);
+    await shot(p, 'laptop-tenant-not-found');
+    await open(p, '/accounts', 'accounts');
+    await leaks('the accounts page');
+    await open(p, '/requests', 'requests');
+    await leaks('the request log');
+    await ctx.close();
+    current.page = page;
+  });
+
+  await step('the owner signs out', async () => {
+    await open(page, '/', 'overview');
+    await page.locator('button[data-testid=sign-out]').click();
+    await page.waitForSelector('section[data-page="sign-in"]');
+  });
+}

@@ -70,12 +70,17 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const problems = [];
 const allowed = [];
 
-/** Chrome logs a failed fetch as "Failed to load resource: … status of 404 (Not Found)". */
-function expectedApiMiss(msg) {
+/**
+ * Chrome logs a failed fetch as "Failed to load resource: … status of 404 (Not Found)". Allowed:
+ * the API's 401 (signed out) and 404 (a pool the operator does not see), which the pages expect,
+ * and the browser's own request for /favicon.ico when a page declares no icon.
+ */
+function expectedMiss(msg) {
   const url = msg.location()?.url ?? '';
+  const status = /Failed to load resource: the server responded with a status of (\d+)/.exec(msg.text())?.[1];
   return (
-    /Failed to load resource: the server responded with a status of (401|404)\b/.test(msg.text()) &&
-    url.startsWith(`${cfg.admin_url}/api/v1/`)
+    ((status === '401' || status === '404') && url.startsWith(`${cfg.admin_url}/api/v1/`)) ||
+    (status === '404' && url === `${cfg.admin_url}/favicon.ico`)
   );
 }
 
@@ -84,7 +89,7 @@ function watch(page, who) {
     if (msg.type() !== 'error') return;
     const where = msg.location()?.url ?? '';
     const line = `${who} console error on ${page.url()}: ${msg.text()} (${where})`;
-    if (!/Content.Security.Policy/i.test(msg.text()) && expectedApiMiss(msg)) {
+    if (!/Content.Security.Policy/i.test(msg.text()) && expectedMiss(msg)) {
       allowed.push(line);
     } else {
       problems.push(line);
@@ -199,13 +204,14 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
-async function signIn(page, who) {
+async function signIn(page, who, onForm = async () => {}) {
   await page.goto(ui('/'), { waitUntil: 'domcontentloaded' });
   try {
     await page.waitForSelector('section[data-page="sign-in"]', { timeout: READY_MS });
   } catch {
     throw new Error(`/ui/ signed out did not show the sign-in page: ${JSON.stringify(await pageState(page))}`);
   }
+  await onForm();
   await page.focus('input#signin-name');
   await page.keyboard.type(who.name);
   await page.keyboard.press('Tab');
@@ -246,6 +252,30 @@ async function accountByLabel(label) {
   const { status, json, text } = await api('GET', '/accounts');
   assert.equal(status, 200, `GET /api/v1/accounts: ${text}`);
   return (Array.isArray(json) ? json : json.accounts ?? []).find((a) => a.label === label);
+}
+
+const AXE_SOURCE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+
+/** axe-core's WCAG 2 A and AA violations on the page, one line (and its first nodes) each. */
+async function axeViolations(page, name) {
+  // Injected through the DevTools protocol: the page's CSP (rightly) refuses inline script tags,
+  // so page.addScriptTag({content}) would be blocked and reported as a violation.
+  await page.evaluate(AXE_SOURCE);
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa'] } });
+    return r.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      help: v.help,
+      nodes: v.nodes.slice(0, 5).map((n) => `${n.target.join(' ')}: ${n.failureSummary?.split('\n').slice(1).join(' ')}`),
+      more: Math.max(0, v.nodes.length - 5),
+    }));
+  });
+  return violations.map(
+    (v) =>
+      `${name}: axe ${v.id} (${v.impact}): ${v.help}\n      ${v.nodes.join('\n      ')}` +
+      (v.more ? `\n      … and ${v.more} more` : ''),
+  );
 }
 
 /** One Codex turn through Envoy with `key` (the shape of tests/kit's `turn_body`). */
@@ -333,11 +363,12 @@ try {
   } else {
     await scenario();
   }
-  if (allowed.length) log(`expected API misses the pages logged:\n  ${allowed.join('\n  ')}`);
+  if (allowed.length) log(`allowed misses the pages logged (API 401/404, favicon):\n  ${allowed.join('\n  ')}`);
   log('dashboard: all steps passed');
 } catch (err) {
   exitCode = 1;
-  console.error(`\nFAILED ${err.stack || err}`);
+  const at = (err.stack ?? '').split('\n').filter((l) => /^\s+at /.test(l)).slice(0, 6).join('\n');
+  console.error(`\nFAILED ${err.message ?? err}\n${at}`);
 } finally {
   await browser.close().catch(() => {});
 }
@@ -371,12 +402,13 @@ async function scenario() {
   let accountId;
   let key;
   const keyLabel = 'browser-key';
+  let signInViolations = [];
 
   await step('a. the owner signs in with the keyboard', async () => {
-    await page.goto(ui('/'), { waitUntil: 'domcontentloaded' });
-    await page.waitForSelector('section[data-page="sign-in"]');
-    await shot(page, 'laptop-sign-in');
-    await signIn(page, cfg.owner);
+    await signIn(page, cfg.owner, async () => {
+      signInViolations = await axeViolations(page, 'sign-in');
+      await shot(page, 'laptop-sign-in');
+    });
     for (const sel of ['[data-testid=whoami]', 'button[data-testid=sign-out]', '[data-testid=live-status]']) {
       assert.equal(await page.locator(sel).count(), 1, `the shell has one ${sel}`);
     }
@@ -550,8 +582,7 @@ async function scenario() {
   });
 
   await step('k. every page passes axe (wcag2a, wcag2aa) and starts with a skip link', async () => {
-    const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
-    const failures = [];
+    const failures = [...signInViolations];
     for (const [name, route] of PAGES(pool)) {
       await open(page, route, name);
       // The skip link is the first Tab stop, visible when focused, and points at the content.
@@ -577,20 +608,7 @@ async function scenario() {
       } else if (!first.visible || !first.focusStyle) {
         failures.push(`${name}: the focused skip link is not visible with a focus style: ${JSON.stringify(first)}`);
       }
-      // Injected through the DevTools protocol: the page's CSP forbids inline script tags.
-      await page.evaluate(axeSource);
-      const violations = await page.evaluate(async () => {
-        const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa'] } });
-        return r.violations.map((v) => ({
-          id: v.id,
-          impact: v.impact,
-          help: v.help,
-          nodes: v.nodes.slice(0, 5).map((n) => `${n.target.join(' ')}: ${n.failureSummary?.split('\n').slice(1).join(' ')}`),
-        }));
-      });
-      for (const v of violations) {
-        failures.push(`${name}: axe ${v.id} (${v.impact}): ${v.help}\n      ${v.nodes.join('\n      ')}`);
-      }
+      failures.push(...(await axeViolations(page, name)));
       await shot(page, `laptop-${name}`);
     }
     // An unknown route is the not-found page.
@@ -598,6 +616,7 @@ async function scenario() {
     await page.waitForSelector('section[data-page="not-found"]').catch(async () => {
       throw new Error(`/ui/no-such-page is not the not-found page: ${JSON.stringify(await pageState(page))}`);
     });
+    failures.push(...(await axeViolations(page, 'not-found')));
     await shot(page, 'laptop-not-found');
     if (failures.length) throw new Error(`accessibility:\n  ${failures.join('\n  ')}`);
   });
@@ -624,9 +643,9 @@ async function scenario() {
       }
       await shot(p, `phone-${name}`);
     }
+    if (wide.length) throw new Error(`the page scrolls sideways at ${PHONE.width}x${PHONE.height}: ${wide.join('; ')}`);
     await phone.close();
     current.page = page;
-    if (wide.length) throw new Error(`the page scrolls sideways at ${PHONE.width}x${PHONE.height}: ${wide.join('; ')}`);
   });
 
   await step(`n. the pool of ${cfg.big_pool.accounts} accounts renders (time printed, not asserted)`, async () => {
@@ -648,7 +667,7 @@ async function scenario() {
     for (const [name, route] of PAGES(cfg.viewer.pool)) {
       await open(p, route, name);
       const seen = await p.evaluate(() => {
-        const describe = (el) => `${el.tagName.toLowerCase()}${el.dataset.testid ? `[data-testid=${el.dataset.testid}]` : ''}${el.name ? `[name=${el.name}]` : ''}`;
+        const describe = (el) => `${el.tagName.toLowerCase()}${el.dataset.testid ? `[data-testid=${el.dataset.testid}]` : ''}${el.getAttribute('name') ? `[name=${el.getAttribute('name')}]` : ''}`;
         const writes = [...document.querySelectorAll('[data-write]')].map(describe);
         const fields = [...document.querySelectorAll('input, select, textarea')]
           .filter((el) => !el.closest('[data-filter]'))
@@ -666,10 +685,10 @@ async function scenario() {
       if (seen.fields.length) found.push(`${name}: fields outside a filter form ${seen.fields.join(', ')}`);
       if (seen.named.length) found.push(`${name}: write controls ${seen.named.join(', ')}`);
     }
+    if (found.length) throw new Error(`a viewer is offered changes:\n  ${found.join('\n  ')}`);
     await shot(p, 'laptop-viewer-audit');
     await ctx.close();
     current.page = page;
-    if (found.length) throw new Error(`a viewer is offered changes:\n  ${found.join('\n  ')}`);
   });
 
   // ------------------------------------------------------------------ an admin of one pool

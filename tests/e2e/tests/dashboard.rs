@@ -194,6 +194,7 @@ async fn run_browser_script(config: &Value) -> (bool, String) {
         .current_dir(&dashboard)
         .env("CODEXMESH_DASHBOARD_CONFIG", config.to_string())
         .env("CHROMIUM", chromium())
+        .env("FORCE_COLOR", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

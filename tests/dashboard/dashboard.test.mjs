@@ -408,6 +408,17 @@ async function scenario() {
     await signIn(page, cfg.owner, async () => {
       signInViolations = await axeViolations(page, 'sign-in');
       await shot(page, 'laptop-sign-in');
+      // A wrong password is refused with an alert, and the form stays.
+      await page.fill('input#signin-name', cfg.owner.name);
+      await page.fill('input#signin-password', 'not the password at all');
+      await page.press('input#signin-password', 'Enter');
+      await until('an alert about the wrong password', READY_MS, async () => {
+        const texts = await page.locator('section[data-page="sign-in"] [role=alert]').allInnerTexts();
+        return texts.some((t) => t.trim()) || { notYet: texts };
+      });
+      await shot(page, 'laptop-sign-in-refused');
+      await page.fill('input#signin-name', '');
+      await page.fill('input#signin-password', '');
     });
     for (const sel of ['[data-testid=whoami]', 'button[data-testid=sign-out]', '[data-testid=live-status]']) {
       assert.equal(await page.locator(sel).count(), 1, `the shell has one ${sel}`);
@@ -418,8 +429,11 @@ async function scenario() {
     const form = page.locator('form[data-testid=create-pool]');
     await form.locator('input[name=name]').fill(pool);
     await submit(form);
+    // The overview lists the new pool (or the page goes to it at once: then back, to the card).
     const card = page.locator(`[data-testid=pool-card][data-pool="${pool}"]`);
-    await card.waitFor({ timeout: READY_MS });
+    const poolPage = page.locator(`section[data-page="pool"][data-pool="${pool}"]`);
+    await until(`a card for ${pool} on the overview`, READY_MS, async () => (await card.count()) + (await poolPage.count()) > 0 || { notYet: await pageState(page) });
+    if ((await card.count()) === 0) await open(page, '/', 'overview');
     await card.locator('a[href]').first().click();
     await ready(page, 'pool', `[data-pool="${pool}"]`);
     assert.ok(
@@ -467,7 +481,6 @@ async function scenario() {
 
   await step('e. the owner creates a key and copies it', async () => {
     await open(page, '/keys', 'keys');
-    const rowsBefore = await page.locator('tr[data-testid=key-row]').count();
     const form = page.locator('form[data-testid=create-key]');
     await form.locator('select[name=pool]').selectOption(pool);
     await form.locator('input[name=label]').fill(keyLabel);
@@ -488,7 +501,15 @@ async function scenario() {
     } else {
       assert.equal(copied.trim(), key, 'the copy button put the key on the clipboard');
     }
-    await until('a key row for the new key', READY_MS, async () => (await page.locator('tr[data-testid=key-row]').count()) > rowsBefore);
+    // The key belongs to the pool chosen in the form (a re-render must not have reset it).
+    const keys = await api('GET', '/keys');
+    const made = (keys.json ?? []).filter((k) => k.label === keyLabel);
+    assert.deepEqual(made.map((k) => k.pool), [pool], `the keys labelled ${keyLabel} (API): ${JSON.stringify(made)}`);
+    assert.ok(
+      (await page.locator(`tr[data-testid=key-row][data-key="${made[0].id}"]`).count()) <= 1,
+      'at most one row per key',
+    );
+    await until('a key row for the new key', READY_MS, async () => (await page.locator(`tr[data-testid=key-row][data-key="${made[0].id}"]`).count()) === 1 || { notYet: await page.locator('tr[data-testid=key-row]').evaluateAll((rs) => rs.map((r) => r.dataset.key)) });
     await shot(page, 'laptop-keys-new-key');
   });
 
@@ -586,8 +607,17 @@ async function scenario() {
     for (const [name, route] of PAGES(pool)) {
       await open(page, route, name);
       // The skip link is the first Tab stop, visible when focused, and points at the content.
-      await page.evaluate(() => document.activeElement?.blur());
+      // Tab from the very start of the document, whatever the page focused itself: from a
+      // (not tabbable) marker put first in the body, then removed.
+      await page.evaluate(() => {
+        const start = document.createElement('span');
+        start.tabIndex = -1;
+        start.id = '__cm-tab-start';
+        document.body.prepend(start);
+        start.focus();
+      });
       await page.keyboard.press('Tab');
+      await page.evaluate(() => document.getElementById('__cm-tab-start')?.remove());
       const first = await page.evaluate(() => {
         const el = document.activeElement;
         const r = el.getBoundingClientRect();

@@ -486,7 +486,13 @@ async function scenario() {
     await form.locator('input[name=label]').fill(keyLabel);
     await submit(form);
     const code = page.locator('[data-testid=new-key] code[data-testid=new-key-value]');
-    await code.waitFor({ timeout: READY_MS });
+    await code.waitFor({ timeout: READY_MS }).catch(async () => {
+      const made = ((await api('GET', '/keys')).json ?? []).filter((k) => k.label === keyLabel);
+      throw new Error(
+        `no [data-testid=new-key] code[data-testid=new-key-value] within ${READY_MS} ms after submitting the form; ` +
+          `the page shows ${JSON.stringify(await pageState(page))}; keys labelled ${keyLabel} in the API: ${JSON.stringify(made)}`,
+      );
+    });
     key = (await code.innerText()).trim();
     assert.ok(/^\S{16,}$/.test(key), `the new key looks like a key: "${key}"`);
     for (const tool of ['codex', 'openai-python', 'openai-node', 'agents']) {

@@ -1,0 +1,156 @@
+// pages/keys.js — pool keys: list, create, rotate, revoke; a new key's secret shown once with
+// ready-made client snippets.
+//
+// Rules this module keeps:
+// - The raw key exists only in the answer that created it and in the "new key" panel built
+//   from it; it is never stored (no localStorage, no URL) and the panel is outside the part a
+//   live refresh rebuilds, so it stays until the page is left.
+// - Revoke asks first; rotate shows the new secret the same way as create.
+// - Viewers see the list only.
+
+import { get, post, p } from "../api.js";
+import {
+  h, fragment, badge, dataTable, emptyRow, timeElement, field, statusArea, showError, showNotices, clearStatus,
+  trackDirty, markClean, isBusy, whileBusy, confirmDialog, copyText,
+} from "../ui.js";
+import { loadGateway, snippetsBlock } from "../snippets.js";
+
+export default {
+  name: "keys",
+  title: "Keys",
+  async load() {
+    const [keys, pools, gateway] = await Promise.all([get("/keys"), get("/pools"), loadGateway()]);
+    return { keys, pools, gateway };
+  },
+  render(ctx, data, { first }) {
+    if (first) {
+      ctx.status = statusArea();
+      ctx.newKey = h("div");
+      ctx.table = h("div");
+      ctx.root.replaceChildren(
+        h("div", { class: "page-head" }, h("h1", { text: "Keys" }),
+          h("p", { class: "muted", text: "Pool keys let clients (Codex CLI, SDKs, agents) use a pool through the gateway." })),
+        ctx.newKey,
+        ctx.canWrite ? createForm(ctx) : null,
+        ctx.status,
+        ctx.table);
+    }
+    ctx.gateway = data.gateway;
+    if (ctx.poolSelect && !isBusy(ctx.createForm)) fillPools(ctx, data.pools);
+    renderTable(ctx, data);
+  },
+};
+
+function createForm(ctx) {
+  const area = statusArea();
+  const pool = h("select", { name: "pool", required: true });
+  const label = h("input", { name: "label", type: "text", autocomplete: "off", spellcheck: "false" });
+  const submit = h("button", { type: "submit", class: "button button-primary", text: "Create key" });
+  const form = h("form", { class: "card form-inline", "data-testid": "create-key", "data-write": "", "aria-labelledby": "create-key-title" },
+    h("h2", { id: "create-key-title", text: "Create a key" }),
+    h("div", { class: "row" }, field("Pool", pool), field("Label (optional)", label, "Default: key-N."), h("div", { class: "actions" }, submit)),
+    area);
+  trackDirty(form);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    whileBusy(submit, async () => {
+      clearStatus(area, form);
+      try {
+        const body = label.value.trim() ? { label: label.value.trim() } : {};
+        const reply = await post(p`/pools/${pool.value}/keys`, body);
+        label.value = "";
+        markClean(form);
+        showNewKey(ctx, reply, "created");
+        ctx.refresh();
+      } catch (e) {
+        showError(area, e, form);
+      }
+    });
+  });
+  ctx.createForm = form;
+  ctx.poolSelect = pool;
+  return form;
+}
+
+function fillPools(ctx, pools) {
+  const previous = ctx.poolSelect.value;
+  const active = pools.filter((x) => !x.archived_at_ms);
+  ctx.poolSelect.replaceChildren(...active.map((x) => h("option", { value: x.name, text: x.name, selected: x.name === previous })));
+}
+
+function showNewKey(ctx, reply, verb) {
+  const secret = reply.secret;
+  const value = h("code", { "data-testid": "new-key-value", class: "secret", text: secret });
+  const status = h("span", { class: "copy-status", "aria-live": "polite" });
+  const copy = h("button", { type: "button", class: "button button-primary", "data-testid": "copy-key", text: "Copy key" });
+  copy.addEventListener("click", () => copyText(secret, value, status));
+  const dismiss = h("button", { type: "button", class: "button", text: "I have stored it: hide" });
+  dismiss.addEventListener("click", () => ctx.newKey.replaceChildren());
+  const panel = h("section", { class: "card new-key", "data-testid": "new-key", "aria-labelledby": "new-key-title" },
+    h("h2", { id: "new-key-title", text: `Key ${reply.key.label} ${verb} for pool ${reply.key.pool}` }),
+    h("p", { class: "notice notice-warning", role: "status", text: "This key is shown only now. Copy it and store it somewhere safe: the control plane keeps only its hash." }),
+    h("div", { class: "key-line" }, value, copy, status),
+    reply.notices?.length ? (() => { const a = statusArea(); showNotices(a, reply.notices); return a; })() : null,
+    h("h3", { text: "Use it" }),
+    snippetsBlock({ gateway: ctx.gateway, key: secret }),
+    h("div", { class: "actions" }, dismiss));
+  ctx.newKey.replaceChildren(panel);
+  panel.querySelector("h2").setAttribute("tabindex", "-1");
+  panel.querySelector("h2").focus();
+}
+
+function renderTable(ctx, { keys }) {
+  const columns = [{ label: "Label" }, { label: "Pool" }, { label: "Id" }, { label: "Created" }, { label: "Last used" }, { label: "Routing" }, { label: "Status" }];
+  if (ctx.canWrite) columns.push({ label: "Actions" });
+  const { wrapper, tbody } = dataTable({ caption: "Pool keys", columns, testid: "keys-table" });
+  if (keys.length === 0) tbody.append(emptyRow(columns.length, "No keys yet."));
+  const rows = fragment();
+  for (const key of keys) {
+    const row = h("tr", { "data-testid": "key-row", "data-key": key.id },
+      h("th", { scope: "row", text: key.label }),
+      h("td", {}, h("a", { href: `/ui/pools/${encodeURIComponent(key.pool)}`, text: key.pool })),
+      h("td", {}, h("code", { text: key.id })),
+      h("td", {}, timeElement(key.created_at_ms)),
+      h("td", {}, key.last_used_at_ms ? timeElement(key.last_used_at_ms) : h("span", { class: "muted", text: "—" })),
+      h("td", { text: key.routing_mode === "custom" ? "own settings" : "pool's" }),
+      h("td", {}, badge(key.status === "revoked" ? "revoked" : "active"), key.revoked_at_ms ? [" ", timeElement(key.revoked_at_ms)] : null));
+    if (ctx.canWrite) row.append(h("td", { class: "row-actions" }, key.status === "active" ? keyActions(ctx, key) : null));
+    rows.append(row);
+  }
+  tbody.append(rows);
+  ctx.table.replaceChildren(wrapper);
+}
+
+function keyActions(ctx, key) {
+  const rotate = h("button", { type: "button", class: "button button-small", "data-write": "", "data-testid": "rotate-key", text: "Rotate" });
+  const revoke = h("button", { type: "button", class: "button button-small button-danger", "data-write": "", "data-testid": "revoke-key", text: "Revoke" });
+  rotate.addEventListener("click", async () => {
+    const yes = await confirmDialog({ title: `Rotate key ${key.label}?`, message: "A new secret replaces the current one; clients using the old one stop working.", confirmLabel: "Rotate" });
+    if (!yes) return;
+    await whileBusy(rotate, async () => {
+      clearStatus(ctx.status);
+      try {
+        const reply = await post(p`/keys/${key.id}/rotate`);
+        showNewKey(ctx, reply, "rotated");
+        ctx.refresh();
+      } catch (e) {
+        showError(ctx.status, e);
+      }
+    });
+  });
+  revoke.addEventListener("click", async () => {
+    const yes = await confirmDialog({ title: `Revoke key ${key.label}?`, message: "Clients using it stop working within a second. This cannot be undone.", confirmLabel: "Revoke", danger: true });
+    if (!yes) return;
+    await whileBusy(revoke, async () => {
+      clearStatus(ctx.status);
+      try {
+        const reply = await post(p`/keys/${key.id}/revoke`);
+        showNotices(ctx.status, reply?.notices, `Key ${key.label} revoked.`);
+        ctx.refresh();
+      } catch (e) {
+        showError(ctx.status, e);
+      }
+    });
+  });
+  return h("div", { class: "actions" }, rotate, revoke);
+}

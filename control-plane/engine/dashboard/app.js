@@ -280,29 +280,31 @@ export async function refreshCurrent() {
   const current = state.current;
   if (!current || !current.page.load || current.page.static) return;
   if (state.refreshing) { state.refreshAgain = true; return state.refreshing; }
-  state.refreshing = (async () => {
-    try {
-      do {
-        state.refreshAgain = false;
-        const { page, ctx } = current;
-        if (!ctx.root.hasAttribute("data-ready")) return;
-        let data;
-        try {
-          data = await page.load(ctx);
-        } catch (e) {
-          if (e instanceof ApiError && (e.status === 404 || e.status === 403) && page.notFound) {
-            if (state.current === current) showNotFoundPage(page.notFound.title, page.notFound.message(ctx));
-          }
-          return; // A failed background refresh keeps what is shown.
+  const run = async () => {
+    do {
+      state.refreshAgain = false;
+      const { page, ctx } = current;
+      if (!ctx.root.hasAttribute("data-ready")) return;
+      let data;
+      try {
+        data = await page.load(ctx);
+      } catch (e) {
+        if (e instanceof ApiError && (e.status === 404 || e.status === 403) && page.notFound) {
+          if (state.current === current) showNotFoundPage(page.notFound.title, page.notFound.message(ctx));
         }
-        if (state.current !== current) return;
-        keepingFocus(ctx.root, () => page.render(ctx, data, { first: false }));
-        ctx.rendered();
-      } while (state.refreshAgain && state.current === current);
-    } finally {
-      state.refreshing = null;
-    }
-  })();
+        return; // A failed background refresh keeps what is shown.
+      }
+      if (state.current !== current) return;
+      keepingFocus(ctx.root, () => page.render(ctx, data, { first: false }));
+      ctx.rendered();
+    } while (state.refreshAgain && state.current === current);
+  };
+  // .finally runs after the assignment even when run() finishes without awaiting.
+  state.refreshing = run().finally(() => {
+    state.refreshing = null;
+    // Asked for while another page's refresh was running: refresh the page shown now.
+    if (state.refreshAgain && state.current !== current) { state.refreshAgain = false; refreshCurrent(); }
+  });
   return state.refreshing;
 }
 

@@ -14,13 +14,14 @@ import { h, field, copyText, uniqueId } from "./ui.js";
 export const DEFAULT_GATEWAY = "http://127.0.0.1:18080";
 
 /** The gateway URL the server knows, or null. */
-export async function loadGateway() {
-  try {
-    const reply = await getOptional("/gateway", null);
-    return reply && typeof reply.url === "string" && reply.url ? reply.url.replace(/\/+$/, "") : null;
-  } catch {
-    return null;
-  }
+let gatewayLookup = null;
+
+/** The gateway URL the server knows, or null (asked once per page load: it does not change). */
+export function loadGateway() {
+  gatewayLookup ||= getOptional("/gateway", null)
+    .then((reply) => (reply && typeof reply.url === "string" && reply.url ? reply.url.replace(/\/+$/, "") : null))
+    .catch(() => { gatewayLookup = null; return null; });
+  return gatewayLookup;
 }
 
 export function snippetTexts(gateway, key) {

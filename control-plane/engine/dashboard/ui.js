@@ -110,6 +110,7 @@ export function formatNumber(n) {
 export function formatPercent(fraction0to100, digits = 0) {
   if (fraction0to100 === null || fraction0to100 === undefined) return "—";
   const value = Number(fraction0to100);
+  if (value > 0 && value < 0.1 && digits <= 1) return "<0.1%";
   const fixed = value > 0 && value < 1 && digits === 0 ? value.toFixed(1) : value.toFixed(digits);
   return `${fixed}%`;
 }
@@ -236,38 +237,39 @@ export function sparkline(buckets, { label }) {
 }
 
 /**
- * A pool timeline: stacked bars (succeeded + errors) per bucket with a y axis (0 and max) and
- * x axis labels (window start and end). `summary` is the text alternative.
+ * A pool timeline: stacked bars (succeeded + errors) per bucket. The SVG (role="img", the
+ * `summary` as its label) stretches to the width; the axis labels are HTML around it so they
+ * never stretch with it: y (0, half, max) on the left, x (window start, bar size, now) below.
  */
 export function timelineChart(activity, { summary }) {
   const buckets = activity.total?.buckets || [];
-  const width = 720, height = 180, left = 40, right = 8, top = 10, bottom = 26;
-  const plotW = width - left - right, plotH = height - top - bottom;
+  const width = 1000, height = 160;
   const max = Math.max(1, ...buckets.map((b) => b.requests));
   const niceMax = niceCeiling(max);
-  const barW = buckets.length ? plotW / buckets.length : plotW;
+  const barW = buckets.length ? width / buckets.length : width;
   const total = sumBuckets(buckets);
   const chart = svg("svg", {
     class: "timeline-chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": summary,
     "data-testid": "pool-timeline", "data-total": total, preserveAspectRatio: "none", focusable: "false",
   });
-  const y = (v) => top + plotH - (v / niceMax) * plotH;
-  // Grid and y axis labels.
-  for (const v of [0, niceMax / 2, niceMax]) {
-    chart.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(v), y2: y(v) }));
-    chart.append(svg("text", { class: "axis-label", x: left - 6, y: y(v) + 4, "text-anchor": "end" }, formatNumber(Math.round(v))));
-  }
+  const y = (v) => height - (v / niceMax) * height;
+  for (const v of [niceMax / 2, niceMax]) chart.append(svg("line", { class: "grid", x1: 0, x2: width, y1: y(v), y2: y(v) }));
   buckets.forEach((b, i) => {
-    const x = left + i * barW + barW * 0.1, w = Math.max(1, barW * 0.8);
+    const x = i * barW + barW * 0.12, w = Math.max(1, barW * 0.76);
     const ok = Math.max(0, b.requests - b.errors);
-    if (ok > 0) chart.append(svg("rect", { class: "bar-ok", x: x.toFixed(1), width: w.toFixed(1), y: y(ok).toFixed(1), height: (top + plotH - y(ok)).toFixed(1) }));
-    if (b.errors > 0) chart.append(svg("rect", { class: "bar-error", x: x.toFixed(1), width: w.toFixed(1), y: y(b.requests).toFixed(1), height: (y(ok) - y(b.requests)).toFixed(1) }));
+    if (ok > 0) chart.append(svg("rect", { class: "bar-ok", x: x.toFixed(2), width: w.toFixed(2), y: y(ok).toFixed(2), height: (height - y(ok)).toFixed(2) }));
+    if (b.errors > 0) chart.append(svg("rect", { class: "bar-error", x: x.toFixed(2), width: w.toFixed(2), y: y(b.requests).toFixed(2), height: (y(ok) - y(b.requests)).toFixed(2) }));
   });
-  chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: top + plotH, y2: top + plotH }));
-  chart.append(svg("text", { class: "axis-label", x: left, y: height - 8, "text-anchor": "start" }, formatTime(activity.from_ms)));
-  chart.append(svg("text", { class: "axis-label", x: width - right, y: height - 8, "text-anchor": "end" }, `${formatTime(activity.to_ms)} (now)`));
-  chart.append(svg("text", { class: "axis-label", x: left + plotW / 2, y: height - 8, "text-anchor": "middle" }, `${formatDuration((activity.bucket_ms || 60000) / 1000)} per bar`));
-  return chart;
+  chart.append(svg("line", { class: "axis", x1: 0, x2: width, y1: height, y2: height }));
+  const yAxis = h("div", { class: "y-axis", "aria-hidden": "true" },
+    h("span", { class: "y-top", text: formatNumber(niceMax) }),
+    h("span", { class: "y-mid", text: formatNumber(niceMax / 2) }),
+    h("span", { class: "y-bottom", text: "0" }));
+  const xAxis = h("div", { class: "x-axis", "aria-hidden": "true" },
+    h("span", { text: formatTime(activity.from_ms) }),
+    h("span", { text: `${formatDuration((activity.bucket_ms || 60000) / 1000)} per bar` }),
+    h("span", { text: `${formatTime(activity.to_ms)} (now)` }));
+  return h("div", { class: "chart-frame" }, yAxis, h("div", { class: "chart-plot" }, chart, xAxis));
 }
 
 function niceCeiling(value) {

@@ -75,11 +75,11 @@ function stat(label, value) {
 
 function createPoolForm(ctx) {
   const area = statusArea();
-  const name = h("input", { name: "name", type: "text", required: true, pattern: "[a-z0-9_-]+", autocomplete: "off", spellcheck: "false" });
+  const name = h("input", { name: "name", type: "text", required: true, maxlength: "64", autocomplete: "off", spellcheck: "false" });
   const submit = h("button", { type: "submit", class: "button button-primary", text: "Create pool" });
   const form = h("form", { class: "card form-inline", "data-testid": "create-pool", "data-write": "", "aria-labelledby": "create-pool-title" },
     h("h2", { id: "create-pool-title", text: "Create a pool" }),
-    h("div", { class: "row" }, field("Pool name", name, "Lowercase letters, digits, - and _."), h("div", { class: "actions" }, submit)),
+    h("div", { class: "row" }, field("Pool name", name, "Letters, digits, ., _ and - (up to 64)."), h("div", { class: "actions" }, submit)),
     area);
   trackDirty(form);
   form.addEventListener("submit", (event) => {

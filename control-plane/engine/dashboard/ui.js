@@ -449,8 +449,8 @@ export function openDialog({ title, content, onClose }) {
   const close = () => { if (dialog.open) dialog.close(); };
   dialog.addEventListener("close", () => {
     dialog.remove();
-    onClose?.();
     if (opener && opener.isConnected) opener.focus();
+    onClose?.();
   });
   closeButton.addEventListener("click", close);
   document.body.append(dialog);

@@ -224,7 +224,15 @@ function reloginDialog(ctx, account) {
     content: h("div", { class: "stack" }, reason,
       h("section", { class: "stack", "aria-labelledby": "relogin-a" }, h("h3", { id: "relogin-a", text: "Paste a new auth.json" }), pasteForm),
       h("section", { class: "stack", "aria-labelledby": "relogin-b" }, h("h3", { id: "relogin-b", text: "Or sign in with a device code" }), start, deviceBox, deviceArea)),
-    onClose: () => { closed = true; clearTimeout(pollTimer); },
+    onClose: () => {
+      closed = true;
+      clearTimeout(pollTimer);
+      // The row may have been rebuilt by a live refresh meanwhile: focus its button now.
+      queueMicrotask(() => {
+        const row = [...ctx.list.querySelectorAll("[data-testid=account-row]")].find((r) => r.dataset.account === account.id);
+        (row?.querySelector("[data-testid=relogin]") || row?.querySelector("button"))?.focus();
+      });
+    },
   });
   text.focus();
 }

@@ -50,7 +50,10 @@ export CODEXMESH_API_KEY=${key}`,
       note: "The /v1 surface (Responses and Chat Completions).",
       text: `from openai import OpenAI
 
-client = OpenAI(base_url="${base}/v1", api_key="${key}")`,
+client = OpenAI(
+    base_url="${base}/v1",
+    api_key="${key}",
+)`,
     },
     {
       tool: "openai-node",
@@ -58,7 +61,10 @@ client = OpenAI(base_url="${base}/v1", api_key="${key}")`,
       note: "The /v1 surface (Responses and Chat Completions).",
       text: `import OpenAI from "openai";
 
-const client = new OpenAI({ baseURL: "${base}/v1", apiKey: "${key}" });`,
+const client = new OpenAI({
+  baseURL: "${base}/v1",
+  apiKey: "${key}",
+});`,
     },
     {
       tool: "agents",

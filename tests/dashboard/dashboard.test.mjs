@@ -588,7 +588,10 @@ async function scenario() {
     assert.equal(await row.count(), 1, `one account row for ${label}`);
     assert.equal(await row.getAttribute('data-account'), accountId, 'the account row names the account by id');
     for (const bar of await page.locator('[data-testid=quota-bar]').all()) {
-      assert.equal(await bar.getAttribute('role'), 'meter', 'a quota bar is a meter');
+      const meter = bar.locator('[role=meter]');
+      assert.equal(await meter.count(), 1, 'a quota bar holds one meter');
+      const now = Number(await meter.getAttribute('aria-valuenow'));
+      assert.ok(now >= 0 && now <= 100, `a quota meter has a value in 0..100: ${now}`);
       assert.ok(['primary', 'secondary'].includes(await bar.getAttribute('data-window')), 'a quota bar names its window');
     }
     const paused = row.locator('[data-testid=badge][data-badge=paused]');

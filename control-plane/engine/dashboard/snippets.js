@@ -90,7 +90,8 @@ export function snippetsBlock({ gateway, key }) {
   if (!gateway) {
     const input = h("input", { name: "gateway_url", type: "url", value: DEFAULT_GATEWAY, autocomplete: "off", spellcheck: "false", id: uniqueId("gateway-url") });
     input.addEventListener("input", () => { current = input.value.trim() || DEFAULT_GATEWAY; draw(); });
-    container.append(h("div", { class: "gateway-url" }, field("Gateway URL", input, "The address clients use to reach the gateway (Envoy). The control plane does not know it, so check it.")));
+    // A local view setting (it changes only the snippets on this page), hence data-filter.
+    container.append(h("div", { class: "gateway-url", "data-filter": "" }, field("Gateway URL", input, "The address clients use to reach the gateway (Envoy). The control plane does not know it, so check it.")));
   } else {
     container.append(h("p", { class: "muted" }, "Gateway: ", h("code", { text: gateway })));
   }

@@ -26,7 +26,7 @@
 //                                     print the render times (median), and stop
 
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -41,6 +41,10 @@ const cfg = JSON.parse(process.env.CODEXMESH_DASHBOARD_CONFIG);
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = cfg.artifacts_dir;
 mkdirSync(ARTIFACTS, { recursive: true });
+// This run's screenshots only: a failure page from an earlier run would mislead.
+for (const old of readdirSync(ARTIFACTS)) {
+  if (/\.(png|html)$/.test(old)) rmSync(path.join(ARTIFACTS, old));
+}
 
 const LAPTOP = { width: 1366, height: 768 };
 const PHONE = { width: 390, height: 844 };
@@ -52,7 +56,7 @@ const LIVE_MS = 15_000;
 const PAGES = (pool) => [
   ['overview', '/'],
   ['pool', `/pools/${encodeURIComponent(pool)}`],
-  ['accounts', '/accounts'],
+  ['accounts', `/accounts?pool=${encodeURIComponent(pool)}`],
   ['keys', '/keys'],
   ['setup', '/setup'],
   ['envoys', '/envoys'],
@@ -201,6 +205,8 @@ async function submit(form) {
 }
 
 async function shot(page, name) {
+  // A focused skip link (the keyboard check tabs to it) would cover the header.
+  await page.evaluate(() => document.activeElement?.blur?.());
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
@@ -580,7 +586,7 @@ async function scenario() {
   });
 
   await step('h. a pause made elsewhere shows live; resume from the page', async () => {
-    await open(page, '/accounts', 'accounts');
+    await open(page, `/accounts?pool=${encodeURIComponent(pool)}`, 'accounts');
     await page.evaluate(() => {
       window.__cmNoReload = true;
     });
@@ -609,6 +615,30 @@ async function scenario() {
       const a = await accountByLabel(label);
       return a?.state === 'active' || { notYet: a?.state };
     });
+  });
+
+  await step('h2. a 429 upstream shows live as a spent quota', async () => {
+    // The account's 5-hour window runs out at the simulator: the next turn through Envoy gets
+    // its 429 (the pool has no other account: the client gets the pool-exhausted answer), and
+    // the evidence reaches the open page without a reload.
+    const sim = await fetch(`${cfg.sim_url}/__sim/accounts/${encodeURIComponent(cfg.import.sim_account_id)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ primary_limit: 0 }),
+    });
+    assert.equal(sim.status, 200, `the simulator took the limit: ${await sim.text()}`);
+    const row = page.locator(`[data-testid=account-row][data-label="${label}"]`);
+    const spent = row.locator('[data-testid=badge][data-badge=cooling]');
+    assert.equal(await spent.count(), 0, `${label} has quota left before the 429`);
+    const { status, body } = await turn(key, 'one too many');
+    assert.equal(status, 429, `the turn after the limit is refused: ${body.slice(0, 300)}`);
+    await spent.waitFor({ timeout: LIVE_MS }).catch(async () => {
+      throw new Error(`no spent-quota badge within ${LIVE_MS} ms without a reload; badges: ${await row.locator('[data-testid=badge]').evaluateAll((bs) => bs.map((b) => b.dataset.badge))}`);
+    });
+    const primary = row.locator('[data-testid=quota-bar][data-window=primary] [role=meter]');
+    assert.equal(await primary.getAttribute('aria-valuenow'), '100', 'the 5-hour meter shows the window used up');
+    assert.ok(await page.evaluate(() => window.__cmNoReload === true), 'the page was not reloaded');
+    await shot(page, 'laptop-accounts-429');
   });
 
   await step('k. every page passes axe (wcag2a, wcag2aa) and starts with a skip link', async () => {

@@ -341,7 +341,9 @@ async fn the_dashboard_in_a_real_browser() {
         "import": {
             "label": IMPORT_LABEL,
             "auth_json": serde_json::to_string_pretty(&pasted["auth_json"]).unwrap(),
+            "sim_account_id": pasted["account_id"],
         },
+        "sim_url": stack.sim.root_url(),
         "big_pool": {"name": BIG_POOL, "accounts": BIG_ACCOUNTS},
         "requests": TURNS,
         "artifacts_dir": artifacts_dir(),

@@ -92,6 +92,16 @@ function accountRow(ctx, account, q, health) {
   if (account.state === "cooling_down" && account.cooldown_until_ms) {
     badges.push(h("span", { class: "reason", text: `until ${formatTime(account.cooldown_until_ms)}` }));
   }
+  // A window used up (a 429's evidence, or the usage poll): the gateways leave the account out
+  // until that window resets, which is the cooldown operators ask about.
+  const spent = account.state === "active" && [q?.primary, q?.secondary]
+    .filter((w) => w && w.used_percent >= 100)
+    .map((w) => (w.resets_at_unix ? w.resets_at_unix * 1000 : 0))
+    .sort((a, b) => b - a)[0];
+  if (spent !== undefined && spent !== false) {
+    badges.push(badge("cooling", "quota spent", { title: "A quota window is used up: requests go to other accounts until it resets" }));
+    if (spent > now) badges.push(h("span", { class: "reason", text: `until ${formatTime(spent)}` }));
+  }
   if (health?.circuitOpen) badges.push(badge("circuit_open", "circuit open", { title: "Recent failures reached the pool's circuit threshold" }));
   if (account.refresh_failures > 0) badges.push(badge("refresh_failing", `refresh failing (${account.refresh_failures})`, { title: account.last_refresh_error || "" }));
 

@@ -641,6 +641,23 @@ async function scenario() {
     await shot(page, 'laptop-accounts-429');
   });
 
+  await step('h3. the request log filters to the failed attempts of the last 15 minutes', async () => {
+    await open(page, '/requests', 'requests');
+    const form = page.locator('form[data-testid=filters]');
+    await form.locator('select[name=pool]').selectOption(pool);
+    await form.locator('select[name=outcome]').selectOption('failed');
+    await form.locator('select[name=since]').selectOption('15m');
+    await form.locator('button[type=submit]').click();
+    await page.waitForURL(/outcome=failed/, { timeout: READY_MS });
+    await until('the failed attempts listed', READY_MS, async () => {
+      const statuses = await page.locator('table[data-testid=requests-table] td[data-col=status]').allInnerTexts();
+      return (statuses.length > 0 && statuses.every((t) => !t.startsWith('2'))) || { notYet: statuses };
+    });
+    const statuses = await page.locator('table[data-testid=requests-table] td[data-col=status]').allInnerTexts();
+    assert.ok(statuses.includes('429'), `the 429 is among the failed attempts: ${statuses}`);
+    await shot(page, 'laptop-requests-failed');
+  });
+
   await step('k. every page passes axe (wcag2a, wcag2aa) and starts with a skip link', async () => {
     const failures = [...signInViolations];
     for (const [name, route] of PAGES(pool)) {

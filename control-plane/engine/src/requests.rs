@@ -23,6 +23,10 @@ pub struct Filter {
     /// Only entries older than this entry id (paging backwards).
     pub before: Option<i64>,
     pub limit: Option<i64>,
+    /// Only attempts that did not succeed (status outside 2xx, or a reset).
+    pub failed: bool,
+    /// Only entries received at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,12 @@ pub async fn query(
     if let Some(before) = filter.before.filter(|b| *b < 1) {
         return Err(invalid("before", format!("{before} is not an entry id")));
     }
+    if let Some(since) = filter.since_ms.filter(|s| *s < 0) {
+        return Err(invalid(
+            "since_ms",
+            format!("{since} is not a time (Unix ms)"),
+        ));
+    }
     let pool_id = match &filter.pool {
         Some(name) => Some(
             store
@@ -147,6 +157,8 @@ pub async fn query(
             account_id,
             key_id,
             before_id: filter.before,
+            failed_only: filter.failed,
+            since_ms: filter.since_ms.unwrap_or(0),
             limit,
             visible_pool_ids,
         })
@@ -280,6 +292,45 @@ mod tests {
         assert_eq!(page[0].id, all[1].id);
         assert_eq!(page[0].status, 429);
 
+        // What did not succeed (a 429, a reset with no status), and what is recent.
+        store
+            .record_outcomes("node-a", &[record(&pool.id, "acc-1", 0)])
+            .await?;
+        let failed = query(
+            &store,
+            &Filter {
+                failed: true,
+                ..Filter::default()
+            },
+            None,
+        )
+        .await?;
+        assert_eq!(
+            failed.iter().map(|e| e.status).collect::<Vec<_>>(),
+            vec![0, 429]
+        );
+        let newest = query(&store, &Filter::default(), None).await?[0].received_at_ms;
+        let recent = query(
+            &store,
+            &Filter {
+                since_ms: Some(newest),
+                ..Filter::default()
+            },
+            None,
+        )
+        .await?;
+        assert!(!recent.is_empty() && recent.iter().all(|e| e.received_at_ms >= newest));
+        let future = query(
+            &store,
+            &Filter {
+                since_ms: Some(newest + 60_000),
+                ..Filter::default()
+            },
+            None,
+        )
+        .await?;
+        assert!(future.is_empty());
+
         for (filter, field) in [
             (
                 Filter {
@@ -315,6 +366,13 @@ mod tests {
                     ..Filter::default()
                 },
                 "before",
+            ),
+            (
+                Filter {
+                    since_ms: Some(-1),
+                    ..Filter::default()
+                },
+                "since_ms",
             ),
         ] {
             let got = query(&store, &filter, None).await;

@@ -10,7 +10,7 @@ use codexmesh_engine::ops::activity::{activity_at, ActivityRequest};
 use codexmesh_engine::ops::{ErrorKind, Ops, OpsError};
 use codexmesh_model::activity::{AccountActivity, Activity, Window, MINUTE_MS};
 use codexmesh_model::operators::{Access, Principal, Role};
-use codexmesh_store::{ActivityQuery, Actor, OutcomeRecord, Store};
+use codexmesh_store::{ActivityQuery, Actor, OutcomeRecord, RequestLogQuery, Store};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -589,7 +589,51 @@ async fn scenario(ops: &Ops) -> TestResult {
     one_pool_counts_and_timeline(ops, &ids).await?;
     everything_and_one_account(ops, &ids).await?;
     an_admin_sees_only_its_pool(ops, &ids).await?;
+    the_request_log_filters_failures_and_time(ops).await?;
     the_store_caps_what_it_reads(ops, &ids).await
+}
+
+/// The request log's `failed` and `since` filters (the dashboard's and `codexmesh requests
+/// --failed --since`) on the same rows, on each store.
+async fn the_request_log_filters_failures_and_time(ops: &Ops) -> TestResult {
+    let store = ops.store().await?;
+    let all = store
+        .request_log(&RequestLogQuery {
+            limit: 1000,
+            ..RequestLogQuery::default()
+        })
+        .await?;
+    let failures = all
+        .iter()
+        .filter(|r| !(200..300).contains(&r.outcome.status))
+        .count();
+    assert!(
+        failures > 0 && failures < all.len(),
+        "the scenario has both"
+    );
+    let failed = store
+        .request_log(&RequestLogQuery {
+            failed_only: true,
+            limit: 1000,
+            ..RequestLogQuery::default()
+        })
+        .await?;
+    assert_eq!(failed.len(), failures);
+    assert!(failed
+        .iter()
+        .all(|r| !(200..300).contains(&r.outcome.status)));
+    let mut times: Vec<i64> = all.iter().map(|r| r.received_at_ms).collect();
+    times.sort_unstable();
+    let middle = times[times.len() / 2];
+    let recent = store
+        .request_log(&RequestLogQuery {
+            since_ms: middle,
+            limit: 1000,
+            ..RequestLogQuery::default()
+        })
+        .await?;
+    assert_eq!(recent.len(), times.iter().filter(|t| **t >= middle).count());
+    Ok(())
 }
 
 #[tokio::test]

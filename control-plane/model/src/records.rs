@@ -471,6 +471,10 @@ pub struct RequestLogQuery {
     pub key_id: Option<String>,
     /// Only entries older than this one (paging backwards).
     pub before_id: Option<i64>,
+    /// Only attempts that did not succeed (status outside 2xx, or no status: a reset).
+    pub failed_only: bool,
+    /// Only entries received at or after this time (Unix ms; 0: any).
+    pub since_ms: i64,
     pub limit: i64,
     /// Tenant isolation: Some(ids) keeps only entries of these pools (None: all).
     pub visible_pool_ids: Option<Vec<String>>,

@@ -174,7 +174,7 @@ impl Store {
             Some(ids) => format!(
                 " AND pool_id IN ({})",
                 (0..ids.len())
-                    .map(|i| format!("${}", i + 6))
+                    .map(|i| format!("${}", i + 8))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -182,7 +182,8 @@ impl Store {
         let sql = format!(
             "SELECT {OUTCOME_COLS} FROM outcomes \
              WHERE ($1 = '' OR pool_id = $1) AND ($2 = '' OR account_id = $2) \
-               AND ($3 = '' OR key_id = $3) AND ($4 = 0 OR id < $4){visible} \
+               AND ($3 = '' OR key_id = $3) AND ($4 = 0 OR id < $4) \
+               AND ($6 = 0 OR status < 200 OR status > 299) AND received_at >= $7{visible} \
              ORDER BY id DESC LIMIT $5"
         );
         let mut query = sqlx::query(&sql)
@@ -190,7 +191,9 @@ impl Store {
             .bind(q.account_id.clone().unwrap_or_default())
             .bind(q.key_id.clone().unwrap_or_default())
             .bind(q.before_id.unwrap_or(0))
-            .bind(q.limit.max(0));
+            .bind(q.limit.max(0))
+            .bind(i64::from(q.failed_only))
+            .bind(q.since_ms.max(0));
         for id in q.visible_pool_ids.iter().flatten() {
             query = query.bind(id.clone());
         }

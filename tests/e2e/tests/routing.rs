@@ -700,6 +700,16 @@ async fn the_request_log_shows_each_attempt_and_why_but_never_the_prompt() {
         .filter(|e| e["account"] == "acct-0");
     assert_eq!(only.len(), acct0.count(), "{only:?}");
     assert!(only.iter().all(|e| e["account"] == "acct-0"), "{only:?}");
+    // What failed lately: the refused attempt only.
+    let failed = stack
+        .cp
+        .cli_json(&["requests", "--failed", "--since", "10m"])
+        .unwrap();
+    let failed = failed.as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["id"], refused["id"]);
+    let later = stack.cp.cli_json(&["requests", "--since", "0s"]).unwrap();
+    assert!(later.as_array().unwrap().is_empty(), "{later}");
     let table = stack.cp.cli(&["requests"]).unwrap();
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(

@@ -22,6 +22,12 @@ pub struct Args {
     /// Only entries older than this entry id (the next page)
     #[arg(long, value_name = "ID", allow_hyphen_values = true)]
     before: Option<i64>,
+    /// Only attempts that did not succeed (status outside 2xx, or a reset)
+    #[arg(long)]
+    failed: bool,
+    /// Only entries at most this long ago (e.g. 15m, 1h, 7d)
+    #[arg(long, value_parser = codexmesh_model::activity::parse_span)]
+    since: Option<i64>,
 }
 
 pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
@@ -32,6 +38,8 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
         key: args.key,
         before: args.before,
         limit: args.limit,
+        failed: args.failed,
+        since_ms: args.since.map(|span| now_ms().saturating_sub(span)),
     };
     let entries = notify(reports::requests(&ctx.ops, &filter).await?);
     if out.json {

@@ -1,21 +1,28 @@
 // pages/requests.js — the request log (metadata only), newest first, with filters in the URL
 // and "Older" paging by id.
 //
-// Rules this module keeps: the filters are exactly the API's (pool, account, key, limit,
-// before); rows are built in one pass; a live refresh re-renders the table only.
+// Rules this module keeps: the filters are exactly the API's (pool, account, key, failed,
+// since_ms, limit, before); "since" is a span in the URL (15m, 1h, 24h, 7d) turned into since_ms
+// at fetch time; rows are built in one pass; a live refresh re-renders the table only.
 
 import { get, withQuery } from "../api.js";
 import { h, fragment, badge, dataTable, emptyRow, timeElement, formatMs } from "../ui.js";
 import { filterForm, pageLink } from "./filters.js";
 
 const BASE = "/ui/requests";
+const SPANS = { "15m": 15 * 60_000, "1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000 };
 
 export default {
   name: "requests",
   title: "Requests",
   async load(ctx) {
     const q = ctx.query;
-    const params = { pool: q.get("pool"), account: q.get("account"), key: q.get("key"), limit: q.get("limit") || 50, before: q.get("before") };
+    const span = SPANS[q.get("since")];
+    const params = {
+      pool: q.get("pool"), account: q.get("account"), key: q.get("key"),
+      failed: q.get("outcome") === "failed" ? "true" : null, since_ms: span ? Date.now() - span : null,
+      limit: q.get("limit") || 50, before: q.get("before"),
+    };
     const [rows, pools] = await Promise.all([get(withQuery("/requests", params)), get("/pools").catch(() => [])]);
     return { rows, pools, limit: Number(params.limit) };
   },
@@ -30,6 +37,8 @@ export default {
           { name: "pool", label: "Pool", type: "select", options: [["", "All pools"], ...data.pools.map((x) => [x.name, x.name])] },
           { name: "account", label: "Account", hint: "Id or label" },
           { name: "key", label: "Key", hint: "Id or label" },
+          { name: "outcome", label: "Outcome", type: "select", options: [["", "All attempts"], ["failed", "Failed only"]] },
+          { name: "since", label: "Since", type: "select", options: [["", "Any time"], ["15m", "Last 15 minutes"], ["1h", "Last hour"], ["24h", "Last 24 hours"], ["7d", "Last 7 days"]] },
           { name: "limit", label: "Rows", type: "number", placeholder: "50" },
         ]),
         ctx.table, ctx.paging);

@@ -125,6 +125,10 @@ pub(super) struct RequestParams {
     pub key: Option<String>,
     pub limit: Option<i64>,
     pub before: Option<i64>,
+    /// `true`: only attempts that did not succeed (status outside 2xx, or a reset).
+    pub failed: Option<bool>,
+    /// Only entries received at or after this time (Unix milliseconds).
+    pub since_ms: Option<i64>,
 }
 
 /// Pools, accounts (quota, health, counters) and key counts the caller sees.
@@ -166,6 +170,8 @@ async fn requests(
         key: q.key,
         limit: q.limit,
         before: q.before,
+        failed: q.failed.unwrap_or(false),
+        since_ms: q.since_ms,
     };
     Ok(Json(
         ops::reports::requests(&caller.ops(&state), &filter)

@@ -229,6 +229,20 @@ async fn the_overview_combines_headroom_states_and_the_last_hour() -> TestResult
     Ok(())
 }
 
+impl Setup {
+    /// `POST /api/v1/pools/{pool}/logins` as `token`.
+    async fn start_login(
+        &self,
+        token: &str,
+        pool: &str,
+        body: Value,
+    ) -> Result<(u16, Value), AnyError> {
+        let path = format!("/api/v1/pools/{pool}/logins");
+        self.call_with(token, reqwest::Method::POST, &path, Some(body))
+            .await
+    }
+}
+
 /// Polls a login started through the API until it is no longer pending (bounded).
 async fn login_outcome(s: &Setup, token: &str, id: &str) -> Result<Value, AnyError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -262,42 +276,18 @@ async fn a_device_login_started_from_the_api_adds_or_renews_an_account() -> Test
         }))
         .await?;
     // A viewer may not add accounts; an admin may not add to a pool it does not see.
-    let (code, v) = s
-        .call_with(
-            &viewer,
-            reqwest::Method::POST,
-            "/api/v1/pools/main/logins",
-            Some(json!({})),
-        )
-        .await?;
+    let (code, v) = s.start_login(&viewer, "main", json!({})).await?;
     assert_eq!(code, 403, "{v}");
-    let (code, v) = s
-        .call_with(
-            &admin,
-            reqwest::Method::POST,
-            "/api/v1/pools/other/logins",
-            Some(json!({})),
-        )
-        .await?;
+    let (code, v) = s.start_login(&admin, "other", json!({})).await?;
     assert_eq!(code, 404, "{v}");
     let (code, v) = s
-        .call_with(
-            &admin,
-            reqwest::Method::POST,
-            "/api/v1/pools/main/logins",
-            Some(json!({"label": "seven", "colour": "red"})),
-        )
+        .start_login(&admin, "main", json!({"label": "seven", "colour": "red"}))
         .await?;
     assert_eq!(code, 400, "{v}");
     assert_eq!(v["error"]["field"], "colour", "{v}");
 
     let (code, started) = s
-        .call_with(
-            &admin,
-            reqwest::Method::POST,
-            "/api/v1/pools/main/logins",
-            Some(json!({"label": "seven"})),
-        )
+        .start_login(&admin, "main", json!({"label": "seven"}))
         .await?;
     assert_eq!(code, 202, "{started}");
     assert_eq!(started["state"], "pending");
@@ -350,14 +340,7 @@ async fn a_device_login_started_from_the_api_adds_or_renews_an_account() -> Test
     }
 
     // The same login again renews the account it already is (the re-login action).
-    let (code, again) = s
-        .call_with(
-            &admin,
-            reqwest::Method::POST,
-            "/api/v1/pools/main/logins",
-            Some(json!({})),
-        )
-        .await?;
+    let (code, again) = s.start_login(&admin, "main", json!({})).await?;
     assert_eq!(code, 202, "{again}");
     let renewed = login_outcome(&s, &admin, again["id"].as_str().ok_or("no id")?).await?;
     assert_eq!(renewed["state"], "succeeded", "{renewed}");
@@ -369,14 +352,7 @@ async fn a_device_login_started_from_the_api_adds_or_renews_an_account() -> Test
     s.sim
         .behavior(json!({"device_poll_interval_secs": 0}))
         .await?;
-    let (code, denied) = s
-        .call_with(
-            &admin,
-            reqwest::Method::POST,
-            "/api/v1/pools/main/logins",
-            Some(json!({})),
-        )
-        .await?;
+    let (code, denied) = s.start_login(&admin, "main", json!({})).await?;
     assert_eq!(code, 202, "{denied}");
     s.sim
         .call(reqwest::Method::POST, "/__sim/device/deny", Some(json!({})))

@@ -37,7 +37,7 @@ export default {
           { name: "action", label: "Action", placeholder: "account." , hint: "Exact, or a prefix ending in ." },
           { name: "target", label: "Target id" },
           { name: "pool", label: "Pool", type: "select", options: [["", "All pools"], ...data.pools.map((x) => [x.name, x.name])] },
-          { name: "outcome", label: "Outcome", type: "select", options: [["", "Any"], ["ok", "ok"], ["forbidden", "forbidden"], ["not_found", "not found"], ["invalid", "invalid"], ["conflict", "conflict"], ["unauthenticated", "unauthenticated"], ["rate_limited", "rate limited"], ["upstream", "upstream"], ["unavailable", "unavailable"], ["internal", "internal"]] },
+          { name: "outcome", label: "Outcome", type: "select", options: [["", "Any"], ["ok", "ok"], ["forbidden", "forbidden"], ["not_found", "not found"], ["invalid", "invalid"], ["conflict", "conflict"], ["unauthenticated", "unauthenticated"], ["rate_limited", "rate limited"], ["totp_required", "TOTP required"], ["upstream", "upstream"], ["unavailable", "unavailable"], ["internal", "internal"]] },
           { name: "since", label: "Since", type: "select", options: [["", "Any time"], ["1h", "Last hour"], ["24h", "Last 24 hours"], ["7d", "Last 7 days"], ["30d", "Last 30 days"]] },
           { name: "limit", label: "Rows", type: "number", placeholder: "50" },
         ]),

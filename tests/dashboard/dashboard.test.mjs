@@ -29,6 +29,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { createHmac } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
 const require = createRequire(import.meta.url);
@@ -232,6 +233,33 @@ async function signIn(page, who, onForm = async () => {}) {
   }
   const whoami = await page.locator('[data-testid=whoami]').innerText();
   assert.ok(whoami.includes(who.name), `whoami shows "${whoami}", not ${who.name}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A second factor, as an authenticator app computes it (RFC 6238: HMAC-SHA1, 30 s, 6 digits).
+
+function base32Decode(text) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const c of text.replace(/=+$/, '').toUpperCase()) {
+    const v = alphabet.indexOf(c);
+    assert.ok(v >= 0, `not base32: ${c}`);
+    bits += v.toString(2).padStart(5, '0');
+  }
+  const bytes = [];
+  for (let i = 0; i + 8 <= bits.length; i += 8) bytes.push(parseInt(bits.slice(i, i + 8), 2));
+  return Buffer.from(bytes);
+}
+
+/** The code of the 30-second step `offset` steps from now. */
+function totpCode(secretBase32, offset = 0) {
+  const counter = Math.floor(Date.now() / 1000 / 30) + offset;
+  const message = Buffer.alloc(8);
+  message.writeBigUInt64BE(BigInt(counter));
+  const mac = createHmac('sha1', base32Decode(secretBase32)).update(message).digest();
+  const at = mac[mac.length - 1] & 0x0f;
+  const number = (mac.readUInt32BE(at) & 0x7fffffff) % 1_000_000;
+  return String(number).padStart(6, '0');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -743,6 +771,53 @@ async function scenario() {
     log(`   TIMING pool page with ${cfg.big_pool.accounts} accounts: navigation start to data-ready ${ms} ms (${rows} member rows, ${activity} activity rows)`);
     assert.equal(rows, cfg.big_pool.accounts, `the members table renders all ${cfg.big_pool.accounts} accounts`);
     await shot(page, 'laptop-pool-big');
+  });
+
+  // ------------------------------------------------------------------ a second factor
+  await step('a2. an operator with a second factor signs in in two steps', async () => {
+    // It sets the factor up through the API as itself (enroll, confirm with the current code),
+    // then signs in on the page: the password first, then the next step's code (a code works
+    // once: the one that confirmed is spent).
+    const who = cfg.totp_operator;
+    const signed = await fetch(`${cfg.admin_url}/api/v1/session`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: who.name, password: who.password }),
+    });
+    assert.equal(signed.status, 200, `signing in through the API: ${await signed.clone().text()}`);
+    const session = (await signed.json()).token;
+    const enrolled = await api('POST', '/me/totp', undefined, session);
+    assert.equal(enrolled.status, 200, `enrolling: ${enrolled.text}`);
+    const secret = enrolled.json.secret_base32;
+    const confirmed = await api('POST', '/me/totp/confirm', { code: totpCode(secret) }, session);
+    assert.equal(confirmed.status, 200, `confirming: ${confirmed.text}`);
+
+    const ctx = await context();
+    const p = watch(await ctx.newPage(), 'operator with TOTP');
+    current.page = p;
+    await p.goto(ui('/'), { waitUntil: 'domcontentloaded' });
+    await p.waitForSelector('section[data-page="sign-in"]');
+    await p.fill('input#signin-name', who.name);
+    await p.fill('input#signin-password', who.password);
+    await p.press('input#signin-password', 'Enter');
+    const code = p.locator('input#signin-totp');
+    await code.waitFor({ timeout: READY_MS }).catch(() => {
+      throw new Error('the right password did not lead to the one-time-code step');
+    });
+    assert.equal(await code.getAttribute('autocomplete'), 'one-time-code');
+    assert.equal(await p.locator('[data-testid=whoami]').count(), 0, 'not signed in before the code');
+    await shot(p, 'laptop-sign-in-totp');
+    // A wrong code is refused and the page stays on the step.
+    await code.fill('000000' === totpCode(secret, 1) ? '111111' : '000000');
+    await code.press('Enter');
+    await p.locator('[role=alert]').filter({ hasText: /./ }).first().waitFor({ timeout: READY_MS });
+    await p.locator('input#signin-totp').fill(totpCode(secret, 1));
+    await p.locator('input#signin-totp').press('Enter');
+    await ready(p, 'overview');
+    const whoami = await p.locator('[data-testid=whoami]').innerText();
+    assert.ok(whoami.includes(who.name), `whoami shows "${whoami}"`);
+    await ctx.close();
+    current.page = page;
   });
 
   // ------------------------------------------------------------------ a viewer

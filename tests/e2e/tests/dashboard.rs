@@ -28,6 +28,9 @@ use serde_json::{json, Value};
 const OWNER: &str = "owner";
 const OWNER_PASSWORD: &str = "correct horse battery staple";
 const VIEWER: &str = "vera-viewer";
+/// A viewer who sets up a second factor and signs in with it.
+const TOTP_OPERATOR: &str = "tomas-totp";
+const TOTP_PASSWORD: &str = "totp operator password 777";
 const VIEWER_PASSWORD: &str = "viewer password 12345";
 const TENANT_ADMIN: &str = "ada-admin";
 const TENANT_ADMIN_PASSWORD: &str = "admin password 12345";
@@ -266,6 +269,7 @@ async fn the_dashboard_in_a_real_browser() {
     for (name, role, password) in [
         (VIEWER, "viewer", VIEWER_PASSWORD),
         (TENANT_ADMIN, "admin", TENANT_ADMIN_PASSWORD),
+        (TOTP_OPERATOR, "viewer", TOTP_PASSWORD),
     ] {
         post(
             &stack,
@@ -333,6 +337,7 @@ async fn the_dashboard_in_a_real_browser() {
         "gateway_url": format!("http://{}", stack.envoy.listen),
         "owner": {"name": OWNER, "password": OWNER_PASSWORD},
         "viewer": {"name": VIEWER, "password": VIEWER_PASSWORD, "pool": POOL},
+        "totp_operator": {"name": TOTP_OPERATOR, "password": TOTP_PASSWORD},
         "tenant_admin": {"name": TENANT_ADMIN, "password": TENANT_ADMIN_PASSWORD, "pool": POOL},
         "api_token": api_token,
         "pool_a": POOL,

@@ -435,6 +435,46 @@ async fn the_last_owner_stays_under_concurrent_changes(ops: &Ops) -> TestResult 
     Ok(())
 }
 
+/// Failed sign-ins from many addresses at once (a dashboard's sign-in page under a burst) are
+/// each refused and counted: none fails on the store being busy.
+async fn concurrent_failed_sign_ins_are_all_counted(ops: &Ops) -> TestResult {
+    // Opened (and migrated) once, before the tasks share it.
+    ops.store().await?;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let from_i = from(ops, &format!("10.9.0.{i}"));
+        tasks.push(tokio::spawn(async move {
+            let mut kinds = Vec::new();
+            for attempt in 0..2 {
+                let name = format!("nobody-{i}-{attempt}");
+                let result = operators::sign_in(&from_i, &name, "wrong", None).await;
+                kinds.push(result.err().map(|e| (e.kind(), e.to_string())));
+            }
+            kinds
+        }));
+    }
+    for task in tasks {
+        for k in task.await? {
+            assert_eq!(
+                k.as_ref().map(|(kind, _)| *kind),
+                Some(ErrorKind::Unauthenticated),
+                "{k:?}"
+            );
+        }
+    }
+    let store = ops.store().await?;
+    for i in 0..16 {
+        // Two failures each, none lost.
+        let failures: i64 =
+            sqlx::query_scalar("SELECT failures FROM signin_failures WHERE client = $1")
+                .bind(format!("10.9.0.{i}"))
+                .fetch_one(store.sql_pool())
+                .await?;
+        assert_eq!(failures, 2, "10.9.0.{i}");
+    }
+    Ok(())
+}
+
 async fn api_tokens_are_shown_once_and_revocable(ops: &Ops) -> TestResult {
     ops.store().await?.create_pool(ops.actor(), "p1").await?;
     let issued = operators::issue_token(ops, "ci", Role::Admin, &["p1".into()])
@@ -785,6 +825,12 @@ async fn sqlite_the_last_owner_stays_under_concurrent_changes() -> TestResult {
     the_last_owner_stays_under_concurrent_changes(&ops_in(&dir, None)?).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_failed_sign_ins_are_all_counted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    concurrent_failed_sign_ins_are_all_counted(&ops_in(&dir, None)?).await
+}
+
 #[tokio::test]
 async fn sqlite_api_tokens_are_shown_once_and_revocable() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -835,6 +881,9 @@ async fn postgres_scenarios() -> TestResult {
     let dir = tempfile::tempdir()?;
     let url = support::empty_database(&temp, "op_4").await?;
     api_tokens_are_shown_once_and_revocable(&ops_in(&dir, Some(url))?).await?;
+    let dir = tempfile::tempdir()?;
+    let url = support::empty_database(&temp, "op_4b").await?;
+    concurrent_failed_sign_ins_are_all_counted(&ops_in(&dir, Some(url))?).await?;
     let dir = tempfile::tempdir()?;
     let url = support::empty_database(&temp, "op_5").await?;
     the_audit_log_records_changes_without_secrets(&ops_in(&dir, Some(url))?).await?;

@@ -737,7 +737,10 @@ impl Store {
         throttle: Throttle,
     ) -> Result<Option<i64>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        // Read, then write: SQLite's write lock is taken first (a deferred transaction that
+        // reads and then writes fails with "database is locked" at once, without waiting, when
+        // another writer committed in between).
+        let (mut tx, _) = self.begin_unpublished_write().await?;
         let row: Option<(i64, i64)> =
             sqlx::query_as("SELECT window_start, failures FROM signin_failures WHERE client = $1")
                 .bind(client.to_owned())
@@ -894,5 +897,53 @@ impl Store {
             changed: true,
             item: token,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counting failed sign-ins reads and then writes; beside other writers (here: each other,
+    /// on a file with several connections) it must wait for the write lock, never fail with
+    /// "database is locked", and lose no count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_failures_are_counted_beside_other_writers(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/cm.db", dir.path().display());
+        let store = Store::open(&url).await?;
+        let throttle = Throttle {
+            max_failures: 1_000,
+            window_ms: 3_600_000,
+            lock_ms: 60_000,
+        };
+        let mut tasks = Vec::new();
+        for task in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    store
+                        .record_client_failure(&format!("10.1.0.{task}"), throttle)
+                        .await?;
+                    store
+                        .record_client_failure("10.1.0.shared", throttle)
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        for (client, expected) in [("10.1.0.0", 25), ("10.1.0.7", 25), ("10.1.0.shared", 200)] {
+            let failures: i64 =
+                sqlx::query_scalar("SELECT failures FROM signin_failures WHERE client = $1")
+                    .bind(client.to_owned())
+                    .fetch_one(&store.pool)
+                    .await?;
+            assert_eq!(failures, expected, "{client}");
+        }
+        Ok(())
     }
 }

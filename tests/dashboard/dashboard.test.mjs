@@ -590,7 +590,18 @@ async function scenario() {
     assert.ok(await page.evaluate(() => window.__cmNoReload === true), 'the page was not reloaded');
     const renders1 = Number((await pageState(page)).renders ?? 0);
     assert.ok(renders1 > renders0, `the page re-rendered on its own (data-renders ${renders0} -> ${renders1})`);
+    // "Refresh live state" polls the pool's usage now: the upstream sees the account's poll.
+    const usagePolls = async () => {
+      const q = new URLSearchParams({ path_contains: '/wham/usage', account_id: cfg.import.sim_account_id });
+      const res = await fetch(`${cfg.sim_url}/__sim/requests?${q}`);
+      assert.equal(res.status, 200, 'the simulator lists its requests');
+      return (await res.json()).length;
+    };
+    const pollsBefore = await usagePolls();
     await page.locator('button[data-testid=refresh-live]').click();
+    await page.getByText(/Polled 1 account/).waitFor({ timeout: READY_MS });
+    const pollsAfter = await usagePolls();
+    assert.ok(pollsAfter > pollsBefore, `refreshing polled the account's usage (${pollsBefore} polls before, ${pollsAfter} after)`);
     await ready(page, 'pool', `[data-pool="${pool}"]`);
     await shot(page, 'laptop-pool');
   });

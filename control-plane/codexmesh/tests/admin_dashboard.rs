@@ -420,6 +420,7 @@ async fn the_dashboard_is_served_from_the_binary_with_a_strict_policy() -> TestR
             "{csp}"
         );
         assert_eq!(page.headers()["x-frame-options"], "DENY");
+        assert_eq!(page.headers()["x-content-type-options"], "nosniff");
         assert!(page.headers()["content-type"]
             .to_str()?
             .starts_with("text/html"));

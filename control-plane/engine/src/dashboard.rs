@@ -9,6 +9,7 @@
 //!   script routes on the path, so a link to `/ui/pools/team-a` survives a reload.
 //! - Every answer carries a strict Content-Security-Policy (scripts, styles, images and
 //!   connections from this origin only; no inline script; no framing), `nosniff` and no referrer.
+//!   These routes sit outside the API's `no-store` layer (see `api::router`).
 //! - Files are revalidated (`no-cache` with a SHA-256 ETag, `304` when unchanged), so an upgrade
 //!   is picked up at the next load without fingerprinted names.
 //! - The dashboard holds no data of its own: every number on it comes from `/api/v1` with the
@@ -89,6 +90,10 @@ fn secure(mut response: Response) -> Response {
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

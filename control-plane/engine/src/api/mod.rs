@@ -549,7 +549,6 @@ pub(crate) fn router(
             }),
         )
         .merge(api)
-        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -559,20 +558,19 @@ pub(crate) fn router(
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(no_store))
+        // After the layers: the dashboard's files set their own caching (revalidated by ETag).
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 
 /// No answer is cached by a browser or proxy (some carry a secret shown once: a new key, a
-/// session token) or sniffed as another content type. The dashboard's files, which hold no
-/// data, set their own (`no-cache`: revalidated by ETag).
+/// session token) or sniffed as another content type.
 async fn no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    if !headers.contains_key(header::CACHE_CONTROL) {
-        headers.insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_static("no-store"),
-        );
-    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),

@@ -78,6 +78,7 @@ const allowed = [];
 /**
  * Chrome logs a failed fetch as "Failed to load resource: … status of 404 (Not Found)". Allowed:
  * the API's 401 (signed out) and 404 (a pool the operator does not see), which the pages expect,
+ * the 409 of refreshing a login that the upstream revoked (the step that does it on purpose),
  * and the browser's own request for /favicon.ico when a page declares no icon.
  */
 function expectedMiss(msg) {
@@ -85,6 +86,7 @@ function expectedMiss(msg) {
   const status = /Failed to load resource: the server responded with a status of (\d+)/.exec(msg.text())?.[1];
   return (
     ((status === '401' || status === '404') && url.startsWith(`${cfg.admin_url}/api/v1/`)) ||
+    (status === '409' && /\/api\/v1\/accounts\/[^/]+\/refresh$/.test(url)) ||
     (status === '404' && url === `${cfg.admin_url}/favicon.ico`)
   );
 }
@@ -695,6 +697,51 @@ async function scenario() {
     const statuses = await page.locator('table[data-testid=requests-table] td[data-col=status]').allInnerTexts();
     assert.ok(statuses.includes('429'), `the 429 is among the failed attempts: ${statuses}`);
     await shot(page, 'laptop-requests-failed');
+  });
+
+  await step('h4. a dead login shows needs_reauth live; a device-code re-login from the page revives it', async () => {
+    const simCall = async (route, body) => {
+      const res = await fetch(`${cfg.sim_url}${route}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      assert.equal(res.status, 200, `simulator ${route}: ${await res.text()}`);
+    };
+    // The upstream revokes the login (as when its owner signs out everywhere); the next refresh
+    // is refused for good.
+    await simCall(`/__sim/accounts/${encodeURIComponent(cfg.import.sim_account_id)}`, { revoke: true });
+    await open(page, `/accounts?pool=${encodeURIComponent(pool)}`, 'accounts');
+    await page.evaluate(() => {
+      window.__cmNoReload = true;
+    });
+    const row = page.locator(`[data-testid=account-row][data-label="${label}"]`);
+    await row.locator('[data-testid=refresh-token]').click();
+    const dead = row.locator('[data-testid=badge][data-badge=needs_reauth]');
+    await dead.waitFor({ timeout: LIVE_MS }).catch(async () => {
+      throw new Error(`no needs_reauth badge within ${LIVE_MS} ms; badges: ${await row.locator('[data-testid=badge]').evaluateAll((bs) => bs.map((b) => b.dataset.badge))}`);
+    });
+    await shot(page, 'laptop-accounts-needs-reauth');
+    // The person approves the code at the auth server (the simulator approves by itself, as the
+    // same ChatGPT account).
+    await simCall('/__sim/behavior', {
+      device_auto_approve_after_polls: 1,
+      device_poll_interval_secs: 0,
+      device_auto_approve_as: { account_id: cfg.import.sim_account_id },
+    });
+    await row.locator('[data-testid=relogin]').click();
+    const dialog = page.locator('dialog[open]');
+    await dialog.locator('[data-testid=device-login]').click();
+    await dialog.locator('.user-code').waitFor({ timeout: READY_MS });
+    await shot(page, 'laptop-accounts-relogin');
+    await dialog.getByText(/Signed in: the account has new tokens/).waitFor({ timeout: LIVE_MS });
+    await page.keyboard.press('Escape');
+    await dead.waitFor({ state: 'detached', timeout: LIVE_MS });
+    assert.ok(await page.evaluate(() => window.__cmNoReload === true), 'the page was not reloaded');
+    await until(`${label} active again after the re-login (API)`, READY_MS, async () => {
+      const a = await accountByLabel(label);
+      return a?.state === 'active' || { notYet: a?.state };
+    });
   });
 
   await step('k. every page passes axe (wcag2a, wcag2aa) and starts with a skip link', async () => {

@@ -34,6 +34,8 @@ pub struct CpEnv {
     pub push_token: String,
     pub upstream_base_url: String,
     pub oauth_token_url: String,
+    /// The auth server's root (device-code logins).
+    pub auth_base_url: String,
     pub wasm: PathBuf,
     /// Further settings for every invocation (e.g. `CODEXMESH_REFRESH_LEAD_SECS`).
     pub extra: Vec<(String, String)>,
@@ -49,6 +51,7 @@ impl CpEnv {
             push_token: format!("push-{}", std::process::id()),
             upstream_base_url: sim.base_url(),
             oauth_token_url: sim.token_url(),
+            auth_base_url: sim.root_url(),
             wasm: art.wasm.clone(),
             extra,
         }
@@ -62,6 +65,7 @@ impl CpEnv {
             .env("CODEXMESH_PUSH_TOKEN", &self.push_token)
             .env("CODEXMESH_UPSTREAM_BASE_URL", &self.upstream_base_url)
             .env("CODEXMESH_OAUTH_TOKEN_URL", &self.oauth_token_url)
+            .env("CODEXMESH_AUTH_BASE_URL", &self.auth_base_url)
             .env("CODEXMESH_WASM", &self.wasm)
             .env("RUST_LOG", "info");
         for (k, v) in &self.extra {

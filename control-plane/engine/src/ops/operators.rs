@@ -217,18 +217,8 @@ pub async fn bootstrap_owner(
     let actor = actor_as(ops, "bootstrap", name);
     // Guessing is throttled like sign-in, per client address; while the address is locked its
     // attempts are refused unheard and not audited (so they cannot grow the log).
-    let client = ops
-        .actor()
-        .client
-        .clone()
-        .unwrap_or_else(|| LOCAL_CLIENT.to_owned());
+    let client = unlocked_client(ops, "attempts").await?;
     let store = ops.store().await?;
-    if let Some(until) = store.client_locked_until(&client).await? {
-        return Err(OpsError::RateLimited(format!(
-            "too many failed attempts from this address: try again {}",
-            util::human_until(until, now_ms())
-        )));
-    }
     let result = async {
         validate_operator_name(name).map_err(StoreError::from)?;
         validate_password(password).map_err(StoreError::from)?;
@@ -908,6 +898,23 @@ pub async fn sign_in(
     result.map(Outcome::new)
 }
 
+/// The caller's client address ([`LOCAL_CLIENT`] for the shell), refused while it is locked by
+/// too many failed `attempts` (sign-ins, bootstrap secrets).
+async fn unlocked_client(ops: &Ops, attempts: &str) -> Result<String, OpsError> {
+    let client = ops
+        .actor()
+        .client
+        .clone()
+        .unwrap_or_else(|| LOCAL_CLIENT.to_owned());
+    if let Some(until) = ops.store().await?.client_locked_until(&client).await? {
+        return Err(OpsError::RateLimited(format!(
+            "too many failed {attempts} from this address: try again {}",
+            util::human_until(until, now_ms())
+        )));
+    }
+    Ok(client)
+}
+
 async fn check_sign_in(
     ops: &Ops,
     name: &str,
@@ -915,18 +922,8 @@ async fn check_sign_in(
     totp_code: Option<&str>,
     known: &mut Option<Operator>,
 ) -> Result<SignedIn, OpsError> {
-    let client = ops
-        .actor()
-        .client
-        .clone()
-        .unwrap_or_else(|| LOCAL_CLIENT.to_owned());
+    let client = unlocked_client(ops, "sign-ins").await?;
     let store = ops.store().await?;
-    if let Some(until) = store.client_locked_until(&client).await? {
-        return Err(OpsError::RateLimited(format!(
-            "too many failed sign-ins from this address: try again {}",
-            util::human_until(until, now_ms())
-        )));
-    }
     let creds = match store.operator_credentials(name).await {
         Ok(c) => Some(c),
         Err(StoreError::NotFound { .. }) => None,

@@ -537,3 +537,43 @@ async fn the_cli_reads_the_same_overview_and_refreshes_the_same_way() -> TestRes
     assert!(r.stderr.contains("zz-none"), "{}", r.stderr);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_sixteen_device_logins_wait_at_once() -> TestResult {
+    let s = Setup::start().await?;
+    let admin = s.token("admin-main", "admin", "main")?;
+    s.sim
+        .behavior(json!({"device_poll_interval_secs": 0}))
+        .await?;
+    let mut codes = Vec::new();
+    for _ in 0..16 {
+        let (code, v) = s.start_login(&admin, "main", json!({})).await?;
+        assert_eq!(code, 202, "{v}");
+        codes.push(v["user_code"].as_str().ok_or("no code")?.to_owned());
+    }
+    let (code, v) = s.start_login(&admin, "main", json!({})).await?;
+    assert_eq!(code, 429, "{v}");
+    assert_eq!(v["error"]["kind"], "rate_limited", "{v}");
+    // One is denied at the approval page: its place frees once its task has seen it.
+    s.sim
+        .call(
+            reqwest::Method::POST,
+            "/__sim/device/deny",
+            Some(json!({"user_code": codes[0]})),
+        )
+        .await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, v) = s.start_login(&admin, "main", json!({})).await?;
+        if code == 202 {
+            break;
+        }
+        assert_eq!(code, 429, "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the denied login's place was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

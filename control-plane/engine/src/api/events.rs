@@ -94,11 +94,10 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
               (status = 503, body = super::ErrorBody, description = "too many open streams")))]
 async fn events(State(state): State<ApiState>, _caller: Caller) -> axum::response::Response {
     let Ok(permit) = Arc::clone(&state.live.streams).try_acquire_owned() else {
-        let mut refused = super::ApiError::raw(
+        let mut refused = super::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            crate::ops::ErrorKind::Unavailable.as_str(),
+            crate::ops::ErrorKind::Unavailable,
             format!("{MAX_STREAMS} live streams are open on this control plane; retry shortly"),
-            None,
         )
         .into_response();
         refused.headers_mut().insert(

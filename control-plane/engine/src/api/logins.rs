@@ -9,8 +9,8 @@
 //! - a login is visible only to the principal that started it (anyone else: 404), and only on
 //!   the replica that started it (it lives in this process: the dashboard also sees the account
 //!   appear through the events stream);
-//! - at most [`MAX_PENDING`] logins wait at once per replica (429 beyond): each holds a task that
-//!   polls the auth server;
+//! - at most [`MAX_PENDING`] logins wait at once per replica (429 beyond; a semaphore permit
+//!   taken before the auth server is asked and held by the task that polls it);
 //! - a finished login is forgotten [`KEEP_FINISHED`] after it ended; a pending one ends at its
 //!   timeout or when the server shuts down;
 //! - nothing secret is kept or returned: the user code and verification page are what a person
@@ -40,9 +40,21 @@ pub const MAX_PENDING: usize = 16;
 pub const KEEP_FINISHED: Duration = Duration::from_secs(600);
 
 /// The logins this replica started (shared by the handlers and the waiting tasks).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Logins {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    /// One permit per login waiting for approval ([`MAX_PENDING`]), held by its task; taken
+    /// before the auth server is asked, so concurrent starts cannot pass the bound.
+    waiting: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Logins {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            waiting: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING)),
+        }
+    }
 }
 
 struct Entry {
@@ -111,12 +123,9 @@ impl Logins {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Drops finished logins older than [`KEEP_FINISHED`]; returns how many are pending.
-    fn sweep(map: &mut HashMap<String, Entry>) -> usize {
+    /// Drops finished logins older than [`KEEP_FINISHED`].
+    fn sweep(map: &mut HashMap<String, Entry>) {
         map.retain(|_, e| e.finished_at.is_none_or(|t| t.elapsed() < KEEP_FINISHED));
-        map.values()
-            .filter(|e| e.view.state == LoginState::Pending)
-            .count()
     }
 
     fn finish(&self, id: &str, update: impl FnOnce(&mut LoginView)) {
@@ -142,14 +151,15 @@ async fn start(
     Path(pool): Path<String>,
     JsonBody(body): JsonBody<StartLogin>,
 ) -> Result<(StatusCode, Json<LoginView>), ApiError> {
-    if Logins::sweep(&mut state.logins.lock()) >= MAX_PENDING {
-        return Err(ApiError::raw(
+    let Ok(waiting) = Arc::clone(&state.logins.waiting).try_acquire_owned() else {
+        return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::RateLimited.as_str(),
+            ErrorKind::RateLimited,
             format!("{MAX_PENDING} logins are already waiting for approval; try again later"),
-            None,
         ));
-    }
+    };
+    let id = codexmesh_model::util::new_id("lgn")
+        .map_err(|e| ops::OpsError::from(codexmesh_store::StoreError::from(e)))?;
     let ops = caller.ops(&state);
     let pending = ops::accounts::login_start(
         &ops,
@@ -158,18 +168,6 @@ async fn start(
         crate::login::DEFAULT_TIMEOUT,
     )
     .await?;
-    let id = format!(
-        "lgn_{}",
-        codexmesh_model::util::random_alnum(20).map_err(|e| {
-            tracing::error!(error = %e, "no randomness for a login id");
-            ApiError::raw(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorKind::Internal.as_str(),
-                "internal error (see the control plane's log)".to_owned(),
-                None,
-            )
-        })?
-    );
     let view = LoginView {
         id: id.clone(),
         pool: pending.pool().to_owned(),
@@ -181,7 +179,9 @@ async fn start(
         action: None,
         error: None,
     };
-    state.logins.lock().insert(
+    let mut map = state.logins.lock();
+    Logins::sweep(&mut map);
+    map.insert(
         id.clone(),
         Entry {
             owner: caller.access.principal.clone(),
@@ -189,9 +189,12 @@ async fn start(
             finished_at: None,
         },
     );
+    drop(map);
     let logins = state.logins.clone();
     let shutdown = state.live.shutdown.clone();
     tokio::spawn(async move {
+        // Held until the login is no longer waiting.
+        let _waiting = waiting;
         let outcome = tokio::select! {
             r = ops::accounts::login_finish(&ops, pending) => Some(r),
             () = shutdown.cancelled() => None,
@@ -238,11 +241,10 @@ async fn get_one(
     Logins::sweep(&mut map);
     match map.get(&login) {
         Some(e) if e.owner == caller.access.principal => Ok(Json(e.view.clone())),
-        _ => Err(ApiError::raw(
+        _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            ErrorKind::NotFound.as_str(),
+            ErrorKind::NotFound,
             format!("no login {login} started by you on this control plane"),
-            None,
         )),
     }
 }

@@ -7,7 +7,7 @@
 
 import { get, withQuery } from "../api.js";
 import { h, fragment, badge, dataTable, emptyRow, timeElement } from "../ui.js";
-import { filterForm, pageLink } from "./filters.js";
+import { filterForm, pagingLinks } from "./filters.js";
 
 const BASE = "/ui/audit";
 const SPANS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
@@ -59,11 +59,6 @@ export default {
     }
     tbody.append(rows);
     ctx.table.replaceChildren(wrapper);
-    const links = [];
-    if (ctx.query.get("before")) links.push(h("a", { class: "button", href: pageLink(BASE, ctx.query, { before: "" }), text: "Newest" }));
-    if (data.rows.length >= data.limit && data.rows.length > 0) {
-      links.push(h("a", { class: "button", href: pageLink(BASE, ctx.query, { before: data.rows[data.rows.length - 1].id }), "data-testid": "older", text: "Older" }));
-    }
-    ctx.paging.replaceChildren(...links);
+    ctx.paging.replaceChildren(...pagingLinks(BASE, ctx.query, data.rows, data.limit));
   },
 };

@@ -2,7 +2,7 @@
 //
 // Rules this module keeps: a filter form (data-filter) reflects its values in the page URL
 // (submitting navigates, so Back works); empty values are left out; paging ("before") is
-// dropped when the filters change.
+// dropped when the filters change; "Older" appears only when the page came back full.
 
 import { h, field } from "../ui.js";
 import { withQuery } from "../api.js";
@@ -38,4 +38,17 @@ export function pageLink(basePath, query, changes) {
   const params = Object.fromEntries(query.entries());
   Object.assign(params, changes);
   return withQuery(basePath, params);
+}
+
+/**
+ * The paging links of a log page newest first: "Newest" when paged back, "Older" (rows before
+ * the last one shown) when the page holds `limit` rows.
+ */
+export function pagingLinks(basePath, query, rows, limit) {
+  const links = [];
+  if (query.get("before")) links.push(h("a", { class: "button", href: pageLink(basePath, query, { before: "" }), text: "Newest" }));
+  if (rows.length >= limit && rows.length > 0) {
+    links.push(h("a", { class: "button", href: pageLink(basePath, query, { before: rows[rows.length - 1].id }), "data-testid": "older", text: "Older" }));
+  }
+  return links;
 }

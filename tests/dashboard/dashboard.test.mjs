@@ -118,6 +118,24 @@ function assertNoProblems(when) {
 // Steps: named, timed, with the page's state saved when one fails.
 
 let current = { page: null };
+
+/**
+ * Secrets the pages show once (a new pool key): masked on the page before any screenshot or
+ * HTML dump, so no test artifact holds one.
+ */
+const secrets = [];
+async function maskSecrets(page) {
+  if (secrets.length === 0) return;
+  await page.evaluate((values) => {
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const v of values) {
+        if (node.nodeValue.includes(v)) node.nodeValue = node.nodeValue.split(v).join('cmk_…(masked in test artifacts)');
+      }
+    }
+  }, secrets);
+}
+
 async function step(name, fn) {
   const t0 = Date.now();
   log(`-- ${name}`);
@@ -129,6 +147,7 @@ async function step(name, fn) {
     const page = current.page;
     if (page && !page.isClosed()) {
       const base = path.join(ARTIFACTS, `failure-${name.replace(/[^a-z0-9]+/gi, '-')}`);
+      await maskSecrets(page).catch(() => {});
       await page.screenshot({ path: `${base}.png`, fullPage: true }).catch(() => {});
       await page
         .content()
@@ -210,6 +229,7 @@ async function submit(form) {
 async function shot(page, name) {
   // A focused skip link (the keyboard check tabs to it) would cover the header.
   await page.evaluate(() => document.activeElement?.blur?.());
+  await maskSecrets(page);
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
@@ -530,6 +550,7 @@ async function scenario() {
       );
     });
     key = (await code.innerText()).trim();
+    secrets.push(key);
     assert.ok(/^\S{16,}$/.test(key), `the new key looks like a key: "${key}"`);
     for (const tool of ['codex', 'openai-python', 'openai-node', 'agents']) {
       const snippet = page.locator(`[data-testid=new-key] [data-testid=snippet][data-tool="${tool}"]`);

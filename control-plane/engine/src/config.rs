@@ -22,7 +22,8 @@ use base64::Engine;
 use serde::Deserialize;
 
 use codexmesh_model::util::{self, redact_url, RandomError};
-use codexmesh_store::crypto::{CryptoError, MasterKey};
+use codexmesh_store::crypto::{CryptoError, Keyring, Keys, MasterKey};
+use codexmesh_store::keyfile::{KeyFileError, KeySource};
 use codexmesh_store::files::ensure_private_dir;
 
 /// Names the TOML config file (also `--config`); not a config-file key itself.
@@ -52,6 +53,8 @@ pub enum ConfigError {
     },
     #[error("{origin}: {source}")]
     MasterKey { origin: String, source: CryptoError },
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     Random(#[from] RandomError),
 }
@@ -667,8 +670,10 @@ declare_settings! {
         master_key {
             env: ENV_MASTER_KEY = "CODEXMESH_MASTER_KEY",
             trim: false,
-            help: "The key sealing stored credentials: base64 of 32 bytes (a secret: never a flag).",
-            readme: "base64 of 32 bytes; generated once into `<data_dir>/master.key` (0600)",
+            help: "The keys sealing stored credentials: base64 of 32 bytes, or `vN:BASE64` entries \
+                   separated by commas (a secret: never a flag).",
+            readme: "base64 of 32 bytes (or `vN:BASE64,…` while [rotating](docs/secrets.md)); \
+                     generated once into `<data_dir>/master.key` (0600)",
         }
     }
 }
@@ -854,16 +859,31 @@ impl Settings {
         Ok(Secret::new(value))
     }
 
-    /// The master key: given explicitly (base64 of 32 bytes), or from/into the data dir.
-    pub fn master_key(&self) -> Result<MasterKey, ConfigError> {
+    /// The master keys: given explicitly (one base64 key, or `vN:BASE64` entries separated
+    /// by commas or newlines), else the data dir's key file (generated once with one key),
+    /// which the source reads again when a rotation rewrote it (`docs/secrets.md`).
+    pub fn master_keys(&self) -> Result<KeySource, ConfigError> {
         if let Some(given) = &self.master_key {
-            return MasterKey::from_base64(given.value.expose()).map_err(|source| {
+            let ring = Keyring::parse(given.value.expose()).map_err(|source| {
                 ConfigError::MasterKey {
                     origin: given.origin.to_owned(),
                     source,
                 }
-            });
+            })?;
+            return Ok(KeySource::fixed(ring, given.origin));
         }
+        self.master_key_file()?;
+        Ok(KeySource::from_file(&self.master_key_path())?)
+    }
+
+    /// The newest master key held ([`Settings::master_keys`]).
+    pub fn master_key(&self) -> Result<MasterKey, ConfigError> {
+        Ok(self.master_keys()?.keyring().newest().clone())
+    }
+
+    /// Makes sure the data dir's key file exists (generating one key, version 1, on first use)
+    /// and is a readable keyring.
+    fn master_key_file(&self) -> Result<(), ConfigError> {
         let path = self.master_key_path();
         let value = load_or_create_secret_file(&self.data_dir, &path, || {
             MasterKey::generate()
@@ -876,10 +896,12 @@ impl Settings {
                     },
                 })
         })?;
-        MasterKey::from_base64(&value).map_err(|source| ConfigError::MasterKey {
-            origin: path.display().to_string(),
-            source,
-        })
+        Keyring::parse(&value)
+            .map(drop)
+            .map_err(|source| ConfigError::MasterKey {
+                origin: path.display().to_string(),
+                source,
+            })
     }
 
     /// The SQLite file path when the store is SQLite (for `up` and messages).

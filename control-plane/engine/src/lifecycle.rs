@@ -29,7 +29,7 @@ use crate::quota::{self, Observation, Polled};
 use crate::refresh::{self, Done, Refresher, RefresherConfig, Request, Trigger};
 use crate::watch::Watcher;
 use codexmesh_model::util::now_ms;
-use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{AccountState, Actor, OutcomeRecord, Store, StoreError};
 
 /// Scheduler and poller look at the store at least this often.
@@ -76,7 +76,7 @@ impl Lifecycle {
     pub fn start(
         settings: &Settings,
         store: Store,
-        key: MasterKey,
+        key: KeySource,
         http: reqwest::Client,
         holder: String,
         changed: Arc<Notify>,
@@ -377,7 +377,7 @@ async fn run_scheduler(
 
 struct Poller {
     store: Store,
-    key: MasterKey,
+    key: KeySource,
     http: reqwest::Client,
     upstream: String,
     interval_ms: i64,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 pub use codexmesh_model::quota::*;
-use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::crypto::Keys;
 use codexmesh_store::{Account, QuotaWrite, Store, StoreError};
 use serde_json::Value;
 
@@ -113,7 +113,7 @@ pub enum Polled {
 /// evidence; returns the account as stored with what happened.
 pub async fn poll_account(
     store: &Store,
-    key: &MasterKey,
+    key: &(impl Keys + ?Sized),
     http: &reqwest::Client,
     upstream_base_url: &str,
     account_id: &str,

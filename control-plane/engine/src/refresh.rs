@@ -33,7 +33,7 @@ use crate::config::Settings;
 use crate::oauth::{self, TokenError};
 use codexmesh_model::credentials as authjson;
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{Account, AccountState, Actor, RefreshedTokens, Store, StoreError};
 
 /// When the expiry is unknown, refresh this long after the last refresh (the Codex CLI's rule).
@@ -171,7 +171,7 @@ impl RefresherConfig {
 
 struct Inner {
     store: Store,
-    key: MasterKey,
+    key: KeySource,
     http: reqwest::Client,
     cfg: RefresherConfig,
     /// Identifies this process in leases.
@@ -198,7 +198,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Refresher {
     pub fn new(
         store: Store,
-        key: MasterKey,
+        key: impl Into<KeySource>,
         http: reqwest::Client,
         cfg: RefresherConfig,
         holder: String,
@@ -208,7 +208,7 @@ impl Refresher {
         Self {
             inner: Arc::new(Inner {
                 store,
-                key,
+                key: key.into(),
                 http,
                 cfg,
                 holder,
@@ -528,6 +528,7 @@ pub fn holder_id(kind: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codexmesh_store::crypto::MasterKey;
 
     fn account(exp: Option<i64>, updated: i64) -> Account {
         let mut a = codexmesh_model::records::fixtures::account("acc_1");

@@ -59,7 +59,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 /// first snapshot and starts serving. Fails before serving anything if the master key does not
 /// match the store.
 pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, ServeError> {
-    let key = settings.master_key()?;
+    let key = settings.master_keys()?;
     let push_token = settings.push_token()?;
     store.verify_master_key(&key).await?;
 

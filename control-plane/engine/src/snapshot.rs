@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::push::{snapshot_frame, SnapshotFrame};
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::crypto::Keys;
+use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{
     AccountState, AccountWithToken, KeyStatus, PoolKey, Routing, RoutingMode, SnapshotData, Store,
     StoreError, Strategy,
@@ -96,14 +97,18 @@ impl TokenCache {
 /// Builds a snapshot from rows read in one transaction. Access tokens are opened here; an
 /// account whose token cannot be opened is sent as NEEDS_REAUTH without a token, rather than
 /// failing the whole snapshot. Quota windows whose reset time has passed are sent as 0 % used.
-pub fn build(data: &SnapshotData, key: &MasterKey, control_plane_id: &str) -> pb::Snapshot {
+pub fn build(
+    data: &SnapshotData,
+    key: &(impl Keys + ?Sized),
+    control_plane_id: &str,
+) -> pb::Snapshot {
     build_with(data, key, control_plane_id, &mut TokenCache::default())
 }
 
 /// [`build`], reusing the tokens `cache` opened last time (and leaving this build's in it).
 pub fn build_with(
     data: &SnapshotData,
-    key: &MasterKey,
+    key: &(impl Keys + ?Sized),
     control_plane_id: &str,
     cache: &mut TokenCache,
 ) -> pb::Snapshot {
@@ -298,7 +303,7 @@ struct Built {
 
 /// Builds and encodes, keeping the token cache between builds.
 struct Builder {
-    key: MasterKey,
+    key: KeySource,
     cp_id: String,
     tokens: TokenCache,
 }
@@ -332,13 +337,13 @@ impl SnapshotHub {
     /// rebuilding on revision changes until `cancel` fires.
     pub async fn start(
         store: Store,
-        key: MasterKey,
+        key: impl Into<KeySource>,
         control_plane_id: String,
         poll: Duration,
         cancel: CancellationToken,
     ) -> Result<Self, StoreError> {
         let mut builder = Builder {
-            key,
+            key: key.into(),
             cp_id: control_plane_id,
             tokens: TokenCache::default(),
         };
@@ -529,6 +534,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codexmesh_store::crypto::MasterKey;
     use codexmesh_store::{Actor, Pool, SnapshotAccount};
     use prost::Message;
 

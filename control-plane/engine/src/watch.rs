@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::WatchSpec;
 use codexmesh_model::credentials as authjson;
-use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{Account, Actor, ImportAction, ImportSource, Store, StoreError};
 
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -135,7 +135,7 @@ pub fn list_folder(dir: &Path) -> std::io::Result<(PathBuf, Vec<FoundFile>, Vec<
 /// Keeps the watched folders and their pools in step.
 pub struct Watcher {
     store: Store,
-    key: MasterKey,
+    key: KeySource,
     specs: Vec<WatchSpec>,
     actor: Actor,
     /// (path, hash) of malformed files already reported.
@@ -145,7 +145,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(store: Store, key: MasterKey, specs: Vec<WatchSpec>) -> Self {
+    pub fn new(store: Store, key: KeySource, specs: Vec<WatchSpec>) -> Self {
         Self {
             store,
             key,

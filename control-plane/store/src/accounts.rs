@@ -2,14 +2,16 @@
 //! in pools, pausing, removing, their sealed tokens and refresh results, and published health
 //! scores (an account's priority and weight in a pool change in `routing`). Rules: a write that
 //! changes what routing sees is one bumping transaction with an audit row; refresh bookkeeping
-//! does not bump. Tokens are sealed under the master key before they reach SQL.
+//! does not bump. Tokens are sealed before they reach SQL, with the key `sealing` chooses inside
+//! the write transaction (after its first statement), so a rotation cannot interleave.
 
 use serde_json::json;
 use sqlx::{Any, Transaction};
 
 use crate::audit::audit;
-use crate::crypto::MasterKey;
+use crate::crypto::Keys;
 use crate::error::{ConflictReason, Entity, Lookup, StoreError};
+use crate::sealing::sealing_key_tx;
 use crate::rows::{
     account_from_row, login_from_row, sealed_from_row, LoginRow, ACCOUNT_SELECT, LOGIN_SELECT,
 };
@@ -25,27 +27,6 @@ use codexmesh_model::records::{
     RefreshedTokens, TokenUpdate,
 };
 use codexmesh_model::util::{self, now_ms};
-
-/// Records the master key's fingerprint on first use and refuses a different key afterwards.
-async fn check_master_key_tx(
-    tx: &mut Transaction<'static, Any>,
-    key: &MasterKey,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO meta (key, value) VALUES ('master_key_fp', $1) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(key.fingerprint())
-    .execute(&mut **tx)
-    .await?;
-    let stored: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'master_key_fp'")
-        .fetch_one(&mut **tx)
-        .await?;
-    if stored == key.fingerprint() {
-        Ok(())
-    } else {
-        Err(StoreError::MasterKeyMismatch)
-    }
-}
 
 /// Email, else the ChatGPT account id; disambiguated when another account in the pool already
 /// uses it (one email can belong to several workspaces).
@@ -179,7 +160,7 @@ impl Store {
         pool_name: &str,
         label: Option<&str>,
         creds: &CodexCredentials,
-        key: &MasterKey,
+        key: &(impl Keys + ?Sized),
     ) -> Result<ImportResult, StoreError> {
         self.import_account_from(actor, pool_name, label, creds, key, None)
             .await
@@ -202,14 +183,14 @@ impl Store {
         pool_name: &str,
         label: Option<&str>,
         creds: &CodexCredentials,
-        key: &MasterKey,
+        key: &(impl Keys + ?Sized),
         source: Option<&ImportSource>,
     ) -> Result<ImportResult, StoreError> {
         if let Some(l) = label {
             validate_label(l)?;
         }
         let (mut tx, revision) = self.begin_write().await?;
-        check_master_key_tx(&mut tx, key).await?;
+        let key = sealing_key_tx(&mut tx, key).await?;
         let pool = pool_by_name_tx(&mut tx, pool_name).await?;
         let existing = find_login_tx(&mut tx, creds).await?;
         let now = now_ms();
@@ -599,11 +580,12 @@ impl Store {
         account
     }
 
-    /// An account (by id) with its three tokens opened under `key`.
+    /// An account (by id) with its three tokens opened with `key` (the key of each blob's
+    /// version).
     pub async fn account_secrets(
         &self,
         id: &str,
-        key: &MasterKey,
+        key: &(impl Keys + ?Sized),
     ) -> Result<AccountSecrets, StoreError> {
         let select = ACCOUNT_SELECT.replacen(
             "SELECT ",
@@ -641,12 +623,13 @@ impl Store {
         actor: &Actor,
         id: &str,
         tokens: &RefreshedTokens,
-        key: &MasterKey,
+        key: &(impl Keys + ?Sized),
     ) -> Result<i64, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let key = sealing_key_tx(&mut tx, key).await?;
         let access = key.seal_str(id, "access_token", &tokens.access_token)?;
         let refresh = key.seal_str(id, "refresh_token", &tokens.refresh_token)?;
         let id_tok = key.seal_str(id, "id_token", &tokens.id_token)?;
-        let (mut tx, revision) = self.begin_write().await?;
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE accounts SET sealed_access_token = $1, sealed_refresh_token = $2, \
@@ -767,17 +750,5 @@ impl Store {
         }
         tx.commit().await?;
         Ok(Some(revision))
-    }
-
-    /// Fails early when `key` is not the key this store's secrets were sealed with.
-    pub async fn verify_master_key(&self, key: &MasterKey) -> Result<(), StoreError> {
-        let stored: Option<i64> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'master_key_fp'")
-                .fetch_optional(&self.pool)
-                .await?;
-        match stored {
-            Some(fp) if fp != key.fingerprint() => Err(StoreError::MasterKeyMismatch),
-            _ => Ok(()),
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! Files the control plane writes next to its store: the private data dir, secrets, rendered
 //! configs. Rules: a file is written whole or not at all (temp file with its final mode, synced,
-//! renamed into place); anything secret is mode 0600 in a 0700 directory.
+//! renamed into place, the directory synced); anything secret is mode 0600 in a 0700 directory.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -62,7 +62,10 @@ pub fn write_file_atomically(
         Existing::Replace => tmp.persist(path),
         Existing::Keep => tmp.persist_noclobber(path),
     };
-    placed.map(drop).map_err(|e| e.error)
+    placed.map(drop).map_err(|e| e.error)?;
+    // The rename is durable only once the directory is: a crash must not bring the old file
+    // back after a caller went on (a master key rotation deletes what the old key opened).
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A file anyone may read (an Envoy bootstrap), replaced atomically; creates its directory if

@@ -10,13 +10,18 @@
 //! take the `meta` row, so lock order stays `meta` first, then account rows.
 //!
 //! Layout: one private module per aggregate (`pools`, `accounts`, `keys`, `routing`, `leases`,
-//! `operators`, `quota`, `outcomes`, `audit`, `snapshot_data`), each adding methods to [`Store`]; `rows` (all
-//! row mapping) and `error` are leaves; `tx` (transaction starts, lookups by name, id or label)
-//! sits between them and the aggregates. Dependencies point one way: leaves ← `tx` ← aggregates
-//! (and `audit` ← the writers, `quota` ← `snapshot_data`); no aggregate uses another otherwise.
+//! `operators`, `quota`, `outcomes`, `audit`, `snapshot_data`, `rotation`), each adding methods
+//! to [`Store`]; `rows` (all row mapping) and `error` are leaves; `tx` (transaction starts,
+//! lookups by name, id or label) sits between them and the aggregates; `sealing` (which master
+//! keys the store accepts, the key a writer seals with) serves the writers of sealed secrets.
+//! Dependencies point one way: leaves ← `tx` ← aggregates (and `audit` ← the writers, `quota` ←
+//! `snapshot_data`, `sealing` ← `accounts`, `operators`, `rotation`); no aggregate uses another
+//! otherwise. Public modules: `crypto` (keys, sealing), `keyfile` (where keys come from),
+//! `files`.
 
 pub mod crypto;
 pub mod files;
+pub mod keyfile;
 
 mod accounts;
 mod activity;
@@ -28,8 +33,10 @@ mod operators;
 mod outcomes;
 mod pools;
 mod quota;
+mod rotation;
 mod routing;
 mod rows;
+mod sealing;
 mod snapshot_data;
 mod tx;
 
@@ -48,6 +55,8 @@ pub use codexmesh_model::records::*;
 pub use error::{ConflictReason, Entity, Lookup, StoreError};
 pub use operators::{NewOperator, OperatorCredentials, Throttle};
 pub use quota::QuotaWrite;
+pub use rotation::{SealedKind, SealedRow};
+pub use sealing::{KeyMark, KeyState, TOTP_FIELD};
 pub use routing::{KeyRouting, KeyRoutingChange};
 pub use tx::{validate_label, validate_pool_name};
 

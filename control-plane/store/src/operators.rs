@@ -19,8 +19,10 @@ use serde_json::json;
 use sqlx::{Any, Transaction};
 
 use crate::audit::audit;
+use crate::crypto::Keys;
 use crate::error::{ConflictReason, Entity, Lookup, StoreError};
 use crate::rows::{api_token_from_row, col, operator_from_row, API_TOKEN_COLS, OPERATOR_COLS};
+use crate::sealing::{sealing_key_tx, TOTP_FIELD};
 use crate::tx::{is_unique_violation, pool_by_name_tx};
 use crate::{Actor, Store};
 use codexmesh_model::operators::{validate_operator_name, ApiToken, Operator, Role};
@@ -555,19 +557,25 @@ impl Store {
         Ok(changed.item)
     }
 
-    /// Stores a sealed TOTP secret (not yet enabled: [`Store::set_operator_totp_enabled`] after
-    /// the operator proves it has it), replacing any earlier one, turning the factor off and
-    /// forgetting the last step used (a new secret's codes start afresh).
+    /// Stores a TOTP secret, sealed for the operator with the key `sealing` chooses in this
+    /// transaction (not yet enabled: [`Store::set_operator_totp_enabled`] after the operator
+    /// proves it has it), replacing any earlier one, turning the factor off and forgetting the
+    /// last step used (a new secret's codes start afresh).
     pub async fn enroll_operator_totp(
         &self,
         actor: &Actor,
         ident: &str,
-        sealed_secret: &[u8],
+        secret: &[u8],
+        keys: &(impl Keys + ?Sized),
     ) -> Result<Operator, StoreError> {
-        let sealed = sealed_secret.to_vec();
+        let secret = secret.to_vec();
+        // Read again now: the closure below cannot hold `keys` across its await points.
+        let ring = keys.reload();
         Ok(self
             .change_operator(actor, ident, "operator.totp_enroll", move |tx, op| {
                 Box::pin(async move {
+                    let key = sealing_key_tx(tx, &*ring).await?;
+                    let sealed = key.seal(&op.id, TOTP_FIELD, &secret)?;
                     sqlx::query(
                         "UPDATE operators SET totp_secret_sealed = $1, totp_enabled = 0, \
                          totp_last_step = NULL WHERE id = $2",

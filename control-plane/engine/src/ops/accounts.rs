@@ -15,7 +15,7 @@ use crate::login::{self, LoginError, UserCode};
 use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Request, Trigger};
 use codexmesh_model::credentials::{self as authjson, CodexCredentials};
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{
     files, Account, AccountState, Changed, Entity, ImportResult, Lookup, Store, StoreError,
     TokenUpdate,
@@ -71,7 +71,7 @@ async fn import_checked(
     ops.change_pool(pool)?;
     let store = ops.store().await?;
     store.pool_by_name(pool).await?;
-    let key = ops.settings().master_key()?;
+    let key = ops.settings().master_keys()?;
     let mut result = store
         .import_account(ops.actor(), pool, label, creds, &key)
         .await?;
@@ -358,7 +358,7 @@ async fn refresh_checked(ops: &Ops, ident: &str) -> Result<Outcome<Refreshed>, O
         )));
     }
     let store = ops.store().await?;
-    let key = ops.settings().master_key()?;
+    let key = ops.settings().master_keys()?;
     store.verify_master_key(&key).await?;
     let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
     let refresher = Refresher::new(
@@ -423,7 +423,7 @@ pub async fn export(
     // It writes a file on this host: local (shell) use only.
     ops.require_owner("export accounts")?;
     let store = ops.store().await?;
-    let key = ops.settings().master_key()?;
+    let key = ops.settings().master_keys()?;
     store.verify_master_key(&key).await?;
     let account = store.account(ident).await?;
     // Hold the refresh lease, so no refresh rotates the token while it changes hands.
@@ -495,7 +495,7 @@ pub async fn export(
 async fn export_leased(
     ops: &Ops,
     store: &Store,
-    key: &MasterKey,
+    key: &KeySource,
     id: &str,
     path: &Path,
     options: ExportOptions,
@@ -538,7 +538,7 @@ pub struct PendingLogin {
     http: reqwest::Client,
     issuer: String,
     code: UserCode,
-    key: MasterKey,
+    key: KeySource,
     pool: String,
     label: Option<String>,
     timeout: Duration,
@@ -587,7 +587,7 @@ pub async fn login_start(
     ops.change_pool(pool)?;
     let store = ops.store().await?;
     store.pool_by_name(pool).await?;
-    let key = ops.settings().master_key()?;
+    let key = ops.settings().master_keys()?;
     store.verify_master_key(&key).await?;
     let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
     let issuer = ops

@@ -83,7 +83,7 @@ use codexmesh_model::operators::{
 };
 use codexmesh_model::records::{AuditEntry, Changed};
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_store::crypto::CryptoError;
+use codexmesh_store::crypto::{CryptoError, Keys};
 use codexmesh_store::{Actor, AuditFilter, Entity, Lookup, NewOperator, StoreError, Throttle};
 
 /// How long a bootstrap secret is valid.
@@ -429,7 +429,7 @@ pub async fn set_password(
         .await
 }
 
-const TOTP_FIELD: &str = "totp_secret";
+use codexmesh_store::TOTP_FIELD;
 const TOTP_SECRET_LEN: usize = 20;
 const TOTP_STEP_SECS: u64 = 30;
 const TOTP_DIGITS: usize = 6;
@@ -459,7 +459,7 @@ fn totp_step(
 ) -> Result<Option<i64>, OpsError> {
     let secret = ops
         .settings()
-        .master_key()?
+        .master_keys()?
         .open(operator_id, TOTP_FIELD, sealed)
         .map_err(StoreError::from)?;
     let totp = totp_for(secret)?;
@@ -532,12 +532,8 @@ pub async fn totp_enroll(ops: &Ops, ident: &str) -> Result<Outcome<TotpEnrollmen
         pools.clone_from(&op.pools);
         let mut secret = vec![0u8; TOTP_SECRET_LEN];
         util::random_bytes(&mut secret).map_err(StoreError::from)?;
-        let sealed = ops
-            .settings()
-            .master_key()?
-            .seal(&op.id, TOTP_FIELD, &secret)
-            .map_err(StoreError::from)?;
-        let totp = totp_for(secret)?;
+        let keys = ops.settings().master_keys()?;
+        let totp = totp_for(secret.clone())?;
         let secret_base32 = totp.get_secret_base32();
         let uri = format!(
             "otpauth://totp/codexmesh:{}?secret={secret_base32}&issuer=codexmesh&algorithm=SHA1&digits=6&period=30",
@@ -546,7 +542,7 @@ pub async fn totp_enroll(ops: &Ops, ident: &str) -> Result<Outcome<TotpEnrollmen
         let operator = ops
             .store()
             .await?
-            .enroll_operator_totp(ops.actor(), &op.id, &sealed)
+            .enroll_operator_totp(ops.actor(), &op.id, &secret, &keys)
             .await?;
         Ok(Outcome::new(TotpEnrollment {
             operator,
@@ -802,8 +798,16 @@ struct Claims {
     scope: Option<String>,
 }
 
-fn session_key(ops: &Ops) -> Result<[u8; 32], OpsError> {
-    Ok(ops.settings().master_key()?.derive(SESSION_KEY_PURPOSE))
+/// The session signing keys, one derived from each master key held, newest first: sessions
+/// are signed with the first and accepted under any, so a key rotation signs nobody out until
+/// its old key leaves the keyring (`docs/secrets.md`).
+fn session_keys(ops: &Ops) -> Result<Vec<[u8; 32]>, OpsError> {
+    let ring = ops.settings().master_keys()?.keyring();
+    Ok(ring
+        .keys()
+        .iter()
+        .map(|k| k.derive(SESSION_KEY_PURPOSE))
+        .collect())
 }
 
 /// A token could not be made, or the provider is not ours: an internal error (the cause goes
@@ -814,7 +818,11 @@ fn signing_failed(e: &jsonwebtoken::errors::Error) -> OpsError {
 }
 
 fn sign_session(ops: &Ops, claims: &Claims) -> Result<SessionToken, OpsError> {
-    jwt::sign(&session_key(ops)?, claims)
+    let keys = session_keys(ops)?;
+    let newest = keys
+        .first()
+        .ok_or(StoreError::Crypto(CryptoError::EmptyKeyring))?;
+    jwt::sign(newest, claims)
         .map(SessionToken)
         .map_err(|e| signing_failed(&e))
 }
@@ -822,10 +830,19 @@ fn sign_session(ops: &Ops, claims: &Claims) -> Result<SessionToken, OpsError> {
 /// The claims of a session token signed with this store's key, not expired (`typ` and `scope`
 /// checked); any other token is unauthenticated.
 fn session_claims(ops: &Ops, token: &str) -> Result<Claims, OpsError> {
-    let claims: Claims = match jwt::verify(&session_key(ops)?, token) {
-        Ok(c) => c,
-        Err(e) if jwt::is_provider_error(&e) => return Err(signing_failed(&e)),
-        Err(_) => return Err(session_invalid()),
+    let mut verified = None;
+    for key in session_keys(ops)? {
+        match jwt::verify::<Claims>(&key, token) {
+            Ok(c) => {
+                verified = Some(c);
+                break;
+            }
+            Err(e) if jwt::is_provider_error(&e) => return Err(signing_failed(&e)),
+            Err(_) => {}
+        }
+    }
+    let Some(claims) = verified else {
+        return Err(session_invalid());
     };
     let scope_ok = matches!(claims.scope.as_deref(), None | Some(TOTP_SETUP_SCOPE));
     if claims.typ != SESSION_TYP || !scope_ok {

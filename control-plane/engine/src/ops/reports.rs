@@ -179,7 +179,7 @@ pub async fn refresh_quota(ops: &Ops, pool: &str) -> Result<Outcome<QuotaRefresh
             ),
         ));
     } else if !accounts.is_empty() {
-        let key = ops.settings().master_key()?;
+        let key = ops.settings().master_keys()?;
         store.verify_master_key(&key).await?;
         let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(QUOTA_REFRESH_CONCURRENCY));

@@ -405,7 +405,7 @@ macro_rules! declare_settings {
                         Some(v) => Some(Fault::parse(&v).ok_or_else(|| ConfigError::Invalid {
                             origin: ENV_FAULT.to_owned(),
                             message: format!(
-                                "unknown fault {v:?} (known: kill_after_refresh_persist)"
+                                "unknown fault {v:?} (known: kill_after_refresh_persist, slow_reseal)"
                             ),
                         })?),
                     },
@@ -755,6 +755,9 @@ pub enum Fault {
     /// commits (the token endpoint has answered and the rotated tokens are stored), before the
     /// lease is released or anything is pushed.
     KillAfterRefreshPersist,
+    /// `slow_reseal`: a master key rotation waits 20 ms after each re-sealed row, so a test can
+    /// kill it part-way at a moment it picks (slower only; nothing else changes).
+    SlowReseal,
 }
 
 #[cfg(feature = "test-faults")]
@@ -762,6 +765,7 @@ impl Fault {
     fn parse(s: &str) -> Option<Self> {
         match s.trim() {
             "kill_after_refresh_persist" => Some(Self::KillAfterRefreshPersist),
+            "slow_reseal" => Some(Self::SlowReseal),
             _ => None,
         }
     }

@@ -27,6 +27,7 @@ mod operator;
 mod output;
 mod pool;
 mod requests;
+mod secrets;
 mod serve;
 mod status;
 mod up;
@@ -69,6 +70,9 @@ pub enum Command {
     Status(status::Args),
     /// The request log, newest first: which account served each upstream attempt, and why
     Requests(requests::Args),
+    /// The master key: status and rotation
+    #[command(subcommand)]
+    Secrets(secrets::Args),
     /// Run the gRPC Mesh service and the admin HTTP API
     Serve(serve::Args),
     /// Write the Envoy bootstrap for these settings
@@ -244,6 +248,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(args) => operator::execute_audit(args, &ctx).await,
         Command::Status(args) => status::execute(args, &ctx).await,
         Command::Requests(args) => requests::execute(args, &ctx).await,
+        Command::Secrets(args) => secrets::execute(args, &ctx).await,
         Command::Serve(args) => serve::execute(args, &ctx).await,
         Command::EnvoyBootstrap(args) => envoy_bootstrap::execute(args, &ctx),
         Command::Up(args) => up::execute(args, &ctx).await,

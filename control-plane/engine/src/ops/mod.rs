@@ -1,6 +1,6 @@
 //! The use cases every surface calls: the CLI today, the admin API (reports), later the dashboard
 //! and MCP. One function per use case, grouped by aggregate: [`pools`], [`accounts`], [`keys`],
-//! [`reports`], [`overview`], [`operators`].
+//! [`reports`], [`overview`], [`operators`], [`secrets`] (the master key).
 //!
 //! Rules this module keeps:
 //! - a use case decides, validates and writes; a surface only parses its input, calls it and
@@ -34,6 +34,7 @@ pub mod operators;
 pub mod overview;
 pub mod pools;
 pub mod reports;
+pub mod secrets;
 
 pub use crate::login::LoginError;
 pub use crate::refresh::RefreshError;

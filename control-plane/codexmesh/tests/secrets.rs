@@ -270,11 +270,7 @@ async fn serve_keeps_pushing_the_right_tokens_across_a_rotation() -> TestResult 
     // The server's own refresher (forced by a reported 401) opens and seals under v2 too.
     let gen1 = account_in(&snap, alice).cloned().ok_or("alice")?;
     assert!(gen1.token_revision > gen0.token_revision);
-    let pool_id = snap
-        .pools
-        .first()
-        .map(|p| p.id.clone())
-        .ok_or("pool")?;
+    let pool_id = snap.pools.first().map(|p| p.id.clone()).ok_or("pool")?;
     let unauthorized = pb::Outcome {
         pool_id,
         key_id: "key_test".into(),

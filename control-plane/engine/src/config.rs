@@ -23,8 +23,8 @@ use serde::Deserialize;
 
 use codexmesh_model::util::{self, redact_url, RandomError};
 use codexmesh_store::crypto::{CryptoError, Keyring, Keys, MasterKey};
-use codexmesh_store::keyfile::{KeyFileError, KeySource};
 use codexmesh_store::files::ensure_private_dir;
+use codexmesh_store::keyfile::{KeyFileError, KeySource};
 
 /// Names the TOML config file (also `--config`); not a config-file key itself.
 pub const ENV_CONFIG: &str = "CODEXMESH_CONFIG";
@@ -868,12 +868,11 @@ impl Settings {
     /// which the source reads again when a rotation rewrote it (`docs/secrets.md`).
     pub fn master_keys(&self) -> Result<KeySource, ConfigError> {
         if let Some(given) = &self.master_key {
-            let ring = Keyring::parse(given.value.expose()).map_err(|source| {
-                ConfigError::MasterKey {
+            let ring =
+                Keyring::parse(given.value.expose()).map_err(|source| ConfigError::MasterKey {
                     origin: given.origin.to_owned(),
                     source,
-                }
-            })?;
+                })?;
             return Ok(KeySource::fixed(ring, given.origin));
         }
         self.master_key_file()?;

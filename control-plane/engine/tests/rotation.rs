@@ -54,17 +54,13 @@ async fn fill(ops: &Ops) -> Res<Expected> {
         let r = store
             .import_account(ops.actor(), "team", Some(&format!("acc{n}")), &c, &keys)
             .await?;
-        tokens.push((
-            r.account.id,
-            [c.access_token, c.refresh_token, c.id_token],
-        ));
+        tokens.push((r.account.id, [c.access_token, c.refresh_token, c.id_token]));
     }
     let op = operators::create(ops, "root", Role::Owner, &[], Some(PW))
         .await?
         .value;
     let enrolled = operators::totp_enroll(ops, "root").await?.value;
-    let totp_secret =
-        totp_rs::Secret::Encoded(enrolled.secret_base32.clone()).to_bytes()?;
+    let totp_secret = totp_rs::Secret::Encoded(enrolled.secret_base32.clone()).to_bytes()?;
     Ok(Expected {
         tokens,
         operator_id: op.id,
@@ -74,7 +70,12 @@ async fn fill(ops: &Ops) -> Res<Expected> {
 
 /// Every secret opens with the keys in the key file now (read afresh, as a restarted process
 /// would) and is what was written.
-async fn assert_readable(store: &Store, key_file: &Path, expected: &Expected, at: &str) -> TestResult {
+async fn assert_readable(
+    store: &Store,
+    key_file: &Path,
+    expected: &Expected,
+    at: &str,
+) -> TestResult {
     let ring = read_key_file(key_file)?;
     for (id, [access, refresh, id_token]) in &expected.tokens {
         let s = store.account_secrets(id, &ring).await;
@@ -105,7 +106,9 @@ async fn rotate_stopping(
     let options = RotateOptions {
         checkpoint: Some(Box::new(move |at| {
             if when(at) {
-                *flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+                *flag
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
                 false
             } else {
                 true
@@ -113,7 +116,9 @@ async fn rotate_stopping(
         })),
     };
     let result = secrets::rotate_master_key(ops, options).await;
-    let stopped = *stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let stopped = *stopped
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match result {
         Ok(_) => Ok(stopped),
         Err(_) if stopped => Ok(true),
@@ -147,8 +152,7 @@ async fn exercise(dir: &Path, url: &str) -> TestResult {
     let mut points: Vec<Checkpoint> = vec![Checkpoint::FileWritten, Checkpoint::Recorded];
     points.extend((1..=rows).map(Checkpoint::Resealed));
     points.push(Checkpoint::Switched);
-    let mut version = 1;
-    for point in points {
+    for (version, point) in (1u32..).zip(points) {
         let at = format!("v{version}→v{} stopped at {point:?}", version + 1);
         assert!(rotate_stopping(&ops, move |c| c == point).await?, "{at}");
         assert_readable(&store, &key_file, &expected, &at).await?;
@@ -179,7 +183,6 @@ async fn exercise(dir: &Path, url: &str) -> TestResult {
         assert_eq!(status.rotating_to, None, "{at}");
         assert_eq!(status.keyring_versions, vec![version + 1], "{at}");
         assert_eq!(store.count_sealed_not_under(version + 1).await?, 0, "{at}");
-        version += 1;
     }
 
     // The v1 key alone opens nothing now, and a v1 session is over; a new sign-in works.
@@ -234,7 +237,10 @@ async fn exercise(dir: &Path, url: &str) -> TestResult {
             &stale_server,
         )
         .await;
-    assert!(matches!(refused, Err(StoreError::MasterKeyMismatch)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::MasterKeyMismatch)),
+        "{refused:?}"
+    );
 
     // Re-sealing is compare-and-swap: a row written after it was read is left alone.
     assert!(rotate_stopping(&ops, |c| c == Checkpoint::Recorded).await?);
@@ -315,7 +321,10 @@ async fn keys_from_the_environment_are_adopted_not_written() -> TestResult {
             ..Default::default()
         };
         let env = move |name: &str| (name == "CODEXMESH_MASTER_KEY").then(|| value.clone());
-        Ok(Ops::new(Settings::resolve(&flags, &env)?, Actor::new("cli:tester")))
+        Ok(Ops::new(
+            Settings::resolve(&flags, &env)?,
+            Actor::new("cli:tester"),
+        ))
     };
     let ops = with_env(old.to_base64())?;
     let expected = fill(&ops).await?;
@@ -339,7 +348,10 @@ async fn keys_from_the_environment_are_adopted_not_written() -> TestResult {
     let new_only = Keyring::parse(&entry.entry)?;
     let store = ops.store().await?;
     for (id, [access, _, _]) in &expected.tokens {
-        assert_eq!(&store.account_secrets(id, &new_only).await?.access_token, access);
+        assert_eq!(
+            &store.account_secrets(id, &new_only).await?.access_token,
+            access
+        );
         assert!(store.account_secrets(id, &old).await.is_err());
     }
     // Run again with both still given: nothing to re-seal, the same advice.

@@ -11,10 +11,10 @@ use sqlx::{Any, Transaction};
 use crate::audit::audit;
 use crate::crypto::Keys;
 use crate::error::{ConflictReason, Entity, Lookup, StoreError};
-use crate::sealing::sealing_key_tx;
 use crate::rows::{
     account_from_row, login_from_row, sealed_from_row, LoginRow, ACCOUNT_SELECT, LOGIN_SELECT,
 };
+use crate::sealing::sealing_key_tx;
 use crate::tx::{
     attach_memberships_tx, is_unique_violation, pool_by_name_tx, resolve_account_for_pool_tx,
     resolve_account_tx, resolve_member_tx, validate_label,

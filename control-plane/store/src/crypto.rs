@@ -156,7 +156,11 @@ impl MasterKey {
         util::random_bytes(&mut nonce)?;
         let header = self.blob_prefix();
         // Format 1 authenticates no header (as it always did); format 2 its whole header.
-        let aad_header = if self.version == 1 { &[][..] } else { &header[..] };
+        let aad_header = if self.version == 1 {
+            &[][..]
+        } else {
+            &header[..]
+        };
         let aad = associated_data(aad_header, owner, field);
         let ct = self
             .cipher()
@@ -197,10 +201,8 @@ impl MasterKey {
     /// HKDF-SHA256 from the master key: the derived key changes when the master key does, and no
     /// purpose's key reveals the master key or another purpose's key.
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
-        let hk = hkdf::Hkdf::<sha2::Sha256>::new(
-            Some(b"codexmesh master-key derivation"),
-            &self.bytes,
-        );
+        let hk =
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(b"codexmesh master-key derivation"), &self.bytes);
         let mut out = [0u8; 32];
         // 32 bytes is far below HKDF-SHA256's 255 * 32 limit: expand cannot fail.
         if hk.expand(purpose.as_bytes(), &mut out).is_err() {
@@ -310,7 +312,7 @@ impl Keyring {
         if keys.is_empty() {
             return Err(CryptoError::EmptyKeyring);
         }
-        keys.sort_by(|a, b| b.version.cmp(&a.version));
+        keys.sort_by_key(|k| std::cmp::Reverse(k.version));
         for pair in keys.windows(2) {
             if pair[0].version == pair[1].version {
                 return Err(CryptoError::DuplicateVersion(pair[0].version));
@@ -627,7 +629,10 @@ mod tests {
 
     #[test]
     fn keyrings_parse_and_print() -> Result<(), CryptoError> {
-        let (a, b) = (MasterKey::generate()?, MasterKey::generate()?.with_version(2));
+        let (a, b) = (
+            MasterKey::generate()?,
+            MasterKey::generate()?.with_version(2),
+        );
         // The legacy file: one bare key is version 1.
         let legacy = Keyring::parse(&format!("{}\n", a.to_base64()))?;
         assert_eq!(legacy.versions(), vec![1]);
@@ -638,11 +643,17 @@ mod tests {
         for ring in [Keyring::parse(&text)?, Keyring::parse(&commas)?] {
             assert_eq!(ring.versions(), vec![2, 1]);
             assert_eq!(ring.newest().fingerprint(), b.fingerprint());
-            assert_eq!(ring.by_fingerprint(a.fingerprint()).map(MasterKey::version), Some(1));
+            assert_eq!(
+                ring.by_fingerprint(a.fingerprint()).map(MasterKey::version),
+                Some(1)
+            );
             assert!(ring.get(3).is_none());
             let again = Keyring::parse(&ring.to_text())?;
             assert_eq!(again.versions(), vec![2, 1]);
-            assert_eq!(again.get(2).map(MasterKey::fingerprint), Some(b.fingerprint()));
+            assert_eq!(
+                again.get(2).map(MasterKey::fingerprint),
+                Some(b.fingerprint())
+            );
         }
         let ring = Keyring::parse(&text)?;
         assert_eq!(ring.without_older_than(2).versions(), vec![2]);
@@ -666,7 +677,10 @@ mod tests {
         let secret = a.to_base64();
         let cases: Vec<(String, &str)> = vec![
             (String::new(), "master keyring holds no key"),
-            ("# only a comment\n".to_owned(), "master keyring holds no key"),
+            (
+                "# only a comment\n".to_owned(),
+                "master keyring holds no key",
+            ),
             (
                 format!("{secret}\nv0:{secret}"),
                 "master keyring entry 2: expected `vN:BASE64`",
@@ -722,7 +736,10 @@ mod tests {
         let by_new = new.seal_str("acc_1", "id_token", "two")?;
         assert_eq!(ring.open("acc_1", "id_token", &by_old)?, b"one");
         assert_eq!(ring.open("acc_1", "id_token", &by_new)?, b"two");
-        assert_eq!(Keys::open_string(&ring, "acc_1", "id_token", &by_new)?, "two");
+        assert_eq!(
+            Keys::open_string(&ring, "acc_1", "id_token", &by_new)?,
+            "two"
+        );
         // The old key alone no longer opens what the new one sealed, and says which it lacks.
         let only_old = Keyring::from(old);
         let err = only_old.open("acc_1", "id_token", &by_new).err();

@@ -221,8 +221,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn a_file_source_reads_again_only_when_the_file_changed() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn a_file_source_reads_again_only_when_the_file_changed(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("master.key");
         let old = MasterKey::generate()?;
@@ -241,7 +241,10 @@ mod tests {
         );
         // Held keys stay until a key is missing; then the file is read again.
         assert_eq!(source.keyring().versions(), vec![1]);
-        assert_eq!(Keys::open_string(&source, "acc_1", "access_token", &sealed)?, "t2");
+        assert_eq!(
+            Keys::open_string(&source, "acc_1", "access_token", &sealed)?,
+            "t2"
+        );
         assert_eq!(source.keyring().versions(), vec![2, 1]);
 
         // A broken file keeps the keys held.

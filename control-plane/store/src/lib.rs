@@ -56,8 +56,8 @@ pub use error::{ConflictReason, Entity, Lookup, StoreError};
 pub use operators::{NewOperator, OperatorCredentials, Throttle};
 pub use quota::QuotaWrite;
 pub use rotation::{SealedKind, SealedRow};
-pub use sealing::{KeyMark, KeyState, TOTP_FIELD};
 pub use routing::{KeyRouting, KeyRoutingChange};
+pub use sealing::{KeyMark, KeyState, TOTP_FIELD};
 pub use tx::{validate_label, validate_pool_name};
 
 /// The schema, per backend (tests upgrade old schemas step by step with these).

@@ -21,8 +21,8 @@ use crate::audit::audit;
 use crate::crypto::{blob_prefix, Keys, MasterKey};
 use crate::error::StoreError;
 use crate::sealing::{
-    key_state_tx, record_first_key_tx, set_meta_tx, KeyMark, KeyState, CURRENT_FP,
-    CURRENT_VERSION, NEXT_FP, NEXT_VERSION, TOTP_FIELD,
+    key_state_tx, record_first_key_tx, set_meta_tx, KeyMark, KeyState, CURRENT_FP, CURRENT_VERSION,
+    NEXT_FP, NEXT_VERSION, TOTP_FIELD,
 };
 use crate::{Actor, Store};
 

@@ -64,15 +64,14 @@ impl KeyState {
 pub(crate) async fn key_state_tx(
     tx: &mut Transaction<'static, Any>,
 ) -> Result<KeyState, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT key, value FROM meta WHERE key IN ($1, $2, $3, $4) ORDER BY key",
-    )
-    .bind(CURRENT_FP)
-    .bind(CURRENT_VERSION)
-    .bind(NEXT_FP)
-    .bind(NEXT_VERSION)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT key, value FROM meta WHERE key IN ($1, $2, $3, $4) ORDER BY key")
+            .bind(CURRENT_FP)
+            .bind(CURRENT_VERSION)
+            .bind(NEXT_FP)
+            .bind(NEXT_VERSION)
+            .fetch_all(&mut **tx)
+            .await?;
     let get = |name: &str| rows.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
     let version = |name: &str, default: Option<u32>| -> Result<Option<u32>, StoreError> {
         match get(name) {

@@ -280,9 +280,15 @@ async fn rotate(ops: &Ops, options: &mut RotateOptions) -> Result<Outcome<Rotati
     let mut notices = Vec::new();
     let target = match recorded.or(newer) {
         Some(t) => t,
-        None if state.next.is_none() && ring.keys().iter().any(|k| k.version() < current.version()) => {
+        None if state.next.is_none()
+            && ring.keys().iter().any(|k| k.version() < current.version()) =>
+        {
             // The store switched already (an earlier run stopped before its last step).
-            let oldest = ring.versions().into_iter().min().unwrap_or(current.version());
+            let oldest = ring
+                .versions()
+                .into_iter()
+                .min()
+                .unwrap_or(current.version());
             let removed = drop_old_keys(key_file.as_deref(), &current, &source, &mut notices)?;
             return Ok(Outcome::with_notices(
                 Rotation {

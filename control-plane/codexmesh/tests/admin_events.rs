@@ -214,6 +214,7 @@ async fn reports_are_announced_and_counted_in_the_overview() -> TestResult {
     let mut report = tonic::Request::new(pb::ReportBatch {
         node_id: "events-test".into(),
         outcomes: vec![outcome(1, 500, false), outcome(2, 200, true)],
+        ..Default::default()
     });
     report
         .metadata_mut()

@@ -258,6 +258,7 @@ async fn subscribe_report_and_restart() -> TestResult {
             pb::ReportBatch {
                 node_id: "test-node".into(),
                 outcomes: vec![outcome.clone(), outcome],
+                ..Default::default()
             },
             Some(&token),
         )?)

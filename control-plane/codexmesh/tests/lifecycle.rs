@@ -151,6 +151,7 @@ impl Mesh {
                 pb::ReportBatch {
                     node_id: "lifecycle-test".into(),
                     outcomes,
+                    ..Default::default()
                 },
                 &self.token,
             )?)

@@ -4,6 +4,7 @@
 //! proxy-wasm adapter (`filter/wasm`) only moves bytes between Envoy and these functions. Time is
 //! always passed in (`now_unix_ms`): wasm has no system clock of its own.
 
+pub mod acceptance;
 pub mod affinity;
 pub mod auth;
 pub mod config;

@@ -45,6 +45,7 @@ impl Outbox {
         let batch = pb::ReportBatch {
             node_id: String::new(),
             outcomes: std::mem::take(&mut self.records),
+            ..Default::default()
         };
         batch.encode_to_vec()
     }

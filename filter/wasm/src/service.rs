@@ -1,9 +1,16 @@
 //! The bootstrap singleton: holds the Subscribe stream to the control plane, publishes snapshots
 //! to shared data, and ships outcome records back in Report batches.
+//!
+//! Each snapshot is checked before it is published (`filter_core::acceptance`): a valid one is
+//! published and ACKed, an invalid one (or one Envoy refuses to store) is not published and is
+//! NACKed with the reason, and the Envoy keeps serving what it had. A verdict goes out in a
+//! Report at once (with whatever outcomes wait, or none), is retried after the report interval
+//! when that fails, and is not repeated for the same version.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use codexmesh_filter_core::acceptance::{self, Rejection, Verdicts};
 use codexmesh_filter_core::config::ServiceConfig;
 use codexmesh_filter_core::snapshot::encode_version;
 use codexmesh_filter_core::supervisor::{Action, Supervisor};
@@ -24,10 +31,17 @@ pub struct Service {
     supervisor: Supervisor,
     queue_id: Option<u32>,
     pending: VecDeque<pb::Outcome>,
-    report_in_flight: Option<(u32, usize)>,
+    report_in_flight: Option<InFlight>,
     last_report_ms: i64,
     dropped_outcomes: u64,
-    applied_version: u64,
+    verdicts: Verdicts,
+}
+
+/// A Report call on its way: its token, how many pending outcomes and which verdicts it carries.
+struct InFlight {
+    token: u32,
+    outcomes: usize,
+    statuses: Vec<pb::SnapshotStatus>,
 }
 
 impl Service {
@@ -41,7 +55,7 @@ impl Service {
             report_in_flight: None,
             last_report_ms: now_ms,
             dropped_outcomes: 0,
-            applied_version: 0,
+            verdicts: Verdicts::default(),
         }
     }
 
@@ -137,7 +151,7 @@ impl Service {
         };
         let request = pb::SubscribeRequest {
             node_id: self.cfg.node_id.clone(),
-            known_version: self.applied_version,
+            known_version: self.verdicts.applied(),
             client_build: env!("CARGO_PKG_VERSION").to_string(),
         };
         // Server streaming: our half closes after the request, the server's stays open.
@@ -153,6 +167,7 @@ impl Service {
             return;
         }
         self.supervisor.opened(token, now_ms);
+        self.verdicts.new_stream();
     }
 
     pub fn on_stream_message(&mut self, token: u32, size: usize, now_ms: i64) {
@@ -162,42 +177,52 @@ impl Service {
         let Some(bytes) = host::grpc_receive_buffer(size) else {
             return;
         };
-        let message = match pb::SubscribeResponse::decode(bytes.as_slice()) {
-            Ok(m) => m,
-            Err(err) => {
-                host::log(
-                    LogLevel::Error,
-                    &format!("undecodable message from control plane: {err}"),
-                );
-                return;
+        match acceptance::decode_message(&bytes) {
+            Ok(message) => {
+                if let Some(pb::subscribe_response::Kind::Snapshot(snapshot)) = message.kind {
+                    self.apply(&snapshot, now_ms);
+                }
             }
-        };
-        if let Some(pb::subscribe_response::Kind::Snapshot(snapshot)) = message.kind {
-            self.publish(&snapshot);
+            // The version of what did not decode is unknown: NACKed as version 0.
+            Err(why) => self.reject(0, &why, now_ms),
         }
+        // A new verdict goes out now, not at the next tick.
+        self.maybe_report(now_ms);
     }
 
-    fn publish(&mut self, snapshot: &pb::Snapshot) {
+    fn reject(&mut self, version: u64, why: &Rejection, now_ms: i64) {
+        host::log(
+            LogLevel::Error,
+            &format!(
+                "rejected snapshot v{version}: {why}; keeping v{}",
+                self.verdicts.applied()
+            ),
+        );
+        self.verdicts.rejected(version, why, now_ms);
+    }
+
+    /// Checks, publishes and records the verdict on `snapshot`.
+    fn apply(&mut self, snapshot: &pb::Snapshot, now_ms: i64) {
+        if let Err(why) = acceptance::check(snapshot, self.verdicts.stream_version()) {
+            self.reject(snapshot.version, &why, now_ms);
+            return;
+        }
         // Table first, then the version readers poll: a reader never pins an old table to a new
         // version (see cache.rs).
         let table = snapshot.encode_to_vec();
         if let Err(status) = host::set_shared_data(cache::TABLE_KEY, &table) {
-            host::log(
-                LogLevel::Error,
-                &format!("cannot store snapshot v{}: {status:?}", snapshot.version),
-            );
+            let why = Rejection::Publish(format!("{status:?}"));
+            self.reject(snapshot.version, &why, now_ms);
             return;
         }
         if let Err(status) =
             host::set_shared_data(cache::VERSION_KEY, &encode_version(snapshot.version))
         {
-            host::log(
-                LogLevel::Error,
-                &format!("cannot announce snapshot v{}: {status:?}", snapshot.version),
-            );
+            let why = Rejection::Publish(format!("{status:?}"));
+            self.reject(snapshot.version, &why, now_ms);
             return;
         }
-        if snapshot.version != self.applied_version {
+        if snapshot.version != self.verdicts.applied() {
             host::log(
                 LogLevel::Info,
                 &format!(
@@ -208,7 +233,7 @@ impl Service {
                 ),
             );
         }
-        self.applied_version = snapshot.version;
+        self.verdicts.accepted(snapshot.version, now_ms);
     }
 
     pub fn on_stream_close(&mut self, token: u32, status: u32, now_ms: i64) {
@@ -255,22 +280,29 @@ impl Service {
         }
     }
 
+    fn report_interval_ms(&self) -> i64 {
+        i64::try_from(self.cfg.report_interval_ms).unwrap_or(i64::MAX)
+    }
+
     fn maybe_report(&mut self, now_ms: i64) {
-        if self.report_in_flight.is_some() || self.pending.is_empty() {
+        if self.report_in_flight.is_some() {
             return;
         }
-        let due = now_ms.saturating_sub(self.last_report_ms)
-            >= i64::try_from(self.cfg.report_interval_ms).unwrap_or(i64::MAX);
-        if !due && self.pending.len() < self.cfg.report_batch_max {
+        let interval_passed = now_ms.saturating_sub(self.last_report_ms) >= self.report_interval_ms();
+        let outcomes_due = !self.pending.is_empty()
+            && (interval_passed || self.pending.len() >= self.cfg.report_batch_max);
+        if !outcomes_due && !self.verdicts.due(now_ms) {
             return;
         }
         let Some(auth) = self.auth_metadata() else {
             return;
         };
         let count = self.pending.len().min(self.cfg.report_batch_max);
+        let statuses = self.verdicts.to_report();
         let batch = pb::ReportBatch {
             node_id: self.cfg.node_id.clone(),
             outcomes: self.pending.iter().take(count).cloned().collect(),
+            snapshot_statuses: statuses.clone(),
         };
         let target = self.grpc_target();
         match hostcalls::dispatch_grpc_call(
@@ -281,26 +313,42 @@ impl Service {
             Some(&batch.encode_to_vec()),
             REPORT_TIMEOUT,
         ) {
-            Ok(token) => self.report_in_flight = Some((token, count)),
-            Err(status) => host::log(LogLevel::Warn, &format!("cannot send report: {status:?}")),
+            Ok(token) => {
+                self.report_in_flight = Some(InFlight {
+                    token,
+                    outcomes: count,
+                    statuses,
+                })
+            }
+            Err(status) => {
+                host::log(LogLevel::Warn, &format!("cannot send report: {status:?}"));
+                self.verdicts
+                    .failed(now_ms.saturating_add(self.report_interval_ms()));
+            }
         }
         self.last_report_ms = now_ms;
     }
 
     pub fn on_report_response(&mut self, token: u32, status: u32) {
-        let Some((in_flight, count)) = self.report_in_flight else {
-            return;
-        };
-        if in_flight != token {
+        if self
+            .report_in_flight
+            .as_ref()
+            .is_none_or(|f| f.token != token)
+        {
             return;
         }
-        self.report_in_flight = None;
+        let Some(sent) = self.report_in_flight.take() else {
+            return;
+        };
         if status == 0 {
             // Delivered: drop what was sent (new records were appended behind it).
-            for _ in 0..count {
+            for _ in 0..sent.outcomes {
                 self.pending.pop_front();
             }
+            self.verdicts.delivered(&sent.statuses);
         } else {
+            let retry_at = host::now_ms().saturating_add(self.report_interval_ms());
+            self.verdicts.failed(retry_at);
             host::log(
                 LogLevel::Warn,
                 &format!("report failed (grpc status {status}); will retry"),

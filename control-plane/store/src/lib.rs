@@ -26,6 +26,7 @@ pub mod keyfile;
 mod accounts;
 mod activity;
 mod audit;
+mod envoys;
 mod error;
 mod keys;
 mod leases;
@@ -51,6 +52,10 @@ use sqlx::AnyPool;
 // modules stay private: their methods are on `Store`.
 pub use activity::{ActivityQuery, ACTIVITY_MAX_ROWS};
 pub use audit::AuditFilter;
+pub use envoys::{
+    AckedVersion, EnvoyNode, RejectedVersion, SnapshotVerdict, ENVOY_NODE_RETENTION_MS,
+    MAX_ENVOY_NODES,
+};
 pub use codexmesh_model::records::*;
 pub use error::{ConflictReason, Entity, Lookup, StoreError};
 pub use operators::{NewOperator, OperatorCredentials, Throttle};

@@ -11,11 +11,7 @@ use support::pg;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn exercise(store: &Store, tag: &str) -> TestResult {
-    let (a, b, c) = (
-        format!("a-{tag}"),
-        format!("b-{tag}"),
-        format!("c-{tag}"),
-    );
+    let (a, b, c) = (format!("a-{tag}"), format!("b-{tag}"), format!("c-{tag}"));
     let revision = store.revision().await?;
     let ack = |version, at_ms| SnapshotVerdict {
         version,
@@ -47,7 +43,10 @@ async fn exercise(store: &Store, tag: &str) -> TestResult {
     let nodes = store.envoy_nodes().await?;
     let node = |id: &str| nodes.iter().find(|n| n.node_id == id).cloned();
     let na = node(&a).ok_or("node a missing")?;
-    assert_eq!(na.acked.as_ref().map(|x| (x.version, x.at_ms)), Some((5, 100)));
+    assert_eq!(
+        na.acked.as_ref().map(|x| (x.version, x.at_ms)),
+        Some((5, 100))
+    );
     let rejected = na.rejected.ok_or("node a has no rejection")?;
     assert_eq!((rejected.version, rejected.at_ms), (6, 200));
     assert!(rejected.detail.contains("max_attempts is 50"));
@@ -67,7 +66,11 @@ async fn exercise(store: &Store, tag: &str) -> TestResult {
         .ok_or("node a missing")?;
     assert_eq!(na.acked.map(|x| x.version), Some(7));
     assert_eq!(na.rejected.map(|r| r.version), Some(6));
-    assert_eq!(store.revision().await?, revision, "verdicts are not snapshot input");
+    assert_eq!(
+        store.revision().await?,
+        revision,
+        "verdicts are not snapshot input"
+    );
 
     // Not seen for the retention period: forgotten at the next write (of any node).
     sqlx::query("UPDATE envoy_nodes SET seen_at = $1 WHERE node_id = $2")

@@ -167,7 +167,9 @@ mod tests {
     async fn verdicts_are_kept_per_node_and_old_nodes_are_forgotten() -> Result<(), StoreError> {
         let store = Store::open("sqlite::memory:").await?;
         assert!(store.envoy_nodes().await?.is_empty());
-        store.record_snapshot_verdict("node-a", &ack(5, 100)).await?;
+        store
+            .record_snapshot_verdict("node-a", &ack(5, 100))
+            .await?;
         let nack = SnapshotVerdict {
             version: 6,
             accepted: false,
@@ -176,7 +178,9 @@ mod tests {
             at_ms: 200,
         };
         store.record_snapshot_verdict("node-a", &nack).await?;
-        store.record_snapshot_verdict("node-b", &ack(6, 300)).await?;
+        store
+            .record_snapshot_verdict("node-b", &ack(6, 300))
+            .await?;
         let revision = store.revision().await?;
 
         let nodes = store.envoy_nodes().await?;
@@ -202,7 +206,9 @@ mod tests {
         assert_eq!(nodes[1].rejected, None);
 
         // The next ACK moves only the ACK.
-        store.record_snapshot_verdict("node-a", &ack(7, 400)).await?;
+        store
+            .record_snapshot_verdict("node-a", &ack(7, 400))
+            .await?;
         let nodes = store.envoy_nodes().await?;
         assert_eq!(nodes[0].acked.as_ref().map(|a| a.version), Some(7));
         assert_eq!(nodes[0].rejected.as_ref().map(|r| r.version), Some(6));
@@ -213,7 +219,9 @@ mod tests {
             .bind(now_ms() - ENVOY_NODE_RETENTION_MS - 1000)
             .execute(store.sql_pool())
             .await?;
-        store.record_snapshot_verdict("node-c", &ack(7, 500)).await?;
+        store
+            .record_snapshot_verdict("node-c", &ack(7, 500))
+            .await?;
         let ids: Vec<String> = store
             .envoy_nodes()
             .await?

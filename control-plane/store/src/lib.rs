@@ -52,11 +52,11 @@ use sqlx::AnyPool;
 // modules stay private: their methods are on `Store`.
 pub use activity::{ActivityQuery, ACTIVITY_MAX_ROWS};
 pub use audit::AuditFilter;
+pub use codexmesh_model::records::*;
 pub use envoys::{
     AckedVersion, EnvoyNode, RejectedVersion, SnapshotVerdict, ENVOY_NODE_RETENTION_MS,
     MAX_ENVOY_NODES,
 };
-pub use codexmesh_model::records::*;
 pub use error::{ConflictReason, Entity, Lookup, StoreError};
 pub use operators::{NewOperator, OperatorCredentials, Throttle};
 pub use quota::QuotaWrite;

@@ -34,15 +34,32 @@ pub enum Rejection {
     /// The message from the control plane is not a `SubscribeResponse`.
     Undecodable(String),
     /// Older than what this stream already applied.
-    OlderVersion { version: u64, applied: u64 },
+    OlderVersion {
+        version: u64,
+        applied: u64,
+    },
     /// A pool, key or account without an id.
-    EmptyId { pool_id: String, what: &'static str },
-    DuplicatePool { pool_id: String },
-    DuplicateKeyId { pool_id: String, key_id: String },
+    EmptyId {
+        pool_id: String,
+        what: &'static str,
+    },
+    DuplicatePool {
+        pool_id: String,
+    },
+    DuplicateKeyId {
+        pool_id: String,
+        key_id: String,
+    },
     /// Two keys with one hash: a presented key would resolve to either.
-    DuplicateKeyHash { pool_id: String, key_id: String },
+    DuplicateKeyHash {
+        pool_id: String,
+        key_id: String,
+    },
     /// One account twice in the same pool.
-    DuplicateAccount { pool_id: String, account_id: String },
+    DuplicateAccount {
+        pool_id: String,
+        account_id: String,
+    },
     KeyHashLength {
         pool_id: String,
         key_id: String,
@@ -90,7 +107,9 @@ impl std::fmt::Display for Rejection {
             Self::EmptyId { pool_id, what } if pool_id.is_empty() => {
                 write!(f, "a {what} has an empty id")
             }
-            Self::EmptyId { pool_id, what } => write!(f, "pool {pool_id}: a {what} has an empty id"),
+            Self::EmptyId { pool_id, what } => {
+                write!(f, "pool {pool_id}: a {what} has an empty id")
+            }
             Self::DuplicatePool { pool_id } => write!(f, "pool {pool_id} appears twice"),
             Self::DuplicateKeyId { pool_id, key_id } => {
                 write!(f, "pool {pool_id}: key id {key_id} appears twice")
@@ -183,7 +202,11 @@ pub fn check(snapshot: &pb::Snapshot, stream_version: Option<u64>) -> Result<(),
                     key_id: key.id.clone(),
                 });
             }
-            known_enum::<pb::KeyStatus>(pool_id, || format!("keys[{}].status", key.id), key.status)?;
+            known_enum::<pb::KeyStatus>(
+                pool_id,
+                || format!("keys[{}].status", key.id),
+                key.status,
+            )?;
             if let Some(r) = &key.routing_override {
                 check_routing(pool_id, &format!("keys[{}].routing_override", key.id), r)?;
             }
@@ -529,8 +552,12 @@ mod tests {
 
     #[test]
     fn routing_values_out_of_range_are_rejected() {
-        let cases: Vec<(Box<dyn Fn(&mut pb::RoutingSettings)>, &str)> = vec![
-            (Box::new(|r| r.max_attempts = 50), "routing.max_attempts is 50"),
+        type Change = Box<dyn Fn(&mut pb::RoutingSettings)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|r| r.max_attempts = 50),
+                "routing.max_attempts is 50",
+            ),
             (Box::new(|r| r.strategy = 99), "routing.strategy is 99"),
             (
                 Box::new(|r| r.primary_threshold_percent = 150.0),
@@ -596,11 +623,15 @@ mod tests {
 
         let mut s = sample();
         s.pools[0].accounts[0].weight = 1001;
-        assert!(rejection(&s).detail().contains("accounts[a1].weight is 1001"));
+        assert!(rejection(&s)
+            .detail()
+            .contains("accounts[a1].weight is 1001"));
 
         let mut s = sample();
         s.pools[0].accounts[0].health = 101;
-        assert!(rejection(&s).detail().contains("accounts[a1].health is 101"));
+        assert!(rejection(&s)
+            .detail()
+            .contains("accounts[a1].health is 101"));
 
         let mut s = sample();
         s.pools[0].accounts[0].quota = Some(pb::QuotaSummary {
@@ -652,7 +683,10 @@ mod tests {
         v.accepted(5, 200);
         assert!(v.due(200));
         let sent = v.to_report();
-        assert_eq!((sent.len(), sent[0].version, sent[0].at_unix_ms), (1, 5, 200));
+        assert_eq!(
+            (sent.len(), sent[0].version, sent[0].at_unix_ms),
+            (1, 5, 200)
+        );
         v.delivered(&sent);
         v.accepted(5, 250);
         assert!(!v.due(250));
@@ -683,7 +717,9 @@ mod tests {
         assert!(v.due(1100), "a new verdict goes out at once");
         let sent = v.to_report();
         assert_eq!(
-            sent.iter().map(|s| (s.version, s.accepted)).collect::<Vec<_>>(),
+            sent.iter()
+                .map(|s| (s.version, s.accepted))
+                .collect::<Vec<_>>(),
             vec![(6, false), (7, true)]
         );
         // A verdict queued while the report was in flight survives its delivery.

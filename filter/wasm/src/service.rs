@@ -288,7 +288,8 @@ impl Service {
         if self.report_in_flight.is_some() {
             return;
         }
-        let interval_passed = now_ms.saturating_sub(self.last_report_ms) >= self.report_interval_ms();
+        let interval_passed =
+            now_ms.saturating_sub(self.last_report_ms) >= self.report_interval_ms();
         let outcomes_due = !self.pending.is_empty()
             && (interval_passed || self.pending.len() >= self.cfg.report_batch_max);
         if !outcomes_due && !self.verdicts.due(now_ms) {

@@ -8,6 +8,13 @@
 //! client-supplied text: stored already made loggable (printable, bounded) by the caller;
 //! every report also moves a `watch` of the last report's time ([`Envoys::activity`]), which
 //! the admin API's live events read (no tenant data: only a time).
+//!
+//! Snapshot verdicts (ACK/NACK): the store holds the truth for every replica
+//! (`Store::record_snapshot_verdict`, shown by `status` and merged into the API's view by
+//! `ops::reports::envoys`); the registry remembers, per node connected here, the last verdict
+//! it stored, so a report repeating it writes nothing ([`Envoys::verdict_is_new`], then
+//! [`Envoys::verdict_recorded`] once the store took it). A node's memory goes with its last
+//! stream, so its first verdict on a new stream is written again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,8 +23,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use codexmesh_model::util::now_ms;
+use codexmesh_store::SnapshotVerdict;
 
-/// One subscribed Envoy.
+/// One Envoy: subscribed here, or known from the snapshot verdicts in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EnvoyView {
     /// The Envoy's node id (its `--service-node` / bootstrap node id).
@@ -35,6 +43,65 @@ pub struct EnvoyView {
     /// The newest snapshot version its outcome reports say it served with.
     pub running_version: Option<u64>,
     pub reported_at_ms: Option<i64>,
+    /// Whether it holds a Subscribe stream to this replica now (false: known from the store,
+    /// connected elsewhere or gone).
+    pub connected: bool,
+    /// The newest snapshot version its filter accepted (ACK), and when.
+    pub acked_version: Option<u64>,
+    pub acked_at_ms: Option<i64>,
+    /// The newest snapshot version its filter rejected (NACK; 0: a message that did not
+    /// decode), when, and why. The Envoy kept serving the version it had.
+    pub nacked_version: Option<u64>,
+    pub nacked_at_ms: Option<i64>,
+    pub nack_reason: Option<String>,
+    /// The pool the rejection concerns: decides who may read the reason (not shown).
+    #[serde(skip)]
+    pub nack_pool_id: Option<String>,
+}
+
+impl EnvoyView {
+    /// A node known from the store only, without a stream here.
+    pub fn offline(node_id: String) -> Self {
+        Self {
+            node_id,
+            peer: String::new(),
+            client_build: String::new(),
+            connected_at_ms: 0,
+            known_version: 0,
+            sent_version: None,
+            sent_at_ms: None,
+            running_version: None,
+            reported_at_ms: None,
+            connected: false,
+            acked_version: None,
+            acked_at_ms: None,
+            nacked_version: None,
+            nacked_at_ms: None,
+            nack_reason: None,
+            nack_pool_id: None,
+        }
+    }
+
+    /// Shows `v` as its last ACK or NACK.
+    pub fn show_verdict(&mut self, v: &SnapshotVerdict) {
+        let version = u64::try_from(v.version).unwrap_or(0);
+        if v.accepted {
+            self.acked_version = Some(version);
+            self.acked_at_ms = Some(v.at_ms);
+        } else {
+            self.nacked_version = Some(version);
+            self.nacked_at_ms = Some(v.at_ms);
+            self.nack_reason = v.detail.clone();
+            self.nack_pool_id = v.pool_id.clone();
+        }
+    }
+}
+
+/// The last ACK and NACK stored for a node.
+#[derive(Debug, Default, Clone)]
+struct NodeVerdicts {
+    acked: Option<SnapshotVerdict>,
+    nacked: Option<SnapshotVerdict>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +110,8 @@ struct Inner {
     connected: BTreeMap<u64, EnvoyView>,
     /// node id → (version, when) from reports, kept while any of its streams is connected.
     reported: HashMap<String, (u64, i64)>,
+    /// node id → its last stored verdicts, kept while any of its streams is connected here.
+    verdicts: HashMap<String, NodeVerdicts>,
 }
 
 /// The registry, shared by the gRPC service and the admin API.
@@ -84,20 +153,13 @@ impl Envoys {
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.connected.insert(
-            id,
-            EnvoyView {
-                node_id,
-                peer,
-                client_build,
-                connected_at_ms: now_ms(),
-                known_version,
-                sent_version: None,
-                sent_at_ms: None,
-                running_version: None,
-                reported_at_ms: None,
-            },
-        );
+        let mut view = EnvoyView::offline(node_id);
+        view.peer = peer;
+        view.client_build = client_build;
+        view.connected_at_ms = now_ms();
+        view.known_version = known_version;
+        view.connected = true;
+        inner.connected.insert(id, view);
         Registration {
             envoys: self.clone(),
             id,
@@ -118,6 +180,36 @@ impl Envoys {
         self.activity.send_replace(at);
     }
 
+    /// Whether `verdict` differs from the last one stored for `node_id` (always, for a node
+    /// with no stream here: nothing is remembered for it).
+    pub fn verdict_is_new(&self, node_id: &str, verdict: &SnapshotVerdict) -> bool {
+        let inner = self.lock();
+        let Some(known) = inner.verdicts.get(node_id) else {
+            return true;
+        };
+        let last = if verdict.accepted {
+            &known.acked
+        } else {
+            &known.nacked
+        };
+        // The time says when the filter decided: the same verdict resent has the same time.
+        last.as_ref() != Some(verdict)
+    }
+
+    /// `verdict` is stored: remember it while `node_id` has a stream here.
+    pub fn verdict_recorded(&self, node_id: &str, verdict: &SnapshotVerdict) {
+        let mut inner = self.lock();
+        if !inner.connected.values().any(|v| v.node_id == node_id) {
+            return;
+        }
+        let known = inner.verdicts.entry(node_id.to_owned()).or_default();
+        if verdict.accepted {
+            known.acked = Some(verdict.clone());
+        } else {
+            known.nacked = Some(verdict.clone());
+        }
+    }
+
     /// Every subscribed Envoy, oldest connection first.
     pub fn list(&self) -> Vec<EnvoyView> {
         let inner = self.lock();
@@ -129,6 +221,11 @@ impl Envoys {
                 if let Some((version, at)) = inner.reported.get(&v.node_id) {
                     v.running_version = Some(*version);
                     v.reported_at_ms = Some(*at);
+                }
+                if let Some(known) = inner.verdicts.get(&v.node_id) {
+                    for verdict in [&known.acked, &known.nacked].into_iter().flatten() {
+                        v.show_verdict(verdict);
+                    }
                 }
                 v
             })
@@ -160,6 +257,7 @@ impl Drop for Registration {
             let still = inner.connected.values().any(|v| v.node_id == gone.node_id);
             if !still {
                 inner.reported.remove(&gone.node_id);
+                inner.verdicts.remove(&gone.node_id);
             }
         }
     }
@@ -202,6 +300,57 @@ mod tests {
         assert!(
             envoys.lock().reported.is_empty(),
             "reports of gone nodes are dropped"
+        );
+    }
+
+    fn verdict(version: i64, accepted: bool, at_ms: i64) -> SnapshotVerdict {
+        SnapshotVerdict {
+            version,
+            accepted,
+            detail: (!accepted).then(|| format!("bad v{version}")),
+            pool_id: None,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn verdicts_are_written_once_while_connected_and_forgotten_with_the_node() {
+        let envoys = Envoys::default();
+        let ack = verdict(5, true, 100);
+        // Not connected here: nothing remembered, every verdict is written.
+        assert!(envoys.verdict_is_new("node-a", &ack));
+        envoys.verdict_recorded("node-a", &ack);
+        assert!(envoys.verdict_is_new("node-a", &ack));
+
+        let a = envoys.register("node-a".into(), "127.0.0.1:1".into(), "b1".into(), 0);
+        assert!(envoys.verdict_is_new("node-a", &ack));
+        envoys.verdict_recorded("node-a", &ack);
+        assert!(
+            !envoys.verdict_is_new("node-a", &ack),
+            "the same ACK resent"
+        );
+        let nack = verdict(6, false, 200);
+        assert!(envoys.verdict_is_new("node-a", &nack));
+        envoys.verdict_recorded("node-a", &nack);
+        assert!(!envoys.verdict_is_new("node-a", &nack));
+        assert!(
+            !envoys.verdict_is_new("node-a", &ack),
+            "a NACK keeps the ACK"
+        );
+        assert!(envoys.verdict_is_new("node-a", &verdict(7, true, 300)));
+
+        let listed = envoys.list();
+        assert!(listed[0].connected);
+        assert_eq!(listed[0].acked_version, Some(5));
+        assert_eq!(listed[0].acked_at_ms, Some(100));
+        assert_eq!(listed[0].nacked_version, Some(6));
+        assert_eq!(listed[0].nack_reason.as_deref(), Some("bad v6"));
+
+        drop(a);
+        assert!(envoys.lock().verdicts.is_empty());
+        assert!(
+            envoys.verdict_is_new("node-a", &ack),
+            "a new stream writes again"
         );
     }
 }

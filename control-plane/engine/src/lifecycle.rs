@@ -281,6 +281,14 @@ impl OutcomeSink for LifecycleSink {
         let node_id = node_id.to_owned();
         async move { self.process(node_id, outcomes).await }
     }
+
+    fn record_verdict(
+        &self,
+        node_id: &str,
+        verdict: codexmesh_store::SnapshotVerdict,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.store.record_verdict(node_id, verdict)
+    }
 }
 
 // ---- refresh scheduler ----

@@ -11,7 +11,9 @@
 //! newest frame when its connection can take more, so a slow subscriber skips versions instead of
 //! queueing them. The wire format is the one the generated code produces (same message, same
 //! framing, `grpc-status` in the trailers): clients, the wasm filter among them, are unchanged.
-//! Report stays on tonic's generated handler.
+//! Report stays on tonic's generated handler. A report may carry the filter's snapshot verdicts
+//! (ACK/NACK): each new one is stored (`OutcomeSink::record_verdict`) before the report is
+//! answered, so a failed write is an error the filter retries.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,7 +39,7 @@ use tower_service::Service;
 use crate::config::Secret;
 use crate::envoys::{Envoys, Registration};
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_store::{OutcomeRecord, QuotaWindowRecord, Store, StoreError};
+use codexmesh_store::{OutcomeRecord, QuotaWindowRecord, SnapshotVerdict, Store, StoreError};
 
 /// The Subscribe method's HTTP/2 path (as the generated client calls it).
 pub const SUBSCRIBE_PATH: &str = codexmesh_proto::names::SUBSCRIBE_PATH;
@@ -52,6 +54,10 @@ const SUBSCRIBE_RESPONSE_SNAPSHOT_FIELD: u32 = 1;
 pub const MAX_REPORT_BATCH: usize = 10_000;
 /// Free-text fields from the data path are clipped to this many characters.
 const MAX_FIELD_CHARS: usize = 256;
+/// Snapshot verdicts in one Report call at most (the filter sends one ACK and one NACK).
+pub const MAX_REPORT_VERDICTS: usize = 8;
+/// A rejection's reason is clipped to this many characters (the filter sends at most as many).
+const MAX_VERDICT_DETAIL_CHARS: usize = 1024;
 
 /// Where reported outcomes go: `serve` uses [`crate::lifecycle::LifecycleSink`] (store, quota
 /// evidence, 401-triggered refresh, health); the bare store is a sink too (tests).
@@ -61,6 +67,13 @@ pub trait OutcomeSink: Send + Sync + 'static {
         node_id: &str,
         outcomes: Vec<OutcomeRecord>,
     ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Stores node `node_id`'s snapshot verdict (ACK or NACK).
+    fn record_verdict(
+        &self,
+        node_id: &str,
+        verdict: SnapshotVerdict,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl OutcomeSink for Store {
@@ -71,6 +84,15 @@ impl OutcomeSink for Store {
     ) -> impl Future<Output = Result<u32, StoreError>> + Send {
         let node_id = node_id.to_owned();
         async move { self.record_outcomes(&node_id, &outcomes).await }
+    }
+
+    fn record_verdict(
+        &self,
+        node_id: &str,
+        verdict: SnapshotVerdict,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let node_id = node_id.to_owned();
+        async move { self.record_snapshot_verdict(&node_id, &verdict).await }
     }
 }
 
@@ -215,6 +237,30 @@ fn quota_window(w: Option<&pb::QuotaWindow>) -> Option<QuotaWindowRecord> {
     })
 }
 
+/// Proto verdict → store record: the reason made loggable and bounded, versions in the store's
+/// range.
+pub fn snapshot_verdict(s: &pb::SnapshotStatus) -> SnapshotVerdict {
+    let detail: String = s
+        .error_detail
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_VERDICT_DETAIL_CHARS)
+        .collect();
+    SnapshotVerdict {
+        version: i64::try_from(s.version).unwrap_or(i64::MAX),
+        accepted: s.accepted,
+        detail: (!s.accepted).then(|| {
+            if detail.is_empty() {
+                "rejected without a reason".to_owned()
+            } else {
+                detail
+            }
+        }),
+        pool_id: (!s.accepted).then(|| clip(&s.pool_id)).flatten(),
+        at_ms: s.at_unix_ms,
+    }
+}
+
 /// Proto outcome → store record, keeping metadata only: the path loses its query string.
 pub fn outcome_record(o: &pb::Outcome) -> OutcomeRecord {
     let path = o.request_path.split('?').next().unwrap_or_default();
@@ -279,7 +325,35 @@ impl<S: OutcomeSink> Mesh for MeshService<S> {
                 "at most {MAX_REPORT_BATCH} outcomes per report"
             )));
         }
+        if batch.snapshot_statuses.len() > MAX_REPORT_VERDICTS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_REPORT_VERDICTS} snapshot statuses per report"
+            )));
+        }
         let node = loggable(&batch.node_id);
+        for status in &batch.snapshot_statuses {
+            let verdict = snapshot_verdict(status);
+            if !self.envoys.verdict_is_new(&node, &verdict) {
+                continue;
+            }
+            if let Some(reason) = &verdict.detail {
+                tracing::warn!(node = %node, version = verdict.version, applied = status.applied_version,
+                    reason = %reason, "an Envoy rejected a snapshot (NACK); it keeps serving the version it had");
+            } else {
+                tracing::info!(node = %node, version = verdict.version, "an Envoy accepted a snapshot (ACK)");
+            }
+            if let Err(e) = self.sink.record_verdict(&node, verdict.clone()).await {
+                tracing::error!(node = %node, error = %e, "cannot store a snapshot verdict");
+                return Err(Status::unavailable(
+                    "cannot store the snapshot status right now",
+                ));
+            }
+            self.envoys.verdict_recorded(&node, &verdict);
+        }
+        if batch.outcomes.is_empty() && !batch.snapshot_statuses.is_empty() {
+            // Verdicts only: nothing for the outcome sink.
+            return Ok(Response::new(pb::ReportAck { accepted: 0 }));
+        }
         if let Some(version) = batch.outcomes.iter().map(|o| o.snapshot_version).max() {
             self.envoys.reported(&node, version);
         }

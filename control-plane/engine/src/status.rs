@@ -1,11 +1,16 @@
 //! The status report shared by `codexmesh status --json` and `GET /api/v1/status`.
+//!
+//! Per Envoy node it also shows the snapshot verdicts its filter reported (xDS's ACK/NACK, from
+//! the store, so any replica and the CLI see every node): the version it accepted, whether that
+//! is the newest (the store revision, which the newest snapshot carries), and its last
+//! rejection with the reason.
 
 use serde::Serialize;
 
 use codexmesh_model::health::WindowStats;
 use codexmesh_model::util::now_ms;
 use codexmesh_store::{
-    Account, Counters, CreditsEvidence, KeyStatus, Pool, QuotaRecord, Store, StoreError,
+    Account, Counters, CreditsEvidence, EnvoyNode, KeyStatus, Pool, QuotaRecord, Store, StoreError,
     WindowEvidence,
 };
 
@@ -15,6 +20,73 @@ pub struct StatusReport {
     pub revision: i64,
     pub generated_at_ms: i64,
     pub pools: Vec<PoolStatus>,
+    /// Each Envoy node's snapshot verdicts (nodes without one for 7 days are forgotten).
+    pub envoys: Vec<EnvoyStatus>,
+}
+
+/// One Envoy node's snapshot verdicts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EnvoyStatus {
+    pub node_id: String,
+    /// The newest snapshot version its filter accepted (ACK) and runs.
+    pub acked_version: Option<i64>,
+    pub acked_at_ms: Option<i64>,
+    /// `in_sync` (it accepted the newest version: the store revision), `behind`, or `unknown`
+    /// (no ACK yet).
+    pub sync: SyncState,
+    /// The last version it rejected (NACK), if any.
+    pub last_rejection: Option<RejectionView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    InSync,
+    Behind,
+    Unknown,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InSync => "in_sync",
+            Self::Behind => "behind",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A rejected snapshot version and why: the Envoy kept serving the version it had.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RejectionView {
+    /// 0: a message that did not decode.
+    pub version: i64,
+    pub at_ms: i64,
+    pub reason: String,
+    /// The pool the reason concerns: decides who may read it (not shown).
+    #[serde(skip)]
+    pub pool_id: Option<String>,
+}
+
+/// A node's verdicts, compared with the newest version (`revision`).
+pub fn envoy_status(node: &EnvoyNode, revision: i64) -> EnvoyStatus {
+    let acked = node.acked.as_ref();
+    EnvoyStatus {
+        node_id: node.node_id.clone(),
+        acked_version: acked.map(|a| a.version),
+        acked_at_ms: acked.map(|a| a.at_ms),
+        sync: match acked {
+            None => SyncState::Unknown,
+            Some(a) if a.version >= revision => SyncState::InSync,
+            Some(_) => SyncState::Behind,
+        },
+        last_rejection: node.rejected.as_ref().map(|r| RejectionView {
+            version: r.version,
+            at_ms: r.at_ms,
+            reason: r.detail.clone(),
+            pool_id: r.pool_id.clone(),
+        }),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -170,9 +242,16 @@ pub async fn build(store: &Store, health_window_secs: u64) -> Result<StatusRepor
             }
         })
         .collect();
+    let envoys = store
+        .envoy_nodes()
+        .await?
+        .iter()
+        .map(|n| envoy_status(n, revision))
+        .collect();
     Ok(StatusReport {
         revision,
         generated_at_ms: now,
         pools,
+        envoys,
     })
 }

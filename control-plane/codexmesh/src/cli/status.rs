@@ -1,8 +1,10 @@
-//! `codexmesh status`: pools, accounts (quota, health, counters) and key counts.
+//! `codexmesh status`: pools, accounts (quota, health, counters) and key counts, and per Envoy
+//! node the snapshot version its filter accepted, whether that is the newest, and its last
+//! rejection with the reason.
 
 use super::output::{expires_in, opt};
 use super::{notify, CliError, Ctx};
-use codexmesh_engine::ops::reports::{self, AccountStatus, WindowView};
+use codexmesh_engine::ops::reports::{self, AccountStatus, EnvoyStatus, WindowView};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::Strategy;
 
@@ -16,7 +18,8 @@ pub async fn execute(_args: Args, ctx: &Ctx) -> Result<(), CliError> {
         return out.json(&report);
     }
     if report.pools.is_empty() {
-        return out.line("no pools yet: codexmesh pool create NAME (or codexmesh up)");
+        out.line("no pools yet: codexmesh pool create NAME (or codexmesh up)")?;
+        return envoys(out, &report.envoys, now_ms());
     }
     let now = now_ms();
     let mut rows = Vec::new();
@@ -82,7 +85,44 @@ pub async fn execute(_args: Args, ctx: &Ctx) -> Result<(), CliError> {
             p.pool.name, r.strategy, p.keys.active, p.keys.revoked
         ))?;
     }
+    envoys(out, &report.envoys, now)?;
     out.line(&format!("store revision {}", report.revision))
+}
+
+/// Per Envoy node: the version it accepted and when, in sync or behind, the last rejection.
+fn envoys(out: &super::output::Output, envoys: &[EnvoyStatus], now: i64) -> Result<(), CliError> {
+    if envoys.is_empty() {
+        return Ok(());
+    }
+    let ago = |at: i64| format!("{} ago", util::human_span_ms(&now.saturating_sub(at)));
+    let rows: Vec<Vec<String>> = envoys
+        .iter()
+        .map(|e| {
+            let (rejected, reason) = match &e.last_rejection {
+                Some(r) => (
+                    format!("v{} ({})", r.version, ago(r.at_ms)),
+                    r.reason.clone(),
+                ),
+                None => ("-".to_owned(), String::new()),
+            };
+            vec![
+                e.node_id.clone(),
+                match (e.acked_version, e.acked_at_ms) {
+                    (Some(v), Some(at)) => format!("v{v} ({})", ago(at)),
+                    _ => "-".to_owned(),
+                },
+                e.sync.as_str().to_owned(),
+                rejected,
+                reason,
+            ]
+        })
+        .collect();
+    out.line("")?;
+    out.table(
+        &["ENVOY", "ACKED", "SYNC", "LAST REJECTED", "REASON"],
+        &rows,
+    )?;
+    out.line("")
 }
 
 /// "42%" for a window as routing sees it, "-" without evidence.

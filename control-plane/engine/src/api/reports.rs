@@ -181,11 +181,20 @@ async fn requests(
 }
 
 /// The Envoys subscribed to this control plane, with the snapshot version each was sent and
-/// the one its reports say it runs. (Each replica lists its own subscribers.)
+/// the one its reports say it runs (each replica lists its own subscribers), and every node
+/// the store has a snapshot verdict from (`connected: false` when not subscribed here): the
+/// last version its filter accepted (ACK) and the last it rejected (NACK) with the reason.
 #[utoipa::path(get, path = "/api/v1/envoys", tag = "reports",
     responses((status = 200, body = Vec<EnvoyView>)))]
-async fn envoys(State(state): State<ApiState>, _caller: Caller) -> Json<Vec<EnvoyView>> {
-    Json(state.envoys.list())
+async fn envoys(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<EnvoyView>>, ApiError> {
+    Ok(Json(
+        ops::reports::envoys(&caller.ops(&state), state.envoys.list())
+            .await?
+            .value,
+    ))
 }
 
 /// Polls the pool's account usage now (at most once per pool every 10 s; within that, the

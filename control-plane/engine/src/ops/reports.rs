@@ -7,7 +7,11 @@
 //! the upstream at most once per pool per [`QUOTA_REFRESH_COOLDOWN_MS`] (a store lease, shared
 //! by replicas), so no caller can turn it into a stream of upstream calls. A request-log
 //! filter's numbers are checked before the store is opened; a principal sees only its pools,
-//! their accounts (with the memberships it sees) and entries.
+//! their accounts (with the memberships it sees) and entries. Envoy nodes are no tenant's, but
+//! a snapshot rejection's reason concerning a pool the principal does not see is replaced by
+//! [`HIDDEN_REASON`].
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 
@@ -15,15 +19,51 @@ use super::{Notice, Ops, OpsError, Outcome};
 use crate::requests;
 use codexmesh_model::records::AccountState;
 
+pub use crate::envoys::EnvoyView;
 pub use crate::requests::{Filter, RequestLogEntry, DEFAULT_LIMIT, MAX_LIMIT};
 pub use crate::status::{
-    AccountStatus, HealthView, KeyCounts, PoolStatus, QuotaView, StatusReport, WindowView,
+    AccountStatus, EnvoyStatus, HealthView, KeyCounts, PoolStatus, QuotaView, RejectionView,
+    StatusReport, SyncState, WindowView,
 };
 
-/// Pools, their accounts with quota, health and counters, and key counts.
+/// What a snapshot rejection's reason reads as for a principal who does not see its pool.
+pub const HIDDEN_REASON: &str = "rejected for a reason concerning a pool outside your access";
+
+/// Whether a rejection about `pool_id` must be hidden from a principal who sees `visible` (pool
+/// ids; None: every pool).
+fn hides(visible: Option<&HashSet<String>>, pool_id: Option<&String>) -> bool {
+    match (visible, pool_id) {
+        (Some(visible), Some(id)) => !visible.contains(id),
+        _ => false,
+    }
+}
+
+/// The ids of the pools the principal sees (None: all of them), among `pools`.
+fn visible_pool_ids<'a>(
+    ops: &Ops,
+    pools: impl Iterator<Item = &'a codexmesh_store::Pool>,
+) -> Option<HashSet<String>> {
+    ops.visible_pools().map(|_| {
+        pools
+            .filter(|p| ops.access().sees_pool(&p.name))
+            .map(|p| p.id.clone())
+            .collect()
+    })
+}
+
+/// Pools, their accounts with quota, health and counters, and key counts; each Envoy node's
+/// snapshot verdicts.
 pub async fn status(ops: &Ops) -> Result<Outcome<StatusReport>, OpsError> {
     let store = ops.store().await?;
     let mut report = crate::status::build(store, ops.settings().health_window.as_secs()).await?;
+    let visible = visible_pool_ids(ops, report.pools.iter().map(|p| &p.pool));
+    for e in &mut report.envoys {
+        if let Some(r) = &mut e.last_rejection {
+            if hides(visible.as_ref(), r.pool_id.as_ref()) {
+                r.reason = HIDDEN_REASON.to_owned();
+            }
+        }
+    }
     report
         .pools
         .retain(|p| ops.access().sees_pool(&p.pool.name));
@@ -33,6 +73,59 @@ pub async fn status(ops: &Ops) -> Result<Outcome<StatusReport>, OpsError> {
         }
     }
     Ok(Outcome::new(report))
+}
+
+/// The Envoys: those subscribed to this replica (`live`, from its registry) and every node
+/// the store has a snapshot verdict from (connected to another replica, or gone), each with its
+/// last ACK and NACK as stored (what every replica wrote).
+pub async fn envoys(ops: &Ops, live: Vec<EnvoyView>) -> Result<Outcome<Vec<EnvoyView>>, OpsError> {
+    let store = ops.store().await?;
+    let nodes = store.envoy_nodes().await?;
+    let mut views = live;
+    for node in nodes {
+        let verdicts: Vec<codexmesh_store::SnapshotVerdict> = node
+            .acked
+            .iter()
+            .map(|a| codexmesh_store::SnapshotVerdict {
+                version: a.version,
+                accepted: true,
+                detail: None,
+                pool_id: None,
+                at_ms: a.at_ms,
+            })
+            .chain(
+                node.rejected
+                    .iter()
+                    .map(|r| codexmesh_store::SnapshotVerdict {
+                        version: r.version,
+                        accepted: false,
+                        detail: Some(r.detail.clone()),
+                        pool_id: r.pool_id.clone(),
+                        at_ms: r.at_ms,
+                    }),
+            )
+            .collect();
+        let mut matched = false;
+        for v in views.iter_mut().filter(|v| v.node_id == node.node_id) {
+            verdicts.iter().for_each(|x| v.show_verdict(x));
+            matched = true;
+        }
+        if !matched {
+            let mut v = EnvoyView::offline(node.node_id.clone());
+            verdicts.iter().for_each(|x| v.show_verdict(x));
+            views.push(v);
+        }
+    }
+    if ops.visible_pools().is_some() {
+        let pools = store.list_pools().await?;
+        let visible = visible_pool_ids(ops, pools.iter());
+        for v in &mut views {
+            if v.nack_reason.is_some() && hides(visible.as_ref(), v.nack_pool_id.as_ref()) {
+                v.nack_reason = Some(HIDDEN_REASON.to_owned());
+            }
+        }
+    }
+    Ok(Outcome::new(views))
 }
 
 /// The request log, newest first, filtered.

@@ -28,7 +28,7 @@ export default {
     const columns = [{ label: "Node" }, { label: "Peer" }, { label: "Build" }, { label: "Connected since" },
       { label: "Sent", className: "num" }, { label: "Running", className: "num" }, { label: "Acked", className: "num" }, { label: "Sync" },
       { label: "Last rejected" }, { label: "Last report" }];
-    const { wrapper, tbody } = dataTable({ caption: "Connected Envoys and the snapshot version each runs", columns, testid: "envoys-table" });
+    const { wrapper, tbody } = dataTable({ caption: "Envoys: the snapshot version each runs, accepted and rejected", columns, testid: "envoys-table" });
     if (envoys.length === 0) tbody.append(emptyRow(columns.length, "No Envoy is connected or known."));
     const rows = fragment();
     const known = (v) => v !== null && v !== undefined;

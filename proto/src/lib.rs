@@ -1,6 +1,9 @@
 //! Generated types for the codexmesh control-plane ↔ Envoy contract (`codexmesh.proto`), the
-//! routing defaults both sides read ([`defaults`]) and the names both sides spell ([`names`]).
+//! routing defaults both sides read ([`defaults`]), the names both sides spell ([`names`]) and
+//! the client-address rule both sides apply ([`network`]).
 #![allow(clippy::derive_partial_eq_without_eq)]
+
+pub mod network;
 
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/codexmesh.v1.rs"));

@@ -80,6 +80,7 @@ pub trait Kind {
 /// The kinds of setting values.
 pub mod kind {
     use super::{Kind, PathBuf, SocketAddr};
+    use codexmesh_model::network::CidrList;
     use std::time::Duration;
 
     /// A string, taken as given.
@@ -100,6 +101,17 @@ pub mod kind {
     pub struct Hours;
     /// On or off: `true`/`false` (the environment also takes `1`/`0`, `yes`/`no`, `on`/`off`).
     pub struct Switch;
+    /// A list of CIDRs (or addresses): comma-separated in a flag or the environment, an array of
+    /// strings in the config file; every entry checked ([`CidrList`]).
+    pub struct Cidrs;
+
+    impl Kind for Cidrs {
+        type Raw = CidrList;
+        type Value = CidrList;
+        fn value(raw: Option<CidrList>) -> Option<CidrList> {
+            raw
+        }
+    }
 
     impl Kind for Text {
         type Raw = String;
@@ -652,6 +664,37 @@ declare_settings! {
             help: "Require a second factor (TOTP) of every operator who signs in with a password",
             readme: "(`true`: an operator without TOTP who signs in gets a session that may only \
                      enroll and confirm its TOTP and sign out; API tokens are unaffected)",
+        }
+        admin_allowed_cidrs: Cidrs {
+            key: admin_allowed_cidrs,
+            flag: "admin-allowed-cidrs",
+            value_name: "CIDRS",
+            env: "CODEXMESH_ADMIN_ALLOWED_CIDRS",
+            default: "",
+            help: "Client addresses the admin listener answers (comma-separated CIDRs); empty: any",
+            readme: "(empty: any address; others get `403` on the API, the dashboard and every \
+                     other route but `/healthz`; see [Network](docs/design.md#network))",
+        }
+        admin_trusted_proxies: Cidrs {
+            key: admin_trusted_proxies,
+            flag: "admin-trusted-proxies",
+            value_name: "CIDRS",
+            env: "CODEXMESH_ADMIN_TRUSTED_PROXIES",
+            default: "",
+            help: "Proxies in front of the admin listener whose X-Forwarded-For is believed \
+                   (comma-separated CIDRs)",
+            readme: "(empty: the TCP peer is the client; the address the allowlist, the audit log \
+                     and the sign-in throttle use)",
+        }
+        gateway_trusted_proxies: Cidrs {
+            key: gateway_trusted_proxies,
+            flag: "gateway-trusted-proxies",
+            value_name: "CIDRS",
+            env: "CODEXMESH_GATEWAY_TRUSTED_PROXIES",
+            default: "",
+            help: "Proxies in front of Envoy whose X-Forwarded-For the data path believes \
+                   (comma-separated CIDRs; pushed with the snapshot)",
+            readme: "(empty: Envoy's TCP peer is the client; decides pools' `allowed_cidrs`)",
         }
     }
     watch {

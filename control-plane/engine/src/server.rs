@@ -87,6 +87,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         store.clone(),
         key.clone(),
         cp_id.clone(),
+        settings.gateway_trusted_proxies.to_strings(),
         settings.change_poll,
         cancel.clone(),
     )

@@ -236,6 +236,7 @@ pub fn build_with(
                 routing: Some(proto_routing(&pool.routing)),
                 keys,
                 accounts,
+                allowed_cidrs: pool.allowed_cidrs.to_strings(),
             }
         })
         .collect();
@@ -244,6 +245,7 @@ pub fn build_with(
         generated_at_unix_ms: now_ms(),
         pools,
         control_plane_id: control_plane_id.to_owned(),
+        trusted_proxies: Vec::new(),
     }
 }
 
@@ -305,13 +307,16 @@ struct Built {
 struct Builder {
     key: KeySource,
     cp_id: String,
+    /// The setting `gateway_trusted_proxies` (canonical CIDRs), sent in every snapshot.
+    trusted_proxies: Vec<String>,
     tokens: TokenCache,
 }
 
 impl Builder {
     fn build(&mut self, data: &SnapshotData) -> Built {
         let t = Instant::now();
-        let snapshot = build_with(data, &self.key, &self.cp_id, &mut self.tokens);
+        let mut snapshot = build_with(data, &self.key, &self.cp_id, &mut self.tokens);
+        snapshot.trusted_proxies.clone_from(&self.trusted_proxies);
         let build_ms = t.elapsed().as_secs_f64() * 1000.0;
         let t = Instant::now();
         let frame = snapshot_frame(&snapshot).map_err(|e| e.to_string());
@@ -334,17 +339,20 @@ pub struct SnapshotHub {
 
 impl SnapshotHub {
     /// Builds the first snapshot (failing fast if the store cannot be read), then keeps
-    /// rebuilding on revision changes until `cancel` fires.
+    /// rebuilding on revision changes until `cancel` fires. Every snapshot carries
+    /// `trusted_proxies` (the gateway's, canonical CIDRs).
     pub async fn start(
         store: Store,
         key: impl Into<KeySource>,
         control_plane_id: String,
+        trusted_proxies: Vec<String>,
         poll: Duration,
         cancel: CancellationToken,
     ) -> Result<Self, StoreError> {
         let mut builder = Builder {
             key: key.into(),
             cp_id: control_plane_id,
+            trusted_proxies,
             tokens: TokenCache::default(),
         };
         let built = builder.build(&store.snapshot_data().await?);
@@ -422,6 +430,7 @@ async fn run(
 ) {
     let mut current = publish.frames.borrow().version;
     let (key, cp_id) = (builder.key.clone(), builder.cp_id.clone());
+    let trusted_proxies = builder.trusted_proxies.clone();
     // Log store trouble once per outage, not once per poll.
     let mut failing = false;
     // Check again right away (after a publish: writes may have landed during the rebuild).
@@ -498,6 +507,7 @@ async fn run(
                 builder = Builder {
                     key: key.clone(),
                     cp_id: cp_id.clone(),
+                    trusted_proxies: trusted_proxies.clone(),
                     tokens: TokenCache::default(),
                 };
                 continue;
@@ -576,6 +586,7 @@ mod tests {
                 routing: Routing::default(),
                 created_at_ms: 0,
                 archived_at_ms: None,
+                allowed_cidrs: Default::default(),
             }],
             keys: vec![],
             accounts,
@@ -686,6 +697,7 @@ mod tests {
             store.clone(),
             MasterKey::generate()?,
             "cp".into(),
+            vec!["10.0.0.0/8".into()],
             Duration::from_secs(3600),
             cancel.clone(),
         )
@@ -699,6 +711,7 @@ mod tests {
         let current = hub.current();
         assert_eq!(current.version, f.version);
         assert!(current.pools.iter().any(|p| p.name == "nudged"));
+        assert_eq!(current.trusted_proxies, ["10.0.0.0/8"]);
         assert_eq!(
             pb::SubscribeResponse::decode(&f.bytes[5..])?,
             pb::SubscribeResponse {
@@ -720,6 +733,7 @@ mod tests {
             store,
             MasterKey::generate()?,
             "cp".into(),
+            Vec::new(),
             Duration::from_millis(20),
             cancel.clone(),
         )

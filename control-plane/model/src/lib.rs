@@ -12,6 +12,7 @@
 //! - [`credentials`]: Codex `auth.json` and the JWT claims read from it;
 //! - [`keys`]: pool keys (format, hashing);
 //! - [`operators`]: operators, roles, API tokens and who may see or change which pool;
+//! - [`network`]: CIDR lists (pool allowlists, the admin allowlist, trusted proxies);
 //! - [`ids`]: identifiers and the names people give things;
 //! - [`util`]: the clock, random values, constant-time token checks, times for people.
 #![forbid(unsafe_code)]
@@ -64,6 +65,7 @@ pub mod credentials;
 pub mod health;
 pub mod ids;
 pub mod keys;
+pub mod network;
 pub mod operators;
 pub mod quota;
 pub mod records;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+pub use crate::network::AllowedCidrs;
 pub use crate::routing::{Routing, RoutingMode, Strategy};
 
 string_enum!(
@@ -29,6 +30,8 @@ pub struct Pool {
     pub created_at_ms: i64,
     /// When the pool was archived (it then leaves the snapshot: its keys stop working).
     pub archived_at_ms: Option<i64>,
+    /// The client addresses its keys work from; empty: any.
+    pub allowed_cidrs: AllowedCidrs,
 }
 
 /// `{"id","name","strategy","max_attempts","explain_routes","created_at_ms","routing"}`: the
@@ -47,6 +50,7 @@ impl Serialize for Pool {
             routing: &'a Routing,
             #[serde(skip_serializing_if = "Option::is_none")]
             archived_at_ms: Option<i64>,
+            allowed_cidrs: &'a AllowedCidrs,
         }
         Json {
             id: &self.id,
@@ -57,6 +61,7 @@ impl Serialize for Pool {
             created_at_ms: self.created_at_ms,
             routing: &self.routing,
             archived_at_ms: self.archived_at_ms,
+            allowed_cidrs: &self.allowed_cidrs,
         }
         .serialize(serializer)
     }
@@ -77,6 +82,8 @@ struct PoolJson {
     routing: crate::routing::RoutingView,
     /// Present when the pool is archived.
     archived_at_ms: Option<i64>,
+    /// The client addresses (CIDRs) its keys work from; empty: any address.
+    allowed_cidrs: Vec<String>,
 }
 
 impl utoipa::PartialSchema for Pool {

@@ -1,6 +1,7 @@
-//! Pools: creating, archiving, restoring, listing and finding them by name (their routing
-//! settings change in `routing`). Rules: every write is one bumping transaction with an audit
-//! row; an archived pool keeps its rows (accounts, keys, the log) but leaves the snapshot.
+//! Pools: creating, archiving, restoring, listing and finding them by name, and the client
+//! addresses their keys work from (their routing settings change in `routing`). Rules: every
+//! write is one bumping transaction with an audit row (a change that changes nothing writes
+//! nothing); an archived pool keeps its rows (accounts, keys, the log) but leaves the snapshot.
 
 use serde_json::json;
 
@@ -10,7 +11,7 @@ use crate::rows::{pool_from_row, POOL_SELECT};
 use crate::tx::pool_by_name_tx;
 use crate::tx::{is_unique_violation, validate_pool_name};
 use crate::{Actor, Store};
-use codexmesh_model::records::{Changed, Pool, Routing};
+use codexmesh_model::records::{AllowedCidrs, Changed, Pool, Routing};
 use codexmesh_model::util::{self, now_ms};
 
 impl Store {
@@ -36,6 +37,7 @@ impl Store {
             routing: Routing::default(),
             created_at_ms: now_ms(),
             archived_at_ms: None,
+            allowed_cidrs: AllowedCidrs::default(),
         };
         sqlx::query(
             "INSERT INTO pools (id, name, strategy, max_attempts, explain_routes, created_at) \
@@ -120,6 +122,45 @@ impl Store {
             },
             Some(&pool.id),
             json!({"name": pool.name}),
+            revision,
+        )
+        .await?;
+        let pool = pool_by_name_tx(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: pool,
+        })
+    }
+
+    /// Replaces the client addresses the pool's keys work from (empty: any address). The list
+    /// is already checked (`AllowedCidrs` is made only from valid entries).
+    pub async fn set_pool_allowed_cidrs(
+        &self,
+        actor: &Actor,
+        name: &str,
+        allowed: &AllowedCidrs,
+    ) -> Result<Changed<Pool>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let pool = pool_by_name_tx(&mut tx, name).await?;
+        if &pool.allowed_cidrs == allowed {
+            // Dropping the transaction undoes the revision bump: no push.
+            return Ok(Changed {
+                changed: false,
+                item: pool,
+            });
+        }
+        sqlx::query("UPDATE pools SET allowed_cidrs = $1 WHERE id = $2")
+            .bind(allowed.to_stored())
+            .bind(pool.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "pool.set_network",
+            Some(&pool.id),
+            json!({"pool": pool.name, "from": pool.allowed_cidrs, "to": allowed}),
             revision,
         )
         .await?;

@@ -8,15 +8,17 @@ use sqlx::{Any, Row};
 
 use crate::error::StoreError;
 use codexmesh_model::records::{
-    Account, AccountState, AccountWithToken, AuditEntry, Counters, CreditsEvidence, KeyStatus,
-    Lease, LoggedOutcome, Membership, OutcomeGroup, OutcomeRecord, Pool, PoolKey, QuotaRecord,
-    QuotaWindowRecord, Routing, RoutingMode, SnapshotAccount, Strategy, WindowEvidence,
+    Account, AccountState, AccountWithToken, AllowedCidrs, AuditEntry, Counters, CreditsEvidence,
+    KeyStatus, Lease, LoggedOutcome, Membership, OutcomeGroup, OutcomeRecord, Pool, PoolKey,
+    QuotaRecord, QuotaWindowRecord, Routing, RoutingMode, SnapshotAccount, Strategy,
+    WindowEvidence,
 };
 
 /// `pools` and `pool_keys` name their routing columns alike, so `routing_from_row` reads both.
 pub(crate) const POOL_SELECT: &str = "SELECT id, name, created_at, strategy, max_attempts, \
      explain_routes, primary_account_id, primary_threshold_percent, secondary_threshold_percent, \
-     circuit_failures, circuit_open_ms, cooldown_max_ms, websockets, archived_at FROM pools";
+     circuit_failures, circuit_open_ms, cooldown_max_ms, websockets, archived_at, allowed_cidrs \
+     FROM pools";
 
 /// An account's own columns; its pools come from `pool_memberships` (`tx::attach_memberships_tx`).
 /// (`accounts.pool_id`, `priority` and `weight` are pre-0005 leftovers: not read.)
@@ -152,6 +154,11 @@ pub(crate) fn pool_from_row(row: &AnyRow) -> Result<Pool, StoreError> {
         routing: routing_from_row(row)?,
         created_at_ms: col(row, "created_at")?,
         archived_at_ms: col(row, "archived_at")?,
+        allowed_cidrs: {
+            let text: String = col(row, "allowed_cidrs")?;
+            AllowedCidrs::from_stored(&text)
+                .map_err(|e| StoreError::Corrupt(format!("pools.allowed_cidrs: {e}")))?
+        },
     })
 }
 

@@ -1,5 +1,6 @@
-//! `codexmesh pool …`: create, list, set-routing, overview (the dashboard's pools overview) and
-//! refresh-quota (its "refresh live state").
+//! `codexmesh pool …`: create, list, set-routing, set-network (the client addresses a pool's
+//! keys work from), overview (the dashboard's pools overview) and refresh-quota (its "refresh
+//! live state").
 
 use clap::Subcommand;
 use serde::Serialize;
@@ -9,6 +10,7 @@ use super::{notify, CliError, Ctx, RoutingArgs};
 use codexmesh_engine::ops::overview::WindowHeadroom;
 use codexmesh_engine::ops::reports::WindowView;
 use codexmesh_engine::ops::{overview, pools, reports};
+use codexmesh_model::network::{parse_cidr, AllowedCidrs, CidrError};
 use codexmesh_model::routing::RoutingView;
 use codexmesh_model::util;
 
@@ -25,6 +27,18 @@ pub enum Args {
         // Boxed: nine optional strings would make every command value this large.
         #[command(flatten)]
         routing: Box<RoutingArgs>,
+    },
+    /// Set the client addresses the pool's keys work from (others get 403 from the gateway).
+    /// Prints the pool's list (with no flags: just prints it)
+    SetNetwork {
+        name: String,
+        /// Admit clients from this CIDR (`10.0.0.0/8`, `2001:db8::/32`) or address; repeat
+        /// for several. The flags given replace the whole list
+        #[arg(long = "allow-cidr", value_name = "CIDR", value_parser = cidr_arg)]
+        allow_cidr: Vec<String>,
+        /// Admit any address again (empties the list)
+        #[arg(long, conflicts_with = "allow_cidr")]
+        clear_allowed_cidrs: bool,
     },
     /// Each pool at a glance: accounts by state, the combined headroom of the 5-hour and weekly
     /// windows with the next reset, and the last hour's requests, errors and failovers
@@ -92,6 +106,36 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             let what = change_suffix(r.requested, r.changed);
             out.line(&format!("pool {} routing{what}:", r.pool.name))?;
             out.line(&routing_text(&r.routing))
+        }
+        Args::SetNetwork {
+            name,
+            allow_cidr,
+            clear_allowed_cidrs,
+        } => {
+            let allowed = if clear_allowed_cidrs {
+                Some(AllowedCidrs::default())
+            } else if allow_cidr.is_empty() {
+                None
+            } else {
+                Some(AllowedCidrs::parse(&allow_cidr).map_err(|e: CidrError| {
+                    CliError::Usage(format!("invalid --allow-cidr: {e}"))
+                })?)
+            };
+            let r = notify(pools::set_network(&ctx.ops, &name, allowed.as_ref()).await?);
+            if out.json {
+                return out.json(&r);
+            }
+            let what = change_suffix(allowed.is_some(), r.changed);
+            let list = &r.item.allowed_cidrs;
+            out.line(&format!(
+                "pool {} allowed client addresses{what}: {}",
+                r.item.name,
+                if list.is_empty() {
+                    "any".to_owned()
+                } else {
+                    list.to_strings().join(", ")
+                }
+            ))
         }
         Args::Overview => {
             let o = notify(overview::overview(&ctx.ops).await?);
@@ -162,6 +206,20 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             out.table(&["ACCOUNT", "STATE", "5H USED", "WEEK USED"], &rows)
         }
     }
+}
+
+/// One `--allow-cidr` value, checked as clap reads it (a bad one exits 2 like any bad flag).
+fn cidr_arg(text: &str) -> Result<String, String> {
+    parse_cidr(text)
+        .map(|net| net.to_string())
+        .map_err(|problem| {
+            CidrError {
+                index: 0,
+                value: text.to_owned(),
+                problem,
+            }
+            .to_string()
+        })
 }
 
 /// `62% (resets 2026-12-02 14:00:00 UTC)`, or `unknown` before any evidence.

@@ -15,8 +15,12 @@
 //!   an [`OpsError`]'s kind to one status code; internal details stay in the server log;
 //! - only metadata is ever returned: never an account token, a password or a prompt; a raw pool
 //!   key or API token only in the one answer that creates it.
+//! - every answer but `/healthz` and `/readyz` goes only to a client address inside
+//!   `admin_allowed_cidrs` (when set; else 403): the client is the TCP peer, or what a trusted
+//!   proxy's `X-Forwarded-For` says (`admin_trusted_proxies`, the rule of
+//!   `codexmesh_proto::network`), and the audit log and the sign-in throttle see that address.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
@@ -94,12 +98,62 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// The client's address as the admin listener saw it (no proxy headers are trusted yet).
+/// The client's address (a request extension set by [`admit_client`]): the TCP peer, or what a
+/// trusted proxy's `X-Forwarded-For` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ClientAddress(pub IpAddr);
+
+/// Routes any address may reach: liveness and readiness probes come from the node (the
+/// kubelet), whose address an operator's allowlist need not name, and learn only "ok".
+const OPEN_TO_ANY_ADDRESS: &[&str] = &["/healthz", "/readyz"];
+
+/// The client address as [`admit_client`] decided it.
 fn client_address(request: &Request) -> Option<String> {
     request
         .extensions()
+        .get::<ClientAddress>()
+        .map(|c| c.0.to_string())
+}
+
+/// Decides the client address of every request (see [`ClientAddress`]) and refuses one outside
+/// `admin_allowed_cidrs` with 403 (all routes but [`OPEN_TO_ANY_ADDRESS`]). Without a peer
+/// address (only in tests that call the router directly) nothing is decided, and a set
+/// allowlist refuses.
+async fn admit_client(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let settings = state.base.settings();
+    let client = request
+        .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| {
+            let forwarded: Vec<&str> = request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                // A value that is not text counts as a malformed hop.
+                .map(|v| v.to_str().unwrap_or(""))
+                .collect();
+            codexmesh_model::network::client_address(
+                c.0.ip(),
+                forwarded,
+                settings.admin_trusted_proxies.set(),
+            )
+        });
+    let allowed = &settings.admin_allowed_cidrs;
+    let open = OPEN_TO_ANY_ADDRESS.contains(&request.uri().path());
+    if !open && !client.is_some_and(|ip| allowed.admits(ip)) {
+        let shown = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        tracing::info!(client = %shown, path = request.uri().path(), "admin API: refused a client outside admin_allowed_cidrs");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden,
+            format!("the admin API does not answer {shown} (admin_allowed_cidrs)"),
+        )
+        .into_response();
+    }
+    if let Some(ip) = client {
+        request.extensions_mut().insert(ClientAddress(ip));
+    }
+    next.run(request).await
 }
 
 /// The CSRF token of a session: SHA-256 of a fixed label and the session token (which is
@@ -560,6 +614,11 @@ pub(crate) fn router(
         .layer(axum::middleware::map_response(no_store))
         // After the layers: the dashboard's files set their own caching (revalidated by ETag).
         .merge(crate::dashboard::routes())
+        // Outermost, over every route (the dashboard and any added later included).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admit_client,
+        ))
         .with_state(state)
 }
 

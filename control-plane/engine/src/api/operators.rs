@@ -8,7 +8,7 @@
 //! token. The open routes (sign-in, bootstrap) act with no principal: the use case checks the
 //! credentials it is given, and the audit log names the client address.
 
-use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -77,8 +77,9 @@ fn anonymous(state: &ApiState, request_client: Option<String>) -> Ops {
         .acting_as(state.base.access().clone(), request_client)
 }
 
-fn client_of(connect: Option<&ConnectInfo<std::net::SocketAddr>>) -> Option<String> {
-    connect.map(|c| c.0.ip().to_string())
+/// The client address `admit_client` decided (the sign-in throttle keys on it).
+fn client_of(client: Option<&super::ClientAddress>) -> Option<String> {
+    client.map(|c| c.0.to_string())
 }
 
 /// The operator id of an operator caller; API tokens have no "me" to change.

@@ -1,4 +1,5 @@
-//! `/api/v1/pools`: list, create, read, change routing, archive and restore.
+//! `/api/v1/pools`: list, create, read, change routing and network (the client addresses the
+//! pool's keys work from), archive and restore.
 //!
 //! Rules: each handler is one [`crate::ops::pools`] call for the [`Caller`]; routing changes
 //! arrive as a typed JSON object whose values go through the same parser as the CLI's flags
@@ -14,6 +15,7 @@ use utoipa_axum::routes;
 
 use super::{ApiError, ApiState, Caller, JsonBody, Reply};
 use crate::ops::{self, pools::PoolSummary, OpsError};
+use codexmesh_model::network::AllowedCidrs;
 use codexmesh_model::records::{Changed, Pool};
 use codexmesh_model::routing::{InvalidSetting, RawRoutingFlags, RoutingPatch, RoutingView};
 
@@ -22,6 +24,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list, create))
         .routes(routes!(get_one))
         .routes(routes!(set_routing))
+        .routes(routes!(set_network))
         .routes(routes!(archive))
         .routes(routes!(restore))
 }
@@ -214,6 +217,49 @@ async fn set_routing(
         },
         notices,
     }))
+}
+
+/// A change to the pool's network settings: only the named ones change.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NetworkBody {
+    /// The client addresses (CIDRs such as `10.0.0.0/8` or `2001:db8::/32`, or single
+    /// addresses) the pool's keys work from, replacing the list; `[]` admits any address.
+    /// Others get `403 client_address_not_allowed` from the gateway.
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+impl NetworkBody {
+    /// The new allowlist, if named; a bad entry is an error naming it (`allowed_cidrs[1]`).
+    fn allowed(&self) -> Result<Option<AllowedCidrs>, ApiError> {
+        self.allowed_cidrs
+            .as_ref()
+            .map(|entries| {
+                AllowedCidrs::parse(entries).map_err(|e| {
+                    ApiError::invalid(format!("allowed_cidrs[{}]", e.index), e.to_string())
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Changes the pool's network settings (only those named); an empty object only reads them.
+#[utoipa::path(patch, path = "/api/v1/pools/{pool}/network", tag = "pools",
+    params(("pool" = String, Path, description = "Pool name")), request_body = NetworkBody,
+    responses((status = 200, body = Reply<Changed<Pool>>), (status = 400, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+async fn set_network(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(pool): Path<String>,
+    JsonBody(body): JsonBody<NetworkBody>,
+) -> Result<Json<Reply<Changed<Pool>>>, ApiError> {
+    let allowed = body.allowed()?;
+    Ok(Json(
+        ops::pools::set_network(&caller.ops(&state), &pool, allowed.as_ref())
+            .await?
+            .into(),
+    ))
 }
 
 /// Archives the pool: it leaves the snapshot (its keys stop working); nothing is deleted.

@@ -39,6 +39,8 @@ pub struct PoolOverview {
     pub secondary: WindowHeadroom,
     /// The request log over the last hour.
     pub last_hour: HourActivity,
+    /// The client addresses (CIDRs) the pool's keys work from; empty: any.
+    pub allowed_cidrs: codexmesh_store::AllowedCidrs,
 }
 
 /// Members of the pool by state.
@@ -117,6 +119,7 @@ pub async fn overview(ops: &Ops) -> Result<Outcome<Overview>, OpsError> {
                 errors: total.errors,
                 failovers: total.fallbacks,
             },
+            allowed_cidrs: p.pool.allowed_cidrs.clone(),
         });
     }
     Ok(Outcome::with_notices(

@@ -1,4 +1,5 @@
-//! Pool use cases: create, list, change routing, and `up`'s first-run pool.
+//! Pool use cases: create, list, change routing, set the client addresses a pool's keys work
+//! from, and `up`'s first-run pool.
 //!
 //! Rules: a pool name is checked before the store is opened; a routing change is a parsed
 //! [`RoutingPatch`] (flag parsing lives in `codexmesh_model::routing`) and an empty patch only
@@ -10,7 +11,7 @@ use super::{Notice, Ops, OpsError, Outcome};
 use crate::status::{self, KeyCounts};
 use codexmesh_model::keys::RawKey;
 use codexmesh_model::routing::{Primary, RoutingMode, RoutingPatch, RoutingView};
-use codexmesh_store::{Changed, Pool, Strategy};
+use codexmesh_store::{AllowedCidrs, Changed, Pool, Strategy};
 
 /// The pool `up` creates in an empty store.
 pub const DEFAULT_POOL: &str = "default";
@@ -83,6 +84,34 @@ pub async fn set_archived(
     }
     .await;
     ops.audited(action, Some(name), &[name], result).await
+}
+
+/// Replaces the client addresses (CIDRs) the pool's keys work from; an empty list admits any
+/// address. `None` only reads the pool. The list was checked where it was parsed.
+pub async fn set_network(
+    ops: &Ops,
+    name: &str,
+    allowed: Option<&AllowedCidrs>,
+) -> Result<Outcome<Changed<Pool>>, OpsError> {
+    let Some(allowed) = allowed else {
+        ops.see_pool(name)?;
+        let store = ops.store().await?;
+        return Ok(Outcome::new(Changed {
+            changed: false,
+            item: store.pool_by_name(name).await?,
+        }));
+    };
+    let result = async {
+        ops.change_pool(name)?;
+        let store = ops.store().await?;
+        let changed = store
+            .set_pool_allowed_cidrs(ops.actor(), name, allowed)
+            .await?;
+        Ok(Outcome::new(changed))
+    }
+    .await;
+    ops.audited("pool.set_network", Some(name), &[name], result)
+        .await
 }
 
 /// The pools the principal sees, with counts.

@@ -661,7 +661,9 @@ mod tests {
                         ..Default::default()
                     })
                     .collect(),
+                ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

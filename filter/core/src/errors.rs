@@ -46,6 +46,8 @@ pub enum ErrorKind {
     UnsupportedEndpoint,
     /// A request body over the gateway's size limit.
     BodyTooLarge,
+    /// The client's address is outside the pool's `allowed_cidrs` (`network`).
+    ClientAddressNotAllowed,
 }
 
 impl ErrorKind {
@@ -62,6 +64,7 @@ impl ErrorKind {
             Self::UpstreamFailed => 502,
             Self::UnsupportedEndpoint => 501,
             Self::BodyTooLarge => 413,
+            Self::ClientAddressNotAllowed => 403,
         }
     }
 
@@ -82,6 +85,7 @@ impl ErrorKind {
             Self::UpstreamFailed => "upstream_failed",
             Self::UnsupportedEndpoint => "unsupported_endpoint",
             Self::BodyTooLarge => "request_too_large",
+            Self::ClientAddressNotAllowed => "client_address_not_allowed",
         }
     }
 
@@ -103,7 +107,8 @@ impl ErrorKind {
             | Self::InvalidRequest
             | Self::ModelNotFound
             | Self::UnsupportedEndpoint
-            | Self::BodyTooLarge => ErrorSource::Client,
+            | Self::BodyTooLarge
+            | Self::ClientAddressNotAllowed => ErrorSource::Client,
             Self::NotReady
             | Self::NoAccountAvailable
             | Self::PoolExhausted
@@ -274,6 +279,7 @@ mod tests {
             ErrorKind::UpstreamFailed,
             ErrorKind::UnsupportedEndpoint,
             ErrorKind::BodyTooLarge,
+            ErrorKind::ClientAddressNotAllowed,
         ];
         for kind in all {
             match kind {
@@ -292,7 +298,8 @@ mod tests {
                 | ErrorKind::ModelNotFound
                 | ErrorKind::UpstreamFailed
                 | ErrorKind::UnsupportedEndpoint
-                | ErrorKind::BodyTooLarge => {}
+                | ErrorKind::BodyTooLarge
+                | ErrorKind::ClientAddressNotAllowed => {}
             }
         }
         all.to_vec()

@@ -72,6 +72,14 @@ impl RequestHead {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a header, in the order received.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// How many times a header was sent.
     pub fn count(&self, name: &str) -> usize {
         self.pairs

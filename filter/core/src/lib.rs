@@ -14,6 +14,7 @@ pub mod evidence;
 pub mod handoff;
 pub mod headers;
 pub mod local;
+pub mod network;
 pub mod outbox;
 pub mod pool_index;
 pub mod ranker;

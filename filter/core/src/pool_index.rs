@@ -1,8 +1,9 @@
 //! What a snapshot version fixes about a pool for ranking: the id order ("ix"), the priority
 //! order and the affinity ring, built once per version (with `SnapshotIndex`) and read by
-//! `ranker` per request.
+//! `ranker` per request; and its client allowlist, parsed once (`network`).
 
 use crate::affinity::{self, PROBES};
+use crate::network::{self, CidrSet};
 use crate::pb;
 
 /// What a snapshot version fixes about a pool. Accounts are numbered by id order ("ix").
@@ -19,6 +20,8 @@ pub struct PoolIndex {
     ring: Vec<u64>,
     /// `buckets[t]`: first ring index whose position's bucket is ≥ t (see [`bucket_of`]).
     buckets: Vec<u32>,
+    /// The client addresses the pool's keys work from; `None`: any.
+    allowed_clients: Option<CidrSet>,
 }
 
 fn ring_pos(point: u64) -> u32 {
@@ -103,7 +106,13 @@ impl PoolIndex {
             points,
             ring,
             buckets,
+            allowed_clients: network::pool_allowlist(&pool.allowed_cidrs),
         }
+    }
+
+    /// The pool's client allowlist, when it has one (`network::admit` checks a request).
+    pub fn allowed_clients(&self) -> Option<&CidrSet> {
+        self.allowed_clients.as_ref()
     }
 
     pub fn len(&self) -> usize {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
+use crate::network::CidrSet;
 use crate::pb;
 use crate::pool_index::PoolIndex;
 
@@ -50,6 +51,8 @@ pub struct SnapshotIndex {
     accounts_by_id: BTreeMap<String, AccountRef>,
     /// Per pool (same positions as `snapshot.pools`): what ranking needs from this version.
     pool_indexes: Vec<PoolIndex>,
+    /// The proxies whose `X-Forwarded-For` is believed (`network`).
+    trusted_proxies: CidrSet,
 }
 
 impl SnapshotIndex {
@@ -91,11 +94,13 @@ impl SnapshotIndex {
             }
         }
         let pool_indexes = snapshot.pools.iter().map(PoolIndex::new).collect();
+        let trusted_proxies = CidrSet::parse_lenient(&snapshot.trusted_proxies);
         Self {
             snapshot,
             keys_by_hash,
             accounts_by_id,
             pool_indexes,
+            trusted_proxies,
         }
     }
 
@@ -114,6 +119,11 @@ impl SnapshotIndex {
     /// The ranking's per-version index of pool `ix`.
     pub fn pool_index(&self, ix: usize) -> Option<&PoolIndex> {
         self.pool_indexes.get(ix)
+    }
+
+    /// The proxies in front of Envoy whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &CidrSet {
+        &self.trusted_proxies
     }
 
     pub fn pool_by_id(&self, id: &str) -> Option<&pb::Pool> {
@@ -237,6 +247,18 @@ pub(crate) mod tests {
         let index = SnapshotIndex::new(snap);
         assert!(index.key_by_hash(&hash_key("cmk_live")).is_none());
         assert!(index.key_by_hash(&hash_key("cmk_revoked")).is_some());
+    }
+
+    #[test]
+    fn network_lists_are_read_once_per_version() {
+        let mut snap = sample();
+        snap.trusted_proxies = vec!["10.0.0.0/8".into(), "junk".into()];
+        snap.pools[1].allowed_cidrs = vec!["192.168.0.0/16".into()];
+        let index = SnapshotIndex::new(snap);
+        assert_eq!(index.trusted_proxies().to_strings(), ["10.0.0.0/8"]);
+        assert!(index.pool_index(0).unwrap().allowed_clients().is_none());
+        let allowed = index.pool_index(1).unwrap().allowed_clients().unwrap();
+        assert!(allowed.contains("192.168.7.7".parse().unwrap()));
     }
 
     #[test]

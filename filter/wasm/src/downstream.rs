@@ -1,5 +1,5 @@
 //! Listener filter: admit only allowlisted endpoints (`endpoints::ENDPOINTS`), authenticate the
-//! pool key, remove every header the gateway owns (the pool key, cookies, account ids, Envoy's
+//! pool key, admit only the clients its pool allows (`network`), remove every header the gateway owns (the pool key, cookies, account ids, Envoy's
 //! steering headers), answer the gateway's own endpoints, rank the pool's accounts and hand the
 //! ranking to the upstream attempts through filter state. On the way back, turns an upstream 429
 //! into the pool-level answer when the whole pool is spent.
@@ -19,7 +19,7 @@ use codexmesh_filter_core::ranker;
 use codexmesh_filter_core::routing::{self, Limits, RouteInput, PROBE_RESERVATION_MS};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
 use codexmesh_filter_core::translate::IGNORED_PARAMS_HEADER;
-use codexmesh_filter_core::{auth, pb, turnstate, usage};
+use codexmesh_filter_core::{auth, network, pb, turnstate, usage};
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -103,6 +103,9 @@ impl HttpContext for Downstream {
             Ok(a) => a,
             Err(err) => return reply_error(&err),
         };
+        if let Err(err) = admit_client(&authed, &head) {
+            return reply_error(&err);
+        }
         if let Err(err) = take_ownership(&head, admitted.rewritten_path.as_deref()) {
             return reply_error(&err);
         }
@@ -301,6 +304,20 @@ fn authenticate(head: &RequestHead) -> Result<Routed, GatewayError> {
         pool_ix,
         key_ix,
     })
+}
+
+/// A pool with a client allowlist admits only the clients in it (`network::admit`, Envoy's
+/// `source.address` and trusted proxies' X-Forwarded-For); a pool without one costs nothing.
+fn admit_client(authed: &Routed, head: &RequestHead) -> Result<(), GatewayError> {
+    let snapshot = &authed.snapshot;
+    let Some(allowed) = snapshot
+        .pool_index(authed.pool_ix)
+        .and_then(|p| p.allowed_clients())
+    else {
+        return Ok(());
+    };
+    let peer = host::property(&["source", "address"]);
+    network::admit(allowed, snapshot.trusted_proxies(), peer.as_deref(), head).map(|_| ())
 }
 
 impl Downstream {

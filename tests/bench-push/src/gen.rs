@@ -190,6 +190,7 @@ pub fn snapshot(accounts: usize, pools: usize, seed: u64) -> BuiltSnapshot {
             }),
             keys: Vec::new(),
             accounts: Vec::new(),
+            allowed_cidrs: Vec::new(),
         })
         .collect();
     let mut raw_keys = Vec::new();
@@ -251,6 +252,7 @@ pub fn snapshot(accounts: usize, pools: usize, seed: u64) -> BuiltSnapshot {
             generated_at_unix_ms: now_unix * 1000,
             pools: out,
             control_plane_id: "bench-host/abc123".to_owned(),
+            trusted_proxies: Vec::new(),
         },
         raw_keys,
         account_ids,

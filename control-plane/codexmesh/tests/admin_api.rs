@@ -226,6 +226,7 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("POST /api/v1/pools", Isolation::OwnersOnly { path: "/api/v1/pools", body: json!({"name": "c"}) }),
         ("GET /api/v1/pools/{pool}", res(&["/api/v1/pools/b"], "/api/v1/pools/a", "/api/v1/pools/zz-none", None)),
         ("PATCH /api/v1/pools/{pool}/routing", res(&["/api/v1/pools/b/routing"], "/api/v1/pools/a/routing", "/api/v1/pools/zz-none/routing", routing())),
+        ("PATCH /api/v1/pools/{pool}/network", res(&["/api/v1/pools/b/network"], "/api/v1/pools/a/network", "/api/v1/pools/zz-none/network", Some(json!({"allowed_cidrs": ["10.0.0.0/8"]})))),
         ("POST /api/v1/pools/{pool}/archive", res(&["/api/v1/pools/b/archive"], "/api/v1/pools/a/archive", "/api/v1/pools/zz-none/archive", None)),
         ("POST /api/v1/pools/{pool}/restore", res(&["/api/v1/pools/b/restore"], "/api/v1/pools/a/restore", "/api/v1/pools/zz-none/restore", None)),
         ("GET /api/v1/pools/{pool}/activity", res(&["/api/v1/pools/b/activity"], "/api/v1/pools/a/activity", "/api/v1/pools/zz-none/activity", None)),

@@ -4,6 +4,8 @@
 # shows. Prints numbers; asserts nothing. Everything binds 127.0.0.1 on OS-chosen ports and is
 # stopped (by PID) on exit.
 #   scripts/bench.sh [DURATION_SECS=10] [CONCURRENCY=16] [ACCOUNTS=4]
+# BENCH_ALLOWED_CIDRS=127.0.0.1/32[,...] gives the pool a client allowlist, so every request pays
+# the filter's client-address check; CODEXMESH_WASM=FILE benchmarks another build of the module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
@@ -52,6 +54,10 @@ export CODEXMESH_OAUTH_TOKEN_URL="http://127.0.0.1:$sim_port/oauth/token"
 export CODEXMESH_PUSH_TOKEN="bench-$$-$RANDOM" CODEXMESH_QUOTA_POLL_INTERVAL_SECS=0
 cm=target/release/codexmesh
 $cm pool create bench --json >/dev/null
+allow=()
+cidrs="${BENCH_ALLOWED_CIDRS:-}"
+for cidr in ${cidrs//,/ }; do allow+=(--allow-cidr "$cidr"); done
+if [ ${#allow[@]} -gt 0 ]; then $cm pool set-network bench "${allow[@]}" --json >/dev/null; fi
 for i in $(seq 1 "$accounts"); do
   curl -sf -XPOST -H 'content-type: application/json' -d '{}' "http://127.0.0.1:$sim_port/__sim/accounts" |
     json "['auth_json']" >"$work/a$i.json"

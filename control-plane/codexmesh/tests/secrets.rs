@@ -297,6 +297,7 @@ async fn serve_keeps_pushing_the_right_tokens_across_a_rotation() -> TestResult 
             pb::ReportBatch {
                 node_id: "rotation-test".into(),
                 outcomes: vec![unauthorized],
+                ..Default::default()
             },
             &token,
         )?)

@@ -14,6 +14,8 @@
 //! - [`operators`]: operators, roles, API tokens and who may see or change which pool;
 //! - [`network`]: CIDR lists (pool allowlists, the admin allowlist, trusted proxies);
 //! - [`ids`]: identifiers and the names people give things;
+//! - [`declarative`], [`declarative_plan`]: `codexmesh apply`'s documents (read, checked,
+//!   written back) and what applying them to a store's state changes;
 //! - [`util`]: the clock, random values, constant-time token checks, times for people.
 #![forbid(unsafe_code)]
 
@@ -62,6 +64,8 @@ macro_rules! string_enum {
 
 pub mod activity;
 pub mod credentials;
+pub mod declarative;
+pub mod declarative_plan;
 pub mod health;
 pub mod ids;
 pub mod keys;

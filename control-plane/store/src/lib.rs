@@ -17,7 +17,8 @@
 //! Dependencies point one way: leaves ← `tx` ← aggregates (and `audit` ← the writers, `quota` ←
 //! `snapshot_data`, `sealing` ← `accounts`, `operators`, `rotation`); no aggregate uses another
 //! otherwise. Public modules: `crypto` (keys, sealing), `keyfile` (where keys come from),
-//! `files`.
+//! `files`. `declarative` (`codexmesh apply`: a whole plan in one transaction) writes across
+//! aggregates with its own statements and `routing`'s routing writer.
 
 pub mod crypto;
 pub mod files;
@@ -26,6 +27,7 @@ pub mod keyfile;
 mod accounts;
 mod activity;
 mod audit;
+mod declarative;
 mod envoys;
 mod error;
 mod keys;
@@ -52,6 +54,7 @@ use sqlx::AnyPool;
 // modules stay private: their methods are on `Store`.
 pub use activity::{ActivityQuery, ACTIVITY_MAX_ROWS};
 pub use audit::AuditFilter;
+pub use declarative::{Applied, NewKey};
 pub use codexmesh_model::records::*;
 pub use envoys::{
     AckedVersion, EnvoyNode, RejectedVersion, SnapshotVerdict, ENVOY_NODE_RETENTION_MS,

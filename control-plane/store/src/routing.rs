@@ -103,7 +103,7 @@ async fn resolve_primary_tx(
 }
 
 /// Writes every routing column of a `pools` or `pool_keys` row (same column names in both).
-async fn write_routing_tx(
+pub(crate) async fn write_routing_tx(
     tx: &mut Transaction<'static, Any>,
     table: &'static str,
     id: &str,

@@ -833,6 +833,8 @@ pub fn to_yaml(docs: &[Document]) -> String {
 
 /// Where a field goes in written YAML (lower first); unknown names last, by name.
 fn field_rank(name: &str) -> usize {
+    // Names of different mappings never meet, so one list orders them all: a key's label
+    // before its routing, the pool's routing before its accounts and keys.
     const ORDER: &[&str] = &[
         "api_version",
         "kind",
@@ -841,6 +843,11 @@ fn field_rank(name: &str) -> usize {
         "spec",
         "role",
         "pools",
+        "account",
+        "priority",
+        "weight",
+        "label",
+        "operator",
         "routing",
         "strategy",
         "max_attempts",
@@ -853,12 +860,7 @@ fn field_rank(name: &str) -> usize {
         "cooldown_max_ms",
         "websockets",
         "accounts",
-        "account",
-        "priority",
-        "weight",
         "keys",
-        "label",
-        "operator",
         "network",
         "allowed_cidrs",
     ];
@@ -869,9 +871,11 @@ fn yaml_of(v: &Value) -> Yaml {
     match v {
         Value::Null => Yaml::Null,
         Value::Bool(b) => Yaml::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Yaml::Integer(i),
-            None => Yaml::Real(n.to_string()),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Yaml::Integer(i),
+            // A whole percentage reads back the same as `90`.
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => Yaml::Integer(f as i64),
+            _ => Yaml::Real(n.to_string()),
         },
         Value::String(s) => Yaml::String(s.clone()),
         Value::Array(items) => Yaml::Array(items.iter().map(yaml_of).collect()),

@@ -1072,6 +1072,13 @@ pub fn export_pools(state: &ConfigState, access: &Access, name: Option<&str>) ->
             .filter_map(|a| a.membership(&p.id).map(|m| (a, m.priority, m.weight)))
             .collect();
         members.sort_by(|a, b| (a.1, &a.0.label, &a.0.id).cmp(&(b.1, &b.0.label, &b.0.id)));
+        // Oldest first; keys made by one apply (the same millisecond) by label.
+        let mut keys: Vec<&PoolKey> = state
+            .keys
+            .iter()
+            .filter(|k| k.pool_id == p.id && k.status == KeyStatus::Active)
+            .collect();
+        keys.sort_by(|a, b| (a.created_at_ms, &a.label).cmp(&(b.created_at_ms, &b.label)));
         let routing = |r: &Routing| {
             RoutingDoc::from_routing(
                 r,
@@ -1090,10 +1097,8 @@ pub fn export_pools(state: &ConfigState, access: &Access, name: Option<&str>) ->
                     weight: *weight,
                 })
                 .collect(),
-            keys: state
-                .keys
+            keys: keys
                 .iter()
-                .filter(|k| k.pool_id == p.id && k.status == KeyStatus::Active)
                 .map(|k| KeyDoc {
                     label: k.label.clone(),
                     operator: k.operator,

@@ -292,13 +292,12 @@ async fn run_step_tx(
             .bind(account_id.clone())
             .execute(&mut **tx)
             .await?;
-            let gone = sqlx::query(
-                "DELETE FROM pool_memberships WHERE pool_id = $1 AND account_id = $2",
-            )
-            .bind(id)
-            .bind(account_id.clone())
-            .execute(&mut **tx)
-            .await?;
+            let gone =
+                sqlx::query("DELETE FROM pool_memberships WHERE pool_id = $1 AND account_id = $2")
+                    .bind(id)
+                    .bind(account_id.clone())
+                    .execute(&mut **tx)
+                    .await?;
             let left: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM pool_memberships WHERE account_id = $1")
                     .bind(account_id.clone())
@@ -574,7 +573,11 @@ mod tests {
         assert_eq!(
             audit
                 .iter()
-                .filter(|a| a.detail.as_deref().unwrap_or("").contains("\"via\":\"apply\""))
+                .filter(|a| a
+                    .detail
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("\"via\":\"apply\""))
                 .count(),
             3
         );

@@ -54,8 +54,8 @@ use sqlx::AnyPool;
 // modules stay private: their methods are on `Store`.
 pub use activity::{ActivityQuery, ACTIVITY_MAX_ROWS};
 pub use audit::AuditFilter;
-pub use declarative::{Applied, NewKey};
 pub use codexmesh_model::records::*;
+pub use declarative::{Applied, NewKey};
 pub use envoys::{
     AckedVersion, EnvoyNode, RejectedVersion, SnapshotVerdict, ENVOY_NODE_RETENTION_MS,
     MAX_ENVOY_NODES,

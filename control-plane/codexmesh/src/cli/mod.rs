@@ -15,13 +15,15 @@ use clap::{Parser, Subcommand};
 use crate::envoy_bootstrap::BootstrapError;
 use crate::up::UpError;
 use codexmesh_engine::config::{ConfigError, Settings, SettingsFlags};
-use codexmesh_engine::ops::{Notice, Ops, OpsError, Outcome};
+use codexmesh_engine::ops::{ErrorKind, Notice, Ops, OpsError, Outcome};
 use codexmesh_engine::server::ServeError;
 use codexmesh_model::routing::{InvalidSetting, RawRoutingFlags, RoutingPatch};
 use codexmesh_store::{Actor, StoreError};
 
 mod account;
+mod apply;
 mod envoy_bootstrap;
+mod get;
 mod key;
 mod operator;
 mod output;
@@ -79,6 +81,10 @@ pub enum Command {
     EnvoyBootstrap(envoy_bootstrap::Args),
     /// Laptop mode: store, a default pool and key, serve, and Envoy, in one command
     Up(up::Args),
+    /// Create or update pools, memberships, keys and operators' pools from YAML documents
+    Apply(apply::Args),
+    /// Print pools or operators as the documents `apply` reads
+    Get(get::Args),
 }
 
 /// What every command runs with: the use cases' context and the output.
@@ -184,6 +190,7 @@ impl CliError {
         match self {
             // A bad input file is a usage error, like clap's own (2).
             CliError::Ops(OpsError::AuthJson { .. }) => 2,
+            CliError::Ops(e @ OpsError::Document(_)) if e.kind() == ErrorKind::Invalid => 2,
             _ => 1,
         }
     }
@@ -252,6 +259,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve::execute(args, &ctx).await,
         Command::EnvoyBootstrap(args) => envoy_bootstrap::execute(args, &ctx),
         Command::Up(args) => up::execute(args, &ctx).await,
+        Command::Apply(args) => apply::execute(args, &ctx).await,
+        Command::Get(args) => get::execute(args, &ctx).await,
     }
 }
 

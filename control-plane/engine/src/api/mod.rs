@@ -40,6 +40,7 @@ use crate::ops::{self, ErrorKind, Notice, Ops, OpsError};
 use codexmesh_model::operators::Access;
 
 mod accounts;
+mod config;
 mod events;
 mod keys;
 mod logins;
@@ -544,6 +545,7 @@ fn api_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(events::routes())
         .merge(logins::routes())
         .merge(operators::protected_routes())
+        .merge(config::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -572,7 +574,8 @@ fn document() -> utoipa::openapi::OpenApi {
         .merge(reports::routes())
         .merge(events::routes())
         .merge(logins::routes())
-        .merge(operators::protected_routes());
+        .merge(operators::protected_routes())
+        .merge(config::routes());
     router.to_openapi()
 }
 

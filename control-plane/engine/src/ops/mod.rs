@@ -1,6 +1,7 @@
 //! The use cases every surface calls: the CLI today, the admin API (reports), later the dashboard
 //! and MCP. One function per use case, grouped by aggregate: [`pools`], [`accounts`], [`keys`],
-//! [`reports`], [`overview`], [`operators`], [`secrets`] (the master key).
+//! [`reports`], [`overview`], [`operators`], [`secrets`] (the master key); [`declarative`] applies
+//! and states documents.
 //!
 //! Rules this module keeps:
 //! - a use case decides, validates and writes; a surface only parses its input, calls it and
@@ -22,12 +23,14 @@ use tokio::sync::OnceCell;
 
 use crate::config::{ConfigError, Settings};
 use codexmesh_model::credentials::AuthJsonError;
+use codexmesh_model::declarative::{ConfigError as DocumentError, ConfigErrorKind};
 use codexmesh_model::operators::{Access, Principal};
 use codexmesh_model::routing::InvalidSetting;
 use codexmesh_store::{Actor, Store, StoreError};
 
 pub mod accounts;
 pub mod activity;
+pub mod declarative;
 mod guard;
 pub mod keys;
 pub mod operators;
@@ -264,6 +267,10 @@ pub enum OpsError {
     RateLimited(String),
     #[error("this operator signs in with a one-time code too: send it as `totp`")]
     TotpRequired,
+    /// A declarative document is malformed, names what does not exist, or asks for what the
+    /// principal may not do: `FILE:LINE:COLUMN: field.path: message`.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
 }
 
 fn store_kind(e: &StoreError) -> ErrorKind {
@@ -303,6 +310,11 @@ impl OpsError {
             OpsError::Forbidden(_) => ErrorKind::Forbidden,
             OpsError::RateLimited(_) => ErrorKind::RateLimited,
             OpsError::TotpRequired => ErrorKind::TotpRequired,
+            OpsError::Document(e) => match e.kind {
+                ConfigErrorKind::Invalid => ErrorKind::Invalid,
+                ConfigErrorKind::Forbidden => ErrorKind::Forbidden,
+                ConfigErrorKind::Conflict => ErrorKind::Conflict,
+            },
             OpsError::Refresh(e) => match e {
                 RefreshError::NeedsReauth { .. } | RefreshError::LeaseTimeout { .. } => {
                     ErrorKind::Conflict
@@ -334,6 +346,7 @@ impl OpsError {
             OpsError::AuthJson { .. } => Some("auth_json"),
             OpsError::Invalid { field, .. } => Some(field),
             OpsError::RequestLog(RequestLogError::Invalid { field, .. }) => Some(field),
+            OpsError::Document(e) if !e.path.is_empty() => Some(&e.path),
             OpsError::Store(e)
             | OpsError::Refresh(RefreshError::Store(e))
             | OpsError::RequestLog(RequestLogError::Store(e)) => store_field(e),

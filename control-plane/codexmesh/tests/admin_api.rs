@@ -279,6 +279,11 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
             other_body: json!({"label": "t1", "role": "viewer", "pools": ["b"]}),
             own_body: json!({"label": "t2", "role": "viewer", "pools": ["a"]}) }),
         ("POST /api/v1/tokens/{token}/revoke", res_hidden_from_viewers(&["/api/v1/tokens/admin-b-bot/revoke"], "/api/v1/tokens/viewer-a-bot/revoke", "/api/v1/tokens/zz-none/revoke", None)),
+        // Declarative documents: GET states what the caller sees; PUT naming another tenant's
+        // pool is refused as creating a pool (owners only), worded as for a name nobody has.
+        ("GET /api/v1/config", list("/api/v1/config?format=json")),
+        ("PUT /api/v1/config", Isolation::OwnersOnly { path: "/api/v1/config",
+            body: json!({"api_version": "codexmesh.dev/v1", "kind": "Pool", "metadata": {"name": "b"}}) }),
         ("GET /api/v1/me", me("/api/v1/me", None, 200)),
         ("DELETE /api/v1/session", me("/api/v1/session", None, 400)),
         ("POST /api/v1/me/totp", me("/api/v1/me/totp", None, 403)),

@@ -1156,6 +1156,7 @@ mod tests {
             routing: Routing::default(),
             created_at_ms: 0,
             archived_at_ms: None,
+            allowed_cidrs: Default::default(),
         }
     }
 

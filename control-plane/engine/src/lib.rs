@@ -19,7 +19,8 @@
 //! - [`snapshot`]: builds, encodes and publishes what the filters run on;
 //! - `refresh`, `oauth`, `login`: tokens and the auth server;
 //! - `quota`: active quota polls and the evidence write;
-//! - `status`, `requests`: the reports operators read (through [`ops::reports`]).
+//! - `status`, `requests`: the reports operators read (through [`ops::reports`]);
+//! - `metrics`: the Prometheus metrics (`/metrics`) and the readiness check (`/readyz`).
 
 mod api;
 pub mod config;
@@ -27,6 +28,7 @@ mod dashboard;
 mod envoys;
 mod lifecycle;
 mod login;
+mod metrics;
 mod oauth;
 pub mod ops;
 mod push;

@@ -417,6 +417,9 @@ impl Poller {
             timeout,
         )
         .await?;
+        if let Some(m) = self.refresher.metrics() {
+            m.quota_poll(crate::metrics::PollOutcome::of(&polled));
+        }
         match polled {
             Polled::Recorded { bumped } => {
                 if bumped {

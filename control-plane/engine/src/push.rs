@@ -38,6 +38,7 @@ use tower_service::Service;
 
 use crate::config::Secret;
 use crate::envoys::{Envoys, Registration};
+use crate::metrics::{Metrics, Tally};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::{OutcomeRecord, QuotaWindowRecord, SnapshotVerdict, Store, StoreError};
 
@@ -160,6 +161,7 @@ pub struct MeshService<S> {
     heartbeat: Duration,
     shutdown: CancellationToken,
     envoys: Envoys,
+    metrics: Option<Metrics>,
 }
 
 impl<S: OutcomeSink> MeshService<S> {
@@ -179,7 +181,14 @@ impl<S: OutcomeSink> MeshService<S> {
             heartbeat,
             shutdown,
             envoys: Envoys::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts pushed frames and reported outcomes in `metrics` (`serve`'s `/metrics`).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Records subscriptions and reported versions in `envoys` (the admin API's view).
@@ -197,6 +206,7 @@ impl<S: OutcomeSink> MeshService<S> {
             heartbeat: self.heartbeat,
             shutdown: self.shutdown.clone(),
             envoys: self.envoys.clone(),
+            metrics: self.metrics.clone(),
         });
         MeshRoutes {
             subscribe,
@@ -358,8 +368,13 @@ impl<S: OutcomeSink> Mesh for MeshService<S> {
             self.envoys.reported(&node, version);
         }
         let records: Vec<OutcomeRecord> = batch.outcomes.iter().map(outcome_record).collect();
+        // Counted once the store took them (a refused report is sent again).
+        let tally = self.metrics.as_ref().map(|_| Tally::of(&records));
         match self.sink.record(&node, records).await {
             Ok(accepted) => {
+                if let (Some(m), Some(tally)) = (&self.metrics, tally) {
+                    m.reported(tally);
+                }
                 tracing::debug!(node = %node, accepted, "report stored");
                 Ok(Response::new(pb::ReportAck { accepted }))
             }
@@ -421,6 +436,7 @@ struct SubscribeRoute {
     heartbeat: Duration,
     shutdown: CancellationToken,
     envoys: Envoys,
+    metrics: Option<Metrics>,
 }
 
 impl SubscribeRoute {
@@ -475,7 +491,8 @@ impl SubscribeRoute {
             self.shutdown.clone(),
             node,
         )
-        .registered(registration);
+        .registered(registration)
+        .counted(self.metrics.clone());
         let mut response = http::Response::new(tonic::body::Body::new(body));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -537,6 +554,8 @@ struct SubscribeBody {
     done: bool,
     /// In the Envoys registry while the stream lives.
     registration: Option<Registration>,
+    /// Counts the frames written (`codexmesh_snapshot_pushes_total`).
+    metrics: Option<Metrics>,
 }
 
 impl SubscribeBody {
@@ -556,11 +575,17 @@ impl SubscribeBody {
             node,
             done: false,
             registration: None,
+            metrics: None,
         }
     }
 
     fn registered(mut self, registration: Registration) -> Self {
         self.registration = Some(registration);
+        self
+    }
+
+    fn counted(mut self, metrics: Option<Metrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -603,6 +628,9 @@ impl http_body::Body for SubscribeBody {
                     this.sent = Some(frame.version);
                     if let Some(r) = &this.registration {
                         r.sent(frame.version);
+                    }
+                    if let Some(m) = &this.metrics {
+                        m.pushed();
                     }
                     this.rearm_heartbeat();
                     tracing::debug!(node = %this.node, version = frame.version, "sent snapshot");
@@ -832,6 +860,7 @@ mod tests {
             heartbeat: Duration::from_secs(60),
             shutdown: CancellationToken::new(),
             envoys: Envoys::default(),
+            metrics: None,
         }
     }
 

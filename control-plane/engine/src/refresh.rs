@@ -183,6 +183,8 @@ struct Inner {
     /// Told after every store write that changes the snapshot.
     changed: Option<Arc<Notify>>,
     tasks: TaskTracker,
+    /// `serve`'s metrics (refresh outcomes), set once after start; the CLI has none.
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 /// The refresher. Cheap to clone.
@@ -217,6 +219,7 @@ impl Refresher {
                 forced: Mutex::new(HashSet::new()),
                 changed,
                 tasks: TaskTracker::new(),
+                metrics: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -235,6 +238,23 @@ impl Refresher {
 
     pub fn holder(&self) -> &str {
         &self.inner.holder
+    }
+
+    /// Records refresh outcomes (and, through [`Refresher::metrics`], the poller's) into
+    /// `metrics` from now on; only the first call counts.
+    pub fn record_into(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// The metrics this refresher records into, when `serve` set them.
+    pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.inner.metrics.get()
+    }
+
+    fn count(&self, outcome: crate::metrics::RefreshOutcome) {
+        if let Some(m) = self.metrics() {
+            m.refresh(outcome);
+        }
     }
 
     /// Background refreshes started by [`Refresher::force`]: wait for them at shutdown.
@@ -350,7 +370,11 @@ impl Refresher {
                     plan: claims.as_ref().and_then(|c| c.plan.clone()),
                     email: claims.and_then(|c| c.email),
                 };
-                let revision = self.persist(account_id, &acc.label, &tokens).await?;
+                let revision = self
+                    .persist(account_id, &acc.label, &tokens)
+                    .await
+                    .inspect_err(|_| self.count(crate::metrics::RefreshOutcome::Failed))?;
+                self.count(crate::metrics::RefreshOutcome::Ok);
                 #[cfg(feature = "test-faults")]
                 if self.inner.cfg.fault == Some(Fault::KillAfterRefreshPersist) {
                     tracing::warn!("test fault kill_after_refresh_persist: SIGKILL now");
@@ -372,6 +396,7 @@ impl Refresher {
                 })
             }
             Err(TokenError::Permanent { code }) => {
+                self.count(crate::metrics::RefreshOutcome::NeedsReauth);
                 let detail = format!("token endpoint refused the refresh token: {code}");
                 store
                     .mark_needs_reauth(&self.inner.actor, account_id, &code, &detail)
@@ -388,6 +413,7 @@ impl Refresher {
                 })
             }
             Err(e) => {
+                self.count(crate::metrics::RefreshOutcome::Failed);
                 let failures = acc.refresh_failures.saturating_add(1);
                 let delay = backoff_ms(failures, unit_random());
                 store

@@ -104,6 +104,9 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     );
 
     let envoys = crate::envoys::Envoys::default();
+    // One registry for this process: refresh and poll outcomes, pushes, reported traffic.
+    let metrics = crate::metrics::Metrics::new(hub.subscribe(), envoys.clone());
+    lifecycle.refresher().record_into(metrics.clone());
     let service = MeshService::new(
         hub.frames(),
         &push_token,
@@ -111,7 +114,8 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         settings.heartbeat_interval,
         cancel.clone(),
     )
-    .with_envoys(envoys.clone());
+    .with_envoys(envoys.clone())
+    .with_metrics(metrics.clone());
     let grpc = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -133,7 +137,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         let cancel = cancel.clone();
         let ops =
             crate::ops::Ops::with_store(settings.clone(), Actor::new("api".to_owned()), store);
-        let app = crate::api::router(ops, envoys, hub.subscribe(), cancel.clone());
+        let app = crate::api::router(ops, envoys, hub.subscribe(), cancel.clone(), metrics);
         tokio::spawn(async move {
             let result = axum::serve(
                 admin_listener,

@@ -5,8 +5,8 @@
 //! Rules this module keeps:
 //! - a handler parses its HTTP input, calls one use case in [`crate::ops`] with an [`Ops`] acting
 //!   for the caller ([`Caller::ops`]), and renders the result; no workflow is written here;
-//! - every route but the open ones (sign-in, bootstrap, the OpenAPI document, `/healthz`) needs a
-//!   caller: `Authorization: Bearer` with a session token or an API token (`cma_…`), or the
+//! - every route but the open ones (sign-in, bootstrap, the OpenAPI document, `/healthz`,
+//!   `/readyz`) needs a caller (`/metrics` one that sees every pool: see `probes`): `Authorization: Bearer` with a session token or an API token (`cma_…`), or the
 //!   session cookie — and with the cookie, a state-changing method also needs the
 //!   `X-CSRF-Token` header that sign-in returned (bound to the session: see [`csrf_token_for`]);
 //! - bodies are JSON of at most [`MAX_BODY_BYTES`] (else 413); unknown fields and parameters are
@@ -46,6 +46,7 @@ mod keys;
 mod logins;
 mod operators;
 mod pools;
+mod probes;
 mod reports;
 
 /// The largest request body accepted (an auth.json is far smaller).
@@ -63,6 +64,7 @@ pub(crate) struct ApiState {
     envoys: crate::envoys::Envoys,
     live: events::Live,
     logins: logins::Logins,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Who is calling, from where, and how it proved it (a request extension set by
@@ -587,12 +589,14 @@ pub(crate) fn router(
     envoys: crate::envoys::Envoys,
     snapshots: tokio::sync::watch::Receiver<Arc<codexmesh_proto::v1::Snapshot>>,
     shutdown: tokio_util::sync::CancellationToken,
+    metrics: crate::metrics::Metrics,
 ) -> Router {
     let state = ApiState {
         base: Arc::new(ops),
         envoys,
         live: events::Live::new(snapshots, shutdown),
         logins: logins::Logins::default(),
+        metrics,
     };
     let (api, doc) = api_routes(&state).split_for_parts();
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
@@ -606,6 +610,7 @@ pub(crate) fn router(
             }),
         )
         .merge(api)
+        .merge(probes::routes(&state))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -146,23 +146,42 @@ fn state_counts(states: impl Iterator<Item = AccountState>) -> StateCounts {
     c
 }
 
+/// One member's evidence for one window, as the headroom mean needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MemberWindow {
+    /// Used % as routing sees it (0 once the reset time passed).
+    pub used_percent: f64,
+    /// Unix seconds; 0 = unknown.
+    pub resets_at_unix: i64,
+}
+
+impl From<&WindowView> for MemberWindow {
+    fn from(w: &WindowView) -> Self {
+        Self {
+            used_percent: w.used_percent,
+            resets_at_unix: w.resets_at_unix,
+        }
+    }
+}
+
 /// Each member's state, weight in the pool and one window (`window` picks it).
 fn members<'a>(
     p: &'a PoolStatus,
     window: impl Fn(&'a QuotaView) -> Option<&'a WindowView> + 'a,
-) -> impl Iterator<Item = (AccountState, u32, Option<&'a WindowView>)> + 'a {
+) -> impl Iterator<Item = (AccountState, u32, Option<MemberWindow>)> + 'a {
     p.accounts.iter().map(move |a| {
         (
             a.account.state,
             a.account.weight,
-            a.quota.as_ref().and_then(&window),
+            a.quota.as_ref().and_then(&window).map(MemberWindow::from),
         )
     })
 }
 
-/// [`WindowHeadroom`] of one window over `(state, weight, window)` of each member.
-fn headroom<'a>(
-    members: impl Iterator<Item = (AccountState, u32, Option<&'a WindowView>)>,
+/// [`WindowHeadroom`] of one window over `(state, weight, window)` of each member (also what
+/// `/metrics` reports per pool, from the snapshot).
+pub(crate) fn headroom(
+    members: impl Iterator<Item = (AccountState, u32, Option<MemberWindow>)>,
     now_unix: i64,
 ) -> WindowHeadroom {
     let (mut sum, mut weights, mut accounts) = (0.0f64, 0u64, 0u32);
@@ -212,11 +231,16 @@ mod tests {
     #[test]
     fn headroom_is_the_weighted_mean_over_active_accounts_with_evidence() {
         let (w20, w60, w100) = (window(20.0, 500), window(60.0, 300), window(100.0, 200));
+        let (w20, w60, w100) = (
+            MemberWindow::from(&w20),
+            MemberWindow::from(&w60),
+            MemberWindow::from(&w100),
+        );
         let pool = [
-            (AccountState::Active, 1, Some(&w20)),
-            (AccountState::Active, 3, Some(&w60)),
+            (AccountState::Active, 1, Some(w20)),
+            (AccountState::Active, 3, Some(w60)),
             // Not active, or no evidence: left out.
-            (AccountState::Paused, 5, Some(&w100)),
+            (AccountState::Paused, 5, Some(w100)),
             (AccountState::Active, 2, None),
             (AccountState::NeedsReauth, 1, None),
         ];

@@ -20,6 +20,7 @@ pub mod pool_index;
 pub mod ranker;
 pub mod routing;
 pub mod snapshot;
+pub mod stats;
 pub mod supervisor;
 pub mod translate;
 pub mod turnstate;

@@ -18,6 +18,7 @@ use codexmesh_filter_core::headers::RequestHead;
 use codexmesh_filter_core::ranker;
 use codexmesh_filter_core::routing::{self, Limits, RouteInput, PROBE_RESERVATION_MS};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
+use codexmesh_filter_core::stats::PoolCounter;
 use codexmesh_filter_core::translate::IGNORED_PARAMS_HEADER;
 use codexmesh_filter_core::{auth, network, pb, turnstate, usage};
 
@@ -25,7 +26,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use crate::translation::{self, AnswerShape};
-use crate::{cache, host, reply_error};
+use crate::{cache, host, metrics, reply_error};
 
 thread_local! {
     /// Round-robin turn for this worker.
@@ -101,7 +102,12 @@ impl HttpContext for Downstream {
             };
         let authed = match authenticate(&head) {
             Ok(a) => a,
-            Err(err) => return reply_error(&err),
+            Err(err) => {
+                if err.status() == 401 {
+                    metrics::key_refused();
+                }
+                return reply_error(&err);
+            }
         };
         if let Err(err) = admit_client(&authed, &head) {
             return reply_error(&err);
@@ -407,7 +413,12 @@ impl Downstream {
             turn_state_account: turn_state_account.as_deref(),
             turn,
         };
-        let ranking = ranker::rank(&snapshot, authed.pool_ix, settings, &local, input, now_ms)?;
+        let ranking = ranker::rank(&snapshot, authed.pool_ix, settings, &local, input, now_ms)
+            .inspect_err(|err| {
+                if err.kind == ErrorKind::PoolExhausted {
+                    metrics::count(&pool.name, PoolCounter::PoolExhausted);
+                }
+            })?;
         if !ranking.probes.is_empty() {
             claim_probes(&ranking.probes, now_ms);
         }
@@ -430,6 +441,7 @@ impl Downstream {
             &attempts.saturating_sub(1).to_string(),
         )
         .map_err(|_| internal("set the retry bound"))?;
+        metrics::count(&pool.name, PoolCounter::Requests);
         self.routed = Some(authed);
         Ok(())
     }
@@ -450,7 +462,10 @@ impl Downstream {
             now_ms,
         );
         match ranked {
-            Err(err) if err.kind == ErrorKind::PoolExhausted => Some(err),
+            Err(err) if err.kind == ErrorKind::PoolExhausted => {
+                metrics::count(&pool.name, PoolCounter::PoolExhausted);
+                Some(err)
+            }
             _ => None,
         }
     }

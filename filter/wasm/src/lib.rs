@@ -6,6 +6,7 @@
 mod cache;
 mod downstream;
 mod host;
+mod metrics;
 mod service;
 mod translation;
 mod upstream;

@@ -11,6 +11,7 @@ use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQu
 use codexmesh_filter_core::outbox::Outbox;
 use codexmesh_filter_core::pb;
 use codexmesh_filter_core::routing::{self, Limits};
+use codexmesh_filter_core::stats::PoolCounter;
 use codexmesh_filter_core::translate::responses::{Outcome, OutcomeScanner};
 use codexmesh_filter_core::turnstate;
 use codexmesh_filter_core::verdict::{self, NoAnswer, Verdict};
@@ -18,7 +19,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
-use crate::{cache, host, reply_error, OUTCOME_QUEUE, VM_ID};
+use crate::{cache, host, metrics, reply_error, OUTCOME_QUEUE, VM_ID};
 
 /// Error bodies larger than this are not read (they are not the upstream's JSON errors).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -166,7 +167,8 @@ impl Upstream {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(1)
             .max(1);
-        let settings = snapshot.pool_by_id(&handoff.pool_id).and_then(|pool| {
+        let pool = snapshot.pool_by_id(&handoff.pool_id);
+        let settings = pool.and_then(|pool| {
             let key = pool.keys.iter().find(|k| k.id == handoff.key_id)?;
             routing::effective_routing(pool, key)
         });
@@ -208,6 +210,11 @@ impl Upstream {
             .map_err(failed)?;
         // Envoy's retry bookkeeping is ours, not the upstream's business.
         let _ = host::remove_request_header("x-envoy-max-retries");
+        if attempt > 1 {
+            if let Some(pool) = pool {
+                metrics::count(&pool.name, PoolCounter::Failovers);
+            }
+        }
         self.attempt = Some(Attempt {
             account_id: account.id.clone(),
             token_fp: token_fingerprint(&account.access_token),
@@ -254,6 +261,14 @@ impl Upstream {
             }
         }
         attempt.status = Some(status);
+        if status == 429 {
+            if let Some(pool) = cache::current()
+                .as_ref()
+                .and_then(|s| s.pool_by_id(&attempt.handoff.pool_id))
+            {
+                metrics::count(&pool.name, PoolCounter::Upstream429);
+            }
+        }
         attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
         attempt.quota = evidence::quota_from_headers(lookup, now_ms);
         attempt.retry_after_ms = verdict::parse_retry_after(lookup("retry-after"), now_ms);

@@ -461,6 +461,21 @@ mod tests {
         }
     }
 
+    /// The filter's per-pool counters (`codexmesh.filter.pool.<pool>.<counter>`, which Envoy
+    /// prefixes with `wasmcustom.`) get their pool as the `codexmesh_pool` label, and the rest
+    /// of the name loses the pool: `codexmesh_filter_<counter>{codexmesh_pool="<pool>"}` in
+    /// `/stats/prometheus` (checked against a real Envoy by `tests/e2e/tests/metrics.rs`).
+    #[test]
+    fn filter_counters_get_their_pool_as_a_label() {
+        let yaml = render(&params("http://127.0.0.1:1")).unwrap();
+        let stats = &yaml[yaml.find("stats_config:").expect("stats_config")..];
+        assert!(stats.contains("- tag_name: codexmesh_pool"), "{stats}");
+        assert!(
+            stats.contains(r"regex: '^wasmcustom\.codexmesh\.filter\.(pool\.([A-Za-z0-9_-]+)\.)'"),
+            "{stats}"
+        );
+    }
+
     #[test]
     fn rejects_bad_inputs() {
         assert!(matches!(

@@ -412,15 +412,25 @@ fn counter(
     ConstCounter::new(value).encode(encoder)
 }
 
-/// Per node id: the newest version sent and run over all of its streams.
-fn envoy_versions(list: &[EnvoyView]) -> BTreeMap<String, (Option<u64>, Option<u64>)> {
-    let mut nodes: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+/// The versions `codexmesh_envoy_snapshot_version` shows per Envoy, by `kind`.
+type VersionOf = fn(&EnvoyView) -> Option<u64>;
+const VERSION_KINDS: [(&str, VersionOf); 2] = [
+    ("sent", |v| v.sent_version),
+    ("running", |v| v.running_version),
+];
+
+/// Per node id and kind: the newest version over all of the node's streams.
+fn envoy_versions(list: &[EnvoyView]) -> BTreeMap<(String, &'static str), u64> {
+    let mut out = BTreeMap::new();
     for v in list {
-        let e = nodes.entry(v.node_id.clone()).or_default();
-        e.0 = e.0.max(v.sent_version);
-        e.1 = e.1.max(v.running_version);
+        for (kind, version_of) in VERSION_KINDS {
+            if let Some(version) = version_of(v) {
+                let e = out.entry((v.node_id.clone(), kind)).or_insert(version);
+                *e = (*e).max(version);
+            }
+        }
     }
-    nodes
+    out
 }
 
 impl Collector for Live {
@@ -447,16 +457,11 @@ impl Collector for Live {
             gauge,
         )?;
         let mut versions = Vec::new();
-        for (node, (sent, running)) in envoy_versions(&envoys) {
-            let node = escape_label(&node);
-            for (kind, v) in [("sent", sent), ("running", running)] {
-                if let Some(v) = v {
-                    versions.push((
-                        vec![("node", node.clone()), ("kind", kind.to_owned())],
-                        int(v),
-                    ));
-                }
-            }
+        for ((node, kind), version) in envoy_versions(&envoys) {
+            versions.push((
+                vec![("node", escape_label(&node)), ("kind", kind.to_owned())],
+                int(version),
+            ));
         }
         family(
             &mut encoder,

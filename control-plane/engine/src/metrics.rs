@@ -15,7 +15,7 @@
 //!   does not know is dropped there;
 //! - a label is a pool name, an account label or id, a node id: never a token, a key or a
 //!   prompt; every label value is escaped for the text format ([`escape_label`]);
-//! - headroom is the overview's ([`crate::ops::overview::headroom`]), not a second formula.
+//! - headroom is the overview's formula ([`codexmesh_model::headroom`]), not a second one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +31,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::envoys::{EnvoyView, Envoys};
-use crate::ops::overview::{self, MemberWindow, WindowHeadroom};
+use codexmesh_model::headroom::{self, MemberWindow, WindowHeadroom};
 use codexmesh_model::health::{self, Class};
 use codexmesh_model::quota::effective_used;
 use codexmesh_model::records::{AccountState, WindowEvidence};
@@ -360,7 +360,7 @@ fn pool_headroom(
         });
         Some((state, a.weight.max(1), w))
     });
-    overview::headroom(members, now_unix)
+    headroom::headroom(members, now_unix)
 }
 
 /// Everything computed at scrape time.

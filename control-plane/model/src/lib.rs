@@ -8,6 +8,7 @@
 //! - [`records`]: pools, accounts, keys, quota evidence, outcomes as the store keeps them;
 //! - [`routing`]: routing settings, their views and how a change to them is parsed and checked;
 //! - [`quota`]: what quota evidence says and how two pieces of it merge;
+//! - [`headroom`]: how much of a quota window is left across a pool;
 //! - [`health`]: the 0–100 health score from outcome windows;
 //! - [`credentials`]: Codex `auth.json` and the JWT claims read from it;
 //! - [`keys`]: pool keys (format, hashing);
@@ -66,6 +67,7 @@ pub mod activity;
 pub mod credentials;
 pub mod declarative;
 pub mod declarative_plan;
+pub mod headroom;
 pub mod health;
 pub mod ids;
 pub mod keys;

@@ -4,7 +4,8 @@
 //!
 //! Rules: built from the status report and the activity use case (no query of its own), so it
 //! shows exactly what those show the same principal: its pools only (archived ones left out),
-//! each account with the pool's weight. Headroom is defined once, in [`WindowHeadroom`].
+//! each account with the pool's weight. Headroom is defined once, in
+//! [`codexmesh_model::headroom`] (which `/metrics` shows too).
 //! Nothing is written.
 
 use serde::Serialize;
@@ -12,6 +13,8 @@ use serde::Serialize;
 use super::activity::ActivityRequest;
 use super::{Ops, OpsError, Outcome};
 use crate::status::{PoolStatus, QuotaView, WindowView};
+pub use codexmesh_model::headroom::WindowHeadroom;
+use codexmesh_model::headroom::{headroom, MemberWindow};
 use codexmesh_model::records::AccountState;
 use codexmesh_model::util::now_ms;
 
@@ -51,22 +54,6 @@ pub struct StateCounts {
     pub paused: u32,
     pub cooling_down: u32,
     pub needs_reauth: u32,
-}
-
-/// What is left of one quota window across a pool.
-///
-/// `headroom_percent` is the mean of `100 - used_percent` (clamped to 0..=100; `used_percent`
-/// as routing sees it, 0 once the window's reset time passed) over the pool's **active**
-/// accounts that have evidence for the window, each weighted by its weight in this pool; None
-/// when no active account has evidence. So 100 is "every active account fresh", 0 "all spent",
-/// and a heavy account counts as much as routing sends it. `earliest_reset_unix` is the first
-/// future reset time (Unix seconds) among those accounts: when headroom next comes back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct WindowHeadroom {
-    pub headroom_percent: Option<f64>,
-    /// Active accounts with evidence for this window (those the mean is over).
-    pub accounts: u32,
-    pub earliest_reset_unix: Option<i64>,
 }
 
 /// Requests served in the last hour.
@@ -146,21 +133,10 @@ fn state_counts(states: impl Iterator<Item = AccountState>) -> StateCounts {
     c
 }
 
-/// One member's evidence for one window, as the headroom mean needs it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct MemberWindow {
-    /// Used % as routing sees it (0 once the reset time passed).
-    pub used_percent: f64,
-    /// Unix seconds; 0 = unknown.
-    pub resets_at_unix: i64,
-}
-
-impl From<&WindowView> for MemberWindow {
-    fn from(w: &WindowView) -> Self {
-        Self {
-            used_percent: w.used_percent,
-            resets_at_unix: w.resets_at_unix,
-        }
+fn member_window(w: &WindowView) -> MemberWindow {
+    MemberWindow {
+        used_percent: w.used_percent,
+        resets_at_unix: w.resets_at_unix,
     }
 }
 
@@ -173,43 +149,9 @@ fn members<'a>(
         (
             a.account.state,
             a.account.weight,
-            a.quota.as_ref().and_then(&window).map(MemberWindow::from),
+            a.quota.as_ref().and_then(&window).map(member_window),
         )
     })
-}
-
-/// [`WindowHeadroom`] of one window over `(state, weight, window)` of each member (also what
-/// `/metrics` reports per pool, from the snapshot).
-pub(crate) fn headroom(
-    members: impl Iterator<Item = (AccountState, u32, Option<MemberWindow>)>,
-    now_unix: i64,
-) -> WindowHeadroom {
-    let (mut sum, mut weights, mut accounts) = (0.0f64, 0u64, 0u32);
-    let mut earliest: Option<i64> = None;
-    for (state, weight, w) in members {
-        let Some(w) = w.filter(|_| state == AccountState::Active) else {
-            continue;
-        };
-        let left = (100.0 - w.used_percent).clamp(0.0, 100.0);
-        sum += left * f64::from(weight);
-        weights += u64::from(weight);
-        accounts += 1;
-        if w.resets_at_unix > now_unix {
-            earliest = Some(earliest.map_or(w.resets_at_unix, |e| e.min(w.resets_at_unix)));
-        }
-    }
-    WindowHeadroom {
-        // Weights are at least 1; the guard keeps a zero weight from dividing by zero.
-        headroom_percent: (accounts > 0).then(|| {
-            if weights == 0 {
-                0.0
-            } else {
-                sum / weights as f64
-            }
-        }),
-        accounts,
-        earliest_reset_unix: earliest,
-    }
 }
 
 #[cfg(test)]
@@ -229,38 +171,24 @@ mod tests {
     }
 
     #[test]
-    fn headroom_is_the_weighted_mean_over_active_accounts_with_evidence() {
-        let (w20, w60, w100) = (window(20.0, 500), window(60.0, 300), window(100.0, 200));
-        let (w20, w60, w100) = (
-            MemberWindow::from(&w20),
-            MemberWindow::from(&w60),
-            MemberWindow::from(&w100),
-        );
+    fn members_carry_state_weight_and_the_window_routing_sees() {
+        let (w20, w100) = (window(20.0, 500), window(100.0, 200));
+        let mapped = member_window(&w20);
+        assert_eq!((mapped.used_percent, mapped.resets_at_unix), (20.0, 500));
         let pool = [
-            (AccountState::Active, 1, Some(w20)),
-            (AccountState::Active, 3, Some(w60)),
-            // Not active, or no evidence: left out.
-            (AccountState::Paused, 5, Some(w100)),
-            (AccountState::Active, 2, None),
+            (AccountState::Active, 1, Some(member_window(&w20))),
+            (AccountState::Paused, 5, Some(member_window(&w100))),
             (AccountState::NeedsReauth, 1, None),
         ];
-        let h = headroom(pool.iter().copied(), 100);
-        // (80 * 1 + 40 * 3) / 4 = 50.
-        assert_eq!(h.headroom_percent, Some(50.0));
-        assert_eq!(h.accounts, 2);
-        assert_eq!(h.earliest_reset_unix, Some(300));
-        // A reset in the past is not the next one.
+        // The one formula (codexmesh_model::headroom): only the active account counts.
         assert_eq!(
-            headroom(pool.iter().copied(), 400).earliest_reset_unix,
-            Some(500)
+            headroom(pool.iter().copied(), 100).headroom_percent,
+            Some(80.0)
         );
-        // No evidence at all: unknown, not 100 %.
-        let none = headroom(pool.iter().map(|(s, w, _)| (*s, *w, None)), 100);
-        assert_eq!(none, WindowHeadroom::default());
         let c = state_counts(pool.iter().map(|(s, _, _)| *s));
         assert_eq!(
             (c.total, c.active, c.paused, c.needs_reauth, c.cooling_down),
-            (5, 3, 1, 1, 0)
+            (3, 1, 1, 1, 0)
         );
     }
 }

@@ -165,6 +165,7 @@ async fn metrics_need_a_caller_that_sees_every_pool_and_follow_reports() -> Test
     let mut report = tonic::Request::new(pb::ReportBatch {
         node_id: "metrics-node".into(),
         outcomes: vec![outcome(1, 429, false), outcome(2, 200, true)],
+        ..Default::default()
     });
     report.metadata_mut().insert("authorization", bearer);
     assert_eq!(client.report(report).await?.into_inner().accepted, 2);

@@ -414,9 +414,10 @@ fn counter(
 
 /// The versions `codexmesh_envoy_snapshot_version` shows per Envoy, by `kind`.
 type VersionOf = fn(&EnvoyView) -> Option<u64>;
-const VERSION_KINDS: [(&str, VersionOf); 2] = [
+const VERSION_KINDS: [(&str, VersionOf); 3] = [
     ("sent", |v| v.sent_version),
     ("running", |v| v.running_version),
+    ("acked", |v| v.acked_version),
 ];
 
 /// Per node id and kind: the newest version over all of the node's streams.
@@ -466,8 +467,8 @@ impl Collector for Live {
         family(
             &mut encoder,
             "envoy_snapshot_version",
-            "Per connected Envoy (node id): the newest snapshot version sent to it and the one \
-             its outcome reports say it runs",
+            "Per connected Envoy (node id): the newest snapshot version sent to it, the one its \
+             outcome reports say it runs, and the one its filter accepted (acked)",
             MetricType::Gauge,
             &versions,
             gauge,
@@ -674,6 +675,7 @@ mod tests {
             generated_at_unix_ms: 1,
             pools,
             control_plane_id: "cp".into(),
+            ..pb::Snapshot::default()
         })
     }
 

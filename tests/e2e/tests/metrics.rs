@@ -253,7 +253,11 @@ async fn metrics_move_with_real_traffic() {
     let polls = |cp: &Scrape| value(cp, "codexmesh_quota_polls_total", &[("outcome", "ok")]);
     let (cp3, _) = scraper
         .until("a refresh and quota polls", |cp3, _| {
-            refreshed(cp3) > refreshed(&before) && polls(cp3) >= polls(&before) + 2.0
+            refreshed(cp3) > refreshed(&before)
+                && polls(cp3) >= polls(&before) + 2.0
+                // The filter accepted what it was sent (its ACK).
+                && value(cp3, "codexmesh_envoy_snapshot_version", &[("kind", "acked")])
+                    >= value(&before, "codexmesh_snapshot_version", &[])
         })
         .await;
     // Every change is a new snapshot, pushed to the Envoy.

@@ -65,6 +65,10 @@ spec:
     - account: bob@example.com
       priority: 0
       weight: 1
+  network:
+    allowed_cidrs:
+      - 10.0.0.0/8
+      - 192.168.1.0/24
 ---
 api_version: codexmesh.dev/v1
 kind: Operator
@@ -179,6 +183,13 @@ async fn exercise(store: &Store, dir: &std::path::Path) -> TestResult {
         .ok_or("team-a in the snapshot")?;
     let routing = a.routing.as_ref().ok_or("routing")?;
     assert_eq!(routing.max_attempts, 2);
+    assert!(a.allowed_cidrs.is_empty());
+    let b = snap
+        .pools
+        .iter()
+        .find(|p| p.name == "team-b")
+        .ok_or("team-b in the snapshot")?;
+    assert_eq!(b.allowed_cidrs, ["10.0.0.0/8", "192.168.1.0/24"]);
     assert_eq!(a.accounts.len(), 2);
     assert_eq!(a.keys.len(), 2);
     let ops_key = a.keys.iter().find(|k| k.label == "ops").ok_or("ops key")?;
@@ -229,7 +240,7 @@ async fn exercise(store: &Store, dir: &std::path::Path) -> TestResult {
     assert_eq!(e.field(), Some("spec.accounts[0].account"));
     assert!(
         e.to_string()
-            .starts_with("teams.yaml:64:7: spec.accounts[0].account: no account"),
+            .starts_with("teams.yaml:68:7: spec.accounts[0].account: no account"),
         "{e}"
     );
     assert_eq!(store.revision().await?, before + 1);

@@ -28,6 +28,7 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 use yaml_rust2::{Yaml, YamlEmitter};
 
 use crate::ids;
+use crate::network::CidrList;
 use crate::operators::{validate_operator_name, Role};
 use crate::routing::{self, InvalidSetting, Routing, RoutingPatch, Strategy};
 
@@ -216,9 +217,8 @@ pub struct PoolSpec {
     /// The pool's keys, each named by its label within the pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyDoc>,
-    /// RESERVED for per-pool network settings (`spec.network.allowed_cidrs`), which the model
-    /// and store gain in parallel (issue 13): read here so the format is fixed, refused by
-    /// [`check_document`] until the merge wires it into [`RoutingDoc::to_routing`] / the plan.
+    /// Per-pool network settings: `allowed_cidrs`, the client addresses the pool's keys work
+    /// from (absent or empty: any address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkDoc>,
 }
@@ -623,12 +623,13 @@ pub fn check_document(doc: &Document) -> Result<(), ConfigError> {
                         .map_err(|(f, m)| o.invalid(&join(&join(&at, "routing"), f), m))?;
                 }
             }
-            if spec.network.is_some() {
-                // The marked place for per-pool allowed CIDRs (see PoolSpec::network).
-                return Err(o.invalid(
-                    "spec.network",
-                    "per-pool network settings are not supported by this version yet",
-                ));
+            if let Some(net) = &spec.network {
+                CidrList::parse(&net.allowed_cidrs).map_err(|e| {
+                    o.invalid(
+                        &format!("spec.network.allowed_cidrs[{}]", e.index),
+                        e.to_string(),
+                    )
+                })?;
             }
         }
         Body::Operator(spec) => {
@@ -1032,8 +1033,8 @@ spec:
                 "f.yaml:1:1: missing field `metadata`",
             ),
             (
-                "api_version: codexmesh.dev/v1\nkind: Pool\nmetadata: {name: a}\nspec: {network: {allowed_cidrs: [10.0.0.0/8]}}\n",
-                "f.yaml:4:8: spec.network: per-pool network settings are not supported",
+                "api_version: codexmesh.dev/v1\nkind: Pool\nmetadata: {name: a}\nspec:\n  network:\n    allowed_cidrs:\n      - 10.0.0.0/8\n      - 10.0.0.1/8\n",
+                "f.yaml:8:9: spec.network.allowed_cidrs[1]: \"10.0.0.1/8\" has bits set after its prefix length",
             ),
         ];
         let wrong: Vec<String> = cases

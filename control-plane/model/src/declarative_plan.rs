@@ -26,8 +26,9 @@ use serde::Serialize;
 
 use crate::declarative::{
     Body, ConfigError, ConfigErrorKind, Document, KeyDoc, KeyRoutingDoc, Kind, MembershipDoc,
-    Origin, PoolSpec, RoutingDoc,
+    NetworkDoc, Origin, PoolSpec, RoutingDoc,
 };
+use crate::network::CidrList;
 use crate::operators::{Access, Operator, Role};
 use crate::records::{Account, KeyStatus, Pool, PoolKey};
 use crate::routing::Routing;
@@ -131,6 +132,11 @@ pub enum Step {
         from: Routing,
         to: Routing,
     },
+    SetPoolNetwork {
+        pool: String,
+        from: CidrList,
+        to: CidrList,
+    },
     Join {
         pool: String,
         account_id: String,
@@ -205,7 +211,7 @@ impl Step {
     fn phase(&self) -> u8 {
         match self {
             Step::CreatePool { .. } | Step::RestorePool { .. } => 0,
-            Step::SetPoolRouting { .. } => 1,
+            Step::SetPoolRouting { .. } | Step::SetPoolNetwork { .. } => 1,
             Step::Join { .. } | Step::SetMembership { .. } => 2,
             Step::CreateKey { .. } | Step::SetKeyOperator { .. } | Step::SetKeyRouting { .. } => 3,
             Step::Leave { .. } | Step::RevokeKey { .. } => 4,
@@ -417,6 +423,9 @@ impl<'a> Planner<'a> {
         let mut steps = Vec::new();
         let mut fields = Vec::new();
         let mut note = None;
+        let current_cidrs = existing
+            .map(|p| p.allowed_cidrs.clone())
+            .unwrap_or_default();
         let current_routing = match existing {
             Some(p) => {
                 if p.archived_at_ms.is_some() {
@@ -600,6 +609,30 @@ impl<'a> Planner<'a> {
                 pool: name.into(),
                 from: current_routing,
                 to: target,
+            });
+        }
+
+        // The pool's network (absent = any client address). Checked by `check_document`.
+        let target_cidrs = match &spec.network {
+            Some(net) => CidrList::parse(&net.allowed_cidrs).map_err(|e| {
+                o.invalid(
+                    &format!("spec.network.allowed_cidrs[{}]", e.index),
+                    e.to_string(),
+                )
+            })?,
+            None => CidrList::default(),
+        };
+        if target_cidrs != current_cidrs {
+            let show = |c: &CidrList| format!("[{}]", c.to_strings().join(", "));
+            fields.push(field(
+                "network.allowed_cidrs",
+                Some(show(&current_cidrs)),
+                Some(show(&target_cidrs)),
+            ));
+            steps.push(Step::SetPoolNetwork {
+                pool: name.into(),
+                from: current_cidrs,
+                to: target_cidrs,
             });
         }
 
@@ -1108,7 +1141,9 @@ pub fn export_pools(state: &ConfigState, access: &Access, name: Option<&str>) ->
                     },
                 })
                 .collect(),
-            network: None,
+            network: (!p.allowed_cidrs.is_empty()).then(|| NetworkDoc {
+                allowed_cidrs: p.allowed_cidrs.to_strings(),
+            }),
         };
         docs.push(Document {
             origin: Origin::synthetic("store"),

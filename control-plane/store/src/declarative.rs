@@ -216,6 +216,19 @@ async fn run_step_tx(
                 json!({"pool": pool, "from": from, "to": to}),
             )
         }
+        Step::SetPoolNetwork { pool, from, to } => {
+            let id = pool_id_tx(tx, pool).await?;
+            sqlx::query("UPDATE pools SET allowed_cidrs = $1 WHERE id = $2")
+                .bind(to.to_stored())
+                .bind(id.clone())
+                .execute(&mut **tx)
+                .await?;
+            (
+                "pool.set_network",
+                id,
+                json!({"pool": pool, "from": from, "to": to}),
+            )
+        }
         Step::Join {
             pool,
             account_id,

@@ -1,8 +1,9 @@
 //! Listener filter: admit only allowlisted endpoints (`endpoints::ENDPOINTS`), authenticate the
-//! pool key, admit only the clients its pool allows (`network`), remove every header the gateway owns (the pool key, cookies, account ids, Envoy's
-//! steering headers), answer the gateway's own endpoints, rank the pool's accounts and hand the
-//! ranking to the upstream attempts through filter state. On the way back, turns an upstream 429
-//! into the pool-level answer when the whole pool is spent.
+//! pool key, admit only the clients its pool allows (`network`), remove every header the gateway
+//! owns (the pool key, cookies, account ids, Envoy's steering headers), answer the gateway's own
+//! endpoints, rank the pool's accounts and hand the ranking to the upstream attempts through
+//! filter state. On the way back, turns an upstream 429 into the pool-level answer when the whole
+//! pool is spent.
 
 use std::cell::Cell;
 use std::rc::Rc;

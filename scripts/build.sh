@@ -9,6 +9,9 @@ if [ "$profile" = release ]; then
   cargo build --locked --release -p codexmesh
 else
   # The debug binaries the tests run carry the test-only switches (feature test-faults), the
-  # same build `cargo test` makes, so the two do not rebuild each other's binary.
-  cargo build --locked --workspace --bins --features codexmesh/test-faults
+  # same build `cargo test` makes, so the two do not rebuild each other's binary. The feature is
+  # named on `-p codexmesh` itself: in a workspace-wide build `codexmesh/test-faults` names the
+  # feature of codexmesh's dev-dependency on itself and leaves the binary without it.
+  cargo build --locked --workspace --exclude codexmesh --bins
+  cargo build --locked -p codexmesh --bins --features test-faults
 fi

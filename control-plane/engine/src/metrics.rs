@@ -414,10 +414,11 @@ fn counter(
 
 /// The versions `codexmesh_envoy_snapshot_version` shows per Envoy, by `kind`.
 type VersionOf = fn(&EnvoyView) -> Option<u64>;
-const VERSION_KINDS: [(&str, VersionOf); 3] = [
+const VERSION_KINDS: [(&str, VersionOf); 4] = [
     ("sent", |v| v.sent_version),
     ("running", |v| v.running_version),
     ("acked", |v| v.acked_version),
+    ("nacked", |v| v.nacked_version),
 ];
 
 /// Per node id and kind: the newest version over all of the node's streams.
@@ -468,7 +469,8 @@ impl Collector for Live {
             &mut encoder,
             "envoy_snapshot_version",
             "Per connected Envoy (node id): the newest snapshot version sent to it, the one its \
-             outcome reports say it runs, and the one its filter accepted (acked)",
+             outcome reports say it runs, the one its filter accepted (acked) and the last it rejected \
+             (nacked)",
             MetricType::Gauge,
             &versions,
             gauge,
@@ -792,6 +794,16 @@ mod tests {
         let registration = envoys.register("node-1".into(), "peer".into(), "b".into(), 0);
         registration.sent(7);
         envoys.reported("node-1", 6);
+        for (version, accepted) in [(6, true), (7, false)] {
+            let verdict = codexmesh_store::SnapshotVerdict {
+                version,
+                accepted,
+                detail: (!accepted).then(|| "bad".to_owned()),
+                pool_id: None,
+                at_ms: 1,
+            };
+            envoys.verdict_recorded("node-1", &verdict);
+        }
         let text = metrics.encode();
         let alice = r#"pool="te\"am",account="alice",account_id="a1""#;
         for (outcome, n) in [("success", 1), ("rate_limited", 1), ("transport", 0)] {
@@ -832,6 +844,12 @@ mod tests {
             text.contains(r#"codexmesh_envoy_snapshot_version{node="node-1",kind="running"} 6"#),
             "{text}"
         );
+        for (kind, version) in [("acked", 6), ("nacked", 7)] {
+            let want = format!(
+                "codexmesh_envoy_snapshot_version{{node=\"node-1\",kind=\"{kind}\"}} {version}"
+            );
+            assert!(text.contains(&want), "{want} in {text}");
+        }
 
         // bob leaves the pool, the pool is renamed: the next scrape follows the snapshot.
         let mut renamed = team();

@@ -338,7 +338,8 @@ def _indent(line: str) -> int:
 
 
 def strip_codexmesh(yaml_text: str) -> str:
-    """codexmesh's rendered bootstrap minus the bootstrap wasm service and the two wasm filters:
+    """codexmesh's rendered bootstrap minus the bootstrap wasm service, the two wasm filters and
+    the stats tag rule for the filter's counters:
     the same listener, route, retry policy and cluster, no codexmesh code on the data path."""
     lines = yaml_text.splitlines()
     out: list[str] = []
@@ -347,11 +348,13 @@ def strip_codexmesh(yaml_text: str) -> str:
     while i < len(lines):
         line = lines[i]
         stripped = line.strip()
-        if line.startswith("bootstrap_extensions:"):
+        # The bootstrap wasm service, and the stats tag rule for the filter's own counters.
+        top = re.match(r"^(bootstrap_extensions|stats_config):", line)
+        if top:
             i += 1
             while i < len(lines) and not re.match(r"^[A-Za-z_]", lines[i]):
                 i += 1
-            removed.add("bootstrap_extensions")
+            removed.add(top.group(1))
             continue
         m = re.match(r"^- name: (codexmesh\.[\w.-]+)\s*$", stripped)
         if m:

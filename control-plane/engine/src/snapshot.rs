@@ -227,6 +227,9 @@ pub fn build_with(
                             .map_or(0, |ms| ms.div_euclid(1000)),
                         state_reason: reason,
                         token_revision: u64::try_from(acc.token_revision).unwrap_or(0),
+                        provider: pb::Provider::Codex as i32,
+                        credential_kind: pb::CredentialKind::Oauth as i32,
+                        project_id: String::new(),
                     }
                 })
                 .collect();

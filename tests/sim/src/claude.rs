@@ -437,11 +437,11 @@ async fn admit(
     }
 }
 
+/// A required body field and the check of its type.
+type FieldCheck = (&'static str, fn(&Value) -> bool);
+
 #[allow(clippy::result_large_err)]
-fn require_fields(
-    body: &Map<String, Value>,
-    fields: &[(&str, fn(&Value) -> bool)],
-) -> Result<(), Response> {
+fn require_fields(body: &Map<String, Value>, fields: &[FieldCheck]) -> Result<(), Response> {
     for (name, ok) in fields {
         match body.get(*name) {
             None => {

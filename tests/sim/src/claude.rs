@@ -1,6 +1,7 @@
 //! Anthropic's API as Claude Code meets it (`shared/docs/claude-gemini-protocol.md` 1.3-1.5):
 //! `POST /v1/messages` (SSE or JSON), `POST /v1/messages/count_tokens`, `GET /v1/models`,
-//! `GET /api/oauth/usage` and the OAuth token endpoint `POST /v1/oauth/token`.
+//! `GET /api/oauth/usage`, `GET /api/oauth/profile` and the OAuth token endpoint
+//! `POST /v1/oauth/token`.
 //!
 //! Rules it keeps:
 //! - Only tokens of `claude` accounts are accepted. An OAuth token (`sk-ant-oat01-…`) only as
@@ -62,6 +63,7 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
         .route("/api/oauth/usage", get(usage))
+        .route("/api/oauth/profile", get(profile))
         .route(TOKEN_PATH, post(token))
 }
 
@@ -724,6 +726,40 @@ async fn usage(State(st): State<Shared>, req: Request) -> Response {
             acc.quota.roll(now);
             Json(usage_json(acc)).into_response()
         }
+        None => auth_error("Invalid bearer token"),
+    }
+}
+
+/// `/api/oauth/profile` for an account: who it is and its plan.
+pub fn profile_json(acc: &Account) -> Value {
+    let sub = crate::control::claude_subscription(&acc.plan);
+    json!({
+        "account": {
+            "uuid": acc.account_uuid,
+            "email": acc.email,
+            "full_name": null,
+            "display_name": acc.email.split('@').next().unwrap_or_default(),
+            "has_claude_max": sub == "max",
+            "has_claude_pro": sub == "pro",
+        },
+        "organization": {
+            "uuid": acc.organization_uuid,
+            "name": format!("{}'s Organization", acc.email),
+            "organization_type": format!("claude_{sub}"),
+            "billing_type": "stripe_subscription",
+            "rate_limit_tier": format!("default_claude_{sub}"),
+        },
+    })
+}
+
+async fn profile(State(st): State<Shared>, req: Request) -> Response {
+    let req = Incoming::of(&req);
+    let account_id = match admit(&st, &req, true, false).await {
+        Ok((a, _)) => a,
+        Err(r) => return r,
+    };
+    match st.lock().registry.get(&account_id) {
+        Some(acc) => Json(profile_json(acc)).into_response(),
         None => auth_error("Invalid bearer token"),
     }
 }

@@ -269,6 +269,17 @@ async fn claude_oauth_account_streams_a_message_with_unified_headers() {
     assert!(u["seven_day_opus"].is_null());
     assert_eq!(u["extra_usage"]["is_enabled"], false);
 
+    // The profile names the plan.
+    let r = s
+        .claude_oauth(reqwest::Method::GET, "/api/oauth/profile", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["organization"]["organization_type"], "claude_max");
+    assert!(p["account"]["uuid"].is_string());
+
     let view = s.get("/__sim/accounts/c1").await;
     assert_eq!(view["turns"], 2);
     assert_eq!(view["provider"], "claude");

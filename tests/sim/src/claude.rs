@@ -624,6 +624,10 @@ async fn messages(State(st): State<Shared>, req: Request) -> Response {
         )
     };
     if !stream {
+        // An SSE-mode failure on a JSON turn: the server error it stands for.
+        if failure.is_some() {
+            return error_answer(500, error_body_for_status(500));
+        }
         return Json(msg.json()).into_response();
     }
     let events = match failure.map(|f| f.mode) {

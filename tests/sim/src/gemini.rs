@@ -516,6 +516,10 @@ async fn generate(
     );
     let trace = random_hex(16);
     if !stream {
+        // An SSE-mode failure on a unary call: the server error it stands for.
+        if failure.is_some() {
+            return json_answer(500, error_body_for_status(500));
+        }
         return Json(envelope(&text, &model, usage, true, &trace)).into_response();
     }
     let mut chunks = stream_chunks(&text, delta_count, &model, usage, &trace);

@@ -481,6 +481,42 @@ declare_settings! {
             help: "OAuth token endpoint",
             readme: "",
         }
+        claude_base_url: Text {
+            key: claude_base_url,
+            flag: "claude-base-url",
+            value_name: "URL",
+            env: "CODEXMESH_CLAUDE_BASE_URL",
+            default: "https://api.anthropic.com",
+            help: "Anthropic API base URL (Claude accounts: the data path and the usage endpoint)",
+            readme: "",
+        }
+        claude_token_url: Text {
+            key: claude_token_url,
+            flag: "claude-token-url",
+            value_name: "URL",
+            env: "CODEXMESH_CLAUDE_TOKEN_URL",
+            default: "https://platform.claude.com/v1/oauth/token",
+            help: "Claude OAuth token endpoint (refresh of subscription accounts)",
+            readme: "",
+        }
+        gemini_base_url: Text {
+            key: gemini_base_url,
+            flag: "gemini-base-url",
+            value_name: "URL",
+            env: "CODEXMESH_GEMINI_BASE_URL",
+            default: "https://cloudcode-pa.googleapis.com",
+            help: "Gemini Code Assist base URL (Gemini accounts: `/v1internal:*`)",
+            readme: "",
+        }
+        google_token_url: Text {
+            key: google_token_url,
+            flag: "google-token-url",
+            value_name: "URL",
+            env: "CODEXMESH_GOOGLE_TOKEN_URL",
+            default: "https://oauth2.googleapis.com/token",
+            help: "Google OAuth token endpoint (refresh of Gemini accounts)",
+            readme: "",
+        }
         gateway_url: Text {
             key: gateway_url,
             flag: "gateway-url",
@@ -864,6 +900,10 @@ impl Settings {
         for (name, url) in [
             ("upstream_base_url", &self.upstream_base_url),
             ("oauth_token_url", &self.oauth_token_url),
+            ("claude_base_url", &self.claude_base_url),
+            ("claude_token_url", &self.claude_token_url),
+            ("gemini_base_url", &self.gemini_base_url),
+            ("google_token_url", &self.google_token_url),
             ("auth_base_url", &self.auth_base_url),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -20,6 +20,10 @@ pub const SCRUBBED_ENV: &[&str] = &[
     "CODEXMESH_DATA_DIR",
     "CODEXMESH_UPSTREAM_BASE_URL",
     "CODEXMESH_OAUTH_TOKEN_URL",
+    "CODEXMESH_CLAUDE_BASE_URL",
+    "CODEXMESH_CLAUDE_TOKEN_URL",
+    "CODEXMESH_GEMINI_BASE_URL",
+    "CODEXMESH_GOOGLE_TOKEN_URL",
     "CODEXMESH_AUTH_BASE_URL",
     "CODEXMESH_GRPC_LISTEN",
     "CODEXMESH_ADMIN_LISTEN",
@@ -67,6 +71,16 @@ pub fn codexmesh_command(bin: &Path) -> Command {
     .env(
         "CODEXMESH_OAUTH_TOKEN_URL",
         format!("{NOWHERE}/oauth/token"),
+    )
+    .env("CODEXMESH_CLAUDE_BASE_URL", NOWHERE)
+    .env(
+        "CODEXMESH_CLAUDE_TOKEN_URL",
+        format!("{NOWHERE}/v1/oauth/token"),
+    )
+    .env("CODEXMESH_GEMINI_BASE_URL", NOWHERE)
+    .env(
+        "CODEXMESH_GOOGLE_TOKEN_URL",
+        format!("{NOWHERE}/google/oauth2/token"),
     )
     .env("CODEXMESH_AUTH_BASE_URL", NOWHERE)
     .stdin(Stdio::null());

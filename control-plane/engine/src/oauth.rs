@@ -99,7 +99,7 @@ pub enum TokenError {
 
 fn retry_after_words(ms: i64) -> String {
     if ms > 0 {
-        format!(", retry after {} s", ms.div_ceil(1000))
+        format!(", retry after {} s", (ms + 999) / 1000)
     } else {
         String::new()
     }
@@ -266,16 +266,6 @@ pub fn parse_token_response(body: &str) -> Result<TokenResponse, TokenError> {
                 .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
         }),
     })
-}
-
-/// One refresh grant: `POST url` with the JSON body the Codex CLI sends.
-pub async fn refresh_grant(
-    http: &reqwest::Client,
-    url: &str,
-    refresh_token: &str,
-    timeout: Duration,
-) -> Result<TokenResponse, TokenError> {
-    refresh_grant_for(http, &Grant::Codex, url, refresh_token, timeout).await
 }
 
 /// The request of one refresh grant of `grant`'s provider (not sent).
@@ -513,10 +503,7 @@ mod tests {
         let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
             .into_owned()
             .collect();
-        let pairs: Vec<(&str, &str)> = form
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             pairs,
             [
@@ -526,7 +513,10 @@ mod tests {
                 ("refresh_token", "rt-1/+&x")
             ]
         );
-        assert!(!format!("{google:?}").contains("GOCSPX"), "the secret is not in Debug");
+        assert!(
+            !format!("{google:?}").contains("GOCSPX"),
+            "the secret is not in Debug"
+        );
         let (_, _, body) = built(&Grant::Codex);
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
         assert_eq!(v["client_id"], CODEX_CLIENT_ID);
@@ -543,7 +533,10 @@ mod tests {
             parse_retry_after("Tue, 14 Nov 2023 22:15:20 GMT", now),
             Some(120_000)
         );
-        assert_eq!(parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now), None);
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now),
+            None
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         let t = TokenError::Throttled {
             retry_after_ms: 30_000,

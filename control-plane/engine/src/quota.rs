@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 pub use codexmesh_model::quota::*;
-use codexmesh_store::crypto::Keys;
 use codexmesh_model::records::{CredentialKind, Provider};
+use codexmesh_store::crypto::Keys;
 use codexmesh_store::{Account, QuotaWrite, Store, StoreError};
 use serde_json::Value;
 

@@ -42,10 +42,10 @@ use crate::config::Fault;
 use crate::config::Settings;
 use crate::oauth::{self, TokenError};
 use codexmesh_model::credentials as authjson;
+use codexmesh_model::records::{CredentialKind, Provider};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{Account, AccountState, Actor, RefreshedTokens, Store, StoreError};
-use codexmesh_model::records::{CredentialKind, Provider};
 
 /// When the expiry is unknown, refresh this long after the last refresh (the Codex CLI's rule).
 pub const UNKNOWN_EXPIRY_REFRESH_MS: i64 = 8 * 86_400 * 1000;
@@ -465,7 +465,8 @@ impl Refresher {
                 self.count(crate::metrics::RefreshOutcome::Failed);
                 let failures = acc.refresh_failures.saturating_add(1);
                 // A 429's Retry-After is the earliest next attempt.
-                let delay = backoff_ms(failures, unit_random()).max(e.retry_after_ms().unwrap_or(0));
+                let delay =
+                    backoff_ms(failures, unit_random()).max(e.retry_after_ms().unwrap_or(0));
                 store
                     .record_refresh_failure(account_id, failures, now + delay, &e.to_string())
                     .await?;
@@ -584,8 +585,7 @@ impl Refresher {
     /// Starts one background refresh for `a`'s current token generation, unless one was already
     /// forced for it. Returns whether it started one.
     pub fn force(&self, a: &Account) -> bool {
-        if !refreshable(a) || matches!(a.state, AccountState::NeedsReauth | AccountState::Paused)
-        {
+        if !refreshable(a) || matches!(a.state, AccountState::NeedsReauth | AccountState::Paused) {
             return false;
         }
         {
@@ -824,8 +824,8 @@ mod tests {
         let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
         let (seen2, script2) = (seen.clone(), script.clone());
-        let app = axum::Router::new().fallback(
-            move |headers: axum::http::HeaderMap, body: String| {
+        let app =
+            axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
                 let (seen, script) = (seen2.clone(), script2.clone());
                 async move {
                     let ct = headers
@@ -834,9 +834,10 @@ mod tests {
                         .unwrap_or_default()
                         .to_owned();
                     lock(&seen).push((ct, body));
-                    let (status, header, body) = lock(&script)
-                        .pop_front()
-                        .unwrap_or((500, None, "{}".to_owned()));
+                    let (status, header, body) =
+                        lock(&script)
+                            .pop_front()
+                            .unwrap_or((500, None, "{}".to_owned()));
                     let mut resp = (
                         axum::http::StatusCode::from_u16(status)
                             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
@@ -850,8 +851,7 @@ mod tests {
                     }
                     resp
                 }
-            },
-        );
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move {
@@ -906,7 +906,8 @@ mod tests {
     #[tokio::test]
     async fn claude_refresh_rotates_and_keeps_an_unrotated_token(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let server = token_server(vec![
+        let server =
+            token_server(vec![
             (
                 200,
                 None,
@@ -915,8 +916,9 @@ mod tests {
             ),
             (200, None, r#"{"access_token":"sk-ant-oat01-newer","expires_in":28800}"#.into()),
         ])
-        .await?;
-        let (r, a, key) = provider_fixture(&server, Provider::Claude, CredentialKind::Oauth).await?;
+            .await?;
+        let (r, a, key) =
+            provider_fixture(&server, Provider::Claude, CredentialKind::Oauth).await?;
         let before = now_ms();
         let done = r.refresh(&a.id, manual(&a)).await?;
         let Done::Refreshed { expires_at_ms, .. } = done else {
@@ -925,12 +927,18 @@ mod tests {
         let exp = expires_at_ms.unwrap_or(0);
         assert!((before + 28_800_000..=now_ms() + 28_800_000).contains(&exp));
         let s = r.store().account_secrets(&a.id, &key).await?;
-        assert_eq!((s.access_token.as_str(), s.refresh_token.as_str()), ("sk-ant-oat01-new", "rt_2"));
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("sk-ant-oat01-new", "rt_2")
+        );
         // The next refresh sends the rotated token; an answer without one keeps it.
         let a = s.account;
         r.refresh(&a.id, manual(&a)).await?;
         let s = r.store().account_secrets(&a.id, &key).await?;
-        assert_eq!((s.access_token.as_str(), s.refresh_token.as_str()), ("sk-ant-oat01-newer", "rt_2"));
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("sk-ant-oat01-newer", "rt_2")
+        );
         let seen = lock(&server.seen).clone();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].0, "application/json");
@@ -952,10 +960,17 @@ mod tests {
             r#"{"access_token":"ya29.new","expires_in":3599,"token_type":"Bearer"}"#.into(),
         )])
         .await?;
-        let (r, a, key) = provider_fixture(&server, Provider::Gemini, CredentialKind::Oauth).await?;
-        assert!(matches!(r.refresh(&a.id, manual(&a)).await?, Done::Refreshed { .. }));
+        let (r, a, key) =
+            provider_fixture(&server, Provider::Gemini, CredentialKind::Oauth).await?;
+        assert!(matches!(
+            r.refresh(&a.id, manual(&a)).await?,
+            Done::Refreshed { .. }
+        ));
         let s = r.store().account_secrets(&a.id, &key).await?;
-        assert_eq!((s.access_token.as_str(), s.refresh_token.as_str()), ("ya29.new", "rt_1"));
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("ya29.new", "rt_1")
+        );
         let seen = lock(&server.seen).clone();
         assert_eq!(seen[0].0, "application/x-www-form-urlencoded");
         assert_eq!(
@@ -987,7 +1002,11 @@ mod tests {
         );
         let after = r.store().account(&a.id).await?;
         assert!(after.next_refresh_at_ms.unwrap_or(0) >= before + 120_000);
-        assert_eq!(after.state, AccountState::Active, "a 429 keeps the account serving");
+        assert_eq!(
+            after.state,
+            AccountState::Active,
+            "a 429 keeps the account serving"
+        );
         let err = r.refresh(&a.id, manual(&after)).await;
         assert!(
             matches!(&err, Err(RefreshError::NeedsReauth { reason, .. }) if reason == "invalid_grant"),
@@ -1019,7 +1038,10 @@ mod tests {
         let after = r.store().account(&a.id).await?;
         assert_eq!(after.state, AccountState::NeedsReauth);
         assert_eq!(after.state_reason.as_deref(), Some(API_KEY_REJECTED));
-        assert!(!r.on_unauthorized(&a.id, 0, after.token_revision).await?, "once");
+        assert!(
+            !r.on_unauthorized(&a.id, 0, after.token_revision).await?,
+            "once"
+        );
         assert!(lock(&server.seen).is_empty(), "no token endpoint call");
         Ok(())
     }

@@ -707,10 +707,16 @@ mod tests {
         );
         assert_eq!(p.source, "poll");
         let s = o.secondary.unwrap_or_default();
-        assert_eq!((s.used_percent, s.window_minutes, s.resets_at_unix), (7.0, 10_080, 0));
+        assert_eq!(
+            (s.used_percent, s.window_minutes, s.resets_at_unix),
+            (7.0, 10_080, 0)
+        );
         // Out-of-range numbers are clamped; nothing usable is no observation.
         let o = parse_claude_usage(&json!({"five_hour": {"utilization": 250}}), 0);
-        assert_eq!(o.and_then(|o| o.primary).map(|p| p.used_percent), Some(100.0));
+        assert_eq!(
+            o.and_then(|o| o.primary).map(|p| p.used_percent),
+            Some(100.0)
+        );
         assert!(parse_claude_usage(&json!({"five_hour": null}), 0).is_none());
         assert!(parse_claude_usage(&json!({"error": {"type": "x"}}), 0).is_none());
         assert!(parse_claude_usage(&json!([1]), 0).is_none());
@@ -771,12 +777,29 @@ mod tests {
         let o = outcome("rate_limit_error", Some(NOW + 600));
         let obs = observation_from_outcome_of(&o, 5000, Provider::Claude).unwrap_or_default();
         let p = merge(None, &obs, NOW).record.primary.unwrap_or_default();
-        assert_eq!((p.used_percent, p.window_minutes, p.resets_at_unix), (100.0, 300, NOW + 600));
+        assert_eq!(
+            (p.used_percent, p.window_minutes, p.resets_at_unix),
+            (100.0, 300, NOW + 600)
+        );
         // ... and one without a reset is request-scoped: no evidence.
-        assert!(!is_usage_limit(&outcome("rate_limit_error", None), Provider::Claude));
-        assert!(observation_from_outcome_of(&outcome("rate_limit_error", None), 5000, Provider::Claude).is_none());
+        assert!(!is_usage_limit(
+            &outcome("rate_limit_error", None),
+            Provider::Claude
+        ));
+        assert!(observation_from_outcome_of(
+            &outcome("rate_limit_error", None),
+            5000,
+            Provider::Claude
+        )
+        .is_none());
         // Codex keeps its rule.
-        assert!(is_usage_limit(&outcome("usage_limit_reached", None), Provider::Codex));
-        assert!(!is_usage_limit(&outcome("rate_limit_exceeded", Some(NOW + 60)), Provider::Codex));
+        assert!(is_usage_limit(
+            &outcome("usage_limit_reached", None),
+            Provider::Codex
+        ));
+        assert!(!is_usage_limit(
+            &outcome("rate_limit_exceeded", Some(NOW + 60)),
+            Provider::Codex
+        ));
     }
 }

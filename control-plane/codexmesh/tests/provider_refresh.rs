@@ -1,0 +1,355 @@
+//! Claude and Gemini accounts kept alive by the real `codexmesh serve` (and the CLI) against
+//! the simulator's Anthropic and Google endpoints, no Envoy: refresh before expiry with the
+//! rotated refresh token stored (the simulator's lineage sees no reuse), single flight across
+//! two replicas on one PostgreSQL, a revoked lineage → `needs_reauth`, a Google refresh that
+//! keeps its refresh token, a SIGKILL right after the persist losing nothing, and quota bars
+//! filled from the usage polls (`/api/oauth/usage`, `retrieveUserQuota`).
+
+use std::time::{Duration, Instant};
+
+use codexmesh_test_kit::pg::TempPostgres;
+use codexmesh_test_kit::{AnyError, Cli, Served, Sim, TestResult, Workspace};
+use serde_json::{json, Value};
+
+fn workspace(sim: &Sim) -> Result<Workspace, AnyError> {
+    let mut ws = Workspace::new()?;
+    ws.extra_args = sim.cp_args();
+    ws.extra_args.extend(sim.provider_cp_args());
+    Ok(ws)
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn sim_id(acct: &Value) -> String {
+    s(&acct["account_id"])
+}
+
+/// Creates a simulator account of `provider` from `spec` and imports the credentials file its
+/// CLI would have written as `label` (a Gemini file carries its `project_id`, CP's format).
+async fn import(
+    ws: &Workspace,
+    sim: &Sim,
+    provider: &str,
+    label: &str,
+    spec: Value,
+) -> Result<(Value, Value), AnyError> {
+    let acct = match provider {
+        "claude" => sim.create_claude_account(spec).await?,
+        "claude_api_key" => sim.create_claude_api_key_account(spec).await?,
+        _ => sim.create_gemini_account(spec).await?,
+    };
+    let mut file = sim.credentials_file(&sim_id(&acct)).await?;
+    if provider == "gemini" {
+        file["project_id"] = acct["project_id"].clone();
+    }
+    let name = format!("{}_{label}.json", provider.trim_end_matches("_api_key"));
+    let out = ws.import_auth(&name, &file.to_string(), "main", Some(label))?;
+    Ok((acct, out["account"].clone()))
+}
+
+/// An imported account whose token is due at once (2 s lifetime); the tokens the simulator
+/// issues from then on live `ttl` seconds; its token endpoint answers after `delay_ms`.
+async fn due_account(
+    ws: &Workspace,
+    sim: &Sim,
+    provider: &str,
+    label: &str,
+    ttl: i64,
+    delay_ms: u64,
+) -> Result<(Value, Value), AnyError> {
+    let (acct, imported) = import(
+        ws,
+        sim,
+        provider,
+        label,
+        json!({"access_token_ttl_secs": 2}),
+    )
+    .await?;
+    sim.patch_account(
+        &sim_id(&acct),
+        json!({"access_token_ttl_secs": ttl, "refresh_delay_ms": delay_ms}),
+    )
+    .await?;
+    Ok((acct, imported))
+}
+
+/// The account `label` in `status --json`.
+fn status_account(ws: &Workspace, label: &str) -> Result<Value, AnyError> {
+    let status = ws.ok_json(&["status"])?;
+    status["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["accounts"].as_array().cloned().unwrap_or_default())
+        .find(|a| a["label"] == label)
+        .ok_or_else(|| format!("no account {label} in status: {status}").into())
+}
+
+async fn wait_status(
+    ws: &Workspace,
+    label: &str,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value, AnyError> {
+    let deadline = Instant::now() + within;
+    loop {
+        let a = status_account(ws, label);
+        if let Ok(a) = &a {
+            if pred(a) {
+                return Ok(a.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{label}: {what} not within {within:?}: {a:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The refresh tokens sent to a token endpoint (`path`), in order.
+async fn sent_refresh_tokens(sim: &Sim, path: &str) -> Result<Vec<String>, AnyError> {
+    Ok(sim
+        .requests_where(&format!("path_contains={path}&include_body=1"))
+        .await?
+        .iter()
+        .map(|r| s(&r["body_json"]["refresh_token"]))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_refreshes_before_expiry_and_stores_the_rotated_token() -> TestResult {
+    let sim = Sim::start()?;
+    let ws = workspace(&sim)?;
+    ws.ok(&["pool", "create", "main"])?;
+    let (acct, imported) = due_account(&ws, &sim, "claude", "cl", 8 * 3600, 0).await?;
+    let id = sim_id(&acct);
+    let served = Served::start(&ws, &[])?;
+    // The scheduler refreshes the due token, once: the new one lives 8 h.
+    sim.wait_account(&id, Duration::from_secs(20), "a scheduled refresh", |a| {
+        a["refresh_successes"] == 1
+    })
+    .await?;
+    let rotated = sim.account(&id).await?;
+    let st = wait_status(&ws, "cl", Duration::from_secs(5), "the new token", |a| {
+        a["token_revision"].as_i64() > imported["token_revision"].as_i64()
+    })
+    .await?;
+    assert_eq!(
+        st["access_token_expires_at_ms"].as_i64(),
+        rotated["access_token_expires_at"]
+            .as_i64()
+            .map(|t| t * 1000)
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sim.account(&id).await?["refresh_calls"], 1, "not due again");
+    // A manual refresh sends the rotated token (stored with the new access token): no reuse.
+    let out = ws.ok_json(&["account", "refresh", "cl"])?;
+    assert_eq!(out["by"], "this", "{out}");
+    let after = sim.account(&id).await?;
+    assert_eq!(after["refresh_successes"], 2);
+    assert_eq!(
+        after["revoked"], false,
+        "no refresh token replayed: {after}"
+    );
+    let sent = sent_refresh_tokens(&sim, "/v1/oauth/token").await?;
+    assert_eq!(
+        sent,
+        [s(&acct["refresh_token"]), s(&rotated["refresh_token"])]
+    );
+    let calls = sim
+        .requests_where("path_contains=/v1/oauth/token&include_body=1")
+        .await?;
+    for c in &calls {
+        assert_eq!(
+            c["body_json"]["client_id"],
+            "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+        );
+        assert_eq!(c["body_json"]["grant_type"], "refresh_token");
+        assert!(s(&c["body_json"]["scope"]).contains("user:inference"));
+    }
+    // Nothing the operator sees carries a token.
+    let text = out.to_string() + &ws.ok(&["status", "--json"])?.stdout;
+    for t in [&after["access_token"], &after["refresh_token"]] {
+        assert!(!text.contains(&s(t)), "a token leaked");
+    }
+    served.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_claude_lineage_needs_reauth() -> TestResult {
+    let sim = Sim::start()?;
+    let ws = workspace(&sim)?;
+    ws.ok(&["pool", "create", "main"])?;
+    let (acct, _) = import(&ws, &sim, "claude", "gone", json!({})).await?;
+    sim.patch_account(&sim_id(&acct), json!({"revoke": true}))
+        .await?;
+    let run = ws.run(&["account", "refresh", "gone"])?;
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("invalid_grant"), "{}", run.stderr);
+    let st = status_account(&ws, "gone")?;
+    assert_eq!(st["state"], "needs_reauth", "{st}");
+    assert_eq!(st["state_reason"], "invalid_grant");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_refresh_keeps_the_refresh_token() -> TestResult {
+    let sim = Sim::start()?;
+    let ws = workspace(&sim)?;
+    ws.ok(&["pool", "create", "main"])?;
+    let (acct, imported) = due_account(&ws, &sim, "gemini", "gm", 3600, 0).await?;
+    let id = sim_id(&acct);
+    let served = Served::start(&ws, &[])?;
+    sim.wait_account(&id, Duration::from_secs(20), "a scheduled refresh", |a| {
+        a["refresh_successes"] == 1
+    })
+    .await?;
+    wait_status(&ws, "gm", Duration::from_secs(5), "the new token", |a| {
+        a["token_revision"].as_i64() > imported["token_revision"].as_i64()
+    })
+    .await?;
+    // Google did not rotate: the same refresh token works again.
+    let out = ws.ok_json(&["account", "refresh", "gm"])?;
+    assert_eq!(out["by"], "this", "{out}");
+    let after = sim.account(&id).await?;
+    assert_eq!(after["refresh_successes"], 2);
+    assert_eq!(after["refresh_token"], acct["refresh_token"]);
+    let calls = sim
+        .requests_where("path_contains=/google/oauth2/token")
+        .await?;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    served.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_refresh_a_claude_account_once() -> TestResult {
+    let Some(pg) = TempPostgres::start().map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let sim = Sim::start()?;
+    let mut ws = workspace(&sim)?;
+    ws.store_override = Some(pg.url.clone());
+    ws.ok(&["pool", "create", "main"])?;
+    let (acct, _) = due_account(&ws, &sim, "claude", "dup", 8 * 3600, 2_000).await?;
+    let (gacct, _) = due_account(&ws, &sim, "gemini", "gdup", 3600, 2_000).await?;
+    let a = Served::start(&ws, &[])?;
+    let b = Served::start(&ws, &[])?;
+    for id in [sim_id(&acct), sim_id(&gacct)] {
+        sim.wait_account(&id, Duration::from_secs(20), "a refresh", |x| {
+            x["refresh_successes"] == 1
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for id in [sim_id(&acct), sim_id(&gacct)] {
+        let state = sim.account(&id).await?;
+        assert_eq!(
+            state["refresh_calls"], 1,
+            "one call across replicas: {state}"
+        );
+        assert_eq!(state["revoked"], false);
+    }
+    a.stop()?;
+    b.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_a_claude_persist_loses_no_rotated_token() -> TestResult {
+    use std::os::unix::process::ExitStatusExt;
+    let sim = Sim::start()?;
+    let ws = workspace(&sim)?;
+    ws.ok(&["pool", "create", "main"])?;
+    let (acct, imported) = due_account(&ws, &sim, "claude", "crash", 8 * 3600, 0).await?;
+    let id = sim_id(&acct);
+    let mut served = Served::start_env(
+        &ws,
+        &["--refresh-lease-secs", "3"],
+        &[("CODEXMESH_FAULT", "kill_after_refresh_persist")],
+    )?;
+    let status = served.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let rotated = sim.account(&id).await?;
+    assert_eq!(rotated["refresh_successes"], 1);
+    let st = status_account(&ws, "crash")?;
+    assert!(st["token_revision"].as_i64() > imported["token_revision"].as_i64());
+    // After the dead holder's lease ran out, the next refresh sends the rotated token.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let r = ws.ok_json(&["account", "refresh", "crash", "--refresh-lease-secs", "3"])?;
+    assert_eq!(r["by"], "this", "{r}");
+    let after = sim.account(&id).await?;
+    assert_eq!(after["refresh_successes"], 2);
+    assert_eq!(
+        after["revoked"], false,
+        "the consumed token was not replayed"
+    );
+    assert_eq!(
+        sent_refresh_tokens(&sim, "/v1/oauth/token").await?,
+        [s(&acct["refresh_token"]), s(&rotated["refresh_token"])]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_bars_come_from_the_provider_polls() -> TestResult {
+    let sim = Sim::start()?;
+    let ws = workspace(&sim)?;
+    ws.ok(&["pool", "create", "main"])?;
+    let limits = json!({"primary_limit": 100, "secondary_limit": 1000});
+    let (cl, _) = import(&ws, &sim, "claude", "cq", limits.clone()).await?;
+    let (gm, _) = import(&ws, &sim, "gemini", "gq", limits.clone()).await?;
+    let (key, _) = import(&ws, &sim, "claude_api_key", "kq", json!({})).await?;
+    sim.patch_account(
+        &sim_id(&cl),
+        json!({"primary_used": 42, "secondary_used": 75}),
+    )
+    .await?;
+    sim.patch_account(&sim_id(&gm), json!({"primary_used": 40}))
+        .await?;
+    let served = Served::start(&ws, &["--quota-poll-interval-secs", "1"])?;
+    let st = wait_status(&ws, "cq", Duration::from_secs(15), "Claude bars", |a| {
+        a["quota"]["primary"]["used_percent"] == 42.0
+    })
+    .await?;
+    let q = &st["quota"];
+    assert_eq!(q["primary"]["source"], "poll");
+    assert_eq!(q["primary"]["window_minutes"], 300);
+    assert!(q["primary"]["resets_in_secs"].as_i64() > Some(0));
+    assert_eq!(q["secondary"]["window_minutes"], 10_080);
+    assert_eq!(q["secondary"]["used_percent"], 8.0, "{q}"); // 7.5 rounded by the sim
+    let st = wait_status(&ws, "gq", Duration::from_secs(15), "Gemini bar", |a| {
+        a["quota"]["primary"]["used_percent"]
+            .as_f64()
+            .is_some_and(|u| (u - 40.0).abs() < 0.01)
+    })
+    .await?;
+    assert_eq!(st["quota"]["primary"]["window_minutes"], 1_440);
+    assert!(st["quota"]["secondary"].is_null());
+    // What went out: the Claude poll with the OAuth beta, the Gemini one for its project.
+    let polls = sim.requests_where("path_contains=/api/oauth/usage").await?;
+    assert!(!polls.is_empty());
+    for p in &polls {
+        assert!(
+            s(&p["headers"]["anthropic-beta"]).contains("oauth-2025-04-20"),
+            "{p}"
+        );
+    }
+    let polls = sim
+        .requests_where("path_contains=retrieveUserQuota&include_body=1")
+        .await?;
+    assert!(!polls.is_empty());
+    for p in &polls {
+        assert_eq!(p["body_json"]["project"], gm["project_id"], "{p}");
+    }
+    // An API-key account has no usage endpoint and is never refreshed.
+    let k = sim.account(&sim_id(&key)).await?;
+    assert_eq!(k["refresh_calls"], 0);
+    assert!(status_account(&ws, "kq")?["quota"]["primary"].is_null());
+    served.stop()?;
+    Ok(())
+}

@@ -1,4 +1,12 @@
-//! Codex `auth.json` (ChatGPT login) parsing and the JWT claims we need from it.
+//! Credential files: what an import needs from a login ([`LoginCredentials`], any provider),
+//! Codex `auth.json` (ChatGPT login) parsing and the JWT claims we need from it, and telling the
+//! three providers' files apart ([`detect`], [`parse_file`]). Claude Code's `.credentials.json`
+//! is read in [`crate::claude_credentials`], Gemini CLI's `oauth_creds.json` in
+//! [`crate::gemini_credentials`].
+//!
+//! Rules: a file is recognised by its content, never by its name alone; a provider asked for
+//! that the content contradicts is an error naming both; a field error names the field's path
+//! in the file (`claudeAiOauth.expiresAt`); no type here prints a token.
 //!
 //! The JWTs are decoded without verifying their signatures: ChatGPT's signing keys are not ours to
 //! check against, and the tokens only matter to the upstream that issued them. The claims are used
@@ -6,6 +14,8 @@
 
 use base64::Engine;
 use serde_json::{Map, Value};
+
+use crate::records::{CredentialKind, Provider};
 
 const AUTH_CLAIMS: &str = "https://api.openai.com/auth";
 const PROFILE_CLAIMS: &str = "https://api.openai.com/profile";
@@ -40,12 +50,22 @@ pub enum AuthJsonError {
     AccountIdMismatch { file: String, claims: String },
 }
 
-/// What an import needs from an auth.json. `Debug` hides the tokens.
+/// What an import needs from a credential file of any provider. `Debug` hides the tokens.
 #[derive(Clone)]
-pub struct CodexCredentials {
+pub struct LoginCredentials {
+    /// Whose login it is.
+    pub provider: Provider,
+    /// OAuth tokens, or an API key (in `access_token`; `refresh_token` and `id_token` empty).
+    pub credential_kind: CredentialKind,
+    /// Gemini: the Code Assist project, when the file names one.
+    pub project_id: Option<String>,
+    /// Empty when the provider issues none (Claude).
     pub id_token: String,
     pub access_token: String,
+    /// Empty for an API key.
     pub refresh_token: String,
+    /// The provider's id of the login (stored as `chatgpt_account_id`): the ChatGPT account
+    /// id, a Claude fingerprint (`claude:…`), the Google subject.
     pub chatgpt_account_id: String,
     pub chatgpt_user_id: Option<String>,
     pub email: Option<String>,
@@ -54,9 +74,15 @@ pub struct CodexCredentials {
     pub access_token_expires_at_ms: Option<i64>,
 }
 
-impl std::fmt::Debug for CodexCredentials {
+/// The name [`LoginCredentials`] had when only Codex logins existed.
+pub type CodexCredentials = LoginCredentials;
+
+impl std::fmt::Debug for LoginCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodexCredentials")
+        f.debug_struct("LoginCredentials")
+            .field("provider", &self.provider)
+            .field("credential_kind", &self.credential_kind)
+            .field("project_id", &self.project_id)
             .field("chatgpt_account_id", &self.chatgpt_account_id)
             .field("chatgpt_user_id", &self.chatgpt_user_id)
             .field("email", &self.email)
@@ -69,7 +95,8 @@ impl std::fmt::Debug for CodexCredentials {
     }
 }
 
-pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
+/// Parses a Codex `auth.json`.
+pub fn parse(bytes: &[u8]) -> Result<LoginCredentials, AuthJsonError> {
     let doc: Value =
         serde_json::from_slice(bytes).map_err(|e| AuthJsonError::NotJson(e.to_string()))?;
     let doc = doc.as_object().ok_or(AuthJsonError::NotObject)?;
@@ -133,7 +160,10 @@ pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
             .map(|secs| secs.saturating_mul(1000))
     });
 
-    Ok(CodexCredentials {
+    Ok(LoginCredentials {
+        provider: Provider::Codex,
+        credential_kind: CredentialKind::Oauth,
+        project_id: None,
         chatgpt_user_id: claim("chatgpt_user_id").or_else(|| claim("user_id")),
         plan: claim("chatgpt_plan_type"),
         id_token,
@@ -142,6 +172,191 @@ pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
         chatgpt_account_id,
         email,
         access_token_expires_at_ms,
+    })
+}
+
+/// Why a credential file of any provider is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialFileError {
+    #[error("file is larger than 1 MiB: not a credential file")]
+    TooLarge,
+    #[error("{0}")]
+    Codex(#[from] AuthJsonError),
+    #[error("{0}")]
+    Claude(#[from] crate::claude_credentials::ClaudeFileError),
+    #[error("{0}")]
+    Gemini(#[from] crate::gemini_credentials::GeminiFileError),
+    #[error(
+        "this is a {detected} credential file, not a {requested} one (drop the provider \
+         choice, or import the {requested} file)"
+    )]
+    ProviderMismatch {
+        requested: Provider,
+        detected: Provider,
+    },
+    #[error(
+        "not a credential file this gateway knows: expected a Codex auth.json (\"tokens\"), \
+         a Claude Code .credentials.json (\"claudeAiOauth\") or API key (\"api_key\"), or a \
+         Gemini CLI oauth_creds.json (\"access_token\", \"refresh_token\")"
+    )]
+    Unrecognised,
+}
+
+/// A field of a credential file that is missing or of the wrong type, named by its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path} {problem}")]
+pub struct FieldError {
+    /// Dotted path in the file, e.g. `claudeAiOauth.accessToken`.
+    pub path: String,
+    pub problem: FieldProblem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldProblem {
+    Missing,
+    Empty,
+    NotString,
+    NotNumber,
+    NotObject,
+    NotStringArray,
+}
+
+impl std::fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FieldProblem::Missing => "is missing",
+            FieldProblem::Empty => "is empty",
+            FieldProblem::NotString => "is not a string",
+            FieldProblem::NotNumber => "is not a number",
+            FieldProblem::NotObject => "is not an object",
+            FieldProblem::NotStringArray => "is not an array of strings",
+        })
+    }
+}
+
+/// Typed, path-naming access to one JSON object of a credential file.
+pub(crate) struct Fields<'a> {
+    pub obj: &'a Map<String, Value>,
+    /// The object's own path with a trailing dot (`claudeAiOauth.`), or empty at the top.
+    pub prefix: &'a str,
+}
+
+impl Fields<'_> {
+    fn err(&self, key: &str, problem: FieldProblem) -> FieldError {
+        FieldError {
+            path: format!("{}{key}", self.prefix),
+            problem,
+        }
+    }
+
+    /// A non-empty string (trimmed).
+    pub fn required_str(&self, key: &str) -> Result<String, FieldError> {
+        self.optional_str(key)?
+            .ok_or_else(|| self.err(key, FieldProblem::Missing))
+    }
+
+    /// A string when present and not null; present but empty is an error.
+    pub fn optional_str(&self, key: &str) -> Result<Option<String>, FieldError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(self.err(key, FieldProblem::Empty))
+            }
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(_) => Err(self.err(key, FieldProblem::NotString)),
+        }
+    }
+
+    /// A whole number (a float is truncated) when present and not null.
+    pub fn optional_i64(&self, key: &str) -> Result<Option<i64>, FieldError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+                .map(Some)
+                .ok_or_else(|| self.err(key, FieldProblem::NotNumber)),
+        }
+    }
+
+    /// An array of strings when present and not null.
+    pub fn optional_strings(&self, key: &str) -> Result<Option<Vec<String>>, FieldError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| self.err(key, FieldProblem::NotStringArray)),
+            Some(_) => Err(self.err(key, FieldProblem::NotStringArray)),
+        }
+    }
+}
+
+/// A short stable fingerprint of a secret: `{prefix}:` and the first 16 hex digits of its
+/// SHA-256. Identifies a login whose file carries no account id, without storing the secret.
+pub fn fingerprint(prefix: &str, secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    format!("{prefix}:{}", &digest[..16])
+}
+
+/// Whose credential file this is, by its content: a `tokens` object is Codex's auth.json;
+/// `claudeAiOauth` or `api_key` (or a bare `sk-ant-` key) is Claude Code's; top-level
+/// `access_token` with `refresh_token` (google-auth-library's shape) is Gemini CLI's.
+pub fn detect(bytes: &[u8]) -> Option<Provider> {
+    let Ok(doc) = serde_json::from_slice::<Value>(bytes) else {
+        return crate::claude_credentials::bare_api_key(bytes).map(|_| Provider::Claude);
+    };
+    let obj = doc.as_object()?;
+    if obj.contains_key("tokens") || obj.contains_key("auth_mode") {
+        Some(Provider::Codex)
+    } else if obj.contains_key("claudeAiOauth") || obj.contains_key("api_key") {
+        Some(Provider::Claude)
+    } else if obj.contains_key("access_token") || obj.contains_key("refresh_token") {
+        Some(Provider::Gemini)
+    } else {
+        None
+    }
+}
+
+/// Parses a credential file of `provider`, or of whichever provider its content says when
+/// `provider` is None. A provider the content contradicts is
+/// [`CredentialFileError::ProviderMismatch`]; content no provider claims is parsed as the
+/// requested provider's file (so its error names what is missing), else
+/// [`CredentialFileError::Unrecognised`].
+pub fn parse_file(
+    bytes: &[u8],
+    provider: Option<Provider>,
+) -> Result<LoginCredentials, CredentialFileError> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(CredentialFileError::TooLarge);
+    }
+    let detected = detect(bytes);
+    let provider = match (provider, detected) {
+        (Some(requested), Some(detected)) if requested != detected => {
+            return Err(CredentialFileError::ProviderMismatch {
+                requested,
+                detected,
+            })
+        }
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => {
+            // Not JSON at all reads best as the Codex parser's "not valid JSON".
+            if serde_json::from_slice::<Value>(bytes).is_err() {
+                return Err(parse(bytes).err().map_or(
+                    CredentialFileError::Unrecognised,
+                    CredentialFileError::Codex,
+                ));
+            }
+            return Err(CredentialFileError::Unrecognised);
+        }
+    };
+    Ok(match provider {
+        Provider::Codex => parse(bytes)?,
+        Provider::Claude => crate::claude_credentials::parse(bytes)?,
+        Provider::Gemini => crate::gemini_credentials::parse(bytes)?,
     })
 }
 
@@ -429,5 +644,80 @@ mod tests {
         );
         assert_eq!(jwt_expiry_ms(&unsigned_jwt(&json!({"exp": "soon"}))), None);
         assert_eq!(jwt_expiry_ms("not-a-jwt"), None);
+    }
+
+    #[test]
+    fn files_are_told_apart_by_content() {
+        let codex = file(good_tokens());
+        let claude = br#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r"}}"#;
+        let key = br#"{"api_key":"sk-ant-api03-k"}"#;
+        let gemini = br#"{"access_token":"ya29.x","refresh_token":"1//y","expiry_date":1}"#;
+        assert_eq!(detect(&codex), Some(Provider::Codex));
+        assert_eq!(detect(claude), Some(Provider::Claude));
+        assert_eq!(detect(key), Some(Provider::Claude));
+        assert_eq!(detect(b"sk-ant-api03-k\n"), Some(Provider::Claude));
+        assert_eq!(detect(gemini), Some(Provider::Gemini));
+        assert_eq!(detect(b"{}"), None);
+        assert_eq!(detect(b"hello"), None);
+
+        let parsed = |b: &[u8], p| parse_file(b, p).map(|c| (c.provider, c.credential_kind));
+        assert!(matches!(
+            parsed(&codex, None),
+            Ok((Provider::Codex, CredentialKind::Oauth))
+        ));
+        assert!(matches!(
+            parsed(claude, None),
+            Ok((Provider::Claude, CredentialKind::Oauth))
+        ));
+        assert!(matches!(
+            parsed(key, Some(Provider::Claude)),
+            Ok((Provider::Claude, CredentialKind::ApiKey))
+        ));
+        assert!(matches!(
+            parsed(gemini, None),
+            Ok((Provider::Gemini, CredentialKind::Oauth))
+        ));
+        let mismatch = parse_file(claude, Some(Provider::Gemini)).err();
+        assert!(matches!(
+            mismatch,
+            Some(CredentialFileError::ProviderMismatch {
+                requested: Provider::Gemini,
+                detected: Provider::Claude
+            })
+        ));
+        assert_eq!(
+            mismatch.map(|e| e.to_string()).unwrap_or_default(),
+            "this is a claude credential file, not a gemini one (drop the provider choice, or \
+             import the gemini file)"
+        );
+        assert!(matches!(
+            parse_file(b"{}", None),
+            Err(CredentialFileError::Unrecognised)
+        ));
+        assert!(matches!(
+            parse_file(b"{nope", None),
+            Err(CredentialFileError::Codex(AuthJsonError::NotJson(_)))
+        ));
+        // An unclaimed shape parsed as the asked-for provider names what is missing.
+        assert_eq!(
+            parse_file(b"{}", Some(Provider::Gemini))
+                .err()
+                .map(|e| e.to_string()),
+            Some("access_token is missing".into())
+        );
+        let big = vec![b' '; (MAX_FILE_BYTES + 1) as usize];
+        assert!(matches!(
+            parse_file(&big, None),
+            Err(CredentialFileError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn fingerprints_are_stable_short_and_hide_the_secret() {
+        let f = fingerprint("claude", "sk-ant-ort01-secret");
+        assert_eq!(f, fingerprint("claude", "sk-ant-ort01-secret"));
+        assert_ne!(f, fingerprint("claude", "sk-ant-ort01-other"));
+        assert_eq!(f.len(), "claude:".len() + 16);
+        assert!(!f.contains("secret"));
     }
 }

@@ -4,9 +4,18 @@
 //! two replicas on one PostgreSQL, a revoked lineage → `needs_reauth`, a Google refresh that
 //! keeps its refresh token, a SIGKILL right after the persist losing nothing, and quota bars
 //! filled from the usage polls (`/api/oauth/usage`, `retrieveUserQuota`).
+//!
+//! Accounts are imported from the simulator's credential files through the store (the model's
+//! `parse_file` and `Store::import_account`, what every import surface calls), so these tests
+//! do not depend on the CLI's import options.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use codexmesh_model::credentials;
+use codexmesh_store::crypto::MasterKey;
+use codexmesh_store::keyfile::KeySource;
+use codexmesh_store::{Actor, Store};
 use codexmesh_test_kit::pg::TempPostgres;
 use codexmesh_test_kit::{AnyError, Cli, Served, Sim, TestResult, Workspace};
 use serde_json::{json, Value};
@@ -44,9 +53,28 @@ async fn import(
     if provider == "gemini" {
         file["project_id"] = acct["project_id"].clone();
     }
-    let name = format!("{}_{label}.json", provider.trim_end_matches("_api_key"));
-    let out = ws.import_auth(&name, &file.to_string(), "main", Some(label))?;
-    Ok((acct, out["account"].clone()))
+    let imported = store_import(ws, file.to_string().as_bytes(), label).await?;
+    Ok((acct, imported))
+}
+
+/// Imports a credential file of any provider into pool `main` as `label`, sealed under the
+/// workspace's master key (generated like the binary does when the data dir has none yet).
+async fn store_import(ws: &Workspace, bytes: &[u8], label: &str) -> Result<Value, AnyError> {
+    let key_path = ws.data_dir().join("master.key");
+    if !key_path.exists() {
+        std::fs::create_dir_all(ws.data_dir())?;
+        std::fs::write(&key_path, MasterKey::generate()?.to_base64())?;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let key = KeySource::from_file(&key_path)?;
+    let store = Store::open(&ws.store_url()).await?;
+    store.verify_master_key(&key).await?;
+    let creds = credentials::parse_file(bytes, None)?;
+    let imported = store
+        .import_account(&Actor::new("test"), "main", Some(label), &creds, &key)
+        .await?;
+    store.close().await;
+    Ok(serde_json::to_value(&imported.account)?)
 }
 
 /// An imported account whose token is due at once (2 s lifetime); the tokens the simulator

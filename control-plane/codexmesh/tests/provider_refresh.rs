@@ -137,13 +137,32 @@ async fn wait_status(
     }
 }
 
-/// The refresh tokens sent to a token endpoint (`path`), in order.
-async fn sent_refresh_tokens(sim: &Sim, path: &str) -> Result<Vec<String>, AnyError> {
+/// `have` (unix ms) is the simulator's expiry `want_secs` (unix s), within the second or two
+/// between its clock reading and ours (the store computes it from `expires_in`).
+fn near_expiry(have: &Value, want_secs: &Value) -> bool {
+    match (have.as_i64(), want_secs.as_i64()) {
+        (Some(h), Some(w)) => (h - w * 1000).abs() <= 2_000,
+        _ => false,
+    }
+}
+
+/// The body keys of each call to the token endpoint at `path` (the simulator keeps no
+/// Claude or Google body, only its keys).
+async fn token_call_keys(sim: &Sim, path: &str) -> Result<Vec<Vec<String>>, AnyError> {
     Ok(sim
-        .requests_where(&format!("path_contains={path}&include_body=1"))
+        .requests_where(&format!("path_contains={path}"))
         .await?
         .iter()
-        .map(|r| s(&r["body_json"]["refresh_token"]))
+        .map(|r| {
+            let mut keys: Vec<String> = r["body_json_keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            keys.sort();
+            keys
+        })
         .collect())
 }
 
@@ -165,38 +184,35 @@ async fn claude_refreshes_before_expiry_and_stores_the_rotated_token() -> TestRe
         a["token_revision"].as_i64() > imported["token_revision"].as_i64()
     })
     .await?;
-    assert_eq!(
-        st["access_token_expires_at_ms"].as_i64(),
-        rotated["access_token_expires_at"]
-            .as_i64()
-            .map(|t| t * 1000)
+    assert!(
+        near_expiry(
+            &st["access_token_expires_at_ms"],
+            &rotated["access_token_expires_at"]
+        ),
+        "{st} {rotated}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sim.account(&id).await?["refresh_calls"], 1, "not due again");
-    // A manual refresh sends the rotated token (stored with the new access token): no reuse.
+    // A manual refresh sends the rotated token (stored with the new access token): the
+    // simulator revokes a lineage whose consumed token comes back, so a success with the
+    // lineage alive proves it was not replayed.
     let out = ws.ok_json(&["account", "refresh", "cl"])?;
     assert_eq!(out["by"], "this", "{out}");
     let after = sim.account(&id).await?;
+    assert_eq!(after["refresh_calls"], 2);
     assert_eq!(after["refresh_successes"], 2);
     assert_eq!(
         after["revoked"], false,
         "no refresh token replayed: {after}"
     );
-    let sent = sent_refresh_tokens(&sim, "/v1/oauth/token").await?;
-    assert_eq!(
-        sent,
-        [s(&acct["refresh_token"]), s(&rotated["refresh_token"])]
+    assert_ne!(
+        after["refresh_token"], rotated["refresh_token"],
+        "rotated again"
     );
-    let calls = sim
-        .requests_where("path_contains=/v1/oauth/token&include_body=1")
-        .await?;
-    for c in &calls {
-        assert_eq!(
-            c["body_json"]["client_id"],
-            "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
-        );
-        assert_eq!(c["body_json"]["grant_type"], "refresh_token");
-        assert!(s(&c["body_json"]["scope"]).contains("user:inference"));
+    let keys = token_call_keys(&sim, "/v1/oauth/token").await?;
+    assert_eq!(keys.len(), 2);
+    for k in &keys {
+        assert_eq!(k, &["client_id", "grant_type", "refresh_token", "scope"]);
     }
     // Nothing the operator sees carries a token.
     let text = out.to_string() + &ws.ok(&["status", "--json"])?.stdout;
@@ -246,10 +262,10 @@ async fn google_refresh_keeps_the_refresh_token() -> TestResult {
     let after = sim.account(&id).await?;
     assert_eq!(after["refresh_successes"], 2);
     assert_eq!(after["refresh_token"], acct["refresh_token"]);
-    let calls = sim
-        .requests_where("path_contains=/google/oauth2/token")
-        .await?;
-    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        token_call_keys(&sim, "/google/oauth2/token").await?.len(),
+        2
+    );
     served.stop()?;
     Ok(())
 }
@@ -316,10 +332,6 @@ async fn kill_after_a_claude_persist_loses_no_rotated_token() -> TestResult {
         after["revoked"], false,
         "the consumed token was not replayed"
     );
-    assert_eq!(
-        sent_refresh_tokens(&sim, "/v1/oauth/token").await?,
-        [s(&acct["refresh_token"]), s(&rotated["refresh_token"])]
-    );
     Ok(())
 }
 
@@ -349,7 +361,7 @@ async fn quota_bars_come_from_the_provider_polls() -> TestResult {
     assert_eq!(q["primary"]["window_minutes"], 300);
     assert!(q["primary"]["resets_in_secs"].as_i64() > Some(0));
     assert_eq!(q["secondary"]["window_minutes"], 10_080);
-    assert_eq!(q["secondary"]["used_percent"], 8.0, "{q}"); // 7.5 rounded by the sim
+    assert_eq!(q["secondary"]["used_percent"], 7.5, "{q}");
     let st = wait_status(&ws, "gq", Duration::from_secs(15), "Gemini bar", |a| {
         a["quota"]["primary"]["used_percent"]
             .as_f64()
@@ -368,11 +380,11 @@ async fn quota_bars_come_from_the_provider_polls() -> TestResult {
         );
     }
     let polls = sim
-        .requests_where("path_contains=retrieveUserQuota&include_body=1")
+        .requests_where("path_contains=retrieveUserQuota")
         .await?;
     assert!(!polls.is_empty());
     for p in &polls {
-        assert_eq!(p["body_json"]["project"], gm["project_id"], "{p}");
+        assert_eq!(p["project"], gm["project_id"], "{p}");
     }
     // An API-key account has no usage endpoint and is never refreshed.
     let k = sim.account(&sim_id(&key)).await?;

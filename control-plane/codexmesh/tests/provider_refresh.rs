@@ -393,3 +393,110 @@ async fn quota_bars_come_from_the_provider_polls() -> TestResult {
     served.stop()?;
     Ok(())
 }
+
+/// Reports `outcomes` to `served` as an Envoy node would.
+async fn report(
+    ws: &Workspace,
+    served: &Served,
+    outcomes: Vec<codexmesh_proto::v1::Outcome>,
+) -> Result<u32, AnyError> {
+    use codexmesh_proto::v1 as pb;
+    let token = std::fs::read_to_string(ws.data_dir().join("push.token"))?;
+    let mut client =
+        pb::mesh_client::MeshClient::connect(format!("http://{}", served.grpc)).await?;
+    let mut req = tonic::Request::new(pb::ReportBatch {
+        node_id: "provider-test".into(),
+        outcomes,
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+    Ok(client.report(req).await?.into_inner().accepted)
+}
+
+fn outcome(account: &Value, status: u32, path: &str) -> codexmesh_proto::v1::Outcome {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0);
+    codexmesh_proto::v1::Outcome {
+        pool_id: s(&account["pool_id"]),
+        key_id: "key_test".into(),
+        account_id: s(&account["id"]),
+        attempt: 1,
+        status,
+        started_at_unix_ms: now - 50,
+        latency_ms: 40,
+        request_path: path.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_429s_cool_down_until_the_reset_and_a_401_rejects_an_api_key() -> TestResult {
+    let sim = Sim::start()?;
+    let ws = workspace(&sim)?;
+    ws.ok(&["pool", "create", "main"])?;
+    let (_, cl) = import(&ws, &sim, "claude", "c429", json!({})).await?;
+    let (_, gm) = import(&ws, &sim, "gemini", "g429", json!({})).await?;
+    let (key_acct, key) = import(&ws, &sim, "claude_api_key", "k401", json!({})).await?;
+    let served = Served::start(&ws, &["--quota-poll-interval-secs", "0"])?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let now = i64::try_from(now)?;
+    // Claude: a 429 whose unified 7d window is rejected (the filter reports it spent) with
+    // its reset: that window is 100 % until then.
+    let mut c = outcome(&cl, 429, "/v1/messages");
+    c.error_code = "rate_limit_error".into();
+    c.resets_at_unix = now + 3 * 86_400;
+    c.quota = Some(codexmesh_proto::v1::QuotaSummary {
+        primary: Some(codexmesh_proto::v1::QuotaWindow {
+            used_percent: 30.0,
+            window_minutes: 300,
+            resets_at_unix: now + 3600,
+        }),
+        secondary: Some(codexmesh_proto::v1::QuotaWindow {
+            used_percent: 100.0,
+            window_minutes: 10_080,
+            resets_at_unix: now + 3 * 86_400,
+        }),
+        observed_at_unix_ms: now * 1000,
+    });
+    // Gemini: RESOURCE_EXHAUSTED / QUOTA_EXHAUSTED with a reset 9 h away: the daily window.
+    let mut g = outcome(&gm, 429, "/v1internal:streamGenerateContent");
+    g.error_code = "QUOTA_EXHAUSTED".into();
+    g.resets_at_unix = now + 9 * 3600;
+    assert_eq!(report(&ws, &served, vec![c, g]).await?, 2);
+    let st = wait_status(&ws, "g429", Duration::from_secs(5), "the spent day", |a| {
+        a["quota"]["primary"]["used_percent"] == 100.0
+    })
+    .await?;
+    let p = &st["quota"]["primary"];
+    assert_eq!(p["window_minutes"], 1_440, "{p}");
+    assert_eq!(p["resets_at_unix"], now + 9 * 3600);
+    assert_eq!(p["source"], "limit");
+    assert!(st["quota"]["secondary"].is_null());
+    let st = wait_status(&ws, "c429", Duration::from_secs(5), "the spent week", |a| {
+        a["quota"]["secondary"]["used_percent"] == 100.0
+    })
+    .await?;
+    assert_eq!(st["quota"]["secondary"]["window_minutes"], 10_080);
+    assert_eq!(st["quota"]["secondary"]["resets_at_unix"], now + 3 * 86_400);
+    assert_eq!(st["quota"]["primary"]["used_percent"], 30.0);
+    assert_eq!(st["quota"]["primary"]["window_minutes"], 300);
+
+    // A 401 for an API-key account routed with the snapshot carrying its key: the key is
+    // bad, the account leaves routing; nothing is sent to a token endpoint.
+    let mut u = outcome(&key, 401, "/v1/messages");
+    u.snapshot_version = u64::try_from(key["token_revision"].as_i64().unwrap_or(0))?;
+    report(&ws, &served, vec![u]).await?;
+    let st = wait_status(&ws, "k401", Duration::from_secs(5), "needs_reauth", |a| {
+        a["state"] == "needs_reauth"
+    })
+    .await?;
+    assert_eq!(st["state_reason"], "api_key_rejected");
+    assert_eq!(sim.account(&sim_id(&key_acct)).await?["refresh_calls"], 0);
+    served.stop()?;
+    Ok(())
+}

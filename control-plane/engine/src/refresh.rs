@@ -817,9 +817,10 @@ mod tests {
         seen: Arc<Mutex<Vec<(String, String)>>>,
     }
 
-    async fn token_server(
-        script: Vec<(u16, Option<(&'static str, &'static str)>, String)>,
-    ) -> Result<TokenServer, Box<dyn std::error::Error>> {
+    /// One scripted answer: status, an extra header, body.
+    type Answer = (u16, Option<(&'static str, &'static str)>, String);
+
+    async fn token_server(script: Vec<Answer>) -> Result<TokenServer, Box<dyn std::error::Error>> {
         use axum::response::IntoResponse;
         let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 
 fn workspace(sim: &Sim) -> Result<Workspace, AnyError> {
     let mut ws = Workspace::new()?;
+    // Every base and token URL (Codex, Claude, Google) at the simulator.
     ws.extra_args = sim.cp_args();
-    ws.extra_args.extend(sim.provider_cp_args());
     Ok(ws)
 }
 

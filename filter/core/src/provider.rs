@@ -17,9 +17,10 @@
 use crate::claude;
 use crate::pb;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Provider {
     /// ChatGPT's Codex backend (the default: accounts from before providers existed).
+    #[default]
     Codex,
     /// Anthropic (Claude Code subscription OAuth or an API key).
     Claude,

@@ -35,8 +35,8 @@ use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::crypto::Keys;
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{
-    AccountState, AccountWithToken, KeyStatus, PoolKey, Routing, RoutingMode, SnapshotData, Store,
-    StoreError, Strategy,
+    AccountState, AccountWithToken, CredentialKind, KeyStatus, PoolKey, Provider, Routing,
+    RoutingMode, SnapshotData, Store, StoreError, Strategy,
 };
 
 /// Wait after noticing a change before reading, so writes landing together are coalesced.
@@ -227,9 +227,9 @@ pub fn build_with(
                             .map_or(0, |ms| ms.div_euclid(1000)),
                         state_reason: reason,
                         token_revision: u64::try_from(acc.token_revision).unwrap_or(0),
-                        provider: pb::Provider::Codex as i32,
-                        credential_kind: pb::CredentialKind::Oauth as i32,
-                        project_id: String::new(),
+                        provider: proto_provider(acc.provider) as i32,
+                        credential_kind: proto_credential_kind(acc.credential_kind) as i32,
+                        project_id: acc.project_id.clone().unwrap_or_default(),
                     }
                 })
                 .collect();
@@ -258,6 +258,21 @@ fn proto_state(s: AccountState) -> pb::AccountState {
         AccountState::Paused => pb::AccountState::Paused,
         AccountState::CoolingDown => pb::AccountState::CoolingDown,
         AccountState::NeedsReauth => pb::AccountState::NeedsReauth,
+    }
+}
+
+fn proto_provider(p: Provider) -> pb::Provider {
+    match p {
+        Provider::Codex => pb::Provider::Codex,
+        Provider::Claude => pb::Provider::Claude,
+        Provider::Gemini => pb::Provider::Gemini,
+    }
+}
+
+fn proto_credential_kind(k: CredentialKind) -> pb::CredentialKind {
+    match k {
+        CredentialKind::Oauth => pb::CredentialKind::Oauth,
+        CredentialKind::ApiKey => pb::CredentialKind::ApiKey,
     }
 }
 
@@ -564,6 +579,9 @@ mod tests {
                 id: id.into(),
                 pool_id: "pool_1".into(),
                 label: id.into(),
+                provider: Provider::Codex,
+                credential_kind: CredentialKind::Oauth,
+                project_id: None,
                 chatgpt_account_id: format!("chatgpt-{id}"),
                 plan: Some("plus".into()),
                 state: AccountState::Active,

@@ -16,6 +16,26 @@ string_enum!(
 );
 
 string_enum!(
+    /// Whose API an account speaks. A request goes only to accounts of the provider its route
+    /// speaks; a pool may hold accounts of one provider or several.
+    Provider {
+        Codex = "codex",
+        Claude = "claude",
+        Gemini = "gemini",
+    }
+);
+
+string_enum!(
+    /// How an account's credential is presented upstream: an OAuth access token that the
+    /// refresher keeps alive (Codex, Claude subscriptions, Google), or a static API key (Claude
+    /// console keys; never refreshed).
+    CredentialKind {
+        Oauth = "oauth",
+        ApiKey = "api_key",
+    }
+);
+
+string_enum!(
     KeyStatus {
         Active = "active",
         Revoked = "revoked",
@@ -128,6 +148,14 @@ pub struct Account {
     /// The pool's name.
     pub pool: String,
     pub label: String,
+    /// Whose API it speaks (`codex` for every account made before providers existed).
+    pub provider: Provider,
+    /// OAuth token or API key.
+    pub credential_kind: CredentialKind,
+    /// Gemini: the Google Cloud project Code Assist bills; written into each generate request.
+    pub project_id: Option<String>,
+    /// The provider's id of the login: the ChatGPT account id (Codex), the Claude account uuid or
+    /// a fingerprint of the credential (Claude), the Google subject (Gemini).
     pub chatgpt_account_id: String,
     pub chatgpt_user_id: Option<String>,
     pub email: Option<String>,
@@ -232,6 +260,9 @@ pub struct SnapshotAccount {
     pub id: String,
     pub pool_id: String,
     pub label: String,
+    pub provider: Provider,
+    pub credential_kind: CredentialKind,
+    pub project_id: Option<String>,
     pub chatgpt_account_id: String,
     pub plan: Option<String>,
     pub state: AccountState,
@@ -524,7 +555,7 @@ pub struct AuditEntry {
 /// Fixtures for unit tests in this and other crates (feature `fixtures`).
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures {
-    use super::{Account, AccountState};
+    use super::{Account, AccountState, CredentialKind, Provider};
 
     pub fn account(id: &str) -> Account {
         Account {
@@ -532,6 +563,9 @@ pub mod fixtures {
             pool_id: "pool_1".into(),
             pool: "p".into(),
             label: id.to_owned(),
+            provider: Provider::Codex,
+            credential_kind: CredentialKind::Oauth,
+            project_id: None,
             chatgpt_account_id: format!("chatgpt-{id}"),
             chatgpt_user_id: None,
             email: None,

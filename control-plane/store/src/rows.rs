@@ -8,8 +8,8 @@ use sqlx::{Any, Row};
 
 use crate::error::StoreError;
 use codexmesh_model::records::{
-    Account, AccountState, AccountWithToken, AllowedCidrs, AuditEntry, Counters, CreditsEvidence,
-    KeyStatus, Lease, LoggedOutcome, Membership, OutcomeGroup, OutcomeRecord, Pool, PoolKey,
+    Account, AccountState, AccountWithToken, AllowedCidrs, AuditEntry, Counters, CredentialKind,
+    CreditsEvidence, KeyStatus, Provider, Lease, LoggedOutcome, Membership, OutcomeGroup, OutcomeRecord, Pool, PoolKey,
     QuotaRecord, QuotaWindowRecord, Routing, RoutingMode, SnapshotAccount, Strategy,
     WindowEvidence,
 };
@@ -23,6 +23,7 @@ pub(crate) const POOL_SELECT: &str = "SELECT id, name, created_at, strategy, max
 /// An account's own columns; its pools come from `pool_memberships` (`tx::attach_memberships_tx`).
 /// (`accounts.pool_id`, `priority` and `weight` are pre-0005 leftovers: not read.)
 pub(crate) const ACCOUNT_SELECT: &str = "SELECT a.id, a.label, \
+     a.provider, a.credential_kind, a.project_id, \
      a.chatgpt_account_id, a.chatgpt_user_id, a.email, a.plan, a.state, a.state_reason, \
      a.cooldown_until, a.access_token_expires_at, a.tokens_updated_at, \
      a.created_at, a.updated_at, a.sealed_access_token, a.token_revision, a.health, \
@@ -42,7 +43,8 @@ pub(crate) const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name
 /// What [`crate::Store::snapshot_data`] reads of each account, once per membership (with that
 /// pool's priority and weight), in the order accounts are sent.
 pub(crate) const SNAPSHOT_ACCOUNT_SELECT: &str =
-    "SELECT a.id, m.pool_id, a.label, a.chatgpt_account_id, \
+    "SELECT a.id, m.pool_id, a.label, a.provider, a.credential_kind, a.project_id, \
+     a.chatgpt_account_id, \
      a.plan, a.state, a.state_reason, a.cooldown_until, m.priority, m.weight, \
      a.access_token_expires_at, a.token_revision, a.health, a.sealed_access_token \
      FROM pool_memberships m JOIN accounts a ON a.id = m.account_id \
@@ -162,6 +164,18 @@ pub(crate) fn pool_from_row(row: &AnyRow) -> Result<Pool, StoreError> {
     })
 }
 
+fn provider_from_row(row: &AnyRow) -> Result<Provider, StoreError> {
+    let text: String = col(row, "provider")?;
+    Provider::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown account provider {text:?}")))
+}
+
+fn credential_kind_from_row(row: &AnyRow) -> Result<CredentialKind, StoreError> {
+    let text: String = col(row, "credential_kind")?;
+    CredentialKind::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown credential kind {text:?}")))
+}
+
 pub(crate) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
     let state: String = col(row, "state")?;
     Ok(Account {
@@ -170,6 +184,9 @@ pub(crate) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
         pool_id: String::new(),
         pool: String::new(),
         label: col(row, "label")?,
+        provider: provider_from_row(row)?,
+        credential_kind: credential_kind_from_row(row)?,
+        project_id: col(row, "project_id")?,
         chatgpt_account_id: col(row, "chatgpt_account_id")?,
         chatgpt_user_id: col(row, "chatgpt_user_id")?,
         email: col(row, "email")?,
@@ -280,6 +297,9 @@ fn snapshot_account_from_row(row: &AnyRow) -> Result<SnapshotAccount, StoreError
         id: col(row, "id")?,
         pool_id: col(row, "pool_id")?,
         label: col(row, "label")?,
+        provider: provider_from_row(row)?,
+        credential_kind: credential_kind_from_row(row)?,
+        project_id: col(row, "project_id")?,
         chatgpt_account_id: col(row, "chatgpt_account_id")?,
         plan: col(row, "plan")?,
         state: AccountState::parse(&state)

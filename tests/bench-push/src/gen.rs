@@ -242,6 +242,10 @@ pub fn snapshot(accounts: usize, pools: usize, seed: u64) -> BuiltSnapshot {
             access_token_expires_at_unix: login.exp_unix,
             state_reason: reason,
             token_revision: rng.range(1, 100_000),
+            // The benchmark's pools are Codex pools.
+            provider: pb::Provider::Codex as i32,
+            credential_kind: pb::CredentialKind::Oauth as i32,
+            project_id: String::new(),
         };
         out[n % pools].accounts.push(account);
         account_ids.push(id);

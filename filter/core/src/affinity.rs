@@ -114,9 +114,7 @@ pub(crate) fn json_string_after(body: &[u8], needle: &[u8]) -> Option<String> {
         let start = from + found + needle.len();
         from = start;
         let rest = body.get(start..)?;
-        let Some(i) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
-            return None;
-        };
+        let i = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         if rest.get(i) != Some(&b':') {
             continue;
         }

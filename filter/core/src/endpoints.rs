@@ -381,9 +381,37 @@ impl Endpoint {
         }
     }
 
-    /// Whose accounts serve this endpoint.
+    /// Whose accounts serve this endpoint (a match, not a walk of [`ENDPOINTS`]: the upstream
+    /// filter asks per attempt; a unit test holds it equal to the spec's).
     pub fn provider(self) -> Provider {
-        self.spec().provider
+        match self {
+            Self::Responses
+            | Self::ResponsesWebSocket
+            | Self::Compact
+            | Self::Models
+            | Self::Usage
+            | Self::AccountCheck
+            | Self::V1Responses
+            | Self::V1ResponsesWebSocket
+            | Self::V1ChatCompletions
+            | Self::V1Models
+            | Self::V1Model => Provider::Codex,
+            Self::ClaudeMessages
+            | Self::ClaudeCountTokens
+            | Self::ClaudeModels
+            | Self::ClaudeModel => Provider::Claude,
+            Self::GeminiGenerate
+            | Self::GeminiStreamGenerate
+            | Self::GeminiCountTokens
+            | Self::GeminiLoadCodeAssist
+            | Self::GeminiOnboardUser
+            | Self::GeminiRetrieveUserQuota
+            | Self::GeminiListExperiments
+            | Self::GeminiFetchAdminControls
+            | Self::GeminiRecordMetrics
+            | Self::GeminiGetUserSetting
+            | Self::GeminiSetUserSetting => Provider::Gemini,
+        }
     }
 
     /// For a Gemini call the gateway answers itself: which one.
@@ -638,6 +666,7 @@ mod tests {
                 1
             );
             assert_eq!(spec.endpoint.spec(), spec);
+            assert_eq!(spec.endpoint.provider(), spec.provider);
             assert_eq!(
                 Endpoint::from_name(spec.endpoint.as_str()),
                 Some(spec.endpoint)

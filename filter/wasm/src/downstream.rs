@@ -584,8 +584,20 @@ fn answer_locally(authed: &Routed, endpoint: Endpoint, now_ms: i64) -> Action {
                 .shaped(endpoint.provider()),
         );
     };
+    // The Codex usage and account check describe the pool's Codex accounts only.
+    let codex_only;
+    let codex_pool = match authed.snapshot.lane(authed.pool_ix, Provider::Codex) {
+        Some(lane) => authed.snapshot.lane_pool(lane).unwrap_or(pool),
+        None => {
+            codex_only = pb::Pool {
+                accounts: Vec::new(),
+                ..pool.clone()
+            };
+            &codex_only
+        }
+    };
     let body = match endpoint {
-        Endpoint::AccountCheck => usage::account_check(pool),
+        Endpoint::AccountCheck => usage::account_check(codex_pool),
         _ if endpoint.gemini_local_call().is_some() => gemini::local_answer(
             endpoint
                 .gemini_local_call()
@@ -600,7 +612,7 @@ fn answer_locally(authed: &Routed, endpoint: Endpoint, now_ms: i64) -> Action {
                 .get(authed.key_ix)
                 .and_then(|key| routing::effective_routing(pool, key));
             let limits = Limits::from_settings(settings);
-            usage::pool_usage(pool, &cache::local_table(), &limits, now_ms)
+            usage::pool_usage(codex_pool, &cache::local_table(), &limits, now_ms)
         }
     };
     let headers = [

@@ -9,9 +9,9 @@ use sqlx::{Any, Row};
 use crate::error::StoreError;
 use codexmesh_model::records::{
     Account, AccountState, AccountWithToken, AllowedCidrs, AuditEntry, Counters, CredentialKind,
-    CreditsEvidence, KeyStatus, Provider, Lease, LoggedOutcome, Membership, OutcomeGroup, OutcomeRecord, Pool, PoolKey,
-    QuotaRecord, QuotaWindowRecord, Routing, RoutingMode, SnapshotAccount, Strategy,
-    WindowEvidence,
+    CreditsEvidence, KeyStatus, Lease, LoggedOutcome, Membership, OutcomeGroup, OutcomeRecord,
+    Pool, PoolKey, Provider, QuotaRecord, QuotaWindowRecord, Routing, RoutingMode, SnapshotAccount,
+    Strategy, WindowEvidence,
 };
 
 /// `pools` and `pool_keys` name their routing columns alike, so `routing_from_row` reads both.

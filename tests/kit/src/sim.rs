@@ -142,6 +142,14 @@ impl Sim {
             self.token_url(),
             "--auth-base-url".into(),
             self.root_url(),
+            "--claude-base-url".into(),
+            self.root_url(),
+            "--claude-token-url".into(),
+            self.claude_token_url(),
+            "--gemini-base-url".into(),
+            self.root_url(),
+            "--google-token-url".into(),
+            self.google_token_url(),
         ]
     }
 

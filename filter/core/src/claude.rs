@@ -219,4 +219,48 @@ mod tests {
             None
         );
     }
+    #[test]
+    fn a_429_with_rejected_windows_cools_down_until_the_latest_reset() {
+        use crate::local::LocalAccount;
+        use crate::routing::Limits;
+        use crate::verdict::{classify, Verdict};
+        let now_ms = 1_700_000_000_000;
+        let q = quota_from_headers(
+            headers(&[
+                ("anthropic-ratelimit-unified-5h-status", "rejected"),
+                ("anthropic-ratelimit-unified-5h-reset", "1700000600"),
+                ("anthropic-ratelimit-unified-7d-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d-reset", "1700090000"),
+            ]),
+            now_ms,
+        );
+        let limits = Limits::from_settings(None);
+        let body = crate::evidence::parse_error_body(
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"limit"}}"#,
+            now_ms,
+        )
+        .unwrap();
+        assert_eq!(body.error_type, "rate_limit_error");
+        let v = classify(
+            429,
+            q.as_ref(),
+            Some(&body),
+            Some(now_ms + 5_000),
+            &LocalAccount::default(),
+            &limits,
+            now_ms,
+        );
+        assert_eq!(
+            v,
+            Verdict::UsageLimited {
+                until_ms: 1_700_090_000_000,
+                guessed: false
+            }
+        );
+        // An overloaded 529 is the upstream's failure, not quota.
+        assert_eq!(
+            classify(529, None, None, None, &LocalAccount::default(), &limits, now_ms),
+            Verdict::UpstreamFailure
+        );
+    }
 }

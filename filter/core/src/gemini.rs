@@ -346,4 +346,32 @@ mod tests {
         assert_eq!(parse_duration_secs("-1s"), None);
         assert_eq!(parse_duration_secs("5"), None);
     }
+    #[test]
+    fn a_429_cools_the_account_down_until_googles_reset() {
+        use crate::local::LocalAccount;
+        use crate::routing::Limits;
+        use crate::verdict::{classify, Verdict};
+        let now_ms = 1_760_987_000_000;
+        let body = parse_rpc_error(
+            br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"90s"}]}}"#,
+            now_ms,
+        )
+        .unwrap();
+        let v = classify(
+            429,
+            None,
+            Some(&body),
+            None,
+            &LocalAccount::default(),
+            &Limits::from_settings(None),
+            now_ms,
+        );
+        assert_eq!(
+            v,
+            Verdict::UsageLimited {
+                until_ms: 1_760_987_090_000,
+                guessed: false
+            }
+        );
+    }
 }

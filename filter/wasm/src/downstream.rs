@@ -250,7 +250,10 @@ impl HttpContext for Downstream {
         // not grow with the transcript (affinity::locality_windows).
         let (head, tail) = locality_windows(body_size);
         let body_key = body_key_of(self.shape);
-        if !self.head_searched && (head.1 == LOCALITY_HEAD_BYTES || end_of_stream) {
+        // A Gemini body goes upstream whole (the upstream filter rewrites its project per
+        // attempt): it is routed at its end, never from the head window.
+        let early = self.shape != Provider::Gemini && head.1 == LOCALITY_HEAD_BYTES;
+        if !self.head_searched && (early || end_of_stream) {
             self.head_searched = true;
             let key = host::request_body_range(head.0, head.1).and_then(|b| body_key(&b));
             if key.is_some() {

@@ -26,7 +26,8 @@ enum Acct<'a> {
 }
 
 struct Mesh {
-    _dir: tempfile::TempDir,
+    /// The test's directory (a `TempDir`), removed when the test ends.
+    _dir: Box<dyn std::any::Any + Send>,
     sim: Sim,
     /// Kept running for the test's length.
     _cp: ControlPlane,
@@ -69,7 +70,7 @@ async fn add(sim: &Sim, cp: &ControlPlane, dir: &Path, acct: Acct<'_>) -> (Strin
     let path = dir.join(format!("{id}.credentials.json"));
     sim.write_credentials_file(id, &path).await.unwrap();
     let path = path.to_string_lossy().into_owned();
-    let mut args = vec!["account", "import", &path, "--pool", POOL, "--name", id];
+    let mut args = vec!["account", "import", &path, "--pool", POOL, "--label", id];
     if let Acct::Gemini(_, project) = acct {
         args.extend(["--project", project]);
     }
@@ -99,7 +100,7 @@ impl Mesh {
             .await
             .unwrap();
         let mesh = Self {
-            _dir: dir,
+            _dir: Box::new(dir),
             sim,
             _cp: cp,
             envoy,
@@ -437,7 +438,8 @@ async fn sessions_stay_on_their_account_and_a_429_fails_over_invisibly() {
     mesh.spend("claude-a").await;
     mesh.spend("gem-a").await;
     mesh.sim.clear_requests().await.unwrap();
-    for i in 0..6 {
+    // Sessions hash onto both accounts: twelve make missing the spent one a 1-in-4096 event.
+    for i in 0..12 {
         let session = format!("f-{i}");
         let c = mesh.claude_turn(false, Some(&session)).await;
         assert_eq!(c.status(), 200);

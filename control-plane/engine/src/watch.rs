@@ -191,8 +191,8 @@ impl Watcher {
     /// Parses a watched file as the provider its name says, filling a Gemini login's project.
     async fn credentials_of(&self, file: &FoundFile) -> Result<authjson::LoginCredentials, String> {
         let provider = provider_by_name(&file.path);
-        let mut creds =
-            authjson::parse_file(&file.bytes, Some(provider)).map_err(|e| e.to_string())?;
+        let mut creds = codexmesh_model::credential_files::parse_file(&file.bytes, Some(provider))
+            .map_err(|e| e.to_string())?;
         if creds.provider == Provider::Gemini && creds.project_id.is_none() {
             let url = self
                 .gemini_base_url

@@ -181,12 +181,13 @@ async fn import(
             None,
         ));
     }
-    let creds = credentials::parse_file(&bytes, q.provider).map_err(|source| {
-        ops::OpsError::CredentialFile {
-            path: "body".into(),
-            source,
-        }
-    })?;
+    let creds =
+        codexmesh_model::credential_files::parse_file(&bytes, q.provider).map_err(|source| {
+            ops::OpsError::CredentialFile {
+                path: "body".into(),
+                source,
+            }
+        })?;
     let creds = ops::accounts::with_project(creds, q.project.as_deref())?;
     let o = ops::accounts::import(&caller.ops(&state), &creds, &pool, q.label.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(o.into())))

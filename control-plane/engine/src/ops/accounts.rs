@@ -17,7 +17,7 @@ use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Reque
 use codexmesh_model::credentials::{self as authjson, CodexCredentials, LoginCredentials};
 use codexmesh_model::records::{CredentialKind, Provider};
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_model::{claude_credentials, gemini_credentials};
+use codexmesh_model::{claude_credentials, credential_files, gemini_credentials};
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{
     files, Account, AccountState, Changed, Entity, ImportResult, Lookup, Store, StoreError,
@@ -70,13 +70,13 @@ pub async fn import_file_with(
 fn read_credential_file(
     path: &Path,
     provider: Option<Provider>,
-) -> Result<LoginCredentials, authjson::CredentialFileError> {
+) -> Result<LoginCredentials, credential_files::CredentialFileError> {
     let meta = std::fs::metadata(path).map_err(authjson::AuthJsonError::from)?;
     if meta.len() > authjson::MAX_FILE_BYTES {
-        return Err(authjson::CredentialFileError::TooLarge);
+        return Err(credential_files::CredentialFileError::TooLarge);
     }
     let bytes = std::fs::read(path).map_err(authjson::AuthJsonError::from)?;
-    authjson::parse_file(&bytes, provider)
+    credential_files::parse_file(&bytes, provider)
 }
 
 /// `creds` with the operator's project, which only a Gemini login takes.

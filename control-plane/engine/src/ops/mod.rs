@@ -22,7 +22,8 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use crate::config::{ConfigError, Settings};
-use codexmesh_model::credentials::{AuthJsonError, CredentialFileError};
+use codexmesh_model::credential_files::CredentialFileError;
+use codexmesh_model::credentials::AuthJsonError;
 use codexmesh_model::declarative::{ConfigError as DocumentError, ConfigErrorKind};
 use codexmesh_model::operators::{Access, Principal};
 use codexmesh_model::routing::InvalidSetting;

@@ -1,4 +1,11 @@
-//! Codex `auth.json` (ChatGPT login) parsing and the JWT claims we need from it.
+//! Credentials: what an import needs from a login ([`LoginCredentials`], any provider), the
+//! path-naming field access the providers' parsers share, and Codex `auth.json` (ChatGPT login)
+//! parsing with the JWT claims we need from it. Claude Code's `.credentials.json` is read in
+//! [`crate::claude_credentials`], Gemini CLI's `oauth_creds.json` in
+//! [`crate::gemini_credentials`], and [`crate::credential_files`] tells the three apart.
+//!
+//! Rules: a field error names the field's path in the file (`claudeAiOauth.expiresAt`); no
+//! type here prints a token.
 //!
 //! The JWTs are decoded without verifying their signatures: ChatGPT's signing keys are not ours to
 //! check against, and the tokens only matter to the upstream that issued them. The claims are used
@@ -6,6 +13,8 @@
 
 use base64::Engine;
 use serde_json::{Map, Value};
+
+use crate::records::{CredentialKind, Provider};
 
 const AUTH_CLAIMS: &str = "https://api.openai.com/auth";
 const PROFILE_CLAIMS: &str = "https://api.openai.com/profile";
@@ -40,12 +49,22 @@ pub enum AuthJsonError {
     AccountIdMismatch { file: String, claims: String },
 }
 
-/// What an import needs from an auth.json. `Debug` hides the tokens.
+/// What an import needs from a credential file of any provider. `Debug` hides the tokens.
 #[derive(Clone)]
-pub struct CodexCredentials {
+pub struct LoginCredentials {
+    /// Whose login it is.
+    pub provider: Provider,
+    /// OAuth tokens, or an API key (in `access_token`; `refresh_token` and `id_token` empty).
+    pub credential_kind: CredentialKind,
+    /// Gemini: the Code Assist project, when the file names one.
+    pub project_id: Option<String>,
+    /// Empty when the provider issues none (Claude).
     pub id_token: String,
     pub access_token: String,
+    /// Empty for an API key.
     pub refresh_token: String,
+    /// The provider's id of the login (stored as `chatgpt_account_id`): the ChatGPT account
+    /// id, a Claude fingerprint (`claude:…`), the Google subject.
     pub chatgpt_account_id: String,
     pub chatgpt_user_id: Option<String>,
     pub email: Option<String>,
@@ -54,9 +73,15 @@ pub struct CodexCredentials {
     pub access_token_expires_at_ms: Option<i64>,
 }
 
-impl std::fmt::Debug for CodexCredentials {
+/// The name [`LoginCredentials`] had when only Codex logins existed.
+pub type CodexCredentials = LoginCredentials;
+
+impl std::fmt::Debug for LoginCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodexCredentials")
+        f.debug_struct("LoginCredentials")
+            .field("provider", &self.provider)
+            .field("credential_kind", &self.credential_kind)
+            .field("project_id", &self.project_id)
             .field("chatgpt_account_id", &self.chatgpt_account_id)
             .field("chatgpt_user_id", &self.chatgpt_user_id)
             .field("email", &self.email)
@@ -69,7 +94,8 @@ impl std::fmt::Debug for CodexCredentials {
     }
 }
 
-pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
+/// Parses a Codex `auth.json`.
+pub fn parse(bytes: &[u8]) -> Result<LoginCredentials, AuthJsonError> {
     let doc: Value =
         serde_json::from_slice(bytes).map_err(|e| AuthJsonError::NotJson(e.to_string()))?;
     let doc = doc.as_object().ok_or(AuthJsonError::NotObject)?;
@@ -133,7 +159,10 @@ pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
             .map(|secs| secs.saturating_mul(1000))
     });
 
-    Ok(CodexCredentials {
+    Ok(LoginCredentials {
+        provider: Provider::Codex,
+        credential_kind: CredentialKind::Oauth,
+        project_id: None,
         chatgpt_user_id: claim("chatgpt_user_id").or_else(|| claim("user_id")),
         plan: claim("chatgpt_plan_type"),
         id_token,
@@ -143,6 +172,106 @@ pub fn parse(bytes: &[u8]) -> Result<CodexCredentials, AuthJsonError> {
         email,
         access_token_expires_at_ms,
     })
+}
+
+/// A field of a credential file that is missing or of the wrong type, named by its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path} {problem}")]
+pub struct FieldError {
+    /// Dotted path in the file, e.g. `claudeAiOauth.accessToken`.
+    pub path: String,
+    pub problem: FieldProblem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldProblem {
+    Missing,
+    Empty,
+    NotString,
+    NotNumber,
+    NotObject,
+    NotStringArray,
+}
+
+impl std::fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FieldProblem::Missing => "is missing",
+            FieldProblem::Empty => "is empty",
+            FieldProblem::NotString => "is not a string",
+            FieldProblem::NotNumber => "is not a number",
+            FieldProblem::NotObject => "is not an object",
+            FieldProblem::NotStringArray => "is not an array of strings",
+        })
+    }
+}
+
+/// Typed, path-naming access to one JSON object of a credential file.
+pub(crate) struct Fields<'a> {
+    pub obj: &'a Map<String, Value>,
+    /// The object's own path with a trailing dot (`claudeAiOauth.`), or empty at the top.
+    pub prefix: &'a str,
+}
+
+impl Fields<'_> {
+    fn err(&self, key: &str, problem: FieldProblem) -> FieldError {
+        FieldError {
+            path: format!("{}{key}", self.prefix),
+            problem,
+        }
+    }
+
+    /// A non-empty string (trimmed).
+    pub fn required_str(&self, key: &str) -> Result<String, FieldError> {
+        self.optional_str(key)?
+            .ok_or_else(|| self.err(key, FieldProblem::Missing))
+    }
+
+    /// A string when present and not null; present but empty is an error.
+    pub fn optional_str(&self, key: &str) -> Result<Option<String>, FieldError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(self.err(key, FieldProblem::Empty))
+            }
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(_) => Err(self.err(key, FieldProblem::NotString)),
+        }
+    }
+
+    /// A whole number (a float is truncated) when present and not null.
+    pub fn optional_i64(&self, key: &str) -> Result<Option<i64>, FieldError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+                .map(Some)
+                .ok_or_else(|| self.err(key, FieldProblem::NotNumber)),
+        }
+    }
+
+    /// An array of strings when present and not null.
+    pub fn optional_strings(&self, key: &str) -> Result<Option<Vec<String>>, FieldError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| self.err(key, FieldProblem::NotStringArray)),
+            Some(_) => Err(self.err(key, FieldProblem::NotStringArray)),
+        }
+    }
+}
+
+/// A short stable fingerprint of a secret: `{prefix}:` and the first 16 hex digits of its
+/// SHA-256. Identifies a login whose file carries no account id, without storing the secret.
+pub fn fingerprint(prefix: &str, secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    format!("{prefix}:{}", &digest[..16])
 }
 
 /// The access token's `exp` as unix milliseconds, when it is a JWT that carries one.
@@ -429,5 +558,14 @@ mod tests {
         );
         assert_eq!(jwt_expiry_ms(&unsigned_jwt(&json!({"exp": "soon"}))), None);
         assert_eq!(jwt_expiry_ms("not-a-jwt"), None);
+    }
+
+    #[test]
+    fn fingerprints_are_stable_short_and_hide_the_secret() {
+        let f = fingerprint("claude", "sk-ant-ort01-secret");
+        assert_eq!(f, fingerprint("claude", "sk-ant-ort01-secret"));
+        assert_ne!(f, fingerprint("claude", "sk-ant-ort01-other"));
+        assert_eq!(f.len(), "claude:".len() + 16);
+        assert!(!f.contains("secret"));
     }
 }

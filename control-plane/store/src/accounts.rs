@@ -20,11 +20,11 @@ use crate::tx::{
     resolve_account_tx, resolve_member_tx, validate_label,
 };
 use crate::{Actor, Store};
-use codexmesh_model::credentials::CodexCredentials;
+use codexmesh_model::credentials::LoginCredentials;
 use codexmesh_model::ids::MAX_LABEL_LEN;
 use codexmesh_model::records::{
     Account, AccountSecrets, AccountState, Changed, ImportAction, ImportResult, ImportSource,
-    RefreshedTokens, TokenUpdate,
+    Provider, RefreshedTokens, TokenUpdate,
 };
 use codexmesh_model::util::{self, now_ms};
 
@@ -33,7 +33,7 @@ use codexmesh_model::util::{self, now_ms};
 async fn default_account_label(
     tx: &mut Transaction<'static, Any>,
     pool_id: &str,
-    creds: &CodexCredentials,
+    creds: &LoginCredentials,
 ) -> Result<String, StoreError> {
     let base = creds
         .email
@@ -56,20 +56,42 @@ async fn default_account_label(
     Ok(label.chars().take(MAX_LABEL_LEN).collect())
 }
 
-/// The account with the same login as `creds` (same ChatGPT account id and user), with its
-/// stored access token expiry. A row without a user id (an auth.json without the claim) is the
+/// The account with the same login as `creds` (same provider, provider's login id and user;
+/// for Claude and Gemini, failing that, the one account of that provider and credential kind
+/// labelled `label`), with its stored access token expiry. A row without a user id (an auth.json without the claim) is the
 /// login when it is the only candidate: the older import could not tell users apart. The expiry
 /// is None when the account needs re-authentication (its tokens are not worth keeping).
 async fn find_login_tx(
     tx: &mut Transaction<'static, Any>,
-    creds: &CodexCredentials,
+    creds: &LoginCredentials,
+    label: Option<&str>,
 ) -> Result<Option<(String, Option<i64>)>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "{LOGIN_SELECT} WHERE chatgpt_account_id = $1 ORDER BY id"
+    let mut rows = sqlx::query(&format!(
+        "{LOGIN_SELECT} WHERE chatgpt_account_id = $1 AND provider = $2 ORDER BY id"
     ))
     .bind(creds.chatgpt_account_id.clone())
+    .bind(creds.provider.as_str())
     .fetch_all(&mut **tx)
     .await?;
+    if rows.is_empty() && creds.provider != Provider::Codex {
+        // A Claude file carries no account id: a rotated refresh token has a new fingerprint.
+        // The label the operator gives names the login instead (one account of that provider
+        // and credential kind with that label).
+        if let Some(label) = label {
+            rows = sqlx::query(&format!(
+                "{LOGIN_SELECT} WHERE label = $1 AND provider = $2 AND credential_kind = $3 \
+                 ORDER BY id"
+            ))
+            .bind(label.to_owned())
+            .bind(creds.provider.as_str())
+            .bind(creds.credential_kind.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+            if rows.len() > 1 {
+                return Ok(None);
+            }
+        }
+    }
     let mut exact = None;
     let mut loose = Vec::new();
     for r in &rows {
@@ -151,7 +173,7 @@ async fn clear_primary_in_pool_tx(
 }
 
 impl Store {
-    /// Imports (or, for a ChatGPT account already in the pool, updates) an account's tokens,
+    /// Imports (or, for a login the store already has, updates) an account's tokens,
     /// sealed under `key`. A re-import brings a `needs_reauth` account back to `active` but
     /// leaves a paused one paused.
     pub async fn import_account(
@@ -159,7 +181,7 @@ impl Store {
         actor: &Actor,
         pool_name: &str,
         label: Option<&str>,
-        creds: &CodexCredentials,
+        creds: &LoginCredentials,
         key: &(impl Keys + ?Sized),
     ) -> Result<ImportResult, StoreError> {
         self.import_account_from(actor, pool_name, label, creds, key, None)
@@ -168,7 +190,8 @@ impl Store {
 
     /// [`Store::import_account`], remembering the watched-folder file it came from.
     ///
-    /// One login (same ChatGPT account id and user) is one account, whatever the pools: a
+    /// One login (same provider, provider's login id and user; see `find_login_tx`) is one
+    /// account, whatever the pools: a
     /// login the store already has gains a membership in `pool_name` (priority 0, weight 1)
     /// when it lacks one, and never a second token lineage. Its tokens are replaced unless
     /// the stored ones are newer (the imported access token expires earlier: its refresh
@@ -182,7 +205,7 @@ impl Store {
         actor: &Actor,
         pool_name: &str,
         label: Option<&str>,
-        creds: &CodexCredentials,
+        creds: &LoginCredentials,
         key: &(impl Keys + ?Sized),
         source: Option<&ImportSource>,
     ) -> Result<ImportResult, StoreError> {
@@ -192,7 +215,7 @@ impl Store {
         let (mut tx, revision) = self.begin_write().await?;
         let key = sealing_key_tx(&mut tx, key).await?;
         let pool = pool_by_name_tx(&mut tx, pool_name).await?;
-        let existing = find_login_tx(&mut tx, creds).await?;
+        let existing = find_login_tx(&mut tx, creds, label).await?;
         let now = now_ms();
         let (id, action) = match &existing {
             Some((id, _)) => (id.clone(), ImportAction::Updated),
@@ -215,7 +238,8 @@ impl Store {
                 sqlx::query(
                     "UPDATE accounts SET label = COALESCE($1, label), updated_at = $2, \
                        source_path = COALESCE($3, source_path), \
-                       source_hash = COALESCE($4, source_hash) \
+                       source_hash = COALESCE($4, source_hash), \
+                       project_id = COALESCE($6, project_id) \
                      WHERE id = $5",
                 )
                 .bind(label.map(str::to_owned))
@@ -223,6 +247,7 @@ impl Store {
                 .bind(source.map(|s| s.path.clone()))
                 .bind(source.map(|s| s.hash.clone()))
                 .bind(id.clone())
+                .bind(creds.project_id.clone())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -237,7 +262,8 @@ impl Store {
                        state = CASE WHEN state = 'needs_reauth' THEN 'active' ELSE state END, \
                        token_revision = $11, refresh_failures = 0, next_refresh_at = NULL, \
                        last_refresh_error = NULL, \
-                       source_path = COALESCE($12, source_path), source_hash = COALESCE($13, source_hash) \
+                       source_path = COALESCE($12, source_path), source_hash = COALESCE($13, source_hash), \
+                       project_id = COALESCE($14, project_id) \
                      WHERE id = $10",
                 )
                 .bind(access)
@@ -253,6 +279,7 @@ impl Store {
                 .bind(revision)
                 .bind(source.map(|s| s.path.clone()))
                 .bind(source.map(|s| s.hash.clone()))
+                .bind(creds.project_id.clone())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -268,9 +295,9 @@ impl Store {
                        email, plan, state, priority, weight, access_token_expires_at, \
                        sealed_access_token, sealed_refresh_token, sealed_id_token, \
                        tokens_updated_at, created_at, updated_at, token_revision, source_path, \
-                       source_hash) \
+                       source_hash, provider, credential_kind, project_id) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', 0, 1, $8, $9, $10, $11, $12, $12, \
-                       $12, $13, $14, $15)",
+                       $12, $13, $14, $15, $16, $17, $18)",
                 )
                 .bind(id.clone())
                 .bind(pool.id.clone())
@@ -287,6 +314,9 @@ impl Store {
                 .bind(revision)
                 .bind(source.map(|s| s.path.clone()))
                 .bind(source.map(|s| s.hash.clone()))
+                .bind(creds.provider.as_str())
+                .bind(creds.credential_kind.as_str())
+                .bind(creds.project_id.clone())
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| {
@@ -315,7 +345,8 @@ impl Store {
             actor,
             action_name,
             Some(&id),
-            json!({"pool": pool.name, "chatgpt_account_id": creds.chatgpt_account_id,
+            json!({"pool": pool.name, "provider": creds.provider,
+                   "chatgpt_account_id": creds.chatgpt_account_id,
                    "source": source.map(|s| s.path.clone()), "joined_pool": joined_pool,
                    "tokens": tokens}),
             revision,

@@ -12,6 +12,9 @@ use crate::gen::{self, Login, Rng};
 /// The credentials an auth.json of this login would carry.
 pub fn credentials(login: Login) -> CodexCredentials {
     CodexCredentials {
+        provider: codexmesh_model::records::Provider::Codex,
+        credential_kind: codexmesh_model::records::CredentialKind::Oauth,
+        project_id: None,
         id_token: login.id_token,
         access_token: login.access_token,
         refresh_token: login.refresh_token,

@@ -259,7 +259,15 @@ mod tests {
         );
         // An overloaded 529 is the upstream's failure, not quota.
         assert_eq!(
-            classify(529, None, None, None, &LocalAccount::default(), &limits, now_ms),
+            classify(
+                529,
+                None,
+                None,
+                None,
+                &LocalAccount::default(),
+                &limits,
+                now_ms
+            ),
             Verdict::UpstreamFailure
         );
     }

@@ -1,6 +1,7 @@
-//! Claude and Gemini on the same listener as Codex, end to end: real Envoy + the built wasm module
-//! + `codexmesh serve` + the simulator (which plays Anthropic and Google Code Assist), with raw
-//! HTTP as Claude Code (`ANTHROPIC_BASE_URL`) and Gemini CLI (`CODE_ASSIST_ENDPOINT`) send it.
+//! Claude and Gemini on the same listener as Codex, end to end: real Envoy, the built wasm
+//! module, `codexmesh serve` and the simulator (which plays Anthropic and Google Code Assist),
+//! with raw HTTP as Claude Code (`ANTHROPIC_BASE_URL`) and Gemini CLI (`CODE_ASSIST_ENDPOINT`)
+//! send it.
 //!
 //! What holds here: each request reaches only an account of its route's provider, with that
 //! account's credential (never the pool key); Claude's query, `anthropic-version` and betas pass

@@ -552,7 +552,7 @@ async function scenario() {
     key = (await code.innerText()).trim();
     secrets.push(key);
     assert.ok(/^\S{16,}$/.test(key), `the new key looks like a key: "${key}"`);
-    for (const tool of ['codex', 'openai-python', 'openai-node', 'agents']) {
+    for (const tool of ['codex', 'claude-code', 'gemini-cli', 'openai-python', 'openai-node', 'agents']) {
       const snippet = page.locator(`[data-testid=new-key] [data-testid=snippet][data-tool="${tool}"]`);
       assert.equal(await snippet.count(), 1, `one ${tool} snippet`);
       assert.ok((await snippet.innerText()).includes(key), `the ${tool} snippet contains the key`);

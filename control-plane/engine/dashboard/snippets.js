@@ -1,5 +1,5 @@
-// snippets.js — ready-made client configuration for a pool key (Codex CLI, OpenAI SDKs, /v1
-// agent tools), shared by the Keys page (with the real key, once) and the Setup page.
+// snippets.js — ready-made client configuration for a pool key (Codex CLI, Claude Code, Gemini
+// CLI, OpenAI SDKs, /v1 agent tools), shared by the Keys page (with the real key, once) and the Setup page.
 //
 // Rules this module keeps:
 // - Snippets are plain text put into <code> with textContent; the key and the gateway URL are
@@ -43,6 +43,30 @@ supports_websockets = true
 
 # in your shell
 export CODEXMESH_API_KEY=${key}`,
+    },
+    {
+      tool: "claude-code",
+      title: "Claude Code",
+      note: "For pools with Claude accounts. In your shell, or the same variables under \"env\" in ~/.claude/settings.json.",
+      text: `export ANTHROPIC_BASE_URL=${base}
+export ANTHROPIC_AUTH_TOKEN=${key}
+# optional: no telemetry, update checks or other non-essential calls
+export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
+
+# or in ~/.claude/settings.json
+{"env": {"ANTHROPIC_BASE_URL": "${base}", "ANTHROPIC_AUTH_TOKEN": "${key}"}}`,
+    },
+    {
+      tool: "gemini-cli",
+      title: "Gemini CLI",
+      note: "For pools with Gemini accounts. GOOGLE_GENAI_USE_GCA must be the word true.",
+      text: `# ~/.gemini/settings.json
+{"security": {"auth": {"selectedType": "oauth-personal"}}}
+
+# in your shell
+export GOOGLE_GENAI_USE_GCA=true
+export GOOGLE_CLOUD_ACCESS_TOKEN=${key}
+export CODE_ASSIST_ENDPOINT=${base}`,
     },
     {
       tool: "openai-python",

@@ -157,6 +157,41 @@ function toneOf(kind) {
  * A quota bar: role="meter" with a visible percentage. `mode` "used" fills with what is used,
  * "left" with what remains (overview headroom). `resetsAtMs` adds a ticking "resets in …".
  */
+/** The subscription windows of an account's provider (the status report's `windows` when
+ * given): Codex 5-hour and weekly, Claude 5-hour and 7-day, Gemini daily, none for an API key. */
+export function providerWindows(account) {
+  if (Array.isArray(account?.windows)) return account.windows;
+  if (account?.credential_kind === "api_key") return [];
+  switch (account?.provider) {
+    case "claude": return [{ window: "primary", label: "5-hour", minutes: 300 }, { window: "secondary", label: "7-day", minutes: 10080 }];
+    case "gemini": return [{ window: "primary", label: "daily", minutes: 1440 }];
+    default: return [{ window: "primary", label: "5-hour", minutes: 300 }, { window: "secondary", label: "weekly", minutes: 10080 }];
+  }
+}
+
+const PROVIDER_NAMES = { codex: "Codex", claude: "Claude", gemini: "Gemini" };
+
+/** A badge naming the account's provider (and "API key" for a Claude console key). */
+export function providerBadge(account) {
+  const provider = account?.provider || "codex";
+  const name = PROVIDER_NAMES[provider] || provider;
+  const text = account?.credential_kind === "api_key" ? `${name} API key` : name;
+  const title = account?.project_id ? `Code Assist project ${account.project_id}` : undefined;
+  return h("span", { class: `badge badge-provider badge-provider-${provider}`, "data-testid": "provider-badge", "data-provider": provider, title, text });
+}
+
+/** One meter per window of the account's provider, or a note when it has none. */
+export function providerMeters(account, q, { compact = false } = {}) {
+  const windows = providerWindows(account);
+  if (windows.length === 0) return [h("p", { class: "muted small", "data-testid": "no-windows", text: "No subscription windows (API key)." })];
+  const resets = (w) => (w && w.resets_at_unix ? w.resets_at_unix * 1000 : null);
+  return windows.map((w) => {
+    const evidence = w.window === "primary" ? q?.primary : q?.secondary;
+    const label = compact ? w.label : `${w.label[0].toUpperCase()}${w.label.slice(1)} window`;
+    return quotaMeter({ label, percent: evidence?.used_percent, window: w.window, resetsAtMs: resets(evidence), compact });
+  });
+}
+
 export function quotaMeter({ label, percent, mode = "used", resetsAtMs = null, window = null, compact = false }) {
   const known = percent !== null && percent !== undefined && !Number.isNaN(Number(percent));
   const value = known ? Math.min(100, Math.max(0, Number(percent))) : 0;

@@ -134,7 +134,8 @@ impl Lifecycle {
             )));
         }
         if !settings.watch.is_empty() {
-            let watcher = Watcher::new(store, key, settings.watch.clone());
+            let watcher = Watcher::new(store, key, settings.watch.clone())
+                .with_gemini_base_url(settings.gemini_base_url.clone());
             tasks.push(tokio::spawn(watcher.run(
                 settings.watch_interval,
                 changed.clone(),

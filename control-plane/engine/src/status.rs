@@ -1,5 +1,9 @@
 //! The status report shared by `codexmesh status --json` and `GET /api/v1/status`.
 //!
+//! Each account names the quota windows its provider has (`windows`), so every surface draws
+//! the right bars: Codex 5-hour and weekly, Claude 5-hour and 7-day, Gemini daily, none for
+//! an API key.
+//!
 //! Per Envoy node it also shows the snapshot verdicts its filter reported (xDS's ACK/NACK, from
 //! the store, so any replica and the CLI see every node): the version it accepted, whether that
 //! is the newest (the store revision, which the newest snapshot carries), and its last
@@ -10,8 +14,8 @@ use serde::Serialize;
 use codexmesh_model::health::WindowStats;
 use codexmesh_model::util::now_ms;
 use codexmesh_store::{
-    Account, Counters, CreditsEvidence, EnvoyNode, KeyStatus, Pool, QuotaRecord, Store, StoreError,
-    WindowEvidence,
+    Account, Counters, CredentialKind, CreditsEvidence, EnvoyNode, KeyStatus, Pool, Provider,
+    QuotaRecord, Store, StoreError, WindowEvidence,
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -103,11 +107,41 @@ pub struct KeyCounts {
     pub revoked: u32,
 }
 
+/// One subscription quota window an account's provider has, named for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct WindowName {
+    /// `primary` or `secondary`: where its evidence is in `quota`.
+    pub window: String,
+    /// `5-hour`, `weekly`, `7-day`, `daily`.
+    pub label: String,
+    pub minutes: u32,
+}
+
+/// The windows an account's provider has: Codex 5-hour and weekly, Claude 5-hour and 7-day,
+/// Gemini daily (primary only); an API key has none.
+pub fn provider_windows(provider: Provider, kind: CredentialKind) -> Vec<WindowName> {
+    let w = |window: &str, label: &str, minutes| WindowName {
+        window: window.to_owned(),
+        label: label.to_owned(),
+        minutes,
+    };
+    if kind == CredentialKind::ApiKey {
+        return Vec::new();
+    }
+    match provider {
+        Provider::Codex => vec![w("primary", "5-hour", 300), w("secondary", "weekly", 10080)],
+        Provider::Claude => vec![w("primary", "5-hour", 300), w("secondary", "7-day", 10080)],
+        Provider::Gemini => vec![w("primary", "daily", 1440)],
+    }
+}
+
 /// An account with what the lifecycle workers know about it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AccountStatus {
     #[serde(flatten)]
     pub account: Account,
+    /// The subscription windows of its provider (empty for an API key: no windows to show).
+    pub windows: Vec<WindowName>,
     /// The freshest quota evidence; None before the first poll or report.
     pub quota: Option<QuotaView>,
     pub health: HealthView,
@@ -223,6 +257,7 @@ pub async fn build(store: &Store, health_window_secs: u64) -> Result<StatusRepor
                 .map(|a| {
                     let window = stats.get(&a.id).copied().unwrap_or_default();
                     AccountStatus {
+                        windows: provider_windows(a.provider, a.credential_kind),
                         quota: quotas.get(&a.id).map(|q| quota_view(q, now / 1000)),
                         health: HealthView {
                             score: codexmesh_model::health::score(&window),

@@ -1,5 +1,10 @@
-//! Watched pool folders: Codex `auth.json` files dropped into a folder join a pool; a changed
-//! file updates its account's tokens, a removed file removes its account. No restart needed.
+//! Watched pool folders: credential files dropped into a folder join a pool; a changed file
+//! updates its account's tokens, a removed file removes its account. No restart needed.
+//!
+//! The file name says whose file it is: `claude_*.json` is Claude Code's (`.credentials.json`
+//! or `{"api_key"}`), `gemini_*.json` Gemini CLI's `oauth_creds.json`, anything else a Codex
+//! `auth.json`; content that disagrees is logged as an error naming both and skipped. A Gemini
+//! file without a `project_id` gets the project Code Assist names (`loadCodeAssist`).
 //!
 //! Each `watch = DIR=POOL` folder is scanned every `watch_interval_ms` (polling: portable, and
 //! cheap for a handful of small files). Only regular `*.json` files directly in the folder count
@@ -21,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::WatchSpec;
 use codexmesh_model::credentials as authjson;
+use codexmesh_model::records::Provider;
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{Account, Actor, ImportAction, ImportSource, Store, StoreError};
 
@@ -142,6 +148,25 @@ pub struct Watcher {
     reported: HashSet<(String, String)>,
     /// Folders whose read failure was reported (until they are readable again).
     unreadable: HashSet<PathBuf>,
+    /// Where a Gemini file without a project asks for it (None: such a file is skipped).
+    gemini_base_url: Option<String>,
+}
+
+/// Whose credential file a watched file is, by its name: `claude_*` Claude, `gemini_*`
+/// Gemini, anything else Codex.
+pub fn provider_by_name(path: &str) -> Provider {
+    let name = Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if name.starts_with("claude_") {
+        Provider::Claude
+    } else if name.starts_with("gemini_") {
+        Provider::Gemini
+    } else {
+        Provider::Codex
+    }
 }
 
 impl Watcher {
@@ -153,7 +178,34 @@ impl Watcher {
             actor: Actor::new("watch".to_owned()),
             reported: HashSet::new(),
             unreadable: HashSet::new(),
+            gemini_base_url: None,
         }
+    }
+
+    /// Gemini files without a `project_id` ask Code Assist at `url` for theirs.
+    pub fn with_gemini_base_url(mut self, url: String) -> Self {
+        self.gemini_base_url = Some(url);
+        self
+    }
+
+    /// Parses a watched file as the provider its name says, filling a Gemini login's project.
+    async fn credentials_of(&self, file: &FoundFile) -> Result<authjson::LoginCredentials, String> {
+        let provider = provider_by_name(&file.path);
+        let mut creds = codexmesh_model::credential_files::parse_file(&file.bytes, Some(provider))
+            .map_err(|e| e.to_string())?;
+        if creds.provider == Provider::Gemini && creds.project_id.is_none() {
+            let url = self
+                .gemini_base_url
+                .as_deref()
+                .ok_or("no project_id in the file and no Gemini base URL to discover it")?;
+            let http = crate::oauth::http_client().map_err(|e| e.to_string())?;
+            let project =
+                crate::ops::accounts::discover_gemini_project(&http, url, &creds.access_token)
+                    .await
+                    .map_err(|why| format!("no Code Assist project: {why}"))?;
+            creds.project_id = Some(project);
+        }
+        Ok(creds)
     }
 
     /// One pass over every folder.
@@ -228,12 +280,13 @@ impl Watcher {
             {
                 continue;
             }
-            let creds = match authjson::parse(&file.bytes) {
+            let creds = match self.credentials_of(file).await {
                 Ok(c) => c,
                 Err(e) => {
                     self.reported.insert((file.path.clone(), file.hash.clone()));
                     tracing::warn!(file = %file.path, error = %e,
-                        "skipping a malformed auth.json in a watched folder");
+                        provider = %provider_by_name(&file.path),
+                        "skipping a malformed or mismatched credential file in a watched folder");
                     report.skipped.push(file.path.clone());
                     continue;
                 }
@@ -398,5 +451,13 @@ mod tests {
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert!(list_folder(&root.path().join("missing")).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn the_file_name_says_the_provider() {
+        assert_eq!(provider_by_name("/w/claude_alice.json"), Provider::Claude);
+        assert_eq!(provider_by_name("/w/Gemini_bob.json"), Provider::Gemini);
+        assert_eq!(provider_by_name("/w/alice.json"), Provider::Codex);
+        assert_eq!(provider_by_name("/w/claude.json"), Provider::Codex);
     }
 }

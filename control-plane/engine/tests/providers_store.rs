@@ -8,7 +8,8 @@ use serde_json::json;
 
 mod support;
 
-use codexmesh_model::credentials::{self as creds_file, unsigned_jwt, LoginCredentials};
+use codexmesh_model::credential_files as creds_file;
+use codexmesh_model::credentials::{unsigned_jwt, LoginCredentials};
 use codexmesh_store::crypto::MasterKey;
 use codexmesh_store::*;
 use support::pg;

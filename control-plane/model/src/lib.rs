@@ -11,8 +11,8 @@
 //! - [`headroom`]: how much of a quota window is left across a pool;
 //! - [`health`]: the 0–100 health score from outcome windows;
 //! - [`credentials`]: what an import needs from a login, Codex `auth.json` and the JWT claims
-//!   read from it, telling providers' files apart; [`claude_credentials`] and
-//!   [`gemini_credentials`]: Claude Code's and Gemini CLI's files;
+//!   read from it; [`claude_credentials`] and [`gemini_credentials`]: Claude Code's and Gemini
+//!   CLI's files; [`credential_files`]: telling the three apart;
 //! - [`keys`]: pool keys (format, hashing);
 //! - [`operators`]: operators, roles, API tokens and who may see or change which pool;
 //! - [`network`]: CIDR lists (pool allowlists, the admin allowlist, trusted proxies);
@@ -67,6 +67,7 @@ macro_rules! string_enum {
 
 pub mod activity;
 pub mod claude_credentials;
+pub mod credential_files;
 pub mod credentials;
 pub mod declarative;
 pub mod declarative_plan;

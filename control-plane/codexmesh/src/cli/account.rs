@@ -11,22 +11,32 @@ use super::{notify, print_notices, CliError, Ctx, Output};
 use codexmesh_engine::ops::accounts::{self, ExportOptions, DEFAULT_LOGIN_TIMEOUT};
 use codexmesh_model::routing::{parse_u32_in, WEIGHT};
 use codexmesh_model::util::{self, now_ms};
-use codexmesh_store::{Account, ImportAction, ImportResult, TokenUpdate};
+use codexmesh_store::{Account, CredentialKind, ImportAction, ImportResult, Provider, TokenUpdate};
 
 #[derive(Debug, Subcommand)]
 pub enum Args {
-    /// Import a Codex auth.json (ChatGPT login) into a pool. A login already present (in any
-    /// pool) stays one account: it joins this pool too, and its tokens are updated unless the
-    /// stored ones are newer
+    /// Import a credential file into a pool: a Codex auth.json (ChatGPT login), Claude Code's
+    /// .credentials.json or an API key (a file with {"api_key": …} or just the key), or Gemini
+    /// CLI's oauth_creds.json; told apart by content. A login already present (in any pool)
+    /// stays one account: it joins this pool too, and its tokens are updated unless the stored
+    /// ones are newer. A Claude file whose refresh token rotated since its first import is
+    /// matched by --name (its account's label)
     Import {
-        /// Path to the auth.json
+        /// Path to the credential file
         path: PathBuf,
         /// Pool to import into
         #[arg(long)]
         pool: String,
-        /// Label (default: the login's email, else its ChatGPT account id)
-        #[arg(long)]
+        /// Label (default: the login's email, else its login id)
+        #[arg(long, alias = "label")]
         name: Option<String>,
+        /// The provider the file must be: codex, claude or gemini (default: by content)
+        #[arg(long, value_parser = parse_provider)]
+        provider: Option<Provider>,
+        /// Gemini: the Code Assist project (default: the file's project_id, else the one Code
+        /// Assist's loadCodeAssist names)
+        #[arg(long, value_name = "ID")]
+        project: Option<String>,
     },
     /// List accounts
     List {
@@ -86,12 +96,14 @@ pub enum Args {
         #[arg(value_name = "ID|LABEL")]
         account: String,
     },
-    /// Write an account out as a Codex auth.json (mode 0600) and, unless --keep, remove it
-    /// from its pool: its refresh token then belongs to whoever holds the file
+    /// Write an account out as its provider's credential file (mode 0600): a Codex auth.json,
+    /// a Claude Code .credentials.json (or {"api_key"} for a key), a Gemini CLI
+    /// oauth_creds.json (with project_id). Unless --keep, remove it from its pool: its refresh
+    /// token then belongs to whoever holds the file
     Export {
         #[arg(value_name = "ID|LABEL")]
         account: String,
-        /// Where to write the auth.json
+        /// Where to write the file
         #[arg(long, value_name = "PATH")]
         out: PathBuf,
         /// Overwrite an existing file
@@ -119,8 +131,17 @@ pub enum Args {
 pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
     let (ops, out) = (&ctx.ops, &ctx.out);
     match args {
-        Args::Import { path, pool, name } => {
-            let result = notify(accounts::import_file(ops, &path, &pool, name.as_deref()).await?);
+        Args::Import {
+            path,
+            pool,
+            name,
+            provider,
+            project,
+        } => {
+            let hints = accounts::ImportHints { provider, project };
+            let result = notify(
+                accounts::import_file_with(ops, &path, &pool, name.as_deref(), &hints).await?,
+            );
             print_import(out, &result)
         }
         Args::List { pool } => {
@@ -146,6 +167,7 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                         vec![
                             p.to_owned(),
                             a.label.clone(),
+                            provider_display(a),
                             a.id.clone(),
                             a.chatgpt_account_id.clone(),
                             opt(&a.plan),
@@ -162,8 +184,9 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 &[
                     "POOL",
                     "LABEL",
+                    "PROVIDER",
                     "ID",
-                    "CHATGPT ACCOUNT",
+                    "LOGIN",
                     "PLAN",
                     "STATE",
                     "TOKEN EXPIRES",
@@ -383,8 +406,13 @@ fn print_import(out: &Output, result: &ImportResult) -> Result<(), CliError> {
     };
     match (result.action, result.joined_pool) {
         (ImportAction::Created, _) => out.line(&format!(
-            "imported account {} ({}, {}) into pool {} as {}",
-            a.label, a.chatgpt_account_id, plan, a.pool, a.id
+            "imported {} account {} ({}, {}) into pool {} as {}",
+            provider_display(a),
+            a.label,
+            a.chatgpt_account_id,
+            plan,
+            a.pool,
+            a.id
         )),
         (ImportAction::Updated, false) => out.line(&format!(
             "account {} ({}) was already in pool {}: {tokens} ({})",
@@ -400,6 +428,19 @@ fn print_import(out: &Output, result: &ImportResult) -> Result<(), CliError> {
             a.pool_names()
         )),
     }
+}
+
+/// `claude`, `claude (api key)`, `gemini (project P)`, `codex`.
+pub fn provider_display(a: &Account) -> String {
+    match (a.credential_kind, &a.project_id) {
+        (CredentialKind::ApiKey, _) => format!("{} (api key)", a.provider),
+        (_, Some(p)) => format!("{} ({p})", a.provider),
+        _ => a.provider.to_string(),
+    }
+}
+
+fn parse_provider(raw: &str) -> Result<Provider, String> {
+    Provider::parse(raw).ok_or_else(|| format!("{raw:?} is not one of codex, claude, gemini"))
 }
 
 fn print_paused(

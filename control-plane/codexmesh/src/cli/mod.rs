@@ -189,7 +189,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             // A bad input file is a usage error, like clap's own (2).
-            CliError::Ops(OpsError::AuthJson { .. }) => 2,
+            CliError::Ops(OpsError::AuthJson { .. } | OpsError::CredentialFile { .. }) => 2,
             CliError::Ops(e @ OpsError::Document(_)) if e.kind() == ErrorKind::Invalid => 2,
             _ => 1,
         }

@@ -1,4 +1,5 @@
-//! `codexmesh status`: pools, accounts (quota, health, counters) and key counts, and per Envoy
+//! `codexmesh status`: pools, accounts (provider, quota windows of that provider, health,
+//! counters) and key counts, and per Envoy
 //! node the snapshot version its filter accepted, whether that is the newest, and its last
 //! rejection with the reason.
 
@@ -31,16 +32,15 @@ pub async fn execute(_args: Args, ctx: &Ctx) -> Result<(), CliError> {
         }
         for s in &p.accounts {
             let a = &s.account;
-            let q = s.quota.as_ref();
             rows.push(vec![
                 p.pool.name.clone(),
                 a.label.clone(),
+                super::account::provider_display(a),
                 a.chatgpt_account_id.clone(),
                 opt(&a.plan),
                 a.state_display(),
                 expires_in(a, now),
-                pct(q.and_then(|q| q.primary.as_ref())),
-                pct(q.and_then(|q| q.secondary.as_ref())),
+                quota_bars(s),
                 resets(s),
                 s.health.score.to_string(),
                 format!(
@@ -54,12 +54,12 @@ pub async fn execute(_args: Args, ctx: &Ctx) -> Result<(), CliError> {
         &[
             "POOL",
             "ACCOUNT",
-            "CHATGPT ACCOUNT ID",
+            "PROVIDER",
+            "LOGIN",
             "PLAN",
             "STATE",
             "TOKEN EXPIRES",
-            "5H",
-            "WEEK",
+            "QUOTA",
             "RESETS",
             "HEALTH",
             "REQ/OK/FALLBACK",
@@ -123,6 +123,26 @@ fn envoys(out: &super::output::Output, envoys: &[EnvoyStatus], now: i64) -> Resu
         &rows,
     )?;
     out.line("")
+}
+
+/// The windows of the account's provider with their use (`5-hour 42% weekly 7%`, `daily 30%`);
+/// an API key has none.
+fn quota_bars(a: &AccountStatus) -> String {
+    if a.windows.is_empty() {
+        return "no subscription windows".to_owned();
+    }
+    let q = a.quota.as_ref();
+    a.windows
+        .iter()
+        .map(|w| {
+            let evidence = q.and_then(|q| match w.window.as_str() {
+                "primary" => q.primary.as_ref(),
+                _ => q.secondary.as_ref(),
+            });
+            format!("{} {}", w.label, pct(evidence))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// "42%" for a window as routing sees it, "-" without evidence.

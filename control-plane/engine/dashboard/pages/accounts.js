@@ -1,5 +1,6 @@
-// pages/accounts.js — every visible account (or one pool's): state and health badges, both
-// quota windows with ticking reset countdowns, token expiry, and the actions on an account
+// pages/accounts.js — every visible account (or one pool's): provider, state and health badges,
+// its provider's quota windows (Codex 5-hour and weekly, Claude 5-hour and 7-day, Gemini daily,
+// none for an API key) with ticking reset countdowns, token expiry, and the actions on an account
 // (pause, resume, refresh token, re-login by auth.json or device code).
 //
 // Rules this module keeps:
@@ -12,7 +13,7 @@
 
 import { get, post, p, withQuery, ApiError } from "../api.js";
 import {
-  h, fragment, badge, quotaMeter, countdown, formatTime, timeElement, field, statusArea, showError, showNotices,
+  h, fragment, badge, providerBadge, providerMeters, countdown, formatTime, timeElement, field, statusArea, showError, showNotices,
   clearStatus, whileBusy, openDialog, uniqueId, safeHttpUrl,
 } from "../ui.js";
 import { importAuthJson, importSummary } from "./pool.js";
@@ -87,7 +88,7 @@ function renderList(ctx, data) {
 
 function accountRow(ctx, account, q, health) {
   const now = Date.now();
-  const badges = [badge(account.state === "cooling_down" ? "cooling" : account.state)];
+  const badges = [providerBadge(account), badge(account.state === "cooling_down" ? "cooling" : account.state)];
   if (account.state === "needs_reauth" && account.state_reason) badges.push(h("span", { class: "reason", text: account.state_reason }));
   if (account.state === "cooling_down" && account.cooldown_until_ms) {
     badges.push(h("span", { class: "reason", text: `until ${formatTime(account.cooldown_until_ms)}` }));
@@ -105,12 +106,12 @@ function accountRow(ctx, account, q, health) {
   if (health?.circuitOpen) badges.push(badge("circuit_open", "circuit open", { title: "Recent failures reached the pool's circuit threshold" }));
   if (account.refresh_failures > 0) badges.push(badge("refresh_failing", `refresh failing (${account.refresh_failures})`, { title: account.last_refresh_error || "" }));
 
-  const resets = (w) => (w && w.resets_at_unix ? w.resets_at_unix * 1000 : null);
   const expires = account.access_token_expires_at_ms;
   const headingId = uniqueId("account");
   const facts = h("dl", { class: "facts facts-compact" },
     h("dt", { text: "Email" }), h("dd", { text: account.email || "—" }),
     h("dt", { text: "Plan" }), h("dd", { text: account.plan || "—" }),
+    account.project_id ? [h("dt", { text: "Project" }), h("dd", { text: account.project_id })] : null,
     h("dt", { text: "Pools" }), h("dd", {}, account.pools.length
       ? account.pools.map((m, i) => [i ? ", " : "", h("a", { href: `/ui/pools/${encodeURIComponent(m.pool)}`, text: m.pool })])
       : "—"),
@@ -125,9 +126,7 @@ function accountRow(ctx, account, q, health) {
       h("div", { class: "badges" }, badges)),
     h("div", { class: "account-body" },
       facts,
-      h("div", { class: "meters" },
-        quotaMeter({ label: "5-hour window", percent: q?.primary?.used_percent, window: "primary", resetsAtMs: resets(q?.primary) }),
-        quotaMeter({ label: "Weekly window", percent: q?.secondary?.used_percent, window: "secondary", resetsAtMs: resets(q?.secondary) }))));
+      h("div", { class: "meters" }, providerMeters(account, q))));
   if (ctx.canWrite) item.append(actions(ctx, account));
   return item;
 }

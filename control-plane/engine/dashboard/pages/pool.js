@@ -12,7 +12,7 @@
 
 import { get, post, put, patch, del, p, withQuery, ApiError } from "../api.js";
 import {
-  h, fragment, badge, quotaMeter, sparkline, timelineChart, sumBuckets, dataTable, emptyRow,
+  h, fragment, badge, providerBadge, providerMeters, sparkline, timelineChart, sumBuckets, dataTable, emptyRow,
   formatNumber, formatPercent, formatMs, formatDuration, field, statusArea, showError, showNotices, clearStatus,
   trackDirty, markClean, isBusy, whileBusy, confirmDialog, uniqueId,
 } from "../ui.js";
@@ -177,7 +177,7 @@ function renderActivity(ctx, { activity, since }) {
 
 function renderMembers(ctx, { members, quota }) {
   const quotaById = new Map(quota.map((q) => [q.account_id, q]));
-  const columns = [{ label: "Account" }, { label: "State" }, { label: "5-hour window" }, { label: "Weekly window" },
+  const columns = [{ label: "Account" }, { label: "State" }, { label: "Quota windows" },
     { label: "Priority", className: "num" }, { label: "Weight", className: "num" }];
   if (ctx.canWrite) columns.push({ label: "Actions" });
   const { wrapper, tbody } = dataTable({ caption: "Members of this pool (lower priority is tried first; weight is the share)", columns, testid: "members-table" });
@@ -190,13 +190,11 @@ function renderMembers(ctx, { members, quota }) {
 
 function memberRow(ctx, account, q, index) {
   const label = account.label;
-  const resets = (w) => (w && w.resets_at_unix ? w.resets_at_unix * 1000 : null);
   const cells = [
     h("th", { scope: "row" }, h("a", { href: `/ui/accounts?pool=${encodeURIComponent(ctx.params.pool)}`, text: label }),
       account.email ? h("div", { class: "muted small", text: account.email }) : null),
-    h("td", {}, badge(account.state === "cooling_down" ? "cooling" : account.state)),
-    h("td", { class: "meter-cell" }, quotaMeter({ label: "5-hour", percent: q?.primary?.used_percent, window: "primary", resetsAtMs: resets(q?.primary), compact: true })),
-    h("td", { class: "meter-cell" }, quotaMeter({ label: "Weekly", percent: q?.secondary?.used_percent, window: "secondary", resetsAtMs: resets(q?.secondary), compact: true })),
+    h("td", {}, providerBadge(account), " ", badge(account.state === "cooling_down" ? "cooling" : account.state)),
+    h("td", { class: "meter-cell" }, providerMeters(account, q, { compact: true })),
   ];
   if (!ctx.canWrite) {
     cells.push(h("td", { class: "num", text: String(account.priority) }), h("td", { class: "num", text: String(account.weight) }));
@@ -401,15 +399,23 @@ function renderRoutingText(ctx, { pool, members }) {
 function importForm(ctx) {
   const area = statusArea();
   const label = h("input", { name: "label", type: "text", autocomplete: "off", spellcheck: "false" });
+  const provider = h("select", { name: "provider" },
+    h("option", { value: "", text: "Detect from the file" }),
+    h("option", { value: "codex", text: "Codex (auth.json)" }),
+    h("option", { value: "claude", text: "Claude Code (.credentials.json or API key)" }),
+    h("option", { value: "gemini", text: "Gemini CLI (oauth_creds.json)" }));
+  const project = h("input", { name: "project", type: "text", autocomplete: "off", spellcheck: "false" });
   const file = h("input", { name: "auth_file", type: "file", accept: ".json,application/json" });
   const text = h("textarea", { name: "auth_json", rows: "6", required: true, spellcheck: "false", autocomplete: "off", class: "mono" });
   const submit = h("button", { type: "submit", class: "button button-primary", text: "Import account" });
   const form = h("form", { class: "stack", "data-testid": "import-account", "data-write": "" },
-    h("p", { class: "muted", text: "Importing a Codex auth.json hands its refresh token to the gateway: stop using that login elsewhere, or the two will rotate the token out from under each other." }),
+    h("p", { class: "muted", text: "Importing a credential file (Codex auth.json, Claude Code .credentials.json, Gemini CLI oauth_creds.json) hands its refresh token to the gateway: stop using that login elsewhere, or the two will rotate the token out from under each other. A Claude API key goes in as {\"api_key\": \"sk-ant-…\"}." }),
     h("div", { class: "form-grid" },
       field("Label (optional)", label, "A short name for the account, e.g. alice."),
-      field("auth.json file", file, "Fills the text box below.")),
-    field("auth.json contents", text),
+      field("Provider", provider, "Whose file this is; by default the file's content says."),
+      field("Gemini project (optional)", project, "The Code Assist project; by default the file's project_id, else the one Code Assist names."),
+      field("Credential file", file, "Fills the text box below.")),
+    field("Credential file contents", text),
     area, h("div", { class: "actions" }, submit));
   trackDirty(form);
   file.addEventListener("change", async () => {
@@ -421,7 +427,7 @@ function importForm(ctx) {
     whileBusy(submit, async () => {
       clearStatus(area, form);
       try {
-        const reply = await importAuthJson(ctx.params.pool, label.value.trim(), text.value);
+        const reply = await importAuthJson(ctx.params.pool, label.value.trim(), text.value, { provider: provider.value, project: project.value.trim() });
         form.reset();
         markClean(form);
         showNotices(area, reply?.notices, importSummary(reply));
@@ -434,10 +440,11 @@ function importForm(ctx) {
   return form;
 }
 
-/** POST /pools/{pool}/accounts?label= with the auth.json as the body (shared with Re-login). */
-export async function importAuthJson(pool, label, json) {
-  if (!json.trim()) throw new ApiError({ status: 0, kind: "invalid", message: "Paste the contents of an auth.json file (or choose the file).", field: "auth_json" });
-  return post(withQuery(p`/pools/${pool}/accounts`, { label }), json);
+/** POST /pools/{pool}/accounts?label=&provider=&project= with the credential file as the body
+ * (shared with Re-login). */
+export async function importAuthJson(pool, label, json, { provider = "", project = "" } = {}) {
+  if (!json.trim()) throw new ApiError({ status: 0, kind: "invalid", message: "Paste the contents of a credential file (or choose the file).", field: "auth_json" });
+  return post(withQuery(p`/pools/${pool}/accounts`, { label, provider, project }), json);
 }
 
 export function importSummary(reply) {

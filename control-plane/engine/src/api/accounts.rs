@@ -1,10 +1,12 @@
-//! `/api/v1/accounts` and pool memberships: list, read, import an `auth.json` upload into a
+//! `/api/v1/accounts` and pool memberships: list, read, import a credential file upload (Codex
+//! auth.json, Claude Code .credentials.json or `{"api_key"}`, Gemini CLI oauth_creds.json) into a
 //! pool, pause, resume, refresh now, delete; join a pool, change priority and weight there,
 //! leave it.
 //!
 //! Rules: each handler is one [`crate::ops::accounts`] call for the [`Caller`]; an upload is
-//! the auth.json file itself as the JSON body, parsed by the same parser as `account import`
-//! (errors name `auth_json`); an account is shown with the memberships the caller sees only.
+//! the credential file itself as the JSON body, parsed by the same parser as `account import`
+//! (errors name `auth_json` for a Codex file, else the field's path in the file, `provider` or
+//! `project`); an account is shown with the memberships the caller sees only.
 
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -17,7 +19,7 @@ use utoipa_axum::routes;
 use super::{read_body, ApiError, ApiState, Caller, JsonBody, QueryParams, Reply};
 use crate::ops::{self, accounts::Removed};
 use codexmesh_model::credentials;
-use codexmesh_model::records::{Account, Changed, ImportResult};
+use codexmesh_model::records::{Account, Changed, ImportResult, Provider};
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -45,6 +47,10 @@ pub(super) struct PoolFilter {
 #[into_params(parameter_in = Query)]
 pub(super) struct ImportParams {
     pub label: Option<String>,
+    /// `codex`, `claude` or `gemini`: the provider the file must be (default: by content).
+    pub provider: Option<Provider>,
+    /// Gemini: the Code Assist project (default: the file's `project_id`, else discovered).
+    pub project: Option<String>,
 }
 
 /// An account's priority and weight in a pool (both optional).
@@ -131,11 +137,12 @@ async fn remove(
     }))
 }
 
-/// Imports a Codex `auth.json` (the file itself is the body) into the pool; a login already
-/// stored gets the newer tokens and joins the pool.
+/// Imports a credential file (the file itself is the body: Codex `auth.json`, Claude Code
+/// `.credentials.json` or `{"api_key":…}`, Gemini CLI `oauth_creds.json`) into the pool; a
+/// login already stored gets the newer tokens and joins the pool.
 #[utoipa::path(post, path = "/api/v1/pools/{pool}/accounts", tag = "accounts",
     params(("pool" = String, Path, description = "Pool name"), ImportParams),
-    request_body(content = Object, description = "The auth.json file's content", content_type = "application/json"),
+    request_body(content = Object, description = "The credential file's content", content_type = "application/json"),
     responses((status = 201, body = Reply<ImportResult>), (status = 400, body = super::ErrorBody),
               (status = 404, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
 async fn import(
@@ -175,7 +182,13 @@ async fn import(
         ));
     }
     let creds =
-        credentials::parse(&bytes).map_err(|e| ApiError::invalid("auth_json", e.to_string()))?;
+        codexmesh_model::credential_files::parse_file(&bytes, q.provider).map_err(|source| {
+            ops::OpsError::CredentialFile {
+                path: "body".into(),
+                source,
+            }
+        })?;
+    let creds = ops::accounts::with_project(creds, q.project.as_deref())?;
     let o = ops::accounts::import(&caller.ops(&state), &creds, &pool, q.label.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(o.into())))
 }

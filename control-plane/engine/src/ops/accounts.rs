@@ -1,5 +1,6 @@
-//! Account use cases: import an auth.json, sign in with the device code, list, set priority
-//! and weight, pause, resume, remove, refresh now, export.
+//! Account use cases: import a credential file (Codex auth.json, Claude Code
+//! .credentials.json or API key, Gemini CLI oauth_creds.json), sign in with the device code,
+//! list, set priority and weight, pause, resume, remove, refresh now, export.
 //!
 //! Rules: everything that can be checked without a person's help (the file, the label, the
 //! pool, the master key) is checked before anything is written or anyone is asked to approve a
@@ -13,8 +14,10 @@ use std::time::{Duration, Instant};
 use super::{Notice, Ops, OpsError, Outcome};
 use crate::login::{self, LoginError, UserCode};
 use crate::refresh::{self, Done, RefreshError, Refresher, RefresherConfig, Request, Trigger};
-use codexmesh_model::credentials::{self as authjson, CodexCredentials};
+use codexmesh_model::credentials::{self as authjson, CodexCredentials, LoginCredentials};
+use codexmesh_model::records::{CredentialKind, Provider};
 use codexmesh_model::util::{self, now_ms};
+use codexmesh_model::{claude_credentials, credential_files, gemini_credentials};
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{
     files, Account, AccountState, Changed, Entity, ImportResult, Lookup, Store, StoreError,
@@ -24,6 +27,15 @@ use codexmesh_store::{
 /// How long [`login_finish`] waits for the approval unless told otherwise.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = login::DEFAULT_TIMEOUT;
 
+/// What an import is told besides the file.
+#[derive(Debug, Clone, Default)]
+pub struct ImportHints {
+    /// The provider the file must be (None: whichever its content says).
+    pub provider: Option<Provider>,
+    /// Gemini: the Code Assist project (else the file's `project_id`, else discovered).
+    pub project: Option<String>,
+}
+
 /// Imports the Codex auth.json at `path` into `pool`.
 pub async fn import_file(
     ops: &Ops,
@@ -31,24 +43,139 @@ pub async fn import_file(
     pool: &str,
     label: Option<&str>,
 ) -> Result<Outcome<ImportResult>, OpsError> {
+    import_file_with(ops, path, pool, label, &ImportHints::default()).await
+}
+
+/// Imports the credential file at `path` (any provider's, told apart by content unless
+/// `hints.provider` says) into `pool`.
+pub async fn import_file_with(
+    ops: &Ops,
+    path: &Path,
+    pool: &str,
+    label: Option<&str>,
+    hints: &ImportHints,
+) -> Result<Outcome<ImportResult>, OpsError> {
     // Parse and check everything before writing anything.
-    let creds = read_auth_file(path).map_err(|source| OpsError::AuthJson {
-        path: path.to_owned(),
-        source,
-    })?;
+    let creds =
+        read_credential_file(path, hints.provider).map_err(|source| OpsError::CredentialFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    let creds = with_project(creds, hints.project.as_deref())?;
     import(ops, &creds, pool, label).await
 }
 
-/// Reads and parses an auth.json, refusing files larger than any real one before reading them.
-fn read_auth_file(path: &Path) -> Result<CodexCredentials, authjson::AuthJsonError> {
-    let meta = std::fs::metadata(path)?;
+/// Reads and parses a credential file, refusing files larger than any real one before reading
+/// them.
+fn read_credential_file(
+    path: &Path,
+    provider: Option<Provider>,
+) -> Result<LoginCredentials, credential_files::CredentialFileError> {
+    let meta = std::fs::metadata(path).map_err(authjson::AuthJsonError::from)?;
     if meta.len() > authjson::MAX_FILE_BYTES {
-        return Err(authjson::AuthJsonError::TooLarge);
+        return Err(credential_files::CredentialFileError::TooLarge);
     }
-    authjson::parse(&std::fs::read(path)?)
+    let bytes = std::fs::read(path).map_err(authjson::AuthJsonError::from)?;
+    credential_files::parse_file(&bytes, provider)
 }
 
-/// Imports a parsed login into `pool` (a known ChatGPT account id updates its tokens).
+/// `creds` with the operator's project, which only a Gemini login takes.
+pub fn with_project(
+    mut creds: LoginCredentials,
+    project: Option<&str>,
+) -> Result<LoginCredentials, OpsError> {
+    if let Some(p) = project {
+        if creds.provider != Provider::Gemini {
+            return Err(OpsError::Invalid {
+                field: "project",
+                message: format!(
+                    "a project belongs to Gemini accounts only; this is a {} login",
+                    creds.provider
+                ),
+            });
+        }
+        let p = p.trim();
+        if p.is_empty() || p.len() > 100 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(OpsError::Invalid {
+                field: "project",
+                message: "a project id is 1-100 characters without spaces".to_owned(),
+            });
+        }
+        creds.project_id = Some(p.to_owned());
+    }
+    Ok(creds)
+}
+
+/// The Code Assist project of a Google login, as Gemini CLI finds it at start-up: `POST
+/// {gemini_base_url}/v1internal:loadCodeAssist` with the access token, reading
+/// `cloudaicompanionProject` (a string, or an object with an `id`).
+pub async fn discover_gemini_project(
+    http: &reqwest::Client,
+    gemini_base_url: &str,
+    access_token: &str,
+) -> Result<String, String> {
+    let url = format!(
+        "{}/v1internal:loadCodeAssist",
+        gemini_base_url.trim_end_matches('/')
+    );
+    let body = serde_json::json!({
+        "metadata": {"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED",
+                     "pluginType": "GEMINI"}
+    });
+    let resp = http
+        .post(&url)
+        .bearer_auth(access_token)
+        .json(&body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .map_err(|e| format!("loadCodeAssist failed: {}", crate::oauth::describe(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("loadCodeAssist answered HTTP {}", status.as_u16()));
+    }
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|_| "loadCodeAssist answered something other than JSON".to_owned())?;
+    let project = v.get("cloudaicompanionProject");
+    project
+        .and_then(serde_json::Value::as_str)
+        .or_else(|| {
+            project
+                .and_then(|p| p.get("id"))
+                .and_then(serde_json::Value::as_str)
+        })
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            "loadCodeAssist named no cloudaicompanionProject (a free-tier login is onboarded \
+             by running Gemini CLI once)"
+                .to_owned()
+        })
+}
+
+/// A Gemini login without a project gets the one Code Assist names for it; none is an error.
+async fn ensure_project(ops: &Ops, creds: &LoginCredentials) -> Result<Option<String>, OpsError> {
+    if creds.provider != Provider::Gemini || creds.project_id.is_some() {
+        return Ok(None);
+    }
+    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    discover_gemini_project(&http, &ops.settings().gemini_base_url, &creds.access_token)
+        .await
+        .map(Some)
+        .map_err(|why| OpsError::Invalid {
+            field: "project",
+            message: format!(
+                "no Code Assist project for this Google login ({why}); pass --project ID \
+                 (the API's `project`)"
+            ),
+        })
+}
+
+/// Imports a parsed login into `pool` (a known login updates its tokens). A Gemini login
+/// without a project gets the one Code Assist names (see [`discover_gemini_project`]).
 pub async fn import(
     ops: &Ops,
     creds: &CodexCredentials,
@@ -72,6 +199,18 @@ async fn import_checked(
     let store = ops.store().await?;
     store.pool_by_name(pool).await?;
     let key = ops.settings().master_keys()?;
+    let discovered = ensure_project(ops, creds).await?;
+    let with_discovered;
+    let creds = match discovered {
+        Some(project) => {
+            with_discovered = LoginCredentials {
+                project_id: Some(project),
+                ..creds.clone()
+            };
+            &with_discovered
+        }
+        None => creds,
+    };
     let mut result = store
         .import_account(ops.actor(), pool, label, creds, &key)
         .await?;
@@ -95,11 +234,29 @@ async fn import_checked(
             "the stored tokens of this login are newer than this auth.json's (its refresh \
              token was most likely rotated since): kept them, ignored the file's",
         )
+    } else if creds.credential_kind == CredentialKind::ApiKey {
+        Notice::note(
+            "api_key_stored",
+            "the gateway now uses this API key (stored sealed; it has no subscription windows)",
+        )
     } else {
         Notice::note(
             "refresh_token_taken_over",
-            "the gateway now uses this login's refresh token; do not keep using this \
-             auth.json in another Codex install (refresh tokens rotate)",
+            match creds.provider {
+                Provider::Codex => {
+                    "the gateway now uses this login's refresh token; do not keep using this \
+                     auth.json in another Codex install (refresh tokens rotate)"
+                }
+                Provider::Claude => {
+                    "the gateway now uses this login's refresh token; do not keep using this \
+                     .credentials.json in a Claude Code install (refresh tokens rotate); a \
+                     later file of this login re-imports only with this account's --label"
+                }
+                Provider::Gemini => {
+                    "the gateway now uses this Google login's refresh token; signing out in \
+                     Gemini CLI revokes it"
+                }
+            },
         )
     });
     Ok(Outcome::with_notices(result, notices))
@@ -501,17 +658,35 @@ async fn export_leased(
     options: ExportOptions,
 ) -> Result<(Account, bool), OpsError> {
     let s = store.account_secrets(id, key).await?;
-    let text = authjson::render(
-        &s.id_token,
-        &s.access_token,
-        &s.refresh_token,
-        &s.account.chatgpt_account_id,
-        &util::fmt_rfc3339_ms(
-            s.account
-                .last_refresh_at_ms
-                .unwrap_or(s.account.tokens_updated_at_ms),
+    let text = match (s.account.provider, s.account.credential_kind) {
+        (Provider::Codex, _) => authjson::render(
+            &s.id_token,
+            &s.access_token,
+            &s.refresh_token,
+            &s.account.chatgpt_account_id,
+            &util::fmt_rfc3339_ms(
+                s.account
+                    .last_refresh_at_ms
+                    .unwrap_or(s.account.tokens_updated_at_ms),
+            ),
         ),
-    );
+        (Provider::Claude, CredentialKind::ApiKey) => {
+            serde_json::json!({ "api_key": s.access_token }).to_string() + "\n"
+        }
+        (Provider::Claude, CredentialKind::Oauth) => claude_credentials::render(
+            &s.access_token,
+            &s.refresh_token,
+            s.account.access_token_expires_at_ms,
+            s.account.plan.as_deref(),
+        ),
+        (Provider::Gemini, _) => gemini_credentials::render(
+            &s.access_token,
+            &s.refresh_token,
+            &s.id_token,
+            s.account.access_token_expires_at_ms,
+            s.account.project_id.as_deref(),
+        ),
+    };
     // Mode 0600, never a partial file, and no existing file replaced unless forced.
     let existing = if options.force {
         files::Existing::Replace

@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use crate::config::{ConfigError, Settings};
+use codexmesh_model::credential_files::CredentialFileError;
 use codexmesh_model::credentials::AuthJsonError;
 use codexmesh_model::declarative::{ConfigError as DocumentError, ConfigErrorKind};
 use codexmesh_model::operators::{Access, Principal};
@@ -237,6 +238,12 @@ pub enum OpsError {
         path: PathBuf,
         source: AuthJsonError,
     },
+    /// The credential file to import (any provider's) is unusable.
+    #[error("{}: {source}", path.display())]
+    CredentialFile {
+        path: PathBuf,
+        source: CredentialFileError,
+    },
     /// Input that no other variant describes; `field` names the input at fault.
     #[error("{message}")]
     Invalid {
@@ -302,9 +309,10 @@ impl OpsError {
         match self {
             OpsError::Store(e) => store_kind(e),
             OpsError::Config(_) | OpsError::Write { .. } | OpsError::Http(_) => ErrorKind::Internal,
-            OpsError::Setting(_) | OpsError::AuthJson { .. } | OpsError::Invalid { .. } => {
-                ErrorKind::Invalid
-            }
+            OpsError::Setting(_)
+            | OpsError::AuthJson { .. }
+            | OpsError::CredentialFile { .. }
+            | OpsError::Invalid { .. } => ErrorKind::Invalid,
             OpsError::Conflict(_) => ErrorKind::Conflict,
             OpsError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             OpsError::Forbidden(_) => ErrorKind::Forbidden,
@@ -344,6 +352,7 @@ impl OpsError {
         match self {
             OpsError::Setting(e) => Some(e.flag.trim_start_matches("--")),
             OpsError::AuthJson { .. } => Some("auth_json"),
+            OpsError::CredentialFile { source, .. } => Some(credential_field(source)),
             OpsError::Invalid { field, .. } => Some(field),
             OpsError::RequestLog(RequestLogError::Invalid { field, .. }) => Some(field),
             OpsError::Document(e) if !e.path.is_empty() => Some(&e.path),
@@ -359,6 +368,21 @@ impl OpsError {
             field,
             message: message.into(),
         }
+    }
+}
+
+/// The field an unusable credential file's error names: the path inside the file where one
+/// field is at fault, else the file as a whole (`auth_json` for a Codex one).
+fn credential_field(e: &CredentialFileError) -> &str {
+    use codexmesh_model::claude_credentials::ClaudeFileError;
+    use codexmesh_model::gemini_credentials::GeminiFileError;
+    match e {
+        CredentialFileError::Claude(ClaudeFileError::Field(f))
+        | CredentialFileError::Gemini(GeminiFileError::Field(f)) => &f.path,
+        CredentialFileError::Gemini(GeminiFileError::BadIdToken(_)) => "id_token",
+        CredentialFileError::Codex(_) => "auth_json",
+        CredentialFileError::ProviderMismatch { .. } => "provider",
+        _ => "credentials",
     }
 }
 

@@ -107,6 +107,21 @@ pub enum Done {
 /// The reason an API-key account leaves routing when the provider refuses its key.
 pub const API_KEY_REJECTED: &str = "api_key_rejected";
 
+/// What an operator does to bring an account that needs re-authentication back: a fresh login
+/// in its provider's own file (or a new key), imported over it.
+pub fn reauth_hint(a: &Account) -> &'static str {
+    match (a.provider, a.credential_kind) {
+        (_, CredentialKind::ApiKey) => "import a new API key for it",
+        (Provider::Codex, _) => "import a fresh auth.json for it or run `codexmesh account login`",
+        (Provider::Claude, _) => {
+            "sign in again with Claude Code and import its fresh .credentials.json for it"
+        }
+        (Provider::Gemini, _) => {
+            "sign in again with Gemini CLI and import its fresh oauth_creds.json for it"
+        }
+    }
+}
+
 /// Whether the refresher keeps `a`'s credential alive (OAuth accounts; not API keys).
 pub fn refreshable(a: &Account) -> bool {
     a.credential_kind == CredentialKind::Oauth
@@ -114,11 +129,13 @@ pub fn refreshable(a: &Account) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    #[error(
-        "account {label} needs re-authentication ({reason}): import a fresh auth.json for it \
-         or run `codexmesh account login`"
-    )]
-    NeedsReauth { label: String, reason: String },
+    #[error("account {label} needs re-authentication ({reason}): {hint}")]
+    NeedsReauth {
+        label: String,
+        reason: String,
+        /// What brings it back, in its provider's words ([`reauth_hint`]).
+        hint: &'static str,
+    },
     #[error("refreshing account {label} failed: {source}; next attempt in {}", util::human_span_ms(.retry_in_ms))]
     Failed {
         label: String,
@@ -375,6 +392,7 @@ impl Refresher {
                     .state_reason
                     .clone()
                     .unwrap_or_else(|| "unknown".to_owned()),
+                hint: reauth_hint(acc),
             });
         }
         let Some((grant, token_url)) = self.inner.cfg.grant_for(acc) else {
@@ -459,6 +477,7 @@ impl Refresher {
                 Err(RefreshError::NeedsReauth {
                     label: acc.label.clone(),
                     reason: code,
+                    hint: reauth_hint(acc),
                 })
             }
             Err(e) => {

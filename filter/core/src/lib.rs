@@ -24,6 +24,7 @@ pub mod ranker;
 pub mod routing;
 pub mod snapshot;
 pub mod stats;
+pub mod stream_end;
 pub mod supervisor;
 pub mod translate;
 pub mod turnstate;

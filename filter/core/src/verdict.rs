@@ -4,6 +4,11 @@
 //! 5xx and broken connections are health, and an attempt cut short because the client went away
 //! (a hang-up, Esc, a cancelled tool call, a load generator stopping) is nobody's failure: it
 //! changes no account's state and is logged as `client_cancelled`.
+//!
+//! A 200 stream that fails inside (`stream_end`) is judged by its error's code with the same
+//! rule: Codex's, Anthropic's and Google's codes that blame the request are the client's, those
+//! that mean spent usage cool the account down as a 429 would (the Gemini error frame's reset
+//! time when it gives one), and any other failure or a cut is health.
 
 use crate::evidence::UsageLimit;
 use crate::local::LocalAccount;
@@ -91,19 +96,23 @@ const CLIENT_FAULT_CODES: &[&str] = &[
     "content_policy_violation",
 ];
 
-/// `response.failed` codes that mean the account's usage is spent or rate limited.
+/// `response.failed` codes (and Anthropic's `error.type`, Google's `status` in a stream) that
+/// mean the account's usage is spent or rate limited.
 const USAGE_CODES: &[&str] = &[
     "rate_limit_exceeded",
     "usage_limit_reached",
     "insufficient_quota",
+    "rate_limit_error",
+    "RESOURCE_EXHAUSTED",
 ];
 
 /// What the end of a 200 stream means beyond its status, when it did not complete: `None` for
 /// a completed (or deliberately incomplete: length, content filter) stream, and for one still
 /// open. The caller decides a cut stream's blame first: a stream the client abandoned is
-/// `ClientCancelled`, never this.
+/// `ClientCancelled`, never this. `body` is what the failing event said of the reset, if anything.
 pub fn stream_verdict(
     end: &Outcome,
+    body: Option<&UsageLimit>,
     state: &LocalAccount,
     limits: &Limits,
     now_ms: i64,
@@ -116,7 +125,7 @@ pub fn stream_verdict(
             Some(if CLIENT_FAULT_CODES.contains(&code) {
                 Verdict::ClientError
             } else if USAGE_CODES.contains(&code) {
-                classify(429, None, None, None, state, limits, now_ms)
+                classify(429, None, body, None, state, limits, now_ms)
             } else {
                 Verdict::StreamBroken
             })
@@ -479,7 +488,7 @@ mod tests {
     fn a_broken_stream_is_the_account_s_failure_and_a_bad_prompt_is_not() {
         let state = LocalAccount::default();
         let limits = Limits::from_settings(None);
-        let v = |end: Outcome| stream_verdict(&end, &state, &limits, 1_000);
+        let v = |end: Outcome| stream_verdict(&end, None, &state, &limits, 1_000);
         assert_eq!(v(Outcome::Completed), None);
         assert_eq!(v(Outcome::Pending), None);
         assert_eq!(v(Outcome::Incomplete { reason: None }), None);
@@ -498,6 +507,37 @@ mod tests {
             Some(Verdict::UsageLimited { guessed: true, .. })
         ));
         assert_eq!(Verdict::StreamBroken.source(), "upstream");
+        // Anthropic's error event types and Google's statuses, mid-stream.
+        assert_eq!(v(failed("overloaded_error")), Some(Verdict::StreamBroken));
+        assert_eq!(v(failed("api_error")), Some(Verdict::StreamBroken));
+        assert_eq!(v(failed("UNAVAILABLE")), Some(Verdict::StreamBroken));
+        assert_eq!(v(failed("INTERNAL")), Some(Verdict::StreamBroken));
+        assert_eq!(
+            v(failed("invalid_request_error")),
+            Some(Verdict::ClientError)
+        );
+        assert!(matches!(
+            v(failed("rate_limit_error")),
+            Some(Verdict::UsageLimited { guessed: true, .. })
+        ));
+        // A Google error frame's reset time is the cooldown's end, as for a 429's body.
+        let reset = UsageLimit {
+            resets_at_unix: Some(60),
+            ..Default::default()
+        };
+        assert_eq!(
+            stream_verdict(
+                &failed("RESOURCE_EXHAUSTED"),
+                Some(&reset),
+                &state,
+                &limits,
+                1_000
+            ),
+            Some(Verdict::UsageLimited {
+                until_ms: 60_000,
+                guessed: false
+            })
+        );
         let mut s = LocalAccount::default();
         for _ in 0..limits.circuit_failures {
             apply(&mut s, Verdict::StreamBroken, 1, &limits, 1_000);

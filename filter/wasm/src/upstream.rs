@@ -7,6 +7,11 @@
 //! accounts (`provider::credential_headers`). A Gemini generate call also gets the attempt's
 //! account project in its body (`gemini::with_project`), on every attempt.
 //!
+//! A 200 model stream of any provider is fed, as forwarded, to a `stream_end::StreamWatch` of
+//! that provider: a stream cut before its final event (while the client still read) or failed
+//! by an error event is judged by `verdict::stream_verdict`, not counted a success. That is one
+//! SSE scan per chunk; JSON is parsed only for a (possible) final event.
+//!
 //! Envoy (1.40) runs the cluster's upstream HTTP filters once per attempt and hands each attempt
 //! its own copy of the buffered request body (the router copies its buffer on a retry), so the
 //! body an upstream filter replaces is that attempt's alone. Headers, by contrast, are shared
@@ -25,7 +30,8 @@ use codexmesh_filter_core::pb;
 use codexmesh_filter_core::provider::{self, HeaderOp, Provider};
 use codexmesh_filter_core::routing::{self, Limits};
 use codexmesh_filter_core::stats::PoolCounter;
-use codexmesh_filter_core::translate::responses::{Outcome, OutcomeScanner};
+use codexmesh_filter_core::stream_end::StreamWatch;
+use codexmesh_filter_core::translate::responses::Outcome;
 use codexmesh_filter_core::turnstate;
 use codexmesh_filter_core::verdict::{self, NoAnswer, Verdict};
 use codexmesh_filter_core::{claude, gemini};
@@ -57,8 +63,9 @@ struct Attempt {
     body: Option<UsageLimit>,
     want_body: bool,
     latency_ms: u32,
-    /// A 200 model stream: watched for its final event, so a broken stream is not a success.
-    stream: Option<OutcomeScanner>,
+    /// A 200 model stream (any provider's): watched for its final event, so a broken stream is
+    /// not a success.
+    stream: Option<StreamWatch>,
     /// How that stream ended, when it did not complete (decided when the attempt ends).
     stream_end: Option<Outcome>,
     /// Whose endpoint and account this attempt is.
@@ -180,7 +187,7 @@ impl Upstream {
             return;
         };
         let mut attempt = attempt;
-        let stream_end = attempt.stream.as_ref().map(OutcomeScanner::outcome);
+        let stream_end = attempt.stream.as_ref().map(StreamWatch::outcome);
         let unfinished = matches!(stream_end, Some(Outcome::Pending | Outcome::Cut));
         if attempt.status.is_none() || unfinished {
             if attempt.status.is_none() {
@@ -200,6 +207,11 @@ impl Upstream {
             }
         } else if let Some(end @ Outcome::Failed { .. }) = stream_end {
             attempt.stream_end = Some(end);
+            // A Gemini error frame may name its reset, like a 429's body.
+            let frame = attempt.stream.as_ref().and_then(StreamWatch::error_frame);
+            if let Some(body) = frame.and_then(|f| gemini::parse_rpc_error(f, now_ms)) {
+                attempt.body = Some(body);
+            }
             apply_verdict(&attempt, now_ms);
         }
         enqueue(outcome(&attempt, now_ms), now_ms);
@@ -372,7 +384,7 @@ impl Upstream {
         attempt.want_body = status >= 400 && !end_of_stream;
         let is_stream = lookup("content-type").is_some_and(|ct| ct.contains("text/event-stream"));
         if status == 200 && is_stream && !end_of_stream && streams_model_turns(&attempt.handoff) {
-            attempt.stream = Some(OutcomeScanner::new());
+            attempt.stream = Some(StreamWatch::new(attempt.provider));
         }
         apply_verdict(attempt, now_ms);
         if let Some(turn_state) = lookup("x-codex-turn-state").filter(|_| status < 400) {
@@ -388,11 +400,19 @@ impl Upstream {
     }
 }
 
-/// Whether the hand-off's endpoint answers a model turn as a Responses event stream.
+/// Whether the hand-off's endpoint answers a model turn as an event stream (when its answer is
+/// `text/event-stream`): Codex's Responses events, Claude's Messages events, Gemini's
+/// `streamGenerateContent` frames. JSON answers are judged by their status alone.
 fn streams_model_turns(handoff: &RouteHandoff) -> bool {
     matches!(
         Endpoint::from_name(&handoff.endpoint),
-        Some(Endpoint::Responses | Endpoint::V1Responses | Endpoint::V1ChatCompletions)
+        Some(
+            Endpoint::Responses
+                | Endpoint::V1Responses
+                | Endpoint::V1ChatCompletions
+                | Endpoint::ClaudeMessages
+                | Endpoint::GeminiStreamGenerate
+        )
     )
 }
 
@@ -401,11 +421,9 @@ fn verdict_of(attempt: &Attempt, state: &LocalAccount, now_ms: i64) -> Verdict {
     if let Some(cause) = attempt.no_answer {
         return cause.verdict();
     }
-    if let Some(v) = attempt
-        .stream_end
-        .as_ref()
-        .and_then(|end| verdict::stream_verdict(end, state, &attempt.limits, now_ms))
-    {
+    if let Some(v) = attempt.stream_end.as_ref().and_then(|end| {
+        verdict::stream_verdict(end, attempt.body.as_ref(), state, &attempt.limits, now_ms)
+    }) {
         return v;
     }
     verdict::classify(

@@ -8,7 +8,8 @@
 //! (plus the OAuth betas for an OAuth account); a Gemini generate call carries the serving
 //! account's project, also after a failover; Gemini CLI's start-up calls never leave the gateway;
 //! a session stays on its account; a 429 fails over invisibly; a spent pool answers in the
-//! provider's own error shape.
+//! provider's own error shape; a Claude or Gemini stream cut or failed after its 200 is logged
+//! as the account's failure, not a success.
 
 use std::path::Path;
 use std::time::Duration;
@@ -597,4 +598,119 @@ async fn a_pool_without_the_providers_accounts_refuses_in_its_shape_and_sends_no
     assert_eq!(body["error"]["status"], "UNAVAILABLE", "{body}");
     assert!(mesh.seen("/v1/messages").await.is_empty());
     assert!(mesh.seen("/v1internal").await.is_empty());
+}
+
+impl Mesh {
+    /// A Gemini CLI streaming turn: `streamGenerateContent?alt=sse`.
+    async fn gemini_stream(&self, session: &str) -> reqwest::Response {
+        self.http
+            .post(self.envoy.url("/v1internal:streamGenerateContent?alt=sse"))
+            .bearer_auth(&self.key)
+            .json(&generate_body(session))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The request log's entries for one account once `want` holds for one of them (waits
+    /// up to 15 s for the outcome to be reported), newest first.
+    async fn logged(&self, account: &str, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = self
+                ._cp
+                .cli_json(&["requests", "--account", account, "--limit", "100"])
+                .unwrap();
+            let entries = log.as_array().cloned().unwrap_or_default();
+            if entries.iter().any(&want) || std::time::Instant::now() > deadline {
+                return entries;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `health` of an account as `codexmesh status` shows it.
+    fn health(&self, label: &str) -> Value {
+        let status = self._cp.cli_json(&["status"]).unwrap();
+        status["pools"][0]["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["label"] == label)
+            .unwrap_or_else(|| panic!("no {label} in {status}"))["health"]
+            .clone()
+    }
+}
+
+fn error_code(entry: &Value) -> &str {
+    entry["error_code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_and_gemini_streams_broken_after_their_200_are_the_accounts_failure() {
+    let mesh = Mesh::start(&[
+        Acct::ClaudeOauth("claude-a"),
+        Acct::Gemini("gem-a", "proj-a"),
+    ])
+    .await;
+    // Whole streams first: logged as successes (their end was seen).
+    let c = mesh.claude_turn(false, None).await;
+    assert_eq!(c.status(), 200);
+    assert!(c.text().await.unwrap().contains("message_stop"));
+    let g = mesh.gemini_stream("whole").await;
+    assert_eq!(g.status(), 200);
+    assert!(g.text().await.unwrap().contains("finishReason"));
+    for account in ["claude-a", "gem-a"] {
+        let log = mesh.logged(account, |e| e["status"] == 200).await;
+        assert_eq!(log.len(), 1, "{account}: {log:#?}");
+        assert_eq!(error_code(&log[0]), "", "{account}: {log:#?}");
+    }
+
+    // Then each break the simulator can make, on both accounts: the client gets a 200 whose
+    // stream never ends properly, and the log blames the account.
+    for (mode, claude_code, gemini_code) in [
+        ("sse_truncated", "stream_broken", "stream_broken"),
+        ("sse_failed", "overloaded_error", "INTERNAL"),
+    ] {
+        mesh.sim
+            .behavior(json!({"fail_next": [
+                {"account_id": "claude-a", "mode": mode},
+                {"account_id": "gem-a", "mode": mode},
+            ]}))
+            .await
+            .unwrap();
+        let c = mesh.claude_turn(false, None).await;
+        assert_eq!(c.status(), 200, "{mode}: the break comes after the 200");
+        let body = c.text().await.unwrap_or_default();
+        assert!(!body.contains("message_stop"), "{mode}: {body}");
+        let g = mesh.gemini_stream(mode).await;
+        assert_eq!(g.status(), 200, "{mode}");
+        let text = g.text().await.unwrap_or_default();
+        assert!(!text.contains("finishReason"), "{mode}: {text}");
+        for (account, code) in [("claude-a", claude_code), ("gem-a", gemini_code)] {
+            let log = mesh.logged(account, |e| error_code(e) == code).await;
+            let hit = log
+                .iter()
+                .find(|e| error_code(e) == code)
+                .unwrap_or_else(|| panic!("{mode} {account}: no {code} in {log:#?}"));
+            assert_eq!(hit["status"], 200, "{hit}");
+            assert_eq!(hit["error_source"], "upstream", "{hit}");
+        }
+    }
+    // Health counts the broken streams (two per account) as failures.
+    for account in ["claude-a", "gem-a"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let h = mesh.health(account);
+            if h["failures"].as_u64().unwrap_or(0) >= 2 {
+                assert!(h["score"].as_u64().unwrap_or(100) < 100, "{account}: {h}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{account}: health never counted the broken streams: {h}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

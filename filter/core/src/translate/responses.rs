@@ -195,7 +195,7 @@ impl Outcome {
 }
 
 /// What a final event means, parsing only that event's JSON.
-fn final_outcome(kind: &str, data: &[u8]) -> Option<Outcome> {
+pub(crate) fn final_outcome(kind: &str, data: &[u8]) -> Option<Outcome> {
     match kind {
         "response.completed" => Some(Outcome::Completed),
         "response.incomplete" => {

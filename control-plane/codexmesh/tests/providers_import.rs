@@ -473,13 +473,24 @@ async fn served_api_watched_folder_and_snapshot() -> TestResult {
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     let mut stream = c.subscribe(req).await?.into_inner();
+    // The first snapshot may predate the watched imports: take snapshots until one has them.
+    let deadline = Instant::now() + Duration::from_secs(15);
     let snap = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, stream.message())
             .await
-            .map_err(|_| "no snapshot")??
+            .map_err(|_| "no snapshot with the watched Gemini account")??
             .ok_or("stream ended")?;
         if let Some(pb::subscribe_response::Kind::Snapshot(s)) = msg.kind {
-            break s;
+            let has = |p: &str| {
+                s.pools
+                    .iter()
+                    .flat_map(|x| &x.accounts)
+                    .any(|a| a.project_id == p)
+            };
+            if has("proj-w") && has("proj-api") {
+                break s;
+            }
         }
     };
     let accounts: Vec<&pb::Account> = snap.pools.iter().flat_map(|p| &p.accounts).collect();

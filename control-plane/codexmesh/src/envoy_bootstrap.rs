@@ -22,6 +22,10 @@ pub struct BootstrapParams {
     pub control_plane: ControlPlaneTarget,
     /// Upstream base, e.g. `https://chatgpt.com/backend-api`.
     pub upstream_base_url: String,
+    /// Anthropic's API base (`claude_base_url`), e.g. `https://api.anthropic.com`.
+    pub claude_base_url: String,
+    /// Google Code Assist's base (`gemini_base_url`), e.g. `https://cloudcode-pa.googleapis.com`.
+    pub gemini_base_url: String,
     /// The built `codexmesh_filter.wasm`.
     pub wasm_path: PathBuf,
     /// A pooled WebSocket connection is closed after this long (the upstream closes at 60
@@ -148,6 +152,36 @@ impl UpstreamTarget {
         })
     }
 
+    /// A DNS name is re-resolved (LOGICAL_DNS); an IP is STATIC.
+    fn cluster_type(&self) -> &'static str {
+        if self.host.parse::<IpAddr>().is_ok() {
+            "STATIC"
+        } else {
+            "LOGICAL_DNS"
+        }
+    }
+
+    /// The cluster's TLS transport socket (SNI and SAN check on the host), or nothing.
+    fn tls_socket(&self) -> String {
+        if !self.tls {
+            return String::new();
+        }
+        format!(
+            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: {}\n        common_tls_context:\n          alpn_protocols: [h2, http/1.1]\n          validation_context:\n            trusted_ca: {{ filename: /etc/ssl/certs/ca-certificates.crt }}\n            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{ exact: {} }}",
+            quote(&self.host),
+            quote(&self.host)
+        )
+    }
+
+    /// TLS upstreams negotiate h2 by ALPN; plain ones (the simulator, an egress proxy) speak h1.
+    fn protocol(&self) -> &'static str {
+        if self.tls {
+            "        auto_config:\n          http_protocol_options: {}\n          http2_protocol_options: {}"
+        } else {
+            "        explicit_http_config:\n          http_protocol_options: {}"
+        }
+    }
+
     fn authority(&self) -> String {
         let default = if self.tls { 443 } else { 80 };
         let host = if self.host.contains(':') {
@@ -196,26 +230,11 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         .to_str()
         .ok_or_else(|| BootstrapError::BadWasmPath(params.wasm_path.clone()))?;
     let upstream = UpstreamTarget::parse(&params.upstream_base_url)?;
-    let cluster_type = if upstream.host.parse::<IpAddr>().is_ok() {
-        "STATIC"
-    } else {
-        "LOGICAL_DNS"
-    };
-    let tls = if upstream.tls {
-        format!(
-            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: {}\n        common_tls_context:\n          alpn_protocols: [h2, http/1.1]\n          validation_context:\n            trusted_ca: {{ filename: /etc/ssl/certs/ca-certificates.crt }}\n            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{ exact: {} }}",
-            quote(&upstream.host),
-            quote(&upstream.host)
-        )
-    } else {
-        String::new()
-    };
-    // TLS upstreams negotiate h2 by ALPN; plain ones (the simulator, an egress proxy) speak h1.
-    let protocol = if upstream.tls {
-        "        auto_config:\n          http_protocol_options: {}\n          http2_protocol_options: {}"
-    } else {
-        "        explicit_http_config:\n          http_protocol_options: {}"
-    };
+    let claude = UpstreamTarget::parse(&params.claude_base_url)?;
+    let gemini = UpstreamTarget::parse(&params.gemini_base_url)?;
+    let cluster_type = upstream.cluster_type();
+    let tls = upstream.tls_socket();
+    let protocol = upstream.protocol();
     let tls_ws = tls.replace(
         "alpn_protocols: [h2, http/1.1]",
         "alpn_protocols: [http/1.1]",
@@ -272,6 +291,25 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
     for (name, value) in vars {
         out = out.replace(&format!("{{{{{name}}}}}"), &value);
     }
+    // Claude's and Gemini's clusters and routes, exactly as the Codex upstream's: the base URL's
+    // path goes in front of the client's path (`/v1/…`, `/v1internal:…`).
+    for (provider, target, path) in [
+        ("claude", &claude, "/v1/"),
+        ("gemini", &gemini, "/v1internal:"),
+    ] {
+        let vars: [(&str, String); 7] = [
+            ("cluster_type", target.cluster_type().to_string()),
+            ("host", quote(&target.host)),
+            ("port", target.port.to_string()),
+            ("tls", target.tls_socket()),
+            ("protocol", target.protocol().to_string()),
+            ("authority", quote(&target.authority())),
+            ("prefix", quote(&format!("{}{path}", target.base_path))),
+        ];
+        for (name, value) in vars {
+            out = out.replace(&format!("{{{{{provider}_{name}}}}}"), &value);
+        }
+    }
     Ok(out)
 }
 
@@ -310,6 +348,8 @@ pub fn from_settings(
         admin_listen: settings.envoy_admin_listen,
         control_plane: dialable(grpc).into(),
         upstream_base_url: settings.upstream_base_url.clone(),
+        claude_base_url: settings.claude_base_url.clone(),
+        gemini_base_url: settings.gemini_base_url.clone(),
         // Envoy resolves relative paths against its own working directory: pin it down.
         wasm_path: std::path::absolute(&settings.wasm_path)
             .unwrap_or_else(|_| settings.wasm_path.clone()),
@@ -329,6 +369,8 @@ mod tests {
             admin_listen: "127.0.0.1:19901".parse().unwrap(),
             control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
             upstream_base_url: url.into(),
+            claude_base_url: "https://api.anthropic.com".into(),
+            gemini_base_url: "https://cloudcode-pa.googleapis.com".into(),
             wasm_path: "/tmp/x.wasm".into(),
             websocket_max_lifetime_secs: 3600,
             max_request_body_bytes: 1 << 20,
@@ -373,9 +415,44 @@ mod tests {
         assert!(yaml.contains("UpstreamTlsContext"));
         assert!(yaml.contains("prefix_rewrite: \"/backend-api/\""));
         assert!(yaml.contains("host_rewrite_literal: \"chatgpt.com\""));
-        let yaml = render(&params("http://127.0.0.1:9000/backend-api")).unwrap();
+        let mut p = params("http://127.0.0.1:9000/backend-api");
+        p.claude_base_url = "http://127.0.0.1:9000".into();
+        p.gemini_base_url = "http://127.0.0.1:9000".into();
+        let yaml = render(&p).unwrap();
         assert!(yaml.contains("type: STATIC") && !yaml.contains("UpstreamTlsContext"));
         assert!(yaml.contains("host_rewrite_literal: \"127.0.0.1:9000\""));
+    }
+
+    #[test]
+    fn claude_and_gemini_get_their_own_clusters_and_routes() {
+        let mut p = params("https://chatgpt.com/backend-api");
+        p.claude_base_url = "https://anthropic.egress.example/claude/".into();
+        p.gemini_base_url = "http://10.0.0.7:8443".into();
+        let yaml = render(&p).unwrap();
+        assert!(!yaml.contains("{{"), "unfilled placeholder");
+        for (cluster, provider) in [
+            ("codexmesh_upstream_claude", "claude"),
+            ("codexmesh_upstream_gemini", "gemini"),
+        ] {
+            assert!(yaml.contains(&format!("- name: {cluster}")), "{cluster}");
+            assert!(yaml.contains(&format!("cluster: {cluster}")), "{cluster}");
+            assert!(yaml.contains(&format!(
+                r#"value: '{{"role":"upstream","provider":"{provider}"}}'"#
+            )));
+        }
+        assert!(yaml.contains("substitution: \"/claude/v1/\""));
+        assert!(yaml.contains("host_rewrite_literal: \"anthropic.egress.example\""));
+        assert!(yaml.contains("sni: \"anthropic.egress.example\""));
+        assert!(yaml.contains("substitution: \"/v1internal:\""));
+        assert!(yaml.contains("host_rewrite_literal: \"10.0.0.7:8443\""));
+        assert!(yaml.contains("address: \"10.0.0.7\", port_value: 8443"));
+        // Claude's model list only with anthropic-version; the Claude routes come before /v1/.
+        let claude_models = yaml.find("- name: anthropic-version").unwrap();
+        let v1 = yaml.find("match: { prefix: \"/v1/\" }").unwrap();
+        let messages = yaml.find("match: { prefix: \"/v1/messages\" }").unwrap();
+        assert!(messages < v1 && claude_models < v1);
+        p.claude_base_url = "ftp://nope".into();
+        assert!(render(&p).is_err());
     }
 
     #[test]
@@ -431,6 +508,8 @@ mod tests {
                 admin_listen: "127.0.0.1:9901".parse().unwrap(),
                 control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
                 upstream_base_url: url.into(),
+                claude_base_url: "https://api.anthropic.com".into(),
+                gemini_base_url: "https://cloudcode-pa.googleapis.com".into(),
                 wasm_path: "/opt/codexmesh/codexmesh_filter.wasm".into(),
                 websocket_max_lifetime_secs: 3000,
                 max_request_body_bytes: 16 << 20,

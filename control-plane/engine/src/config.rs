@@ -517,6 +517,24 @@ declare_settings! {
             help: "Google OAuth token endpoint (refresh of Gemini accounts)",
             readme: "",
         }
+        google_oauth_client_id: Text {
+            key: google_oauth_client_id,
+            flag: "google-oauth-client-id",
+            value_name: "ID",
+            env: "CODEXMESH_GOOGLE_OAUTH_CLIENT_ID",
+            default: "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com",
+            help: "Google OAuth client id Gemini accounts refresh with (Gemini CLI's public one)",
+            readme: "",
+        }
+        google_oauth_client_secret: Text {
+            key: google_oauth_client_secret,
+            flag: "google-oauth-client-secret",
+            value_name: "SECRET",
+            env: "CODEXMESH_GOOGLE_OAUTH_CLIENT_SECRET",
+            default: "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",
+            help: "Google OAuth client secret paired with the client id (an installed app's, public by design; kept out of logs)",
+            readme: "",
+        }
         gateway_url: Text {
             key: gateway_url,
             flag: "gateway-url",

@@ -1,17 +1,21 @@
 //! The background workers of `serve` that keep every account alive and measured, and the
 //! outcome sink that feeds them:
 //!
-//! - **refresh scheduler**: one task; refreshes each active account when it is due
-//!   ([`crate::refresh::due_at`]), a few at a time, waking at the next due time (or every few
-//!   seconds, to notice changes other processes made);
-//! - **quota poller**: `GET /wham/usage` per account every `quota_poll_interval_secs`, spread
-//!   over the interval with jitter, behind a store lease so replicas do not double up;
+//! - **refresh scheduler**: one task; refreshes each active OAuth account (any provider; API-key
+//!   accounts have nothing to refresh) when it is due ([`crate::refresh::due_at`]), a few at a
+//!   time, waking at the next due time (or every few seconds, to notice changes other processes
+//!   made);
+//! - **quota poller**: each pollable account's provider usage endpoint ([`crate::quota`]:
+//!   Codex `/wham/usage`, Claude `/api/oauth/usage`, Gemini `retrieveUserQuota`) every
+//!   `quota_poll_interval_secs`, spread over the interval with jitter, behind a store lease so
+//!   replicas do not double up;
 //! - **health aggregator**: recomputes the health scores from the outcome window after reports
 //!   and on a timer (so old failures age out), publishes the ones that moved, and starts quota
 //!   windows whose reset time passed over at 0 %;
 //! - **watched folders** ([`crate::watch`]);
 //! - **[`LifecycleSink`]**: stores reported outcomes and counters, merges their passive quota
-//!   evidence, and turns a 401 for the current token into one forced refresh.
+//!   evidence (a 429 read by the account's provider's rules), and turns a 401 for the current
+//!   token into one forced refresh (for an API-key account: `needs_reauth`).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -28,6 +32,7 @@ use crate::push::OutcomeSink;
 use crate::quota::{self, Observation, Polled};
 use crate::refresh::{self, Done, Refresher, RefresherConfig, Request, Trigger};
 use crate::watch::Watcher;
+use codexmesh_model::records::Provider;
 use codexmesh_model::util::now_ms;
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{AccountState, Actor, OutcomeRecord, Store, StoreError};
@@ -104,7 +109,7 @@ impl Lifecycle {
                     store: store.clone(),
                     key: key.clone(),
                     http,
-                    upstream: settings.upstream_base_url.clone(),
+                    upstreams: quota::Upstreams::from_settings(settings),
                     interval_ms: i64::try_from(settings.quota_poll_interval.as_millis())
                         .unwrap_or(60_000),
                     holder,
@@ -219,6 +224,7 @@ pub fn combine(a: Observation, b: Observation) -> Observation {
         } else {
             a.limit_reached_resets_at.or(b.limit_reached_resets_at)
         },
+        provider: b.provider.or(a.provider),
         observed_at_ms: a.observed_at_ms.max(b.observed_at_ms),
     }
 }
@@ -231,9 +237,27 @@ impl LifecycleSink {
     ) -> Result<u32, StoreError> {
         let accepted = self.store.record_outcomes(&node_id, &outcomes).await?;
         let received = now_ms();
+        // A 429 is read by its account's provider's rules: look those accounts up once.
+        let mut providers: HashMap<&str, Provider> = HashMap::new();
+        for o in outcomes
+            .iter()
+            .filter(|o| o.status == 429 && !o.account_id.is_empty())
+        {
+            if !providers.contains_key(o.account_id.as_str()) {
+                let provider = match self.store.account(&o.account_id).await {
+                    Ok(a) => a.provider,
+                    Err(_) => Provider::Codex,
+                };
+                providers.insert(o.account_id.as_str(), provider);
+            }
+        }
         let mut per_account: HashMap<&str, Observation> = HashMap::new();
         for o in outcomes.iter().filter(|o| !o.account_id.is_empty()) {
-            if let Some(obs) = quota::observation_from_outcome(o, received) {
+            let provider = providers
+                .get(o.account_id.as_str())
+                .copied()
+                .unwrap_or(Provider::Codex);
+            if let Some(obs) = quota::observation_from_outcome_of(o, received, provider) {
                 let merged = match per_account.remove(o.account_id.as_str()) {
                     Some(prev) => combine(prev, obs),
                     None => obs,
@@ -315,7 +339,9 @@ async fn run_scheduler(
                 let mut deferred_now = lock(&deferred);
                 deferred_now.retain(|_, t| *t > now);
                 for a in accounts {
-                    if !matches!(a.state, AccountState::Active | AccountState::CoolingDown) {
+                    if !matches!(a.state, AccountState::Active | AccountState::CoolingDown)
+                        || !refresh::refreshable(&a)
+                    {
                         continue;
                     }
                     let due = refresh::due_at(&a, refresher.lead_ms())
@@ -388,7 +414,7 @@ struct Poller {
     store: Store,
     key: KeySource,
     http: reqwest::Client,
-    upstream: String,
+    upstreams: quota::Upstreams,
     interval_ms: i64,
     holder: String,
     refresher: Refresher,
@@ -413,7 +439,7 @@ impl Poller {
             &self.store,
             &self.key,
             &self.http,
-            &self.upstream,
+            &self.upstreams,
             account_id,
             timeout,
         )
@@ -457,7 +483,9 @@ async fn run_poller(poller: Poller, cancel: CancellationToken) {
                 let live: HashSet<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
                 next_poll.retain(|id, _| live.contains(id.as_str()));
                 for a in &accounts {
-                    if !matches!(a.state, AccountState::Active | AccountState::CoolingDown) {
+                    if !matches!(a.state, AccountState::Active | AccountState::CoolingDown)
+                        || !quota::pollable(a)
+                    {
                         continue;
                     }
                     // First sight: somewhere in the first interval, so accounts spread out.

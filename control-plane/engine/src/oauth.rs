@@ -1,4 +1,16 @@
-//! The auth server's token endpoint: the refresh grant and how its refusals are classified.
+//! The auth servers' token endpoints: the refresh grant of each provider ([`Grant`]) and how
+//! their refusals are classified.
+//!
+//! The grant per provider:
+//! - **Codex**: `POST oauth_token_url`, JSON `{client_id, grant_type, refresh_token}`;
+//! - **Claude** (subscription OAuth): `POST claude_token_url`, JSON `{grant_type, refresh_token,
+//!   client_id, scope}` with Claude Code's public client id and scopes;
+//! - **Google** (Gemini): `POST google_token_url`, form `client_id, client_secret, grant_type,
+//!   refresh_token` with Gemini CLI's installed-app client (its secret is public by design, but
+//!   is never logged: [`Grant`]'s `Debug` hides it).
+//!
+//! Every answer is read the same way: a new refresh token replaces the old one when present
+//! (rotation), else the old one stays valid.
 //!
 //! Classification follows the Codex CLI (codex-rs `request_chatgpt_token_refresh` /
 //! `classify_refresh_token_failure`) plus the OAuth form:
@@ -9,8 +21,9 @@
 //! - **misconfigured** (our request is wrong, not the account: check `oauth_token_url`):
 //!   `invalid_client` / `unauthorized_client` / `unsupported_grant_type` / `invalid_request`,
 //!   or another 4xx except 401/408/429.
-//! - **transient** (try again later, the account keeps serving): 5xx, 408, 429, transport
-//!   errors and timeouts.
+//! - **transient** (try again later, the account keeps serving): 5xx, 408, transport errors
+//!   and timeouts; a 429 is [`TokenError::Throttled`], transient with the server's
+//!   `Retry-After` (seconds or an HTTP date) as the earliest next attempt.
 //!
 //! A 2xx whose body we cannot use is treated as permanent: the server accepted (and so
 //! consumed) the refresh token, and sending a consumed refresh token again would revoke the
@@ -22,6 +35,37 @@ use serde_json::Value;
 
 /// The Codex CLI's OAuth client id.
 pub const CODEX_CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
+/// Claude Code's public OAuth client id.
+pub const CLAUDE_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+/// The scopes Claude Code asks for when it refreshes.
+pub const CLAUDE_SCOPES: &str =
+    "user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload";
+/// The longest `Retry-After` we honour (a longer one is capped: the account keeps serving).
+pub const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
+
+/// Which token endpoint a refresh goes to and how the grant is written.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Grant {
+    Codex,
+    Claude,
+    Google {
+        client_id: String,
+        client_secret: String,
+    },
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Grant::Codex => f.write_str("Codex"),
+            Grant::Claude => f.write_str("Claude"),
+            Grant::Google { client_id, .. } => f
+                .debug_struct("Google")
+                .field("client_id", client_id)
+                .finish_non_exhaustive(),
+        }
+    }
+}
 
 /// Error codes that mean the refresh token (and so the login) is dead.
 pub const PERMANENT_CODES: &[&str] = &[
@@ -46,14 +90,53 @@ pub enum TokenError {
     Permanent { code: String },
     #[error("the token endpoint is unavailable ({0})")]
     Transient(String),
+    /// A 429: try again, not before `retry_after_ms` from now (0: the server named no time).
+    #[error("the token endpoint asks us to slow down (HTTP 429{})", retry_after_words(*.retry_after_ms))]
+    Throttled { retry_after_ms: i64 },
     #[error("the token endpoint refused the request itself ({0}); check oauth_token_url")]
     Misconfigured(String),
+}
+
+fn retry_after_words(ms: i64) -> String {
+    if ms > 0 {
+        format!(", retry after {} s", (ms + 999) / 1000)
+    } else {
+        String::new()
+    }
 }
 
 impl TokenError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, TokenError::Permanent { .. })
     }
+
+    /// The earliest next attempt the server asked for, in ms from now.
+    pub fn retry_after_ms(&self) -> Option<i64> {
+        match self {
+            TokenError::Throttled { retry_after_ms } if *retry_after_ms > 0 => {
+                Some(*retry_after_ms)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A `Retry-After` value (delay seconds, or an HTTP date) as ms from `now_ms`, capped at
+/// [`MAX_RETRY_AFTER_MS`]; None when absent, unreadable or already past.
+pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<i64> {
+    let value = value.trim();
+    let ms = match value.parse::<u64>() {
+        Ok(secs) => i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            let at_ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_millis()).ok())?;
+            at_ms.saturating_sub(now_ms)
+        }
+    };
+    (ms > 0).then(|| ms.min(MAX_RETRY_AFTER_MS))
 }
 
 /// A token endpoint answer. `Debug` hides the tokens.
@@ -185,28 +268,61 @@ pub fn parse_token_response(body: &str) -> Result<TokenResponse, TokenError> {
     })
 }
 
-/// One refresh grant: `POST url` with the JSON body the Codex CLI sends.
-pub async fn refresh_grant(
+/// The request of one refresh grant of `grant`'s provider (not sent).
+pub fn grant_request(
     http: &reqwest::Client,
+    grant: &Grant,
+    url: &str,
+    refresh_token: &str,
+) -> reqwest::RequestBuilder {
+    let req = http.post(url).header("accept", "application/json");
+    match grant {
+        Grant::Codex => req.json(&serde_json::json!({
+            "client_id": CODEX_CLIENT_ID,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+        })),
+        Grant::Claude => req.json(&serde_json::json!({
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": CLAUDE_CLIENT_ID,
+            "scope": CLAUDE_SCOPES,
+        })),
+        Grant::Google {
+            client_id,
+            client_secret,
+        } => {
+            let form = form_urlencoded::Serializer::new(String::new())
+                .append_pair("client_id", client_id)
+                .append_pair("client_secret", client_secret)
+                .append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", refresh_token)
+                .finish();
+            req.header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+        }
+    }
+}
+
+/// One refresh grant of `grant`'s provider at `url`.
+pub async fn refresh_grant_for(
+    http: &reqwest::Client,
+    grant: &Grant,
     url: &str,
     refresh_token: &str,
     timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
-    let body = serde_json::json!({
-        "client_id": CODEX_CLIENT_ID,
-        "grant_type": "refresh_token",
-        "refresh_token": refresh_token,
-    });
-    let resp = http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .json(&body)
+    let resp = grant_request(http, grant, url, refresh_token)
         .timeout(timeout)
         .send()
         .await
         .map_err(|e| TokenError::Transient(describe(&e)))?;
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, codexmesh_model::util::now_ms()));
     // Error bodies are small; cap what we read anyway.
     let text = read_capped(resp, 64 * 1024)
         .await
@@ -214,7 +330,12 @@ pub async fn refresh_grant(
     if (200..300).contains(&status) {
         parse_token_response(&text)
     } else {
-        Err(classify(status, &text))
+        match classify(status, &text) {
+            TokenError::Transient(_) if status == 429 => Err(TokenError::Throttled {
+                retry_after_ms: retry_after.unwrap_or(0),
+            }),
+            e => Err(e),
+        }
     }
 }
 
@@ -336,5 +457,93 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn built(grant: &Grant) -> (String, String, String) {
+        let http = reqwest::Client::new();
+        let req = grant_request(&http, grant, "http://127.0.0.1:9/token", "rt-1/+&x")
+            .build()
+            .map_err(|e| e.to_string());
+        let Ok(req) = req else {
+            return (String::new(), String::new(), String::new());
+        };
+        let ct = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = req
+            .body()
+            .and_then(|b| b.as_bytes())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        (req.method().to_string(), ct, body)
+    }
+
+    #[test]
+    fn grants_per_provider() {
+        let (method, ct, body) = built(&Grant::Claude);
+        assert_eq!((method.as_str(), ct.as_str()), ("POST", "application/json"));
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "grant_type": "refresh_token", "refresh_token": "rt-1/+&x",
+                "client_id": "9d1c250a-e61b-44d9-88ed-5944d1962f5e",
+                "scope": "user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload"
+            })
+        );
+        let google = Grant::Google {
+            client_id: "cid.apps".into(),
+            client_secret: "GOCSPX-s".into(),
+        };
+        let (_, ct, body) = built(&google);
+        assert_eq!(ct, "application/x-www-form-urlencoded");
+        let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("client_id", "cid.apps"),
+                ("client_secret", "GOCSPX-s"),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "rt-1/+&x")
+            ]
+        );
+        assert!(
+            !format!("{google:?}").contains("GOCSPX"),
+            "the secret is not in Debug"
+        );
+        let (_, _, body) = built(&Grant::Codex);
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["client_id"], CODEX_CLIENT_ID);
+    }
+
+    #[test]
+    fn retry_after_values() {
+        let now = 1_700_000_000_000;
+        assert_eq!(parse_retry_after("30", now), Some(30_000));
+        assert_eq!(parse_retry_after(" 0 ", now), None);
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER_MS));
+        // 2023-11-14T22:13:20Z is `now`; a date 2 minutes later.
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:15:20 GMT", now),
+            Some(120_000)
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now),
+            None
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        let t = TokenError::Throttled {
+            retry_after_ms: 30_000,
+        };
+        assert_eq!(t.retry_after_ms(), Some(30_000));
+        assert!(t.to_string().contains("retry after 30 s"), "{t}");
+        assert!(!t.is_permanent());
+        assert_eq!(TokenError::Transient("x".into()).retry_after_ms(), None);
     }
 }

@@ -1,15 +1,51 @@
-//! Quota evidence, the I/O half: active polls of `{upstream_base_url}/wham/usage`
-//! ([`poll_once`]; [`poll_account`] polls one stored account and records what it learnt, for
-//! the poller in `lifecycle`, which spreads them over `quota_poll_interval_secs`, and for an
-//! operator's refresh-now in `ops::reports`) and the compare-and-set write of merged evidence
+//! Quota evidence, the I/O half: active polls of each provider's usage endpoint ([`poll_once`]
+//! Codex `GET {upstream_base_url}/wham/usage`; [`poll_claude`] `GET
+//! {claude_base_url}/api/oauth/usage` with the OAuth betas; [`poll_gemini`] `POST
+//! {gemini_base_url}/v1internal:retrieveUserQuota` for the account's project), [`poll_account`]
+//! polls one stored account of any provider and records what it learnt (for the poller in
+//! `lifecycle`, which spreads them over `quota_poll_interval_secs`, and for an operator's
+//! refresh-now in `ops::reports`), and the compare-and-set write of merged evidence
 //! ([`record`]). What the evidence means and how it merges is `codexmesh_model::quota`.
+//!
+//! Rules: an account without a usage endpoint (a Claude API key) is never polled
+//! ([`pollable`]); a 401/403 means the credential, not the quota, is the problem; tokens go
+//! only in the `Authorization` header and never in a log line.
 
 use std::time::Duration;
 
 pub use codexmesh_model::quota::*;
+use codexmesh_model::records::{CredentialKind, Provider};
 use codexmesh_store::crypto::Keys;
 use codexmesh_store::{Account, QuotaWrite, Store, StoreError};
 use serde_json::Value;
+
+/// The `anthropic-beta` an OAuth token needs on `/api/oauth/usage`.
+pub const CLAUDE_OAUTH_BETA: &str = "oauth-2025-04-20";
+/// The `anthropic-version` sent with it.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The base URL of each provider's usage endpoint (from the settings).
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub codex: String,
+    pub claude: String,
+    pub gemini: String,
+}
+
+impl Upstreams {
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        Self {
+            codex: s.upstream_base_url.clone(),
+            claude: s.claude_base_url.clone(),
+            gemini: s.gemini_base_url.clone(),
+        }
+    }
+}
+
+/// Whether `a` has a usage endpoint to poll (every OAuth account; not an API key).
+pub fn pollable(a: &Account) -> bool {
+    a.credential_kind == CredentialKind::Oauth
+}
 
 /// Merges an observation into the store: read, merge, compare-and-set write (bumping the
 /// revision only when the change matters), retried a few times on a concurrent write.
@@ -69,14 +105,76 @@ pub async fn poll_once(
     timeout: Duration,
 ) -> PollResult {
     let url = format!("{}/wham/usage", upstream_base_url.trim_end_matches('/'));
-    let resp = http
+    let req = http
         .get(url)
         .bearer_auth(access_token)
         .header("chatgpt-account-id", chatgpt_account_id)
+        .header("accept", "application/json");
+    answer(req, timeout, parse_usage).await
+}
+
+/// `GET {base}/api/oauth/usage` with a Claude OAuth account's bearer and the OAuth beta.
+pub fn claude_usage_request(
+    http: &reqwest::Client,
+    claude_base_url: &str,
+    access_token: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("{}/api/oauth/usage", claude_base_url.trim_end_matches('/'));
+    http.get(url)
+        .bearer_auth(access_token)
+        .header("anthropic-beta", CLAUDE_OAUTH_BETA)
+        .header("anthropic-version", ANTHROPIC_VERSION)
         .header("accept", "application/json")
-        .timeout(timeout)
-        .send()
-        .await;
+}
+
+/// Polls a Claude OAuth account's 5-hour and 7-day windows.
+pub async fn poll_claude(
+    http: &reqwest::Client,
+    claude_base_url: &str,
+    access_token: &str,
+    timeout: Duration,
+) -> PollResult {
+    let req = claude_usage_request(http, claude_base_url, access_token);
+    answer(req, timeout, parse_claude_usage).await
+}
+
+/// `POST {base}/v1internal:retrieveUserQuota` `{"project": project_id}` with a Gemini
+/// account's bearer.
+pub fn gemini_quota_request(
+    http: &reqwest::Client,
+    gemini_base_url: &str,
+    access_token: &str,
+    project_id: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!(
+        "{}/v1internal:retrieveUserQuota",
+        gemini_base_url.trim_end_matches('/')
+    );
+    http.post(url)
+        .bearer_auth(access_token)
+        .header("accept", "application/json")
+        .json(&serde_json::json!({ "project": project_id }))
+}
+
+/// Polls a Gemini account's daily quota.
+pub async fn poll_gemini(
+    http: &reqwest::Client,
+    gemini_base_url: &str,
+    access_token: &str,
+    project_id: &str,
+    timeout: Duration,
+) -> PollResult {
+    let req = gemini_quota_request(http, gemini_base_url, access_token, project_id);
+    answer(req, timeout, parse_gemini_quota).await
+}
+
+/// Sends a usage request and reads its answer with `parse`.
+async fn answer(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+    parse: fn(&Value, i64) -> Option<Observation>,
+) -> PollResult {
+    let resp = req.timeout(timeout).send().await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => return PollResult::Failed(format!("transport: {}", crate::oauth::describe(&e))),
@@ -90,7 +188,7 @@ pub async fn poll_once(
     }
     let observed = codexmesh_model::util::now_ms();
     match resp.json::<Value>().await {
-        Ok(v) => match parse_usage(&v, observed) {
+        Ok(v) => match parse(&v, observed) {
             Some(o) => PollResult::Observed(o),
             None => PollResult::Failed("answer carried no usage windows".to_owned()),
         },
@@ -109,26 +207,44 @@ pub enum Polled {
     Failed(String),
 }
 
-/// Polls one stored account's usage now (its access token opened with `key`) and records the
-/// evidence; returns the account as stored with what happened.
+/// Polls one stored account's usage now (its access token opened with `key`) at its
+/// provider's endpoint and records the evidence; returns the account as stored with what
+/// happened. An account that is not [`pollable`] is not asked (`Failed`).
 pub async fn poll_account(
     store: &Store,
     key: &(impl Keys + ?Sized),
     http: &reqwest::Client,
-    upstream_base_url: &str,
+    upstreams: &Upstreams,
     account_id: &str,
     timeout: Duration,
 ) -> Result<(Account, Polled), StoreError> {
     let s = store.account_secrets(account_id, key).await?;
-    let polled = match poll_once(
-        http,
-        upstream_base_url,
-        &s.access_token,
-        &s.account.chatgpt_account_id,
-        timeout,
-    )
-    .await
-    {
+    if !pollable(&s.account) {
+        return Ok((
+            s.account,
+            Polled::Failed("an API-key account has no usage endpoint".to_owned()),
+        ));
+    }
+    let result = match s.account.provider {
+        Provider::Codex => {
+            poll_once(
+                http,
+                &upstreams.codex,
+                &s.access_token,
+                &s.account.chatgpt_account_id,
+                timeout,
+            )
+            .await
+        }
+        Provider::Claude => poll_claude(http, &upstreams.claude, &s.access_token, timeout).await,
+        Provider::Gemini => match s.account.project_id.as_deref().filter(|p| !p.is_empty()) {
+            Some(project) => {
+                poll_gemini(http, &upstreams.gemini, &s.access_token, project, timeout).await
+            }
+            None => PollResult::Failed("the Gemini account has no project id".to_owned()),
+        },
+    };
+    let polled = match result {
         PollResult::Observed(obs) => Polled::Recorded {
             bumped: record(store, account_id, &obs).await?.is_some(),
         },
@@ -136,4 +252,45 @@ pub async fn poll_account(
         PollResult::Failed(why) => Polled::Failed(why),
     };
     Ok((s.account, polled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(req: &reqwest::Request, name: &str) -> String {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn claude_usage_request_carries_the_oauth_beta() -> Result<(), reqwest::Error> {
+        let http = reqwest::Client::new();
+        let req = claude_usage_request(&http, "http://sim/", "sk-ant-oat01-x").build()?;
+        assert_eq!(req.method(), reqwest::Method::GET);
+        assert_eq!(req.url().as_str(), "http://sim/api/oauth/usage");
+        assert_eq!(header(&req, "authorization"), "Bearer sk-ant-oat01-x");
+        assert_eq!(header(&req, "anthropic-beta"), "oauth-2025-04-20");
+        assert_eq!(header(&req, "anthropic-version"), "2023-06-01");
+        Ok(())
+    }
+
+    #[test]
+    fn gemini_quota_request_names_the_project() -> Result<(), Box<dyn std::error::Error>> {
+        let http = reqwest::Client::new();
+        let req = gemini_quota_request(&http, "http://sim", "ya29.x", "proj-7").build()?;
+        assert_eq!(req.method(), reqwest::Method::POST);
+        assert_eq!(
+            req.url().as_str(),
+            "http://sim/v1internal:retrieveUserQuota"
+        );
+        assert_eq!(header(&req, "authorization"), "Bearer ya29.x");
+        let body = req.body().and_then(|b| b.as_bytes()).unwrap_or_default();
+        let v: Value = serde_json::from_slice(body)?;
+        assert_eq!(v, serde_json::json!({"project": "proj-7"}));
+        Ok(())
+    }
 }

@@ -19,6 +19,16 @@
 //! under the lease after step 3 proved the stored token is the current generation, and a
 //! successful answer is persisted (retried while the store is unreachable) before the lease
 //! goes.
+//!
+//! Every provider goes the same way; only step 4's endpoint and grant differ
+//! ([`oauth::Grant`]: Codex `oauth_token_url`, Claude `claude_token_url`, Gemini
+//! `google_token_url` with the Google client settings). Claude and Google refresh tokens are
+//! treated as rotating and single-use like Codex's: a returned one replaces the stored one in
+//! step 5's transaction, none returned keeps the old. An API-key account (Claude console key)
+//! has nothing to refresh: the scheduler skips it, a refresh request ends
+//! [`Done::NotRefreshable`] without a call, and a 401 for its current key means the key itself
+//! was refused: `needs_reauth` (`api_key_rejected`) at once ([`Refresher::on_unauthorized`]).
+//! A token endpoint's 429 backs off at least as long as its `Retry-After`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -32,6 +42,7 @@ use crate::config::Fault;
 use crate::config::Settings;
 use crate::oauth::{self, TokenError};
 use codexmesh_model::credentials as authjson;
+use codexmesh_model::records::{CredentialKind, Provider};
 use codexmesh_model::util::{self, now_ms};
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{Account, AccountState, Actor, RefreshedTokens, Store, StoreError};
@@ -89,15 +100,42 @@ pub enum Done {
     NotDue,
     /// Another process holds the lease and the request does not wait.
     Busy,
+    /// An API-key account: there is no token to refresh (nothing was called).
+    NotRefreshable,
+}
+
+/// The reason an API-key account leaves routing when the provider refuses its key.
+pub const API_KEY_REJECTED: &str = "api_key_rejected";
+
+/// What an operator does to bring an account that needs re-authentication back: a fresh login
+/// in its provider's own file (or a new key), imported over it.
+pub fn reauth_hint(a: &Account) -> &'static str {
+    match (a.provider, a.credential_kind) {
+        (_, CredentialKind::ApiKey) => "import a new API key for it",
+        (Provider::Codex, _) => "import a fresh auth.json for it or run `codexmesh account login`",
+        (Provider::Claude, _) => {
+            "sign in again with Claude Code and import its fresh .credentials.json for it"
+        }
+        (Provider::Gemini, _) => {
+            "sign in again with Gemini CLI and import its fresh oauth_creds.json for it"
+        }
+    }
+}
+
+/// Whether the refresher keeps `a`'s credential alive (OAuth accounts; not API keys).
+pub fn refreshable(a: &Account) -> bool {
+    a.credential_kind == CredentialKind::Oauth
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    #[error(
-        "account {label} needs re-authentication ({reason}): import a fresh auth.json for it \
-         or run `codexmesh account login`"
-    )]
-    NeedsReauth { label: String, reason: String },
+    #[error("account {label} needs re-authentication ({reason}): {hint}")]
+    NeedsReauth {
+        label: String,
+        reason: String,
+        /// What brings it back, in its provider's words ([`reauth_hint`]).
+        hint: &'static str,
+    },
     #[error("refreshing account {label} failed: {source}; next attempt in {}", util::human_span_ms(.retry_in_ms))]
     Failed {
         label: String,
@@ -149,7 +187,12 @@ pub fn backoff_ms(failures: u32, unit: f64) -> i64 {
 /// Settings of a [`Refresher`].
 #[derive(Debug, Clone)]
 pub struct RefresherConfig {
+    /// Codex's token endpoint.
     pub token_url: String,
+    pub claude_token_url: String,
+    pub google_token_url: String,
+    /// The Google OAuth client (id, secret) Gemini accounts refresh with.
+    pub google_client: oauth::Grant,
     pub lead_ms: i64,
     pub lease_ms: i64,
     /// Test-only (see [`Fault`]).
@@ -161,11 +204,29 @@ impl RefresherConfig {
     pub fn from_settings(s: &Settings) -> Self {
         Self {
             token_url: s.oauth_token_url.clone(),
+            claude_token_url: s.claude_token_url.clone(),
+            google_token_url: s.google_token_url.clone(),
+            google_client: oauth::Grant::Google {
+                client_id: s.google_oauth_client_id.clone(),
+                client_secret: s.google_oauth_client_secret.clone(),
+            },
             lead_ms: i64::try_from(s.refresh_lead.as_millis()).unwrap_or(i64::MAX),
             lease_ms: i64::try_from(s.refresh_lease.as_millis()).unwrap_or(60_000),
             #[cfg(feature = "test-faults")]
             fault: s.fault,
         }
+    }
+
+    /// The token endpoint and grant of `a`'s provider; None for an API-key account.
+    pub fn grant_for(&self, a: &Account) -> Option<(oauth::Grant, &str)> {
+        if !refreshable(a) {
+            return None;
+        }
+        Some(match a.provider {
+            Provider::Codex => (oauth::Grant::Codex, self.token_url.as_str()),
+            Provider::Claude => (oauth::Grant::Claude, self.claude_token_url.as_str()),
+            Provider::Gemini => (self.google_client.clone(), self.google_token_url.as_str()),
+        })
     }
 }
 
@@ -331,8 +392,12 @@ impl Refresher {
                     .state_reason
                     .clone()
                     .unwrap_or_else(|| "unknown".to_owned()),
+                hint: reauth_hint(acc),
             });
         }
+        let Some((grant, token_url)) = self.inner.cfg.grant_for(acc) else {
+            return Ok(Done::NotRefreshable);
+        };
         let now = now_ms();
         if req.trigger == Trigger::Schedule
             && (acc.state == AccountState::Paused || due_at(acc, self.inner.cfg.lead_ms) > now)
@@ -343,10 +408,12 @@ impl Refresher {
         let timeout = Duration::from_millis(
             u64::try_from((self.inner.cfg.lease_ms * 2 / 3).clamp(1_000, 30_000)).unwrap_or(30_000),
         );
-        tracing::info!(account = %acc.label, trigger = req.trigger.as_str(), "refreshing access token");
-        let answer = oauth::refresh_grant(
+        tracing::info!(account = %acc.label, provider = %acc.provider,
+            trigger = req.trigger.as_str(), "refreshing access token");
+        let answer = oauth::refresh_grant_for(
             &self.inner.http,
-            &self.inner.cfg.token_url,
+            &grant,
+            token_url,
             &secrets.refresh_token,
             timeout,
         )
@@ -410,12 +477,15 @@ impl Refresher {
                 Err(RefreshError::NeedsReauth {
                     label: acc.label.clone(),
                     reason: code,
+                    hint: reauth_hint(acc),
                 })
             }
             Err(e) => {
                 self.count(crate::metrics::RefreshOutcome::Failed);
                 let failures = acc.refresh_failures.saturating_add(1);
-                let delay = backoff_ms(failures, unit_random());
+                // A 429's Retry-After is the earliest next attempt.
+                let delay =
+                    backoff_ms(failures, unit_random()).max(e.retry_after_ms().unwrap_or(0));
                 store
                     .record_refresh_failure(account_id, failures, now + delay, &e.to_string())
                     .await?;
@@ -497,6 +567,11 @@ impl Refresher {
         } else {
             routed_with_current
         };
+        if !refreshable(&a) {
+            // An API key has no generation but the stored one: only a 401 routed with the
+            // snapshot carrying it counts (never one for a key already replaced).
+            return self.reject_api_key(&a, routed_with_current).await;
+        }
         if !current {
             tracing::debug!(account = %a.label, "401 concerned a token that was already replaced");
             return Ok(false);
@@ -504,10 +579,32 @@ impl Refresher {
         Ok(self.force(&a))
     }
 
+    /// A 401 for an API-key account: the provider refused the key, so the account needs a new
+    /// one (`needs_reauth`, [`API_KEY_REJECTED`]). Returns whether it marked it.
+    async fn reject_api_key(&self, a: &Account, current: bool) -> Result<bool, StoreError> {
+        if !current || matches!(a.state, AccountState::NeedsReauth) {
+            return Ok(false);
+        }
+        self.inner
+            .store
+            .mark_needs_reauth(
+                &self.inner.actor,
+                &a.id,
+                API_KEY_REJECTED,
+                "the provider refused the account's API key (HTTP 401)",
+            )
+            .await?;
+        self.count(crate::metrics::RefreshOutcome::NeedsReauth);
+        self.nudge();
+        tracing::warn!(account = %a.label, provider = %a.provider,
+            "API key refused: account needs a new key and leaves routing");
+        Ok(true)
+    }
+
     /// Starts one background refresh for `a`'s current token generation, unless one was already
     /// forced for it. Returns whether it started one.
     pub fn force(&self, a: &Account) -> bool {
-        if matches!(a.state, AccountState::NeedsReauth | AccountState::Paused) {
+        if !refreshable(a) || matches!(a.state, AccountState::NeedsReauth | AccountState::Paused) {
             return false;
         }
         {
@@ -612,6 +709,12 @@ mod tests {
             oauth::http_client()?,
             RefresherConfig {
                 token_url: "http://127.0.0.1:9/oauth/token".into(),
+                claude_token_url: "http://127.0.0.1:9/v1/oauth/token".into(),
+                google_token_url: "http://127.0.0.1:9/google/oauth2/token".into(),
+                google_client: oauth::Grant::Google {
+                    client_id: "cid".into(),
+                    client_secret: "secret".into(),
+                },
                 lead_ms: 900_000,
                 lease_ms: 60_000,
                 #[cfg(feature = "test-faults")]
@@ -724,5 +827,242 @@ mod tests {
             let b = backoff_ms(3, r);
             assert!((10_000..=20_000).contains(&b));
         }
+    }
+
+    /// A token endpoint on loopback that answers from a script (status, extra header, body)
+    /// and records each request's content type and body.
+    struct TokenServer {
+        url: String,
+        seen: Arc<Mutex<Vec<(String, String)>>>,
+    }
+
+    /// One scripted answer: status, an extra header, body.
+    type Answer = (u16, Option<(&'static str, &'static str)>, String);
+
+    async fn token_server(script: Vec<Answer>) -> Result<TokenServer, Box<dyn std::error::Error>> {
+        use axum::response::IntoResponse;
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        let (seen2, script2) = (seen.clone(), script.clone());
+        let app =
+            axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: String| {
+                let (seen, script) = (seen2.clone(), script2.clone());
+                async move {
+                    let ct = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    lock(&seen).push((ct, body));
+                    let (status, header, body) =
+                        lock(&script)
+                            .pop_front()
+                            .unwrap_or((500, None, "{}".to_owned()));
+                    let mut resp = (
+                        axum::http::StatusCode::from_u16(status)
+                            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                        [("content-type", "application/json")],
+                        body,
+                    )
+                        .into_response();
+                    if let Some((k, v)) = header {
+                        resp.headers_mut()
+                            .insert(k, axum::http::HeaderValue::from_static(v));
+                    }
+                    resp
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(TokenServer { url, seen })
+    }
+
+    /// A refresher whose three token endpoints are `server`, and an account of `provider`
+    /// (imported, then given its provider columns by hand) with refresh token `rt_1`.
+    async fn provider_fixture(
+        server: &TokenServer,
+        provider: Provider,
+        kind: CredentialKind,
+    ) -> Result<(Refresher, Account, KeySource), Box<dyn std::error::Error>> {
+        let (r, a) = fixture().await?;
+        sqlx::query(
+            "UPDATE accounts SET provider = $1, credential_kind = $2, project_id = $3 WHERE id = $4",
+        )
+        .bind(provider.as_str())
+        .bind(kind.as_str())
+        .bind((provider == Provider::Gemini).then_some("proj-1"))
+        .bind(a.id.clone())
+        .execute(r.store().sql_pool())
+        .await?;
+        let key = r.inner.key.clone();
+        let mut cfg = r.inner.cfg.clone();
+        cfg.token_url = format!("{}/oauth/token", server.url);
+        cfg.claude_token_url = format!("{}/v1/oauth/token", server.url);
+        cfg.google_token_url = format!("{}/google/oauth2/token", server.url);
+        let r = Refresher::new(
+            r.store().clone(),
+            key.clone(),
+            oauth::http_client()?,
+            cfg,
+            holder_id("test"),
+            Actor::new("test"),
+            None,
+        );
+        let a = r.store().account(&a.id).await?;
+        Ok((r, a, key))
+    }
+
+    fn manual(a: &Account) -> Request {
+        Request {
+            trigger: Trigger::Manual,
+            seen_revision: a.token_revision,
+            wait: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn claude_refresh_rotates_and_keeps_an_unrotated_token(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let server =
+            token_server(vec![
+            (
+                200,
+                None,
+                r#"{"access_token":"sk-ant-oat01-new","refresh_token":"rt_2","expires_in":28800}"#
+                    .into(),
+            ),
+            (200, None, r#"{"access_token":"sk-ant-oat01-newer","expires_in":28800}"#.into()),
+        ])
+            .await?;
+        let (r, a, key) =
+            provider_fixture(&server, Provider::Claude, CredentialKind::Oauth).await?;
+        let before = now_ms();
+        let done = r.refresh(&a.id, manual(&a)).await?;
+        let Done::Refreshed { expires_at_ms, .. } = done else {
+            return Err(format!("{done:?}").into());
+        };
+        let exp = expires_at_ms.unwrap_or(0);
+        assert!((before + 28_800_000..=now_ms() + 28_800_000).contains(&exp));
+        let s = r.store().account_secrets(&a.id, &key).await?;
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("sk-ant-oat01-new", "rt_2")
+        );
+        // The next refresh sends the rotated token; an answer without one keeps it.
+        let a = s.account;
+        r.refresh(&a.id, manual(&a)).await?;
+        let s = r.store().account_secrets(&a.id, &key).await?;
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("sk-ant-oat01-newer", "rt_2")
+        );
+        let seen = lock(&server.seen).clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, "application/json");
+        let first: serde_json::Value = serde_json::from_str(&seen[0].1)?;
+        assert_eq!(first["refresh_token"], "rt_1");
+        assert_eq!(first["client_id"], oauth::CLAUDE_CLIENT_ID);
+        assert_eq!(first["scope"], oauth::CLAUDE_SCOPES);
+        let second: serde_json::Value = serde_json::from_str(&seen[1].1)?;
+        assert_eq!(second["refresh_token"], "rt_2");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn google_refresh_sends_the_form_and_keeps_the_refresh_token(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let server = token_server(vec![(
+            200,
+            None,
+            r#"{"access_token":"ya29.new","expires_in":3599,"token_type":"Bearer"}"#.into(),
+        )])
+        .await?;
+        let (r, a, key) =
+            provider_fixture(&server, Provider::Gemini, CredentialKind::Oauth).await?;
+        assert!(matches!(
+            r.refresh(&a.id, manual(&a)).await?,
+            Done::Refreshed { .. }
+        ));
+        let s = r.store().account_secrets(&a.id, &key).await?;
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("ya29.new", "rt_1")
+        );
+        let seen = lock(&server.seen).clone();
+        assert_eq!(seen[0].0, "application/x-www-form-urlencoded");
+        assert_eq!(
+            seen[0].1,
+            "client_id=cid&client_secret=secret&grant_type=refresh_token&refresh_token=rt_1"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn invalid_grant_needs_reauth_and_429_honours_retry_after(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let server = token_server(vec![
+            (429, Some(("retry-after", "120")), r#"{"error":"rate_limited"}"#.into()),
+            (
+                400,
+                None,
+                r#"{"error":"invalid_grant","error_description":"Refresh token has already been used"}"#
+                    .into(),
+            ),
+        ])
+        .await?;
+        let (r, a, _) = provider_fixture(&server, Provider::Claude, CredentialKind::Oauth).await?;
+        let before = now_ms();
+        let err = r.refresh(&a.id, manual(&a)).await;
+        assert!(
+            matches!(&err, Err(RefreshError::Failed { retry_in_ms, .. }) if *retry_in_ms >= 120_000),
+            "{err:?}"
+        );
+        let after = r.store().account(&a.id).await?;
+        assert!(after.next_refresh_at_ms.unwrap_or(0) >= before + 120_000);
+        assert_eq!(
+            after.state,
+            AccountState::Active,
+            "a 429 keeps the account serving"
+        );
+        let err = r.refresh(&a.id, manual(&after)).await;
+        assert!(
+            matches!(&err, Err(RefreshError::NeedsReauth { reason, .. }) if reason == "invalid_grant"),
+            "{err:?}"
+        );
+        let after = r.store().account(&a.id).await?;
+        assert_eq!(after.state, AccountState::NeedsReauth);
+        assert_eq!(after.state_reason.as_deref(), Some("invalid_grant"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn api_key_accounts_are_never_refreshed_and_a_401_rejects_the_key(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let server = token_server(Vec::new()).await?;
+        let (r, a, _) = provider_fixture(&server, Provider::Claude, CredentialKind::ApiKey).await?;
+        assert_eq!(r.refresh(&a.id, manual(&a)).await?, Done::NotRefreshable);
+        let sched = Request {
+            trigger: Trigger::Schedule,
+            ..manual(&a)
+        };
+        assert_eq!(r.refresh(&a.id, sched).await?, Done::NotRefreshable);
+        assert!(!r.force(&a), "a 401 never forces a refresh of a key");
+        // A 401 routed with an older snapshot concerned another key: ignored.
+        assert!(!r.on_unauthorized(&a.id, 0, a.token_revision - 1).await?);
+        assert_eq!(r.store().account(&a.id).await?.state, AccountState::Active);
+        // One for the current key: the key is bad.
+        assert!(r.on_unauthorized(&a.id, 0, a.token_revision).await?);
+        let after = r.store().account(&a.id).await?;
+        assert_eq!(after.state, AccountState::NeedsReauth);
+        assert_eq!(after.state_reason.as_deref(), Some(API_KEY_REJECTED));
+        assert!(
+            !r.on_unauthorized(&a.id, 0, after.token_revision).await?,
+            "once"
+        );
+        assert!(lock(&server.seen).is_empty(), "no token endpoint call");
+        Ok(())
     }
 }

@@ -1,10 +1,16 @@
 //! Quota evidence: what we know about each account's usage windows, from two sources.
 //!
-//! - **Active**: [`poll_once`] GETs `{upstream_base_url}/wham/usage` with the account's bearer
-//!   (the poller in `lifecycle` spreads these over `quota_poll_interval_secs` with jitter).
-//! - **Passive**: every outcome the data path reports may carry the `x-codex-*` header windows,
-//!   and a `429 usage_limit_reached` says one window is spent until `resets_at`
-//!   ([`observation_from_outcome`]).
+//! - **Active**: the engine's poller asks each provider's usage endpoint with the account's
+//!   credential (the poller in `lifecycle` spreads these over `quota_poll_interval_secs` with
+//!   jitter) and parses the answer here: Codex `/wham/usage` ([`parse_usage`]), Claude
+//!   `/api/oauth/usage` ([`parse_claude_usage`]: `five_hour` is the primary window, 300
+//!   minutes, `seven_day` the secondary, 10080), Gemini `retrieveUserQuota`
+//!   ([`parse_gemini_quota`]: the most used bucket is the primary window, 1440 minutes).
+//! - **Passive**: every outcome the data path reports may carry header windows (Codex's
+//!   `x-codex-*`, Anthropic's unified rate-limit headers), and a 429 that names a reset says one
+//!   window is spent until then ([`observation_from_outcome`], per provider:
+//!   [`is_usage_limit`]). A Gemini account has one (daily) window, so its limit is always the
+//!   primary one.
 //!
 //! [`merge`] keeps the freshest evidence per window (by observation time) and says whether the
 //! change matters to routing: a window's used % moved to another 5 % step, it became exhausted
@@ -15,15 +21,26 @@
 use codexmesh_proto::v1 as pb;
 use serde_json::Value;
 
-use crate::records::{CreditsEvidence, OutcomeRecord, QuotaRecord, WindowEvidence, WindowKind};
+use crate::records::{
+    CreditsEvidence, OutcomeRecord, Provider, QuotaRecord, WindowEvidence, WindowKind,
+};
 
 /// Used % is compared in steps of this size.
 pub const PERCENT_STEP: f64 = 5.0;
 /// A reset time that moved by more than this is news.
 pub const RESET_MOVE_SECS: i64 = 300;
 /// Default window lengths when a 429 names a window we never saw.
-const PRIMARY_MINUTES: i64 = 300;
-const SECONDARY_MINUTES: i64 = 10_080;
+pub const PRIMARY_MINUTES: i64 = 300;
+pub const SECONDARY_MINUTES: i64 = 10_080;
+/// Gemini's (Code Assist) daily quota, its only window.
+pub const GEMINI_DAILY_MINUTES: i64 = 1_440;
+/// Gemini 429 reasons (google.rpc ErrorInfo `reason`, else the status) that mean the
+/// account's quota is spent until the reset the answer names.
+pub const GEMINI_LIMIT_CODES: &[&str] = &[
+    "quota_exhausted",
+    "rate_limit_exceeded",
+    "resource_exhausted",
+];
 
 /// One observation of an account's quota, from a poll or a reported outcome.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,6 +51,8 @@ pub struct Observation {
     pub plan: Option<String>,
     /// A `429 usage_limit_reached`: some window is spent until this time (0 = unknown).
     pub limit_reached_resets_at: Option<i64>,
+    /// Whose account it is, when that changes how a limit is read (None: Codex's rules).
+    pub provider: Option<Provider>,
     pub observed_at_ms: i64,
 }
 
@@ -88,6 +107,9 @@ fn limit_window(
     resets_at: i64,
     now: i64,
 ) -> WindowKind {
+    if obs.provider == Some(Provider::Gemini) {
+        return WindowKind::Primary;
+    }
     let spent: Vec<(WindowKind, i64)> = [WindowKind::Primary, WindowKind::Secondary]
         .into_iter()
         .filter_map(|k| {
@@ -154,9 +176,10 @@ pub fn merge(current: Option<&QuotaRecord>, obs: &Observation, now_unix: i64) ->
         let known = record.window(kind).cloned();
         let already = obs.window(kind).is_some_and(|w| w.used_percent >= 100.0);
         if !already {
-            let default_minutes = match kind {
-                WindowKind::Primary => PRIMARY_MINUTES,
-                WindowKind::Secondary => SECONDARY_MINUTES,
+            let default_minutes = match (kind, obs.provider) {
+                (_, Some(Provider::Gemini)) => GEMINI_DAILY_MINUTES,
+                (WindowKind::Primary, _) => PRIMARY_MINUTES,
+                (WindowKind::Secondary, _) => SECONDARY_MINUTES,
             };
             apply(
                 &mut record,
@@ -199,8 +222,42 @@ pub fn merge(current: Option<&QuotaRecord>, obs: &Observation, now_unix: i64) ->
     }
 }
 
-/// Passive evidence from one reported outcome, if it carries any.
+/// Whether a reported attempt says the account's quota is spent (until `resets_at_unix`, when
+/// the answer named it):
+/// - every provider: a 429 `usage_limit_reached` (Codex's, and what the data path reports for
+///   a limit it recognised);
+/// - Claude: any other 429 that names a reset (Anthropic's unified headers or `retry-after`);
+///   a 429 without one is request-scoped (fast-mode credits, say) and no evidence;
+/// - Gemini: a 429 whose google.rpc reason is [`GEMINI_LIMIT_CODES`] (not
+///   `MODEL_CAPACITY_EXHAUSTED`: Google's capacity, not the account's quota).
+pub fn is_usage_limit(o: &OutcomeRecord, provider: Provider) -> bool {
+    if o.status != 429 {
+        return false;
+    }
+    let code = o.error_code.as_deref().unwrap_or_default();
+    if code.eq_ignore_ascii_case("usage_limit_reached") {
+        return true;
+    }
+    match provider {
+        Provider::Codex => false,
+        Provider::Claude => o.resets_at_unix.is_some_and(|r| r > 0),
+        Provider::Gemini => GEMINI_LIMIT_CODES
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(code)),
+    }
+}
+
+/// Passive evidence from one reported outcome of a Codex account, if it carries any.
 pub fn observation_from_outcome(o: &OutcomeRecord, received_ms: i64) -> Option<Observation> {
+    observation_from_outcome_of(o, received_ms, Provider::Codex)
+}
+
+/// Passive evidence from one reported outcome of an account of `provider`, if it carries any.
+pub fn observation_from_outcome_of(
+    o: &OutcomeRecord,
+    received_ms: i64,
+    provider: Provider,
+) -> Option<Observation> {
     let observed_at_ms = o
         .quota_observed_at_ms
         .filter(|t| *t > 0)
@@ -226,10 +283,7 @@ pub fn observation_from_outcome(o: &OutcomeRecord, received_ms: i64) -> Option<O
     let primary = window(o.primary);
     let secondary = window(o.secondary);
     let headers_seen = primary.is_some() || secondary.is_some();
-    let limit = o.status == 429
-        && o.error_code
-            .as_deref()
-            .is_some_and(|c| c.eq_ignore_ascii_case("usage_limit_reached"));
+    let limit = is_usage_limit(o, provider);
     let obs = Observation {
         credits: (headers_seen || o.credits_balance.is_some()).then(|| CreditsEvidence {
             has_credits: o.credits_has_credits,
@@ -241,6 +295,7 @@ pub fn observation_from_outcome(o: &OutcomeRecord, received_ms: i64) -> Option<O
         secondary,
         plan: o.plan.clone().filter(|p| !p.is_empty()),
         limit_reached_resets_at: limit.then(|| o.resets_at_unix.unwrap_or(0)),
+        provider: (provider != Provider::Codex).then_some(provider),
         observed_at_ms,
     };
     (!obs.is_empty()).then_some(obs)
@@ -306,9 +361,91 @@ pub fn parse_usage(body: &Value, observed_at_ms: i64) -> Option<Observation> {
             .filter(|p| !p.is_empty())
             .map(str::to_owned),
         limit_reached_resets_at: None,
+        provider: None,
         observed_at_ms,
     };
     (!obs.is_empty()).then_some(obs)
+}
+
+fn percent(used: f64) -> f64 {
+    if used.is_finite() {
+        used.clamp(0.0, 100.0)
+    } else {
+        0.0
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+/// Parses a Claude `/api/oauth/usage` answer: `{five_hour:{utilization, resets_at},
+/// seven_day:{utilization, resets_at}, ...}` with `utilization` in percent (0-100) and
+/// `resets_at` RFC 3339 (or null). `five_hour` is the primary window (300 minutes),
+/// `seven_day` the secondary (10080); the per-model and extra-usage entries are not windows
+/// routing weighs.
+pub fn parse_claude_usage(body: &Value, observed_at_ms: i64) -> Option<Observation> {
+    let window = |w: &Value, minutes: i64| -> Option<WindowEvidence> {
+        let used = number(w.get("utilization")?)?;
+        let resets_at = w
+            .get("resets_at")
+            .and_then(Value::as_str)
+            .and_then(crate::util::parse_rfc3339_ms)
+            .map_or(0, |ms| ms.div_euclid(1000));
+        Some(WindowEvidence {
+            used_percent: percent(used),
+            window_minutes: minutes,
+            resets_at_unix: resets_at,
+            observed_at_ms,
+            source: "poll".to_owned(),
+        })
+    };
+    let body = body.as_object()?;
+    let obs = Observation {
+        primary: body
+            .get("five_hour")
+            .and_then(|w| window(w, PRIMARY_MINUTES)),
+        secondary: body
+            .get("seven_day")
+            .and_then(|w| window(w, SECONDARY_MINUTES)),
+        observed_at_ms,
+        ..Observation::default()
+    };
+    (!obs.is_empty()).then_some(obs)
+}
+
+/// Parses a Gemini Code Assist `retrieveUserQuota` answer: `{buckets:[{modelId, tokenType,
+/// remainingAmount, remainingFraction, resetTime}]}`. The account's primary window (1440
+/// minutes, the daily quota) is its most used bucket: used % = (1 - remainingFraction) × 100,
+/// reset from that bucket's `resetTime` (RFC 3339).
+pub fn parse_gemini_quota(body: &Value, observed_at_ms: i64) -> Option<Observation> {
+    let buckets = body.get("buckets")?.as_array()?;
+    let most_used = buckets
+        .iter()
+        .filter_map(|b| {
+            let remaining = number(b.get("remainingFraction")?)?;
+            let resets_at = b
+                .get("resetTime")
+                .and_then(Value::as_str)
+                .and_then(crate::util::parse_rfc3339_ms)
+                .map_or(0, |ms| ms.div_euclid(1000));
+            Some((percent((1.0 - remaining) * 100.0), resets_at))
+        })
+        // The most used; among equals the one resetting last (it stays spent longest).
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))?;
+    Some(Observation {
+        primary: Some(WindowEvidence {
+            used_percent: most_used.0,
+            window_minutes: GEMINI_DAILY_MINUTES,
+            resets_at_unix: most_used.1,
+            observed_at_ms,
+            source: "poll".to_owned(),
+        }),
+        provider: Some(Provider::Gemini),
+        observed_at_ms,
+        ..Observation::default()
+    })
 }
 
 /// The snapshot's view: passed resets are sent as 0 %.
@@ -552,5 +689,117 @@ mod tests {
         assert_eq!(s.primary.map(|p| p.used_percent), Some(0.0));
         assert_eq!(s.secondary.map(|p| p.used_percent), Some(60.0));
         assert_eq!(s.observed_at_unix_ms, 20);
+    }
+
+    #[test]
+    fn parses_claude_usage() {
+        let body = json!({
+            "five_hour": {"utilization": 42.5, "resets_at": "2027-01-15T08:15:00.123456+00:00"},
+            "seven_day": {"utilization": 7, "resets_at": null},
+            "seven_day_opus": null,
+            "extra_usage": {"is_enabled": false, "utilization": null}
+        });
+        let o = parse_claude_usage(&body, NOW * 1000).unwrap_or_default();
+        let p = o.primary.unwrap_or_default();
+        assert_eq!(
+            (p.used_percent, p.window_minutes, p.resets_at_unix),
+            (42.5, 300, 1_800_000_900)
+        );
+        assert_eq!(p.source, "poll");
+        let s = o.secondary.unwrap_or_default();
+        assert_eq!(
+            (s.used_percent, s.window_minutes, s.resets_at_unix),
+            (7.0, 10_080, 0)
+        );
+        // Out-of-range numbers are clamped; nothing usable is no observation.
+        let o = parse_claude_usage(&json!({"five_hour": {"utilization": 250}}), 0);
+        assert_eq!(
+            o.and_then(|o| o.primary).map(|p| p.used_percent),
+            Some(100.0)
+        );
+        assert!(parse_claude_usage(&json!({"five_hour": null}), 0).is_none());
+        assert!(parse_claude_usage(&json!({"error": {"type": "x"}}), 0).is_none());
+        assert!(parse_claude_usage(&json!([1]), 0).is_none());
+    }
+
+    #[test]
+    fn parses_gemini_quota_as_the_most_used_bucket() {
+        let body = json!({"buckets": [
+            {"modelId": "gemini-2.5-pro", "tokenType": "REQUESTS", "remainingAmount": "60",
+             "remainingFraction": 0.6, "resetTime": "2027-01-15T08:15:00Z"},
+            {"modelId": "gemini-2.5-flash", "tokenType": "REQUESTS",
+             "remainingFraction": 0.25, "resetTime": "2027-01-15T09:00:00Z"},
+            {"modelId": "broken"}
+        ]});
+        let o = parse_gemini_quota(&body, NOW * 1000).unwrap_or_default();
+        let p = o.primary.unwrap_or_default();
+        assert_eq!(
+            (p.used_percent, p.window_minutes, p.resets_at_unix),
+            (75.0, 1_440, 1_800_003_600)
+        );
+        assert!(o.secondary.is_none());
+        assert_eq!(o.provider, Some(Provider::Gemini));
+        assert!(parse_gemini_quota(&json!({"buckets": []}), 0).is_none());
+        assert!(parse_gemini_quota(&json!({}), 0).is_none());
+    }
+
+    #[test]
+    fn provider_limits_cool_the_account_down_until_the_reset() {
+        let outcome = |code: &str, resets: Option<i64>| OutcomeRecord {
+            status: 429,
+            error_code: (!code.is_empty()).then(|| code.to_owned()),
+            resets_at_unix: resets,
+            started_at_ms: 1000,
+            ..OutcomeRecord::default()
+        };
+        // Gemini: a QUOTA_EXHAUSTED names the daily window, whatever the distance.
+        let o = outcome("QUOTA_EXHAUSTED", Some(NOW + 9 * 3600));
+        assert!(is_usage_limit(&o, Provider::Gemini));
+        assert!(!is_usage_limit(&o, Provider::Codex));
+        let obs = observation_from_outcome_of(&o, 5000, Provider::Gemini).unwrap_or_default();
+        let m = merge(None, &obs, NOW);
+        let p = m.record.primary.clone().unwrap_or_default();
+        assert_eq!(
+            (p.used_percent, p.window_minutes, p.resets_at_unix),
+            (100.0, 1_440, NOW + 9 * 3600)
+        );
+        assert!(m.record.secondary.is_none() && m.matters);
+        assert!(!is_usage_limit(
+            &outcome("MODEL_CAPACITY_EXHAUSTED", Some(NOW + 60)),
+            Provider::Gemini
+        ));
+        // Claude: a 429 with a reset is the account's limit; far away means the 7-day window.
+        let o = outcome("rate_limit_error", Some(NOW + 3 * 86_400));
+        assert!(is_usage_limit(&o, Provider::Claude));
+        let obs = observation_from_outcome_of(&o, 5000, Provider::Claude).unwrap_or_default();
+        let s = merge(None, &obs, NOW).record.secondary.unwrap_or_default();
+        assert_eq!((s.used_percent, s.window_minutes), (100.0, 10_080));
+        let o = outcome("rate_limit_error", Some(NOW + 600));
+        let obs = observation_from_outcome_of(&o, 5000, Provider::Claude).unwrap_or_default();
+        let p = merge(None, &obs, NOW).record.primary.unwrap_or_default();
+        assert_eq!(
+            (p.used_percent, p.window_minutes, p.resets_at_unix),
+            (100.0, 300, NOW + 600)
+        );
+        // ... and one without a reset is request-scoped: no evidence.
+        assert!(!is_usage_limit(
+            &outcome("rate_limit_error", None),
+            Provider::Claude
+        ));
+        assert!(observation_from_outcome_of(
+            &outcome("rate_limit_error", None),
+            5000,
+            Provider::Claude
+        )
+        .is_none());
+        // Codex keeps its rule.
+        assert!(is_usage_limit(
+            &outcome("usage_limit_reached", None),
+            Provider::Codex
+        ));
+        assert!(!is_usage_limit(
+            &outcome("rate_limit_exceeded", Some(NOW + 60)),
+            Provider::Codex
+        ));
     }
 }

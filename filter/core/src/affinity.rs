@@ -26,7 +26,7 @@ pub const AFFINITY_HEADERS: [&str; 7] = [
 ];
 
 /// Longest key taken from a header; a longer value is cut (it only feeds a hash).
-const MAX_KEY_LEN: usize = 256;
+pub(crate) const MAX_KEY_LEN: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AffinityKey {
@@ -102,6 +102,35 @@ pub fn prompt_cache_key(body: &[u8]) -> Option<String> {
     let end = memchr::memchr2(b'"', b'\\', value)?;
     let key = std::str::from_utf8(value.get(..end)?).ok()?.trim();
     (!key.is_empty()).then(|| key.chars().take(MAX_KEY_LEN).collect())
+}
+
+/// The JSON string value of the first object key `needle` (quotes included) in a window of a
+/// body, unescaped. A search like [`prompt_cache_key`], then one string parsed: a key cut by the
+/// window's edge is not found, never misread.
+pub(crate) fn json_string_after(body: &[u8], needle: &[u8]) -> Option<String> {
+    let mut from = 0;
+    // The needle may also occur as a string value ("…": "user_id"): try each occurrence.
+    while let Some(found) = memchr::memmem::find(body.get(from..)?, needle) {
+        let start = from + found + needle.len();
+        from = start;
+        let rest = body.get(start..)?;
+        let i = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        if rest.get(i) != Some(&b':') {
+            continue;
+        }
+        let value = rest.get(i + 1..)?;
+        let mut stream = serde_json::Deserializer::from_slice(value).into_iter::<String>();
+        return stream.next()?.ok();
+    }
+    None
+}
+
+/// The Gemini Code Assist session (`request.session_id`), searched for in a window of the body.
+/// The envelope has one `session_id` key; one inside a string value is escaped and never matches.
+pub fn gemini_session_id(body: &[u8]) -> Option<String> {
+    let value = json_string_after(body, b"\"session_id\"")?;
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.chars().take(MAX_KEY_LEN).collect())
 }
 
 /// Probes per session: more probes even out the accounts' shares (a point's share no longer
@@ -249,6 +278,20 @@ mod tests {
         assert_eq!(k.value, "mid");
         assert!(affinity_key(headers(&[("session-id", "  ")])).is_none());
         assert!(affinity_key(headers(&[])).is_none());
+    }
+
+    #[test]
+    fn gemini_session_comes_from_the_envelope_and_string_values_never_match() {
+        let body = br#"{"model":"gemini-2.5-pro","project":"p","request":{"contents":[{"parts":[{"text":"say \"session_id\": \"evil\""}]}],"session_id":"s-42"}}"#;
+        assert_eq!(gemini_session_id(body).as_deref(), Some("s-42"));
+        assert_eq!(gemini_session_id(br#"{"request":{"session_id":""}}"#), None);
+        assert_eq!(gemini_session_id(br#"{"request":{"session_id":12}}"#), None);
+        // Cut by the window's edge: not found, not misread.
+        assert_eq!(gemini_session_id(br#"{"request":{"session_id":"s-4"#), None);
+        assert_eq!(
+            json_string_after(br#"{"a":"user_id","user_id":"x\"y"}"#, b"\"user_id\""),
+            Some("x\"y".to_string())
+        );
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! Pool-key authentication: the presented bearer is hashed and looked up in the snapshot.
+//!
+//! The key travels as `Authorization: Bearer <key>`; on a Claude route also as `x-api-key: <key>`
+//! (what Claude Code sends with `ANTHROPIC_API_KEY`). Exactly one of them, once: a request
+//! naming the key twice is refused, since a proxy in front and the gateway could each read a
+//! different one.
 
 use sha2::{Digest, Sha256};
 
@@ -42,6 +47,30 @@ pub fn single_authorization(head: &RequestHead) -> Result<Option<&str>, GatewayE
         ));
     }
     Ok(head.get("authorization"))
+}
+
+/// The pool key as an `Authorization` value: the header itself or, where the route takes it
+/// (`accepts_x_api_key`), an `x-api-key` turned into `Bearer <key>`.
+pub fn presented_authorization(
+    head: &RequestHead,
+    accepts_x_api_key: bool,
+) -> Result<Option<String>, GatewayError> {
+    let authorization = single_authorization(head)?;
+    if !accepts_x_api_key {
+        return Ok(authorization.map(str::to_string));
+    }
+    let api_keys = head.count("x-api-key");
+    if api_keys > 1 || (api_keys == 1 && authorization.is_some()) {
+        return Err(GatewayError::new(
+            ErrorKind::MalformedKey,
+            "Send the pool key once: either 'x-api-key: <pool key>' or 'Authorization: Bearer <pool key>'.",
+        ));
+    }
+    Ok(match head.get("x-api-key").map(str::trim) {
+        Some("") => return Err(malformed()),
+        Some(key) => Some(format!("Bearer {key}")),
+        None => authorization.map(str::to_string),
+    })
 }
 
 fn malformed() -> GatewayError {
@@ -151,5 +180,43 @@ mod tests {
         );
         let err = single_authorization(&head(&["Bearer cmk_live", "Bearer other"])).unwrap_err();
         assert_eq!((err.kind, err.status()), (ErrorKind::MalformedKey, 401));
+    }
+
+    #[test]
+    fn claude_routes_also_take_the_key_as_x_api_key_once() {
+        let head = |pairs: &[(&str, &str)]| {
+            RequestHead::new(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let index = SnapshotIndex::new(sample());
+        let via_key = presented_authorization(&head(&[("x-api-key", "cmk_live")]), true).unwrap();
+        assert_eq!(via_key.as_deref(), Some("Bearer cmk_live"));
+        assert_eq!(
+            authenticate(&index, via_key.as_deref()).unwrap().key.id,
+            "key-1"
+        );
+        let bearer =
+            presented_authorization(&head(&[("authorization", "Bearer cmk_live")]), true).unwrap();
+        assert_eq!(bearer.as_deref(), Some("Bearer cmk_live"));
+        // Elsewhere x-api-key is not a key at all.
+        assert_eq!(
+            presented_authorization(&head(&[("x-api-key", "cmk_live")]), false).unwrap(),
+            None
+        );
+        for pairs in [
+            &[
+                ("x-api-key", "cmk_live"),
+                ("authorization", "Bearer cmk_live"),
+            ][..],
+            &[("x-api-key", "cmk_live"), ("x-api-key", "other")][..],
+            &[("x-api-key", " ")][..],
+        ] {
+            let err = presented_authorization(&head(pairs), true).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::MalformedKey, "{pairs:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! that is what Envoy's `StringValue` configuration carries. No secrets live here: it shows in
 //! Envoy's config dump.
 
+use crate::provider::Provider;
 use crate::supervisor::SupervisorSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,8 +11,10 @@ pub enum Role {
     Service(ServiceConfig),
     /// Listener filter: auth, ranking and the `/v1` translations.
     Downstream(DownstreamConfig),
-    /// Cluster upstream filter: per-attempt injection and evidence.
-    Upstream,
+    /// Cluster upstream filter: per-attempt injection and evidence, on the cluster of one
+    /// provider (`"provider"`, default codex): it injects credentials only into requests for
+    /// that provider's endpoints, so a request can never reach another provider's upstream.
+    Upstream(Provider),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +75,7 @@ impl std::fmt::Display for ConfigError {
 /// The keys each role reads; anything else is refused, so a misspelt knob fails at load instead
 /// of silently keeping its default.
 const DOWNSTREAM_KEYS: &[&str] = &["role", "max_request_body_bytes"];
-const UPSTREAM_KEYS: &[&str] = &["role"];
+const UPSTREAM_KEYS: &[&str] = &["role", "provider"];
 const SERVICE_KEYS: &[&str] = &[
     "role",
     "control_plane_cluster",
@@ -123,7 +126,13 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
         }
         "upstream" => {
             only_known_keys(obj, role, UPSTREAM_KEYS)?;
-            Ok(Role::Upstream)
+            let provider = match obj.get("provider") {
+                None => Provider::Codex,
+                Some(v) => v.as_str().and_then(Provider::from_name).ok_or_else(|| {
+                    ConfigError("'provider' must be codex, claude or gemini".into())
+                })?,
+            };
+            Ok(Role::Upstream(provider))
         }
         "service" => {
             only_known_keys(obj, role, SERVICE_KEYS)?;
@@ -195,7 +204,20 @@ mod tests {
             })
         );
         assert!(parse(br#"{"role":"downstream","max_request_body_bytes":0}"#).is_err());
-        assert_eq!(parse(br#"{"role":"upstream"}"#).unwrap(), Role::Upstream);
+        assert_eq!(
+            parse(br#"{"role":"upstream"}"#).unwrap(),
+            Role::Upstream(Provider::Codex)
+        );
+        assert_eq!(
+            parse(br#"{"role":"upstream","provider":"claude"}"#).unwrap(),
+            Role::Upstream(Provider::Claude)
+        );
+        assert_eq!(
+            parse(br#"{"role":"upstream","provider":"gemini"}"#).unwrap(),
+            Role::Upstream(Provider::Gemini)
+        );
+        assert!(parse(br#"{"role":"upstream","provider":"openai"}"#).is_err());
+        assert!(parse(br#"{"role":"upstream","provider":1}"#).is_err());
     }
 
     #[test]
@@ -308,7 +330,7 @@ mod tests {
                 roles.insert(match role {
                     Role::Service(_) => "service",
                     Role::Downstream(_) => "downstream",
-                    Role::Upstream => "upstream",
+                    Role::Upstream(_) => "upstream",
                 });
             }
         }

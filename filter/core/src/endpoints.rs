@@ -17,8 +17,19 @@
 //! - The query string is forwarded only where the endpoint takes one (the model list's
 //!   `client_version`); elsewhere it is dropped before the router sees the path.
 //! - A WebSocket upgrade matches only the upgrade entries, and a plain request never does.
+//! - Each endpoint belongs to one provider ([`EndpointSpec::provider`]) and is served only by
+//!   that provider's accounts, through that provider's Envoy cluster. Claude's Messages API
+//!   (`/v1/messages`, `/v1/messages/count_tokens`) keeps its query (`beta=true`); the model
+//!   list `/v1/models[/{id}]` is Claude's only when the request carries `anthropic-version`
+//!   (Claude Code always does), otherwise it stays the Codex list in OpenAI's shape. Gemini's
+//!   Code Assist calls are `/v1internal:<method>`: three are forwarded, the start-up and
+//!   bookkeeping calls are answered by the gateway (`gemini::local_answer`), any other method
+//!   is a Google-shaped 404.
+//! - Every refusal is in the shape the request's client reads ([`request_shape`]).
 
 use crate::errors::{ErrorKind, GatewayError};
+use crate::gemini::LocalCall;
+use crate::provider::Provider;
 
 /// Where the Codex endpoints live on the gateway's listener (the Codex CLI's `base_url` is
 /// `http://HOST/backend-api/codex`). Every upstream path is under it on the gateway side, and
@@ -85,6 +96,29 @@ pub enum Endpoint {
     V1Models,
     /// `GET /v1/models/{id}`: one model of that list.
     V1Model,
+    /// `POST /v1/messages`: a Claude turn (SSE or JSON).
+    ClaudeMessages,
+    /// `POST /v1/messages/count_tokens`.
+    ClaudeCountTokens,
+    /// `GET /v1/models` with `anthropic-version`: Anthropic's model list.
+    ClaudeModels,
+    /// `GET /v1/models/{id}` with `anthropic-version`.
+    ClaudeModel,
+    /// `POST /v1internal:generateContent`.
+    GeminiGenerate,
+    /// `POST /v1internal:streamGenerateContent` (`?alt=sse`).
+    GeminiStreamGenerate,
+    /// `POST /v1internal:countTokens` (no project).
+    GeminiCountTokens,
+    /// Gemini CLI's start-up and bookkeeping calls, answered by the gateway.
+    GeminiLoadCodeAssist,
+    GeminiOnboardUser,
+    GeminiRetrieveUserQuota,
+    GeminiListExperiments,
+    GeminiFetchAdminControls,
+    GeminiRecordMetrics,
+    GeminiGetUserSetting,
+    GeminiSetUserSetting,
 }
 
 /// How the gateway serves an endpoint.
@@ -125,7 +159,15 @@ pub struct EndpointSpec {
     pub keeps_query: bool,
     pub serving: Serving,
     pub translation: Translation,
+    /// Whose accounts serve it (and whose error shape its refusals take).
+    pub provider: Provider,
 }
+
+/// Where Claude's Messages API lives (the same path upstream).
+pub const CLAUDE_PREFIX: &str = "/v1/messages";
+
+/// Where Gemini CLI's Code Assist calls live (`/v1internal:<method>`, the same path upstream).
+pub const GEMINI_PREFIX: &str = "/v1internal:";
 
 const fn forward(endpoint: Endpoint, method: &'static str, path: &'static str) -> EndpointSpec {
     EndpointSpec {
@@ -137,6 +179,33 @@ const fn forward(endpoint: Endpoint, method: &'static str, path: &'static str) -
         keeps_query: false,
         serving: Serving::Forward,
         translation: Translation::None,
+        provider: Provider::Codex,
+    }
+}
+
+const fn claude(endpoint: Endpoint, method: &'static str, path: &'static str) -> EndpointSpec {
+    EndpointSpec {
+        keeps_query: true,
+        provider: Provider::Claude,
+        ..forward(endpoint, method, path)
+    }
+}
+
+const fn gemini(endpoint: Endpoint, method: &'static str, path: &'static str) -> EndpointSpec {
+    EndpointSpec {
+        provider: Provider::Gemini,
+        ..forward(endpoint, method, path)
+    }
+}
+
+const fn gemini_local(
+    endpoint: Endpoint,
+    method: &'static str,
+    path: &'static str,
+) -> EndpointSpec {
+    EndpointSpec {
+        serving: Serving::Local,
+        ..gemini(endpoint, method, path)
     }
 }
 
@@ -197,6 +266,72 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
         translation: Translation::Models,
         ..forward(Endpoint::V1Model, "GET", "/v1/models/{id}")
     },
+    claude(Endpoint::ClaudeMessages, "POST", "/v1/messages"),
+    claude(
+        Endpoint::ClaudeCountTokens,
+        "POST",
+        "/v1/messages/count_tokens",
+    ),
+    claude(Endpoint::ClaudeModels, "GET", "/v1/models"),
+    claude(Endpoint::ClaudeModel, "GET", "/v1/models/{id}"),
+    gemini(
+        Endpoint::GeminiGenerate,
+        "POST",
+        "/v1internal:generateContent",
+    ),
+    EndpointSpec {
+        keeps_query: true,
+        ..gemini(
+            Endpoint::GeminiStreamGenerate,
+            "POST",
+            "/v1internal:streamGenerateContent",
+        )
+    },
+    gemini(
+        Endpoint::GeminiCountTokens,
+        "POST",
+        "/v1internal:countTokens",
+    ),
+    gemini_local(
+        Endpoint::GeminiLoadCodeAssist,
+        "POST",
+        "/v1internal:loadCodeAssist",
+    ),
+    gemini_local(
+        Endpoint::GeminiOnboardUser,
+        "POST",
+        "/v1internal:onboardUser",
+    ),
+    gemini_local(
+        Endpoint::GeminiRetrieveUserQuota,
+        "POST",
+        "/v1internal:retrieveUserQuota",
+    ),
+    gemini_local(
+        Endpoint::GeminiListExperiments,
+        "POST",
+        "/v1internal:listExperiments",
+    ),
+    gemini_local(
+        Endpoint::GeminiFetchAdminControls,
+        "POST",
+        "/v1internal:fetchAdminControls",
+    ),
+    gemini_local(
+        Endpoint::GeminiRecordMetrics,
+        "POST",
+        "/v1internal:recordCodeAssistMetrics",
+    ),
+    gemini_local(
+        Endpoint::GeminiGetUserSetting,
+        "GET",
+        "/v1internal:getCodeAssistGlobalUserSetting",
+    ),
+    gemini_local(
+        Endpoint::GeminiSetUserSetting,
+        "POST",
+        "/v1internal:setCodeAssistGlobalUserSetting",
+    ),
 ];
 
 impl EndpointSpec {
@@ -228,7 +363,75 @@ impl Endpoint {
             Self::V1ChatCompletions => "v1_chat_completions",
             Self::V1Models => "v1_models",
             Self::V1Model => "v1_model",
+            Self::ClaudeMessages => "claude_messages",
+            Self::ClaudeCountTokens => "claude_count_tokens",
+            Self::ClaudeModels => "claude_models",
+            Self::ClaudeModel => "claude_model",
+            Self::GeminiGenerate => "gemini_generate",
+            Self::GeminiStreamGenerate => "gemini_stream_generate",
+            Self::GeminiCountTokens => "gemini_count_tokens",
+            Self::GeminiLoadCodeAssist => "gemini_load_code_assist",
+            Self::GeminiOnboardUser => "gemini_onboard_user",
+            Self::GeminiRetrieveUserQuota => "gemini_retrieve_user_quota",
+            Self::GeminiListExperiments => "gemini_list_experiments",
+            Self::GeminiFetchAdminControls => "gemini_fetch_admin_controls",
+            Self::GeminiRecordMetrics => "gemini_record_metrics",
+            Self::GeminiGetUserSetting => "gemini_get_user_setting",
+            Self::GeminiSetUserSetting => "gemini_set_user_setting",
         }
+    }
+
+    /// Whose accounts serve this endpoint (a match, not a walk of [`ENDPOINTS`]: the upstream
+    /// filter asks per attempt; a unit test holds it equal to the spec's).
+    pub fn provider(self) -> Provider {
+        match self {
+            Self::Responses
+            | Self::ResponsesWebSocket
+            | Self::Compact
+            | Self::Models
+            | Self::Usage
+            | Self::AccountCheck
+            | Self::V1Responses
+            | Self::V1ResponsesWebSocket
+            | Self::V1ChatCompletions
+            | Self::V1Models
+            | Self::V1Model => Provider::Codex,
+            Self::ClaudeMessages
+            | Self::ClaudeCountTokens
+            | Self::ClaudeModels
+            | Self::ClaudeModel => Provider::Claude,
+            Self::GeminiGenerate
+            | Self::GeminiStreamGenerate
+            | Self::GeminiCountTokens
+            | Self::GeminiLoadCodeAssist
+            | Self::GeminiOnboardUser
+            | Self::GeminiRetrieveUserQuota
+            | Self::GeminiListExperiments
+            | Self::GeminiFetchAdminControls
+            | Self::GeminiRecordMetrics
+            | Self::GeminiGetUserSetting
+            | Self::GeminiSetUserSetting => Provider::Gemini,
+        }
+    }
+
+    /// For a Gemini call the gateway answers itself: which one.
+    pub fn gemini_local_call(self) -> Option<LocalCall> {
+        match self {
+            Self::GeminiLoadCodeAssist => Some(LocalCall::LoadCodeAssist),
+            Self::GeminiOnboardUser => Some(LocalCall::OnboardUser),
+            Self::GeminiRetrieveUserQuota => Some(LocalCall::RetrieveUserQuota),
+            Self::GeminiListExperiments
+            | Self::GeminiFetchAdminControls
+            | Self::GeminiRecordMetrics
+            | Self::GeminiGetUserSetting
+            | Self::GeminiSetUserSetting => Some(LocalCall::Empty),
+            _ => None,
+        }
+    }
+
+    /// Whether the upstream gets the account's project in the body (`gemini::with_project`).
+    pub fn carries_gemini_project(self) -> bool {
+        matches!(self, Self::GeminiGenerate | Self::GeminiStreamGenerate)
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -251,7 +454,15 @@ impl Endpoint {
     /// is this endpoint's. The upstream filter checks this before it injects credentials.
     pub fn matches_upstream_path(self, path: &str) -> bool {
         let spec = self.spec();
-        spec.serving != Serving::Local && path.ends_with(spec.upstream_path())
+        if spec.serving == Serving::Local {
+            return false;
+        }
+        if self == Self::ClaudeModel {
+            return path
+                .rsplit_once("/v1/models/")
+                .is_some_and(|(_, id)| is_model_id(id));
+        }
+        path.ends_with(spec.upstream_path())
     }
 
     /// Whether this is a WebSocket endpoint.
@@ -271,13 +482,53 @@ pub struct Admitted {
     pub model_id: Option<String>,
 }
 
+/// Whose error shape a request's refusals take: Gemini's for `/v1internal:…`, Anthropic's for
+/// `/v1/messages…` or a request carrying `anthropic-version`, else OpenAI's.
+pub fn request_shape(path: &str, anthropic_version: bool) -> Provider {
+    if path.starts_with(GEMINI_PREFIX) {
+        Provider::Gemini
+    } else if anthropic_version || path.starts_with(CLAUDE_PREFIX) {
+        Provider::Claude
+    } else {
+        Provider::Codex
+    }
+}
+
 /// Admits `method path` (the `:path` with its query) or answers the documented 404 / 501.
 pub fn admit(method: &str, path: &str, websocket_upgrade: bool) -> Result<Admitted, GatewayError> {
+    admit_request(method, path, websocket_upgrade, false)
+}
+
+/// [`admit`] for a request that may carry `anthropic-version` (which makes `/v1/models[/{id}]`
+/// Claude's).
+pub fn admit_request(
+    method: &str,
+    path: &str,
+    websocket_upgrade: bool,
+    anthropic_version: bool,
+) -> Result<Admitted, GatewayError> {
+    let shape = request_shape(path, anthropic_version);
+    admit_shaped(method, path, websocket_upgrade, anthropic_version).map_err(|e| e.shaped(shape))
+}
+
+fn admit_shaped(
+    method: &str,
+    path: &str,
+    websocket_upgrade: bool,
+    anthropic_version: bool,
+) -> Result<Admitted, GatewayError> {
     let (bare, query) = match path.split_once('?') {
         Some((bare, query)) => (bare, Some(query)),
         None => (path, None),
     };
     if let Some(id) = bare.strip_prefix("/v1/models/") {
+        if method == "GET" && !websocket_upgrade && is_model_id(id) && anthropic_version {
+            return Ok(Admitted {
+                spec: Endpoint::ClaudeModel.spec(),
+                rewritten_path: None,
+                model_id: Some(id.to_string()),
+            });
+        }
         if method == "GET" && !websocket_upgrade && is_model_id(id) {
             let spec = Endpoint::V1Model.spec();
             return Ok(Admitted {
@@ -288,9 +539,19 @@ pub fn admit(method: &str, path: &str, websocket_upgrade: bool) -> Result<Admitt
         }
         return Err(not_found(method, bare));
     }
+    let claude_models = anthropic_version && bare == "/v1/models";
     let Some(spec) = ENDPOINTS.iter().find(|spec| {
-        spec.path == bare && spec.method == method && spec.websocket == websocket_upgrade
+        spec.path == bare
+            && spec.method == method
+            && spec.websocket == websocket_upgrade
+            && (!claude_models || spec.provider == Provider::Claude)
     }) else {
+        if bare.starts_with(GEMINI_PREFIX) {
+            return Err(gemini_not_found(method, bare));
+        }
+        if bare.starts_with(CLAUDE_PREFIX) || anthropic_version {
+            return Err(claude_not_found(method, bare));
+        }
         return Err(if is_unsupported_v1(bare) {
             unsupported(method, bare)
         } else {
@@ -351,6 +612,28 @@ fn not_found(method: &str, path: &str) -> GatewayError {
     )
 }
 
+/// Anthropic's answer to an unknown URL.
+fn claude_not_found(method: &str, path: &str) -> GatewayError {
+    let (method, path) = shown(method, path);
+    GatewayError::new(
+        ErrorKind::UnknownEndpoint,
+        format!(
+            "Not found ({method} {path}): codexmesh serves Claude's POST /v1/messages, POST /v1/messages/count_tokens and GET /v1/models."
+        ),
+    )
+}
+
+/// Google's answer to a Code Assist method the gateway does not serve.
+fn gemini_not_found(method: &str, path: &str) -> GatewayError {
+    let (method, path) = shown(method, path);
+    GatewayError::new(
+        ErrorKind::UnknownEndpoint,
+        format!(
+            "Method not found ({method} {path}): codexmesh serves Code Assist's generateContent, streamGenerateContent and countTokens."
+        ),
+    )
+}
+
 /// An OpenAI API route that exists but that a pool of Codex subscriptions cannot serve.
 fn unsupported(method: &str, path: &str) -> GatewayError {
     let (method, path) = shown(method, path);
@@ -383,18 +666,37 @@ mod tests {
                 1
             );
             assert_eq!(spec.endpoint.spec(), spec);
+            assert_eq!(spec.endpoint.provider(), spec.provider);
             assert_eq!(
                 Endpoint::from_name(spec.endpoint.as_str()),
                 Some(spec.endpoint)
             );
-            assert_eq!(
-                format!("{GATEWAY_PREFIX}{}", spec.upstream_path()),
-                spec.upstream,
-                "every upstream path is under the gateway prefix"
-            );
-            assert!(
-                spec.upstream.starts_with("/backend-api/codex/") || spec.serving == Serving::Local
-            );
+            match spec.provider {
+                Provider::Codex => {
+                    assert_eq!(
+                        format!("{GATEWAY_PREFIX}{}", spec.upstream_path()),
+                        spec.upstream,
+                        "every Codex upstream path is under the gateway prefix"
+                    );
+                    assert!(
+                        spec.upstream.starts_with("/backend-api/codex/")
+                            || spec.serving == Serving::Local
+                    );
+                }
+                // Claude and Gemini paths go upstream as the client sent them.
+                Provider::Claude => {
+                    assert_eq!(spec.upstream, spec.path);
+                    assert!(spec.path.starts_with("/v1/"));
+                }
+                Provider::Gemini => {
+                    assert_eq!(spec.upstream, spec.path);
+                    assert!(spec.path.starts_with(GEMINI_PREFIX));
+                    assert_eq!(
+                        spec.serving == Serving::Local,
+                        spec.endpoint.gemini_local_call().is_some()
+                    );
+                }
+            }
         }
     }
 
@@ -555,6 +857,158 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
         assert_eq!(body["error"]["code"], "unknown_endpoint");
         assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+
+    fn claude_admitted(method: &str, path: &str) -> Result<Admitted, GatewayError> {
+        admit_request(method, path, false, true)
+    }
+
+    #[test]
+    fn claude_routes_keep_their_query_and_models_follow_anthropic_version() {
+        let turn = admit("POST", "/v1/messages?beta=true", false).unwrap();
+        assert_eq!(turn.spec.endpoint, Endpoint::ClaudeMessages);
+        assert_eq!(turn.spec.provider, Provider::Claude);
+        assert_eq!(turn.rewritten_path, None, "the query is kept");
+        let count = claude_admitted("POST", "/v1/messages/count_tokens?beta=true").unwrap();
+        assert_eq!(count.spec.endpoint, Endpoint::ClaudeCountTokens);
+        assert_eq!(count.rewritten_path, None);
+        let models = claude_admitted("GET", "/v1/models?limit=20").unwrap();
+        assert_eq!(models.spec.endpoint, Endpoint::ClaudeModels);
+        assert_eq!(models.rewritten_path, None);
+        let one = claude_admitted("GET", "/v1/models/claude-sonnet-5-5").unwrap();
+        assert_eq!(one.spec.endpoint, Endpoint::ClaudeModel);
+        assert_eq!(one.model_id.as_deref(), Some("claude-sonnet-5-5"));
+        assert_eq!(one.rewritten_path, None);
+        // Without anthropic-version the model list stays the Codex one.
+        assert_eq!(admitted("GET", "/v1/models"), Some(Endpoint::V1Models));
+        assert_eq!(admitted("GET", "/v1/models/x"), Some(Endpoint::V1Model));
+        // anthropic-version does not turn an OpenAI route into a Claude one.
+        let chat = claude_admitted("POST", "/v1/chat/completions").unwrap();
+        assert_eq!(chat.spec.provider, Provider::Codex);
+        assert!(Endpoint::ClaudeModel.matches_upstream_path("/v1/models/claude-x"));
+        assert!(!Endpoint::ClaudeModel.matches_upstream_path("/v1/models/a/b"));
+        assert!(Endpoint::ClaudeMessages.matches_upstream_path("/anthropic/v1/messages"));
+        assert!(!Endpoint::ClaudeMessages.matches_upstream_path("/v1/messages/batches"));
+    }
+
+    #[test]
+    fn claude_refusals_are_anthropic_shaped() {
+        for (method, path) in [
+            ("GET", "/v1/messages"),
+            ("POST", "/v1/messages/batches"),
+            ("POST", "/v1/messages/"),
+            ("POST", "/v1/messages/../models"),
+            ("POST", "/v1/complete"),
+        ] {
+            let err = claude_admitted(method, path).unwrap_err();
+            assert_eq!(err.status(), 404, "{method} {path}");
+            assert_eq!(err.shape, Provider::Claude);
+            let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+            assert_eq!(body["type"], "error");
+            assert_eq!(body["error"]["type"], "not_found_error");
+        }
+        // /v1/messages… is Claude's even without the version header.
+        let err = admit("POST", "/v1/messages/batches", false).unwrap_err();
+        assert_eq!(err.shape, Provider::Claude);
+    }
+
+    #[test]
+    fn gemini_calls_are_forwarded_answered_or_refused_in_googles_shape() {
+        for (method, path, endpoint, serving) in [
+            (
+                "POST",
+                "/v1internal:generateContent",
+                Endpoint::GeminiGenerate,
+                Serving::Forward,
+            ),
+            (
+                "POST",
+                "/v1internal:countTokens",
+                Endpoint::GeminiCountTokens,
+                Serving::Forward,
+            ),
+            (
+                "POST",
+                "/v1internal:loadCodeAssist",
+                Endpoint::GeminiLoadCodeAssist,
+                Serving::Local,
+            ),
+            (
+                "POST",
+                "/v1internal:onboardUser",
+                Endpoint::GeminiOnboardUser,
+                Serving::Local,
+            ),
+            (
+                "POST",
+                "/v1internal:retrieveUserQuota",
+                Endpoint::GeminiRetrieveUserQuota,
+                Serving::Local,
+            ),
+            (
+                "POST",
+                "/v1internal:listExperiments",
+                Endpoint::GeminiListExperiments,
+                Serving::Local,
+            ),
+            (
+                "POST",
+                "/v1internal:fetchAdminControls",
+                Endpoint::GeminiFetchAdminControls,
+                Serving::Local,
+            ),
+            (
+                "POST",
+                "/v1internal:recordCodeAssistMetrics",
+                Endpoint::GeminiRecordMetrics,
+                Serving::Local,
+            ),
+            (
+                "GET",
+                "/v1internal:getCodeAssistGlobalUserSetting",
+                Endpoint::GeminiGetUserSetting,
+                Serving::Local,
+            ),
+            (
+                "POST",
+                "/v1internal:setCodeAssistGlobalUserSetting",
+                Endpoint::GeminiSetUserSetting,
+                Serving::Local,
+            ),
+        ] {
+            let a = admit(method, path, false).unwrap();
+            assert_eq!(a.spec.endpoint, endpoint, "{path}");
+            assert_eq!(a.spec.serving, serving, "{path}");
+            assert_eq!(a.spec.provider, Provider::Gemini);
+            assert_eq!(a.rewritten_path, None);
+        }
+        let stream = admit("POST", "/v1internal:streamGenerateContent?alt=sse", false).unwrap();
+        assert_eq!(stream.spec.endpoint, Endpoint::GeminiStreamGenerate);
+        assert_eq!(stream.rewritten_path, None, "alt=sse is kept");
+        let plain = admit("POST", "/v1internal:generateContent?x=1", false).unwrap();
+        assert_eq!(
+            plain.rewritten_path.as_deref(),
+            Some("/v1internal:generateContent")
+        );
+        assert!(Endpoint::GeminiGenerate.carries_gemini_project());
+        assert!(Endpoint::GeminiStreamGenerate.carries_gemini_project());
+        assert!(!Endpoint::GeminiCountTokens.carries_gemini_project());
+        assert!(!Endpoint::GeminiLoadCodeAssist.matches_upstream_path("/v1internal:loadCodeAssist"));
+        for (method, path) in [
+            ("POST", "/v1internal:deleteEverything"),
+            ("GET", "/v1internal:generateContent"),
+            ("POST", "/v1internal:generateContent/x"),
+            ("POST", "/v1internal:"),
+            ("GET", "/v1internal/operations/x"),
+        ] {
+            let err = admit(method, path, false).unwrap_err();
+            assert_eq!(err.status(), 404, "{method} {path}");
+            let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+            if path.starts_with(GEMINI_PREFIX) {
+                assert_eq!(body["error"]["status"], "NOT_FOUND", "{path}");
+                assert_eq!(body["error"]["code"], 404);
+            }
+        }
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Errors the data path answers with, shaped like OpenAI's so SDKs and the Codex CLI show them.
+//! Errors the data path answers with, in the shape the route's client reads: OpenAI's on the Codex
+//! and `/v1` routes (SDKs and the Codex CLI show them), Anthropic's on a Claude route
+//! (`{"type":"error","error":{"type":..,"message":..}}`) and google.rpc's on a Gemini route
+//! (`{"error":{"code","message","status","details"}}`). Status and headers are the same whatever
+//! the shape; a pool-exhausted answer carries the reset in each shape's own way.
 //!
 //! Each kind says where it came from and whether trying again may help (Pingora's rule): failover
 //! and the answer's status read that, not ad-hoc string matching.
 
 use std::fmt;
+
+use crate::provider::Provider;
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +144,8 @@ pub struct GatewayError {
     pub resets_at_unix: Option<i64>,
     /// Seconds a client should wait (Retry-After).
     pub retry_after_secs: Option<i64>,
+    /// Whose error shape the body takes (the route's provider).
+    pub shape: Provider,
 }
 
 impl GatewayError {
@@ -147,7 +155,14 @@ impl GatewayError {
             message: message.into(),
             resets_at_unix: None,
             retry_after_secs: None,
+            shape: Provider::Codex,
         }
+    }
+
+    /// The same error in the shape a client of `provider`'s route reads.
+    pub fn shaped(mut self, provider: Provider) -> Self {
+        self.shape = provider;
+        self
     }
 
     /// Every account's usage is spent; `earliest_ms` is the first moment one comes back.
@@ -164,6 +179,7 @@ impl GatewayError {
             ),
             resets_at_unix,
             retry_after_secs,
+            shape: Provider::Codex,
         }
     }
 
@@ -173,6 +189,11 @@ impl GatewayError {
 
     /// `{"error":{"message":..,"type":..,"param":null,"code":..}}`, as the OpenAI API answers.
     pub fn body(&self) -> String {
+        match self.shape {
+            Provider::Codex => {}
+            Provider::Claude => return self.anthropic_body(),
+            Provider::Gemini => return self.google_body(),
+        }
         if self.kind == ErrorKind::PoolExhausted {
             // The shape the Codex backend itself uses, so clients show the reset time.
             let mut error = serde_json::json!({
@@ -198,6 +219,77 @@ impl GatewayError {
             }
         });
         body.to_string()
+    }
+
+    /// Anthropic's error type for this kind.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::MissingKey
+            | ErrorKind::MalformedKey
+            | ErrorKind::UnknownKey
+            | ErrorKind::RevokedKey => "authentication_error",
+            ErrorKind::ClientAddressNotAllowed => "permission_error",
+            ErrorKind::UnknownEndpoint
+            | ErrorKind::ModelNotFound
+            | ErrorKind::UnsupportedEndpoint => "not_found_error",
+            ErrorKind::InvalidRequest | ErrorKind::WebSocketUnsupported => "invalid_request_error",
+            ErrorKind::BodyTooLarge => "request_too_large",
+            ErrorKind::PoolExhausted => "rate_limit_error",
+            ErrorKind::NotReady
+            | ErrorKind::NoAccountAvailable
+            | ErrorKind::UpstreamUnavailable
+            | ErrorKind::RouteMissing
+            | ErrorKind::UpstreamFailed => "api_error",
+        }
+    }
+
+    /// `{"type":"error","error":{"type":..,"message":..}}`, as the Anthropic API answers.
+    fn anthropic_body(&self) -> String {
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": self.anthropic_type(), "message": self.message},
+        })
+        .to_string()
+    }
+
+    /// google.rpc's canonical status name for this answer's HTTP status.
+    pub fn google_status(&self) -> &'static str {
+        match self.status() {
+            400 | 413 => "INVALID_ARGUMENT",
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
+            426 => "FAILED_PRECONDITION",
+            429 => "RESOURCE_EXHAUSTED",
+            501 => "UNIMPLEMENTED",
+            503 => "UNAVAILABLE",
+            _ => "INTERNAL",
+        }
+    }
+
+    /// `{"error":{"code","message","status","details"}}`, as Google APIs answer; a 429 carries
+    /// its wait as `RetryInfo.retryDelay`.
+    fn google_body(&self) -> String {
+        let mut details = vec![serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": self.kind.code().to_ascii_uppercase(),
+            "domain": "codexmesh",
+        })];
+        if let Some(secs) = self.retry_after_secs.filter(|_| self.status() == 429) {
+            details.push(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": format!("{}s", secs.max(1)),
+            }));
+        }
+        serde_json::json!({
+            "error": {
+                "code": self.status(),
+                "message": self.message,
+                "status": self.google_status(),
+                "details": details,
+            }
+        })
+        .to_string()
     }
 
     /// Headers that go with the body.
@@ -337,6 +429,62 @@ mod tests {
         golden.push(answer("PoolExhausted (with reset)".into(), &exhausted));
         assert_eq!(golden.len(), kinds.len() + 1);
         insta::assert_json_snapshot!("error_answers", golden);
+        for (shape, name) in [
+            (Provider::Claude, "error_answers_claude"),
+            (Provider::Gemini, "error_answers_gemini"),
+        ] {
+            let mut golden: Vec<serde_json::Value> = kinds
+                .iter()
+                .map(|kind| {
+                    answer(
+                        format!("{kind:?}"),
+                        &GatewayError::new(*kind, "message").shaped(shape),
+                    )
+                })
+                .collect();
+            golden.push(answer(
+                "PoolExhausted (with reset)".into(),
+                &exhausted.clone().shaped(shape),
+            ));
+            insta::assert_json_snapshot!(name, golden);
+        }
+    }
+
+    #[test]
+    fn provider_shapes_are_what_their_clients_parse() {
+        let claude = GatewayError::new(ErrorKind::UnknownKey, "bad key").shaped(Provider::Claude);
+        let body: serde_json::Value = serde_json::from_str(&claude.body()).unwrap();
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert_eq!(body["error"]["message"], "bad key");
+        assert_eq!(claude.status(), 401);
+        let exhausted = GatewayError::pool_exhausted("p", Some(10_500), 0);
+        let claude = exhausted.clone().shaped(Provider::Claude);
+        let body: serde_json::Value = serde_json::from_str(&claude.body()).unwrap();
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert!(claude
+            .headers()
+            .iter()
+            .any(|(k, v)| *k == "retry-after" && v == "11"));
+        let gemini = exhausted.shaped(Provider::Gemini);
+        let body: serde_json::Value = serde_json::from_str(&gemini.body()).unwrap();
+        assert_eq!(body["error"]["code"], 429);
+        assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            body["error"]["details"][1]["@type"],
+            "type.googleapis.com/google.rpc.RetryInfo"
+        );
+        assert_eq!(body["error"]["details"][1]["retryDelay"], "11s");
+        for (kind, status) in [
+            (ErrorKind::UnknownKey, "UNAUTHENTICATED"),
+            (ErrorKind::ClientAddressNotAllowed, "PERMISSION_DENIED"),
+            (ErrorKind::UnknownEndpoint, "NOT_FOUND"),
+        ] {
+            let err = GatewayError::new(kind, "m").shaped(Provider::Gemini);
+            let body: serde_json::Value = serde_json::from_str(&err.body()).unwrap();
+            assert_eq!(body["error"]["status"], status);
+            assert_eq!(body["error"]["code"], err.status());
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! - A client never chooses or steers the account or the router: its `authorization` (the pool
 //!   key), `proxy-authorization`, `cookie`, `chatgpt-account-id`, every `x-envoy-*` header (retry
 //!   policy, timeouts, attempt counts, internal markers) and every `x-codexmesh-*` header are
-//!   removed before the router and the upstream see the request. The upstream filter then sets the
-//!   attempt's own `authorization` and `chatgpt-account-id`.
+//!   removed before the router and the upstream see the request, and so are `x-api-key` and
+//!   `x-goog-api-key` (the pool key on a Claude route; never an account's). The upstream filter
+//!   then sets the attempt's own credential headers (`provider::credential_headers`).
 //! - Nothing of an account's session reaches the client: `set-cookie` / `set-cookie2` (and any
 //!   credential header an upstream might echo) are removed from every upstream answer.
 //! - Names are compared ASCII case-insensitively (HTTP/1 clients may send any case; Envoy hands
@@ -18,6 +19,9 @@ const OWNED_REQUEST_HEADERS: &[&str] = &[
     "proxy-authorization",
     "cookie",
     "chatgpt-account-id",
+    // The pool key on a Claude route, and Google's API-key header: credentials, never passed.
+    "x-api-key",
+    "x-goog-api-key",
 ];
 
 /// Request header prefixes the gateway owns (Envoy's steering headers, the gateway's own).
@@ -29,6 +33,7 @@ const ACCOUNT_RESPONSE_HEADERS: &[&str] = &[
     "set-cookie2",
     "authorization",
     "chatgpt-account-id",
+    "x-api-key",
 ];
 
 fn has_prefix_ignore_case(name: &str, prefix: &str) -> bool {
@@ -148,10 +153,18 @@ mod tests {
             "x-envoy-attempt-count",
             "x-envoy-internal",
             "x-codexmesh-route",
+            "x-api-key",
+            "X-Api-Key",
+            "x-goog-api-key",
         ] {
             assert!(is_gateway_owned_request_header(name), "{name}");
         }
+        assert!(is_account_response_header("x-api-key"));
         for name in [
+            "anthropic-version",
+            "anthropic-beta",
+            "x-claude-code-session-id",
+            "x-goog-api-client",
             "content-type",
             "session-id",
             "x-codex-turn-state",

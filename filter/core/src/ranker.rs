@@ -567,8 +567,9 @@ pub struct RankCache {
 }
 
 impl RankCache {
-    /// Orders `snapshot`'s pool `pool_ix` for one request; `Ranking::accounts` holds the first
-    /// [`candidate_budget`] candidates.
+    /// Orders `snapshot`'s lane `pool_ix` for one request; `Ranking::accounts` holds the first
+    /// [`candidate_budget`] candidates. A lane is one provider's accounts of a pool
+    /// (`SnapshotIndex::lane`); a pool of one provider is the lane numbered like the pool.
     pub fn rank<'a>(
         &mut self,
         snapshot: &'a Rc<SnapshotIndex>,
@@ -579,7 +580,7 @@ impl RankCache {
         now: i64,
     ) -> Result<Ranking<'a>, GatewayError> {
         let snap: &'a SnapshotIndex = snapshot;
-        let (Some(pool), Some(pix)) = (snap.pool(pool_ix), snap.pool_index(pool_ix)) else {
+        let (Some(pool), Some(pix)) = (snap.lane_pool(pool_ix), snap.lane_index(pool_ix)) else {
             return Err(GatewayError::new(
                 crate::errors::ErrorKind::RouteMissing,
                 "codexmesh could not find the pool",
@@ -640,7 +641,8 @@ thread_local! {
     static CACHE: RefCell<RankCache> = RefCell::new(RankCache::default());
 }
 
-/// [`RankCache::rank`] with this worker's cache (what the filter calls per request).
+/// [`RankCache::rank`] with this worker's cache (what the filter calls per request), over lane
+/// `pool_ix` (`SnapshotIndex::lane`).
 pub fn rank<'a>(
     snapshot: &'a Rc<SnapshotIndex>,
     pool_ix: usize,
@@ -649,7 +651,10 @@ pub fn rank<'a>(
     input: RouteInput<'_>,
     now: i64,
 ) -> Result<Ranking<'a>, GatewayError> {
-    if let Some(pool) = snapshot.pool(pool_ix).filter(|p| p.accounts.is_empty()) {
+    if let Some(pool) = snapshot
+        .lane_pool(pool_ix)
+        .filter(|p| p.accounts.is_empty())
+    {
         return Err(routing::empty_pool(&pool.name));
     }
     CACHE.with(|cell| match cell.try_borrow_mut() {
@@ -665,6 +670,7 @@ mod tests {
     use crate::affinity;
     use crate::errors::ErrorKind;
     use crate::local::{token_fingerprint, SeenQuota};
+    use crate::provider::Provider;
     use crate::routing::{eligibility, steered_score, Ineligible, QUOTA_TIE_FRACTION};
     use crate::snapshot::tests::account;
     #[cfg(target_arch = "wasm32")]
@@ -1285,5 +1291,66 @@ mod tests {
             [0, 1, 2, 0, 1, 2]
         );
         assert!(rr.leader(u64::MAX) < 3);
+    }
+    #[test]
+    fn a_mixed_pool_ranks_each_provider_over_its_own_accounts() {
+        let with = |id: &str, provider: pb::Provider| pb::Account {
+            provider: provider as i32,
+            ..account(id, pb::AccountState::Active)
+        };
+        let snapshot = pb::Snapshot {
+            version: 1,
+            pools: vec![
+                pb::Pool {
+                    id: "mixed".into(),
+                    name: "mixed".into(),
+                    accounts: vec![
+                        with("c1", pb::Provider::Codex),
+                        with("a1", pb::Provider::Claude),
+                        with("g1", pb::Provider::Gemini),
+                        with("a2", pb::Provider::Claude),
+                        pb::Account {
+                            provider: 42,
+                            ..account("future", pb::AccountState::Active)
+                        },
+                    ],
+                    ..Default::default()
+                },
+                pb::Pool {
+                    id: "codex".into(),
+                    name: "codex".into(),
+                    accounts: vec![with("c2", pb::Provider::Codex)],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let snap = Rc::new(SnapshotIndex::new(snapshot));
+        let local = Rc::new(LocalTable::default());
+        let ids = |lane: usize| {
+            let r = rank(&snap, lane, None, &local, RouteInput::default(), NOW).unwrap();
+            let mut ids: Vec<String> = r.accounts.iter().map(|a| a.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        let lane = |pool: usize, p: Provider| snap.lane(pool, p);
+        assert_eq!(ids(lane(0, Provider::Codex).unwrap()), ["c1"]);
+        assert_eq!(ids(lane(0, Provider::Claude).unwrap()), ["a1", "a2"]);
+        assert_eq!(ids(lane(0, Provider::Gemini).unwrap()), ["g1"]);
+        // A pool of one provider is its own lane (the Codex path is unchanged) and has no other.
+        assert_eq!(lane(1, Provider::Codex), Some(1));
+        assert_eq!(lane(1, Provider::Claude), None);
+        assert_eq!(lane(1, Provider::Gemini), None);
+        assert_eq!(lane(9, Provider::Codex), None);
+        // Accounts are still found by id in the snapshot (credentials at attempt time).
+        assert!(snap.account("a2").is_some());
+        assert!(snap.account("future").is_some());
+        // An empty pool stays the Codex lane, with the empty-pool answer.
+        let empty = Rc::new(SnapshotIndex::new(pb::Snapshot {
+            pools: vec![pb::Pool::default()],
+            ..Default::default()
+        }));
+        assert_eq!(empty.lane(0, Provider::Codex), Some(0));
+        assert_eq!(empty.lane(0, Provider::Claude), None);
     }
 }

@@ -4,6 +4,10 @@
 //! accounts by id, per pool the ranking's `PoolIndex`), so a request's lookups do not walk the
 //! table; accounts are sorted by id, the order every replica shares; bad input is an error, never
 //! a panic.
+//! - Ranking runs over a *lane*: one provider's accounts of one pool ([`SnapshotIndex::lane`]).
+//!   A pool whose accounts are all of one provider is its own lane (lane = pool position: the
+//!   Codex path costs one array read more than before); a mixed pool gets a filtered copy per
+//!   provider, built here once per version, never a filter per request.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +16,7 @@ use prost::Message;
 use crate::network::CidrSet;
 use crate::pb;
 use crate::pool_index::PoolIndex;
+use crate::provider::Provider;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotError {
@@ -53,6 +58,11 @@ pub struct SnapshotIndex {
     pool_indexes: Vec<PoolIndex>,
     /// The proxies whose `X-Forwarded-For` is believed (`network`).
     trusted_proxies: CidrSet,
+    /// Per pool, per provider (`Provider::index`): its lane, `None` when the pool has no account
+    /// of that provider.
+    lanes_of: Vec<[Option<usize>; 3]>,
+    /// Lanes numbered from `pools.len()`: one provider's accounts of a mixed pool.
+    extra_lanes: Vec<(pb::Pool, PoolIndex)>,
 }
 
 impl SnapshotIndex {
@@ -95,12 +105,73 @@ impl SnapshotIndex {
         }
         let pool_indexes = snapshot.pools.iter().map(PoolIndex::new).collect();
         let trusted_proxies = CidrSet::parse_lenient(&snapshot.trusted_proxies);
+        let mut lanes_of = Vec::with_capacity(snapshot.pools.len());
+        let mut extra_lanes = Vec::new();
+        let n = snapshot.pools.len();
+        for (pool_ix, pool) in snapshot.pools.iter().enumerate() {
+            let providers: Vec<Option<Provider>> =
+                pool.accounts.iter().map(Provider::of_account).collect();
+            let mut lanes = [None; 3];
+            let single = match providers.first() {
+                // An empty pool is the Codex lane (its requests get the empty-pool answer).
+                None => Some(Provider::Codex),
+                Some(first) => first.filter(|p| providers.iter().all(|q| *q == Some(*p))),
+            };
+            match single {
+                Some(p) => lanes[p.index()] = Some(pool_ix),
+                None => {
+                    for p in Provider::ALL {
+                        if !providers.contains(&Some(p)) {
+                            continue;
+                        }
+                        let mut lane = pb::Pool {
+                            accounts: pool
+                                .accounts
+                                .iter()
+                                .filter(|a| Provider::of_account(a) == Some(p))
+                                .cloned()
+                                .collect(),
+                            ..pool.clone()
+                        };
+                        lane.accounts.shrink_to_fit();
+                        let index = PoolIndex::new(&lane);
+                        lanes[p.index()] = Some(n + extra_lanes.len());
+                        extra_lanes.push((lane, index));
+                    }
+                }
+            }
+            lanes_of.push(lanes);
+        }
         Self {
             snapshot,
             keys_by_hash,
             accounts_by_id,
             pool_indexes,
             trusted_proxies,
+            lanes_of,
+            extra_lanes,
+        }
+    }
+
+    /// The lane ranking uses for `provider`'s requests in pool `pool_ix`; `None` when the pool
+    /// has no account of that provider.
+    pub fn lane(&self, pool_ix: usize, provider: Provider) -> Option<usize> {
+        self.lanes_of.get(pool_ix)?.get(provider.index()).copied()?
+    }
+
+    /// A lane's accounts (a pool, or one provider's part of a mixed pool).
+    pub fn lane_pool(&self, lane: usize) -> Option<&pb::Pool> {
+        match lane.checked_sub(self.snapshot.pools.len()) {
+            None => self.snapshot.pools.get(lane),
+            Some(extra) => self.extra_lanes.get(extra).map(|(pool, _)| pool),
+        }
+    }
+
+    /// A lane's ranking index.
+    pub fn lane_index(&self, lane: usize) -> Option<&PoolIndex> {
+        match lane.checked_sub(self.snapshot.pools.len()) {
+            None => self.pool_indexes.get(lane),
+            Some(extra) => self.extra_lanes.get(extra).map(|(_, index)| index),
         }
     }
 

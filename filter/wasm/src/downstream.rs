@@ -4,24 +4,29 @@
 //! endpoints, rank the pool's accounts and hand the ranking to the upstream attempts through
 //! filter state. On the way back, turns an upstream 429 into the pool-level answer when the whole
 //! pool is spent.
+//!
+//! Claude and Gemini routes (`endpoints::EndpointSpec::provider`) rank only their provider's
+//! accounts (the snapshot's lane), find their session key in their own header or body field, and
+//! every answer the gateway makes on them is in their provider's error shape.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use codexmesh_filter_core::affinity::{
-    affinity_key, locality_windows, prompt_cache_key, LOCALITY_HEAD_BYTES,
+    affinity_key, gemini_session_id, locality_windows, prompt_cache_key, LOCALITY_HEAD_BYTES,
 };
 use codexmesh_filter_core::config::DownstreamConfig;
 use codexmesh_filter_core::endpoints::{self, Endpoint, Serving, Translation};
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::headers::RequestHead;
+use codexmesh_filter_core::provider::Provider;
 use codexmesh_filter_core::ranker;
 use codexmesh_filter_core::routing::{self, Limits, RouteInput, PROBE_RESERVATION_MS};
 use codexmesh_filter_core::snapshot::SnapshotIndex;
 use codexmesh_filter_core::stats::PoolCounter;
 use codexmesh_filter_core::translate::IGNORED_PARAMS_HEADER;
-use codexmesh_filter_core::{auth, network, pb, turnstate, usage};
+use codexmesh_filter_core::{auth, claude, gemini, network, pb, turnstate, usage};
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -39,6 +44,19 @@ struct Routed {
     snapshot: Rc<SnapshotIndex>,
     pool_ix: usize,
     key_ix: usize,
+}
+
+/// Filter-state property holding the client's own `anthropic-beta` on a Claude route (empty when
+/// it sent none): every attempt starts its beta list from it, not from an earlier attempt's.
+pub const CLIENT_BETA_PROPERTY: &str = "codexmesh.client_beta";
+
+/// The body's session key for the route's provider (a bounded search of one window).
+fn body_key_of(provider: Provider) -> fn(&[u8]) -> Option<String> {
+    match provider {
+        Provider::Codex => prompt_cache_key,
+        Provider::Claude => claude::body_session_id,
+        Provider::Gemini => gemini_session_id,
+    }
 }
 
 #[derive(Default)]
@@ -65,6 +83,8 @@ pub struct Downstream {
     ignored_params: Option<String>,
     /// The continuity header's affinity key, kept while the body is awaited.
     header_key: Option<String>,
+    /// Whose error shape the gateway's answers take (the route's provider).
+    shape: Provider,
 }
 
 impl Downstream {
@@ -96,29 +116,48 @@ impl HttpContext for Downstream {
         let now_ms = host::now_ms();
         // One host call for the whole head; every decision below reads from it.
         let head = RequestHead::new(host::request_headers());
-        let admitted =
-            match endpoints::admit(head.method(), head.path(), head.is_websocket_upgrade()) {
-                Ok(a) => a,
-                Err(err) => return reply_error(&err),
-            };
-        let authed = match authenticate(&head) {
+        let anthropic_version = head.get("anthropic-version").is_some();
+        let admitted = match endpoints::admit_request(
+            head.method(),
+            head.path(),
+            head.is_websocket_upgrade(),
+            anthropic_version,
+        ) {
+            Ok(a) => a,
+            Err(err) => return reply_error(&err),
+        };
+        let provider = admitted.spec.provider;
+        self.shape = provider;
+        let authed = match authenticate(&head, provider) {
             Ok(a) => a,
             Err(err) => {
                 if err.status() == 401 {
                     metrics::key_refused();
                 }
-                return reply_error(&err);
+                return reply_error(&err.shaped(provider));
             }
         };
         if let Err(err) = admit_client(&authed, &head) {
-            return reply_error(&err);
+            return reply_error(&err.shaped(provider));
         }
         if let Err(err) = take_ownership(&head, admitted.rewritten_path.as_deref()) {
-            return reply_error(&err);
+            return reply_error(&err.shaped(provider));
         }
         let endpoint = admitted.spec.endpoint;
         if admitted.spec.serving == Serving::Local {
             return answer_locally(&authed, endpoint, now_ms);
+        }
+        if provider == Provider::Claude {
+            let beta = head.get("anthropic-beta").unwrap_or_default();
+            if host::set_property(&[CLIENT_BETA_PROPERTY], beta.as_bytes()).is_err() {
+                return reply_error(
+                    &GatewayError::new(
+                        ErrorKind::RouteMissing,
+                        "codexmesh could not keep the request's anthropic-beta",
+                    )
+                    .shaped(provider),
+                );
+            }
         }
         if admitted.spec.websocket && websockets_disabled(&authed) {
             // 426 makes the Codex CLI fall back to HTTP SSE at once (other refusals cost it
@@ -129,8 +168,19 @@ impl HttpContext for Downstream {
             ));
         }
         self.endpoint = Some(endpoint);
-        self.turn_state = head.get("x-codex-turn-state").map(str::to_string);
-        let header_key = affinity_key(|name| head.get(name).map(str::to_string)).map(|k| k.value);
+        let header_key = match provider {
+            Provider::Codex => {
+                // Turn-state pinning exists only in the Codex protocol.
+                self.turn_state = head.get("x-codex-turn-state").map(str::to_string);
+                affinity_key(|name| head.get(name).map(str::to_string)).map(|k| k.value)
+            }
+            Provider::Claude => head
+                .get(claude::SESSION_HEADER)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.chars().take(256).collect()),
+            Provider::Gemini => None,
+        };
         let declared_len = head
             .get("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
@@ -178,7 +228,7 @@ impl HttpContext for Downstream {
         }
         match self.route(authed, header_key, now_ms) {
             Ok(()) => Action::Continue,
-            Err(err) => reply_error(&err),
+            Err(err) => reply_error(&err.shaped(provider)),
         }
     }
 
@@ -199,9 +249,13 @@ impl HttpContext for Downstream {
         // Only two bounded windows of the body are ever copied and searched, so the cost does
         // not grow with the transcript (affinity::locality_windows).
         let (head, tail) = locality_windows(body_size);
-        if !self.head_searched && (head.1 == LOCALITY_HEAD_BYTES || end_of_stream) {
+        let body_key = body_key_of(self.shape);
+        // A Gemini body goes upstream whole (the upstream filter rewrites its project per
+        // attempt): it is routed at its end, never from the head window.
+        let early = self.shape != Provider::Gemini && head.1 == LOCALITY_HEAD_BYTES;
+        if !self.head_searched && (early || end_of_stream) {
             self.head_searched = true;
-            let key = host::request_body_range(head.0, head.1).and_then(|b| prompt_cache_key(&b));
+            let key = host::request_body_range(head.0, head.1).and_then(|b| body_key(&b));
             if key.is_some() {
                 return self.route_pending(key);
             }
@@ -212,7 +266,7 @@ impl HttpContext for Downstream {
         }
         let key = tail
             .and_then(|(start, len)| host::request_body_range(start, len))
-            .and_then(|b| prompt_cache_key(&b));
+            .and_then(|b| body_key(&b));
         self.route_pending(key)
     }
 
@@ -224,12 +278,13 @@ impl HttpContext for Downstream {
             // earliest reset across all of them.
             Some(429) => self.pool_exhausted(host::now_ms()),
             // Envoy's own replies (connect failure, reset before headers, …) are plain text:
-            // clients expect OpenAI-shaped JSON.
+            // clients expect JSON in their provider's shape.
             Some(code @ 500..=599) if self.routed.is_some() && !is_json_response() => {
-                Some(upstream_unavailable(code))
+                Some(upstream_unavailable(code, self.shape))
             }
             _ => None,
-        };
+        }
+        .map(|err| err.shaped(self.shape));
         if replacement.is_none() && status == Some(200) {
             if let Some(ignored) = self.ignored_params.as_deref() {
                 let _ = host::set_response_header(IGNORED_PARAMS_HEADER, ignored);
@@ -286,15 +341,15 @@ impl HttpContext for Downstream {
 }
 
 /// The snapshot and the authenticated key (by position, so no borrow outlives the call).
-fn authenticate(head: &RequestHead) -> Result<Routed, GatewayError> {
+fn authenticate(head: &RequestHead, provider: Provider) -> Result<Routed, GatewayError> {
     let snapshot = cache::current().ok_or_else(|| {
         GatewayError::new(
             ErrorKind::NotReady,
             "codexmesh has not received its routing table from the control plane yet; retry shortly.",
         )
     })?;
-    let authorization = auth::single_authorization(head)?;
-    let authed = auth::authenticate(&snapshot, authorization)?;
+    let authorization = auth::presented_authorization(head, provider == Provider::Claude)?;
+    let authed = auth::authenticate(&snapshot, authorization.as_deref())?;
     let pool_ix = snapshot
         .pools()
         .iter()
@@ -336,6 +391,7 @@ impl Downstream {
                 self.config.max_request_body_bytes
             ),
         )
+        .shaped(self.shape)
     }
 
     /// The whole `/v1` body is here: translate it for the Codex backend, then route.
@@ -374,8 +430,28 @@ impl Downstream {
         };
         match self.route(authed, key, host::now_ms()) {
             Ok(()) => Action::Continue,
-            Err(err) => reply_error(&err),
+            Err(err) => reply_error(&err.shaped(self.shape)),
         }
+    }
+
+    /// The lane of this request's provider in the key's pool, or the provider's no-account answer.
+    fn lane(
+        &self,
+        snapshot: &SnapshotIndex,
+        pool: &pb::Pool,
+        pool_ix: usize,
+    ) -> Result<usize, GatewayError> {
+        snapshot.lane(pool_ix, self.shape).ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::NoAccountAvailable,
+                format!(
+                    "Pool '{}' has no {} accounts: add one with `codexmesh account import --pool {}`.",
+                    pool.name,
+                    self.shape.as_str(),
+                    pool.name
+                ),
+            )
+        })
     }
 
     fn route(
@@ -399,6 +475,7 @@ impl Downstream {
             .get(authed.key_ix)
             .ok_or_else(|| internal("find the key"))?;
         let settings = routing::effective_routing(pool, key);
+        let lane = self.lane(&snapshot, pool, authed.pool_ix)?;
         let local = cache::local_table();
         let turn_state_account = self.turn_state.as_deref().and_then(|ts| {
             host::shared_data(&turnstate::slot_key(ts))
@@ -414,8 +491,8 @@ impl Downstream {
             turn_state_account: turn_state_account.as_deref(),
             turn,
         };
-        let ranking = ranker::rank(&snapshot, authed.pool_ix, settings, &local, input, now_ms)
-            .inspect_err(|err| {
+        let ranking =
+            ranker::rank(&snapshot, lane, settings, &local, input, now_ms).inspect_err(|err| {
                 if err.kind == ErrorKind::PoolExhausted {
                     metrics::count(&pool.name, PoolCounter::PoolExhausted);
                 }
@@ -453,10 +530,11 @@ impl Downstream {
         let pool: &pb::Pool = routed.snapshot.pool(routed.pool_ix)?;
         let key = pool.keys.get(routed.key_ix)?;
         let settings = routing::effective_routing(pool, key);
+        let lane = routed.snapshot.lane(routed.pool_ix, self.shape)?;
         let local = cache::local_table();
         let ranked = ranker::rank(
             &routed.snapshot,
-            routed.pool_ix,
+            lane,
             settings,
             &local,
             RouteInput::default(),
@@ -504,20 +582,40 @@ fn websockets_disabled(authed: &Routed) -> bool {
 /// Answers an endpoint the gateway serves itself (usage, account check) for the key's pool.
 fn answer_locally(authed: &Routed, endpoint: Endpoint, now_ms: i64) -> Action {
     let Some(pool) = authed.snapshot.pool(authed.pool_ix) else {
-        return reply_error(&GatewayError::new(
-            ErrorKind::RouteMissing,
-            "codexmesh could not find the pool",
-        ));
+        return reply_error(
+            &GatewayError::new(ErrorKind::RouteMissing, "codexmesh could not find the pool")
+                .shaped(endpoint.provider()),
+        );
+    };
+    // The Codex usage and account check describe the pool's Codex accounts only.
+    let codex_only;
+    let codex_pool = match authed.snapshot.lane(authed.pool_ix, Provider::Codex) {
+        Some(lane) => authed.snapshot.lane_pool(lane).unwrap_or(pool),
+        None => {
+            codex_only = pb::Pool {
+                accounts: Vec::new(),
+                ..pool.clone()
+            };
+            &codex_only
+        }
     };
     let body = match endpoint {
-        Endpoint::AccountCheck => usage::account_check(pool),
+        Endpoint::AccountCheck => usage::account_check(codex_pool),
+        _ if endpoint.gemini_local_call().is_some() => gemini::local_answer(
+            endpoint
+                .gemini_local_call()
+                .unwrap_or(gemini::LocalCall::Empty),
+            pool,
+            &cache::local_table(),
+            now_ms,
+        ),
         _ => {
             let settings = pool
                 .keys
                 .get(authed.key_ix)
                 .and_then(|key| routing::effective_routing(pool, key));
             let limits = Limits::from_settings(settings);
-            usage::pool_usage(pool, &cache::local_table(), &limits, now_ms)
+            usage::pool_usage(codex_pool, &cache::local_table(), &limits, now_ms)
         }
     };
     let headers = [
@@ -540,11 +638,12 @@ fn is_json_response() -> bool {
     host::response_header("content-type").is_some_and(|ct| ct.to_ascii_lowercase().contains("json"))
 }
 
-fn upstream_unavailable(status: u16) -> GatewayError {
+fn upstream_unavailable(status: u16, provider: Provider) -> GatewayError {
     GatewayError::new(
         ErrorKind::UpstreamUnavailable,
         format!(
-            "The Codex backend could not be reached or failed on every attempt (HTTP {status}); retry shortly."
+            "{} could not be reached or failed on every attempt (HTTP {status}); retry shortly.",
+            provider.upstream_name()
         ),
     )
 }

@@ -62,7 +62,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        if matches!(role, Role::Upstream) {
+        if matches!(role, Role::Upstream(_)) {
             // This worker's outcome outbox is flushed on the tick (filter_core::outbox).
             let period = u64::try_from(outbox::MAX_WAIT_MS).unwrap_or(100);
             if host::set_tick_period(period).is_err() {
@@ -93,7 +93,7 @@ impl RootContext for Root {
         if let Some(service) = self.service.as_mut() {
             service.on_tick(host::now_ms());
         }
-        if matches!(self.role, Some(Role::Upstream)) {
+        if matches!(self.role, Some(Role::Upstream(_))) {
             upstream::flush_outcomes(host::now_ms());
         }
     }
@@ -108,7 +108,7 @@ impl RootContext for Root {
         // The SDK panics on None: a service root (never asked in practice) gets a no-op filter.
         Some(match self.role {
             Some(Role::Downstream(cfg)) => Box::new(downstream::Downstream::new(cfg)),
-            Some(Role::Upstream) => Box::new(upstream::Upstream::default()),
+            Some(Role::Upstream(provider)) => Box::new(upstream::Upstream::new(provider)),
             _ => Box::new(PassThrough),
         })
     }

@@ -1,6 +1,18 @@
 //! Cluster upstream filter: runs once per attempt. Takes the attempt's account from the hand-off,
 //! injects its credentials, learns from the answer (local cooldowns, circuits, 401 blocks,
 //! turn-state ownership) and queues an outcome record for the control plane.
+//!
+//! Each provider's cluster runs its own instance (`Role::Upstream(provider)`): it injects only
+//! into requests for its provider's endpoints and only the credentials of its provider's
+//! accounts (`provider::credential_headers`). A Gemini generate call also gets the attempt's
+//! account project in its body (`gemini::with_project`), on every attempt.
+//!
+//! Envoy (1.40) runs the cluster's upstream HTTP filters once per attempt and hands each attempt
+//! its own copy of the buffered request body (the router copies its buffer on a retry), so the
+//! body an upstream filter replaces is that attempt's alone. Headers, by contrast, are shared
+//! between attempts: every header an attempt may set is set or removed again by the next one.
+//! The rewritten body's length differs, so `content-length` is dropped for those requests
+//! (HTTP/1.1 upstreams then get a chunked body, HTTP/2 ones need no length).
 
 use codexmesh_filter_core::endpoints::Endpoint;
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
@@ -10,15 +22,18 @@ use codexmesh_filter_core::headers::is_account_response_header;
 use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQuota};
 use codexmesh_filter_core::outbox::Outbox;
 use codexmesh_filter_core::pb;
+use codexmesh_filter_core::provider::{self, HeaderOp, Provider};
 use codexmesh_filter_core::routing::{self, Limits};
 use codexmesh_filter_core::stats::PoolCounter;
 use codexmesh_filter_core::translate::responses::{Outcome, OutcomeScanner};
 use codexmesh_filter_core::turnstate;
 use codexmesh_filter_core::verdict::{self, NoAnswer, Verdict};
+use codexmesh_filter_core::{claude, gemini};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
+use crate::downstream::CLIENT_BETA_PROPERTY;
 use crate::{cache, host, metrics, reply_error, OUTCOME_QUEUE, VM_ID};
 
 /// Error bodies larger than this are not read (they are not the upstream's JSON errors).
@@ -46,11 +61,26 @@ struct Attempt {
     stream: Option<OutcomeScanner>,
     /// How that stream ended, when it did not complete (decided when the attempt ends).
     stream_end: Option<Outcome>,
+    /// Whose endpoint and account this attempt is.
+    provider: Provider,
+    /// A Gemini generate call: the account's project, set in the body when it has arrived.
+    project: Option<String>,
 }
 
 #[derive(Default)]
 pub struct Upstream {
+    /// The provider of this filter's cluster.
+    provider: Option<Provider>,
     attempt: Option<Attempt>,
+}
+
+impl Upstream {
+    pub fn new(provider: Provider) -> Self {
+        Self {
+            provider: Some(provider),
+            attempt: None,
+        }
+    }
 }
 
 impl Context for Upstream {
@@ -68,6 +98,24 @@ impl HttpContext for Upstream {
             Ok(()) => Action::Continue,
             Err(err) => reply_error(&err),
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(project) = self.attempt.as_ref().and_then(|a| a.project.as_deref()) else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            // Held until whole (bounded by the route's body buffer limit).
+            return Action::Pause;
+        }
+        let rewritten = host::request_body_range(0, body_size)
+            .and_then(|body| gemini::with_project(&body, project));
+        if let Some(body) = rewritten {
+            if host::replace_request_body(body_size, &body).is_err() {
+                host::log(LogLevel::Warn, "could not set the account's project");
+            }
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -103,8 +151,14 @@ impl HttpContext for Upstream {
         }
         attempt.want_body = false;
         let now_ms = host::now_ms();
-        attempt.body = host::response_body(body_size.min(MAX_ERROR_BODY))
-            .and_then(|b| evidence::parse_error_body(&b, now_ms));
+        let provider = attempt.provider;
+        attempt.body = host::response_body(body_size.min(MAX_ERROR_BODY)).and_then(|b| {
+            match provider {
+                Provider::Gemini => gemini::parse_rpc_error(&b, now_ms),
+                // Anthropic's `{"type":"error","error":{"type":..}}` reads like the Codex body.
+                Provider::Codex | Provider::Claude => evidence::parse_error_body(&b, now_ms),
+            }
+        });
         if attempt.status == Some(429) && attempt.body.is_some() {
             // The body may know the reset time the headers did not.
             apply_verdict(attempt, now_ms);
@@ -167,6 +221,8 @@ impl Upstream {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .unwrap_or(1)
             .max(1);
+        let endpoint = Endpoint::from_name(&handoff.endpoint);
+        let provider = endpoint.map_or(Provider::Codex, Endpoint::provider);
         let pool = snapshot.pool_by_id(&handoff.pool_id);
         let settings = pool.and_then(|pool| {
             let key = pool.keys.iter().find(|k| k.id == handoff.key_id)?;
@@ -177,11 +233,15 @@ impl Upstream {
         let path = path.split('?').next().unwrap_or_default().to_string();
         // Defence in depth behind the downstream allowlist: credentials go only into a request
         // for the endpoint the downstream filter admitted.
-        if !Endpoint::from_name(&handoff.endpoint).is_some_and(|e| e.matches_upstream_path(&path)) {
+        // And only on the cluster of the endpoint's provider.
+        if !endpoint.is_some_and(|e| e.matches_upstream_path(&path))
+            || self.provider.unwrap_or(Provider::Codex) != provider
+        {
             return Err(GatewayError::new(
                 ErrorKind::RouteMissing,
                 "codexmesh refused to forward a request outside its endpoint allowlist.",
-            ));
+            )
+            .shaped(provider));
         }
         let local = cache::local_table();
         let account = routing::account_for_attempt(
@@ -192,22 +252,47 @@ impl Upstream {
             &limits,
             now_ms,
         )
+        .filter(|a| provider::Provider::of_account(a) == Some(provider))
         .ok_or_else(|| {
             GatewayError::new(
                 ErrorKind::NoAccountAvailable,
                 "No account in the pool can serve this request right now.",
             )
+            .shaped(provider)
         })?;
         let failed = |_| {
             GatewayError::new(
                 ErrorKind::RouteMissing,
                 "codexmesh could not set upstream credentials",
             )
+            .shaped(provider)
         };
-        host::set_request_header("authorization", &format!("Bearer {}", account.access_token))
-            .map_err(failed)?;
-        host::set_request_header("chatgpt-account-id", &account.chatgpt_account_id)
-            .map_err(failed)?;
+        if provider == Provider::Codex {
+            // The hot path as before: two header writes, no list.
+            host::set_request_header("authorization", &format!("Bearer {}", account.access_token))
+                .map_err(failed)?;
+            host::set_request_header("chatgpt-account-id", &account.chatgpt_account_id)
+                .map_err(failed)?;
+        } else {
+            let client_beta = host::property(&[CLIENT_BETA_PROPERTY])
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|b| !b.is_empty());
+            for op in provider::credential_headers(provider, account, client_beta.as_deref()) {
+                match op {
+                    HeaderOp::Set(name, value) => {
+                        host::set_request_header(name, &value).map_err(failed)?
+                    }
+                    HeaderOp::Remove(name) => host::remove_request_header(name).map_err(failed)?,
+                }
+            }
+        }
+        let project = endpoint
+            .filter(|e| e.carries_gemini_project() && !account.project_id.is_empty())
+            .map(|_| account.project_id.clone());
+        if project.is_some() {
+            // The body is rewritten when it arrives: its length changes.
+            let _ = host::remove_request_header("content-length");
+        }
         // Envoy's retry bookkeeping is ours, not the upstream's business.
         let _ = host::remove_request_header("x-envoy-max-retries");
         if attempt > 1 {
@@ -233,6 +318,8 @@ impl Upstream {
             latency_ms: 0,
             stream: None,
             stream_end: None,
+            provider,
+            project,
         });
         Ok(())
     }
@@ -270,8 +357,18 @@ impl Upstream {
             }
         }
         attempt.latency_ms = elapsed(attempt.started_ms, now_ms);
-        attempt.quota = evidence::quota_from_headers(lookup, now_ms);
+        attempt.quota = match attempt.provider {
+            Provider::Codex => evidence::quota_from_headers(lookup, now_ms),
+            Provider::Claude => claude::quota_from_headers(lookup, now_ms),
+            // Code Assist answers carry no quota headers.
+            Provider::Gemini => None,
+        };
         attempt.retry_after_ms = verdict::parse_retry_after(lookup("retry-after"), now_ms);
+        if attempt.provider == Provider::Claude && status == 429 {
+            // An overall rejection without a rejected window: its reset is the cooldown end.
+            let rejected = claude::rejected_until_ms(lookup);
+            attempt.retry_after_ms = attempt.retry_after_ms.max(rejected);
+        }
         attempt.want_body = status >= 400 && !end_of_stream;
         let is_stream = lookup("content-type").is_some_and(|ct| ct.contains("text/event-stream"));
         if status == 200 && is_stream && !end_of_stream && streams_model_turns(&attempt.handoff) {

@@ -21,6 +21,7 @@
 //! - **Errors, not panics.** Helpers return [`anyhow::Result`] (which `?` turns into the
 //!   [`AnyError`] the control-plane tests return); only assertion helpers panic.
 
+pub mod agent_clis;
 pub mod auth;
 pub mod bin;
 pub mod cli;

@@ -1,4 +1,5 @@
-//! The ChatGPT simulator (`codexmesh-sim`) and the client of its `/__sim/` control API.
+//! The simulator (`codexmesh-sim`: ChatGPT, Anthropic and Google Code Assist on one port) and
+//! the client of its `/__sim/` control API.
 //!
 //! Two ways to run it, one [`Sim`]: [`Sim::start`] runs it in this process, on its own runtime
 //! in its own thread (so blocking test code never starves it) — for tests whose cargo run
@@ -141,6 +142,40 @@ impl Sim {
             self.token_url(),
             "--auth-base-url".into(),
             self.root_url(),
+            "--claude-base-url".into(),
+            self.root_url(),
+            "--claude-token-url".into(),
+            self.claude_token_url(),
+            "--gemini-base-url".into(),
+            self.root_url(),
+            "--google-token-url".into(),
+            self.google_token_url(),
+        ]
+    }
+
+    /// Anthropic's OAuth token endpoint here (`CODEXMESH_CLAUDE_TOKEN_URL`).
+    pub fn claude_token_url(&self) -> String {
+        format!("http://{}/v1/oauth/token", self.addr)
+    }
+
+    /// Google's OAuth token endpoint here (`CODEXMESH_GOOGLE_TOKEN_URL`).
+    pub fn google_token_url(&self) -> String {
+        format!("http://{}/google/oauth2/token", self.addr)
+    }
+
+    /// Settings flags pointing `codexmesh`'s Claude and Gemini calls at this simulator: both
+    /// data-path upstreams at the root, the two token endpoints. Not part of [`Sim::cp_args`]
+    /// until every control plane knows these flags.
+    pub fn provider_cp_args(&self) -> Vec<String> {
+        vec![
+            "--claude-base-url".into(),
+            self.root_url(),
+            "--claude-token-url".into(),
+            self.claude_token_url(),
+            "--gemini-base-url".into(),
+            self.root_url(),
+            "--google-token-url".into(),
+            self.google_token_url(),
         ]
     }
 
@@ -175,6 +210,67 @@ impl Sim {
     pub async fn create_account(&self, spec: Value) -> Result<Value> {
         self.call(reqwest::Method::POST, "/__sim/accounts", Some(spec))
             .await
+    }
+
+    /// Creates a Claude subscription (OAuth) account; `spec` adds fields (`account_id`,
+    /// limits, ...). The answer holds `access_token` (`sk-ant-oat01-…`), `refresh_token`,
+    /// `credentials_file` (`{"claudeAiOauth":{…}}`).
+    pub async fn create_claude_account(&self, spec: Value) -> Result<Value> {
+        self.create_account(with_fields(
+            spec,
+            &[("provider", "claude"), ("credential", "oauth")],
+        ))
+        .await
+    }
+
+    /// Creates a Claude API-key account; the answer's `api_key` is `sk-ant-api03-…`.
+    pub async fn create_claude_api_key_account(&self, spec: Value) -> Result<Value> {
+        self.create_account(with_fields(
+            spec,
+            &[("provider", "claude"), ("credential", "api_key")],
+        ))
+        .await
+    }
+
+    /// Creates a Gemini (Google OAuth, Code Assist) account; `spec` may name its
+    /// `project_id`. The answer holds `access_token` (`ya29.…`), `refresh_token` (`1//…`),
+    /// `project_id`, `credentials_file` (`oauth_creds.json`).
+    pub async fn create_gemini_account(&self, spec: Value) -> Result<Value> {
+        self.create_account(with_fields(spec, &[("provider", "gemini")]))
+            .await
+    }
+
+    /// `GET /__sim/accounts/{id}/credentials_file`: the file the account's CLI would hold
+    /// (Codex `auth.json`, Claude `.credentials.json` or `{"api_key"}`, Gemini
+    /// `oauth_creds.json`) for its newest tokens.
+    pub async fn credentials_file(&self, id: &str) -> Result<Value> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/__sim/accounts/{id}/credentials_file"),
+            None,
+        )
+        .await
+    }
+
+    /// Writes [`Sim::credentials_file`] of `id` to `path` (pretty JSON), e.g. into a watched
+    /// folder as `claude_<id>.json`.
+    pub async fn write_credentials_file(&self, id: &str, path: &Path) -> Result<Value> {
+        let file = self.credentials_file(id).await?;
+        std::fs::write(path, serde_json::to_vec_pretty(&file)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        Ok(file)
+    }
+
+    /// Request-log entries of one account on paths containing `path` (e.g. `/v1/messages`,
+    /// `:streamGenerateContent`), to check which credential arrived.
+    pub async fn requests_of(&self, account_id: &str, path: &str) -> Result<Vec<Value>> {
+        Ok(self
+            .requests()
+            .await?
+            .into_iter()
+            .filter(|r| r["account_id"] == account_id)
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
+            .collect())
     }
 
     /// `GET /__sim/accounts/{id}`: quota use, tokens, refresh call counts.
@@ -282,6 +378,19 @@ impl Sim {
     }
 }
 
+/// `spec` (an object, or `null` for none) with `fields` set where it has none of its own.
+fn with_fields(spec: Value, fields: &[(&str, &str)]) -> Value {
+    let mut obj = match spec {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    for (k, v) in fields {
+        obj.entry(k.to_string())
+            .or_insert_with(|| Value::String(v.to_string()));
+    }
+    Value::Object(obj)
+}
+
 impl Drop for Sim {
     fn drop(&mut self) {
         if let Running::Thread { stop, thread } = &mut self.running {
@@ -293,5 +402,81 @@ impl Drop for Sim {
             }
         }
         // A spawned simulator's Proc kills it by PID when it drops.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn with_fields_keeps_what_the_spec_says() {
+        let v = with_fields(
+            json!({"account_id": "a", "credential": "api_key"}),
+            &[("provider", "claude"), ("credential", "oauth")],
+        );
+        assert_eq!(
+            v,
+            json!({"account_id": "a", "provider": "claude", "credential": "api_key"})
+        );
+        assert_eq!(
+            with_fields(Value::Null, &[("provider", "gemini")]),
+            json!({"provider": "gemini"})
+        );
+    }
+
+    #[tokio::test]
+    async fn provider_helpers_reach_the_simulator() {
+        let sim = tokio::task::spawn_blocking(Sim::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let args = sim.provider_cp_args();
+        let root = sim.root_url();
+        assert_eq!(
+            args,
+            [
+                "--claude-base-url".to_string(),
+                root.clone(),
+                "--claude-token-url".into(),
+                format!("{root}/v1/oauth/token"),
+                "--gemini-base-url".into(),
+                root.clone(),
+                "--google-token-url".into(),
+                format!("{root}/google/oauth2/token"),
+            ]
+        );
+        let c = sim
+            .create_claude_account(json!({"account_id": "c"}))
+            .await
+            .unwrap();
+        let file = sim.credentials_file("c").await.unwrap();
+        assert_eq!(file["claudeAiOauth"]["accessToken"], c["access_token"]);
+        let k = sim
+            .create_claude_api_key_account(json!(null))
+            .await
+            .unwrap();
+        assert!(k["api_key"].as_str().unwrap().starts_with("sk-ant-api03-"));
+        let g = sim
+            .create_gemini_account(json!({"account_id": "g", "project_id": "p"}))
+            .await
+            .unwrap();
+        assert_eq!(g["project_id"], "p");
+        let dir = std::env::temp_dir().join(format!("kit-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gemini_g.json");
+        sim.write_credentials_file("g", &path).await.unwrap();
+        let written: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written["refresh_token"], g["refresh_token"]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(sim
+            .requests_of("g", "/v1internal")
+            .await
+            .unwrap()
+            .is_empty());
+        tokio::task::spawn_blocking(move || drop(sim))
+            .await
+            .unwrap();
     }
 }

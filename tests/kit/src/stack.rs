@@ -36,6 +36,12 @@ pub struct CpEnv {
     pub oauth_token_url: String,
     /// The auth server's root (device-code logins).
     pub auth_base_url: String,
+    /// Anthropic's API and OAuth token endpoint, Google Code Assist and Google's token endpoint
+    /// (all on the simulator).
+    pub claude_base_url: String,
+    pub claude_token_url: String,
+    pub gemini_base_url: String,
+    pub google_token_url: String,
     pub wasm: PathBuf,
     /// Further settings for every invocation (e.g. `CODEXMESH_REFRESH_LEAD_SECS`).
     pub extra: Vec<(String, String)>,
@@ -52,6 +58,10 @@ impl CpEnv {
             upstream_base_url: sim.base_url(),
             oauth_token_url: sim.token_url(),
             auth_base_url: sim.root_url(),
+            claude_base_url: sim.root_url(),
+            claude_token_url: sim.claude_token_url(),
+            gemini_base_url: sim.root_url(),
+            google_token_url: sim.google_token_url(),
             wasm: art.wasm.clone(),
             extra,
         }
@@ -66,6 +76,10 @@ impl CpEnv {
             .env("CODEXMESH_UPSTREAM_BASE_URL", &self.upstream_base_url)
             .env("CODEXMESH_OAUTH_TOKEN_URL", &self.oauth_token_url)
             .env("CODEXMESH_AUTH_BASE_URL", &self.auth_base_url)
+            .env("CODEXMESH_CLAUDE_BASE_URL", &self.claude_base_url)
+            .env("CODEXMESH_CLAUDE_TOKEN_URL", &self.claude_token_url)
+            .env("CODEXMESH_GEMINI_BASE_URL", &self.gemini_base_url)
+            .env("CODEXMESH_GOOGLE_TOKEN_URL", &self.google_token_url)
             .env("CODEXMESH_WASM", &self.wasm)
             .env("RUST_LOG", "info");
         for (k, v) in &self.extra {

@@ -1,9 +1,15 @@
-//! Simulated ChatGPT accounts, their tokens and refresh-token lineages.
+//! Simulated accounts (ChatGPT, Claude, Gemini), their tokens and refresh-token lineages.
 //!
 //! A *lineage* is one login: it starts with a refresh token and rotates through a new refresh
 //! token at every successful refresh. Replaying a consumed refresh token revokes the whole
 //! lineage (every access and refresh token issued in it stops working), as the real auth
 //! server does. A new login (`POST /__sim/accounts/{id}/login`) starts a fresh lineage.
+//!
+//! Every account has a [`Provider`]; its tokens look like that provider's (Codex JWTs, Claude
+//! `sk-ant-oat01-…`/`sk-ant-ort01-…` or an `sk-ant-api03-…` API key, Google `ya29.…`/`1//…`)
+//! and are only accepted by that provider's endpoints. A Claude API key never expires and has
+//! no refresh token. Google refresh tokens are kept across refreshes unless the caller asks
+//! for rotation ([`Registry::finish_refresh_with`]); a kept token is never "consumed".
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -19,6 +25,47 @@ use crate::quota::{PRIMARY_WINDOW_SECS, SECONDARY_WINDOW_SECS};
 
 /// Default access-token lifetime: 1 hour of simulated time.
 pub const DEFAULT_ACCESS_TTL_SECS: i64 = 3600;
+/// Default Claude OAuth access-token lifetime: 8 hours (what issue reports say).
+pub const CLAUDE_ACCESS_TTL_SECS: i64 = 8 * 3600;
+/// Default Google access-token lifetime: 3599 s, as `oauth2.googleapis.com` answers.
+pub const GOOGLE_ACCESS_TTL_SECS: i64 = 3599;
+/// Gemini's daily quota window.
+pub const GEMINI_DAILY_WINDOW_SECS: i64 = 1440 * 60;
+
+/// Whose account this is: which upstream it stands in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// ChatGPT / Codex (the default).
+    #[default]
+    Codex,
+    /// Anthropic (Claude Code).
+    Claude,
+    /// Google Code Assist (Gemini CLI).
+    Gemini,
+}
+
+impl Provider {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Codex => "codex",
+            Self::Claude => "claude",
+            Self::Gemini => "gemini",
+        }
+    }
+}
+
+/// How a Claude account authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// An OAuth subscription login (access + refresh token).
+    #[default]
+    Oauth,
+    /// An API key (`sk-ant-api03-…`), sent as `x-api-key`.
+    ApiKey,
+}
 
 /// Credits as the `x-codex-credits-*` headers and `/wham/usage` report them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +171,18 @@ pub struct TokenSet {
 pub struct Account {
     /// ChatGPT account id (the `chatgpt-account-id` header value).
     pub id: String,
+    /// Which upstream the account belongs to.
+    pub provider: Provider,
+    /// OAuth or API key (Claude; always OAuth for the others).
+    pub credential: CredentialKind,
+    /// Gemini's Code Assist project (`None` for the others).
+    pub project_id: Option<String>,
+    /// Anthropic account and organization UUIDs (token answers, `/api/oauth/profile`).
+    pub account_uuid: String,
+    /// See [`Account::account_uuid`].
+    pub organization_uuid: String,
+    /// The `client_id` and `client_secret` of the last call to the Google token endpoint.
+    pub last_client: Option<(String, String)>,
     /// ChatGPT user id.
     pub user_id: String,
     /// Email.
@@ -206,6 +265,12 @@ struct RefreshRecord {
 pub struct NewAccount {
     /// Account id; default a random UUID.
     pub account_id: Option<String>,
+    /// `codex` (default), `claude` or `gemini`.
+    pub provider: Option<Provider>,
+    /// Claude only: `oauth` (default) or `api_key`.
+    pub credential: Option<CredentialKind>,
+    /// Gemini only: the Code Assist project (default `sim-project-<id>`).
+    pub project_id: Option<String>,
     /// Email; default `<user>@sim.codexmesh.test`.
     pub email: Option<String>,
     /// Plan; default `plus`.
@@ -378,13 +443,33 @@ impl Registry {
         if self.accounts.contains_key(&id) {
             return Err(format!("account {id} already exists"));
         }
-        let access_ttl = opts
-            .access_token_ttl_secs
-            .unwrap_or(DEFAULT_ACCESS_TTL_SECS);
+        let provider = opts.provider.unwrap_or_default();
+        if opts.credential.is_some() && provider != Provider::Claude {
+            return Err("credential is only for claude accounts".into());
+        }
+        if opts.project_id.is_some() && provider != Provider::Gemini {
+            return Err("project_id is only for gemini accounts".into());
+        }
+        if opts
+            .project_id
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err("project_id must not be empty".into());
+        }
+        let access_ttl = opts.access_token_ttl_secs.unwrap_or(match provider {
+            Provider::Codex => DEFAULT_ACCESS_TTL_SECS,
+            Provider::Claude => CLAUDE_ACCESS_TTL_SECS,
+            Provider::Gemini => GOOGLE_ACCESS_TTL_SECS,
+        });
         if access_ttl <= 0 {
             return Err("access_token_ttl_secs must be > 0".into());
         }
-        let pw = opts.primary_window_secs.unwrap_or(PRIMARY_WINDOW_SECS);
+        let default_primary = match provider {
+            Provider::Gemini => GEMINI_DAILY_WINDOW_SECS,
+            Provider::Codex | Provider::Claude => PRIMARY_WINDOW_SECS,
+        };
+        let pw = opts.primary_window_secs.unwrap_or(default_primary);
         let sw = opts.secondary_window_secs.unwrap_or(SECONDARY_WINDOW_SECS);
         if pw <= 0 || sw <= 0 {
             return Err("window lengths must be > 0".into());
@@ -409,8 +494,25 @@ impl Registry {
             lineage: 0,
             issued_at: now,
         };
+        let project_id = (provider == Provider::Gemini).then(|| {
+            opts.project_id.clone().unwrap_or_else(|| {
+                let slug: String = id
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .take(20)
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                format!("sim-project-{slug}")
+            })
+        });
         let account = Account {
             id: id.clone(),
+            provider,
+            credential: opts.credential.unwrap_or_default(),
+            project_id,
+            account_uuid: random_uuid(),
+            organization_uuid: random_uuid(),
+            last_client: None,
             user_id,
             email,
             plan: opts.plan.unwrap_or_else(|| "plus".to_string()),
@@ -446,22 +548,59 @@ impl Registry {
     }
 
     fn issue(&mut self, id: &str, lineage: u64, now: i64) -> Result<TokenSet, String> {
+        self.issue_keeping(id, lineage, now, None)
+    }
+
+    /// Issue a token set; with `keep_refresh`, that refresh token stays the lineage's (no new
+    /// one is made: Google's non-rotating refresh).
+    fn issue_keeping(
+        &mut self,
+        id: &str,
+        lineage: u64,
+        now: i64,
+        keep_refresh: Option<String>,
+    ) -> Result<TokenSet, String> {
         let acc = self
             .accounts
             .get(id)
             .ok_or_else(|| format!("no account {id}"))?;
         let who = acc.identity();
-        let exp = now + acc.access_ttl_secs;
-        let jti = random_alnum(16);
-        let access_token = jwt::encode(
-            &jwt::claims(TokenKind::Access, &who, now, exp, &jti),
-            &self.secret,
-        );
-        let id_token = jwt::encode(
-            &jwt::claims(TokenKind::Id, &who, now, exp, &random_alnum(16)),
-            &self.secret,
-        );
-        let refresh_token = format!("rt_{}", random_alnum(48));
+        let api_key = acc.provider == Provider::Claude && acc.credential == CredentialKind::ApiKey;
+        // An API key does not expire.
+        let exp = if api_key {
+            i64::MAX
+        } else {
+            now + acc.access_ttl_secs
+        };
+        let (access_token, id_token, refresh_token) = match acc.provider {
+            Provider::Codex => (
+                jwt::encode(
+                    &jwt::claims(TokenKind::Access, &who, now, exp, &random_alnum(16)),
+                    &self.secret,
+                ),
+                jwt::encode(
+                    &jwt::claims(TokenKind::Id, &who, now, exp, &random_alnum(16)),
+                    &self.secret,
+                ),
+                format!("rt_{}", random_alnum(48)),
+            ),
+            Provider::Claude if api_key => (
+                format!("sk-ant-api03-{}-{}AA", random_alnum(86), random_alnum(6)),
+                String::new(),
+                String::new(),
+            ),
+            Provider::Claude => (
+                format!("sk-ant-oat01-{}-{}AA", random_alnum(86), random_alnum(6)),
+                String::new(),
+                format!("sk-ant-ort01-{}-{}AA", random_alnum(86), random_alnum(6)),
+            ),
+            Provider::Gemini => (
+                format!("ya29.a0{}", random_alnum(120)),
+                jwt::encode(&jwt::google_id_claims(&who, now, exp), &self.secret),
+                format!("1//0{}", random_alnum(100)),
+            ),
+        };
+        let refresh_token = keep_refresh.unwrap_or(refresh_token);
         let refresh_expires = acc.refresh_ttl_secs.map(|ttl| now + ttl);
         self.access.insert(
             access_token.clone(),
@@ -471,15 +610,18 @@ impl Registry {
                 exp,
             },
         );
-        self.refresh.insert(
-            refresh_token.clone(),
-            RefreshRecord {
-                account_id: id.to_string(),
-                lineage,
-                expires_at: refresh_expires,
-                consumed: false,
-            },
-        );
+        if !refresh_token.is_empty() {
+            let kept = self.refresh.get(&refresh_token).map(|r| r.expires_at);
+            self.refresh.insert(
+                refresh_token.clone(),
+                RefreshRecord {
+                    account_id: id.to_string(),
+                    lineage,
+                    expires_at: kept.unwrap_or(refresh_expires),
+                    consumed: false,
+                },
+            );
+        }
         let set = TokenSet {
             access_token,
             id_token,
@@ -532,6 +674,18 @@ impl Registry {
         self.refresh.get(token).map(|r| r.account_id.as_str())
     }
 
+    /// The provider of the account that issued this refresh token.
+    pub fn provider_of_refresh_token(&self, token: &str) -> Option<Provider> {
+        let id = self.owner_of_refresh_token(token)?;
+        self.accounts.get(id).map(|a| a.provider)
+    }
+
+    /// The provider of the account that issued this access token (or API key).
+    pub fn provider_of_access_token(&self, token: &str) -> Option<Provider> {
+        let id = self.owner_of_access_token(token)?;
+        self.accounts.get(id).map(|a| a.provider)
+    }
+
     /// Accept a live access token and name its account.
     pub fn authenticate(&self, token: &str, now: i64) -> Result<&Account, AuthError> {
         let rec = self.access.get(token).ok_or(AuthError::Unknown)?;
@@ -574,6 +728,17 @@ impl Registry {
         refresh_token: &str,
         now: i64,
     ) -> Result<TokenSet, RefreshDenied> {
+        self.finish_refresh_with(refresh_token, now, true)
+    }
+
+    /// [`Registry::finish_refresh`], keeping the presented refresh token (not consumed, handed
+    /// out again) unless `rotate`.
+    pub fn finish_refresh_with(
+        &mut self,
+        refresh_token: &str,
+        now: i64,
+        rotate: bool,
+    ) -> Result<TokenSet, RefreshDenied> {
         let rec = self
             .refresh
             .get(refresh_token)
@@ -602,11 +767,14 @@ impl Registry {
         if rec.expires_at.is_some_and(|t| now >= t) {
             return Err(RefreshDenied::Expired);
         }
-        if let Some(r) = self.refresh.get_mut(refresh_token) {
-            r.consumed = true;
+        if rotate {
+            if let Some(r) = self.refresh.get_mut(refresh_token) {
+                r.consumed = true;
+            }
         }
+        let keep = (!rotate).then(|| refresh_token.to_string());
         let set = self
-            .issue(&rec.account_id, rec.lineage, now)
+            .issue_keeping(&rec.account_id, rec.lineage, now, keep)
             .map_err(|_| RefreshDenied::Unknown)?;
         if let Some(acc) = self.accounts.get_mut(&rec.account_id) {
             acc.refresh_successes += 1;
@@ -704,8 +872,17 @@ impl Registry {
     pub fn view(&self, id: &str, now: i64) -> Option<AccountView> {
         let acc = self.accounts.get(id)?;
         let revoked = self.lineage_revoked(acc.current.lineage);
+        let api_key = (acc.provider == Provider::Claude
+            && acc.credential == CredentialKind::ApiKey)
+            .then(|| acc.current.access_token.clone());
         Some(AccountView {
             account_id: acc.id.clone(),
+            provider: acc.provider,
+            credential: (acc.provider == Provider::Claude).then_some(acc.credential),
+            project_id: acc.project_id.clone(),
+            api_key,
+            last_client_id: acc.last_client.as_ref().map(|c| c.0.clone()),
+            last_client_secret: acc.last_client.as_ref().map(|c| c.1.clone()),
             user_id: acc.user_id.clone(),
             email: acc.email.clone(),
             plan: acc.plan.clone(),
@@ -716,7 +893,7 @@ impl Registry {
             access_token: acc.current.access_token.clone(),
             refresh_token: acc.current.refresh_token.clone(),
             id_token: acc.current.id_token.clone(),
-            access_token_expires_at: acc.current.access_token_expires_at,
+            access_token_expires_at: finite(acc.current.access_token_expires_at),
             access_token_expired: now >= acc.current.access_token_expires_at,
             access_token_ttl_secs: acc.access_ttl_secs,
             refresh_token_ttl_secs: acc.refresh_ttl_secs,
@@ -735,6 +912,11 @@ impl Registry {
     }
 }
 
+/// An expiry, or `None` for "never" (an API key).
+pub fn finite(exp: i64) -> Option<i64> {
+    (exp != i64::MAX).then_some(exp)
+}
+
 fn window_view_rolled(w: &crate::quota::Window, now: i64) -> WindowView {
     let mut w = w.clone();
     w.roll(now);
@@ -746,6 +928,18 @@ fn window_view_rolled(w: &crate::quota::Window, now: i64) -> WindowView {
 pub struct AccountView {
     /// Account id.
     pub account_id: String,
+    /// `codex`, `claude` or `gemini`.
+    pub provider: Provider,
+    /// Claude: `oauth` or `api_key` (`null` for the others).
+    pub credential: Option<CredentialKind>,
+    /// Gemini: the Code Assist project.
+    pub project_id: Option<String>,
+    /// Claude API-key accounts: the key (also in `access_token`).
+    pub api_key: Option<String>,
+    /// Gemini: the `client_id` of the last token-endpoint call.
+    pub last_client_id: Option<String>,
+    /// Gemini: the `client_secret` of the last token-endpoint call.
+    pub last_client_secret: Option<String>,
     /// User id.
     pub user_id: String,
     /// Email.
@@ -766,8 +960,8 @@ pub struct AccountView {
     pub refresh_token: String,
     /// Newest id token.
     pub id_token: String,
-    /// Expiry of the newest access token.
-    pub access_token_expires_at: i64,
+    /// Expiry of the newest access token (`null`: never, an API key).
+    pub access_token_expires_at: Option<i64>,
     /// Whether it has expired.
     pub access_token_expired: bool,
     /// Access-token lifetime.

@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::accounts::{AccountPatch, NewAccount, TokenSet};
+use crate::accounts::{
+    finite, Account, AccountPatch, CredentialKind, NewAccount, Provider, TokenSet,
+};
 use crate::clock::{rfc3339, ClockChange};
 use crate::device::{ControlError, DeviceLogin, SignInAs};
 use crate::errors::json_status;
@@ -22,6 +24,10 @@ pub fn routes() -> Router<Shared> {
         .route("/__sim/accounts", post(create_account).get(list_accounts))
         .route("/__sim/accounts/{id}", get(get_account).post(patch_account))
         .route("/__sim/accounts/{id}/login", post(login))
+        .route(
+            "/__sim/accounts/{id}/credentials_file",
+            get(get_credentials_file),
+        )
         .route("/__sim/requests", get(list_requests).delete(clear_requests))
         .route("/__sim/behavior", get(get_behavior).post(set_behavior))
         .route("/__sim/clock", get(get_clock).post(set_clock))
@@ -65,16 +71,73 @@ pub fn auth_json(account_id: &str, set: &TokenSet, now: f64) -> Value {
     })
 }
 
-fn credentials(account_id: &str, email: &str, plan: &str, set: &TokenSet, now: f64) -> Value {
+/// Claude's OAuth scopes, as the CLI stores them.
+pub const CLAUDE_SCOPES: &[&str] = &[
+    "user:inference",
+    "user:profile",
+    "user:sessions:claude_code",
+    "user:mcp_servers",
+    "user:file_upload",
+];
+/// The scopes a Google login for Gemini CLI holds.
+pub const GOOGLE_SCOPES: &str = "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile openid";
+
+/// The file the provider's CLI writes after a login with these tokens: Codex `auth.json`,
+/// Claude `.credentials.json` (`{"claudeAiOauth":{…}}`, or `{"api_key":…}`), Gemini
+/// `oauth_creds.json`.
+pub fn credentials_file(acc: &Account, set: &TokenSet, now: f64) -> Value {
+    let expires_ms = set.access_token_expires_at.saturating_mul(1000);
+    match (acc.provider, acc.credential) {
+        (Provider::Codex, _) => auth_json(&acc.id, set, now),
+        (Provider::Claude, CredentialKind::ApiKey) => json!({ "api_key": set.access_token }),
+        (Provider::Claude, CredentialKind::Oauth) => json!({
+            "claudeAiOauth": {
+                "accessToken": set.access_token,
+                "refreshToken": set.refresh_token,
+                "expiresAt": expires_ms,
+                "scopes": CLAUDE_SCOPES,
+                "subscriptionType": claude_subscription(&acc.plan),
+                "rateLimitTier": format!("default_claude_{}", claude_subscription(&acc.plan)),
+            }
+        }),
+        (Provider::Gemini, _) => json!({
+            "access_token": set.access_token,
+            "refresh_token": set.refresh_token,
+            "scope": GOOGLE_SCOPES,
+            "token_type": "Bearer",
+            "id_token": set.id_token,
+            "expiry_date": expires_ms,
+        }),
+    }
+}
+
+/// A Claude subscription type from a plan name (`plus`, the Codex default, reads as `max`).
+pub fn claude_subscription(plan: &str) -> &str {
+    match plan {
+        "pro" | "max" | "team" | "enterprise" => plan,
+        _ => "max",
+    }
+}
+
+fn credentials(acc: &Account, set: &TokenSet, now: f64) -> Value {
+    let api_key = (acc.provider == Provider::Claude && acc.credential == CredentialKind::ApiKey)
+        .then(|| set.access_token.clone());
+    let expires = finite(set.access_token_expires_at);
     json!({
-        "account_id": account_id,
-        "email": email,
-        "plan": plan,
+        "account_id": acc.id,
+        "provider": acc.provider,
+        "credential": (acc.provider == Provider::Claude).then_some(acc.credential),
+        "project_id": acc.project_id,
+        "email": acc.email,
+        "plan": acc.plan,
         "access_token": set.access_token,
         "refresh_token": set.refresh_token,
         "id_token": set.id_token,
-        "access_token_expires_at": set.access_token_expires_at,
-        "auth_json": auth_json(account_id, set, now),
+        "api_key": api_key,
+        "access_token_expires_at": expires,
+        "expires": expires,
+        "auth_json": auth_json(&acc.id, set, now),
+        "credentials_file": credentials_file(acc, set, now),
     })
 }
 
@@ -88,13 +151,7 @@ async fn create_account(State(st): State<Shared>, body: Bytes) -> Response {
     match g.registry.create(opts, now.floor() as i64) {
         Ok(acc) => (
             axum::http::StatusCode::CREATED,
-            Json(credentials(
-                &acc.id,
-                &acc.email,
-                &acc.plan,
-                &acc.current,
-                now,
-            )),
+            Json(credentials(acc, &acc.current, now)),
         )
             .into_response(),
         Err(e) if e.contains("already exists") => json_status(409, json!({"error": e})),
@@ -129,6 +186,15 @@ async fn get_account(State(st): State<Shared>, Path(id): Path<String>) -> Respon
     view_response(&st, &id)
 }
 
+async fn get_credentials_file(State(st): State<Shared>, Path(id): Path<String>) -> Response {
+    let now = st.clock.now_f64();
+    let g = st.lock();
+    match g.registry.get(&id) {
+        Some(acc) => Json(credentials_file(acc, &acc.current, now)).into_response(),
+        None => not_found(&id),
+    }
+}
+
 async fn patch_account(State(st): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
     let patch: AccountPatch = match parse(&body) {
         Ok(p) => p,
@@ -151,9 +217,7 @@ async fn login(State(st): State<Shared>, Path(id): Path<String>) -> Response {
     }
     match g.registry.login(&id, now.floor() as i64) {
         Ok(set) => match g.registry.get(&id) {
-            Some(acc) => {
-                Json(credentials(&acc.id, &acc.email, &acc.plan, &set, now)).into_response()
-            }
+            Some(acc) => Json(credentials(acc, &set, now)).into_response(),
             None => not_found(&id),
         },
         Err(e) => bad_request(e),

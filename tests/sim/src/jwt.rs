@@ -38,6 +38,20 @@ pub enum TokenKind {
     Id,
 }
 
+/// The claims of a Google OpenID id_token (what `oauth2.googleapis.com/token` returns).
+pub fn google_id_claims(who: &Identity, iat: i64, exp: i64) -> Value {
+    json!({
+        "iss": "https://accounts.google.com",
+        "azp": "sim-gemini-cli.apps.googleusercontent.com",
+        "aud": "sim-gemini-cli.apps.googleusercontent.com",
+        "sub": who.user_id,
+        "email": who.email,
+        "email_verified": true,
+        "iat": iat,
+        "exp": exp,
+    })
+}
+
 /// Build the claims of a token.
 pub fn claims(kind: TokenKind, who: &Identity, iat: i64, exp: i64, jti: &str) -> Value {
     let auth = json!({

@@ -1,5 +1,8 @@
 //! codexmesh-sim: a loopback simulator of the ChatGPT Codex backend and of the auth server's
-//! token endpoint, faithful to `shared/docs/codex-protocol.md`, for codexmesh's end-to-end tests.
+//! token endpoint, faithful to `shared/docs/codex-protocol.md`, and of Anthropic's and Google's
+//! Code Assist APIs with their token endpoints, faithful to
+//! `shared/docs/claude-gemini-protocol.md`, for codexmesh's end-to-end tests. All three
+//! providers are served on one port.
 //!
 //! Modules by concern:
 //! - [`clock`]: the controllable clock everything reads time from;
@@ -10,6 +13,10 @@
 //! - [`upstream`], [`sse`], [`models`], [`body`]: the backend endpoints;
 //! - [`reply`]: what a turn answers (function calls, tool output, `text.format`);
 //! - [`websocket`]: the Responses WebSocket (`GET /codex/responses` upgrades);
+//! - [`claude`]: Anthropic's `/v1/messages`, `count_tokens`, `/v1/models`, `/api/oauth/usage`
+//!   and `POST /v1/oauth/token`;
+//! - [`gemini`]: Code Assist `/v1internal:<method>` and Google's token endpoint
+//!   `POST /google/oauth2/token`;
 //! - [`recording`]: the request log and the layer that adds quota headers;
 //! - [`control`], [`state`]: the `/__sim/` control API and the knobs it sets;
 //! - [`tls`]: optional HTTPS with a self-signed certificate.
@@ -19,10 +26,12 @@
 
 pub mod accounts;
 pub mod body;
+pub mod claude;
 pub mod clock;
 pub mod control;
 pub mod device;
 pub mod errors;
+pub mod gemini;
 pub mod jwt;
 pub mod models;
 pub mod oauth;
@@ -55,12 +64,27 @@ pub fn router(state: Shared) -> Router {
         .nest("/backend-api", upstream::routes())
         .merge(oauth::routes())
         .merge(device::routes())
-        .fallback(upstream::not_found)
+        .merge(claude::routes())
+        .merge(gemini::routes())
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             recording::layer,
         ))
         .with_state(state)
+}
+
+/// 404 in the shape of the provider whose path it is.
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = uri.path();
+    if gemini::is_gemini_path(path) {
+        gemini::error(404, "Requested entity was not found.", Vec::new())
+    } else if claude::is_claude_path(path) {
+        claude::error(404, "not_found_error", &format!("Not found: {path}"))
+    } else {
+        upstream::not_found().await.into_response()
+    }
 }
 
 /// A simulator running in this process.

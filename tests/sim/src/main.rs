@@ -11,7 +11,8 @@ use codexmesh_sim::state::BehaviorPatch;
 use codexmesh_sim::{serve, SimState};
 use tokio::net::TcpListener;
 
-/// A loopback simulator of the ChatGPT Codex backend and its OAuth token endpoint.
+/// A loopback simulator of the ChatGPT Codex backend, Anthropic's API and Google Code Assist,
+/// with their OAuth token endpoints, on one port.
 #[derive(Debug, Parser)]
 #[command(name = "codexmesh-sim", version)]
 struct Args {

@@ -21,7 +21,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::accounts::{AccountPatch, NewAccount, RefreshDenied, RefreshFailure, TokenSet};
+use crate::accounts::{
+    AccountPatch, NewAccount, Provider, RefreshDenied, RefreshFailure, TokenSet,
+};
 use crate::body::DecodedBody;
 use crate::device::RedeemError;
 use crate::errors::{json_status, openai_error};
@@ -225,6 +227,14 @@ async fn refresh_grant(st: Shared, tr: TokenRequest) -> Response {
     let Some(rt) = tr.refresh_token.filter(|t| !t.is_empty()) else {
         return oauth_error(400, "invalid_request", "refresh_token is required");
     };
+    if st
+        .lock()
+        .registry
+        .provider_of_refresh_token(&rt)
+        .is_some_and(|p| p != Provider::Codex)
+    {
+        return oauth_error(401, "invalid_grant", "Invalid refresh token");
+    }
     let begun = {
         let mut g = st.lock();
         let global_delay = g.behavior.refresh_delay_ms;

@@ -69,8 +69,22 @@ pub struct RequestRecord {
     pub model: Option<String>,
     /// `stream` of a JSON body.
     pub stream: Option<bool>,
-    /// Account of the bearer token (or, at the token endpoint, of the refresh token).
+    /// Account of the bearer token or `x-api-key` (or, at a token endpoint, of the refresh
+    /// token).
     pub account_id: Option<String>,
+    /// That account's provider (`codex`, `claude`, `gemini`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Session id of the body: Claude's `session_id` inside the JSON string
+    /// `metadata.user_id` (or the legacy `…_session_<uuid>`), Gemini's `request.session_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Gemini's `project` in the body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Gemini's `user_prompt_id` in the body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_prompt_id: Option<String>,
     /// Answer status (`null` until the handler answered).
     pub status: Option<u16>,
     /// Names of the request's `tools` (a tool without a name by its `type`), when sent.
@@ -236,6 +250,9 @@ fn account_of(
     body: Option<&[u8]>,
 ) -> Option<String> {
     let owner = match path {
+        crate::claude::TOKEN_PATH | crate::gemini::TOKEN_PATH => body
+            .and_then(refresh_token_of)
+            .and_then(|rt| g.registry.owner_of_refresh_token(&rt)),
         "/oauth/token" => body.and_then(|b| {
             refresh_token_of(b)
                 .and_then(|rt| g.registry.owner_of_refresh_token(&rt))
@@ -244,9 +261,49 @@ fn account_of(
         crate::device::POLL_PATH => body
             .and_then(|b| body_field(b, "device_auth_id"))
             .and_then(|id| g.device.owner_of_device(&id)),
-        _ => bearer(headers).and_then(|t| g.registry.owner_of_access_token(t)),
+        _ => headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|k| g.registry.owner_of_access_token(k.trim()))
+            .or_else(|| bearer(headers).and_then(|t| g.registry.owner_of_access_token(t))),
     };
     owner.map(str::to_string)
+}
+
+/// Claude's session id: `session_id` in the JSON string `metadata.user_id`, or the legacy
+/// `user_…_session_<uuid>` form.
+pub fn claude_session_id(body: &serde_json::Map<String, Value>) -> Option<String> {
+    let user_id = body.get("metadata")?.get("user_id")?.as_str()?;
+    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(user_id) {
+        return m.get("session_id")?.as_str().map(str::to_string);
+    }
+    user_id
+        .rsplit_once("_session_")
+        .map(|(_, s)| s.to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The non-secret facts of a Claude or Gemini body: session id, project, user_prompt_id
+/// (never any prompt text).
+fn provider_body_facts(
+    path: &str,
+    body: Option<&serde_json::Map<String, Value>>,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let Some(body) = body else {
+        return (None, None, None);
+    };
+    let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    if crate::gemini::is_gemini_path(path) {
+        (
+            s(body.get("request").and_then(|r| r.get("session_id"))),
+            s(body.get("project")),
+            s(body.get("user_prompt_id")),
+        )
+    } else if crate::claude::is_claude_path(path) {
+        (claude_session_id(body), None, None)
+    } else {
+        (None, None, None)
+    }
 }
 
 /// Axum middleware: record, decode, add quota headers.
@@ -276,6 +333,10 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
     let websocket = is_websocket_upgrade(&parts.headers);
     let (tools, tool_choice, text_format) =
         obj.map(crate::reply::logged_fields).unwrap_or_default();
+    // Claude and Gemini bodies are prompts: only their facts are kept, never the body.
+    let other_provider =
+        crate::claude::is_claude_path(&path) || crate::gemini::is_gemini_path(&path);
+    let (session_id, project, user_prompt_id) = provider_body_facts(&path, obj);
     let seq = {
         let mut g = st.lock();
         let account_id = account_of(
@@ -284,6 +345,10 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
             &parts.headers,
             decoded.as_ref().ok().map(Vec::as_slice),
         );
+        let provider = account_id
+            .as_deref()
+            .and_then(|a| g.registry.get(a))
+            .map(|a| a.provider.as_str().to_string());
         let seq = g.next_seq;
         g.next_seq += 1;
         push_record(
@@ -305,12 +370,16 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
                     .and_then(Value::as_str)
                     .map(str::to_string),
                 stream: obj.and_then(|m| m.get("stream")).and_then(Value::as_bool),
+                provider,
                 account_id,
+                session_id,
+                project,
+                user_prompt_id,
                 status: None,
                 tools,
                 tool_choice,
                 text_format,
-                body_json: json.clone(),
+                body_json: if other_provider { None } else { json.clone() },
                 websocket,
                 ws_extensions_offered: if websocket {
                     parts
@@ -343,6 +412,27 @@ pub async fn layer(State(st): State<Shared>, req: Request, next: Next) -> Respon
         .and_then(|r| r.account_id.clone());
     if let Some(r) = g.requests.iter_mut().rev().find(|r| r.seq == seq) {
         r.status = Some(status);
+    }
+    if other_provider {
+        if crate::claude::is_claude_path(&path) {
+            if !resp.headers().contains_key("request-id") {
+                crate::upstream::put(
+                    resp.headers_mut(),
+                    "request-id",
+                    crate::claude::new_request_id(),
+                );
+            }
+            let now = st.clock.now();
+            let acc = account_id.as_deref().and_then(|a| g.registry.get_mut(a));
+            let api = path != crate::claude::TOKEN_PATH;
+            if let Some(acc) =
+                acc.filter(|a| api && a.provider == crate::accounts::Provider::Claude)
+            {
+                acc.quota.roll(now);
+                crate::claude::insert_rate_limit_headers(resp.headers_mut(), acc);
+            }
+        }
+        return resp;
     }
     if g.behavior.session_cookies {
         add_session_cookies(resp.headers_mut(), account_id.as_deref(), seq);
@@ -431,6 +521,10 @@ mod tests {
             model: None,
             stream: None,
             account_id: None,
+            provider: None,
+            session_id: None,
+            project: None,
+            user_prompt_id: None,
             status: None,
             tools: None,
             tool_choice: None,

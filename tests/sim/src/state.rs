@@ -163,6 +163,17 @@ pub struct InjectedFailure {
     pub mode: FailMode,
 }
 
+/// Whether a path is a model turn (what a `fail_next` entry without `path_contains` hits):
+/// Codex `.../responses(/compact)`, Claude `/v1/messages`, Gemini `:generateContent` and
+/// `:streamGenerateContent`.
+pub fn is_model_turn_path(path: &str) -> bool {
+    path.ends_with("/responses")
+        || path.ends_with("/responses/compact")
+        || path == "/v1/messages"
+        || path.ends_with(":generateContent")
+        || path.ends_with(":streamGenerateContent")
+}
+
 fn default_fail_status() -> u16 {
     500
 }
@@ -177,8 +188,23 @@ impl InjectedFailure {
         }
         match &self.path_contains {
             Some(p) => path.contains(p.as_str()),
-            None => path.ends_with("/responses") || path.ends_with("/responses/compact"),
+            None => is_model_turn_path(path),
         }
+    }
+
+    /// The answer body, in the shape of the upstream that serves `path` (Anthropic's
+    /// `{"type":"error",…}` for Claude paths, google.rpc for `/v1internal:*`, else OpenAI's).
+    pub fn body_for_path(&self, path: &str) -> Value {
+        if let Some(b) = &self.body {
+            return b.clone();
+        }
+        if crate::claude::is_claude_path(path) {
+            return crate::claude::error_body_for_status(self.status);
+        }
+        if crate::gemini::is_gemini_path(path) {
+            return crate::gemini::error_body_for_status(self.status);
+        }
+        self.body_or_default()
     }
 
     /// The answer body.
@@ -265,6 +291,9 @@ pub struct Behavior {
     pub device_denied_status: u16,
     /// Status of a poll of an expired login (`error.code` `deviceauth_user_code_expired`).
     pub device_expired_status: u16,
+    /// Google's token endpoint hands out a new refresh token at every refresh (and the old
+    /// one becomes single-use like Claude's); off by default, as Google keeps them.
+    pub google_rotates_refresh_tokens: bool,
 }
 
 impl Default for Behavior {
@@ -294,6 +323,7 @@ impl Default for Behavior {
             device_auto_approve_as: None,
             device_denied_status: 403,
             device_expired_status: 403,
+            google_rotates_refresh_tokens: false,
         }
     }
 }
@@ -355,6 +385,8 @@ pub struct BehaviorPatch {
     pub device_denied_status: Option<u16>,
     /// See [`Behavior::device_expired_status`].
     pub device_expired_status: Option<u16>,
+    /// See [`Behavior::google_rotates_refresh_tokens`].
+    pub google_rotates_refresh_tokens: Option<bool>,
     /// Restore every default first.
     #[serde(default)]
     pub reset: bool,
@@ -472,6 +504,9 @@ impl Behavior {
         }
         if let Some(v) = p.device_expired_status {
             self.device_expired_status = v;
+        }
+        if let Some(v) = p.google_rotates_refresh_tokens {
+            self.google_rotates_refresh_tokens = v;
         }
         Ok(())
     }

@@ -139,6 +139,11 @@ pub fn authenticate(st: &Shared, headers: &HeaderMap) -> Result<String, Response
     let now = st.clock.now();
     let g = st.lock();
     let acc = match g.registry.authenticate(token, now) {
+        Ok(acc) if acc.provider != crate::accounts::Provider::Codex => {
+            return Err(invalid_api_key(
+                "Incorrect access token provided. Your authentication token is not valid.",
+            ))
+        }
         Ok(acc) => acc,
         Err(AuthError::Unknown) => {
             return Err(invalid_api_key(
@@ -406,17 +411,19 @@ pub(crate) fn new_turn(
 /// Stream events as SSE, one chunk per event, sleeping `delay` before each event after the
 /// first.
 pub fn sse_body(events: Vec<Value>, delay: Duration) -> Body {
+    frames_body(events.iter().map(frame).collect(), delay)
+}
+
+/// Stream ready-made frames, one chunk each, sleeping `delay` before each after the first.
+pub fn frames_body(frames: Vec<String>, delay: Duration) -> Body {
     let stream = futures_util::stream::unfold(
-        (events.into_iter(), 0usize),
+        (frames.into_iter(), 0usize),
         move |(mut it, i)| async move {
-            let ev = it.next()?;
+            let f = it.next()?;
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            Some((
-                Ok::<Bytes, Infallible>(Bytes::from(frame(&ev))),
-                (it, i + 1),
-            ))
+            Some((Ok::<Bytes, Infallible>(Bytes::from(f)), (it, i + 1)))
         },
     );
     Body::from_stream(stream)

@@ -241,7 +241,8 @@ pub struct QuotaRefresh {
     pub accounts: Vec<AccountQuota>,
 }
 
-/// Polls the usage of `pool`'s active and cooling-down accounts now (at most once per pool per
+/// Polls the usage of `pool`'s active and cooling-down accounts (each at its provider's usage
+/// endpoint; API-key accounts are not polled) now (at most once per pool per
 /// [`QUOTA_REFRESH_COOLDOWN_MS`]), records the evidence, and returns the pool's quota rows.
 pub async fn refresh_quota(ops: &Ops, pool: &str) -> Result<Outcome<QuotaRefresh>, OpsError> {
     codexmesh_model::ids::validate_pool_name(pool).map_err(|e| OpsError::Invalid {
@@ -255,6 +256,8 @@ pub async fn refresh_quota(ops: &Ops, pool: &str) -> Result<Outcome<QuotaRefresh
         .await?
         .into_iter()
         .filter(|a| matches!(a.state, AccountState::Active | AccountState::CoolingDown))
+        // An API-key account has no usage endpoint: its evidence is passive only.
+        .filter(crate::quota::pollable)
         .collect();
     let mut notices = Vec::new();
     let (mut polled, mut failed, mut refused) = (0u32, 0u32, 0u32);
@@ -280,7 +283,7 @@ pub async fn refresh_quota(ops: &Ops, pool: &str) -> Result<Outcome<QuotaRefresh
         for a in &accounts {
             let (store, key, http, limit) =
                 (store.clone(), key.clone(), http.clone(), limit.clone());
-            let upstream = ops.settings().upstream_base_url.clone();
+            let upstreams = crate::quota::Upstreams::from_settings(ops.settings());
             let (id, label) = (a.id.clone(), a.label.clone());
             jobs.spawn(async move {
                 let _permit = limit.acquire_owned().await;
@@ -288,7 +291,7 @@ pub async fn refresh_quota(ops: &Ops, pool: &str) -> Result<Outcome<QuotaRefresh
                     &store,
                     &key,
                     &http,
-                    &upstream,
+                    &upstreams,
                     &id,
                     QUOTA_REFRESH_TIMEOUT,
                 )

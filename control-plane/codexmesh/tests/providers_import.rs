@@ -544,3 +544,62 @@ async fn served_api_watched_folder_and_snapshot() -> TestResult {
     assert!(cl.project_id.is_empty());
     Ok(())
 }
+
+/// The files the simulator says each CLI would hold import as their provider; a Gemini file
+/// without a project gets the one the simulator's loadCodeAssist names for that account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_credential_files_import_as_their_providers() -> TestResult {
+    let sim = codexmesh_test_kit::Sim::start()?;
+    let ws = Workspace::new()?;
+    ws.ok(&["pool", "create", "main"])?;
+    let claude = sim.create_claude_account(json!({})).await?;
+    let key = sim.create_claude_api_key_account(json!({})).await?;
+    let gemini = sim
+        .create_gemini_account(json!({"project_id": "proj-sim"}))
+        .await?;
+    let root = sim.root_url();
+    let mut imported = Vec::new();
+    for (name, account) in [("claude", &claude), ("key", &key), ("gemini", &gemini)] {
+        let path = ws.path().join(format!("{name}.json"));
+        let id = s(&account["account_id"]).to_owned();
+        let file = sim.write_credentials_file(&id, &path).await?;
+        let r = ws.ok(&[
+            "--gemini-base-url",
+            &root,
+            "account",
+            "import",
+            path.to_str().ok_or("path")?,
+            "--pool",
+            "main",
+            "--json",
+        ])?;
+        for secret in [
+            "accessToken",
+            "refreshToken",
+            "api_key",
+            "access_token",
+            "refresh_token",
+        ]
+        .iter()
+        .filter_map(|k| file.get("claudeAiOauth").unwrap_or(&file).get(*k))
+        .filter_map(Value::as_str)
+        {
+            assert!(!r.stdout.contains(secret) && !r.stderr.contains(secret));
+        }
+        let v: Value = serde_json::from_str(r.stdout.trim())?;
+        imported.push((
+            s(&v["account"]["provider"]).to_owned(),
+            s(&v["account"]["credential_kind"]).to_owned(),
+            s(&v["account"]["project_id"]).to_owned(),
+        ));
+    }
+    assert_eq!(
+        imported,
+        [
+            ("claude".into(), "oauth".into(), String::new()),
+            ("claude".into(), "api_key".into(), String::new()),
+            ("gemini".into(), "oauth".into(), "proj-sim".into()),
+        ]
+    );
+    Ok(())
+}

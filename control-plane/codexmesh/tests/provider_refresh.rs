@@ -12,7 +12,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use codexmesh_model::credentials;
+use codexmesh_model::credential_files;
 use codexmesh_store::crypto::MasterKey;
 use codexmesh_store::keyfile::KeySource;
 use codexmesh_store::{Actor, Store};
@@ -69,7 +69,7 @@ async fn store_import(ws: &Workspace, bytes: &[u8], label: &str) -> Result<Value
     let key = KeySource::from_file(&key_path)?;
     let store = Store::open(&ws.store_url()).await?;
     store.verify_master_key(&key).await?;
-    let creds = credentials::parse_file(bytes, None)?;
+    let creds = credential_files::parse_file(bytes, None)?;
     let imported = store
         .import_account(&Actor::new("test"), "main", Some(label), &creds, &key)
         .await?;

@@ -422,6 +422,41 @@ async fn served_api_watched_folder_and_snapshot() -> TestResult {
         api.to_string().contains("\"credential_kind\":\"oauth\""),
         "{api}"
     );
+    // The overview splits the mixed pool by provider, each with its own windows.
+    let overview = http
+        .get(format!("{base}/api/v1/overview"))
+        .bearer_auth(&owner)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    let main = overview["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pool"] == "main"))
+        .ok_or("no main in the overview")?;
+    let split: Vec<(String, Vec<String>)> = main["providers"]
+        .as_array()
+        .ok_or("no providers in the overview")?
+        .iter()
+        .map(|p| {
+            let labels = p["windows"]
+                .as_array()
+                .map(|ws| ws.iter().map(|w| s(&w["label"]).to_owned()).collect())
+                .unwrap_or_default();
+            (s(&p["provider"]).to_owned(), labels)
+        })
+        .collect();
+    assert_eq!(
+        split,
+        [
+            (
+                "claude".to_owned(),
+                vec!["5-hour".to_owned(), "7-day".to_owned()]
+            ),
+            ("gemini".to_owned(), vec!["daily".to_owned()])
+        ],
+        "{main}"
+    );
 
     // Watched folder: by file name; content that disagrees is logged and skipped.
     std::fs::write(drop.join("claude_x.json"), claude_file("watched"))?;
@@ -473,13 +508,24 @@ async fn served_api_watched_folder_and_snapshot() -> TestResult {
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     let mut stream = c.subscribe(req).await?.into_inner();
+    // The first snapshot may predate the watched imports: take snapshots until one has them.
+    let deadline = Instant::now() + Duration::from_secs(15);
     let snap = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, stream.message())
             .await
-            .map_err(|_| "no snapshot")??
+            .map_err(|_| "no snapshot with the watched Gemini account")??
             .ok_or("stream ended")?;
         if let Some(pb::subscribe_response::Kind::Snapshot(s)) = msg.kind {
-            break s;
+            let has = |p: &str| {
+                s.pools
+                    .iter()
+                    .flat_map(|x| &x.accounts)
+                    .any(|a| a.project_id == p)
+            };
+            if has("proj-w") && has("proj-api") {
+                break s;
+            }
         }
     };
     let accounts: Vec<&pb::Account> = snap.pools.iter().flat_map(|p| &p.accounts).collect();
@@ -496,5 +542,64 @@ async fn served_api_watched_folder_and_snapshot() -> TestResult {
         .ok_or("the uploaded Claude account is not in the snapshot")?;
     assert_eq!(cl.provider, pb::Provider::Claude as i32);
     assert!(cl.project_id.is_empty());
+    Ok(())
+}
+
+/// The files the simulator says each CLI would hold import as their provider; a Gemini file
+/// without a project gets the one the simulator's loadCodeAssist names for that account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_credential_files_import_as_their_providers() -> TestResult {
+    let sim = codexmesh_test_kit::Sim::start()?;
+    let ws = Workspace::new()?;
+    ws.ok(&["pool", "create", "main"])?;
+    let claude = sim.create_claude_account(json!({})).await?;
+    let key = sim.create_claude_api_key_account(json!({})).await?;
+    let gemini = sim
+        .create_gemini_account(json!({"project_id": "proj-sim"}))
+        .await?;
+    let root = sim.root_url();
+    let mut imported = Vec::new();
+    for (name, account) in [("claude", &claude), ("key", &key), ("gemini", &gemini)] {
+        let path = ws.path().join(format!("{name}.json"));
+        let id = s(&account["account_id"]).to_owned();
+        let file = sim.write_credentials_file(&id, &path).await?;
+        let r = ws.ok(&[
+            "--gemini-base-url",
+            &root,
+            "account",
+            "import",
+            path.to_str().ok_or("path")?,
+            "--pool",
+            "main",
+            "--json",
+        ])?;
+        for secret in [
+            "accessToken",
+            "refreshToken",
+            "api_key",
+            "access_token",
+            "refresh_token",
+        ]
+        .iter()
+        .filter_map(|k| file.get("claudeAiOauth").unwrap_or(&file).get(*k))
+        .filter_map(Value::as_str)
+        {
+            assert!(!r.stdout.contains(secret) && !r.stderr.contains(secret));
+        }
+        let v: Value = serde_json::from_str(r.stdout.trim())?;
+        imported.push((
+            s(&v["account"]["provider"]).to_owned(),
+            s(&v["account"]["credential_kind"]).to_owned(),
+            s(&v["account"]["project_id"]).to_owned(),
+        ));
+    }
+    assert_eq!(
+        imported,
+        [
+            ("claude".into(), "oauth".into(), String::new()),
+            ("claude".into(), "api_key".into(), String::new()),
+            ("gemini".into(), "oauth".into(), "proj-sim".into()),
+        ]
+    );
     Ok(())
 }

@@ -45,9 +45,7 @@ function poolCard(overview) {
   ];
   return h("article", { class: "card pool-card", "data-testid": "pool-card", "data-pool": name, "aria-labelledby": headingId },
     h("h2", { id: headingId }, h("a", { href, text: name })),
-    h("div", { class: "meters" },
-      headroom("5-hour window", overview.primary, "primary"),
-      headroom("Weekly window", overview.secondary, "secondary")),
+    h("div", { class: "meters" }, meters(overview)),
     h("h3", { class: "subhead", text: `Accounts (${formatNumber(counts.total ?? 0)})` }),
     h("ul", { class: "state-counts" }, states.map(([label, n]) =>
       h("li", { class: n > 0 && label !== "active" ? "state-count attention" : "state-count" },
@@ -55,6 +53,28 @@ function poolCard(overview) {
     h("h3", { class: "subhead", text: "Last hour" }),
     h("dl", { class: "stats" },
       stat("Requests", hour.requests), stat("Errors", hour.errors), stat("Failovers", hour.failovers)));
+}
+
+const PROVIDER_NAMES = { codex: "Codex", claude: "Claude", gemini: "Gemini" };
+
+/** A pool of one provider: its windows; a mixed pool: each provider's windows, named. */
+function meters(overview) {
+  const providers = overview.providers || [];
+  if (providers.length <= 1) {
+    const windows = providers[0]?.windows;
+    if (windows && providers[0].provider !== "codex") {
+      return windows.map((w) => headroom(`${capital(w.label)} window`, w.headroom, w.window));
+    }
+    return [headroom("5-hour window", overview.primary, "primary"), headroom("Weekly window", overview.secondary, "secondary")];
+  }
+  return providers.flatMap((p) => {
+    const name = PROVIDER_NAMES[p.provider] || p.provider;
+    return p.windows.map((w) => headroom(`${name} ${w.label}`, w.headroom, w.window));
+  });
+}
+
+function capital(text) {
+  return text ? `${text[0].toUpperCase()}${text.slice(1)}` : text;
 }
 
 function headroom(label, window, which) {

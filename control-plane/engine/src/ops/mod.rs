@@ -499,6 +499,7 @@ mod tests {
                 RefreshError::NeedsReauth {
                     label: "a".into(),
                     reason: "revoked".into(),
+                    hint: "log in again",
                 }
                 .into(),
                 ErrorKind::Conflict,

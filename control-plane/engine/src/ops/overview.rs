@@ -5,17 +5,20 @@
 //! Rules: built from the status report and the activity use case (no query of its own), so it
 //! shows exactly what those show the same principal: its pools only (archived ones left out),
 //! each account with the pool's weight. Headroom is defined once, in
-//! [`codexmesh_model::headroom`] (which `/metrics` shows too).
+//! [`codexmesh_model::headroom`] (which `/metrics` shows too). `primary`/`secondary` cover every
+//! member; `providers` splits a mixed pool by provider, each with that provider's windows.
 //! Nothing is written.
 
 use serde::Serialize;
 
 use super::activity::ActivityRequest;
 use super::{Ops, OpsError, Outcome};
-use crate::status::{PoolStatus, QuotaView, WindowView};
+use crate::status::{
+    provider_windows, AccountStatus, PoolStatus, QuotaView, WindowName, WindowView,
+};
 pub use codexmesh_model::headroom::WindowHeadroom;
 use codexmesh_model::headroom::{headroom, MemberWindow};
-use codexmesh_model::records::AccountState;
+use codexmesh_model::records::{AccountState, CredentialKind, Provider};
 use codexmesh_model::util::now_ms;
 
 /// The activity window of the overview.
@@ -40,10 +43,29 @@ pub struct PoolOverview {
     pub primary: WindowHeadroom,
     /// The weekly window.
     pub secondary: WindowHeadroom,
+    /// Per provider of its members (each with that provider's windows; API-key accounts,
+    /// which have none, count in `accounts` only): what a mixed pool has left for each client.
+    pub providers: Vec<ProviderHeadroom>,
     /// The request log over the last hour.
     pub last_hour: HourActivity,
     /// The client addresses (CIDRs) the pool's keys work from; empty: any.
     pub allowed_cidrs: codexmesh_store::AllowedCidrs,
+}
+
+/// A pool's members of one provider and their combined headroom per window of that provider.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderHeadroom {
+    pub provider: Provider,
+    pub accounts: StateCounts,
+    pub windows: Vec<NamedHeadroom>,
+}
+
+/// One window of a provider (`label`: `5-hour`, `weekly`, `7-day`, `daily`) and its headroom.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NamedHeadroom {
+    #[serde(flatten)]
+    pub name: WindowName,
+    pub headroom: WindowHeadroom,
 }
 
 /// Members of the pool by state.
@@ -101,6 +123,7 @@ pub async fn overview(ops: &Ops) -> Result<Outcome<Overview>, OpsError> {
             accounts: state_counts(p.accounts.iter().map(|a| a.account.state)),
             primary: headroom(members(p, |q| q.primary.as_ref()), now / 1000),
             secondary: headroom(members(p, |q| q.secondary.as_ref()), now / 1000),
+            providers: provider_headroom(&p.accounts, now / 1000),
             last_hour: HourActivity {
                 requests: total.requests,
                 errors: total.errors,
@@ -131,6 +154,48 @@ fn state_counts(states: impl Iterator<Item = AccountState>) -> StateCounts {
         }
     }
     c
+}
+
+/// Headroom per provider present in the pool, in `Provider::ALL` order; each window over that
+/// provider's subscription accounts only.
+fn provider_headroom(members: &[AccountStatus], now_unix: i64) -> Vec<ProviderHeadroom> {
+    Provider::ALL
+        .iter()
+        .filter_map(|&provider| {
+            let of = |a: &&AccountStatus| a.account.provider == provider;
+            let accounts: Vec<&AccountStatus> = members.iter().filter(of).collect();
+            if accounts.is_empty() {
+                return None;
+            }
+            let windows = provider_windows(provider, CredentialKind::Oauth)
+                .into_iter()
+                .map(|name| {
+                    let secondary = name.window == "secondary";
+                    let members = accounts
+                        .iter()
+                        .filter(|a| a.account.credential_kind == CredentialKind::Oauth)
+                        .map(|a| {
+                            let q = a.quota.as_ref();
+                            let w = if secondary {
+                                q.and_then(|q| q.secondary.as_ref())
+                            } else {
+                                q.and_then(|q| q.primary.as_ref())
+                            };
+                            (a.account.state, a.account.weight, w.map(member_window))
+                        });
+                    NamedHeadroom {
+                        headroom: headroom(members, now_unix),
+                        name,
+                    }
+                })
+                .collect();
+            Some(ProviderHeadroom {
+                provider,
+                accounts: state_counts(accounts.iter().map(|a| a.account.state)),
+                windows,
+            })
+        })
+        .collect()
 }
 
 fn member_window(w: &WindowView) -> MemberWindow {
@@ -190,5 +255,56 @@ mod tests {
             (c.total, c.active, c.paused, c.needs_reauth, c.cooling_down),
             (3, 1, 1, 1, 0)
         );
+    }
+
+    fn member(id: &str, provider: Provider, kind: CredentialKind, used: f64) -> AccountStatus {
+        let mut account = codexmesh_model::records::fixtures::account(id);
+        account.provider = provider;
+        account.credential_kind = kind;
+        AccountStatus {
+            account,
+            windows: provider_windows(provider, kind),
+            quota: Some(QuotaView {
+                primary: Some(window(used, 0)),
+                secondary: None,
+                credits: None,
+                plan: None,
+            }),
+            health: crate::status::HealthView {
+                score: 100,
+                published: 100,
+                window_secs: 0,
+                window: Default::default(),
+            },
+            counters: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_mixed_pool_has_headroom_per_provider() {
+        let pool = [
+            member("c1", Provider::Codex, CredentialKind::Oauth, 30.0),
+            member("a1", Provider::Claude, CredentialKind::Oauth, 90.0),
+            member("a2", Provider::Claude, CredentialKind::ApiKey, 0.0),
+            member("g1", Provider::Gemini, CredentialKind::Oauth, 50.0),
+        ];
+        let by = provider_headroom(&pool, 100);
+        let names: Vec<Provider> = by.iter().map(|p| p.provider).collect();
+        assert_eq!(names, [Provider::Codex, Provider::Claude, Provider::Gemini]);
+        let claude = &by[1];
+        assert_eq!(claude.accounts.total, 2);
+        let labels: Vec<&str> = claude
+            .windows
+            .iter()
+            .map(|w| w.name.label.as_str())
+            .collect();
+        assert_eq!(labels, ["5-hour", "7-day"]);
+        // The API key has no windows: only the subscription account counts.
+        assert_eq!(claude.windows[0].headroom.headroom_percent, Some(10.0));
+        let gemini = &by[2];
+        assert_eq!(gemini.windows.len(), 1);
+        assert_eq!(gemini.windows[0].name.label, "daily");
+        assert_eq!(gemini.windows[0].headroom.headroom_percent, Some(50.0));
+        assert_eq!(by[0].windows[0].headroom.headroom_percent, Some(70.0));
     }
 }

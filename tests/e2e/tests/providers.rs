@@ -714,3 +714,92 @@ async fn claude_and_gemini_streams_broken_after_their_200_are_the_accounts_failu
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_and_gemini_routes_are_explained_and_logged_like_codex_ones() {
+    let mesh = Mesh::start(&[
+        Acct::ClaudeOauth("claude-a"),
+        Acct::ClaudeOauth("claude-b"),
+        Acct::Gemini("gem-a", "proj-a"),
+    ])
+    .await;
+    // Ordinary keys get no explanation until the pool turns it on.
+    let quiet = mesh.claude_turn(false, Some("exp-1")).await;
+    assert_eq!(quiet.status(), 200);
+    assert!(!quiet.headers().contains_key("x-codexmesh-route"));
+    mesh._cp
+        .cli_json(&["pool", "set-routing", POOL, "--explain", "true"])
+        .unwrap();
+    let route_of = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-codexmesh-route")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let explained = wait::until_async(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        "the explain setting to reach Envoy",
+        || async {
+            let resp = mesh.claude_turn(false, Some("exp-1")).await;
+            Ok(match route_of(&resp) {
+                Some(r) => wait::Probe::Ready(r),
+                None => wait::Probe::NotYet(format!("{}", resp.status())),
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert!(explained.contains("account=claude-"), "{explained}");
+    assert!(explained.contains("attempt=1"), "{explained}");
+    assert!(explained.contains("reason=affinity"), "{explained}");
+
+    let g = mesh
+        .gemini("generateContent", &generate_body("exp-g"))
+        .await
+        .unwrap();
+    assert_eq!(g.status(), 200);
+    let route = route_of(&g).expect("a Gemini answer explains its route too");
+    assert!(route.contains("account=gem-a"), "{route}");
+    assert!(route.contains("reason=affinity"), "{route}");
+
+    // The request log has both, with their paths, strategy and reason (never a body).
+    let is_claude_turn = |e: &Value| {
+        e["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/v1/messages"))
+    };
+    let mut claude_log = Vec::new();
+    for account in ["claude-a", "claude-b"] {
+        // Both sessions' turns went to one of the two; each account's log is read until it
+        // has one (or its wait ends: an account that served nothing has none).
+        claude_log.extend(
+            mesh.logged(account, is_claude_turn)
+                .await
+                .into_iter()
+                .filter(is_claude_turn),
+        );
+    }
+    assert!(claude_log.len() >= 2, "{claude_log:?}");
+    for e in &claude_log {
+        assert_eq!(e["status"], 200, "{e}");
+        assert_eq!(e["reason"], "affinity", "{e}");
+        assert!(e["strategy"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
+    }
+    let gemini_log = mesh
+        .logged("gem-a", |e| {
+            e["path"] == "/v1internal:generateContent"
+        })
+        .await;
+    assert!(
+        gemini_log
+            .iter()
+            .any(|e| e["path"] == "/v1internal:generateContent" && e["status"] == 200),
+        "{gemini_log:?}"
+    );
+    let text =
+        serde_json::to_string(&gemini_log).unwrap() + &serde_json::to_string(&claude_log).unwrap();
+    assert!(
+        !text.contains("Reply with pong"),
+        "no prompt text in the request log"
+    );
+}

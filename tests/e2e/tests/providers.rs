@@ -786,9 +786,7 @@ async fn claude_and_gemini_routes_are_explained_and_logged_like_codex_ones() {
         assert!(e["strategy"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
     }
     let gemini_log = mesh
-        .logged("gem-a", |e| {
-            e["path"] == "/v1internal:generateContent"
-        })
+        .logged("gem-a", |e| e["path"] == "/v1internal:generateContent")
         .await;
     assert!(
         gemini_log

@@ -19,6 +19,9 @@
 //   other_pool                        {name, labels}: another tenant's pool and its accounts
 //   new_pool                          the pool the owner creates through the overview
 //   import                            {label, auth_json}: the account pasted into the import form
+//   import_providers                  [{label, provider, project, file}]: a Claude Code
+//                                     .credentials.json and a Gemini CLI oauth_creds.json, imported
+//                                     through the same form with its provider and project fields
 //   big_pool                          {name, accounts}: a pool with many accounts (render time)
 //   requests                          how many turns to send with the key made on the keys page
 //   artifacts_dir                     where screenshots go
@@ -518,6 +521,27 @@ async function scenario() {
     }
   });
 
+  await step('c2. the owner imports a Claude and a Gemini account through the same form', async () => {
+    const form = page.locator('form[data-testid=import-account]');
+    for (const want of cfg.import_providers) {
+      await form.locator('input[name=label]').fill(want.label);
+      await form.locator('select[name=provider]').selectOption(want.provider);
+      await form.locator('input[name=project]').fill(want.project ?? '');
+      await form.locator('textarea[name=auth_json]').fill(want.file);
+      await submit(form);
+      const account = await until(`account ${want.label} in the store`, READY_MS, () => accountByLabel(want.label));
+      assert.equal(account.provider, want.provider, `${want.label} is a ${want.provider} account`);
+      if (want.project) assert.equal(account.project_id, want.project, `${want.label} keeps its project`);
+      const row = page.locator(`[data-testid=members] tr[data-account="${account.id}"]`);
+      await row.waitFor({ timeout: READY_MS });
+      const badge = row.locator('[data-testid=provider-badge]');
+      assert.equal(await badge.getAttribute('data-provider'), want.provider, `${want.label}'s row shows its provider badge`);
+      const text = await page.evaluate(() => document.body.innerText);
+      assert.ok(!text.includes(want.secret), `the page never shows ${want.label}'s token`);
+    }
+    await shot(page, 'laptop-pool-providers');
+  });
+
   await step('d. the owner changes the routing strategy and it sticks', async () => {
     const select = page.locator('form[data-testid=routing-form] select[name=strategy]');
     const before = await select.inputValue();
@@ -622,7 +646,10 @@ async function scenario() {
     };
     const pollsBefore = await usagePolls();
     await page.locator('button[data-testid=refresh-live]').click();
-    await page.getByText(/Polled 1 account/).waitFor({ timeout: READY_MS });
+    // The pasted Codex account and the Claude and Gemini subscription accounts of step c2 (every
+    // one of them has a usage endpoint to poll).
+    const polled = 1 + cfg.import_providers.length;
+    await page.getByText(new RegExp(`Polled ${polled} accounts?\\b`)).waitFor({ timeout: READY_MS });
     const pollsAfter = await usagePolls();
     assert.ok(pollsAfter > pollsBefore, `refreshing polled the account's usage (${pollsBefore} polls before, ${pollsAfter} after)`);
     await ready(page, 'pool', `[data-pool="${pool}"]`);

@@ -322,6 +322,20 @@ async fn the_dashboard_in_a_real_browser() {
 
     // The account the owner pastes into the import form.
     let pasted = stack.sim.create_account(json!({})).await.unwrap();
+    // A Claude and a Gemini account the owner imports through the same form.
+    let claude = stack.sim.create_claude_account(json!({})).await.unwrap();
+    let gemini = stack.sim.create_gemini_account(json!({})).await.unwrap();
+    let file_of = |id: &Value| {
+        let sim = &stack.sim;
+        let id = id.as_str().unwrap().to_owned();
+        async move { serde_json::to_string_pretty(&sim.credentials_file(&id).await.unwrap()).unwrap() }
+    };
+    let import_providers = json!([
+        {"label": "browser-claude", "provider": "claude", "project": "",
+         "file": file_of(&claude["account_id"]).await, "secret": claude["access_token"]},
+        {"label": "browser-gemini", "provider": "gemini", "project": gemini["project_id"],
+         "file": file_of(&gemini["account_id"]).await, "secret": gemini["access_token"]},
+    ]);
     // A little traffic on `team`, so its pages have something to show.
     for _ in 0..2 {
         assert_eq!(stack.turn(&stack.key).await.unwrap().0, 200);
@@ -348,6 +362,7 @@ async fn the_dashboard_in_a_real_browser() {
             "auth_json": serde_json::to_string_pretty(&pasted["auth_json"]).unwrap(),
             "sim_account_id": pasted["account_id"],
         },
+        "import_providers": import_providers,
         "sim_url": stack.sim.root_url(),
         "big_pool": {"name": BIG_POOL, "accounts": BIG_ACCOUNTS},
         "requests": TURNS,

@@ -136,14 +136,29 @@ async fn assert_pool_key_never_upstream(stack: &Stack) -> TestResult {
     Ok(())
 }
 
-/// The requests on paths containing `path` since the log was cleared, oldest first.
+/// The requests that came through the gateway on paths containing `path` since the log was
+/// cleared, oldest first.
 async fn upstream(stack: &Stack, path: &str) -> Result<Vec<Value>> {
+    Ok(data_path_requests(stack)
+        .await?
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
+        .collect())
+}
+
+/// What the simulator received through the gateway: everything but the control plane's own
+/// calls (its usage polls and token refreshes, `User-Agent: codexmesh/…`).
+async fn data_path_requests(stack: &Stack) -> Result<Vec<Value>> {
     Ok(stack
         .sim
         .requests()
         .await?
         .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
+        .filter(|r| {
+            !r["headers"]["user-agent"]
+                .as_str()
+                .is_some_and(|ua| ua.starts_with("codexmesh/"))
+        })
         .collect())
 }
 
@@ -263,7 +278,7 @@ async fn claude_code_prompts_through_the_gateway_keep_their_account_and_fail_ove
 
     // Nothing of this reached the Codex account, and the pool key never left the gateway.
     let codex_account = stack.account_id(0);
-    for r in stack.sim.requests().await? {
+    for r in data_path_requests(&stack).await? {
         assert_ne!(
             account_of(&r),
             codex_account,
@@ -379,7 +394,7 @@ async fn gemini_cli_prompts_through_the_gateway_keep_their_account_and_fail_over
     );
 
     let codex_account = stack.account_id(0);
-    for r in stack.sim.requests().await? {
+    for r in data_path_requests(&stack).await? {
         assert_ne!(
             account_of(&r),
             codex_account,

@@ -181,7 +181,8 @@ impl Mesh {
             .await
     }
 
-    /// What the simulator saw on paths containing `path`.
+    /// What the simulator saw through the gateway on paths containing `path` (not the control
+    /// plane's own usage polls and refreshes, `User-Agent: codexmesh/…`).
     async fn seen(&self, path: &str) -> Vec<Value> {
         self.sim
             .requests()
@@ -189,6 +190,11 @@ impl Mesh {
             .unwrap()
             .into_iter()
             .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
+            .filter(|r| {
+                !r["headers"]["user-agent"]
+                    .as_str()
+                    .is_some_and(|ua| ua.starts_with("codexmesh/"))
+            })
             .collect()
     }
 

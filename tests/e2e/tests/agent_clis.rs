@@ -139,26 +139,12 @@ async fn assert_pool_key_never_upstream(stack: &Stack) -> TestResult {
 /// The requests that came through the gateway on paths containing `path` since the log was
 /// cleared, oldest first.
 async fn upstream(stack: &Stack, path: &str) -> Result<Vec<Value>> {
-    Ok(data_path_requests(stack)
+    Ok(stack
+        .sim
+        .gateway_requests()
         .await?
         .into_iter()
         .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
-        .collect())
-}
-
-/// What the simulator received through the gateway: everything but the control plane's own
-/// calls (its usage polls and token refreshes, `User-Agent: codexmesh/…`).
-async fn data_path_requests(stack: &Stack) -> Result<Vec<Value>> {
-    Ok(stack
-        .sim
-        .requests()
-        .await?
-        .into_iter()
-        .filter(|r| {
-            !r["headers"]["user-agent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with("codexmesh/"))
-        })
         .collect())
 }
 
@@ -278,7 +264,7 @@ async fn claude_code_prompts_through_the_gateway_keep_their_account_and_fail_ove
 
     // Nothing of this reached the Codex account, and the pool key never left the gateway.
     let codex_account = stack.account_id(0);
-    for r in data_path_requests(&stack).await? {
+    for r in stack.sim.gateway_requests().await? {
         assert_ne!(
             account_of(&r),
             codex_account,
@@ -394,7 +380,7 @@ async fn gemini_cli_prompts_through_the_gateway_keep_their_account_and_fail_over
     );
 
     let codex_account = stack.account_id(0);
-    for r in data_path_requests(&stack).await? {
+    for r in stack.sim.gateway_requests().await? {
         assert_ne!(
             account_of(&r),
             codex_account,

@@ -185,16 +185,11 @@ impl Mesh {
     /// plane's own usage polls and refreshes, `User-Agent: codexmesh/…`).
     async fn seen(&self, path: &str) -> Vec<Value> {
         self.sim
-            .requests()
+            .gateway_requests()
             .await
             .unwrap()
             .into_iter()
             .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
-            .filter(|r| {
-                !r["headers"]["user-agent"]
-                    .as_str()
-                    .is_some_and(|ua| ua.starts_with("codexmesh/"))
-            })
             .collect()
     }
 

@@ -300,6 +300,22 @@ impl Sim {
         self.requests_where("").await
     }
 
+    /// The request-log entries that came through a gateway: every entry but the control
+    /// plane's own calls (its usage polls and token refreshes, `User-Agent: codexmesh/…`),
+    /// which may reach any account at any time.
+    pub async fn gateway_requests(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .requests()
+            .await?
+            .into_iter()
+            .filter(|r| {
+                !r["headers"]["user-agent"]
+                    .as_str()
+                    .is_some_and(|ua| ua.starts_with("codexmesh/"))
+            })
+            .collect())
+    }
+
     /// Request-log entries matching `query` (e.g. `path_contains=/oauth/token&include_body=1`).
     pub async fn requests_where(&self, query: &str) -> Result<Vec<Value>> {
         let v = self

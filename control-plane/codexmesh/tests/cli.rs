@@ -85,7 +85,7 @@ fn import_then_reimport_updates_in_place() -> TestResult {
         let mode = std::fs::metadata(&f)?.permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{}", f.display());
     }
-    let db = ws.store_fingerprint()?;
+    let db = ws.store_bytes()?;
     for secret in [&login.access_token, &login.refresh_token, &login.id_token] {
         assert!(
             !db.windows(secret.len()).any(|w| w == secret.as_bytes()),

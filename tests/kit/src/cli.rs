@@ -133,8 +133,9 @@ impl Workspace {
         crate::auth::import_auth_json(self, self.path(), file_name, contents, pool, label)
     }
 
-    /// The store file's bytes plus its WAL (what "nothing written" is checked against).
-    pub fn store_fingerprint(&self) -> Result<Vec<u8>> {
+    /// The store file's raw bytes plus its WAL, for scanning what is stored in clear (not for
+    /// "nothing was written": a WAL checkpoint on close moves bytes without a write).
+    pub fn store_bytes(&self) -> Result<Vec<u8>> {
         let mut bytes = std::fs::read(self.db_path())?;
         let wal = self.db_path().with_extension("db-wal");
         if wal.exists() {

@@ -161,6 +161,9 @@ pub fn build_with(
                             RoutingMode::Inherit => None,
                         },
                         operator: k.operator,
+                        // Issue 15: filled from the key's stored policy and counted usage.
+                        policy: None,
+                        usage: None,
                     })
                 })
                 .collect();

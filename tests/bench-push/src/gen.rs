@@ -208,6 +208,8 @@ pub fn snapshot(accounts: usize, pools: usize, seed: u64) -> BuiltSnapshot {
             label: format!("key-{k}"),
             routing_override: None,
             operator: k % 100 == 0,
+            policy: None,
+            usage: None,
         });
         raw_keys.push(raw);
     }

@@ -78,6 +78,7 @@ pub mod ids;
 pub mod keys;
 pub mod network;
 pub mod operators;
+pub mod policy;
 pub mod quota;
 pub mod records;
 pub mod routing;

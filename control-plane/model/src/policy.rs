@@ -101,17 +101,14 @@ impl KeyPolicy {
             }
         }
         for (field, v) in [
-            ("requests_per_minute", self.requests_per_minute),
-            ("max_concurrent_requests", self.max_concurrent_requests),
-        ] {
-            if v == Some(0) {
-                return Err(InvalidPolicy::new(
-                    field,
-                    "at least 1 (leave it out for no limit)",
-                ));
-            }
-        }
-        for (field, v) in [
+            (
+                "requests_per_minute",
+                self.requests_per_minute.map(u64::from),
+            ),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests.map(u64::from),
+            ),
             ("tokens_per_day", self.tokens_per_day),
             ("tokens_per_week", self.tokens_per_week),
         ] {

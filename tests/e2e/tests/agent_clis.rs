@@ -139,13 +139,7 @@ async fn assert_pool_key_never_upstream(stack: &Stack) -> TestResult {
 /// The requests that came through the gateway on paths containing `path` since the log was
 /// cleared, oldest first.
 async fn upstream(stack: &Stack, path: &str) -> Result<Vec<Value>> {
-    Ok(stack
-        .sim
-        .gateway_requests()
-        .await?
-        .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
-        .collect())
+    stack.sim.gateway_requests_to(path).await
 }
 
 fn account_of(r: &Value) -> String {

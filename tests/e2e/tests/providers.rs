@@ -184,13 +184,7 @@ impl Mesh {
     /// What the simulator saw through the gateway on paths containing `path` (not the control
     /// plane's own usage polls and refreshes, `User-Agent: codexmesh/…`).
     async fn seen(&self, path: &str) -> Vec<Value> {
-        self.sim
-            .gateway_requests()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
-            .collect()
+        self.sim.gateway_requests_to(path).await.unwrap()
     }
 
     /// Nothing the simulator received carries the pool key.

@@ -316,6 +316,16 @@ impl Sim {
             .collect())
     }
 
+    /// [`Sim::gateway_requests`] whose path contains `path`, oldest first.
+    pub async fn gateway_requests_to(&self, path: &str) -> Result<Vec<Value>> {
+        Ok(self
+            .gateway_requests()
+            .await?
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(path)))
+            .collect())
+    }
+
     /// Request-log entries matching `query` (e.g. `path_contains=/oauth/token&include_body=1`).
     pub async fn requests_where(&self, query: &str) -> Result<Vec<Value>> {
         let v = self

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+# A one-off build gains nothing from incremental caches; they would double the debug target's
+# size on disk.
+export CARGO_INCREMENTAL=0
 # Cheap checks first: they fail in seconds, before the long build.
 cargo fmt --all --check
 # Licenses, sources (crates.io only) and bans (deny.toml), offline. Advisories are not checked:
@@ -23,3 +26,4 @@ CODEXMESH_REQUIRE_POSTGRES=1 cargo test --locked --workspace "$@"
 # The same filter-core tests compiled to wasm (32-bit usize, no threads, no clock), under Node.
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --locked -p codexmesh-filter-core --target wasm32-unknown-unknown --lib
+echo "build artifacts on disk: $(du -sh target | cut -f1)"

@@ -328,7 +328,7 @@ pub fn push_need(
         budget.is_some_and(|b| after >= b && before < b)
     };
     let newly_blocked = now.share_blocked_until_unix.is_some()
-        && published.map_or(true, |p| p.share_blocked_until_unix == 0);
+        && published.is_none_or(|p| p.share_blocked_until_unix == 0);
     if crossed(policy.tokens_per_day, pub_today, now.tokens.tokens_today)
         || crossed(
             policy.tokens_per_week,

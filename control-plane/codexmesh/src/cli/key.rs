@@ -197,6 +197,31 @@ fn unset(p: &mut KeyPolicy, name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// One line: `today=1200 week=5400 share5h=3.5% shareweek=0.4%` (and `blocked until … (primary)`
+/// past a share); `-` when nothing is counted.
+pub fn usage_summary(u: Option<&codexmesh_model::usage::KeyUsageView>) -> String {
+    let Some(u) = u else {
+        return "-".to_owned();
+    };
+    let mut s = format!(
+        "today={} week={} share5h={:.1}% shareweek={:.1}%",
+        u.tokens.tokens_today,
+        u.tokens.tokens_this_week,
+        u.primary_share_used_percent,
+        u.secondary_share_used_percent
+    );
+    if let Some(until) = u.share_blocked_until_unix {
+        s.push_str(&format!(
+            " blocked until {}",
+            util::fmt_utc_ms(until.saturating_mul(1000))
+        ));
+        if let Some(w) = u.share_blocked_window {
+            s.push_str(&format!(" ({})", w.as_str()));
+        }
+    }
+    s
+}
+
 /// One line: `models=gpt-5*,o3 rpm=60 concurrent=2 tokens/day=100000 share5h=20%`; `-` for none.
 pub fn policy_summary(p: Option<&KeyPolicy>) -> String {
     let Some(p) = p.filter(|p| !p.is_empty()) else {
@@ -307,13 +332,14 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                             None => "inherit".to_owned(),
                         },
                         policy_summary(k.policy.as_ref()),
+                        usage_summary(k.usage.as_ref()),
                     ]
                 })
                 .collect();
             out.table(
                 &[
                     "POOL", "ID", "LABEL", "STATUS", "OPERATOR", "CREATED", "REVOKED", "ROUTING",
-                    "POLICY",
+                    "POLICY", "USAGE",
                 ],
                 &rows,
             )

@@ -13,7 +13,7 @@
 import { get, post, put, p } from "../api.js";
 import {
   h, fragment, badge, dataTable, emptyRow, timeElement, field, statusArea, showError, showNotices, clearStatus,
-  trackDirty, markClean, isBusy, whileBusy, confirmDialog, copyText,
+  trackDirty, markClean, isBusy, whileBusy, confirmDialog, copyText, formatTime,
 } from "../ui.js";
 import { loadGateway, snippetsBlock } from "../snippets.js";
 
@@ -104,7 +104,7 @@ function showNewKey(ctx, reply, verb) {
 }
 
 function renderTable(ctx, { keys }) {
-  const columns = [{ label: "Label" }, { label: "Pool" }, { label: "Id" }, { label: "Created" }, { label: "Last used" }, { label: "Routing" }, { label: "Policy" }, { label: "Status" }];
+  const columns = [{ label: "Label" }, { label: "Pool" }, { label: "Id" }, { label: "Created" }, { label: "Last used" }, { label: "Routing" }, { label: "Policy" }, { label: "Usage" }, { label: "Status" }];
   if (ctx.canWrite) columns.push({ label: "Actions" });
   const { wrapper, tbody } = dataTable({ caption: "Pool keys", columns, testid: "keys-table" });
   if (keys.length === 0) tbody.append(emptyRow(columns.length, "No keys yet."));
@@ -118,6 +118,7 @@ function renderTable(ctx, { keys }) {
       h("td", {}, key.last_used_at_ms ? timeElement(key.last_used_at_ms) : h("span", { class: "muted", text: "—" })),
       h("td", { text: key.routing_mode === "custom" ? "own settings" : "pool's" }),
       h("td", { "data-col": "policy", "data-testid": "key-policy", text: policySummary(key.policy) }),
+      h("td", { "data-col": "usage", "data-testid": "key-usage" }, usageCell(key)),
       h("td", {}, badge(key.status === "revoked" ? "revoked" : "active"), key.revoked_at_ms ? [" ", timeElement(key.revoked_at_ms)] : null));
     if (ctx.canWrite) row.append(h("td", { class: "row-actions" }, key.status === "active" ? keyActions(ctx, key) : null));
     rows.append(row);
@@ -185,6 +186,19 @@ export function policySummary(policy) {
   if (policy.primary_share_percent) parts.push(`${policy.primary_share_percent}% of 5h`);
   if (policy.secondary_share_percent) parts.push(`${policy.secondary_share_percent}% of week`);
   return parts.length ? parts.join(" · ") : "—";
+}
+
+/** Tokens today / this week, share used of the 5-hour and weekly capacity (against the key's
+ * share when it has one), and when a blocked key frees up. */
+function usageCell(key) {
+  const u = key.usage;
+  if (!u) return h("span", { class: "muted", text: "—" });
+  const share = (used, of) => `${used.toFixed(1)}%${of ? ` of ${of}%` : ""}`;
+  return fragment(
+    h("span", { text: `${u.tokens_today} tokens today · ${u.tokens_this_week} this week` }),
+    h("br"),
+    h("span", { class: "muted small", "data-testid": "key-share", text: `5h share ${share(u.primary_share_used_percent, key.policy?.primary_share_percent)} · weekly ${share(u.secondary_share_used_percent, key.policy?.secondary_share_percent)}` }),
+    u.share_blocked_until_unix ? [h("br"), badge("cooling", `blocked until ${formatTime(u.share_blocked_until_unix * 1000)}`)] : null);
 }
 
 function showPolicyEditor(ctx, key) {

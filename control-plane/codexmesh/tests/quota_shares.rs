@@ -246,3 +246,127 @@ async fn a_key_past_its_share_is_blocked_until_its_points_age_out() -> TestResul
     drop(served);
     Ok(())
 }
+
+/// Token budgets and refusals through the Report path: a key crossing its daily budget is
+/// pushed at once (the usage tick is 10 minutes here), and a policy refusal lands in the request
+/// log with its reason, against no account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_crossed_is_pushed_at_once_and_refusals_are_logged() -> TestResult {
+    let ws = Workspace::new()?;
+    ws.ok(&["pool", "create", "main"])?;
+    let login = Login::new("acct-1", "one@x.test", "plus", "one");
+    ws.import_auth("one.json", &login.auth_json(), "main", Some("one"))?;
+    ws.ok(&[
+        "key",
+        "create",
+        "--pool",
+        "main",
+        "--name",
+        "metered",
+        "--tokens-per-day",
+        "1000",
+    ])?;
+    let key = ws.ok_json(&["key", "list"])?[0]["id"]
+        .as_str()
+        .ok_or("key id")?
+        .to_owned();
+    let account = ws.ok_json(&["account", "list"])?[0]["id"]
+        .as_str()
+        .ok_or("account id")?
+        .to_owned();
+    let pool = ws.ok_json(&["pool", "list"])?[0]["id"]
+        .as_str()
+        .ok_or("pool id")?
+        .to_owned();
+    let served = Served::start(&ws, &["--usage-push-interval-ms", "600000"])?;
+    let token = std::fs::read_to_string(ws.data_dir().join("push.token"))?
+        .trim()
+        .to_owned();
+    let mut client = MeshClient::connect(format!("http://{}", served.grpc)).await?;
+    let mut stream = client
+        .subscribe(authed(
+            pb::SubscribeRequest {
+                node_id: "n1".into(),
+                known_version: 0,
+                client_build: "budget-test".into(),
+            },
+            &token,
+        )?)
+        .await?
+        .into_inner();
+    let now = codexmesh_model::util::now_ms();
+    let answer = |tokens: u64| pb::Outcome {
+        pool_id: pool.clone(),
+        key_id: key.clone(),
+        account_id: account.clone(),
+        attempt: 1,
+        status: 200,
+        started_at_unix_ms: now,
+        input_tokens: tokens,
+        output_tokens: 100,
+        ..Default::default()
+    };
+    let refusal = pb::Outcome {
+        pool_id: pool.clone(),
+        key_id: key.clone(),
+        status: 429,
+        started_at_unix_ms: now,
+        policy_refusal: "token_budget_exhausted".into(),
+        ..Default::default()
+    };
+    client
+        .report(authed(
+            pb::ReportBatch {
+                node_id: "n1".into(),
+                outcomes: vec![answer(900), refusal],
+                ..Default::default()
+            },
+            &token,
+        )?)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, stream.message())
+            .await
+            .map_err(|_| "the crossed budget was not pushed within 10 s")??
+            .ok_or("stream ended")?;
+        if let Some(pb::subscribe_response::Kind::Snapshot(s)) = msg.kind {
+            let k = s
+                .pools
+                .iter()
+                .flat_map(|p| &p.keys)
+                .find(|k| k.id == key)
+                .ok_or("key in the snapshot")?;
+            if let Some(u) = k.usage.as_ref().filter(|u| u.tokens_today > 0) {
+                break u.clone();
+            }
+        }
+    };
+    assert_eq!(usage.tokens_today, 1000);
+    assert_eq!(usage.tokens_this_week, 1000);
+    assert_eq!(
+        usage.day_start_unix,
+        codexmesh_model::usage::day_start(now / 1000)
+    );
+
+    // The refusal is in the request log with its reason and no account.
+    let log = ws.ok_json(&["requests", "--key", "metered"])?;
+    let refused = log
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["status"] == 429))
+        .ok_or("the refusal in the log")?;
+    assert_eq!(
+        refused["policy_refusal"], "token_budget_exhausted",
+        "{refused}"
+    );
+    assert_eq!(refused["account_id"], "", "{refused}");
+    let table = ws.ok(&["requests"])?.stdout;
+    assert!(table.contains("policy: token_budget_exhausted"), "{table}");
+    // Counted against no account: the account served one request.
+    let status = ws.ok_json(&["status"])?;
+    let requests = &status["pools"][0]["accounts"][0]["counters"]["requests"];
+    assert_eq!(requests, 1, "{status}");
+    drop(served);
+    Ok(())
+}

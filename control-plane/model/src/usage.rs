@@ -14,7 +14,8 @@
 //! - A key's share used = its attributed points within the trailing window (5 h for primary,
 //!   7 days for secondary) ÷ the pool's capacity (its accounts × 100 %), in percent
 //!   ([`share_state`]). At or past its share the key is blocked until enough of its oldest
-//!   points leave the window to bring it under the share again.
+//!   points leave the window to bring it under the share again. Points are stored at the end
+//!   of their bucket ([`ShareWindow::bucket_end`]: a minute for primary, an hour for secondary).
 
 use codexmesh_proto::v1 as pb;
 use serde::Serialize;
@@ -93,6 +94,23 @@ impl ShareWindow {
             "secondary" => Some(ShareWindow::Secondary),
             _ => None,
         }
+    }
+
+    /// Points are kept per key, account and bucket of this length (a minute of the 5-hour
+    /// window, an hour of the weekly one), so their number is bounded by the window, not by
+    /// the traffic.
+    pub fn bucket_ms(self) -> i64 {
+        match self {
+            ShareWindow::Primary => 60_000,
+            ShareWindow::Secondary => 3_600_000,
+        }
+    }
+
+    /// The end of the bucket holding `at_ms`: the time a point is stored at (so it leaves the
+    /// trailing window at most one bucket late, never early).
+    pub fn bucket_end(self, at_ms: i64) -> i64 {
+        let b = self.bucket_ms();
+        (at_ms.div_euclid(b) + 1) * b
     }
 
     /// How long attributed points count: 5 hours, 7 days.

@@ -507,4 +507,34 @@ mod tests {
             PushNeed::Now
         );
     }
+
+    #[test]
+    fn a_key_blocked_in_both_windows_waits_for_the_later_release() {
+        let now = 400 * 3_600_000;
+        let points = [
+            (ShareWindow::Primary, now - 3_600_000, 30.0),
+            (ShareWindow::Secondary, now - 3 * 86_400_000, 40.0),
+            (ShareWindow::Secondary, now - 3_600_000, 30.0),
+        ];
+        // One account: 30 % of the 5-hour and 70 % of the weekly capacity used.
+        let v = KeyUsageView::compute(None, &points, 1, (Some(25.0), Some(50.0)), now);
+        assert_eq!(v.primary_share_used_percent, 30.0);
+        assert_eq!(v.secondary_share_used_percent, 70.0);
+        // Primary frees in 4 h, secondary when the 40 points of 3 days ago leave: in 4 days.
+        assert_eq!(
+            v.share_blocked_until_unix,
+            Some((now + 4 * 86_400_000) / 1000)
+        );
+        assert_eq!(v.share_blocked_window, Some(ShareWindow::Secondary));
+        let p = v.to_proto();
+        assert_eq!(p.share_blocked_window, "secondary");
+        // Without shares nothing blocks; without anything counted the view is empty.
+        let free = KeyUsageView::compute(None, &points, 1, (None, None), now);
+        assert_eq!(free.share_blocked_until_unix, None);
+        assert!(KeyUsageView::compute(None, &[], 1, (Some(1.0), None), now).is_empty());
+        // Capacity grows with the pool: two accounts halve the share used.
+        let two = KeyUsageView::compute(None, &points, 2, (Some(25.0), None), now);
+        assert_eq!(two.primary_share_used_percent, 15.0);
+        assert_eq!(two.share_blocked_until_unix, None);
+    }
 }

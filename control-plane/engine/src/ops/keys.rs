@@ -4,8 +4,8 @@
 //! Rules: a key's secret exists only in [`IssuedKey`] (the store keeps its hash); a label and
 //! the routing input are checked before the store is opened; a principal sees and changes only
 //! the keys of its pools (`guard`), and every refused change is audited. A key's policy is
-//! checked with `KeyPolicy::validate` before the store is opened; a bad value is the invalid
-//! error naming `policy.<field>`.
+//! checked with `KeyPolicy::validate` before anything is written; a bad value is the invalid
+//! error naming `policy.<field>` (audited like any refused change).
 
 use super::pools::unused_primary;
 use super::{Notice, Ops, OpsError, Outcome};

@@ -363,6 +363,7 @@ async fn a_budget_crossed_is_pushed_at_once_and_refusals_are_logged() -> TestRes
         "{refused}"
     );
     assert_eq!(refused["account_id"], "", "{refused}");
+    assert_eq!(refused["error_source"], "client", "{refused}");
     let table = ws.ok(&["requests"])?.stdout;
     assert!(table.contains("policy: token_budget_exhausted"), "{table}");
     // Counted against no account: the account served one request.

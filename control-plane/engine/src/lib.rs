@@ -39,3 +39,5 @@ pub mod server;
 pub mod snapshot;
 mod status;
 mod watch;
+pub mod alerts;
+pub mod webhooks;

@@ -47,6 +47,8 @@ pub struct RunningServer {
     admin: JoinHandle<std::io::Result<()>>,
     hub: SnapshotHub,
     lifecycle: Lifecycle,
+    /// The alert evaluator (issue 15); ends at cancel.
+    alerts: JoinHandle<()>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -92,6 +94,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         cancel.clone(),
     )
     .await?;
+    let (alert_keys, alert_http) = (key.clone(), http.clone());
     let lifecycle = Lifecycle::start(
         settings,
         store.clone(),
@@ -133,6 +136,17 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
             result
         })
     };
+    let alerts = {
+        let evaluator = crate::alerts::Evaluator::new(
+            settings,
+            store.clone(),
+            alert_keys,
+            alert_http,
+            format!("serve:{cp_id}"),
+        )
+        .with_envoys(envoys.clone());
+        tokio::spawn(evaluator.run(cancel.clone()))
+    };
     let admin = {
         let cancel = cancel.clone();
         let ops =
@@ -158,6 +172,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         admin,
         hub,
         lifecycle,
+        alerts,
     })
 }
 
@@ -208,6 +223,9 @@ impl RunningServer {
         }
         self.hub.join().await;
         self.lifecycle.join(SHUTDOWN_GRACE).await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.alerts).await.is_err() {
+            self.alerts.abort();
+        }
         if let Some(r) = grpc_done {
             r.map_err(|e| ServeError::Server("gRPC", e.to_string()))?
                 .map_err(|e| ServeError::Server("gRPC", e.to_string()))?;

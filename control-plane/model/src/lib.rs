@@ -83,5 +83,7 @@ pub mod quota;
 pub mod records;
 pub mod routing;
 pub mod util;
+pub mod alerts;
+pub mod forecast;
 
 pub use records::*;

@@ -26,6 +26,7 @@ pub mod keyfile;
 
 mod accounts;
 mod activity;
+mod alerts;
 mod audit;
 mod declarative;
 mod envoys;
@@ -53,6 +54,7 @@ use sqlx::AnyPool;
 // The public API: the store, what its methods take and return, its errors. The aggregate
 // modules stay private: their methods are on `Store`.
 pub use activity::{ActivityQuery, ACTIVITY_MAX_ROWS};
+pub use alerts::{DueDelivery, PoolSample, WEBHOOK_SECRET_FIELD};
 pub use audit::AuditFilter;
 pub use codexmesh_model::records::*;
 pub use declarative::{Applied, NewKey};

@@ -48,6 +48,7 @@ mod operators;
 mod pools;
 mod probes;
 mod reports;
+mod alerts;
 
 /// The largest request body accepted (an auth.json is far smaller).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -548,6 +549,7 @@ fn api_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(logins::routes())
         .merge(operators::protected_routes())
         .merge(config::routes())
+        .merge(alerts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -577,7 +579,8 @@ fn document() -> utoipa::openapi::OpenApi {
         .merge(events::routes())
         .merge(logins::routes())
         .merge(operators::protected_routes())
-        .merge(config::routes());
+        .merge(config::routes())
+        .merge(alerts::routes());
     router.to_openapi()
 }
 

@@ -39,6 +39,8 @@ pub mod overview;
 pub mod pools;
 pub mod reports;
 pub mod secrets;
+pub mod alerts;
+pub mod forecast;
 
 pub use crate::login::LoginError;
 pub use crate::refresh::RefreshError;

@@ -16,7 +16,8 @@
 //! - the episode state machine is [`codexmesh_model::alerts::reconcile`]; deliveries go out
 //!   from the store's outbox, [`MAX_ATTEMPTS`] attempts each with growing backoff, a resolved
 //!   only after its firing is done; each attempt's status is recorded on the webhook;
-//! - the body is metadata only ([`AlertPayload`]), signed ([`crate::webhooks`]).
+//! - the body is metadata only ([`AlertPayload`]), signed ([`crate::webhooks`]);
+//! - the same tick runs the pools' due warm-up slots ([`crate::warmup`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,6 +66,8 @@ pub struct TickReport {
     pub closed: usize,
     pub delivered: usize,
     pub failed: usize,
+    /// Warm-up slots run ([`crate::warmup`]).
+    pub warmups: Vec<crate::warmup::WarmupRun>,
 }
 
 /// The evaluator (one per `serve`; tests run several on one store).
@@ -77,6 +80,7 @@ pub struct Evaluator {
     headroom_percent: f64,
     envoy_lag_ms: i64,
     health_window_secs: u64,
+    upstream_base_url: String,
     envoys: Option<Envoys>,
     behind_since: Mutex<HashMap<String, i64>>,
 }
@@ -100,6 +104,7 @@ impl Evaluator {
             headroom_percent: settings.alert_headroom_percent as f64,
             envoy_lag_ms: i64::try_from(settings.alert_envoy_lag.as_millis()).unwrap_or(i64::MAX),
             health_window_secs: settings.health_window.as_secs(),
+            upstream_base_url: settings.upstream_base_url.clone(),
             envoys: None,
             behind_since: Mutex::new(HashMap::new()),
         }
@@ -126,7 +131,7 @@ impl Evaluator {
         let this = Arc::new(self);
         loop {
             match this.tick().await {
-                Ok(r) if r.opened + r.closed + r.delivered + r.failed > 0 => {
+                Ok(r) if r.opened + r.closed + r.delivered + r.failed + r.warmups.len() > 0 => {
                     tracing::info!(opened = r.opened, closed = r.closed, delivered = r.delivered,
                         failed = r.failed, "alerts evaluated");
                 }
@@ -170,6 +175,9 @@ impl Evaluator {
         let (delivered, failed) = self.deliver_due().await?;
         report.delivered = delivered;
         report.failed = failed;
+        report.warmups =
+            crate::warmup::run_due(&self.store, &self.keys, &self.http, &self.upstream_base_url)
+                .await?;
         self.store.prune_alert_history(now).await?;
         Ok(report)
     }

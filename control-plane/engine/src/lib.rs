@@ -41,3 +41,4 @@ mod status;
 mod watch;
 pub mod alerts;
 pub mod webhooks;
+pub mod warmup;

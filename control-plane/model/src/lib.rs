@@ -85,5 +85,6 @@ pub mod routing;
 pub mod util;
 pub mod alerts;
 pub mod forecast;
+pub mod warmup;
 
 pub use records::*;

@@ -9,7 +9,7 @@ use super::output::{change_suffix, routing_text};
 use super::{notify, CliError, Ctx, RoutingArgs};
 use codexmesh_engine::ops::overview::WindowHeadroom;
 use codexmesh_engine::ops::reports::WindowView;
-use codexmesh_engine::ops::{forecast, overview, pools, reports};
+use codexmesh_engine::ops::{forecast, overview, pools, reports, warmup};
 use codexmesh_model::forecast::WindowForecast;
 use codexmesh_model::network::{parse_cidr, AllowedCidrs, CidrError};
 use codexmesh_model::routing::RoutingView;
@@ -50,6 +50,20 @@ pub enum Args {
     /// When the pool's 5-hour and weekly windows run out at the current burn rate, and whether
     /// that is before their next reset
     Forecast { name: String },
+    /// Warm the pool's accounts up daily: at --at (UTC) each active account gets one minimal
+    /// request, so its 5-hour window starts then. With no flags: prints the schedule
+    Warmup {
+        name: String,
+        /// Time of day, HH:MM, UTC
+        #[arg(long, value_name = "HH:MM", conflicts_with = "off")]
+        at: Option<String>,
+        /// Only on these days: mon-fri, sat,sun, all (default)
+        #[arg(long, value_name = "DAYS", requires = "at")]
+        weekdays: Option<String>,
+        /// Turn warm-up off (the time is kept)
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 /// `{"pool", <effective routing>}`.
@@ -208,6 +222,36 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 })
                 .collect();
             out.table(&["ACCOUNT", "STATE", "5H USED", "WEEK USED"], &rows)
+        }
+        Args::Warmup {
+            name,
+            at,
+            weekdays,
+            off,
+        } => {
+            let change = match (at, off) {
+                (Some(at), _) => Some(warmup::WarmupChange::On { at, weekdays }),
+                (None, true) => Some(warmup::WarmupChange::Off),
+                (None, false) => None,
+            };
+            let v = match &change {
+                Some(c) => notify(warmup::set(&ctx.ops, &name, c).await?),
+                None => notify(warmup::get(&ctx.ops, &name).await?),
+            };
+            if out.json {
+                return out.json(&v);
+            }
+            match (&v.at, v.enabled) {
+                (Some(at), true) => out.line(&format!(
+                    "pool {} warm-up: on, at {at} UTC on {}{}",
+                    v.pool,
+                    v.weekdays.as_deref().unwrap_or("all"),
+                    v.last_run_ms
+                        .map(|t| format!(" (last ran {})", util::fmt_utc_ms(t)))
+                        .unwrap_or_default()
+                )),
+                _ => out.line(&format!("pool {} warm-up: off", v.pool)),
+            }
         }
         Args::Forecast { name } => {
             let f = notify(forecast::forecast(&ctx.ops, &name).await?);

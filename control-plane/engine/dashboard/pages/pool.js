@@ -12,7 +12,7 @@
 
 import { get, post, put, patch, del, p, withQuery, ApiError } from "../api.js";
 import {
-  h, fragment, badge, providerBadge, providerMeters, sparkline, timelineChart, sumBuckets, dataTable, emptyRow,
+  h, fragment, badge, timeElement, providerBadge, providerMeters, sparkline, timelineChart, sumBuckets, dataTable, emptyRow,
   formatNumber, formatPercent, formatMs, formatDuration, field, statusArea, showError, showNotices, clearStatus,
   trackDirty, markClean, isBusy, whileBusy, confirmDialog, uniqueId,
 } from "../ui.js";
@@ -47,12 +47,14 @@ export default {
       get(withQuery("/quota", { pool: name })),
       ctx.canWrite ? get("/accounts").catch(() => []) : Promise.resolve([]),
     ]);
-    return { pool, activity, members, quota, everyone, since };
+    const forecast = await get(p`/pools/${name}/forecast`).catch(() => null);
+    return { pool, activity, members, quota, everyone, since, forecast };
   },
   render(ctx, data, { first }) {
     if (first) buildSkeleton(ctx, data);
     renderHead(ctx, data);
     renderActivity(ctx, data);
+    renderForecast(ctx, data);
     if (!isBusyWithin(ctx.membersBox)) renderMembers(ctx, data);
     if (ctx.addForm && !isBusy(ctx.addForm)) fillAddForm(ctx, data);
     if (ctx.routingForm) { if (!isBusy(ctx.routingForm)) fillRoutingForm(ctx, data); }
@@ -115,6 +117,7 @@ function buildSkeleton(ctx, data) {
 
   const sections = [
     section("Activity", spanForm, ctx.chartBox, ctx.activityBox),
+    section("Forecast", (ctx.forecastBox = h("div", { "data-testid": "forecast" }))),
     section("Members", ctx.membersStatus, ctx.membersBox, ctx.canWrite ? addMemberForm(ctx) : null),
     section("Routing", ctx.canWrite ? routingForm(ctx) : (ctx.routingText = h("div"))),
   ];
@@ -484,4 +487,30 @@ async function archivePool(ctx, button) {
       showError(ctx.pageStatus, e);
     }
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forecast (issue 15): when each window runs out at the current burn rate.
+
+function renderForecast(ctx, { forecast }) {
+  if (!forecast) {
+    ctx.forecastBox.replaceChildren(h("p", { class: "muted", text: "No forecast available." }));
+    return;
+  }
+  const columns = [{ label: "Window" }, { label: "Used", className: "num" }, { label: "Burn", className: "num" },
+    { label: "Runs out" }, { label: "Next reset" }, { label: "Before reset?" }];
+  const { wrapper, tbody } = dataTable({ caption: "When the pool's windows run out at the current burn rate", columns, testid: "forecast-table" });
+  const when = (unix) => (unix ? timeElement(unix * 1000) : h("span", { class: "muted", text: "—" }));
+  for (const [label, w] of [["5-hour", forecast.primary], ["Weekly", forecast.secondary]]) {
+    const known = (v) => v !== null && v !== undefined;
+    tbody.append(h("tr", { "data-window": label },
+      h("th", { scope: "row", text: label }),
+      h("td", { class: "num", text: known(w.used_percent) ? formatPercent(w.used_percent) : "unknown" }),
+      h("td", { class: "num", text: known(w.burn_percent_per_hour) ? `${w.burn_percent_per_hour.toFixed(1)} %/h` : "unknown" }),
+      h("td", {}, w.runs_out_at_unix ? when(w.runs_out_at_unix)
+        : h("span", { class: "muted", text: known(w.burn_percent_per_hour) ? "not at this rate" : "unknown" })),
+      h("td", {}, when(w.next_reset_unix)),
+      h("td", {}, w.runs_out_before_reset ? badge("failed", "runs out first") : h("span", { class: "muted", text: "no" }))));
+  }
+  ctx.forecastBox.replaceChildren(wrapper);
 }

@@ -1,4 +1,5 @@
-//! `/api/v1/alerts` (webhooks and episodes) and `/api/v1/pools/{pool}/forecast`.
+//! `/api/v1/alerts` (webhooks and episodes), `/api/v1/pools/{pool}/forecast` and
+//! `/api/v1/pools/{pool}/warmup`.
 //!
 //! Rules: each handler is one [`crate::ops::alerts`] or [`crate::ops::forecast`] call for the
 //! [`Caller`]; a webhook's signing secret appears only in the answer that creates it.
@@ -12,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, ApiState, Caller, JsonBody, QueryParams, Reply};
+use crate::ops::warmup::{WarmupChange, WarmupView};
 use crate::ops::{self, alerts::NewWebhook, alerts::WebhookTest, forecast::PoolForecast};
 use codexmesh_model::alerts::{Episode, Webhook};
 
@@ -22,6 +24,67 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(remove_webhook))
         .routes(routes!(test_webhook))
         .routes(routes!(episodes))
+        .routes(routes!(get_warmup, set_warmup))
+}
+
+/// `PUT /api/v1/pools/{pool}/warmup`: `{"at": "07:30", "weekdays": "mon-fri"}` turns it on,
+/// `{"enabled": false}` off (keeping the time).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WarmupBody {
+    /// `HH:MM`, UTC. Needed to turn it on.
+    pub at: Option<String>,
+    /// `mon-fri`, `sat,sun`, `all` (default).
+    pub weekdays: Option<String>,
+    /// False turns it off (default true).
+    pub enabled: Option<bool>,
+}
+
+/// The pool's warm-up schedule.
+#[utoipa::path(get, path = "/api/v1/pools/{pool}/warmup", tag = "alerts",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses((status = 200, body = WarmupView), (status = 404, body = super::ErrorBody)))]
+async fn get_warmup(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(pool): Path<String>,
+) -> Result<Json<WarmupView>, ApiError> {
+    Ok(Json(
+        ops::warmup::get(&caller.ops(&state), &pool)
+            .await?
+            .value,
+    ))
+}
+
+/// Sets the pool's warm-up: one minimal request per active account at that UTC time.
+#[utoipa::path(put, path = "/api/v1/pools/{pool}/warmup", tag = "alerts",
+    params(("pool" = String, Path, description = "Pool name")), request_body = WarmupBody,
+    responses((status = 200, body = Reply<WarmupView>), (status = 400, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+async fn set_warmup(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(pool): Path<String>,
+    JsonBody(body): JsonBody<WarmupBody>,
+) -> Result<Json<Reply<WarmupView>>, ApiError> {
+    let change = if body.enabled == Some(false) {
+        WarmupChange::Off
+    } else {
+        WarmupChange::On {
+            at: body.at.ok_or_else(|| {
+                ApiError::from(crate::ops::OpsError::Invalid {
+                    field: "at",
+                    message: "at (HH:MM, UTC) is required to turn warm-up on".into(),
+                })
+            })?,
+            weekdays: body.weekdays,
+        }
+    };
+    Ok(Json(
+        ops::warmup::set(&caller.ops(&state), &pool, &change)
+            .await?
+            .into(),
+    ))
 }
 
 /// When the pool's 5-hour and weekly windows run out at the current burn rate.

@@ -41,6 +41,7 @@ pub mod reports;
 pub mod secrets;
 pub mod alerts;
 pub mod forecast;
+pub mod warmup;
 
 pub use crate::login::LoginError;
 pub use crate::refresh::RefreshError;

@@ -308,6 +308,8 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("DELETE /api/v1/alerts/webhooks/{webhook}", res(&["/api/v1/alerts/webhooks/hook-b"], "/api/v1/alerts/webhooks/hook-a", "/api/v1/alerts/webhooks/zz-none", None)),
         ("POST /api/v1/alerts/webhooks/{webhook}/test", res(&["/api/v1/alerts/webhooks/hook-b/test"], "/api/v1/alerts/webhooks/hook-a/test", "/api/v1/alerts/webhooks/zz-none/test", None)),
         ("GET /api/v1/alerts/episodes", list("/api/v1/alerts/episodes")),
+        ("GET /api/v1/pools/{pool}/warmup", res(&["/api/v1/pools/b/warmup"], "/api/v1/pools/a/warmup", "/api/v1/pools/zz-none/warmup", None)),
+        ("PUT /api/v1/pools/{pool}/warmup", res(&["/api/v1/pools/b/warmup"], "/api/v1/pools/a/warmup", "/api/v1/pools/zz-none/warmup", Some(json!({"at": "07:30", "weekdays": "mon-fri"})))),
     ])
 }
 

@@ -117,7 +117,13 @@ impl Evaluator {
         holder: impl Into<String>,
     ) -> Result<Self, OpsError> {
         let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
-        Ok(Self::new(settings, store, settings.master_keys()?, http, holder))
+        Ok(Self::new(
+            settings,
+            store,
+            settings.master_keys()?,
+            http,
+            holder,
+        ))
     }
 
     /// Watches the Envoys connected to this replica too.
@@ -132,8 +138,13 @@ impl Evaluator {
         loop {
             match this.tick().await {
                 Ok(r) if r.opened + r.closed + r.delivered + r.failed + r.warmups.len() > 0 => {
-                    tracing::info!(opened = r.opened, closed = r.closed, delivered = r.delivered,
-                        failed = r.failed, "alerts evaluated");
+                    tracing::info!(
+                        opened = r.opened,
+                        closed = r.closed,
+                        delivered = r.delivered,
+                        failed = r.failed,
+                        "alerts evaluated"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "alert evaluation failed"),
@@ -151,7 +162,11 @@ impl Evaluator {
         let ttl = i64::try_from(self.interval.as_millis().saturating_mul(3))
             .unwrap_or(i64::MAX)
             .max(5_000);
-        if !self.store.try_acquire_lease(LEASE, &self.holder, ttl).await? {
+        if !self
+            .store
+            .try_acquire_lease(LEASE, &self.holder, ttl)
+            .await?
+        {
             return Ok(TickReport::default());
         }
         let now = now_ms();
@@ -186,7 +201,11 @@ impl Evaluator {
     async fn conditions(&self, now: i64) -> Result<Vec<Condition>, OpsError> {
         let report = crate::status::build(&self.store, self.health_window_secs).await?;
         let mut out = Vec::new();
-        for p in report.pools.iter().filter(|p| p.pool.archived_at_ms.is_none()) {
+        for p in report
+            .pools
+            .iter()
+            .filter(|p| p.pool.archived_at_ms.is_none())
+        {
             let pool = &p.pool.name;
             for a in &p.accounts {
                 let acc = &a.account;
@@ -266,7 +285,9 @@ impl Evaluator {
             }
             let early: Vec<String> = [("5-hour", forecast.primary), ("weekly", forecast.secondary)]
                 .iter()
-                .filter(|(_, f)| f.runs_out_before_reset && f.used_percent.is_some_and(|u| u < 100.0))
+                .filter(|(_, f)| {
+                    f.runs_out_before_reset && f.used_percent.is_some_and(|u| u < 100.0)
+                })
                 .map(|(n, f)| {
                     format!(
                         "{n} at {:.1} %/h runs out at {} before its reset at {}",
@@ -403,13 +424,19 @@ mod tests {
     #[test]
     fn an_envoy_alerts_only_after_lagging_longer_than_the_lag() {
         let mut since = HashMap::new();
-        let behind = vec![("e1".to_owned(), Some(7), Some(6)), ("e2".to_owned(), Some(7), Some(7))];
+        let behind = vec![
+            ("e1".to_owned(), Some(7), Some(6)),
+            ("e2".to_owned(), Some(7), Some(7)),
+        ];
         // First seen behind: not yet.
         assert!(lagging_envoys(&behind, &mut since, 1_000, 120_000).is_empty());
         assert!(lagging_envoys(&behind, &mut since, 121_000, 120_000).is_empty());
         let late = lagging_envoys(&behind, &mut since, 121_001, 120_000);
         assert_eq!(late.len(), 1);
-        assert_eq!((late[0].kind, late[0].subject.as_str()), (AlertKind::EnvoyNotAcking, "e1"));
+        assert_eq!(
+            (late[0].kind, late[0].subject.as_str()),
+            (AlertKind::EnvoyNotAcking, "e1")
+        );
         // It caught up: forgotten, and a new lag starts from scratch.
         let caught = vec![("e1".to_owned(), Some(8), Some(8))];
         assert!(lagging_envoys(&caught, &mut since, 200_000, 120_000).is_empty());

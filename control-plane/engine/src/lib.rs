@@ -22,6 +22,7 @@
 //! - `status`, `requests`: the reports operators read (through [`ops::reports`]);
 //! - `metrics`: the Prometheus metrics (`/metrics`) and the readiness check (`/readyz`).
 
+pub mod alerts;
 mod api;
 pub mod config;
 mod dashboard;
@@ -38,7 +39,6 @@ mod requests;
 pub mod server;
 pub mod snapshot;
 mod status;
-mod watch;
-pub mod alerts;
-pub mod webhooks;
 pub mod warmup;
+mod watch;
+pub mod webhooks;

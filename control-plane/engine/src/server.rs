@@ -223,7 +223,10 @@ impl RunningServer {
         }
         self.hub.join().await;
         self.lifecycle.join(SHUTDOWN_GRACE).await;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.alerts).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.alerts)
+            .await
+            .is_err()
+        {
             self.alerts.abort();
         }
         if let Some(r) = grpc_done {

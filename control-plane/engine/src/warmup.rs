@@ -67,10 +67,15 @@ fn header_window(
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let used: f64 = get("used-percent")?.parse().ok().filter(|v: &f64| v.is_finite())?;
+    let used: f64 = get("used-percent")?
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())?;
     Some(QuotaWindowRecord {
         used_percent: used.clamp(0.0, 100.0),
-        window_minutes: get("window-minutes").and_then(|v| v.parse().ok()).unwrap_or(0),
+        window_minutes: get("window-minutes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         resets_at_unix: get("reset-at")
             .and_then(|v| v.parse().ok())
             .or_else(|| {
@@ -196,7 +201,9 @@ async fn warm_codex(
         }
     };
     outcome.latency_ms = now_ms() - started;
-    store.record_outcomes("control-plane", std::slice::from_ref(&outcome)).await?;
+    store
+        .record_outcomes("control-plane", std::slice::from_ref(&outcome))
+        .await?;
     if let Some(obs) = crate::quota::observation_from_outcome(&outcome, now_ms()) {
         crate::quota::record(store, account_id, &obs).await?;
     }
@@ -211,9 +218,18 @@ mod tests {
     fn quota_headers_become_windows() {
         let mut h = reqwest::header::HeaderMap::new();
         use reqwest::header::HeaderValue;
-        h.insert("x-codex-primary-used-percent", HeaderValue::from_static("12.5"));
-        h.insert("x-codex-primary-window-minutes", HeaderValue::from_static("300"));
-        h.insert("x-codex-primary-reset-after-seconds", HeaderValue::from_static("60"));
+        h.insert(
+            "x-codex-primary-used-percent",
+            HeaderValue::from_static("12.5"),
+        );
+        h.insert(
+            "x-codex-primary-window-minutes",
+            HeaderValue::from_static("300"),
+        );
+        h.insert(
+            "x-codex-primary-reset-after-seconds",
+            HeaderValue::from_static("60"),
+        );
         let w = header_window(&h, "primary", 1000);
         assert_eq!(
             w,

@@ -153,7 +153,10 @@ async fn exercise(dir: &tempfile::TempDir, url: String) -> TestResult {
         .await?
         .value;
     assert!(team.secret.starts_with("whsec_"));
-    assert_eq!(team.webhook.url, format!("{}/…", base.trim_end_matches("/hook")));
+    assert_eq!(
+        team.webhook.url,
+        format!("{}/…", base.trim_end_matches("/hook"))
+    );
     let all = alerts::add_webhook(&ops, "all-hook", &format!("{base}/all"), None)
         .await?
         .value;
@@ -164,7 +167,9 @@ async fn exercise(dir: &tempfile::TempDir, url: String) -> TestResult {
     let listed = serde_json::to_string(&alerts::list_webhooks(&ops).await?.value)?;
     assert!(!listed.contains("whsec_"), "{listed}");
     // Bad input names its field; a duplicate name conflicts.
-    let bad = alerts::add_webhook(&ops, "x", "ftp://nope/", None).await.err();
+    let bad = alerts::add_webhook(&ops, "x", "ftp://nope/", None)
+        .await
+        .err();
     assert_eq!(bad.as_ref().and_then(|e| e.field()), Some("url"));
     let dup = alerts::add_webhook(&ops, "team-hook", &format!("{base}/x"), None).await;
     assert_eq!(dup.err().map(|e| e.kind()), Some(ErrorKind::Conflict));
@@ -201,7 +206,12 @@ async fn exercise(dir: &tempfile::TempDir, url: String) -> TestResult {
 
     // An account needs a new login: one firing to the team hook and one to the global hook.
     store
-        .mark_needs_reauth(&Actor::new("refresher"), &a1, "refresh_token_reused", "test")
+        .mark_needs_reauth(
+            &Actor::new("refresher"),
+            &a1,
+            "refresh_token_reused",
+            "test",
+        )
         .await?;
     let fired = r1.tick().await?;
     assert_eq!((fired.opened, fired.delivered), (1, 2));
@@ -210,7 +220,10 @@ async fn exercise(dir: &tempfile::TempDir, url: String) -> TestResult {
     assert_eq!(t[0]["pool"], "team");
     assert_eq!(t[0]["severity"], "critical");
     assert_eq!(t[0]["subject"], format!("{a1}@team"));
-    assert!(t[0]["message"].as_str().unwrap_or_default().contains("acc1"));
+    assert!(t[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("acc1"));
     assert_eq!(deliveries(&got, "all", &all.secret)?.len(), 1);
     // Quiet while it holds: more ticks, and the second replica taking over the lease.
     r1.tick().await?;
@@ -228,7 +241,10 @@ async fn exercise(dir: &tempfile::TempDir, url: String) -> TestResult {
     let t = deliveries(&got, "team", &team.secret)?;
     assert_eq!(
         kinds(&t),
-        [pair("needs_reauth", "firing"), pair("needs_reauth", "resolved")]
+        [
+            pair("needs_reauth", "firing"),
+            pair("needs_reauth", "resolved")
+        ]
     );
     assert_eq!(t[0]["episode"], t[1]["episode"]);
     assert!(t[1]["closed_at"].as_i64().is_some());
@@ -292,12 +308,19 @@ async fn exercise(dir: &tempfile::TempDir, url: String) -> TestResult {
     let failing = r2.tick().await?;
     assert_eq!(failing.failed, 1);
     let hooks = alerts::list_webhooks(&ops).await?.value;
-    let b = hooks.iter().find(|h| h.name == "broken").ok_or("broken hook")?;
+    let b = hooks
+        .iter()
+        .find(|h| h.name == "broken")
+        .ok_or("broken hook")?;
     assert_eq!(b.last_status, Some(500));
     assert!(b.last_error.is_some());
     assert_eq!(deliveries(&got, "broken", &broken.secret)?.len(), 1);
     r2.tick().await?;
-    assert_eq!(deliveries(&got, "broken", &broken.secret)?.len(), 1, "backoff");
+    assert_eq!(
+        deliveries(&got, "broken", &broken.secret)?.len(),
+        1,
+        "backoff"
+    );
 
     // The episodes as the API lists them; an admin of `other` sees only its own.
     let open = alerts::episodes(&ops, true, None).await?.value;
@@ -312,12 +335,21 @@ async fn exercise(dir: &tempfile::TempDir, url: String) -> TestResult {
     let test = alerts::test_webhook(&ops, "team-hook").await?.value;
     assert!(test.delivered);
     let last = deliveries(&got, "team", &team.secret)?;
-    assert_eq!(last.last().map(|d| d["kind"].clone()), Some(Value::from("test")));
+    assert_eq!(
+        last.last().map(|d| d["kind"].clone()),
+        Some(Value::from("test"))
+    );
     alerts::remove_webhook(&ops, "all-hook").await?;
     let audit = store.recent_audit(50).await?;
-    for action in ["alert.webhook_add", "alert.webhook_remove", "alert.webhook_test"] {
+    for action in [
+        "alert.webhook_add",
+        "alert.webhook_remove",
+        "alert.webhook_test",
+    ] {
         assert!(
-            audit.iter().any(|e| e.action == action && e.outcome == "ok"),
+            audit
+                .iter()
+                .any(|e| e.action == action && e.outcome == "ok"),
             "{action} not audited"
         );
     }

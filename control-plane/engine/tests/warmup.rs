@@ -56,20 +56,54 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
     let (s3, _) = import(&ops, &sim, "quiet", "three").await?;
 
     // Bad input names its field and changes nothing.
-    let bad = warmup::set(&ops, "team", &WarmupChange::On { at: "25:00".into(), weekdays: None }).await;
+    let bad = warmup::set(
+        &ops,
+        "team",
+        &WarmupChange::On {
+            at: "25:00".into(),
+            weekdays: None,
+        },
+    )
+    .await;
     assert_eq!(bad.as_ref().err().and_then(|e| e.field()), Some("at"));
-    let bad = warmup::set(&ops, "team", &WarmupChange::On { at: "07:30".into(), weekdays: Some("fri-mon".into()) }).await;
-    assert_eq!(bad.as_ref().err().map(|e| e.kind()), Some(ErrorKind::Invalid));
+    let bad = warmup::set(
+        &ops,
+        "team",
+        &WarmupChange::On {
+            at: "07:30".into(),
+            weekdays: Some("fri-mon".into()),
+        },
+    )
+    .await;
+    assert_eq!(
+        bad.as_ref().err().map(|e| e.kind()),
+        Some(ErrorKind::Invalid)
+    );
     assert!(!warmup::get(&ops, "team").await?.value.enabled);
 
     // This minute (UTC), every day; the quiet pool's is set and turned off again.
     let at = fmt_utc_ms(now_ms())[11..16].to_owned();
-    let on = warmup::set(&ops, "team", &WarmupChange::On { at: at.clone(), weekdays: Some("all".into()) })
-        .await?
-        .value;
+    let on = warmup::set(
+        &ops,
+        "team",
+        &WarmupChange::On {
+            at: at.clone(),
+            weekdays: Some("all".into()),
+        },
+    )
+    .await?
+    .value;
     assert!(on.enabled);
     assert_eq!(on.at.as_deref(), Some(at.as_str()));
-    warmup::set(&ops, "quiet", &WarmupChange::On { at: at.clone(), weekdays: None }).await?;
+    warmup::set(
+        &ops,
+        "quiet",
+        &WarmupChange::On {
+            at: at.clone(),
+            weekdays: None,
+        },
+    )
+    .await?;
     let off = warmup::set(&ops, "quiet", &WarmupChange::Off).await?.value;
     assert!(!off.enabled);
     assert_eq!(off.at.as_deref(), Some(at.as_str()));
@@ -90,7 +124,9 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
 
     // Once per slot: more ticks, and the other replica (after the lease moves), run nothing.
     assert!(r1.tick().await?.warmups.is_empty());
-    store.release_lease(codexmesh_engine::alerts::LEASE, "replica-1").await?;
+    store
+        .release_lease(codexmesh_engine::alerts::LEASE, "replica-1")
+        .await?;
     assert!(r2.tick().await?.warmups.is_empty());
     for sim_id in [&s1, &s2] {
         assert_eq!(warmups_to(&sim, sim_id).await?.len(), 1);
@@ -104,8 +140,14 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
     .await?;
     let mut expected = vec![a1.clone(), a2.clone()];
     expected.sort();
-    assert_eq!(logged.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), expected);
-    assert!(logged.iter().all(|r| r.1 == "warmup" && r.2 == 200), "{logged:?}");
+    assert_eq!(
+        logged.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        logged.iter().all(|r| r.1 == "warmup" && r.2 == 200),
+        "{logged:?}"
+    );
     for id in [&a1, &a2] {
         let q = store.quota(id).await?.ok_or("no evidence")?;
         let p = q.primary.ok_or("no 5-hour window")?;
@@ -113,7 +155,10 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
     }
     // Audited once, and the schedule shows the run.
     let audit = store.recent_audit(50).await?;
-    let runs: Vec<_> = audit.iter().filter(|e| e.action == "pool.warmup_run").collect();
+    let runs: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "pool.warmup_run")
+        .collect();
     assert_eq!(runs.len(), 1);
     assert!(audit.iter().any(|e| e.action == "pool.set_warmup"));
     assert!(warmup::get(&ops, "team").await?.value.last_run_ms.is_some());

@@ -221,7 +221,6 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
-
 /// A webhook alerts are delivered to (its secret is never part of it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Webhook {
@@ -308,7 +307,10 @@ mod tests {
         assert!(cleared.open.is_empty());
         assert_eq!(cleared.close, vec!["ep_1".to_owned()]);
         // Closed and back again: a new episode.
-        assert_eq!(reconcile(&[], &[reauth.clone()]).open, vec![reauth]);
+        assert_eq!(
+            reconcile(&[], std::slice::from_ref(&reauth)).open,
+            vec![reauth]
+        );
     }
 
     #[test]
@@ -320,8 +322,11 @@ mod tests {
             cond(AlertKind::HeadroomLow, "other"),
         ];
         let r = reconcile(&open, &holding);
-        let opened: Vec<(AlertKind, &str)> =
-            r.open.iter().map(|c| (c.kind, c.subject.as_str())).collect();
+        let opened: Vec<(AlertKind, &str)> = r
+            .open
+            .iter()
+            .map(|c| (c.kind, c.subject.as_str()))
+            .collect();
         assert_eq!(
             opened,
             [
@@ -334,9 +339,18 @@ mod tests {
 
     #[test]
     fn urls_show_their_origin_only() {
-        assert_eq!(shown_url("https://h.example/services/T0/B0/xyz"), "https://h.example/…");
-        assert_eq!(shown_url("http://127.0.0.1:8080/"), "http://127.0.0.1:8080/");
-        assert_eq!(shown_url("https://u:p@h.example?t=1"), "https://h.example/…");
+        assert_eq!(
+            shown_url("https://h.example/services/T0/B0/xyz"),
+            "https://h.example/…"
+        );
+        assert_eq!(
+            shown_url("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080/"
+        );
+        assert_eq!(
+            shown_url("https://u:p@h.example?t=1"),
+            "https://h.example/…"
+        );
         assert_eq!(shown_url("nonsense"), "…");
     }
 
@@ -348,7 +362,10 @@ mod tests {
         assert_eq!(AlertKind::parse("nope"), None);
         let s = WebhookSecret::generate()?;
         assert!(s.expose().starts_with(WEBHOOK_SECRET_PREFIX));
-        assert_eq!(s.expose().len(), WEBHOOK_SECRET_PREFIX.len() + SECRET_RANDOM_LEN);
+        assert_eq!(
+            s.expose().len(),
+            WEBHOOK_SECRET_PREFIX.len() + SECRET_RANDOM_LEN
+        );
         assert!(!format!("{s:?}").contains(s.expose()));
         Ok(())
     }

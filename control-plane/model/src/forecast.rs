@@ -130,14 +130,26 @@ mod tests {
         assert_eq!(f.runs_out_at_unix, Some(NOW / 1000 + 6 * 3600));
         assert!(f.runs_out_before_reset);
         // A reset sooner than the run-out: fine.
-        let early = forecast_window(&samples, Some(40.0), Some(NOW / 1000 + 3600), BURN_SPAN_MS, NOW);
+        let early = forecast_window(
+            &samples,
+            Some(40.0),
+            Some(NOW / 1000 + 3600),
+            BURN_SPAN_MS,
+            NOW,
+        );
         assert!(!early.runs_out_before_reset);
     }
 
     #[test]
     fn idle_never_runs_out() {
         let samples = [at(50, 42.0), at(20, 42.0)];
-        let f = forecast_window(&samples, Some(42.0), Some(NOW / 1000 + 60), BURN_SPAN_MS, NOW);
+        let f = forecast_window(
+            &samples,
+            Some(42.0),
+            Some(NOW / 1000 + 60),
+            BURN_SPAN_MS,
+            NOW,
+        );
         assert_eq!(f.burn_percent_per_hour, Some(0.0));
         assert_eq!(f.runs_out_at_unix, None);
         assert!(!f.runs_out_before_reset);
@@ -161,7 +173,10 @@ mod tests {
         assert_eq!(f, WindowForecast::default());
         // One point only, or points under a minute apart: no rate.
         let one = forecast_window(&[], Some(50.0), Some(1), BURN_SPAN_MS, NOW);
-        assert_eq!((one.used_percent, one.burn_percent_per_hour), (Some(50.0), None));
+        assert_eq!(
+            (one.used_percent, one.burn_percent_per_hour),
+            (Some(50.0), None)
+        );
         let close = forecast_window(
             &[UsageSample {
                 at_ms: NOW - 10_000,
@@ -180,7 +195,13 @@ mod tests {
 
     #[test]
     fn a_spent_window_has_run_out_now() {
-        let f = forecast_window(&[at(30, 100.0)], Some(100.0), Some(NOW / 1000 + 60), BURN_SPAN_MS, NOW);
+        let f = forecast_window(
+            &[at(30, 100.0)],
+            Some(100.0),
+            Some(NOW / 1000 + 60),
+            BURN_SPAN_MS,
+            NOW,
+        );
         assert_eq!(f.runs_out_at_unix, Some(NOW / 1000));
         assert!(f.runs_out_before_reset);
     }

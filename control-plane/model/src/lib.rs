@@ -66,11 +66,13 @@ macro_rules! string_enum {
 }
 
 pub mod activity;
+pub mod alerts;
 pub mod claude_credentials;
 pub mod credential_files;
 pub mod credentials;
 pub mod declarative;
 pub mod declarative_plan;
+pub mod forecast;
 pub mod gemini_credentials;
 pub mod headroom;
 pub mod health;
@@ -83,8 +85,6 @@ pub mod quota;
 pub mod records;
 pub mod routing;
 pub mod util;
-pub mod alerts;
-pub mod forecast;
 pub mod warmup;
 
 pub use records::*;

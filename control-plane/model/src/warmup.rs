@@ -52,7 +52,12 @@ fn err(field: &'static str, message: impl Into<String>) -> ScheduleError {
 
 /// `HH:MM` (UTC, 24 h) as minutes after midnight.
 pub fn parse_time(s: &str) -> Result<u16, ScheduleError> {
-    let bad = || err("at", format!("{s:?} is not a time of day HH:MM (UTC, 00:00 to 23:59)"));
+    let bad = || {
+        err(
+            "at",
+            format!("{s:?} is not a time of day HH:MM (UTC, 00:00 to 23:59)"),
+        )
+    };
     let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
     let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
     if h > 23 || m > 59 || s.trim().len() > 5 {
@@ -128,7 +133,11 @@ pub fn due_slot(s: &WarmupSchedule, last_slot_ms: Option<i64>, now_ms: i64) -> O
         return None;
     }
     let today = now_ms.div_euclid(DAY_MS) * DAY_MS + i64::from(s.minute_of_day) * 60_000;
-    let slot = if today <= now_ms { today } else { today - DAY_MS };
+    let slot = if today <= now_ms {
+        today
+    } else {
+        today - DAY_MS
+    };
     (now_ms - slot <= GRACE_MS
         && s.weekdays & (1 << weekday(slot)) != 0
         && last_slot_ms.is_none_or(|last| last < slot))
@@ -163,7 +172,11 @@ mod tests {
         assert_eq!(format_weekdays(0b001_0101), "mon,wed,fri");
         assert_eq!(format_weekdays(EVERY_DAY), "all");
         for bad in ["", "fri-mon", "moon", "mon,"] {
-            assert_eq!(parse_weekdays(bad).map_err(|e| e.field), Err("weekdays"), "{bad:?}");
+            assert_eq!(
+                parse_weekdays(bad).map_err(|e| e.field),
+                Err("weekdays"),
+                "{bad:?}"
+            );
         }
         assert_eq!(weekday(THU_0000), 3);
     }
@@ -184,10 +197,16 @@ mod tests {
         assert_eq!(due_slot(&s, None, slot + 2 * DAY_MS), None);
         assert_eq!(due_slot(&s, Some(slot), slot + DAY_MS), Some(slot + DAY_MS));
         // Off: nothing.
-        let off = WarmupSchedule { enabled: false, ..s };
+        let off = WarmupSchedule {
+            enabled: false,
+            ..s
+        };
         assert_eq!(due_slot(&off, None, slot), None);
         // Just after midnight, a slot at 23:55 yesterday is still within the grace.
         let late = sched("23:55", "all");
-        assert_eq!(due_slot(&late, None, THU_0000 + 60_000), Some(THU_0000 - 5 * 60_000));
+        assert_eq!(
+            due_slot(&late, None, THU_0000 + 60_000),
+            Some(THU_0000 - 5 * 60_000)
+        );
     }
 }

@@ -54,8 +54,7 @@ fn webhook_from_row(r: &AnyRow) -> Result<Webhook, StoreError> {
         pool: col(r, "pool")?,
         created_at_ms: col(r, "created_at")?,
         last_delivery_at_ms: col(r, "last_delivery_at")?,
-        last_status: col::<Option<i64>>(r, "last_status")?
-            .map(|s| u16::try_from(s).unwrap_or(0)),
+        last_status: col::<Option<i64>>(r, "last_status")?.map(|s| u16::try_from(s).unwrap_or(0)),
         last_error: col(r, "last_error")?,
     })
 }

@@ -18,6 +18,7 @@
 use serde_json::json;
 use sqlx::{Any, Row, Transaction};
 
+use crate::alerts::WEBHOOK_SECRET_FIELD;
 use crate::audit::audit;
 use crate::crypto::{blob_prefix, Keys, MasterKey};
 use crate::error::StoreError;
@@ -25,7 +26,6 @@ use crate::sealing::{
     key_state_tx, record_first_key_tx, set_meta_tx, KeyMark, KeyState, CURRENT_FP, CURRENT_VERSION,
     NEXT_FP, NEXT_VERSION, TOTP_FIELD,
 };
-use crate::alerts::WEBHOOK_SECRET_FIELD;
 use crate::{Actor, Store};
 
 /// The sealed columns of an account, by their associated-data field name.

@@ -25,7 +25,8 @@ pub struct PoolWarmup {
     pub last_slot_ms: Option<i64>,
 }
 
-const SELECT: &str = "SELECT w.pool_id AS pool_id, p.name AS pool, w.minute_of_day AS minute_of_day, \
+const SELECT: &str =
+    "SELECT w.pool_id AS pool_id, p.name AS pool, w.minute_of_day AS minute_of_day, \
      w.weekdays AS weekdays, w.enabled AS enabled, w.last_slot_at AS last_slot_at \
      FROM pool_warmups w JOIN pools p ON p.id = w.pool_id";
 

@@ -61,7 +61,10 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             eprintln!(
                 "webhook {} added ({}); its signing secret, shown only now:",
                 w.webhook.name,
-                w.webhook.pool.as_deref().map_or("every pool".to_owned(), |p| format!("pool {p}"))
+                w.webhook
+                    .pool
+                    .as_deref()
+                    .map_or("every pool".to_owned(), |p| format!("pool {p}"))
             );
             out.line(&w.secret)
         }
@@ -81,7 +84,8 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                         h.url.clone(),
                         h.pool.clone().unwrap_or_else(|| "(all)".to_owned()),
                         when(h.last_delivery_at_ms),
-                        h.last_status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                        h.last_status
+                            .map_or_else(|| "-".to_owned(), |s| s.to_string()),
                         opt(&h.last_error),
                     ]
                 })
@@ -104,7 +108,10 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 return out.json(&t);
             }
             if t.delivered {
-                out.line(&format!("webhook {}: delivered (HTTP {})", t.webhook, t.status))
+                out.line(&format!(
+                    "webhook {}: delivered (HTTP {})",
+                    t.webhook, t.status
+                ))
             } else {
                 Err(CliError::Usage(format!(
                     "webhook {}: not delivered: {}",
@@ -135,7 +142,10 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                     ]
                 })
                 .collect();
-            out.table(&["KIND", "SEVERITY", "POOL", "OPENED", "CLOSED", "MESSAGE"], &rows)
+            out.table(
+                &["KIND", "SEVERITY", "POOL", "OPENED", "CLOSED", "MESSAGE"],
+                &rows,
+            )
         }
     }
 }

@@ -264,7 +264,14 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 .collect();
             out.line(&format!("pool {} forecast:", f.pool))?;
             out.table(
-                &["WINDOW", "USED", "BURN", "RUNS OUT", "NEXT RESET", "BEFORE RESET"],
+                &[
+                    "WINDOW",
+                    "USED",
+                    "BURN",
+                    "RUNS OUT",
+                    "NEXT RESET",
+                    "BEFORE RESET",
+                ],
                 &rows,
             )
         }

@@ -50,9 +50,7 @@ async fn get_warmup(
     Path(pool): Path<String>,
 ) -> Result<Json<WarmupView>, ApiError> {
     Ok(Json(
-        ops::warmup::get(&caller.ops(&state), &pool)
-            .await?
-            .value,
+        ops::warmup::get(&caller.ops(&state), &pool).await?.value,
     ))
 }
 
@@ -111,9 +109,7 @@ async fn list_webhooks(
     caller: Caller,
 ) -> Result<Json<Vec<Webhook>>, ApiError> {
     Ok(Json(
-        ops::alerts::list_webhooks(&caller.ops(&state))
-            .await?
-            .value,
+        ops::alerts::list_webhooks(&caller.ops(&state)).await?.value,
     ))
 }
 

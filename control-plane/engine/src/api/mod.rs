@@ -40,6 +40,7 @@ use crate::ops::{self, ErrorKind, Notice, Ops, OpsError};
 use codexmesh_model::operators::Access;
 
 mod accounts;
+mod alerts;
 mod config;
 mod events;
 mod keys;
@@ -48,7 +49,6 @@ mod operators;
 mod pools;
 mod probes;
 mod reports;
-mod alerts;
 
 /// The largest request body accepted (an auth.json is far smaller).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{Ops, OpsError, Outcome};
 use codexmesh_model::alerts::{AlertKind, Episode, Webhook, WebhookSecret};
 use codexmesh_model::util::now_ms;
+use codexmesh_store::crypto::Keys;
 use codexmesh_store::{Entity, Lookup, StoreError, WEBHOOK_SECRET_FIELD};
 
 /// Longest URL accepted.
@@ -91,7 +92,8 @@ pub async fn add_webhook(
     pool: Option<&str>,
 ) -> Result<Outcome<NewWebhook>, OpsError> {
     let result = async {
-        codexmesh_store::validate_label(name).map_err(|e| OpsError::invalid("name", e.to_string()))?;
+        codexmesh_store::validate_label(name)
+            .map_err(|e| OpsError::invalid("name", e.to_string()))?;
         check_url(url)?;
         match pool {
             Some(p) => ops.change_pool(p)?,
@@ -109,8 +111,13 @@ pub async fn add_webhook(
         }))
     }
     .await;
-    ops.audited("alert.webhook_add", Some(name), &pool.into_iter().collect::<Vec<_>>(), result)
-        .await
+    ops.audited(
+        "alert.webhook_add",
+        Some(name),
+        &pool.into_iter().collect::<Vec<_>>(),
+        result,
+    )
+    .await
 }
 
 /// The webhooks the principal sees.
@@ -128,7 +135,9 @@ pub async fn remove_webhook(ops: &Ops, ident: &str) -> Result<Outcome<Webhook>, 
         let hook = ops.webhook_to_change(ident).await?;
         pools.extend(hook.pool.clone());
         let store = ops.store().await?;
-        Ok(Outcome::new(store.delete_webhook(ops.actor(), &hook.id).await?))
+        Ok(Outcome::new(
+            store.delete_webhook(ops.actor(), &hook.id).await?,
+        ))
     }
     .await;
     let pools: Vec<&str> = pools.iter().map(String::as_str).collect();

@@ -75,7 +75,8 @@ impl PoolUsageNow {
 }
 
 fn used(h: &WindowHeadroom) -> Option<f64> {
-    h.headroom_percent.map(|left| (100.0 - left).clamp(0.0, 100.0))
+    h.headroom_percent
+        .map(|left| (100.0 - left).clamp(0.0, 100.0))
 }
 
 /// The forecast of a pool from its status and stored samples (the evaluator and the overview

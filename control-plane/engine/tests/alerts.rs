@@ -387,3 +387,62 @@ async fn postgres_alerts_fire_once_per_episode() -> TestResult {
     let dir = tempfile::tempdir()?;
     exercise(&dir, url).await
 }
+
+/// `serve` runs the evaluator: with a short interval, evidence written to the store raises
+/// `headroom_low` at the webhook once, and clearing it resolves it once; stopping is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_evaluator() -> TestResult {
+    let got: Received = Arc::default();
+    let base = receiver(Arc::clone(&got)).await?;
+    let dir = tempfile::tempdir()?;
+    let flags = SettingsFlags {
+        store: Some(format!("sqlite://{}/cm.db", dir.path().display())),
+        data_dir: Some(dir.path().to_owned()),
+        grpc_listen: Some("127.0.0.1:0".parse()?),
+        admin_listen: Some("127.0.0.1:0".parse()?),
+        alert_interval_ms: Some(100),
+        ..Default::default()
+    };
+    let settings = Settings::resolve(&flags, &|_| None)?;
+    let ops = Ops::new(settings.clone(), Actor::new("cli:tester"));
+    pools::create(&ops, "team").await?;
+    let a1 = import(&ops, 1, "team").await?;
+    let hook = alerts::add_webhook(&ops, "h", &format!("{base}/serve"), None)
+        .await?
+        .value;
+    let store = ops.store().await?.clone();
+    let running = codexmesh_engine::server::start(&settings, store.clone()).await?;
+
+    let wait_for = |n: usize| {
+        let got = Arc::clone(&got);
+        let secret = hook.secret.clone();
+        async move {
+            for _ in 0..100 {
+                let seen = deliveries(&got, "serve", &secret)?;
+                if seen.len() >= n {
+                    return Ok::<_, Box<dyn std::error::Error>>(seen);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(format!("fewer than {n} deliveries within 10 s").into())
+        }
+    };
+    quota(&store, &a1, 95.0, 3600).await?;
+    let fired = wait_for(1).await?;
+    assert_eq!(kinds(&fired), [pair("headroom_low", "firing")]);
+    quota(&store, &a1, 20.0, 3600).await?;
+    let resolved = wait_for(2).await?;
+    assert_eq!(
+        kinds(&resolved),
+        [
+            pair("headroom_low", "firing"),
+            pair("headroom_low", "resolved")
+        ]
+    );
+    // Quiet afterwards: several more intervals add nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(deliveries(&got, "serve", &hook.secret)?.len(), 2);
+    running.shutdown_token().cancel();
+    running.finish().await?;
+    Ok(())
+}

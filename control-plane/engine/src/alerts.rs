@@ -44,6 +44,8 @@ pub const REFRESH_FAILING_AFTER: u32 = 3;
 pub const MAX_ATTEMPTS: u32 = 5;
 /// A pool's usage is sampled at most this often.
 pub const SAMPLE_EVERY_MS: i64 = 60_000;
+/// Old samples and closed episodes are deleted at most this often.
+const PRUNE_EVERY_MS: i64 = 3_600_000;
 /// Deliveries sent per tick at most.
 const DELIVERIES_PER_TICK: i64 = 50;
 
@@ -83,6 +85,8 @@ pub struct Evaluator {
     upstream_base_url: String,
     envoys: Option<Envoys>,
     behind_since: Mutex<HashMap<String, i64>>,
+    /// When old samples and episodes were last pruned (unix ms).
+    pruned_at: Mutex<i64>,
 }
 
 impl Evaluator {
@@ -107,6 +111,7 @@ impl Evaluator {
             upstream_base_url: settings.upstream_base_url.clone(),
             envoys: None,
             behind_since: Mutex::new(HashMap::new()),
+            pruned_at: Mutex::new(0),
         }
     }
 
@@ -193,7 +198,20 @@ impl Evaluator {
         report.warmups =
             crate::warmup::run_due(&self.store, &self.keys, &self.http, &self.upstream_base_url)
                 .await?;
-        self.store.prune_alert_history(now).await?;
+        let prune = {
+            let mut last = self
+                .pruned_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = now - *last >= PRUNE_EVERY_MS;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        if prune {
+            self.store.prune_alert_history(now).await?;
+        }
         Ok(report)
     }
 

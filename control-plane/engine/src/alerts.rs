@@ -82,7 +82,7 @@ pub struct Evaluator {
     headroom_percent: f64,
     envoy_lag_ms: i64,
     health_window_secs: u64,
-    upstream_base_url: String,
+    upstreams: crate::quota::Upstreams,
     envoys: Option<Envoys>,
     behind_since: Mutex<HashMap<String, i64>>,
     /// When old samples and episodes were last pruned (unix ms).
@@ -108,7 +108,7 @@ impl Evaluator {
             headroom_percent: settings.alert_headroom_percent as f64,
             envoy_lag_ms: i64::try_from(settings.alert_envoy_lag.as_millis()).unwrap_or(i64::MAX),
             health_window_secs: settings.health_window.as_secs(),
-            upstream_base_url: settings.upstream_base_url.clone(),
+            upstreams: crate::quota::Upstreams::from_settings(settings),
             envoys: None,
             behind_since: Mutex::new(HashMap::new()),
             pruned_at: Mutex::new(0),
@@ -196,8 +196,7 @@ impl Evaluator {
         report.delivered = delivered;
         report.failed = failed;
         report.warmups =
-            crate::warmup::run_due(&self.store, &self.keys, &self.http, &self.upstream_base_url)
-                .await?;
+            crate::warmup::run_due(&self.store, &self.keys, &self.http, &self.upstreams).await?;
         let prune = {
             let mut last = self
                 .pruned_at

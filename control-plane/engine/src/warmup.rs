@@ -7,10 +7,11 @@
 //!   compare-and-set claim ([`Store::claim_warmup_slot`]) lets exactly one caller run it;
 //! - each active member gets exactly one attempt, no retry; Codex accounts a streaming
 //!   `POST {upstream_base_url}/codex/responses` with a one-word input (`store: false`, read to
-//!   its end, nothing kept); Claude and Gemini accounts are skipped (counted as such: not built
-//!   yet), API keys have no window to start;
+//!   its end, nothing kept); Claude subscription accounts `POST {claude_base_url}/v1/messages`
+//!   with `max_tokens: 1`; Gemini accounts are skipped (counted as such: not built yet); API
+//!   keys have no window to start;
 //! - each attempt is written to the request log like any traffic (key `warmup`, route reason
-//!   `warmup`), its `x-codex-*` quota headers merged into the account's evidence as the
+//!   `warmup`), its quota headers (`x-codex-*`, Anthropic's unified ones) merged into the account's evidence as the
 //!   poller's are, and the run audited once (`pool.warmup_run`, counts only);
 //! - tokens go only into the `Authorization` header, never into a log line or the audit.
 
@@ -28,6 +29,8 @@ use codexmesh_store::{Actor, Store, StoreError};
 pub const WARMUP: &str = "warmup";
 /// The model a Codex warm-up asks for.
 pub const CODEX_WARMUP_MODEL: &str = "gpt-5-codex";
+/// The model a Claude warm-up asks for.
+pub const CLAUDE_WARMUP_MODEL: &str = "claude-haiku-4-5";
 /// One attempt's time limit.
 pub const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -39,7 +42,7 @@ pub struct WarmupRun {
     /// Accounts sent a request, and of those answered 2xx.
     pub sent: u32,
     pub succeeded: u32,
-    /// Active accounts of a provider warm-up does not serve yet (Claude, Gemini).
+    /// Active accounts of a provider warm-up does not serve yet (Gemini).
     pub skipped: u32,
 }
 
@@ -92,7 +95,7 @@ pub async fn run_due(
     store: &Store,
     keys: &(impl Keys + ?Sized),
     http: &reqwest::Client,
-    upstream_base_url: &str,
+    upstreams: &crate::quota::Upstreams,
 ) -> Result<Vec<WarmupRun>, StoreError> {
     let mut runs = Vec::new();
     for w in store.enabled_warmups().await? {
@@ -113,12 +116,12 @@ pub async fn run_due(
             if a.credential_kind != CredentialKind::Oauth {
                 continue;
             }
-            if a.provider != Provider::Codex {
+            if a.provider == Provider::Gemini {
                 run.skipped += 1;
                 continue;
             }
             run.sent += 1;
-            match warm_codex(store, keys, http, upstream_base_url, &w.pool_id, &a.id).await {
+            match warm(store, keys, http, upstreams, &w.pool_id, &a.id).await {
                 Ok(true) => run.succeeded += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(account = %a.label, error = %e, "warm-up failed"),
@@ -143,37 +146,84 @@ pub async fn run_due(
     Ok(runs)
 }
 
-/// One Codex account's warm-up request: logged, its quota headers recorded. True on a 2xx.
-async fn warm_codex(
+/// The minimal Claude request body: one token out, not streamed.
+pub fn claude_body() -> serde_json::Value {
+    serde_json::json!({
+        "model": CLAUDE_WARMUP_MODEL,
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "hi"}],
+    })
+}
+
+/// A quota window from Anthropic's `anthropic-ratelimit-unified-<window>-*` headers
+/// (utilization 0..1, reset in unix seconds).
+fn claude_window(
+    headers: &reqwest::header::HeaderMap,
+    window: &str,
+    minutes: i64,
+) -> Option<QuotaWindowRecord> {
+    let get = |name: &str| {
+        headers
+            .get(format!("anthropic-ratelimit-unified-{window}-{name}"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let used: f64 = get("utilization")?
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())?;
+    Some(QuotaWindowRecord {
+        used_percent: (used * 100.0).clamp(0.0, 100.0),
+        window_minutes: minutes,
+        resets_at_unix: get("reset").and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// One account's warm-up request (Codex `/codex/responses`, Claude `/v1/messages`): logged,
+/// its quota headers recorded. True on a 2xx.
+async fn warm(
     store: &Store,
     keys: &(impl Keys + ?Sized),
     http: &reqwest::Client,
-    upstream_base_url: &str,
+    upstreams: &crate::quota::Upstreams,
     pool_id: &str,
     account_id: &str,
 ) -> Result<bool, StoreError> {
     let s = store.account_secrets(account_id, keys).await?;
-    let url = format!(
-        "{}/codex/responses",
-        upstream_base_url.trim_end_matches('/')
-    );
+    let provider = s.account.provider;
+    let (path, request) = match provider {
+        Provider::Claude => {
+            let path = "/v1/messages";
+            let url = format!("{}{path}", upstreams.claude.trim_end_matches('/'));
+            let req = http
+                .post(url)
+                .bearer_auth(&s.access_token)
+                .header("anthropic-version", crate::quota::ANTHROPIC_VERSION)
+                .header("anthropic-beta", crate::quota::CLAUDE_OAUTH_BETA)
+                .json(&claude_body());
+            (path, req)
+        }
+        _ => {
+            let path = "/codex/responses";
+            let url = format!("{}{path}", upstreams.codex.trim_end_matches('/'));
+            let req = http
+                .post(url)
+                .bearer_auth(&s.access_token)
+                .header("chatgpt-account-id", &s.account.chatgpt_account_id)
+                .header("accept", "text/event-stream")
+                .json(&codex_body());
+            (path, req)
+        }
+    };
     let started = now_ms();
-    let answer = http
-        .post(url)
-        .timeout(WARMUP_TIMEOUT)
-        .bearer_auth(&s.access_token)
-        .header("chatgpt-account-id", &s.account.chatgpt_account_id)
-        .header("accept", "text/event-stream")
-        .json(&codex_body())
-        .send()
-        .await;
+    let answer = request.timeout(WARMUP_TIMEOUT).send().await;
     let mut outcome = OutcomeRecord {
         pool_id: pool_id.to_owned(),
         key_id: WARMUP.to_owned(),
         account_id: account_id.to_owned(),
         attempt: 1,
         started_at_ms: started,
-        request_path: Some("/codex/responses".to_owned()),
+        request_path: Some(path.to_owned()),
         route_reason: Some(WARMUP.to_owned()),
         ..OutcomeRecord::default()
     };
@@ -182,15 +232,25 @@ async fn warm_codex(
             let status = r.status();
             let now = now_ms();
             outcome.status = i64::from(status.as_u16());
-            outcome.primary = header_window(r.headers(), "primary", now / 1000);
-            outcome.secondary = header_window(r.headers(), "secondary", now / 1000);
+            let (primary, secondary) = match provider {
+                Provider::Claude => (
+                    claude_window(r.headers(), "5h", codexmesh_model::quota::PRIMARY_MINUTES),
+                    claude_window(r.headers(), "7d", codexmesh_model::quota::SECONDARY_MINUTES),
+                ),
+                _ => (
+                    header_window(r.headers(), "primary", now / 1000),
+                    header_window(r.headers(), "secondary", now / 1000),
+                ),
+            };
+            outcome.primary = primary;
+            outcome.secondary = secondary;
             if outcome.primary.is_some() || outcome.secondary.is_some() {
                 outcome.quota_observed_at_ms = Some(now);
             }
             if !status.is_success() {
                 outcome.error_source = Some("upstream".to_owned());
             }
-            // Read the stream to its end (the turn completes upstream); nothing is kept.
+            // Read the answer to its end (the turn completes upstream); nothing is kept.
             let _ = r.bytes().await;
             status.is_success()
         }
@@ -204,7 +264,7 @@ async fn warm_codex(
     store
         .record_outcomes("control-plane", std::slice::from_ref(&outcome))
         .await?;
-    if let Some(obs) = crate::quota::observation_from_outcome(&outcome, now_ms()) {
+    if let Some(obs) = crate::quota::observation_from_outcome_of(&outcome, now_ms(), provider) {
         crate::quota::record(store, account_id, &obs).await?;
     }
     Ok(ok)
@@ -241,5 +301,24 @@ mod tests {
         );
         assert_eq!(header_window(&h, "secondary", 1000), None);
         assert_eq!(codex_body()["store"], false);
+        let mut c = reqwest::header::HeaderMap::new();
+        c.insert(
+            "anthropic-ratelimit-unified-5h-utilization",
+            HeaderValue::from_static("0.25"),
+        );
+        c.insert(
+            "anthropic-ratelimit-unified-5h-reset",
+            HeaderValue::from_static("19000"),
+        );
+        assert_eq!(
+            claude_window(&c, "5h", 300),
+            Some(QuotaWindowRecord {
+                used_percent: 25.0,
+                window_minutes: 300,
+                resets_at_unix: 19000
+            })
+        );
+        assert_eq!(claude_window(&c, "7d", 10080), None);
+        assert_eq!(claude_body()["max_tokens"], 1);
     }
 }

@@ -1,6 +1,6 @@
 //! Account warm-up against the simulator (issue 15): a pool's schedule fires once at its slot
-//! (whichever replica ticks), each active account gets exactly one `/codex/responses`
-//! request with its own token, the request log shows them (route reason `warmup`), their quota
+//! (whichever replica ticks), each active account gets exactly one request with its own token
+//! (Codex `/codex/responses`, Claude `/v1/messages`), the request log shows them (route reason `warmup`), their quota
 //! headers become evidence, the run is audited; a schedule turned off does nothing.
 
 mod support;
@@ -33,6 +33,23 @@ async fn import(ops: &Ops, sim: &Sim, pool: &str, label: &str) -> Res<(String, S
     ))
 }
 
+/// Creates a simulator Claude subscription account and imports its credentials file.
+async fn import_claude(ops: &Ops, sim: &Sim, pool: &str, label: &str) -> Res<(String, String)> {
+    let acct = sim.create_claude_account(json!({})).await?;
+    let file = acct["credentials_file"].to_string();
+    let creds = codexmesh_model::credential_files::parse_file(file.as_bytes(), None)?;
+    let key = ops.settings().master_keys()?;
+    let r = ops
+        .store()
+        .await?
+        .import_account(ops.actor(), pool, Some(label), &creds, &key)
+        .await?;
+    Ok((
+        acct["account_id"].as_str().unwrap_or_default().to_owned(),
+        r.account.id,
+    ))
+}
+
 async fn warmups_to(sim: &Sim, sim_id: &str) -> Res<Vec<Value>> {
     Ok(sim.requests_of(sim_id, "/codex/responses").await?)
 }
@@ -45,6 +62,7 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
         store: Some(format!("sqlite://{}/cm.db", dir.path().display())),
         data_dir: Some(dir.path().to_owned()),
         upstream_base_url: Some(sim.base_url()),
+        claude_base_url: Some(sim.root_url()),
         ..Default::default()
     };
     let settings = Settings::resolve(&flags, &|_| None)?;
@@ -54,6 +72,7 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
     let (s1, a1) = import(&ops, &sim, "team", "one").await?;
     let (s2, a2) = import(&ops, &sim, "team", "two").await?;
     let (s3, _) = import(&ops, &sim, "quiet", "three").await?;
+    let (sc, ac) = import_claude(&ops, &sim, "team", "claude").await?;
 
     // Bad input names its field and changes nothing.
     let bad = warmup::set(
@@ -114,7 +133,9 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
     let tick = r1.tick().await?;
     assert_eq!(tick.warmups.len(), 1, "{tick:?}");
     let run = &tick.warmups[0];
-    assert_eq!((run.pool.as_str(), run.sent, run.succeeded), ("team", 2, 2));
+    assert_eq!((run.pool.as_str(), run.sent, run.succeeded), ("team", 3, 3));
+    let claude = sim.requests_of(&sc, "/v1/messages").await?;
+    assert_eq!(claude.len(), 1, "{claude:?}");
     // Exactly one request each, with its own token; none to the pool that is off.
     for sim_id in [&s1, &s2] {
         let reqs = warmups_to(&sim, sim_id).await?;
@@ -131,6 +152,7 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
     for sim_id in [&s1, &s2] {
         assert_eq!(warmups_to(&sim, sim_id).await?.len(), 1);
     }
+    assert_eq!(sim.requests_of(&sc, "/v1/messages").await?.len(), 1);
 
     // The request log shows them like any traffic; the quota headers became evidence.
     let logged: Vec<(String, String, i64)> = sqlx::query_as(
@@ -138,7 +160,7 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
     )
     .fetch_all(store.sql_pool())
     .await?;
-    let mut expected = vec![a1.clone(), a2.clone()];
+    let mut expected = vec![a1.clone(), a2.clone(), ac.clone()];
     expected.sort();
     assert_eq!(
         logged.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
@@ -148,7 +170,7 @@ async fn a_schedule_warms_each_account_once() -> TestResult {
         logged.iter().all(|r| r.1 == "warmup" && r.2 == 200),
         "{logged:?}"
     );
-    for id in [&a1, &a2] {
+    for id in [&a1, &a2, &ac] {
         let q = store.quota(id).await?.ok_or("no evidence")?;
         let p = q.primary.ok_or("no 5-hour window")?;
         assert_eq!(p.source, "headers");

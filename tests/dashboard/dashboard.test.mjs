@@ -66,6 +66,7 @@ const PAGES = (pool) => [
   ['envoys', '/envoys'],
   ['requests', '/requests'],
   ['audit', '/audit'],
+  ['alerts', '/alerts'],
 ];
 
 const ui = (route) => `${cfg.admin_url}/ui${route}`;

@@ -77,6 +77,16 @@ impl Tenants {
                 "--name",
                 &format!("key-{pool}"),
             ])?;
+            ws.ok(&[
+                "alert",
+                "webhook",
+                "add",
+                &format!("hook-{pool}"),
+                "--url",
+                "http://127.0.0.1:9/",
+                "--pool",
+                pool,
+            ])?;
         }
         let owner = token(&ws, "owner-bot", "owner", "")?;
         let admin_a = token(&ws, "admin-a-bot", "admin", "a")?;
@@ -291,6 +301,17 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("POST /api/v1/me/totp", me("/api/v1/me/totp", None, 403)),
         ("POST /api/v1/me/totp/confirm", me("/api/v1/me/totp/confirm", Some(json!({"code": "123456"})), 403)),
         ("DELETE /api/v1/me/totp", me("/api/v1/me/totp", None, 403)),
+        // Alerts (issue 15): a webhook belongs to its pool's tenant; one without a pool to owners.
+        ("GET /api/v1/pools/{pool}/forecast", res(&["/api/v1/pools/b/forecast"], "/api/v1/pools/a/forecast", "/api/v1/pools/zz-none/forecast", None)),
+        ("GET /api/v1/alerts/webhooks", list("/api/v1/alerts/webhooks")),
+        ("POST /api/v1/alerts/webhooks", Isolation::Scoped { path: "/api/v1/alerts/webhooks",
+            other_body: json!({"name": "w1", "url": "http://127.0.0.1:9/", "pool": "b"}),
+            own_body: json!({"name": "w2", "url": "http://127.0.0.1:9/", "pool": "a"}) }),
+        ("DELETE /api/v1/alerts/webhooks/{webhook}", res(&["/api/v1/alerts/webhooks/hook-b"], "/api/v1/alerts/webhooks/hook-a", "/api/v1/alerts/webhooks/zz-none", None)),
+        ("POST /api/v1/alerts/webhooks/{webhook}/test", res(&["/api/v1/alerts/webhooks/hook-b/test"], "/api/v1/alerts/webhooks/hook-a/test", "/api/v1/alerts/webhooks/zz-none/test", None)),
+        ("GET /api/v1/alerts/episodes", list("/api/v1/alerts/episodes")),
+        ("GET /api/v1/pools/{pool}/warmup", res(&["/api/v1/pools/b/warmup"], "/api/v1/pools/a/warmup", "/api/v1/pools/zz-none/warmup", None)),
+        ("PUT /api/v1/pools/{pool}/warmup", res(&["/api/v1/pools/b/warmup"], "/api/v1/pools/a/warmup", "/api/v1/pools/zz-none/warmup", Some(json!({"at": "07:30", "weekdays": "mon-fri"})))),
     ])
 }
 

@@ -760,6 +760,37 @@ declare_settings! {
             help: "How often keys' counted usage (token budgets, quota shares) is pushed when it moved",
             readme: "(only keys with a budget or share; a key crossing a limit is pushed at once)",
         }
+        alert_interval: Millis {
+            key: alert_interval_ms,
+            flag: "alert-interval-ms",
+            value_name: "MS",
+            env: "CODEXMESH_ALERT_INTERVAL_MS",
+            default: "15000",
+            range: 100..=3_600_000,
+            help: "How often alert conditions are evaluated and pools' usage sampled",
+            readme: "(one replica evaluates, behind a store lease; webhooks hear each alert \
+                     once per episode)",
+        }
+        alert_headroom_percent: Count {
+            key: alert_headroom_percent,
+            flag: "alert-headroom-percent",
+            value_name: "PERCENT",
+            env: "CODEXMESH_ALERT_HEADROOM_PERCENT",
+            default: "10",
+            range: 0..=100,
+            help: "Alert when a pool's headroom of a quota window falls under this percentage",
+            readme: "(`headroom_low`; `0` turns it off)",
+        }
+        alert_envoy_lag: Secs {
+            key: alert_envoy_lag_secs,
+            flag: "alert-envoy-lag-secs",
+            value_name: "SECS",
+            env: "CODEXMESH_ALERT_ENVOY_LAG_SECS",
+            default: "120",
+            range: 1..=86_400,
+            help: "Alert when a connected Envoy has not acknowledged the newest snapshot for this long",
+            readme: "(`envoy_not_acking`)",
+        }
     }
     watch {
         flag: "watch",

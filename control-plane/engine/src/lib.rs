@@ -22,6 +22,7 @@
 //! - `status`, `requests`: the reports operators read (through [`ops::reports`]);
 //! - `metrics`: the Prometheus metrics (`/metrics`) and the readiness check (`/readyz`).
 
+pub mod alerts;
 mod api;
 pub mod config;
 mod dashboard;
@@ -39,4 +40,6 @@ pub mod server;
 pub mod snapshot;
 mod status;
 pub mod usage_push;
+pub mod warmup;
 mod watch;
+pub mod webhooks;

@@ -48,6 +48,8 @@ pub struct RunningServer {
     hub: SnapshotHub,
     lifecycle: Lifecycle,
     usage_push: JoinHandle<()>,
+    /// The alert evaluator (issue 15); ends at cancel.
+    alerts: JoinHandle<()>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -93,6 +95,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         cancel.clone(),
     )
     .await?;
+    let (alert_keys, alert_http) = (key.clone(), http.clone());
     let lifecycle = Lifecycle::start(
         settings,
         store.clone(),
@@ -142,6 +145,17 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
             result
         })
     };
+    let alerts = {
+        let evaluator = crate::alerts::Evaluator::new(
+            settings,
+            store.clone(),
+            alert_keys,
+            alert_http,
+            format!("serve:{cp_id}"),
+        )
+        .with_envoys(envoys.clone());
+        tokio::spawn(evaluator.run(cancel.clone()))
+    };
     let admin = {
         let cancel = cancel.clone();
         let ops =
@@ -168,6 +182,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         hub,
         lifecycle,
         usage_push,
+        alerts,
     })
 }
 
@@ -223,6 +238,12 @@ impl RunningServer {
             .is_err()
         {
             self.usage_push.abort();
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.alerts)
+            .await
+            .is_err()
+        {
+            self.alerts.abort();
         }
         if let Some(r) = grpc_done {
             r.map_err(|e| ServeError::Server("gRPC", e.to_string()))?

@@ -42,6 +42,8 @@ struct Expected {
     tokens: Vec<(String, [String; 3])>,
     operator_id: String,
     totp_secret: Vec<u8>,
+    /// An alert webhook's id and signing secret (issue 15).
+    webhook: (String, String),
 }
 
 async fn fill(ops: &Ops) -> Res<Expected> {
@@ -61,10 +63,14 @@ async fn fill(ops: &Ops) -> Res<Expected> {
         .value;
     let enrolled = operators::totp_enroll(ops, "root").await?.value;
     let totp_secret = totp_rs::Secret::Encoded(enrolled.secret_base32.clone()).to_bytes()?;
+    let hook = codexmesh_engine::ops::alerts::add_webhook(ops, "hook", "http://127.0.0.1:9/", None)
+        .await?
+        .value;
     Ok(Expected {
         tokens,
         operator_id: op.id,
         totp_secret,
+        webhook: (hook.webhook.id, hook.secret),
     })
 }
 
@@ -92,6 +98,16 @@ async fn assert_readable(
     let secret = Keys::open(&ring, &expected.operator_id, TOTP_FIELD, &sealed)
         .map_err(|e| format!("{at}: TOTP: {e}"))?;
     assert_eq!(secret, expected.totp_secret, "{at}");
+    let (hook_id, hook_secret) = &expected.webhook;
+    let (_, sealed) = store.webhook_target(hook_id).await?;
+    let secret = Keys::open(
+        &ring,
+        hook_id,
+        codexmesh_store::WEBHOOK_SECRET_FIELD,
+        &sealed,
+    )
+    .map_err(|e| format!("{at}: webhook: {e}"))?;
+    assert_eq!(secret, hook_secret.as_bytes(), "{at}");
     Ok(())
 }
 
@@ -148,7 +164,7 @@ async fn exercise(dir: &Path, url: &str) -> TestResult {
 
     // Every interruption point, one per rotation: v1 → v2 stopped after the file is written,
     // v2 → v3 after the store recorded v3, then after the k-th re-sealed row, after the switch.
-    let rows = u64::try_from(ACCOUNTS + 1)?;
+    let rows = u64::try_from(ACCOUNTS + 2)?;
     let mut points: Vec<Checkpoint> = vec![Checkpoint::FileWritten, Checkpoint::Recorded];
     points.extend((1..=rows).map(Checkpoint::Resealed));
     points.push(Checkpoint::Switched);
@@ -279,7 +295,7 @@ async fn exercise(dir: &Path, url: &str) -> TestResult {
     let done = secrets::rotate_master_key(&ops, RotateOptions::default())
         .await?
         .value;
-    assert_eq!(done.resealed, u64::try_from(ACCOUNTS - 1)?, "{done:?}");
+    assert_eq!(done.resealed, u64::try_from(ACCOUNTS)?, "{done:?}");
     assert_readable(&store, &key_file, &expected, "after the race").await?;
 
     // Done: running it once more starts a new rotation (a new key), it does not fail.

@@ -66,11 +66,13 @@ macro_rules! string_enum {
 }
 
 pub mod activity;
+pub mod alerts;
 pub mod claude_credentials;
 pub mod credential_files;
 pub mod credentials;
 pub mod declarative;
 pub mod declarative_plan;
+pub mod forecast;
 pub mod gemini_credentials;
 pub mod headroom;
 pub mod health;
@@ -84,5 +86,6 @@ pub mod records;
 pub mod routing;
 pub mod usage;
 pub mod util;
+pub mod warmup;
 
 pub use records::*;

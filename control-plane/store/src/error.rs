@@ -20,6 +20,8 @@ pub enum Entity {
     Operator,
     ApiToken,
     BootstrapSecret,
+    /// An alert webhook.
+    Webhook,
 }
 
 impl Entity {
@@ -32,6 +34,7 @@ impl Entity {
             Entity::Operator => "operator",
             Entity::ApiToken => "API token",
             Entity::BootstrapSecret => "bootstrap secret",
+            Entity::Webhook => "webhook",
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod keyfile;
 
 mod accounts;
 mod activity;
+mod alerts;
 mod audit;
 mod declarative;
 mod envoys;
@@ -43,6 +44,7 @@ mod sealing;
 mod snapshot_data;
 mod tx;
 mod usage;
+mod warmup;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +56,7 @@ use sqlx::AnyPool;
 // The public API: the store, what its methods take and return, its errors. The aggregate
 // modules stay private: their methods are on `Store`.
 pub use activity::{ActivityQuery, ACTIVITY_MAX_ROWS};
+pub use alerts::{DueDelivery, PoolSample, WEBHOOK_SECRET_FIELD};
 pub use audit::AuditFilter;
 pub use codexmesh_model::records::*;
 pub use declarative::{Applied, NewKey};
@@ -69,6 +72,7 @@ pub use routing::{KeyRouting, KeyRoutingChange};
 pub use sealing::{KeyMark, KeyState, TOTP_FIELD};
 pub use tx::{validate_label, validate_pool_name};
 pub use usage::SharePoint;
+pub use warmup::PoolWarmup;
 
 /// The schema, per backend (tests upgrade old schemas step by step with these).
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -3,7 +3,8 @@
 //! writes the key file; `docs/secrets.md` tells the whole story).
 //!
 //! Rules:
-//! - the sealed secrets are the accounts' three tokens and the operators' TOTP secrets; each
+//! - the sealed secrets are the accounts' three tokens, the operators' TOTP secrets and the
+//!   alert webhooks' signing secrets; each
 //!   opens with the key of its blob's version, so the store is readable at every point as long
 //!   as the keyring holds every version in use;
 //! - re-sealing changes no plaintext: it bumps no revision and takes no `meta` row. Each row is
@@ -17,6 +18,7 @@
 use serde_json::json;
 use sqlx::{Any, Row, Transaction};
 
+use crate::alerts::WEBHOOK_SECRET_FIELD;
 use crate::audit::audit;
 use crate::crypto::{blob_prefix, Keys, MasterKey};
 use crate::error::StoreError;
@@ -34,6 +36,8 @@ const ACCOUNT_FIELDS: [&str; 3] = ["access_token", "refresh_token", "id_token"];
 pub enum SealedKind {
     Account,
     Operator,
+    /// An alert webhook's signing secret.
+    Webhook,
 }
 
 /// One row's sealed secrets as read, to be re-sealed (ciphertext only; `Debug` shows the owner).
@@ -86,10 +90,17 @@ async fn count_not_under_tx(
         "SELECT COUNT(*) FROM operators WHERE totp_secret_sealed IS NOT NULL AND {}",
         not_under("totp_secret_sealed", n, 1)
     ))
+    .bind(prefix.clone())
+    .fetch_one(&mut **tx)
+    .await?;
+    let webhooks: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM alert_webhooks WHERE {}",
+        not_under("sealed_secret", n, 1)
+    ))
     .bind(prefix)
     .fetch_one(&mut **tx)
     .await?;
-    Ok(u64::try_from(accounts + operators).unwrap_or(0))
+    Ok(u64::try_from(accounts + operators + webhooks).unwrap_or(0))
 }
 
 impl Store {
@@ -146,10 +157,17 @@ impl Store {
                      AND NOT ({})",
                     not_under("totp_secret_sealed", prefix.len(), 1)
                 ))
+                .bind(prefix.clone())
+                .fetch_one(&mut *tx)
+                .await?;
+                let used_webhooks: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM alert_webhooks WHERE NOT ({})",
+                    not_under("sealed_secret", prefix.len(), 1)
+                ))
                 .bind(prefix)
                 .fetch_one(&mut *tx)
                 .await?;
-                if used + used_totp > 0 {
+                if used + used_totp + used_webhooks > 0 {
                     return Err(crate::crypto::CryptoError::KeyNotHeld(n.version).into());
                 }
             }
@@ -193,6 +211,11 @@ impl Store {
                  AND totp_secret_sealed IS NOT NULL AND {} ORDER BY id LIMIT $3",
                 not_under("totp_secret_sealed", n, 2)
             ),
+            SealedKind::Webhook => format!(
+                "SELECT id, sealed_secret FROM alert_webhooks WHERE id > $1 AND {} \
+                 ORDER BY id LIMIT $3",
+                not_under("sealed_secret", n, 2)
+            ),
         };
         let rows = sqlx::query(&sql)
             .bind(after.to_owned())
@@ -210,6 +233,12 @@ impl Store {
                         .collect::<Result<Vec<_>, sqlx::Error>>()?,
                     SealedKind::Operator => {
                         vec![(TOTP_FIELD, r.try_get::<Vec<u8>, _>("totp_secret_sealed")?)]
+                    }
+                    SealedKind::Webhook => {
+                        vec![(
+                            WEBHOOK_SECRET_FIELD,
+                            r.try_get::<Vec<u8>, _>("sealed_secret")?,
+                        )]
                     }
                 };
                 Ok(SealedRow { kind, id, blobs })
@@ -246,6 +275,9 @@ impl Store {
             SealedKind::Operator => {
                 "UPDATE operators SET totp_secret_sealed = $1 \
                  WHERE id = $2 AND totp_secret_sealed = $3"
+            }
+            SealedKind::Webhook => {
+                "UPDATE alert_webhooks SET sealed_secret = $1 WHERE id = $2 AND sealed_secret = $3"
             }
         };
         let mut q = sqlx::query(sql);

@@ -21,6 +21,7 @@ use codexmesh_model::routing::{InvalidSetting, RawRoutingFlags, RoutingPatch};
 use codexmesh_store::{Actor, StoreError};
 
 mod account;
+mod alert;
 mod apply;
 mod envoy_bootstrap;
 mod get;
@@ -85,6 +86,8 @@ pub enum Command {
     Apply(apply::Args),
     /// Print pools or operators as the documents `apply` reads
     Get(get::Args),
+    #[command(subcommand)]
+    Alert(alert::Args),
 }
 
 /// What every command runs with: the use cases' context and the output.
@@ -261,6 +264,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Up(args) => up::execute(args, &ctx).await,
         Command::Apply(args) => apply::execute(args, &ctx).await,
         Command::Get(args) => get::execute(args, &ctx).await,
+        Command::Alert(args) => alert::execute(args, &ctx).await,
     }
 }
 

@@ -1,6 +1,6 @@
 //! `codexmesh pool …`: create, list, set-routing, set-network (the client addresses a pool's
 //! keys work from), overview (the dashboard's pools overview) and refresh-quota (its "refresh
-//! live state").
+//! live state") and forecast (when its windows run out).
 
 use clap::Subcommand;
 use serde::Serialize;
@@ -9,7 +9,8 @@ use super::output::{change_suffix, routing_text};
 use super::{notify, CliError, Ctx, RoutingArgs};
 use codexmesh_engine::ops::overview::WindowHeadroom;
 use codexmesh_engine::ops::reports::WindowView;
-use codexmesh_engine::ops::{overview, pools, reports};
+use codexmesh_engine::ops::{forecast, overview, pools, reports, warmup};
+use codexmesh_model::forecast::WindowForecast;
 use codexmesh_model::network::{parse_cidr, AllowedCidrs, CidrError};
 use codexmesh_model::routing::RoutingView;
 use codexmesh_model::util;
@@ -46,6 +47,23 @@ pub enum Args {
     /// Poll the usage of a pool's accounts now (at most once per pool every 10 s) and print
     /// their quota windows
     RefreshQuota { name: String },
+    /// When the pool's 5-hour and weekly windows run out at the current burn rate, and whether
+    /// that is before their next reset
+    Forecast { name: String },
+    /// Warm the pool's accounts up daily: at --at (UTC) each active account gets one minimal
+    /// request, so its 5-hour window starts then. With no flags: prints the schedule
+    Warmup {
+        name: String,
+        /// Time of day, HH:MM, UTC
+        #[arg(long, value_name = "HH:MM", conflicts_with = "off")]
+        at: Option<String>,
+        /// Only on these days: mon-fri, sat,sun, all (default)
+        #[arg(long, value_name = "DAYS", requires = "at")]
+        weekdays: Option<String>,
+        /// Turn warm-up off (the time is kept)
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 /// `{"pool", <effective routing>}`.
@@ -205,7 +223,78 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 .collect();
             out.table(&["ACCOUNT", "STATE", "5H USED", "WEEK USED"], &rows)
         }
+        Args::Warmup {
+            name,
+            at,
+            weekdays,
+            off,
+        } => {
+            let change = match (at, off) {
+                (Some(at), _) => Some(warmup::WarmupChange::On { at, weekdays }),
+                (None, true) => Some(warmup::WarmupChange::Off),
+                (None, false) => None,
+            };
+            let v = match &change {
+                Some(c) => notify(warmup::set(&ctx.ops, &name, c).await?),
+                None => notify(warmup::get(&ctx.ops, &name).await?),
+            };
+            if out.json {
+                return out.json(&v);
+            }
+            match (&v.at, v.enabled) {
+                (Some(at), true) => out.line(&format!(
+                    "pool {} warm-up: on, at {at} UTC on {}{}",
+                    v.pool,
+                    v.weekdays.as_deref().unwrap_or("all"),
+                    v.last_run_ms
+                        .map(|t| format!(" (last ran {})", util::fmt_utc_ms(t)))
+                        .unwrap_or_default()
+                )),
+                _ => out.line(&format!("pool {} warm-up: off", v.pool)),
+            }
+        }
+        Args::Forecast { name } => {
+            let f = notify(forecast::forecast(&ctx.ops, &name).await?);
+            if out.json {
+                return out.json(&f);
+            }
+            let rows: Vec<Vec<String>> = [("5-hour", &f.primary), ("weekly", &f.secondary)]
+                .iter()
+                .map(|(label, w)| forecast_row(label, w))
+                .collect();
+            out.line(&format!("pool {} forecast:", f.pool))?;
+            out.table(
+                &[
+                    "WINDOW",
+                    "USED",
+                    "BURN",
+                    "RUNS OUT",
+                    "NEXT RESET",
+                    "BEFORE RESET",
+                ],
+                &rows,
+            )
+        }
     }
+}
+
+/// One window's forecast for the table: unknowns spelled out.
+fn forecast_row(label: &str, w: &WindowForecast) -> Vec<String> {
+    let when = |t: Option<i64>| t.map_or_else(|| "-".to_owned(), |t| util::fmt_utc_ms(t * 1000));
+    vec![
+        label.to_owned(),
+        w.used_percent
+            .map_or_else(|| "unknown".to_owned(), |u| format!("{u:.0}%")),
+        w.burn_percent_per_hour
+            .map_or_else(|| "unknown".to_owned(), |b| format!("{b:.1}%/h")),
+        match (w.runs_out_at_unix, w.burn_percent_per_hour) {
+            (Some(t), _) => when(Some(t)),
+            (None, Some(_)) => "not at this rate".to_owned(),
+            (None, None) => "unknown".to_owned(),
+        },
+        when(w.next_reset_unix),
+        if w.runs_out_before_reset { "yes" } else { "no" }.to_owned(),
+    ]
 }
 
 /// One `--allow-cidr` value, checked as clap reads it (a bad one exits 2 like any bad flag).

@@ -8,7 +8,7 @@
 // - Viewers get no create form.
 
 import { get, post } from "../api.js";
-import { h, fragment, quotaMeter, formatNumber, field, statusArea, showError, clearStatus, trackDirty, markClean, whileBusy } from "../ui.js";
+import { h, fragment, quotaMeter, formatNumber, timeElement, field, statusArea, showError, clearStatus, trackDirty, markClean, whileBusy } from "../ui.js";
 
 export default {
   name: "overview",
@@ -46,6 +46,7 @@ function poolCard(overview) {
   return h("article", { class: "card pool-card", "data-testid": "pool-card", "data-pool": name, "aria-labelledby": headingId },
     h("h2", { id: headingId }, h("a", { href, text: name })),
     h("div", { class: "meters" }, meters(overview)),
+    forecastNote(overview.forecast),
     h("h3", { class: "subhead", text: `Accounts (${formatNumber(counts.total ?? 0)})` }),
     h("ul", { class: "state-counts" }, states.map(([label, n]) =>
       h("li", { class: n > 0 && label !== "active" ? "state-count attention" : "state-count" },
@@ -53,6 +54,17 @@ function poolCard(overview) {
     h("h3", { class: "subhead", text: "Last hour" }),
     h("dl", { class: "stats" },
       stat("Requests", hour.requests), stat("Errors", hour.errors), stat("Failovers", hour.failovers)));
+}
+
+/** A warning when a window runs out before its reset at the current burn rate (issue 15). */
+function forecastNote(forecast) {
+  if (!forecast) return null;
+  const early = [["5-hour", forecast.primary], ["weekly", forecast.secondary]]
+    .filter(([, w]) => w && w.runs_out_before_reset);
+  if (!early.length) return null;
+  return h("p", { class: "notice notice-warning", "data-testid": "forecast-warning" },
+    early.map(([label, w], i) => [i ? "; " : "", `The ${label} window runs out at the current burn rate `,
+      timeElement(w.runs_out_at_unix * 1000), " — before its reset"]), ".");
 }
 
 const PROVIDER_NAMES = { codex: "Codex", claude: "Claude", gemini: "Gemini" };

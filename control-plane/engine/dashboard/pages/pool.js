@@ -12,7 +12,7 @@
 
 import { get, post, put, patch, del, p, withQuery, ApiError } from "../api.js";
 import {
-  h, fragment, badge, providerBadge, providerMeters, sparkline, timelineChart, sumBuckets, dataTable, emptyRow,
+  h, fragment, badge, timeElement, providerBadge, providerMeters, sparkline, timelineChart, sumBuckets, dataTable, emptyRow,
   formatNumber, formatPercent, formatMs, formatDuration, field, statusArea, showError, showNotices, clearStatus,
   trackDirty, markClean, isBusy, whileBusy, confirmDialog, uniqueId,
 } from "../ui.js";
@@ -47,12 +47,18 @@ export default {
       get(withQuery("/quota", { pool: name })),
       ctx.canWrite ? get("/accounts").catch(() => []) : Promise.resolve([]),
     ]);
-    return { pool, activity, members, quota, everyone, since };
+    const [forecast, warmup] = await Promise.all([
+      get(p`/pools/${name}/forecast`).catch(() => null),
+      get(p`/pools/${name}/warmup`).catch(() => null),
+    ]);
+    return { pool, activity, members, quota, everyone, since, forecast, warmup };
   },
   render(ctx, data, { first }) {
     if (first) buildSkeleton(ctx, data);
     renderHead(ctx, data);
     renderActivity(ctx, data);
+    renderForecast(ctx, data);
+    if (!ctx.warmupForm || !isBusy(ctx.warmupForm)) renderWarmup(ctx, data);
     if (!isBusyWithin(ctx.membersBox)) renderMembers(ctx, data);
     if (ctx.addForm && !isBusy(ctx.addForm)) fillAddForm(ctx, data);
     if (ctx.routingForm) { if (!isBusy(ctx.routingForm)) fillRoutingForm(ctx, data); }
@@ -115,6 +121,8 @@ function buildSkeleton(ctx, data) {
 
   const sections = [
     section("Activity", spanForm, ctx.chartBox, ctx.activityBox),
+    section("Forecast", (ctx.forecastBox = h("div", { "data-testid": "forecast" }))),
+    section("Warm-up", (ctx.warmupBox = h("div", { "data-testid": "warmup" })), ctx.canWrite ? warmupForm(ctx) : null),
     section("Members", ctx.membersStatus, ctx.membersBox, ctx.canWrite ? addMemberForm(ctx) : null),
     section("Routing", ctx.canWrite ? routingForm(ctx) : (ctx.routingText = h("div"))),
   ];
@@ -484,4 +492,80 @@ async function archivePool(ctx, button) {
       showError(ctx.pageStatus, e);
     }
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forecast (issue 15): when each window runs out at the current burn rate.
+
+function renderForecast(ctx, { forecast }) {
+  if (!forecast) {
+    ctx.forecastBox.replaceChildren(h("p", { class: "muted", text: "No forecast available." }));
+    return;
+  }
+  const columns = [{ label: "Window" }, { label: "Used", className: "num" }, { label: "Burn", className: "num" },
+    { label: "Runs out" }, { label: "Next reset" }, { label: "Before reset?" }];
+  const { wrapper, tbody } = dataTable({ caption: "When the pool's windows run out at the current burn rate", columns, testid: "forecast-table" });
+  const when = (unix) => (unix ? timeElement(unix * 1000) : h("span", { class: "muted", text: "—" }));
+  for (const [label, w] of [["5-hour", forecast.primary], ["Weekly", forecast.secondary]]) {
+    const known = (v) => v !== null && v !== undefined;
+    tbody.append(h("tr", { "data-window": label },
+      h("th", { scope: "row", text: label }),
+      h("td", { class: "num", text: known(w.used_percent) ? formatPercent(w.used_percent) : "unknown" }),
+      h("td", { class: "num", text: known(w.burn_percent_per_hour) ? `${w.burn_percent_per_hour.toFixed(1)} %/h` : "unknown" }),
+      h("td", {}, w.runs_out_at_unix ? when(w.runs_out_at_unix)
+        : h("span", { class: "muted", text: known(w.burn_percent_per_hour) ? "not at this rate" : "unknown" })),
+      h("td", {}, when(w.next_reset_unix)),
+      h("td", {}, w.runs_out_before_reset ? badge("failed", "runs out first") : h("span", { class: "muted", text: "no" }))));
+  }
+  ctx.forecastBox.replaceChildren(wrapper);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warm-up (issue 15): one minimal request per active account at a UTC time of day.
+
+function renderWarmup(ctx, { warmup }) {
+  const text = !warmup ? "Warm-up unavailable."
+    : warmup.enabled ? `On: every ${warmup.weekdays === "all" ? "day" : warmup.weekdays} at ${warmup.at} UTC, one minimal request per active account (its 5-hour window starts then).`
+      : "Off.";
+  ctx.warmupBox.replaceChildren(h("p", { "data-testid": "warmup-state", text }),
+    warmup?.last_run_ms ? h("p", { class: "muted" }, "Last run ", timeElement(warmup.last_run_ms)) : null);
+  if (ctx.warmupAt && warmup?.at && !ctx.warmupForm.dataset.dirty) {
+    ctx.warmupAt.value = warmup.at;
+    ctx.warmupDays.value = warmup.weekdays === "all" ? "" : warmup.weekdays;
+  }
+}
+
+function warmupForm(ctx) {
+  const area = statusArea();
+  const at = h("input", { name: "at", type: "time", required: true });
+  const days = h("input", { name: "weekdays", type: "text", placeholder: "all", autocomplete: "off", spellcheck: "false" });
+  const save = h("button", { type: "submit", class: "button button-primary", text: "Turn on / save" });
+  const off = h("button", { type: "button", class: "button", "data-write": "", text: "Turn off" });
+  const form = h("form", { class: "form-inline", "data-testid": "warmup-form", "data-write": "" },
+    h("div", { class: "row" }, field("Time (UTC)", at), field("Weekdays", days, "mon-fri, sat,sun; empty: every day."),
+      h("div", { class: "actions" }, save, off)),
+    area);
+  trackDirty(form);
+  const send = (body, button) => whileBusy(button, async () => {
+    clearStatus(area, form);
+    try {
+      const reply = await put(p`/pools/${ctx.params.pool}/warmup`, body);
+      markClean(form);
+      showNotices(area, reply.notices, reply.enabled ? `Warm-up on at ${reply.at} UTC.` : "Warm-up off.");
+      ctx.refresh();
+    } catch (e) {
+      showError(area, e, form);
+    }
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const body = { at: at.value };
+    if (days.value.trim()) body.weekdays = days.value.trim();
+    send(body, save);
+  });
+  off.addEventListener("click", () => send({ enabled: false }, off));
+  ctx.warmupForm = form;
+  ctx.warmupAt = at;
+  ctx.warmupDays = days;
+  return form;
 }

@@ -40,6 +40,7 @@ use crate::ops::{self, ErrorKind, Notice, Ops, OpsError};
 use codexmesh_model::operators::Access;
 
 mod accounts;
+mod alerts;
 mod config;
 mod events;
 mod keys;
@@ -548,6 +549,7 @@ fn api_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(logins::routes())
         .merge(operators::protected_routes())
         .merge(config::routes())
+        .merge(alerts::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -577,7 +579,8 @@ fn document() -> utoipa::openapi::OpenApi {
         .merge(events::routes())
         .merge(logins::routes())
         .merge(operators::protected_routes())
-        .merge(config::routes());
+        .merge(config::routes())
+        .merge(alerts::routes());
     router.to_openapi()
 }
 

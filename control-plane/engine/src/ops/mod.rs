@@ -31,7 +31,9 @@ use codexmesh_store::{Actor, Store, StoreError};
 
 pub mod accounts;
 pub mod activity;
+pub mod alerts;
 pub mod declarative;
+pub mod forecast;
 mod guard;
 pub mod keys;
 pub mod operators;
@@ -39,6 +41,7 @@ pub mod overview;
 pub mod pools;
 pub mod reports;
 pub mod secrets;
+pub mod warmup;
 
 pub use crate::login::LoginError;
 pub use crate::refresh::RefreshError;

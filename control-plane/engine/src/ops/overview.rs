@@ -50,6 +50,8 @@ pub struct PoolOverview {
     pub last_hour: HourActivity,
     /// The client addresses (CIDRs) the pool's keys work from; empty: any.
     pub allowed_cidrs: codexmesh_store::AllowedCidrs,
+    /// When its windows run out at the current burn rate ([`super::forecast`]).
+    pub forecast: super::forecast::PoolForecast,
 }
 
 /// A pool's members of one provider and their combined headroom per window of that provider.
@@ -130,6 +132,7 @@ pub async fn overview(ops: &Ops) -> Result<Outcome<Overview>, OpsError> {
                 failovers: total.fallbacks,
             },
             allowed_cidrs: p.pool.allowed_cidrs.clone(),
+            forecast: super::forecast::forecast_of(ops.store().await?, p, now).await?,
         });
     }
     Ok(Outcome::with_notices(

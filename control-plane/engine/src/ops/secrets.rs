@@ -389,7 +389,11 @@ async fn reseal_pass(
 ) -> Result<(u64, u64), OpsError> {
     let _ = ops;
     let (mut done, mut lost) = (0u64, 0u64);
-    for kind in [SealedKind::Account, SealedKind::Operator] {
+    for kind in [
+        SealedKind::Account,
+        SealedKind::Operator,
+        SealedKind::Webhook,
+    ] {
         let mut after = String::new();
         loop {
             let rows = store

@@ -28,6 +28,7 @@ import envoys from "./pages/envoys.js";
 import requests from "./pages/requests.js";
 import audit from "./pages/audit.js";
 import notFound from "./pages/notfound.js";
+import invites from "./pages/invites.js";
 
 const ROUTES = [
   { pattern: /^\/ui\/?$/, page: overview },
@@ -39,6 +40,7 @@ const ROUTES = [
   { pattern: /^\/ui\/envoys\/?$/, page: envoys },
   { pattern: /^\/ui\/requests\/?$/, page: requests },
   { pattern: /^\/ui\/audit\/?$/, page: audit },
+  { pattern: /^\/ui\/invites\/?$/, page: invites },
 ];
 
 const NAV = [
@@ -49,6 +51,7 @@ const NAV = [
   ["Requests", "/ui/requests"],
   ["Audit", "/ui/audit"],
   ["Setup", "/ui/setup"],
+  ["Invites", "/ui/invites"],
 ];
 
 const main = document.getElementById("main");

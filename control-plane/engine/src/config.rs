@@ -750,6 +750,16 @@ declare_settings! {
                    (comma-separated CIDRs; pushed with the snapshot)",
             readme: "(empty: Envoy's TCP peer is the client; decides pools' `allowed_cidrs`)",
         }
+        public_url: Text {
+            key: public_url,
+            flag: "public-url",
+            value_name: "URL",
+            env: "CODEXMESH_PUBLIC_URL",
+            default: "",
+            help: "The control plane's address as people reach it, for invite links \
+                   (`<URL>/invite#code=…`)",
+            readme: "(empty: `http://` + the admin listener's address)",
+        }
     }
     watch {
         flag: "watch",
@@ -940,6 +950,17 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Where people reach the control plane (invite links): `public_url` without a trailing
+    /// slash, else `http://` + the admin listener's address.
+    pub fn public_base_url(&self) -> String {
+        let url = self.public_url.trim().trim_end_matches('/');
+        if url.is_empty() {
+            format!("http://{}", self.admin_listen)
+        } else {
+            url.to_owned()
+        }
     }
 
     pub fn push_token_path(&self) -> PathBuf {

@@ -20,6 +20,7 @@ pub enum Entity {
     Operator,
     ApiToken,
     BootstrapSecret,
+    Invite,
 }
 
 impl Entity {
@@ -32,6 +33,7 @@ impl Entity {
             Entity::Operator => "operator",
             Entity::ApiToken => "API token",
             Entity::BootstrapSecret => "bootstrap secret",
+            Entity::Invite => "invite",
         }
     }
 }
@@ -81,6 +83,8 @@ pub enum ConflictReason {
     Archived,
     /// The change would leave no enabled owner (`ident` is the operator's name).
     LastOwner,
+    /// The invite `ident` cannot be redeemed any more: revoked, used up or expired.
+    InviteClosed(codexmesh_model::invites::InviteStatus),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,15 @@ fn conflict_message(what: Entity, ident: &str, reason: &ConflictReason) -> Strin
         }
         ConflictReason::LastOwner => {
             format!("{ident} is the last owner: make another owner first")
+        }
+        ConflictReason::InviteClosed(status) => {
+            use codexmesh_model::invites::InviteStatus;
+            let why = match status {
+                InviteStatus::Revoked => "was revoked",
+                InviteStatus::UsedUp => "has been used as often as it allows",
+                InviteStatus::Expired | InviteStatus::Active => "has expired",
+            };
+            format!("this {what} {why}: ask whoever sent it for a new one")
         }
     }
 }

@@ -24,6 +24,7 @@ mod account;
 mod apply;
 mod envoy_bootstrap;
 mod get;
+mod invite;
 mod key;
 mod operator;
 mod output;
@@ -85,6 +86,9 @@ pub enum Command {
     Apply(apply::Args),
     /// Print pools or operators as the documents `apply` reads
     Get(get::Args),
+    /// Invites ("friends mode"): a code that gets whoever redeems it a pool key of their own
+    #[command(subcommand)]
+    Invite(invite::Args),
 }
 
 /// What every command runs with: the use cases' context and the output.
@@ -261,6 +265,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Up(args) => up::execute(args, &ctx).await,
         Command::Apply(args) => apply::execute(args, &ctx).await,
         Command::Get(args) => get::execute(args, &ctx).await,
+        Command::Invite(args) => invite::execute(args, &ctx).await,
     }
 }
 

@@ -42,8 +42,10 @@ use codexmesh_model::operators::Access;
 mod accounts;
 mod config;
 mod events;
+mod invites;
 mod keys;
 mod logins;
+mod mcp;
 mod operators;
 mod pools;
 mod probes;
@@ -548,12 +550,14 @@ fn api_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(logins::routes())
         .merge(operators::protected_routes())
         .merge(config::routes())
+        .merge(invites::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(operators::open_routes())
+        .merge(invites::open_routes())
         .merge(protected)
 }
 
@@ -577,7 +581,9 @@ fn document() -> utoipa::openapi::OpenApi {
         .merge(events::routes())
         .merge(logins::routes())
         .merge(operators::protected_routes())
-        .merge(config::routes());
+        .merge(config::routes())
+        .merge(invites::open_routes())
+        .merge(invites::protected_routes());
     router.to_openapi()
 }
 
@@ -591,6 +597,7 @@ pub(crate) fn router(
     shutdown: tokio_util::sync::CancellationToken,
     metrics: crate::metrics::Metrics,
 ) -> Router {
+    let mcp_shutdown = shutdown.clone();
     let state = ApiState {
         base: Arc::new(ops),
         envoys,
@@ -611,6 +618,7 @@ pub(crate) fn router(
         )
         .merge(api)
         .merge(probes::routes(&state))
+        .merge(mcp::routes(&state, &mcp_shutdown))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -33,6 +33,7 @@ pub mod accounts;
 pub mod activity;
 pub mod declarative;
 mod guard;
+pub mod invites;
 pub mod keys;
 pub mod operators;
 pub mod overview;

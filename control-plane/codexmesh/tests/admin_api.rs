@@ -87,6 +87,14 @@ impl Tenants {
                 "--pool",
                 pool,
             ])?;
+            ws.ok(&[
+                "invite",
+                "create",
+                "--pool",
+                pool,
+                "--label",
+                &format!("invite-{pool}"),
+            ])?;
         }
         let owner = token(&ws, "owner-bot", "owner", "")?;
         let admin_a = token(&ws, "admin-a-bot", "admin", "a")?;
@@ -296,6 +304,9 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("GET /api/v1/config", list("/api/v1/config?format=json")),
         ("PUT /api/v1/config", Isolation::OwnersOnly { path: "/api/v1/config",
             body: json!({"api_version": "codexmesh.dev/v1", "kind": "Pool", "metadata": {"name": "b"}}) }),
+        ("GET /api/v1/invites", list("/api/v1/invites")),
+        ("POST /api/v1/pools/{pool}/invites", res(&["/api/v1/pools/b/invites"], "/api/v1/pools/a/invites", "/api/v1/pools/zz-none/invites", Some(json!({})))),
+        ("DELETE /api/v1/invites/{invite}", res(&["/api/v1/invites/invite-b"], "/api/v1/invites/invite-a", "/api/v1/invites/zz-none", None)),
         ("GET /api/v1/me", me("/api/v1/me", None, 200)),
         ("DELETE /api/v1/session", me("/api/v1/session", None, 400)),
         ("POST /api/v1/me/totp", me("/api/v1/me/totp", None, 403)),
@@ -333,7 +344,11 @@ async fn documented_routes(t: &Tenants) -> Result<Vec<String>, Box<dyn std::erro
 }
 
 /// Routes anyone may call (nothing to isolate).
-const OPEN: &[&str] = &["POST /api/v1/session", "POST /api/v1/bootstrap"];
+const OPEN: &[&str] = &[
+    "POST /api/v1/session",
+    "POST /api/v1/bootstrap",
+    "POST /api/v1/invites/redeem",
+];
 
 fn method_of(route: &str) -> Method {
     route

@@ -29,6 +29,7 @@ import requests from "./pages/requests.js";
 import audit from "./pages/audit.js";
 import notFound from "./pages/notfound.js";
 import alertsPage from "./pages/alerts.js";
+import invites from "./pages/invites.js";
 
 const ROUTES = [
   { pattern: /^\/ui\/?$/, page: overview },
@@ -41,6 +42,7 @@ const ROUTES = [
   { pattern: /^\/ui\/requests\/?$/, page: requests },
   { pattern: /^\/ui\/audit\/?$/, page: audit },
   { pattern: /^\/ui\/alerts\/?$/, page: alertsPage },
+  { pattern: /^\/ui\/invites\/?$/, page: invites },
 ];
 
 const NAV = [
@@ -52,6 +54,7 @@ const NAV = [
   ["Audit", "/ui/audit"],
   ["Setup", "/ui/setup"],
   ["Alerts", "/ui/alerts"],
+  ["Invites", "/ui/invites"],
 ];
 
 const main = document.getElementById("main");

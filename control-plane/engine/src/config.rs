@@ -791,6 +791,16 @@ declare_settings! {
             help: "Alert when a connected Envoy has not acknowledged the newest snapshot for this long",
             readme: "(`envoy_not_acking`)",
         }
+        public_url: Text {
+            key: public_url,
+            flag: "public-url",
+            value_name: "URL",
+            env: "CODEXMESH_PUBLIC_URL",
+            default: "",
+            help: "The control plane's address as people reach it, for invite links \
+                   (`<URL>/invite#code=…`)",
+            readme: "(empty: `http://` + the admin listener's address)",
+        }
     }
     watch {
         flag: "watch",
@@ -981,6 +991,17 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Where people reach the control plane (invite links): `public_url` without a trailing
+    /// slash, else `http://` + the admin listener's address.
+    pub fn public_base_url(&self) -> String {
+        let url = self.public_url.trim().trim_end_matches('/');
+        if url.is_empty() {
+            format!("http://{}", self.admin_listen)
+        } else {
+            url.to_owned()
+        }
     }
 
     pub fn push_token_path(&self) -> PathBuf {

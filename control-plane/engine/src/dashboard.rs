@@ -6,7 +6,8 @@
 //! - Only files that were embedded are served; a path is looked up in the embedded table, never
 //!   joined onto a folder, so `..` and friends find nothing.
 //! - `/ui/assets/…` are the files; every other `/ui/…` path is the page (`index.html`), whose
-//!   script routes on the path, so a link to `/ui/pools/team-a` survives a reload.
+//!   script routes on the path, so a link to `/ui/pools/team-a` survives a reload. `/invite` is
+//!   the open invite page (`invite.html`, no sign-in), with the same headers.
 //! - Every answer carries a strict Content-Security-Policy (scripts, styles, images and
 //!   connections from this origin only; no inline script; no framing), `nosniff` and no referrer.
 //!   These routes sit outside the API's `no-store` layer (see `api::router`).
@@ -38,6 +39,13 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui/", get(page))
         .route("/ui/assets/{*file}", get(asset))
         .route("/ui/{*route}", get(page))
+        .route("/invite", get(invite_page))
+}
+
+/// The open invite page (no sign-in): a person enters an invite code (prefilled from the
+/// link's fragment) and a name, and gets a pool key once (`invite.js`).
+async fn invite_page(headers: HeaderMap) -> Response {
+    serve("invite.html", &headers)
 }
 
 /// The single page, whatever the route under `/ui/` (the script reads the path).

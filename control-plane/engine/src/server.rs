@@ -158,8 +158,10 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     };
     let admin = {
         let cancel = cancel.clone();
-        let ops =
-            crate::ops::Ops::with_store(settings.clone(), Actor::new("api".to_owned()), store);
+        // The bound address (port 0 picked one): invite links default to it.
+        let mut api_settings = settings.clone();
+        api_settings.admin_listen = admin_addr;
+        let ops = crate::ops::Ops::with_store(api_settings, Actor::new("api".to_owned()), store);
         let app = crate::api::router(ops, envoys, hub.subscribe(), cancel.clone(), metrics);
         tokio::spawn(async move {
             let result = axum::serve(

@@ -77,6 +77,7 @@ pub mod gemini_credentials;
 pub mod headroom;
 pub mod health;
 pub mod ids;
+pub mod invites;
 pub mod keys;
 pub mod network;
 pub mod operators;

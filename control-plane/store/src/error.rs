@@ -22,6 +22,7 @@ pub enum Entity {
     BootstrapSecret,
     /// An alert webhook.
     Webhook,
+    Invite,
 }
 
 impl Entity {
@@ -35,6 +36,7 @@ impl Entity {
             Entity::ApiToken => "API token",
             Entity::BootstrapSecret => "bootstrap secret",
             Entity::Webhook => "webhook",
+            Entity::Invite => "invite",
         }
     }
 }
@@ -84,6 +86,8 @@ pub enum ConflictReason {
     Archived,
     /// The change would leave no enabled owner (`ident` is the operator's name).
     LastOwner,
+    /// The invite `ident` cannot be redeemed any more: revoked, used up or expired.
+    InviteClosed(codexmesh_model::invites::InviteStatus),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,15 @@ fn conflict_message(what: Entity, ident: &str, reason: &ConflictReason) -> Strin
         }
         ConflictReason::LastOwner => {
             format!("{ident} is the last owner: make another owner first")
+        }
+        ConflictReason::InviteClosed(status) => {
+            use codexmesh_model::invites::InviteStatus;
+            let why = match status {
+                InviteStatus::Revoked => "was revoked",
+                InviteStatus::UsedUp => "has been used as often as it allows",
+                InviteStatus::Expired | InviteStatus::Active => "has expired",
+            };
+            format!("this {what} {why}: ask whoever sent it for a new one")
         }
     }
 }

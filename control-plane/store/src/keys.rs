@@ -11,8 +11,58 @@ use crate::tx::{is_unique_violation, pool_by_name_tx, resolve_key_tx, validate_l
 use crate::{Actor, Store};
 use codexmesh_model::keys::RawKey;
 use codexmesh_model::policy::KeyPolicy;
-use codexmesh_model::records::{Changed, KeyStatus, PoolKey};
+use codexmesh_model::records::{Changed, KeyStatus, Pool, PoolKey};
 use codexmesh_model::util::{self, now_ms};
+use sqlx::{Any, Transaction};
+
+/// Inserts an active key (its hash only) into `pool`, labelled `label` or `key-N`; returns its
+/// id and label. A hash that is already taken is a conflict. The caller audits and commits.
+pub(crate) async fn insert_key_tx(
+    tx: &mut Transaction<'static, Any>,
+    pool: &Pool,
+    label: Option<&str>,
+    operator: bool,
+    key_hash_hex: &str,
+    policy_json: Option<String>,
+) -> Result<(String, String), StoreError> {
+    let id = util::new_id("key")?;
+    let label = match label {
+        Some(l) => l.to_owned(),
+        None => {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pool_keys WHERE pool_id = $1")
+                .bind(pool.id.clone())
+                .fetch_one(&mut **tx)
+                .await?;
+            format!("key-{}", n + 1)
+        }
+    };
+    sqlx::query(
+        "INSERT INTO pool_keys (id, pool_id, label, key_hash, status, operator, created_at, \
+           policy) \
+         VALUES ($1, $2, $3, $4, 'active', $5, $6, $7)",
+    )
+    .bind(id.clone())
+    .bind(pool.id.clone())
+    .bind(label.clone())
+    .bind(key_hash_hex.to_ascii_lowercase())
+    .bind(i64::from(operator))
+    .bind(now_ms())
+    .bind(policy_json)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::conflict(
+                Entity::Key,
+                key_hash_hex.to_ascii_lowercase(),
+                ConflictReason::HashTaken,
+            )
+        } else {
+            e.into()
+        }
+    })?;
+    Ok((id, label))
+}
 
 impl Store {
     /// Generates a key, stores only its hash, and returns the stored row plus the raw key (which
@@ -83,43 +133,8 @@ impl Store {
         }
         let (mut tx, revision) = self.begin_write().await?;
         let pool = pool_by_name_tx(&mut tx, pool_name).await?;
-        let id = util::new_id("key")?;
-        let label = match label {
-            Some(l) => l.to_owned(),
-            None => {
-                let n: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM pool_keys WHERE pool_id = $1")
-                        .bind(pool.id.clone())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                format!("key-{}", n + 1)
-            }
-        };
-        sqlx::query(
-            "INSERT INTO pool_keys (id, pool_id, label, key_hash, status, operator, created_at, \
-               policy) \
-             VALUES ($1, $2, $3, $4, 'active', $5, $6, $7)",
-        )
-        .bind(id.clone())
-        .bind(pool.id.clone())
-        .bind(label.clone())
-        .bind(key_hash_hex.to_ascii_lowercase())
-        .bind(i64::from(operator))
-        .bind(now_ms())
-        .bind(policy_json)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::conflict(
-                    Entity::Key,
-                    key_hash_hex.to_ascii_lowercase(),
-                    ConflictReason::HashTaken,
-                )
-            } else {
-                e.into()
-            }
-        })?;
+        let (id, label) =
+            insert_key_tx(&mut tx, &pool, label, operator, key_hash_hex, policy_json).await?;
         audit(
             &mut tx,
             actor,

@@ -15,8 +15,8 @@
 //! lookups by name, id or label) sits between them and the aggregates; `sealing` (which master
 //! keys the store accepts, the key a writer seals with) serves the writers of sealed secrets.
 //! Dependencies point one way: leaves ← `tx` ← aggregates (and `audit` ← the writers, `quota` ←
-//! `snapshot_data`, `sealing` ← `accounts`, `operators`, `rotation`); no aggregate uses another
-//! otherwise. Public modules: `crypto` (keys, sealing), `keyfile` (where keys come from),
+//! `snapshot_data`, `sealing` ← `accounts`, `operators`, `rotation`, `keys` ← `invites`: a
+//! redemption mints a key); no aggregate uses another otherwise. Public modules: `crypto` (keys, sealing), `keyfile` (where keys come from),
 //! `files`. `declarative` (`codexmesh apply`: a whole plan in one transaction) writes across
 //! aggregates with its own statements and `routing`'s routing writer.
 
@@ -31,6 +31,7 @@ mod audit;
 mod declarative;
 mod envoys;
 mod error;
+mod invites;
 mod keys;
 mod leases;
 mod operators;
@@ -65,6 +66,7 @@ pub use envoys::{
     MAX_ENVOY_NODES,
 };
 pub use error::{ConflictReason, Entity, Lookup, StoreError};
+pub use invites::{NewInvite, Redeemed};
 pub use operators::{NewOperator, OperatorCredentials, Throttle};
 pub use quota::QuotaWrite;
 pub use rotation::{SealedKind, SealedRow};

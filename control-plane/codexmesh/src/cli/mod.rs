@@ -25,6 +25,7 @@ mod alert;
 mod apply;
 mod envoy_bootstrap;
 mod get;
+mod invite;
 mod key;
 mod operator;
 mod output;
@@ -88,6 +89,9 @@ pub enum Command {
     Get(get::Args),
     #[command(subcommand)]
     Alert(alert::Args),
+    /// Invites ("friends mode"): a code that gets whoever redeems it a pool key of their own
+    #[command(subcommand)]
+    Invite(invite::Args),
 }
 
 /// What every command runs with: the use cases' context and the output.
@@ -265,6 +269,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Apply(args) => apply::execute(args, &ctx).await,
         Command::Get(args) => get::execute(args, &ctx).await,
         Command::Alert(args) => alert::execute(args, &ctx).await,
+        Command::Invite(args) => invite::execute(args, &ctx).await,
     }
 }
 

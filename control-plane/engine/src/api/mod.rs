@@ -43,8 +43,10 @@ mod accounts;
 mod alerts;
 mod config;
 mod events;
+mod invites;
 mod keys;
 mod logins;
+mod mcp;
 mod operators;
 mod pools;
 mod probes;
@@ -550,12 +552,14 @@ fn api_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(operators::protected_routes())
         .merge(config::routes())
         .merge(alerts::routes())
+        .merge(invites::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(operators::open_routes())
+        .merge(invites::open_routes())
         .merge(protected)
 }
 
@@ -580,7 +584,9 @@ fn document() -> utoipa::openapi::OpenApi {
         .merge(logins::routes())
         .merge(operators::protected_routes())
         .merge(config::routes())
-        .merge(alerts::routes());
+        .merge(alerts::routes())
+        .merge(invites::open_routes())
+        .merge(invites::protected_routes());
     router.to_openapi()
 }
 
@@ -594,6 +600,7 @@ pub(crate) fn router(
     shutdown: tokio_util::sync::CancellationToken,
     metrics: crate::metrics::Metrics,
 ) -> Router {
+    let mcp_shutdown = shutdown.clone();
     let state = ApiState {
         base: Arc::new(ops),
         envoys,
@@ -614,6 +621,7 @@ pub(crate) fn router(
         )
         .merge(api)
         .merge(probes::routes(&state))
+        .merge(mcp::routes(&state, &mcp_shutdown))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -35,6 +35,7 @@ pub mod alerts;
 pub mod declarative;
 pub mod forecast;
 mod guard;
+pub mod invites;
 pub mod keys;
 pub mod operators;
 pub mod overview;

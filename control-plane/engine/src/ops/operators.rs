@@ -917,7 +917,7 @@ pub async fn sign_in(
 
 /// The caller's client address ([`LOCAL_CLIENT`] for the shell), refused while it is locked by
 /// too many failed `attempts` (sign-ins, bootstrap secrets).
-async fn unlocked_client(ops: &Ops, attempts: &str) -> Result<String, OpsError> {
+pub(crate) async fn unlocked_client(ops: &Ops, attempts: &str) -> Result<String, OpsError> {
     let client = ops
         .actor()
         .client

@@ -1,0 +1,364 @@
+//! Per-key policies through real Envoy and the simulator, set through the admin API
+//! (`PUT /api/v1/keys/{key}/policy`): a model outside a key's list gets an OpenAI-shaped 403
+//! naming it, a key over its requests per minute a 429 with Retry-After, a second stream of a
+//! key allowed one at a time a 429, and a key whose answers used its token budget a 429 until
+//! the next UTC day. Nothing refused reaches the upstream, every refusal reaches the request
+//! log, and a key without a policy is unaffected throughout.
+
+use std::time::{Duration, Instant};
+
+use codexmesh_test_kit::wait::{self, Probe};
+use codexmesh_test_kit::{openai_error_code, turn_body, Stack, StackOptions, POOL};
+use serde_json::{json, Value};
+
+/// Every policy below also lists models, so a request for another model tells (without using
+/// up anything the test counts) that Envoy has the policy.
+const MODELS: &[&str] = &["gpt-5*"];
+
+fn owner_token(stack: &Stack) -> String {
+    stack
+        .cp
+        .cli_json(&[
+            "operator", "token", "create", "--label", "policies", "--role", "owner",
+        ])
+        .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A new key of the test pool with `label`; its raw secret.
+async fn new_key(stack: &Stack, label: &str) -> String {
+    let key = stack
+        .cp
+        .cli_json(&["key", "create", "--pool", POOL, "--label", label])
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stack
+        .wait_until_serving(&key, Duration::from_secs(20))
+        .await
+        .unwrap();
+    key
+}
+
+/// Sets `label`'s policy through the admin API, then waits until Envoy enforces it (a request
+/// for a model off the list is refused).
+async fn set_policy(stack: &Stack, token: &str, label: &str, key: &str, policy: Value) {
+    let admin = stack.cp.admin_addr.expect("admin address");
+    let resp = stack
+        .http
+        .put(format!("http://{admin}/api/v1/keys/{label}/policy"))
+        .bearer_auth(token)
+        .json(&policy)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "PUT policy: {body}");
+    wait::until_async(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "the policy to reach Envoy",
+        || async {
+            let (status, body) = turn_with(stack, key, "o3").await;
+            Ok(if status == 403 {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("{status} {body}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// One Codex turn asking for `model`: status and body.
+async fn turn_with(stack: &Stack, key: &str, model: &str) -> (u16, String) {
+    let mut body = turn_body("ping");
+    body["model"] = json!(model);
+    let resp = stack.post_turn(key, None, &body).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// One allowed turn: status, Retry-After, body.
+async fn turn(stack: &Stack, key: &str) -> (u16, Option<u64>, String) {
+    let resp = stack
+        .post_turn(key, None, &turn_body("ping"))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, retry_after, resp.text().await.unwrap())
+}
+
+/// Model turns the upstream received since the last clear.
+async fn upstream_turns(stack: &Stack) -> usize {
+    stack.sim.turn_requests().await.unwrap().len()
+}
+
+/// The request log's entries refused with `code` for key `label`, waiting (bounded) for at
+/// least `want`.
+async fn refusals_logged(stack: &Stack, code: &str, want: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = stack.cp.cli_json(&["requests", "--limit", "500"]).unwrap();
+        let hits: Vec<Value> = log
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["policy_refusal"] == code || e["error_code"] == code)
+            .collect();
+        if hits.len() >= want || Instant::now() > deadline {
+            return hits;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn assert_refused(status: u16, body: &str, want_status: u16, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(openai_error_code(body), code, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_rate_and_concurrency_are_enforced_before_the_upstream() {
+    let stack = Stack::start_with(StackOptions::accounts(1).without_quota_polling())
+        .await
+        .unwrap();
+    let token = owner_token(&stack);
+    let models = new_key(&stack, "models").await;
+    let rate = new_key(&stack, "rate").await;
+    let streams = new_key(&stack, "streams").await;
+    set_policy(
+        &stack,
+        &token,
+        "models",
+        &models,
+        json!({"allowed_models": ["gpt-5*", "o4-mini"]}),
+    )
+    .await;
+    set_policy(
+        &stack,
+        &token,
+        "rate",
+        &rate,
+        json!({"allowed_models": MODELS, "requests_per_minute": 2}),
+    )
+    .await;
+    set_policy(
+        &stack,
+        &token,
+        "streams",
+        &streams,
+        json!({"allowed_models": MODELS, "max_concurrent_requests": 1}),
+    )
+    .await;
+
+    // Models: another model is a 403 naming it, on the Codex route and on /v1 alike.
+    stack.sim.clear_requests().await.unwrap();
+    let (status, body) = turn_with(&stack, &models, "o3").await;
+    assert_refused(status, &body, 403, "model_not_allowed");
+    assert!(body.contains("'o3'"), "the refusal names the model: {body}");
+    let chat = stack
+        .http
+        .post(stack.envoy.url("/v1/chat/completions"))
+        .bearer_auth(&models)
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status().as_u16(), 403);
+    let body = chat.text().await.unwrap();
+    assert_eq!(openai_error_code(&body), "model_not_allowed");
+    assert!(body.contains("gpt-4o"), "{body}");
+    // A body that is not JSON cannot name an allowed model.
+    let junk = stack
+        .http
+        .post(stack.envoy.url("/backend-api/codex/responses"))
+        .bearer_auth(&models)
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(junk.status().as_u16(), 400);
+    assert_eq!(
+        upstream_turns(&stack).await,
+        0,
+        "a refusal reached the upstream"
+    );
+    for model in ["gpt-5.1-codex", "o4-mini"] {
+        let (status, body) = turn_with(&stack, &models, model).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert!(body.contains("response.completed"), "{body}");
+    }
+    assert_eq!(upstream_turns(&stack).await, 2);
+
+    // Rate: two at once (a minute's worth), then 429 with Retry-After; the key without a
+    // policy goes on.
+    stack.sim.clear_requests().await.unwrap();
+    for _ in 0..2 {
+        let (status, _, body) = turn(&stack, &rate).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, retry_after, body) = turn(&stack, &rate).await;
+    assert_refused(status, &body, 429, "rate_limited");
+    let retry_after = retry_after.expect("Retry-After");
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(upstream_turns(&stack).await, 2);
+    for _ in 0..4 {
+        let (status, _, body) = turn(&stack, &stack.key).await;
+        assert_eq!(status, 200, "the key without a policy: {body}");
+    }
+
+    // Concurrency: a second stream while the first is open is refused; once the first ends the
+    // slot is free again.
+    stack
+        .sim
+        .behavior(json!({"event_delay_ms": 300, "delta_count": 6}))
+        .await
+        .unwrap();
+    let first = stack
+        .post_turn(&streams, None, &turn_body("slow"))
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let (status, retry_after, body) = turn(&stack, &streams).await;
+    assert_refused(status, &body, 429, "too_many_concurrent_requests");
+    assert_eq!(retry_after, Some(1));
+    // Meanwhile the key without a policy streams alongside.
+    let (status, _, body) = turn(&stack, &stack.key).await;
+    assert_eq!(status, 200, "{body}");
+    let text = first.text().await.unwrap();
+    assert!(text.contains("response.completed"), "{text}");
+    stack
+        .sim
+        .behavior(json!({"event_delay_ms": 0}))
+        .await
+        .unwrap();
+    wait::until_async(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "the first stream's slot to be given back",
+        || async {
+            let (status, _, body) = turn(&stack, &streams).await;
+            Ok(if status == 200 {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("{status} {body}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    // A client that hangs up mid-stream gives its slot back too.
+    stack
+        .sim
+        .behavior(json!({"event_delay_ms": 300, "delta_count": 6}))
+        .await
+        .unwrap();
+    let abandoned = stack
+        .post_turn(&streams, None, &turn_body("abandoned"))
+        .await
+        .unwrap();
+    assert_eq!(abandoned.status().as_u16(), 200);
+    drop(abandoned);
+    stack
+        .sim
+        .behavior(json!({"event_delay_ms": 0}))
+        .await
+        .unwrap();
+    wait::until_async(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "the abandoned stream's slot to be given back",
+        || async {
+            let (status, _, body) = turn(&stack, &streams).await;
+            Ok(if status == 200 {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("{status} {body}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+
+    // Every refusal reached the request log, without an account.
+    for (code, want) in [
+        ("model_not_allowed", 2),
+        ("rate_limited", 1),
+        ("too_many_concurrent_requests", 1),
+    ] {
+        let hits = refusals_logged(&stack, code, want).await;
+        assert!(hits.len() >= want, "{code}: {hits:#?}");
+        for hit in &hits {
+            assert!(
+                hit["account"].is_null()
+                    || hit["account"] == ""
+                    || hit["account_id"].is_null()
+                    || hit["account_id"] == "",
+                "a refusal names no account: {hit}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_counts_the_answers_usage_then_refuses_until_the_next_day() {
+    let stack = Stack::start_with(StackOptions::accounts(1).without_quota_polling())
+        .await
+        .unwrap();
+    let token = owner_token(&stack);
+    let budget = new_key(&stack, "budget").await;
+    // The simulator's answers state a few dozen tokens: one answer uses a 40-token day.
+    set_policy(
+        &stack,
+        &token,
+        "budget",
+        &budget,
+        json!({"allowed_models": MODELS, "tokens_per_day": 40}),
+    )
+    .await;
+    stack.sim.clear_requests().await.unwrap();
+    let mut served = 0;
+    let refused = loop {
+        let (status, retry_after, body) = turn(&stack, &budget).await;
+        if status != 200 {
+            break (status, retry_after, body);
+        }
+        served += 1;
+        assert!(served < 40, "the budget never ran out");
+    };
+    let (status, retry_after, body) = refused;
+    assert!(served >= 1);
+    assert_refused(status, &body, 429, "token_budget_exhausted");
+    // Until the next UTC midnight.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    let retry_after = retry_after.expect("Retry-After");
+    assert!(
+        retry_after.abs_diff(to_midnight) <= 5,
+        "Retry-After {retry_after}, midnight in {to_midnight}"
+    );
+    assert_eq!(upstream_turns(&stack).await, served);
+    // Still refused on the next try; the key without a policy is unaffected.
+    let (status, _, body) = turn(&stack, &budget).await;
+    assert_refused(status, &body, 429, "token_budget_exhausted");
+    let (status, _, body) = turn(&stack, &stack.key).await;
+    assert_eq!(status, 200, "{body}");
+    let hits = refusals_logged(&stack, "token_budget_exhausted", 2).await;
+    assert!(hits.len() >= 2, "{hits:#?}");
+}

@@ -108,6 +108,67 @@ pub fn body_model(body: &[u8]) -> Result<String, GatewayError> {
     })
 }
 
+/// Bytes decoded at a time from a compressed body while looking for its model.
+const DECODE_STEP: usize = 16 * 1024;
+
+/// The model of a request body sent with `content_encoding`: identity as is, `zstd` decoded only
+/// as far as its top-level `"model"` (the Codex CLI writes it first) and never past `cap` bytes.
+/// Any other encoding cannot be read: 400.
+pub fn encoded_body_model(
+    body: &[u8],
+    content_encoding: Option<&str>,
+    cap: usize,
+) -> Result<String, GatewayError> {
+    match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
+        None => body_model(body),
+        Some(e) if e.is_empty() || e == "identity" => body_model(body),
+        Some(e) if e == "zstd" => zstd_body_model(body, cap),
+        Some(e) => Err(GatewayError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "This key may use only some models, and a request body in '{}' cannot be read: send it uncompressed or in zstd.",
+                e.chars().take(32).collect::<String>()
+            ),
+        )),
+    }
+}
+
+fn zstd_body_model(body: &[u8], cap: usize) -> Result<String, GatewayError> {
+    use std::io::Read;
+    let unreadable = || {
+        GatewayError::new(
+            ErrorKind::InvalidRequest,
+            "This key may use only some models, and the zstd request body cannot be decoded.",
+        )
+    };
+    let mut input = body;
+    let mut decoded: Vec<u8> = Vec::new();
+    // Frame after frame, step by step, until the model shows or the body (or the cap) ends.
+    while !input.is_empty() && decoded.len() < cap {
+        let mut frame =
+            ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|_| unreadable())?;
+        loop {
+            let room = cap.saturating_sub(decoded.len()).min(DECODE_STEP);
+            if room == 0 {
+                break;
+            }
+            let start = decoded.len();
+            decoded.resize(start + room, 0);
+            let n = frame
+                .read(decoded.get_mut(start..).unwrap_or_default())
+                .map_err(|_| unreadable())?;
+            decoded.truncate(start + n);
+            if n == 0 {
+                break;
+            }
+            if let Some(model) = top_level_str(&decoded, b"model").filter(|m| !m.is_empty()) {
+                return Ok(model.to_string());
+            }
+        }
+    }
+    body_model(&decoded)
+}
+
 /// The 403 for a model outside the key's list.
 pub fn check_model(policy: &pb::KeyPolicy, model: &str) -> Result<(), GatewayError> {
     if model_allowed(&policy.allowed_models, model) {
@@ -457,6 +518,41 @@ mod tests {
             let err = body_model(bad).unwrap_err();
             assert_eq!(err.status(), 400, "{}", String::from_utf8_lossy(bad));
             assert_eq!(err.kind, ErrorKind::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn a_zstd_body_is_decoded_only_as_far_as_its_model() {
+        use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+        let mut body = br#"{"model":"gpt-5.1-codex","input":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'x', 200_000));
+        body.extend(br#""}"#);
+        let zstd = compress_to_vec(body.as_slice(), CompressionLevel::Fastest);
+        assert_eq!(
+            encoded_body_model(&zstd, Some("zstd"), 1 << 20).unwrap(),
+            "gpt-5.1-codex"
+        );
+        // Found in the first step even under a cap far below the body's size.
+        assert_eq!(
+            encoded_body_model(&zstd, Some(" ZSTD "), DECODE_STEP).unwrap(),
+            "gpt-5.1-codex"
+        );
+        // Written last: decoded to the end (within the cap), then read whole.
+        let last = compress_to_vec(
+            br#"{"input":"hello","model":"o3"}"#.as_slice(),
+            CompressionLevel::Fastest,
+        );
+        assert_eq!(
+            encoded_body_model(&last, Some("zstd"), 1 << 20).unwrap(),
+            "o3"
+        );
+        assert_eq!(
+            encoded_body_model(br#"{"model":"m"}"#, Some("identity"), 10).unwrap(),
+            "m"
+        );
+        for (bytes, encoding) in [(&b"not zstd"[..], "zstd"), (br#"{"model":"m"}"#, "gzip")] {
+            let err = encoded_body_model(bytes, Some(encoding), 1 << 20).unwrap_err();
+            assert_eq!(err.status(), 400, "{encoding}: {err}");
         }
     }
 

@@ -102,6 +102,8 @@ pub struct Downstream {
     policy_path: String,
     /// The in-flight slot this request holds (key id, start): given back once, in `on_done`.
     slot: Option<(String, i64)>,
+    /// The request body's `content-encoding`, for reading its model (zstd is decoded).
+    content_encoding: Option<String>,
 }
 
 impl Downstream {
@@ -206,19 +208,7 @@ impl HttpContext for Downstream {
                     ));
                 }
                 if head.method() == "POST" {
-                    if head
-                        .get("content-encoding")
-                        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
-                    {
-                        return self.refuse(
-                            &authed,
-                            GatewayError::new(
-                                ErrorKind::InvalidRequest,
-                                "This key may use only some models: send the request body uncompressed so the gateway can read its model.",
-                            ),
-                            now_ms,
-                        );
-                    }
+                    self.content_encoding = head.get("content-encoding").map(str::to_string);
                     if end_of_stream {
                         let err = policy::body_model(b"").err().unwrap_or_else(|| {
                             GatewayError::new(ErrorKind::InvalidRequest, "the request has no body")
@@ -323,7 +313,12 @@ impl HttpContext for Downstream {
             if let Some(action) = self.refuse_model(&body) {
                 return action;
             }
+            let compressed = self.content_encoding.is_some();
             let key = self.header_key.take().or_else(|| {
+                if compressed {
+                    // Compressed bodies are not searched (as without a policy).
+                    return None;
+                }
                 let (head, tail) = locality_windows(body.len());
                 let window =
                     |(start, len): (usize, usize)| body.get(start..start.saturating_add(len));
@@ -657,7 +652,8 @@ impl Downstream {
     /// use, or whose body names none.
     fn refuse_model(&mut self, body: &[u8]) -> Option<Action> {
         let policy = self.policy.as_ref()?;
-        let err = match policy::body_model(body) {
+        let cap = usize::try_from(self.config.max_request_body_bytes).unwrap_or(usize::MAX);
+        let err = match policy::encoded_body_model(body, self.content_encoding.as_deref(), cap) {
             Ok(model) => policy::check_model(policy, &model).err()?,
             Err(err) => err,
         };

@@ -196,6 +196,37 @@ async fn models_rate_and_concurrency_are_enforced_before_the_upstream() {
         0,
         "a refusal reached the upstream"
     );
+    // A zstd body (the Codex CLI's) is read too: refused or served by its model.
+    for (model, want) in [("o3", 403), ("gpt-5.1-codex", 200)] {
+        let mut body = turn_body("compressed");
+        body["model"] = json!(model);
+        let zstd = ruzstd::encoding::compress_to_vec(
+            serde_json::to_vec(&body).unwrap().as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let resp = stack
+            .http
+            .post(stack.envoy.url("/backend-api/codex/responses"))
+            .bearer_auth(&models)
+            .header("content-type", "application/json")
+            .header("content-encoding", "zstd")
+            .body(zstd)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, want, "zstd {model}: {text}");
+        if want == 403 {
+            assert_eq!(openai_error_code(&text), "model_not_allowed");
+        }
+    }
+    assert_eq!(
+        upstream_turns(&stack).await,
+        1,
+        "only the allowed zstd turn went upstream"
+    );
+    stack.sim.clear_requests().await.unwrap();
     for model in ["gpt-5.1-codex", "o4-mini"] {
         let (status, body) = turn_with(&stack, &models, model).await;
         assert_eq!(status, 200, "{model}: {body}");
@@ -302,13 +333,9 @@ async fn models_rate_and_concurrency_are_enforced_before_the_upstream() {
         let hits = refusals_logged(&stack, code, want).await;
         assert!(hits.len() >= want, "{code}: {hits:#?}");
         for hit in &hits {
-            assert!(
-                hit["account"].is_null()
-                    || hit["account"] == ""
-                    || hit["account_id"].is_null()
-                    || hit["account_id"] == "",
-                "a refusal names no account: {hit}"
-            );
+            assert_eq!(hit["account_id"], "", "a refusal names no account: {hit}");
+            assert!(hit["account"].is_null(), "{hit}");
+            assert_eq!(hit["error_source"], "client", "{hit}");
         }
     }
 }
@@ -361,4 +388,9 @@ async fn a_token_budget_counts_the_answers_usage_then_refuses_until_the_next_day
     assert_eq!(status, 200, "{body}");
     let hits = refusals_logged(&stack, "token_budget_exhausted", 2).await;
     assert!(hits.len() >= 2, "{hits:#?}");
+    for hit in &hits {
+        assert_eq!(hit["status"], 429, "{hit}");
+        assert_eq!(hit["key"], "budget", "{hit}");
+        assert_eq!(hit["account_id"], "", "{hit}");
+    }
 }

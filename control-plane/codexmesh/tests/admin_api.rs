@@ -246,6 +246,8 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("POST /api/v1/keys/{key}/rotate", res(&["/api/v1/keys/key-b/rotate"], "/api/v1/keys/key-a/rotate", "/api/v1/keys/zz-none/rotate", None)),
         ("POST /api/v1/keys/{key}/revoke", res(&["/api/v1/keys/key-b/revoke"], "/api/v1/keys/key-a/revoke", "/api/v1/keys/zz-none/revoke", None)),
         ("PATCH /api/v1/keys/{key}/routing", res(&["/api/v1/keys/key-b/routing"], "/api/v1/keys/key-a/routing", "/api/v1/keys/zz-none/routing", routing())),
+        ("GET /api/v1/keys/{key}/policy", res(&["/api/v1/keys/key-b/policy"], "/api/v1/keys/key-a/policy", "/api/v1/keys/zz-none/policy", None)),
+        ("PUT /api/v1/keys/{key}/policy", res(&["/api/v1/keys/key-b/policy"], "/api/v1/keys/key-a/policy", "/api/v1/keys/zz-none/policy", Some(json!({"requests_per_minute": 5})))),
         ("GET /api/v1/status", list("/api/v1/status")),
         ("GET /api/v1/overview", list("/api/v1/overview")),
         ("GET /api/v1/quota", list("/api/v1/quota")),

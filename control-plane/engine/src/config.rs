@@ -750,6 +750,16 @@ declare_settings! {
                    (comma-separated CIDRs; pushed with the snapshot)",
             readme: "(empty: Envoy's TCP peer is the client; decides pools' `allowed_cidrs`)",
         }
+        usage_push_interval: Millis {
+            key: usage_push_interval_ms,
+            flag: "usage-push-interval-ms",
+            value_name: "MS",
+            env: "CODEXMESH_USAGE_PUSH_INTERVAL_MS",
+            default: "5000",
+            range: 100..=3_600_000,
+            help: "How often keys' counted usage (token budgets, quota shares) is pushed when it moved",
+            readme: "(only keys with a budget or share; a key crossing a limit is pushed at once)",
+        }
     }
     watch {
         flag: "watch",

@@ -38,4 +38,5 @@ mod requests;
 pub mod server;
 pub mod snapshot;
 mod status;
+pub mod usage_push;
 mod watch;

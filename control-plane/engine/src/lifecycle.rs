@@ -71,6 +71,8 @@ pub struct Lifecycle {
     health_wake: Arc<Notify>,
     changed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
+    /// Told after reports that carried tokens or quota evidence (the usage push worker).
+    usage_wake: Arc<Notify>,
 }
 
 impl Lifecycle {
@@ -147,7 +149,13 @@ impl Lifecycle {
             health_wake,
             changed,
             tasks,
+            usage_wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// What reports with usage wake (`crate::usage_push`).
+    pub fn usage_wake(&self) -> Arc<Notify> {
+        self.usage_wake.clone()
     }
 
     pub fn refresher(&self) -> &Refresher {
@@ -161,6 +169,7 @@ impl Lifecycle {
             refresher: self.refresher.clone(),
             health_wake: self.health_wake.clone(),
             changed: self.changed.clone(),
+            usage_wake: self.usage_wake.clone(),
         }
     }
 
@@ -187,6 +196,7 @@ pub struct LifecycleSink {
     refresher: Refresher,
     health_wake: Arc<Notify>,
     changed: Arc<Notify>,
+    usage_wake: Arc<Notify>,
 }
 
 /// Folds observations of one account into one: per window the freshest.
@@ -293,6 +303,15 @@ impl LifecycleSink {
             }
         }
         self.health_wake.notify_one();
+        if outcomes.iter().any(|o| {
+            !o.key_id.is_empty()
+                && (o.input_tokens > 0
+                    || o.output_tokens > 0
+                    || o.primary.is_some()
+                    || o.secondary.is_some())
+        }) {
+            self.usage_wake.notify_one();
+        }
         Ok(accepted)
     }
 }

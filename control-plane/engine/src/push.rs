@@ -299,6 +299,9 @@ pub fn outcome_record(o: &pb::Outcome) -> OutcomeRecord {
         token_expires_at_unix: (o.token_expires_at_unix != 0).then_some(o.token_expires_at_unix),
         strategy: clip(&o.strategy),
         route_reason: clip(&o.route_reason),
+        input_tokens: i64::try_from(o.input_tokens).unwrap_or(i64::MAX),
+        output_tokens: i64::try_from(o.output_tokens).unwrap_or(i64::MAX),
+        policy_refusal: clip(&o.policy_refusal),
     }
 }
 

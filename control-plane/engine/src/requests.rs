@@ -70,6 +70,12 @@ pub struct RequestLogEntry {
     pub primary_used_percent: Option<f64>,
     pub secondary_used_percent: Option<f64>,
     pub snapshot_version: i64,
+    /// Tokens the answer stated (0: none).
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// Refused by the key's policy before any account was tried (`rate_limited`,
+    /// `model_not_allowed`, …): then `account_id` is empty.
+    pub policy_refusal: Option<String>,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RequestLogError {
@@ -211,6 +217,9 @@ fn entry(
         primary_used_percent: o.primary.map(|w| w.used_percent),
         secondary_used_percent: o.secondary.map(|w| w.used_percent),
         snapshot_version: o.snapshot_version,
+        input_tokens: o.input_tokens,
+        output_tokens: o.output_tokens,
+        policy_refusal: o.policy_refusal,
     }
 }
 

@@ -47,6 +47,7 @@ pub struct RunningServer {
     admin: JoinHandle<std::io::Result<()>>,
     hub: SnapshotHub,
     lifecycle: Lifecycle,
+    usage_push: JoinHandle<()>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -103,6 +104,14 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         cancel.clone(),
     );
 
+    let usage_push = crate::usage_push::start(
+        store.clone(),
+        settings.usage_push_interval,
+        lifecycle.usage_wake(),
+        hub.nudger(),
+        hub.subscribe(),
+        cancel.clone(),
+    );
     let envoys = crate::envoys::Envoys::default();
     // One registry for this process: refresh and poll outcomes, pushes, reported traffic.
     let metrics = crate::metrics::Metrics::new(hub.subscribe(), envoys.clone());
@@ -158,6 +167,7 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         admin,
         hub,
         lifecycle,
+        usage_push,
     })
 }
 
@@ -208,6 +218,12 @@ impl RunningServer {
         }
         self.hub.join().await;
         self.lifecycle.join(SHUTDOWN_GRACE).await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.usage_push)
+            .await
+            .is_err()
+        {
+            self.usage_push.abort();
+        }
         if let Some(r) = grpc_done {
             r.map_err(|e| ServeError::Server("gRPC", e.to_string()))?
                 .map_err(|e| ServeError::Server("gRPC", e.to_string()))?;

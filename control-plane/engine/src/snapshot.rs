@@ -161,9 +161,13 @@ pub fn build_with(
                             RoutingMode::Inherit => None,
                         },
                         operator: k.operator,
-                        // Issue 15: filled from the key's stored policy and counted usage.
-                        policy: None,
-                        usage: None,
+                        // Absent = no limits (an empty policy is stored as none).
+                        policy: k.policy.as_ref().map(|p| p.to_proto()),
+                        usage: data
+                            .key_usage
+                            .get(&k.id)
+                            .filter(|u| !u.is_empty())
+                            .map(|u| u.to_proto()),
                     })
                 })
                 .collect();
@@ -614,6 +618,7 @@ mod tests {
             }],
             keys: vec![],
             accounts,
+            key_usage: Default::default(),
         }
     }
 

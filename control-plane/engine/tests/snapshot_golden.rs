@@ -90,8 +90,22 @@ async fn a_known_store_builds_the_known_snapshot() -> TestResult {
         .join_pool(&actor, &carol.id, "team-a", Some(2), Some(5))
         .await?;
     store.set_account_paused(&actor, &carol.id, true).await?;
+    // Issue 15: a key with a policy (its counted usage depends on the clock: key_usage.rs).
     store
-        .create_key(&actor, "team-a", Some("ci"), false, &hex::encode([1u8; 32]))
+        .create_key_with_policy(
+            &actor,
+            "team-a",
+            Some("ci"),
+            false,
+            &hex::encode([1u8; 32]),
+            Some(&codexmesh_model::policy::KeyPolicy {
+                allowed_models: vec!["gpt-5*".into(), "o3".into()],
+                requests_per_minute: Some(60),
+                tokens_per_day: Some(200_000),
+                primary_share_percent: Some(20.0),
+                ..Default::default()
+            }),
+        )
         .await?;
     store
         .create_key(&actor, "team-b", Some("ops"), true, &hex::encode([2u8; 32]))

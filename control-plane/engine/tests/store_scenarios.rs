@@ -197,6 +197,9 @@ async fn exercise(store: &Store, tag: &str, key: &MasterKey) -> TestResult {
         token_expires_at_unix: Some(2_000_000_000),
         strategy: Some("quota_first".into()),
         route_reason: Some("failover".into()),
+        input_tokens: 1200,
+        output_tokens: 340,
+        policy_refusal: None,
     };
     assert_eq!(
         store

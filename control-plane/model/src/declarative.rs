@@ -289,6 +289,9 @@ pub struct KeyDoc {
     /// `inherit` (the default: the pool's routing) or the key's own settings.
     #[serde(default, skip_serializing_if = "KeyRoutingDoc::is_inherit")]
     pub routing: KeyRoutingDoc,
+    /// The key's limits (absent: none), as the API spells them.
+    #[serde(default, skip_serializing_if = "crate::policy::KeyPolicy::is_empty")]
+    pub policy: crate::policy::KeyPolicy,
 }
 
 /// A key's routing: `inherit`, or its own settings (a mapping like the pool's).
@@ -622,6 +625,9 @@ pub fn check_document(doc: &Document) -> Result<(), ConfigError> {
                     r.check()
                         .map_err(|(f, m)| o.invalid(&join(&join(&at, "routing"), f), m))?;
                 }
+                k.policy.validate().map_err(|e| {
+                    o.invalid(&format!("{at}.policy.{}", e.field), e.message.clone())
+                })?;
             }
             if let Some(net) = &spec.network {
                 CidrList::parse(&net.allowed_cidrs).map_err(|e| {
@@ -864,6 +870,14 @@ fn field_rank(name: &str) -> usize {
         "keys",
         "network",
         "allowed_cidrs",
+        "policy",
+        "allowed_models",
+        "requests_per_minute",
+        "max_concurrent_requests",
+        "tokens_per_day",
+        "tokens_per_week",
+        "primary_share_percent",
+        "secondary_share_percent",
     ];
     ORDER.iter().position(|n| *n == name).unwrap_or(ORDER.len())
 }
@@ -1069,11 +1083,13 @@ spec:
                 label: "123".into(),
                 operator: false,
                 routing: KeyRoutingDoc::Inherit,
+                policy: Default::default(),
             });
             p.keys.push(KeyDoc {
                 label: "yes: # no".into(),
                 operator: false,
                 routing: KeyRoutingDoc::Inherit,
+                policy: Default::default(),
             });
             p.routing.secondary_threshold_percent = Some(97.5);
         }

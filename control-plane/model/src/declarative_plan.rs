@@ -30,6 +30,7 @@ use crate::declarative::{
 };
 use crate::network::CidrList;
 use crate::operators::{Access, Operator, Role};
+use crate::policy::KeyPolicy;
 use crate::records::{Account, KeyStatus, Pool, PoolKey};
 use crate::routing::Routing;
 
@@ -156,6 +157,15 @@ pub enum Step {
         label: String,
         operator: bool,
         routing: Option<Routing>,
+        /// None: no policy.
+        policy: Option<KeyPolicy>,
+    },
+    SetKeyPolicy {
+        key_id: String,
+        pool: String,
+        label: String,
+        from: Option<KeyPolicy>,
+        to: Option<KeyPolicy>,
     },
     SetKeyOperator {
         key_id: String,
@@ -213,7 +223,10 @@ impl Step {
             Step::CreatePool { .. } | Step::RestorePool { .. } => 0,
             Step::SetPoolRouting { .. } | Step::SetPoolNetwork { .. } => 1,
             Step::Join { .. } | Step::SetMembership { .. } => 2,
-            Step::CreateKey { .. } | Step::SetKeyOperator { .. } | Step::SetKeyRouting { .. } => 3,
+            Step::CreateKey { .. }
+            | Step::SetKeyOperator { .. }
+            | Step::SetKeyRouting { .. }
+            | Step::SetKeyPolicy { .. } => 3,
             Step::Leave { .. } | Step::RevokeKey { .. } => 4,
             Step::ArchivePool { .. } => 5,
             Step::SetOperatorRole { .. } => 6,
@@ -681,11 +694,14 @@ impl<'a> Planner<'a> {
                     if let Some(r) = &routing {
                         f.extend(self.routing_diff("routing.", &Routing::default(), r));
                     }
+                    let policy = (!k.policy.is_empty()).then(|| k.policy.clone());
+                    f.extend(policy_diff(None, policy.as_ref()));
                     key_steps.push(Step::CreateKey {
                         pool: name.into(),
                         label: k.label.clone(),
                         operator: k.operator,
                         routing: routing.clone(),
+                        policy,
                     });
                     key_objects.push(ObjectChange {
                         kind: ObjectKind::Key,
@@ -805,6 +821,17 @@ impl<'a> Planner<'a> {
                 label: key.label.clone(),
                 from: key.routing_override.clone(),
                 to: routing,
+            });
+        }
+        let policy = (!doc.policy.is_empty()).then(|| doc.policy.clone());
+        if key.policy != policy {
+            fields.extend(policy_diff(key.policy.as_ref(), policy.as_ref()));
+            steps.push(Step::SetKeyPolicy {
+                key_id: key.id.clone(),
+                pool: pool.into(),
+                label: key.label.clone(),
+                from: key.policy.clone(),
+                to: policy,
             });
         }
         (fields, steps)
@@ -1139,6 +1166,7 @@ pub fn export_pools(state: &ConfigState, access: &Access, name: Option<&str>) ->
                         Some(r) => KeyRoutingDoc::Custom(routing(r)),
                         None => KeyRoutingDoc::Inherit,
                     },
+                    policy: k.policy.clone().unwrap_or_default(),
                 })
                 .collect(),
             network: (!p.allowed_cidrs.is_empty()).then(|| NetworkDoc {
@@ -1175,6 +1203,39 @@ pub fn export_operators(state: &ConfigState, access: &Access) -> Vec<Document> {
                 },
             }),
         })
+        .collect()
+}
+
+/// A key policy's changed fields (`policy.<field>`), each value as the API spells it.
+fn policy_diff(from: Option<&KeyPolicy>, to: Option<&KeyPolicy>) -> Vec<FieldChange> {
+    let fields = |p: Option<&KeyPolicy>| -> BTreeMap<String, String> {
+        match p.map(serde_json::to_value) {
+            Some(Ok(serde_json::Value::Object(m))) => m
+                .into_iter()
+                .map(|(k, v)| {
+                    let shown = match v {
+                        serde_json::Value::Array(items) => format!(
+                            "[{}]",
+                            items
+                                .iter()
+                                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        other => other.to_string(),
+                    };
+                    (k, shown)
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    };
+    let (a, b) = (fields(from), fields(to));
+    let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    names
+        .into_iter()
+        .filter(|n| a.get(*n) != b.get(*n))
+        .map(|n| field(format!("policy.{n}"), a.get(n).cloned(), b.get(n).cloned()))
         .collect()
 }
 
@@ -1225,6 +1286,8 @@ mod tests {
             revoked_at_ms: None,
             routing_mode: RoutingMode::Inherit,
             routing_override: None,
+            policy: None,
+            usage: None,
         }
     }
 
@@ -1474,7 +1537,8 @@ mod tests {
                 pool: "a".into(),
                 label: "gone".into(),
                 operator: false,
-                routing: None
+                routing: None,
+                policy: None
             }]
         );
         let o = p.objects.iter().find(|o| o.name == "a/gone");

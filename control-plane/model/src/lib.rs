@@ -82,6 +82,7 @@ pub mod policy;
 pub mod quota;
 pub mod records;
 pub mod routing;
+pub mod usage;
 pub mod util;
 
 pub use records::*;

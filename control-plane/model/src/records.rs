@@ -243,6 +243,11 @@ pub struct PoolKey {
     /// The key's own settings when `routing_mode` is custom (then always Some), else None.
     #[schema(value_type = Option<crate::routing::RoutingView>)]
     pub routing_override: Option<Routing>,
+    /// The key's limits (issue 15); None: no policy.
+    pub policy: Option<crate::policy::KeyPolicy>,
+    /// What has been counted of the key's use (filled by listings; None elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::KeyUsageView>,
 }
 
 /// An account plus its sealed access token, for the snapshot builder only.
@@ -419,6 +424,8 @@ pub struct SnapshotData {
     pub pools: Vec<Pool>,
     pub keys: Vec<PoolKey>,
     pub accounts: Vec<AccountWithToken>,
+    /// Issue 15: each key's counted use, by key id (keys with nothing counted are absent).
+    pub key_usage: std::collections::HashMap<String, crate::usage::KeyUsageView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -499,6 +506,12 @@ pub struct OutcomeRecord {
     /// Why this attempt's account was chosen (`affinity`, `turn_state`, `strategy`, `probe`,
     /// `failover`).
     pub route_reason: Option<String>,
+    /// Tokens the answer stated (0: none stated).
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// The listener filter refused the request for its key's policy (`rate_limited`, …): no
+    /// account was involved (`account_id` is empty).
+    pub policy_refusal: Option<String>,
 }
 
 /// Filters for the request log; None matches anything.

@@ -332,8 +332,12 @@ async fn run_step_tx(
             label,
             operator,
             routing,
+            policy,
         } => {
             crate::tx::validate_label(label)?;
+            if let Some(p) = policy {
+                crate::keys::check_policy(p)?;
+            }
             let pool_id = pool_id_tx(tx, pool).await?;
             let secret = RawKey::generate()?;
             let id = util::new_id("key")?;
@@ -352,13 +356,20 @@ async fn run_step_tx(
             if let Some(r) = routing {
                 write_routing_tx(tx, "pool_keys", &id, r).await?;
             }
+            if policy.is_some() {
+                sqlx::query("UPDATE pool_keys SET policy = $1 WHERE id = $2")
+                    .bind(crate::rows::policy_column(policy.as_ref())?)
+                    .bind(id.clone())
+                    .execute(&mut **tx)
+                    .await?;
+            }
             let key = resolve_key_tx(tx, &id).await?;
             new_key = Some(NewKey { key, secret });
             (
                 "key.create",
                 id,
                 json!({"pool": pool, "label": label, "operator": operator,
-                       "routing": routing}),
+                       "routing": routing, "policy": policy}),
             )
         }
         Step::SetKeyOperator {
@@ -407,6 +418,27 @@ async fn run_step_tx(
                 key_id.clone(),
                 json!({"pool": pool, "label": label, "from_mode": mode(from), "from": from,
                        "mode": mode(to), "to": to}),
+            )
+        }
+        Step::SetKeyPolicy {
+            key_id,
+            pool,
+            label,
+            from,
+            to,
+        } => {
+            if let Some(p) = to {
+                crate::keys::check_policy(p)?;
+            }
+            sqlx::query("UPDATE pool_keys SET policy = $1 WHERE id = $2")
+                .bind(crate::rows::policy_column(to.as_ref())?)
+                .bind(key_id.clone())
+                .execute(&mut **tx)
+                .await?;
+            (
+                "key.set_policy",
+                key_id.clone(),
+                json!({"pool": pool, "label": label, "from": from, "to": to}),
             )
         }
         Step::RevokeKey {
@@ -563,6 +595,7 @@ mod tests {
                     label: "ci".into(),
                     operator: false,
                     routing: None,
+                    policy: None,
                 },
             ],
         };

@@ -116,6 +116,9 @@ pub enum StoreError {
         field: &'static str,
         message: String,
     },
+    /// Input at a path built at run time (`policy.requests_per_minute`) is unacceptable.
+    #[error("{message}")]
+    InvalidPath { field: String, message: String },
     #[error("{what} {ident:?} is ambiguous (matches {ids}); use the id")]
     Ambiguous {
         what: Entity,

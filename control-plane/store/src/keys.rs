@@ -6,10 +6,11 @@ use serde_json::json;
 
 use crate::audit::audit;
 use crate::error::{ConflictReason, Entity, StoreError};
-use crate::rows::{key_from_row, KEY_SELECT};
+use crate::rows::{key_from_row, policy_column, KEY_SELECT};
 use crate::tx::{is_unique_violation, pool_by_name_tx, resolve_key_tx, validate_label};
 use crate::{Actor, Store};
 use codexmesh_model::keys::RawKey;
+use codexmesh_model::policy::KeyPolicy;
 use codexmesh_model::records::{Changed, KeyStatus, PoolKey};
 use codexmesh_model::util::{self, now_ms};
 
@@ -23,9 +24,23 @@ impl Store {
         label: Option<&str>,
         operator: bool,
     ) -> Result<(PoolKey, RawKey), StoreError> {
+        self.issue_key_with_policy(actor, pool, label, operator, None)
+            .await
+    }
+
+    /// [`Store::issue_key`] with the key's policy written in the same transaction (checked
+    /// with [`KeyPolicy::validate`] first).
+    pub async fn issue_key_with_policy(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        label: Option<&str>,
+        operator: bool,
+        policy: Option<&KeyPolicy>,
+    ) -> Result<(PoolKey, RawKey), StoreError> {
         let raw = RawKey::generate()?;
         let key = self
-            .create_key(actor, pool, label, operator, &raw.hash_hex())
+            .create_key_with_policy(actor, pool, label, operator, &raw.hash_hex(), policy)
             .await?;
         Ok((key, raw))
     }
@@ -39,6 +54,24 @@ impl Store {
         operator: bool,
         key_hash_hex: &str,
     ) -> Result<PoolKey, StoreError> {
+        self.create_key_with_policy(actor, pool_name, label, operator, key_hash_hex, None)
+            .await
+    }
+
+    /// [`Store::create_key`] with the key's policy (None or empty: none).
+    pub async fn create_key_with_policy(
+        &self,
+        actor: &Actor,
+        pool_name: &str,
+        label: Option<&str>,
+        operator: bool,
+        key_hash_hex: &str,
+        policy: Option<&KeyPolicy>,
+    ) -> Result<PoolKey, StoreError> {
+        if let Some(p) = policy {
+            check_policy(p)?;
+        }
+        let policy_json = policy_column(policy)?;
         if let Some(l) = label {
             validate_label(l)?;
         }
@@ -63,8 +96,9 @@ impl Store {
             }
         };
         sqlx::query(
-            "INSERT INTO pool_keys (id, pool_id, label, key_hash, status, operator, created_at) \
-             VALUES ($1, $2, $3, $4, 'active', $5, $6)",
+            "INSERT INTO pool_keys (id, pool_id, label, key_hash, status, operator, created_at, \
+               policy) \
+             VALUES ($1, $2, $3, $4, 'active', $5, $6, $7)",
         )
         .bind(id.clone())
         .bind(pool.id.clone())
@@ -72,6 +106,7 @@ impl Store {
         .bind(key_hash_hex.to_ascii_lowercase())
         .bind(i64::from(operator))
         .bind(now_ms())
+        .bind(policy_json)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -90,7 +125,8 @@ impl Store {
             actor,
             "key.create",
             Some(&id),
-            json!({"pool": pool.name, "label": label, "operator": operator}),
+            json!({"pool": pool.name, "label": label, "operator": operator,
+                   "policy": policy.filter(|p| !p.is_empty())}),
             revision,
         )
         .await?;
@@ -190,6 +226,46 @@ impl Store {
         Ok((key, raw))
     }
 
+    /// Replaces the key's policy (`policy` empty: the key has none). Checked with
+    /// [`KeyPolicy::validate`]; unchanged when equal (no revision bump, no audit row).
+    pub async fn set_key_policy(
+        &self,
+        actor: &Actor,
+        ident: &str,
+        policy: &KeyPolicy,
+    ) -> Result<Changed<PoolKey>, StoreError> {
+        check_policy(policy)?;
+        let (mut tx, revision) = self.begin_write().await?;
+        let key = resolve_key_tx(&mut tx, ident).await?;
+        let wanted = (!policy.is_empty()).then_some(policy);
+        if key.policy.as_ref() == wanted {
+            return Ok(Changed {
+                changed: false,
+                item: key,
+            });
+        }
+        sqlx::query("UPDATE pool_keys SET policy = $1 WHERE id = $2")
+            .bind(policy_column(wanted)?)
+            .bind(key.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "key.set_policy",
+            Some(&key.id),
+            json!({"pool": key.pool, "label": key.label, "from": key.policy, "to": wanted}),
+            revision,
+        )
+        .await?;
+        let key = resolve_key_tx(&mut tx, &key.id).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: key,
+        })
+    }
+
     /// A key by id or label (a label must be unique).
     pub async fn find_key(&self, ident: &str) -> Result<PoolKey, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -197,4 +273,12 @@ impl Store {
         tx.rollback().await?;
         key
     }
+}
+
+/// The store's check of a policy: the model's rule, the field named `policy.<field>`.
+pub(crate) fn check_policy(policy: &KeyPolicy) -> Result<(), StoreError> {
+    policy.validate().map_err(|e| StoreError::InvalidPath {
+        field: format!("policy.{}", e.field),
+        message: format!("policy.{e}"),
+    })
 }

@@ -42,6 +42,7 @@ mod rows;
 mod sealing;
 mod snapshot_data;
 mod tx;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub use rotation::{SealedKind, SealedRow};
 pub use routing::{KeyRouting, KeyRoutingChange};
 pub use sealing::{KeyMark, KeyState, TOTP_FIELD};
 pub use tx::{validate_label, validate_pool_name};
+pub use usage::SharePoint;
 
 /// The schema, per backend (tests upgrade old schemas step by step with these).
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");

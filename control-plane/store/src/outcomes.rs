@@ -83,9 +83,11 @@ impl Store {
                    resets_at, primary_used_percent, primary_window_minutes, primary_resets_at, \
                    secondary_used_percent, secondary_window_minutes, secondary_resets_at, \
                    quota_observed_at, credits_has_credits, credits_unlimited, credits_balance, \
-                   error_source, fallback, retry_after, token_expires_at, strategy, route_reason) \
+                   error_source, fallback, retry_after, token_expires_at, strategy, route_reason, \
+                   input_tokens, output_tokens, policy_refusal) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                   $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
+                   $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, \
+                   $33)",
             )
             .bind(received)
             .bind(node_id.to_owned())
@@ -117,10 +119,14 @@ impl Store {
             .bind(o.token_expires_at_unix)
             .bind(o.strategy.clone())
             .bind(o.route_reason.clone())
+            .bind((o.input_tokens != 0).then_some(o.input_tokens))
+            .bind((o.output_tokens != 0).then_some(o.output_tokens))
+            .bind(o.policy_refusal.clone())
             .execute(&mut *tx)
             .await?;
         }
         bump_counters_tx(&mut tx, outcomes, received).await?;
+        crate::usage::record_usage_tx(&mut tx, outcomes, received).await?;
         tx.commit().await?;
         Ok(u32::try_from(outcomes.len()).unwrap_or(u32::MAX))
     }

@@ -38,7 +38,7 @@ pub(crate) const KEY_SELECT: &str = "SELECT k.id, k.pool_id, p.name AS pool_name
      k.key_hash, k.status, k.operator, k.created_at, k.revoked_at, k.routing_mode, k.strategy, \
      k.max_attempts, k.explain_routes, k.primary_account_id, k.primary_threshold_percent, \
      k.secondary_threshold_percent, k.circuit_failures, k.circuit_open_ms, k.cooldown_max_ms, \
-     k.websockets FROM pool_keys k JOIN pools p ON p.id = k.pool_id";
+     k.websockets, k.policy FROM pool_keys k JOIN pools p ON p.id = k.pool_id";
 
 /// What [`crate::Store::snapshot_data`] reads of each account, once per membership (with that
 /// pool's priority and weight), in the order accounts are sent.
@@ -62,7 +62,8 @@ pub(crate) const OUTCOME_COLS: &str = "id, received_at, node_id, pool_id, key_id
      resets_at, primary_used_percent, primary_window_minutes, primary_resets_at, \
      secondary_used_percent, secondary_window_minutes, secondary_resets_at, quota_observed_at, \
      credits_has_credits, credits_unlimited, credits_balance, error_source, fallback, \
-     retry_after, token_expires_at, strategy, route_reason";
+     retry_after, token_expires_at, strategy, route_reason, input_tokens, output_tokens, \
+     policy_refusal";
 
 pub(crate) const AUDIT_COLS: &str =
     "id, at, actor, action, target, outcome, client, detail, revision";
@@ -247,7 +248,32 @@ pub(crate) fn key_from_row(row: &AnyRow) -> Result<PoolKey, StoreError> {
             RoutingMode::Custom => Some(routing_from_row(row)?),
             RoutingMode::Inherit => None,
         },
+        policy: policy_from_column(col(row, "policy")?)?,
+        usage: None,
     })
+}
+
+/// A `pool_keys.policy` value: NULL (or an empty policy) is none.
+pub(crate) fn policy_from_column(
+    json: Option<String>,
+) -> Result<Option<codexmesh_model::policy::KeyPolicy>, StoreError> {
+    let Some(json) = json else { return Ok(None) };
+    let policy: codexmesh_model::policy::KeyPolicy = serde_json::from_str(&json)
+        .map_err(|e| StoreError::Corrupt(format!("stored key policy {json:?}: {e}")))?;
+    Ok((!policy.is_empty()).then_some(policy))
+}
+
+/// What `pool_keys.policy` stores for `policy`: NULL for none.
+pub(crate) fn policy_column(
+    policy: Option<&codexmesh_model::policy::KeyPolicy>,
+) -> Result<Option<String>, StoreError> {
+    policy
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            serde_json::to_string(p)
+                .map_err(|e| StoreError::Corrupt(format!("cannot encode a key policy: {e}")))
+        })
+        .transpose()
 }
 
 pub(crate) fn outcome_from_row(r: &AnyRow) -> Result<OutcomeRecord, StoreError> {
@@ -264,6 +290,9 @@ pub(crate) fn outcome_from_row(r: &AnyRow) -> Result<OutcomeRecord, StoreError> 
         })
     };
     Ok(OutcomeRecord {
+        input_tokens: col::<Option<i64>>(r, "input_tokens")?.unwrap_or(0),
+        output_tokens: col::<Option<i64>>(r, "output_tokens")?.unwrap_or(0),
+        policy_refusal: col(r, "policy_refusal")?,
         pool_id: col(r, "pool_id")?,
         key_id: col(r, "key_id")?,
         account_id: col(r, "account_id")?,

@@ -58,19 +58,21 @@ impl Store {
             .into_iter()
             .filter(|p| !archived.contains(&p.id))
             .collect();
-        let keys = keys
+        let keys: Vec<PoolKey> = keys
             .into_iter()
             .filter(|k: &PoolKey| !archived.contains(&k.pool_id))
             .collect();
-        let accounts = accounts
+        let accounts: Vec<AccountWithToken> = accounts
             .into_iter()
             .filter(|a: &AccountWithToken| !archived.contains(&a.account.pool_id))
             .collect();
+        let key_usage = self.key_usage_views(&keys, &accounts).await?;
         Ok(SnapshotData {
             revision,
             pools,
             keys,
             accounts,
+            key_usage,
         })
     }
 }

@@ -1,4 +1,8 @@
-//! `codexmesh key …`: create, list, revoke, set-routing.
+//! `codexmesh key …`: create, list, revoke, set-routing, policy.
+//!
+//! Rules: policy flags are taken as text and checked here before the store is opened (a bad
+//! value exits 1 naming its flag); `key policy` edits the key's current policy (flags set,
+//! `--unset` drops, `--clear` empties) and with no change only shows it.
 
 use clap::Subcommand;
 use serde::Serialize;
@@ -6,6 +10,7 @@ use serde::Serialize;
 use super::output::{change_suffix, routing_text};
 use super::{notify, CliError, Ctx, RoutingArgs};
 use codexmesh_engine::ops::keys;
+use codexmesh_model::policy::KeyPolicy;
 use codexmesh_model::routing::{RoutingMode, RoutingView};
 use codexmesh_model::util;
 
@@ -22,6 +27,8 @@ pub enum Args {
         /// Operator key (may see routing details)
         #[arg(long)]
         operator: bool,
+        #[command(flatten)]
+        policy: Box<PolicyArgs>,
     },
     /// List keys (never the keys themselves)
     List {
@@ -46,6 +53,204 @@ pub enum Args {
         #[command(flatten)]
         routing: Box<RoutingArgs>,
     },
+    /// Show or change a key's policy: allowed models, rate, concurrency, token budgets and
+    /// quota shares. Flags change only what they name; with none it shows the policy
+    Policy {
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        #[command(flatten)]
+        policy: Box<PolicyArgs>,
+        /// Drop one limit (repeatable): allowed-models, rpm, max-concurrent, tokens-per-day,
+        /// tokens-per-week, primary-share, secondary-share
+        #[arg(long, value_name = "LIMIT")]
+        unset: Vec<String>,
+        /// Drop every limit: the key has no policy
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// A key's limits as flags (`key create`, `key policy`). Values are checked by codexmesh.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PolicyArgs {
+    /// Models the key may use: names or prefixes ending in * (gpt-5*,o3), comma separated
+    #[arg(long, value_name = "MODELS", allow_hyphen_values = true)]
+    pub allowed_models: Option<String>,
+    /// Requests per minute (counted per Envoy)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub rpm: Option<String>,
+    /// Requests in flight at once (per Envoy)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_concurrent: Option<String>,
+    /// Tokens (input + output) per UTC day
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub tokens_per_day: Option<String>,
+    /// Tokens per week (from Monday 00:00 UTC)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub tokens_per_week: Option<String>,
+    /// Share of the pool's 5-hour window capacity, in percent (20 or 20%)
+    #[arg(long, value_name = "PERCENT", allow_hyphen_values = true)]
+    pub primary_share: Option<String>,
+    /// Share of the pool's weekly window capacity, in percent
+    #[arg(long, value_name = "PERCENT", allow_hyphen_values = true)]
+    pub secondary_share: Option<String>,
+}
+
+/// The flag that sets each policy field.
+fn flag_of(field: &str) -> &'static str {
+    match field.split('[').next().unwrap_or(field) {
+        "allowed_models" => "--allowed-models",
+        "requests_per_minute" => "--rpm",
+        "max_concurrent_requests" => "--max-concurrent",
+        "tokens_per_day" => "--tokens-per-day",
+        "tokens_per_week" => "--tokens-per-week",
+        "primary_share_percent" => "--primary-share",
+        "secondary_share_percent" => "--secondary-share",
+        _ => "--policy",
+    }
+}
+
+fn bad(flag: &str, message: &str) -> CliError {
+    CliError::Usage(format!("{flag}: {message}"))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, CliError> {
+    v.trim()
+        .parse()
+        .map_err(|_| bad(flag, &format!("{v:?} is not a whole number of 1 or more")))
+}
+
+fn percent(flag: &str, v: &str) -> Result<f64, CliError> {
+    let t = v.trim();
+    t.strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| bad(flag, &format!("{v:?} is not a percentage")))
+}
+
+impl PolicyArgs {
+    fn is_empty(&self) -> bool {
+        self.allowed_models.is_none()
+            && self.rpm.is_none()
+            && self.max_concurrent.is_none()
+            && self.tokens_per_day.is_none()
+            && self.tokens_per_week.is_none()
+            && self.primary_share.is_none()
+            && self.secondary_share.is_none()
+    }
+
+    /// `p` with the given flags set, checked (errors name the flag).
+    fn apply(&self, mut p: KeyPolicy) -> Result<KeyPolicy, CliError> {
+        if let Some(m) = &self.allowed_models {
+            p.allowed_models = m
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = &self.rpm {
+            p.requests_per_minute = Some(number("--rpm", v)?);
+        }
+        if let Some(v) = &self.max_concurrent {
+            p.max_concurrent_requests = Some(number("--max-concurrent", v)?);
+        }
+        if let Some(v) = &self.tokens_per_day {
+            p.tokens_per_day = Some(number("--tokens-per-day", v)?);
+        }
+        if let Some(v) = &self.tokens_per_week {
+            p.tokens_per_week = Some(number("--tokens-per-week", v)?);
+        }
+        if let Some(v) = &self.primary_share {
+            p.primary_share_percent = Some(percent("--primary-share", v)?);
+        }
+        if let Some(v) = &self.secondary_share {
+            p.secondary_share_percent = Some(percent("--secondary-share", v)?);
+        }
+        p.validate()
+            .map_err(|e| bad(flag_of(&e.field), &format!("{} ({})", e.message, e.field)))?;
+        Ok(p)
+    }
+}
+
+/// Drops the limit `--unset` names.
+fn unset(p: &mut KeyPolicy, name: &str) -> Result<(), CliError> {
+    match name.trim().trim_start_matches("--") {
+        "allowed-models" | "allowed_models" => p.allowed_models.clear(),
+        "rpm" | "requests_per_minute" => p.requests_per_minute = None,
+        "max-concurrent" | "max_concurrent_requests" => p.max_concurrent_requests = None,
+        "tokens-per-day" | "tokens_per_day" => p.tokens_per_day = None,
+        "tokens-per-week" | "tokens_per_week" => p.tokens_per_week = None,
+        "primary-share" | "primary_share_percent" => p.primary_share_percent = None,
+        "secondary-share" | "secondary_share_percent" => p.secondary_share_percent = None,
+        other => {
+            return Err(bad(
+                "--unset",
+                &format!(
+                    "unknown limit {other:?} (allowed-models, rpm, max-concurrent, \
+                     tokens-per-day, tokens-per-week, primary-share, secondary-share)"
+                ),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// One line: `today=1200 week=5400 share5h=3.5% shareweek=0.4%` (and `blocked until … (primary)`
+/// past a share); `-` when nothing is counted.
+pub fn usage_summary(u: Option<&codexmesh_model::usage::KeyUsageView>) -> String {
+    let Some(u) = u else {
+        return "-".to_owned();
+    };
+    let mut s = format!(
+        "today={} week={} share5h={:.1}% shareweek={:.1}%",
+        u.tokens.tokens_today,
+        u.tokens.tokens_this_week,
+        u.primary_share_used_percent,
+        u.secondary_share_used_percent
+    );
+    if let Some(until) = u.share_blocked_until_unix {
+        s.push_str(&format!(
+            " blocked until {}",
+            util::fmt_utc_ms(until.saturating_mul(1000))
+        ));
+        if let Some(w) = u.share_blocked_window {
+            s.push_str(&format!(" ({})", w.as_str()));
+        }
+    }
+    s
+}
+
+/// One line: `models=gpt-5*,o3 rpm=60 concurrent=2 tokens/day=100000 share5h=20%`; `-` for none.
+pub fn policy_summary(p: Option<&KeyPolicy>) -> String {
+    let Some(p) = p.filter(|p| !p.is_empty()) else {
+        return "-".to_owned();
+    };
+    let mut parts = Vec::new();
+    if !p.allowed_models.is_empty() {
+        parts.push(format!("models={}", p.allowed_models.join(",")));
+    }
+    let limits = [
+        ("rpm", p.requests_per_minute.map(u64::from)),
+        ("concurrent", p.max_concurrent_requests.map(u64::from)),
+        ("tokens/day", p.tokens_per_day),
+        ("tokens/week", p.tokens_per_week),
+    ];
+    for (name, v) in limits {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    }
+    for (name, v) in [
+        ("share5h", p.primary_share_percent),
+        ("shareweek", p.secondary_share_percent),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}%"));
+        }
+    }
+    parts.join(" ")
 }
 
 #[derive(Serialize)]
@@ -75,8 +280,13 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             pool,
             name,
             operator,
+            policy,
         } => {
-            let issued = notify(keys::issue(&ctx.ops, &pool, name.as_deref(), operator).await?);
+            let policy = policy.apply(KeyPolicy::default())?;
+            let issued = notify(
+                keys::issue_with_policy(&ctx.ops, &pool, name.as_deref(), operator, Some(&policy))
+                    .await?,
+            );
             let (key, raw) = (&issued.key, &issued.secret);
             if out.json {
                 return out.json(&CreatedKey {
@@ -121,12 +331,15 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                             Some(r) => format!("custom ({})", r.strategy),
                             None => "inherit".to_owned(),
                         },
+                        policy_summary(k.policy.as_ref()),
+                        usage_summary(k.usage.as_ref()),
                     ]
                 })
                 .collect();
             out.table(
                 &[
                     "POOL", "ID", "LABEL", "STATUS", "OPERATOR", "CREATED", "REVOKED", "ROUTING",
+                    "POLICY", "USAGE",
                 ],
                 &rows,
             )
@@ -173,6 +386,46 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 r.key.id, r.key.label
             ))?;
             out.line(&routing_text(&r.routing))
+        }
+        Args::Policy {
+            key,
+            policy,
+            unset: unset_names,
+            clear,
+        } => {
+            if clear && (!policy.is_empty() || !unset_names.is_empty()) {
+                return Err(CliError::Usage(
+                    "--clear drops every limit; it cannot be combined with other policy flags"
+                        .to_owned(),
+                ));
+            }
+            let current = keys::get(&ctx.ops, &key).await?.value;
+            let changing = clear || !policy.is_empty() || !unset_names.is_empty();
+            let (k, changed) = if changing {
+                let mut wanted = if clear {
+                    KeyPolicy::default()
+                } else {
+                    current.policy.clone().unwrap_or_default()
+                };
+                for name in &unset_names {
+                    unset(&mut wanted, name)?;
+                }
+                let wanted = policy.apply(wanted)?;
+                let result = notify(keys::set_policy(&ctx.ops, &current.id, &wanted).await?);
+                (result.item, result.changed)
+            } else {
+                (current, false)
+            };
+            if out.json {
+                return out.json(&k.policy.clone().unwrap_or_default());
+            }
+            out.line(&format!(
+                "key {} ({}) policy{}: {}",
+                k.id,
+                k.label,
+                change_suffix(changing, changed),
+                policy_summary(k.policy.as_ref())
+            ))
         }
     }
 }

@@ -60,6 +60,9 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 (None, false) => "-".to_owned(),
             };
             let error = match (&e.error_source, &e.error_code) {
+                _ if e.policy_refusal.is_some() => {
+                    format!("policy: {}", opt(&e.policy_refusal))
+                }
                 (Some(s), Some(c)) => format!("{s}: {c}"),
                 (Some(s), None) => s.clone(),
                 (None, Some(c)) => c.clone(),
@@ -73,7 +76,11 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
                 ),
                 or_id(&e.pool, &e.pool_id),
                 or_id(&e.key, &e.key_id),
-                or_id(&e.account, &e.account_id),
+                if e.account_id.is_empty() && e.policy_refusal.is_some() {
+                    "(refused)".to_owned()
+                } else {
+                    or_id(&e.account, &e.account_id)
+                },
                 e.attempt.to_string(),
                 if e.status == 0 {
                     "no answer".to_owned()

@@ -54,12 +54,12 @@ export default {
         h("td", {}, timeElement(r.received_at_ms, { seconds: true })),
         h("td", { "data-col": "pool", text: r.pool ?? "(deleted)" }),
         h("td", { "data-col": "key", text: r.key ?? r.key_id }),
-        h("td", { "data-col": "account", text: r.account ?? r.account_id }),
+        h("td", { "data-col": "account", text: r.policy_refusal && !r.account_id ? "— (refused by the key's policy)" : (r.account ?? r.account_id) }),
         h("td", { class: "path" }, h("code", { text: r.path ?? "—" })),
         h("td", { class: "num", "data-col": "status", text: r.status === 0 ? "0 (no answer)" : String(r.status) }),
         h("td", { class: "num", "data-col": "latency", text: formatMs(r.latency_ms) }),
         h("td", { "data-col": "attempt" }, `#${r.attempt}`, r.fallback ? [" ", badge("fallback", "fallback")] : null, r.reason ? h("span", { class: "muted small", text: ` ${r.reason}` }) : null),
-        h("td", { "data-col": "error" }, r.error_code ? h("code", { text: r.error_code }) : h("span", { class: "muted", text: "—" }), r.error_source ? h("span", { class: "muted small", text: ` (${r.error_source})` }) : null)));
+        h("td", { "data-col": "error" }, r.policy_refusal ? h("code", { "data-testid": "policy-refusal", text: `policy: ${r.policy_refusal}` }) : r.error_code ? h("code", { text: r.error_code }) : h("span", { class: "muted", text: "—" }), r.error_source ? h("span", { class: "muted small", text: ` (${r.error_source})` }) : null)));
     }
     tbody.append(rows);
     ctx.table.replaceChildren(wrapper);

@@ -1,5 +1,6 @@
 //! `/api/v1/keys`: list, create (the raw key shown once), read, rotate (a new secret shown
-//! once), revoke, and a key's own routing.
+//! once), revoke, a key's own routing, and its policy (`GET`/`PUT /api/v1/keys/{key}/policy`;
+//! `{}` clears it).
 //!
 //! Rules: each handler is one [`crate::ops::keys`] call for the [`Caller`]; a raw key appears
 //! only in the answer that creates or rotates it (never in a list, a read, a log or the audit).
@@ -16,6 +17,7 @@ use super::accounts::PoolFilter;
 use super::pools::{RoutingBody, SettingValue};
 use super::{ApiError, ApiState, Caller, JsonBody, QueryParams, Reply};
 use crate::ops::{self, keys::IssuedKey};
+use codexmesh_model::policy::KeyPolicy;
 use codexmesh_model::records::{Changed, Pool, PoolKey};
 use codexmesh_model::routing::{RoutingPatch, RoutingView};
 
@@ -27,6 +29,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(rotate))
         .routes(routes!(revoke))
         .routes(routes!(set_routing))
+        .routes(routes!(get_policy, put_policy))
 }
 
 /// `POST /api/v1/pools/{pool}/keys`.
@@ -38,6 +41,21 @@ pub(super) struct CreateKey {
     /// An operator's key: its answers may carry route explanations.
     #[serde(default)]
     pub operator: bool,
+    /// The key's limits (absent or `{}`: none).
+    pub policy: Option<KeyPolicy>,
+}
+
+/// A policy body, its faults named `policy.<field>` as the ops check names them.
+fn policy_from_json(body: serde_json::Value) -> Result<KeyPolicy, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let field = match super::field_path(&path, &message).as_str() {
+            "body" => "policy".to_owned(),
+            f => format!("policy.{f}"),
+        };
+        ApiError::invalid(field, message)
+    })
 }
 
 /// A key and its secret: the only time the secret is shown.
@@ -130,11 +148,12 @@ async fn create(
     Path(pool): Path<String>,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<Reply<IssuedKeyReply>>), ApiError> {
-    let o = ops::keys::issue(
+    let o = ops::keys::issue_with_policy(
         &caller.ops(&state),
         &pool,
         body.label.as_deref(),
         body.operator,
+        body.policy.as_ref(),
     )
     .await?;
     Ok((
@@ -213,4 +232,36 @@ async fn set_routing(
         },
         notices: o.notices,
     }))
+}
+
+/// The key's policy (`{}`: none).
+#[utoipa::path(get, path = "/api/v1/keys/{key}/policy", tag = "keys",
+    params(("key" = String, Path, description = "Key id or label")),
+    responses((status = 200, body = KeyPolicy), (status = 404, body = super::ErrorBody)))]
+async fn get_policy(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Json<KeyPolicy>, ApiError> {
+    let key = ops::keys::get(&caller.ops(&state), &key).await?.value;
+    Ok(Json(key.policy.unwrap_or_default()))
+}
+
+/// Replaces the key's policy with the body (`{}` clears it); the answer is the key.
+#[utoipa::path(put, path = "/api/v1/keys/{key}/policy", tag = "keys",
+    params(("key" = String, Path, description = "Key id or label")), request_body = KeyPolicy,
+    responses((status = 200, body = Reply<Changed<PoolKey>>), (status = 400, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+async fn put_policy(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Json<Reply<Changed<PoolKey>>>, ApiError> {
+    let policy = policy_from_json(body)?;
+    Ok(Json(
+        ops::keys::set_policy(&caller.ops(&state), &key, &policy)
+            .await?
+            .into(),
+    ))
 }

@@ -437,7 +437,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 
 /// The field a deserialization error is about: its path, extended by the unknown field's name
 /// (serde names it only in the message); the whole body is `body`.
-fn field_path(path: &str, message: &str) -> String {
+pub(crate) fn field_path(path: &str, message: &str) -> String {
     let unknown = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split_once('`'))

@@ -3,11 +3,14 @@
 //!
 //! Rules: a key's secret exists only in [`IssuedKey`] (the store keeps its hash); a label and
 //! the routing input are checked before the store is opened; a principal sees and changes only
-//! the keys of its pools (`guard`), and every refused change is audited.
+//! the keys of its pools (`guard`), and every refused change is audited. A key's policy is
+//! checked with `KeyPolicy::validate` before the store is opened; a bad value is the invalid
+//! error naming `policy.<field>`.
 
 use super::pools::unused_primary;
 use super::{Notice, Ops, OpsError, Outcome};
 use codexmesh_model::keys::RawKey;
+use codexmesh_model::policy::KeyPolicy;
 use codexmesh_model::routing::{RoutingPatch, RoutingView};
 use codexmesh_store::{
     Changed, ConflictReason, Entity, KeyRoutingChange, KeyStatus, Pool, PoolKey, StoreError,
@@ -26,9 +29,33 @@ pub async fn issue(
     label: Option<&str>,
     operator: bool,
 ) -> Result<Outcome<IssuedKey>, OpsError> {
+    issue_with_policy(ops, pool, label, operator, None).await
+}
+
+/// The invalid error of a policy that cannot be stored, naming `policy.<field>`.
+pub fn check_policy(policy: &KeyPolicy) -> Result<(), OpsError> {
+    policy.validate().map_err(|e| {
+        OpsError::Store(StoreError::InvalidPath {
+            field: format!("policy.{}", e.field),
+            message: format!("policy.{e}"),
+        })
+    })
+}
+
+/// [`issue`] with the key's policy set in the same write (None or empty: no policy).
+pub async fn issue_with_policy(
+    ops: &Ops,
+    pool: &str,
+    label: Option<&str>,
+    operator: bool,
+    policy: Option<&KeyPolicy>,
+) -> Result<Outcome<IssuedKey>, OpsError> {
     let result = async {
         if let Some(l) = label {
             codexmesh_store::validate_label(l)?;
+        }
+        if let Some(p) = policy {
+            check_policy(p)?;
         }
         ops.change_pool(pool)?;
         let store = ops.store().await?;
@@ -40,7 +67,9 @@ pub async fn issue(
             }
             .into());
         }
-        let (key, secret) = store.issue_key(ops.actor(), pool, label, operator).await?;
+        let (key, secret) = store
+            .issue_key_with_policy(ops.actor(), pool, label, operator, policy)
+            .await?;
         Ok(Outcome::new(IssuedKey { key, secret }))
     }
     .await;
@@ -55,7 +84,7 @@ pub async fn list(ops: &Ops, pool: Option<&str>) -> Result<Outcome<Vec<PoolKey>>
     let store = ops.store().await?;
     let mut keys = store.list_keys(pool).await?;
     keys.retain(|k| ops.access().sees_pool(&k.pool));
-    Ok(Outcome::new(keys))
+    Ok(Outcome::new(store.with_usage(keys).await?))
 }
 
 pub async fn revoke(ops: &Ops, ident: &str) -> Result<Outcome<Changed<PoolKey>>, OpsError> {
@@ -73,7 +102,15 @@ pub async fn revoke(ops: &Ops, ident: &str) -> Result<Outcome<Changed<PoolKey>>,
 
 /// One key as the principal sees it.
 pub async fn get(ops: &Ops, ident: &str) -> Result<Outcome<PoolKey>, OpsError> {
-    Ok(Outcome::new(ops.key_to_see(ident).await?))
+    let key = ops.key_to_see(ident).await?;
+    let store = ops.store().await?;
+    let mut keys = store.with_usage(vec![key]).await?;
+    match keys.pop() {
+        Some(k) => Ok(Outcome::new(k)),
+        None => Err(OpsError::Conflict(
+            "the key disappeared while it was read".to_owned(),
+        )),
+    }
 }
 
 /// Gives the key a new secret (same id, label, pool and routing); the old one stops working
@@ -97,6 +134,38 @@ pub async fn rotate(ops: &Ops, ident: &str) -> Result<Outcome<IssuedKey>, OpsErr
     .await;
     let pools: Vec<&str> = pool.as_deref().into_iter().collect();
     ops.audited("key.rotate", Some(ident), &pools, result).await
+}
+
+/// Replaces the key's policy (an empty policy clears it). Audited as `key.set_policy`.
+pub async fn set_policy(
+    ops: &Ops,
+    ident: &str,
+    policy: &KeyPolicy,
+) -> Result<Outcome<Changed<PoolKey>>, OpsError> {
+    let mut pool = None;
+    let result = async {
+        check_policy(policy)?;
+        let key = ops.key_to_change(ident).await?;
+        pool = Some(key.pool.clone());
+        let store = ops.store().await?;
+        let changed = store.set_key_policy(ops.actor(), &key.id, policy).await?;
+        let notices = if changed.changed && changed.item.status == KeyStatus::Revoked {
+            vec![Notice::note(
+                "key_revoked",
+                format!(
+                    "key {} is revoked; its policy only matters if it is used again",
+                    changed.item.id
+                ),
+            )]
+        } else {
+            Vec::new()
+        };
+        Ok(Outcome::with_notices(changed, notices))
+    }
+    .await;
+    let pools: Vec<&str> = pool.as_deref().into_iter().collect();
+    ops.audited("key.set_policy", Some(ident), &pools, result)
+        .await
 }
 
 /// A key's effective routing after [`set_routing`].

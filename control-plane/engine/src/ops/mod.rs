@@ -283,7 +283,9 @@ pub enum OpsError {
 fn store_kind(e: &StoreError) -> ErrorKind {
     match e {
         StoreError::NotFound { .. } => ErrorKind::NotFound,
-        StoreError::Invalid { .. } | StoreError::Ambiguous { .. } => ErrorKind::Invalid,
+        StoreError::Invalid { .. }
+        | StoreError::InvalidPath { .. }
+        | StoreError::Ambiguous { .. } => ErrorKind::Invalid,
         StoreError::Conflict { .. } => ErrorKind::Conflict,
         StoreError::Db(_) | StoreError::Migrate(_) | StoreError::SqliteFile { .. } => {
             ErrorKind::Unavailable
@@ -297,9 +299,10 @@ fn store_kind(e: &StoreError) -> ErrorKind {
 }
 
 /// The store names the field of its invalid-input errors; other store errors have none.
-fn store_field(e: &StoreError) -> Option<&'static str> {
+fn store_field(e: &StoreError) -> Option<&str> {
     match e {
         StoreError::Invalid { field, .. } => Some(field),
+        StoreError::InvalidPath { field, .. } => Some(field),
         _ => None,
     }
 }

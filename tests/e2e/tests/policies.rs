@@ -31,7 +31,7 @@ fn owner_token(stack: &Stack) -> String {
 async fn new_key(stack: &Stack, label: &str) -> String {
     let key = stack
         .cp
-        .cli_json(&["key", "create", "--pool", POOL, "--label", label])
+        .cli_json(&["key", "create", "--pool", POOL, "--name", label])
         .unwrap()["key"]
         .as_str()
         .unwrap()
@@ -393,4 +393,58 @@ async fn a_token_budget_counts_the_answers_usage_then_refuses_until_the_next_day
         assert_eq!(hit["key"], "budget", "{hit}");
         assert_eq!(hit["account_id"], "", "{hit}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_past_its_quota_share_is_refused_until_the_share_frees_up() {
+    // One account whose 5-hour window moves one point per turn (the simulator's quota clock).
+    let opts = StackOptions {
+        accounts: vec![json!({"primary_limit": 100, "secondary_limit": 10_000})],
+        ..StackOptions::default()
+    }
+    .without_quota_polling();
+    let stack = Stack::start_with(opts).await.unwrap();
+    let token = owner_token(&stack);
+    let shared = new_key(&stack, "shared").await;
+    // 2 % of a one-account pool: two points of its 5-hour window.
+    set_policy(
+        &stack,
+        &token,
+        "shared",
+        &shared,
+        json!({"allowed_models": MODELS, "primary_share_percent": 2.0}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut served = 0;
+    let (status, retry_after, body) = loop {
+        let (status, retry_after, body) = turn(&stack, &shared).await;
+        if status != 200 {
+            break (status, retry_after, body);
+        }
+        served += 1;
+        assert!(
+            Instant::now() < deadline && served < 40,
+            "the share never ran out ({served} turns)"
+        );
+        // Reports reach the control plane, which pushes the block.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(served >= 2, "a first reading only sets the base: {served}");
+    assert_refused(status, &body, 429, "quota_share_exhausted");
+    assert!(
+        body.contains("5-hour"),
+        "the refusal names the window: {body}"
+    );
+    let retry_after = retry_after.expect("Retry-After");
+    assert!(
+        (1..=5 * 3600).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    // The key without a policy still serves from the same account.
+    let (status, _, body) = turn(&stack, &stack.key).await;
+    assert_eq!(status, 200, "{body}");
+    let hits = refusals_logged(&stack, "quota_share_exhausted", 1).await;
+    assert!(!hits.is_empty());
+    assert_eq!(hits[0]["account_id"], "", "{}", hits[0]);
 }

@@ -448,3 +448,169 @@ async fn a_key_past_its_quota_share_is_refused_until_the_share_frees_up() {
     assert!(!hits.is_empty());
     assert_eq!(hits[0]["account_id"], "", "{}", hits[0]);
 }
+
+/// Imports a Claude OAuth or Gemini account of the simulator into the test pool.
+async fn add_provider_account(stack: &Stack, id: &str, gemini_project: Option<&str>) {
+    match gemini_project {
+        Some(project) => stack
+            .sim
+            .create_gemini_account(json!({"account_id": id, "project_id": project}))
+            .await
+            .unwrap(),
+        None => stack
+            .sim
+            .create_claude_account(json!({"account_id": id}))
+            .await
+            .unwrap(),
+    };
+    let path = stack.dir.path().join(format!("{id}.credentials.json"));
+    stack.sim.write_credentials_file(id, &path).await.unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let mut args = vec!["account", "import", &path, "--pool", POOL, "--label", id];
+    if let Some(project) = gemini_project {
+        args.extend(["--project", project]);
+    }
+    stack.cp.cli_json(&args).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_and_gemini_refusals_take_their_shape_and_their_answers_tokens_are_logged() {
+    let stack = Stack::start_with(StackOptions::accounts(1).without_quota_polling())
+        .await
+        .unwrap();
+    add_provider_account(&stack, "claude-a", None).await;
+    add_provider_account(&stack, "gemini-a", Some("proj-a")).await;
+    let token = owner_token(&stack);
+    let key = new_key(&stack, "mixed").await;
+    set_policy(
+        &stack,
+        &token,
+        "mixed",
+        &key,
+        json!({"allowed_models": ["gpt-5*", "claude-sonnet*", "gemini-2.5-pro"]}),
+    )
+    .await;
+    let claude = |model: &str, stream: bool| {
+        stack
+            .http
+            .post(stack.envoy.url("/v1/messages"))
+            .header("anthropic-version", "2023-06-01")
+            .header("x-api-key", &key)
+            .json(&json!({
+                "model": model,
+                "max_tokens": 64,
+                "stream": stream,
+                "messages": [{"role": "user", "content": "Reply with pong"}],
+            }))
+            .send()
+    };
+    let gemini = |model: &str, method: &str| {
+        stack
+            .http
+            .post(stack.envoy.url(&format!("/v1internal:{method}")))
+            .bearer_auth(&key)
+            .json(&json!({
+                "model": model,
+                "project": "codexmesh-pool",
+                "request": {"contents": [{"role": "user", "parts": [{"text": "Reply with pong"}]}]},
+            }))
+            .send()
+    };
+    // Refusals in each provider's shape, naming the model.
+    let resp = claude("claude-opus-4-1", false).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "permission_error", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("claude-opus-4-1"));
+    let resp = gemini("gemini-1.5-flash", "generateContent").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["status"], "PERMISSION_DENIED", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("gemini-1.5-flash"));
+
+    // Allowed models are served: streamed and whole, and each answer's tokens reach the log.
+    wait::until_async(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        "the Claude and Gemini accounts to serve",
+        || async {
+            let c = claude("claude-sonnet-4-5", true).await?.status().as_u16();
+            let g = gemini("gemini-2.5-pro", "generateContent")
+                .await?
+                .status()
+                .as_u16();
+            Ok(if c == 200 && g == 200 {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("claude {c}, gemini {g}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let whole = claude("claude-sonnet-4-5", false).await.unwrap();
+    assert_eq!(whole.status().as_u16(), 200);
+    let stated: Value = whole.json().await.unwrap();
+    let stream = stack
+        .http
+        .post(stack.envoy.url("/v1internal:streamGenerateContent?alt=sse"))
+        .bearer_auth(&key)
+        .json(&json!({
+            "model": "gemini-2.5-pro",
+            "project": "codexmesh-pool",
+            "request": {"contents": [{"role": "user", "parts": [{"text": "Reply with pong"}]}]},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let _ = stream.text().await.unwrap();
+
+    let want_input = stated["usage"]["input_tokens"].as_i64().unwrap();
+    let want_output = stated["usage"]["output_tokens"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = stack.cp.cli_json(&["requests", "--limit", "500"]).unwrap();
+        let served: Vec<&Value> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["key"] == "mixed" && e["status"] == 200)
+            .collect();
+        let with_tokens = |path: &str| {
+            served.iter().any(|e| {
+                e["path"].as_str().unwrap_or_default().contains(path)
+                    && e["input_tokens"].as_i64() > Some(0)
+                    && e["output_tokens"].as_i64() > Some(0)
+            })
+        };
+        // The whole Claude answer's own usage, as its body stated it.
+        let claude_whole = served.iter().any(|e| {
+            e["path"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("/v1/messages")
+                && e["input_tokens"] == want_input
+                && e["output_tokens"] == want_output
+        });
+        if claude_whole
+            && with_tokens(":generateContent")
+            && with_tokens(":streamGenerateContent")
+            && with_tokens("/v1/messages")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "token usage missing from the log: {served:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -600,6 +600,37 @@ async function scenario() {
     await shot(page, 'laptop-keys-new-key');
   });
 
+  await step('e2. the owner gives the key a policy on the keys page, then clears it', async () => {
+    const made = ((await api('GET', '/keys')).json ?? []).find((k) => k.label === keyLabel);
+    assert.ok(made, `the key ${keyLabel} in the API`);
+    const row = page.locator(`tr[data-testid=key-row][data-key="${made.id}"]`);
+    await row.locator('button[data-testid=edit-policy]').click();
+    const form = page.locator(`form[data-testid=key-policy-form][data-key="${made.id}"]`);
+    await form.waitFor({ timeout: READY_MS });
+    await form.locator('input[name=allowed_models]').fill('gpt-5*, o3');
+    await form.locator('input[name=tokens_per_day]').fill('500000');
+    await form.locator('input[name=primary_share_percent]').fill('20');
+    await form.locator('button[data-testid=save-policy]').click();
+    await until('the policy saved (API)', READY_MS, async () => {
+      const { json } = await api('GET', `/keys/${made.id}/policy`);
+      return (json?.tokens_per_day === 500000 && json?.primary_share_percent === 20 &&
+        JSON.stringify(json?.allowed_models) === '["gpt-5*","o3"]') || { notYet: json };
+    });
+    await until('the policy shown in the key row', READY_MS, async () => {
+      const text = await row.locator('td[data-testid=key-policy]').innerText();
+      return text.includes('500000 tokens/day') || { notYet: text };
+    });
+    // An empty form removes the policy (the turns below run without limits).
+    for (const name of ['allowed_models', 'tokens_per_day', 'primary_share_percent']) {
+      await form.locator(`input[name=${name}]`).fill('');
+    }
+    await form.locator('button[data-testid=save-policy]').click();
+    await until('the policy cleared (API)', READY_MS, async () => {
+      const { json } = await api('GET', `/keys/${made.id}/policy`);
+      return (json && Object.keys(json).length === 0) || { notYet: json };
+    });
+  });
+
   const n = cfg.requests;
   let served = 0;
   await step(`f+g. ${n} turns through Envoy with the key show up live on the pool page`, async () => {

@@ -173,8 +173,10 @@ async fn a_key_past_its_share_is_blocked_until_its_points_age_out() -> TestResul
     // Attributed: turns 1 and 11 split 2 % each 120:50 between the keys, turns 2-10 give 2 %
     // each to "shared": 20.82 points of a one-account pool (100 points) ≥ its 20 % share.
     let expected_used = 2.0 * 2.0 * 120.0 / 170.0 + 18.0;
-    // Under 20 % again once turn 1's point (1.41) leaves the 5-hour window.
-    let expected_until = (second_observed + PRIMARY_WINDOW_SECS * 1000 + 999) / 1000;
+    // Under 20 % again once turn 1's point (1.41) leaves the 5-hour window: points are kept
+    // per minute, at the minute's end.
+    let bucket_end = (second_observed / 60_000 + 1) * 60_000;
+    let expected_until = (bucket_end + PRIMARY_WINDOW_SECS * 1000 + 999) / 1000;
 
     // The usage push worker publishes it: a snapshot with the key blocked (bounded wait).
     let mut stream = client
@@ -361,6 +363,7 @@ async fn a_budget_crossed_is_pushed_at_once_and_refusals_are_logged() -> TestRes
         "{refused}"
     );
     assert_eq!(refused["account_id"], "", "{refused}");
+    assert_eq!(refused["error_source"], "client", "{refused}");
     let table = ws.ok(&["requests"])?.stdout;
     assert!(table.contains("policy: token_budget_exhausted"), "{table}");
     // Counted against no account: the account served one request.

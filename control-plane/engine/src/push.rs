@@ -293,7 +293,9 @@ pub fn outcome_record(o: &pb::Outcome) -> OutcomeRecord {
         credits_has_credits: o.credits_has_credits,
         credits_unlimited: o.credits_unlimited,
         credits_balance: clip(&o.credits_balance),
-        error_source: clip(&o.error_source),
+        // A policy refusal is the client's doing (never an account's or the upstream's).
+        error_source: clip(&o.error_source)
+            .or_else(|| (!o.policy_refusal.is_empty()).then(|| "client".to_owned())),
         fallback: o.fallback,
         retry_after_unix: (o.retry_after_unix != 0).then_some(o.retry_after_unix),
         token_expires_at_unix: (o.token_expires_at_unix != 0).then_some(o.token_expires_at_unix),

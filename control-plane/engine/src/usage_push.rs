@@ -6,8 +6,10 @@
 //! key's counted use with what the current snapshot carries and, when any moved, bumps the
 //! store revision once (the snapshot builder then rebuilds, reading the counts). Reports with
 //! usage wake it early: if a key crossed one of its limits (a budget reached, a share newly
-//! blocking) it publishes at once instead of at the next tick. It also prunes attributed share
-//! points older than 7 days. Failures are logged once per outage and retried at the next tick.
+//! blocking) it publishes at once instead of at the next tick; wakes closer together than
+//! [`WAKE_SPACING`] are taken as one, so a stream of reports costs a few checks a second. It
+//! also prunes attributed share points older than 7 days. Failures are logged once per outage
+//! and retried at the next tick.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,13 +23,24 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The least time between two checks a report woke.
+pub const WAKE_SPACING: Duration = Duration::from_millis(250);
+
+/// Whether the key's policy has anything the counts decide (a token budget or a share).
+fn counted(p: &codexmesh_model::policy::KeyPolicy) -> bool {
+    p.tokens_per_day.is_some()
+        || p.tokens_per_week.is_some()
+        || p.primary_share_percent.is_some()
+        || p.secondary_share_percent.is_some()
+}
+
 /// The most urgent push any key needs, comparing the store's counts with `snapshot`.
 pub async fn need(store: &Store, snapshot: &pb::Snapshot) -> Result<PushNeed, StoreError> {
     let keys: Vec<_> = store
         .list_keys(None)
         .await?
         .into_iter()
-        .filter(|k| k.policy.is_some())
+        .filter(|k| k.policy.as_ref().is_some_and(counted))
         .collect();
     if keys.is_empty() {
         return Ok(PushNeed::None);
@@ -66,6 +79,9 @@ pub fn start(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut next_tick = tokio::time::Instant::now() + interval;
+        let mut last_woken_check = tokio::time::Instant::now()
+            .checked_sub(WAKE_SPACING)
+            .unwrap_or_else(tokio::time::Instant::now);
         let mut failing = false;
         loop {
             let ticked = tokio::select! {
@@ -73,6 +89,17 @@ pub fn start(
                 _ = tokio::time::sleep_until(next_tick) => true,
                 _ = wake.notified() => false,
             };
+            if !ticked {
+                // Reports arriving together make one check.
+                let since = last_woken_check.elapsed();
+                if since < WAKE_SPACING {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(WAKE_SPACING - since) => {}
+                    }
+                }
+                last_woken_check = tokio::time::Instant::now();
+            }
             if ticked {
                 next_tick = tokio::time::Instant::now() + interval;
                 let horizon = now_ms() - ShareWindow::Secondary.trailing_ms();

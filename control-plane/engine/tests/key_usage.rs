@@ -165,7 +165,7 @@ async fn exercise(store: &Store, tag: &str) -> TestResult {
             ],
         )
         .await?;
-    let points = store.share_points(0).await?;
+    let points = store.share_points(util::now_ms()).await?;
     let mine: Vec<_> = points
         .iter()
         .filter(|p| p.key_id == k1.id || p.key_id == k2.id)
@@ -179,9 +179,12 @@ async fn exercise(store: &Store, tag: &str) -> TestResult {
     };
     assert!((of(&k1.id) - 3.0).abs() < 1e-9, "{mine:?}");
     assert!((of(&k2.id) - 1.0).abs() < 1e-9, "{mine:?}");
+    // Stored at the end of their minute (the primary window's bucket).
+    let bucket = ShareWindow::Primary.bucket_end(t0 + 2000);
+    assert!(bucket > t0 + 2000 && bucket <= t0 + 62_000);
     assert!(mine
         .iter()
-        .all(|p| p.window == ShareWindow::Primary && p.at_ms == t0 + 2000));
+        .all(|p| p.window == ShareWindow::Primary && p.at_ms == bucket));
     store
         .record_outcomes(
             "n",
@@ -194,7 +197,7 @@ async fn exercise(store: &Store, tag: &str) -> TestResult {
         )
         .await?;
     let k2_points: f64 = store
-        .share_points(0)
+        .share_points(util::now_ms())
         .await?
         .iter()
         .filter(|p| p.key_id == k2.id)

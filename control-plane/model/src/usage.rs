@@ -14,7 +14,8 @@
 //! - A key's share used = its attributed points within the trailing window (5 h for primary,
 //!   7 days for secondary) ÷ the pool's capacity (its accounts × 100 %), in percent
 //!   ([`share_state`]). At or past its share the key is blocked until enough of its oldest
-//!   points leave the window to bring it under the share again.
+//!   points leave the window to bring it under the share again. Points are stored at the end
+//!   of their bucket ([`ShareWindow::bucket_end`]: a minute for primary, an hour for secondary).
 
 use codexmesh_proto::v1 as pb;
 use serde::Serialize;
@@ -93,6 +94,23 @@ impl ShareWindow {
             "secondary" => Some(ShareWindow::Secondary),
             _ => None,
         }
+    }
+
+    /// Points are kept per key, account and bucket of this length (a minute of the 5-hour
+    /// window, an hour of the weekly one), so their number is bounded by the window, not by
+    /// the traffic.
+    pub fn bucket_ms(self) -> i64 {
+        match self {
+            ShareWindow::Primary => 60_000,
+            ShareWindow::Secondary => 3_600_000,
+        }
+    }
+
+    /// The end of the bucket holding `at_ms`: the time a point is stored at (so it leaves the
+    /// trailing window at most one bucket late, never early).
+    pub fn bucket_end(self, at_ms: i64) -> i64 {
+        let b = self.bucket_ms();
+        (at_ms.div_euclid(b) + 1) * b
     }
 
     /// How long attributed points count: 5 hours, 7 days.
@@ -488,5 +506,35 @@ mod tests {
             push_need(Some(&share), Some(&pushed), &blocked, now_unix),
             PushNeed::Now
         );
+    }
+
+    #[test]
+    fn a_key_blocked_in_both_windows_waits_for_the_later_release() {
+        let now = 400 * 3_600_000;
+        let points = [
+            (ShareWindow::Primary, now - 3_600_000, 30.0),
+            (ShareWindow::Secondary, now - 3 * 86_400_000, 40.0),
+            (ShareWindow::Secondary, now - 3_600_000, 30.0),
+        ];
+        // One account: 30 % of the 5-hour and 70 % of the weekly capacity used.
+        let v = KeyUsageView::compute(None, &points, 1, (Some(25.0), Some(50.0)), now);
+        assert_eq!(v.primary_share_used_percent, 30.0);
+        assert_eq!(v.secondary_share_used_percent, 70.0);
+        // Primary frees in 4 h, secondary when the 40 points of 3 days ago leave: in 4 days.
+        assert_eq!(
+            v.share_blocked_until_unix,
+            Some((now + 4 * 86_400_000) / 1000)
+        );
+        assert_eq!(v.share_blocked_window, Some(ShareWindow::Secondary));
+        let p = v.to_proto();
+        assert_eq!(p.share_blocked_window, "secondary");
+        // Without shares nothing blocks; without anything counted the view is empty.
+        let free = KeyUsageView::compute(None, &points, 1, (None, None), now);
+        assert_eq!(free.share_blocked_until_unix, None);
+        assert!(KeyUsageView::compute(None, &[], 1, (Some(1.0), None), now).is_empty());
+        // Capacity grows with the pool: two accounts halve the share used.
+        let two = KeyUsageView::compute(None, &points, 2, (Some(25.0), None), now);
+        assert_eq!(two.primary_share_used_percent, 15.0);
+        assert_eq!(two.share_blocked_until_unix, None);
     }
 }

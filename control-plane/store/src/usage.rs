@@ -152,7 +152,7 @@ async fn attribute_tx(
                     points.push(SharePoint {
                         key_id,
                         window,
-                        at_ms,
+                        at_ms: window.bucket_end(at_ms),
                         points: share,
                     });
                 }
@@ -301,13 +301,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Attributed share points newer than `since_ms`, every key's.
-    pub async fn share_points(&self, since_ms: i64) -> Result<Vec<SharePoint>, StoreError> {
+    /// Every key's attributed share points that still count at `now_ms` (within each
+    /// window's trailing span), oldest first.
+    pub async fn share_points(&self, now_ms: i64) -> Result<Vec<SharePoint>, StoreError> {
+        let since_ms = now_ms - ShareWindow::Secondary.trailing_ms();
+        let primary_since = now_ms - ShareWindow::Primary.trailing_ms();
         let rows = sqlx::query(
-            "SELECT key_id, window_kind, at, points FROM share_points WHERE at > $1 \
-             ORDER BY at",
+            "SELECT key_id, window_kind, at, points FROM share_points \
+             WHERE at > $1 AND (window_kind = 'secondary' OR at > $2) ORDER BY at",
         )
         .bind(since_ms)
+        .bind(primary_since)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -365,9 +369,7 @@ impl Store {
     ) -> Result<HashMap<String, KeyUsageView>, StoreError> {
         let now = now_ms();
         let counts = self.key_token_counts().await?;
-        let points = self
-            .share_points(now - ShareWindow::Secondary.trailing_ms())
-            .await?;
+        let points = self.share_points(now).await?;
         let mut by_key: HashMap<&str, Vec<(ShareWindow, i64, f64)>> = HashMap::new();
         for p in &points {
             by_key

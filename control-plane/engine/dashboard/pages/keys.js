@@ -241,6 +241,9 @@ function showPolicyEditor(ctx, key) {
         showNotices(area, reply?.notices, reply?.changed ? `Policy of key ${key.label} saved.` : "No change.");
         ctx.refresh();
       } catch (e) {
+        // The API names `policy.allowed_models[1]`: mark the input of that field.
+        const named = /^policy\.([a-z_]+)/.exec(e?.field || "");
+        if (named) e.field = named[1];
         showError(area, e, form);
       }
     });

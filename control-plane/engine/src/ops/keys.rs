@@ -4,8 +4,8 @@
 //! Rules: a key's secret exists only in [`IssuedKey`] (the store keeps its hash); a label and
 //! the routing input are checked before the store is opened; a principal sees and changes only
 //! the keys of its pools (`guard`), and every refused change is audited. A key's policy is
-//! checked with `KeyPolicy::validate` before the store is opened; a bad value is the invalid
-//! error naming `policy.<field>`.
+//! checked with `KeyPolicy::validate` before anything is written; a bad value is the invalid
+//! error naming `policy.<field>` (audited like any refused change).
 
 use super::pools::unused_primary;
 use super::{Notice, Ops, OpsError, Outcome};
@@ -277,6 +277,45 @@ mod tests {
             "--inherit drops the key's own routing; it cannot be combined with --strategy"
         );
         assert!(!db.exists(), "bad input opened the store");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_bad_policy_is_refused_naming_its_field_and_audited(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("s.db");
+        let flags = crate::config::SettingsFlags {
+            store: Some(format!("sqlite://{}", db.display())),
+            data_dir: Some(dir.path().to_owned()),
+            ..Default::default()
+        };
+        let settings = crate::config::Settings::resolve(&flags, &|_| None)?;
+        let ops = Ops::new(settings, codexmesh_store::Actor::new("test"));
+        let bad = KeyPolicy {
+            requests_per_minute: Some(0),
+            ..KeyPolicy::default()
+        };
+        let Err(e) = set_policy(&ops, "k", &bad).await else {
+            return Err("accepted requests_per_minute 0".into());
+        };
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert_eq!(e.field(), Some("policy.requests_per_minute"));
+        let Err(e) = issue_with_policy(&ops, "p", None, false, Some(&bad)).await else {
+            return Err("issued a key with requests_per_minute 0".into());
+        };
+        assert_eq!(e.field(), Some("policy.requests_per_minute"));
+        // Refused changes are audited, with what was wrong.
+        let audit = ops.store().await?.recent_audit(10).await?;
+        let refused: Vec<_> = audit
+            .iter()
+            .filter(|a| a.action == "key.set_policy" && a.outcome == "invalid")
+            .collect();
+        assert_eq!(refused.len(), 1, "{audit:?}");
+        assert!(refused[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("policy.requests_per_minute")));
         Ok(())
     }
 }

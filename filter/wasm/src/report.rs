@@ -23,7 +23,7 @@ pub fn enqueue(outcome: pb::Outcome, now_ms: i64) {
     }
 }
 
-/// Hands on what waited long enough; called on the upstream root's tick.
+/// Hands on what waited long enough; called on the listener and upstream roots' tick.
 pub fn flush_outcomes(now_ms: i64) {
     if let Some(batch) = OUTBOX.with(|o| o.borrow_mut().flush_due(now_ms)) {
         send(&batch);

@@ -437,11 +437,27 @@ async fn a_key_past_its_quota_share_is_refused_until_the_share_frees_up() {
         "the refusal names the window: {body}"
     );
     let retry_after = retry_after.expect("Retry-After");
-    // Until the key's oldest points leave the 5-hour window (both ends round up to a second).
+    // Until the control plane's block ends (when the key's oldest points leave the 5-hour
+    // window, by its clock): the filter's Retry-After is that moment, rounded up.
+    let keys = stack.cp.cli_json(&["key", "list"]).unwrap();
+    let row = keys
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["label"] == "shared"))
+        .cloned()
+        .expect("shared in the key list");
+    assert_eq!(row["usage"]["share_blocked_window"], "primary", "{row}");
+    let until = row["usage"]["share_blocked_until_unix"]
+        .as_u64()
+        .expect("a block");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(
-        (1..=5 * 3600 + 2).contains(&retry_after),
-        "Retry-After {retry_after}"
+        retry_after.abs_diff(until.saturating_sub(now)) <= 3,
+        "Retry-After {retry_after}, blocked until {until} (now {now})"
     );
+    assert!(retry_after <= 5 * 3600 + 60, "Retry-After {retry_after}");
     // The key without a policy still serves from the same account.
     let (status, _, body) = turn(&stack, &stack.key).await;
     assert_eq!(status, 200, "{body}");

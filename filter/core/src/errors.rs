@@ -54,6 +54,16 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The client's address is outside the pool's `allowed_cidrs` (`network`).
     ClientAddressNotAllowed,
+    /// The key's policy does not list the requested model (`policy`).
+    ModelNotAllowed,
+    /// The key's requests per minute are used up on this Envoy (`policy`).
+    RateLimited,
+    /// The key already has its most concurrent requests in flight on this Envoy (`policy`).
+    TooManyConcurrentRequests,
+    /// The key's tokens for the UTC day or week are used up (`policy`).
+    TokenBudgetExhausted,
+    /// The key is past its share of the pool's 5-hour or weekly capacity (`policy`).
+    QuotaShareExhausted,
 }
 
 impl ErrorKind {
@@ -71,6 +81,11 @@ impl ErrorKind {
             Self::UnsupportedEndpoint => 501,
             Self::BodyTooLarge => 413,
             Self::ClientAddressNotAllowed => 403,
+            Self::ModelNotAllowed => 403,
+            Self::RateLimited
+            | Self::TooManyConcurrentRequests
+            | Self::TokenBudgetExhausted
+            | Self::QuotaShareExhausted => 429,
         }
     }
 
@@ -92,10 +107,19 @@ impl ErrorKind {
             Self::UnsupportedEndpoint => "unsupported_endpoint",
             Self::BodyTooLarge => "request_too_large",
             Self::ClientAddressNotAllowed => "client_address_not_allowed",
+            Self::ModelNotAllowed => "model_not_allowed",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyConcurrentRequests => "too_many_concurrent_requests",
+            Self::TokenBudgetExhausted => "token_budget_exhausted",
+            Self::QuotaShareExhausted => "quota_share_exhausted",
         }
     }
 
     pub fn error_type(self) -> &'static str {
+        if self.is_policy_limit() {
+            // OpenAI's own type for a 429 of its rate limits (SDKs raise RateLimitError).
+            return "rate_limit_error";
+        }
         match self.source() {
             ErrorSource::Client => "invalid_request_error",
             ErrorSource::Upstream | ErrorSource::Internal => "server_error",
@@ -114,13 +138,34 @@ impl ErrorKind {
             | Self::ModelNotFound
             | Self::UnsupportedEndpoint
             | Self::BodyTooLarge
-            | Self::ClientAddressNotAllowed => ErrorSource::Client,
+            | Self::ClientAddressNotAllowed
+            | Self::ModelNotAllowed
+            | Self::RateLimited
+            | Self::TooManyConcurrentRequests
+            | Self::TokenBudgetExhausted
+            | Self::QuotaShareExhausted => ErrorSource::Client,
             Self::NotReady
             | Self::NoAccountAvailable
             | Self::PoolExhausted
             | Self::RouteMissing => ErrorSource::Internal,
             Self::UpstreamUnavailable | Self::UpstreamFailed => ErrorSource::Upstream,
         }
+    }
+
+    /// A refusal of the key's policy (`policy`), reported as `Outcome.policy_refusal`.
+    pub fn is_policy_refusal(self) -> bool {
+        self == Self::ModelNotAllowed || self.is_policy_limit()
+    }
+
+    /// A policy limit that frees up with time (a 429 with Retry-After).
+    pub fn is_policy_limit(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited
+                | Self::TooManyConcurrentRequests
+                | Self::TokenBudgetExhausted
+                | Self::QuotaShareExhausted
+        )
     }
 
     /// Whether the same request may succeed if sent again later.
@@ -228,13 +273,17 @@ impl GatewayError {
             | ErrorKind::MalformedKey
             | ErrorKind::UnknownKey
             | ErrorKind::RevokedKey => "authentication_error",
-            ErrorKind::ClientAddressNotAllowed => "permission_error",
+            ErrorKind::ClientAddressNotAllowed | ErrorKind::ModelNotAllowed => "permission_error",
             ErrorKind::UnknownEndpoint
             | ErrorKind::ModelNotFound
             | ErrorKind::UnsupportedEndpoint => "not_found_error",
             ErrorKind::InvalidRequest | ErrorKind::WebSocketUnsupported => "invalid_request_error",
             ErrorKind::BodyTooLarge => "request_too_large",
-            ErrorKind::PoolExhausted => "rate_limit_error",
+            ErrorKind::PoolExhausted
+            | ErrorKind::RateLimited
+            | ErrorKind::TooManyConcurrentRequests
+            | ErrorKind::TokenBudgetExhausted
+            | ErrorKind::QuotaShareExhausted => "rate_limit_error",
             ErrorKind::NotReady
             | ErrorKind::NoAccountAvailable
             | ErrorKind::UpstreamUnavailable
@@ -300,7 +349,7 @@ impl GatewayError {
         ];
         if let Some(secs) = self.retry_after_secs {
             headers.push(("retry-after", secs.max(1).to_string()));
-        } else if self.kind.retryable() {
+        } else if self.kind.retryable() || self.kind.is_policy_limit() {
             headers.push(("retry-after", "1".to_string()));
         }
         if self.kind.source() == ErrorSource::Client && self.kind.status() == 401 {
@@ -372,6 +421,11 @@ mod tests {
             ErrorKind::UnsupportedEndpoint,
             ErrorKind::BodyTooLarge,
             ErrorKind::ClientAddressNotAllowed,
+            ErrorKind::ModelNotAllowed,
+            ErrorKind::RateLimited,
+            ErrorKind::TooManyConcurrentRequests,
+            ErrorKind::TokenBudgetExhausted,
+            ErrorKind::QuotaShareExhausted,
         ];
         for kind in all {
             match kind {
@@ -391,7 +445,12 @@ mod tests {
                 | ErrorKind::UpstreamFailed
                 | ErrorKind::UnsupportedEndpoint
                 | ErrorKind::BodyTooLarge
-                | ErrorKind::ClientAddressNotAllowed => {}
+                | ErrorKind::ClientAddressNotAllowed
+                | ErrorKind::ModelNotAllowed
+                | ErrorKind::RateLimited
+                | ErrorKind::TooManyConcurrentRequests
+                | ErrorKind::TokenBudgetExhausted
+                | ErrorKind::QuotaShareExhausted => {}
             }
         }
         all.to_vec()
@@ -427,7 +486,20 @@ mod tests {
         let exhausted =
             GatewayError::pool_exhausted("team", Some(1_700_000_090_500), 1_700_000_000_000);
         golden.push(answer("PoolExhausted (with reset)".into(), &exhausted));
-        assert_eq!(golden.len(), kinds.len() + 1);
+        // A key's policy limits, as the listener answers them (`policy`).
+        let rate = crate::policy::gcra_admit(Some(1_700_000_045_500), 2, 1_700_000_000_000)
+            .expect_err("over the rate");
+        golden.push(answer("RateLimited (with Retry-After)".into(), &rate));
+        let model = crate::policy::check_model(
+            &crate::pb::KeyPolicy {
+                allowed_models: vec!["gpt-5*".into()],
+                ..Default::default()
+            },
+            "o3",
+        )
+        .expect_err("not listed");
+        golden.push(answer("ModelNotAllowed (naming the model)".into(), &model));
+        assert_eq!(golden.len(), kinds.len() + 3);
         insta::assert_json_snapshot!("error_answers", golden);
         for (shape, name) in [
             (Provider::Claude, "error_answers_claude"),
@@ -445,6 +517,14 @@ mod tests {
             golden.push(answer(
                 "PoolExhausted (with reset)".into(),
                 &exhausted.clone().shaped(shape),
+            ));
+            golden.push(answer(
+                "RateLimited (with Retry-After)".into(),
+                &rate.clone().shaped(shape),
+            ));
+            golden.push(answer(
+                "ModelNotAllowed (naming the model)".into(),
+                &model.clone().shaped(shape),
             ));
             insta::assert_json_snapshot!(name, golden);
         }

@@ -179,6 +179,12 @@ impl SnapshotIndex {
         self.snapshot.version
     }
 
+    /// When the control plane built this snapshot (unix ms): its keys' usage counts are as of
+    /// then (`policy::Standing`).
+    pub fn generated_at_ms(&self) -> i64 {
+        self.snapshot.generated_at_unix_ms
+    }
+
     pub fn pools(&self) -> &[pb::Pool] {
         &self.snapshot.pools
     }

@@ -22,10 +22,14 @@
 //!   escaped, so ordinary text never matches).
 //! - Any stream that ends without its final event is [`Outcome::Cut`]; whether that is the
 //!   account's failure or the client's leaving is the caller's call.
+//! - The same scan reads the answer's token usage ([`StreamWatch::usage`], `tokens`): from the
+//!   Codex final event and the Gemini final frame it already parses, and from Claude's
+//!   `message_start` / `message_delta` events (one each per stream, small).
 
 use serde_json::Value;
 
 use crate::provider::Provider;
+use crate::tokens::{self, TokenUsage};
 use crate::translate::error::echo;
 use crate::translate::responses::{final_outcome, Outcome};
 use crate::translate::sse::{Event, SseParser};
@@ -39,6 +43,8 @@ pub struct StreamWatch {
     outcome: Option<Outcome>,
     /// A Gemini error frame (the only frame ever kept): the caller reads its reset time.
     error_frame: Option<Vec<u8>>,
+    /// The tokens the stream stated so far.
+    usage: TokenUsage,
 }
 
 impl StreamWatch {
@@ -48,6 +54,7 @@ impl StreamWatch {
             parser: SseParser::default(),
             outcome: None,
             error_frame: None,
+            usage: TokenUsage::default(),
         }
     }
 
@@ -59,9 +66,10 @@ impl StreamWatch {
         let provider = self.provider;
         let mut found = None;
         let mut frame = None;
+        let usage = &mut self.usage;
         let result = self.parser.feed(chunk, &mut |e: Event<'_>| {
             if found.is_none() {
-                found = event_outcome(provider, e, &mut frame);
+                found = event_outcome(provider, e, &mut frame, usage);
             }
         });
         self.error_frame = frame;
@@ -79,15 +87,21 @@ impl StreamWatch {
             let provider = self.provider;
             let mut found = None;
             let mut frame = None;
+            let usage = &mut self.usage;
             let _ = self.parser.finish(&mut |e: Event<'_>| {
                 if found.is_none() {
-                    found = event_outcome(provider, e, &mut frame);
+                    found = event_outcome(provider, e, &mut frame, usage);
                 }
             });
             self.error_frame = frame;
             self.outcome = Some(found.unwrap_or(Outcome::Cut));
         }
         self.outcome()
+    }
+
+    /// The tokens the stream stated (zero when it stated none).
+    pub fn usage(&self) -> TokenUsage {
+        self.usage
     }
 
     /// The Gemini error frame that failed the stream, if one did.
@@ -101,12 +115,25 @@ fn event_outcome(
     provider: Provider,
     e: Event<'_>,
     error_frame: &mut Option<Vec<u8>>,
+    usage: &mut TokenUsage,
 ) -> Option<Outcome> {
     match provider {
-        Provider::Codex => top_level_type(e.data).and_then(|kind| final_outcome(kind, e.data)),
-        Provider::Claude => claude_outcome(e.name.or_else(|| top_level_type(e.data))?, e.data),
+        Provider::Codex => top_level_type(e.data).and_then(|kind| {
+            let outcome = final_outcome(kind, e.data)?;
+            if matches!(outcome, Outcome::Completed | Outcome::Incomplete { .. }) {
+                if let Some(stated) = tokens::codex_final_usage(e.data) {
+                    *usage = stated;
+                }
+            }
+            Some(outcome)
+        }),
+        Provider::Claude => {
+            let name = e.name.or_else(|| top_level_type(e.data))?;
+            tokens::claude_event_usage(name, e.data, usage);
+            claude_outcome(name, e.data)
+        }
         Provider::Gemini => {
-            let outcome = gemini_outcome(e.data)?;
+            let outcome = gemini_outcome(e.data, usage)?;
             if matches!(outcome, Outcome::Failed { .. }) {
                 *error_frame = Some(e.data.to_vec());
             }
@@ -137,7 +164,7 @@ fn claude_outcome(name: &str, data: &[u8]) -> Option<Outcome> {
     }
 }
 
-fn gemini_outcome(data: &[u8]) -> Option<Outcome> {
+fn gemini_outcome(data: &[u8], usage: &mut TokenUsage) -> Option<Outcome> {
     let finishing = memchr::memmem::find(data, b"\"finishReason\"").is_some();
     let erring = memchr::memmem::find(data, b"\"error\"").is_some();
     if !finishing && !erring {
@@ -156,6 +183,9 @@ fn gemini_outcome(data: &[u8]) -> Option<Outcome> {
                 .and_then(Value::as_str)
                 .map(str::to_string),
         });
+    }
+    if let Some(stated) = tokens::gemini_usage(&v) {
+        *usage = stated;
     }
     // Code Assist wraps the Gemini answer in `response`; the plain API does not.
     let candidates = v
@@ -353,6 +383,53 @@ mod tests {
         // A Claude end means nothing to a Codex stream, and the other way round.
         assert_eq!(bytewise(Provider::Codex, CLAUDE_STOP), Outcome::Cut);
         assert_eq!(bytewise(Provider::Claude, done), Outcome::Cut);
+    }
+
+    #[test]
+    fn the_scan_reads_each_providers_token_usage() {
+        // Claude: input from message_start, output from the last message_delta.
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n";
+        let text = format!("{start}{CLAUDE_OK}{CLAUDE_STOP}");
+        let mut w = StreamWatch::new(Provider::Claude);
+        for b in text.as_bytes() {
+            w.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(w.finish(), Outcome::Completed);
+        assert_eq!(
+            w.usage(),
+            TokenUsage {
+                input: 12,
+                output: 5
+            }
+        );
+        // Codex: the final event's response.usage.
+        let done = "data: {\"type\":\"response.created\"}\n\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[],\"usage\":{\"input_tokens\":30,\"output_tokens\":9}}}\n\n";
+        let w = whole(Provider::Codex, done);
+        assert_eq!(w.outcome(), Outcome::Completed);
+        assert_eq!(
+            w.usage(),
+            TokenUsage {
+                input: 30,
+                output: 9
+            }
+        );
+        let incomplete = "data: {\"type\":\"response.incomplete\",\"response\":{\"incomplete_details\":{\"reason\":\"max_output_tokens\"},\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\n\n";
+        assert_eq!(whole(Provider::Codex, incomplete).usage().total(), 6);
+        // A stream without usage states none.
+        let bare = "data: {\"type\":\"response.completed\",\"response\":{}}\n\n";
+        assert!(whole(Provider::Codex, bare).usage().is_empty());
+        // Gemini: the final frame's usageMetadata (Code Assist's envelope).
+        let last = "data: {\"response\":{\"candidates\":[{\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":6}}}\n\n";
+        let text = gemini_chunk("hi", None) + last;
+        let w = whole(Provider::Gemini, &text);
+        assert_eq!(w.outcome(), Outcome::Completed);
+        assert_eq!(
+            w.usage(),
+            TokenUsage {
+                input: 8,
+                output: 6
+            }
+        );
     }
 
     #[test]

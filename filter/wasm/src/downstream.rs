@@ -8,6 +8,14 @@
 //! Claude and Gemini routes (`endpoints::EndpointSpec::provider`) rank only their provider's
 //! accounts (the snapshot's lane), find their session key in their own header or body field, and
 //! every answer the gateway makes on them is in their provider's error shape.
+//!
+//! A key with a policy (`policy`) is checked after it is authenticated and before anything is
+//! routed: its share and token budgets with the head, its model list against the whole body
+//! (only such a key's body is read whole), its concurrency slot and request rate when the
+//! request is routed. The slot is given back exactly once, when the stream ends (`on_done`,
+//! whatever ended it). Every refusal is answered in the route's error shape and reported as an
+//! outcome without an account (`Outcome.policy_refusal`). A key without a policy costs one
+//! field check.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -20,6 +28,7 @@ use codexmesh_filter_core::endpoints::{self, Endpoint, Serving, Translation};
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::headers::RequestHead;
+use codexmesh_filter_core::policy::{self, Standing, TokenLog};
 use codexmesh_filter_core::provider::Provider;
 use codexmesh_filter_core::ranker;
 use codexmesh_filter_core::routing::{self, Limits, RouteInput, PROBE_RESERVATION_MS};
@@ -32,7 +41,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use crate::translation::{self, AnswerShape};
-use crate::{cache, host, metrics, reply_error};
+use crate::{cache, host, limits, metrics, reply_error, report};
 
 thread_local! {
     /// Round-robin turn for this worker.
@@ -85,6 +94,16 @@ pub struct Downstream {
     header_key: Option<String>,
     /// Whose error shape the gateway's answers take (the route's provider).
     shape: Provider,
+    /// The key's policy, when it limits anything (a small copy, made only then).
+    policy: Option<pb::KeyPolicy>,
+    /// The key's model list is checked against the whole body before routing.
+    check_model: bool,
+    /// The request's path, for a refusal's outcome (kept only under a policy).
+    policy_path: String,
+    /// The in-flight slot this request holds (key id, start): given back once, in `on_done`.
+    slot: Option<(String, i64)>,
+    /// The request body's `content-encoding`, for reading its model (zstd is decoded).
+    content_encoding: Option<String>,
 }
 
 impl Downstream {
@@ -101,6 +120,9 @@ impl Context for Downstream {
     /// away (or its stream was cut): attempts still in flight are told, so none counts against
     /// its account (see `CLIENT_GONE_PROPERTY`).
     fn on_done(&mut self) -> bool {
+        if let Some((key_id, started_ms)) = self.slot.take() {
+            limits::release_slot(&key_id, started_ms);
+        }
         if self.routed.is_some()
             && !self.answered
             && host::set_property(&[handoff::CLIENT_GONE_PROPERTY], b"1").is_err()
@@ -167,6 +189,37 @@ impl HttpContext for Downstream {
                 "WebSockets are turned off for this pool: use HTTP SSE (supports_websockets = false).",
             ));
         }
+        if let Some(policy) = key_policy(&authed) {
+            self.policy_path = head
+                .path()
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if let Err(err) = check_standing(&authed, &policy, now_ms) {
+                return self.refuse(&authed, err, now_ms);
+            }
+            if !policy.allowed_models.is_empty() {
+                if admitted.spec.websocket {
+                    // The model is per frame: the client falls back to SSE, checked per request.
+                    return reply_error(&GatewayError::new(
+                        ErrorKind::WebSocketUnsupported,
+                        "This key may use only some models, which is checked per request: use HTTP SSE.",
+                    ));
+                }
+                if head.method() == "POST" {
+                    self.content_encoding = head.get("content-encoding").map(str::to_string);
+                    if end_of_stream {
+                        let err = policy::body_model(b"").err().unwrap_or_else(|| {
+                            GatewayError::new(ErrorKind::InvalidRequest, "the request has no body")
+                        });
+                        return self.refuse(&authed, err, now_ms);
+                    }
+                    self.check_model = true;
+                }
+            }
+            self.policy = Some(policy);
+        }
         self.endpoint = Some(endpoint);
         let header_key = match provider {
             Provider::Codex => {
@@ -216,6 +269,12 @@ impl HttpContext for Downstream {
                 return Action::Pause;
             }
         }
+        if self.check_model {
+            // The whole body is read for its model (and its locality key) before routing.
+            self.header_key = header_key;
+            self.pending = Some(authed);
+            return Action::Pause;
+        }
         // No continuity header: the body's prompt_cache_key is the next best locality key, so
         // wait for the body (compressed bodies are forwarded untouched, not read).
         let wants_body = header_key.is_none()
@@ -245,6 +304,30 @@ impl HttpContext for Downstream {
                 return Action::Pause;
             }
             return self.translate_pending(translation, body_size);
+        }
+        if self.check_model {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let body = host::request_body_range(0, body_size).unwrap_or_default();
+            if let Some(action) = self.refuse_model(&body) {
+                return action;
+            }
+            let compressed = self.content_encoding.is_some();
+            let key = self.header_key.take().or_else(|| {
+                if compressed {
+                    // Compressed bodies are not searched (as without a policy).
+                    return None;
+                }
+                let (head, tail) = locality_windows(body.len());
+                let window =
+                    |(start, len): (usize, usize)| body.get(start..start.saturating_add(len));
+                let body_key = body_key_of(self.shape);
+                window(head)
+                    .and_then(body_key)
+                    .or_else(|| tail.and_then(window).and_then(body_key))
+            });
+            return self.route_pending(key);
         }
         // Only two bounded windows of the body are ever copied and searched, so the cost does
         // not grow with the transcript (affinity::locality_windows).
@@ -397,6 +480,11 @@ impl Downstream {
     /// The whole `/v1` body is here: translate it for the Codex backend, then route.
     fn translate_pending(&mut self, translation: Translation, body_size: usize) -> Action {
         let body = host::request_body_range(0, body_size).unwrap_or_default();
+        if self.check_model {
+            if let Some(action) = self.refuse_model(&body) {
+                return action;
+            }
+        }
         let (request, shape) = match translation::translate_request(translation, &body) {
             Ok(t) => t,
             Err(err) => {
@@ -474,6 +562,16 @@ impl Downstream {
             .keys
             .get(authed.key_ix)
             .ok_or_else(|| internal("find the key"))?;
+        if let Some(policy) = self.policy.as_ref() {
+            let admitted = admit_limits(policy, &key.id, now_ms);
+            match admitted {
+                Ok(slot) => self.slot = slot.map(|started| (key.id.clone(), started)),
+                Err(err) => {
+                    self.report_refusal(&authed, &err, now_ms);
+                    return Err(err);
+                }
+            }
+        }
         let settings = routing::effective_routing(pool, key);
         let lane = self.lane(&snapshot, pool, authed.pool_ix)?;
         let local = cache::local_table();
@@ -524,6 +622,48 @@ impl Downstream {
         Ok(())
     }
 
+    /// Answers a refusal in the route's shape; a policy refusal is also reported.
+    fn refuse(&self, authed: &Routed, err: GatewayError, now_ms: i64) -> Action {
+        self.report_refusal(authed, &err, now_ms);
+        reply_error(&err.shaped(self.shape))
+    }
+
+    /// Queues the outcome of a policy refusal (no account; the answer's status and code).
+    fn report_refusal(&self, authed: &Routed, err: &GatewayError, now_ms: i64) {
+        if !err.kind.is_policy_refusal() {
+            return;
+        }
+        let Some(pool) = authed.snapshot.pool(authed.pool_ix) else {
+            return;
+        };
+        let key_id = pool.keys.get(authed.key_ix).map_or("", |k| k.id.as_str());
+        let outcome = policy::refusal_outcome(
+            &pool.id,
+            key_id,
+            err,
+            &self.policy_path,
+            authed.snapshot.version(),
+            now_ms,
+        );
+        report::enqueue(outcome, now_ms);
+    }
+
+    /// The whole body is here: refuses (and answers) a request whose model the key may not
+    /// use, or whose body names none.
+    fn refuse_model(&mut self, body: &[u8]) -> Option<Action> {
+        let policy = self.policy.as_ref()?;
+        let cap = usize::try_from(self.config.max_request_body_bytes).unwrap_or(usize::MAX);
+        let err = match policy::encoded_body_model(body, self.content_encoding.as_deref(), cap) {
+            Ok(model) => policy::check_model(policy, &model).err()?,
+            Err(err) => err,
+        };
+        let action = match self.pending.take() {
+            Some(authed) => self.refuse(&authed, err, host::now_ms()),
+            None => reply_error(&err.shaped(self.shape)),
+        };
+        Some(action)
+    }
+
     /// The pool-exhausted error when, after this request's attempts, no account can serve.
     fn pool_exhausted(&self, now_ms: i64) -> Option<GatewayError> {
         let routed = self.routed.as_ref()?;
@@ -567,6 +707,69 @@ fn take_ownership(head: &RequestHead, rewritten_path: Option<&str>) -> Result<()
         host::set_request_header(":path", path).map_err(|_| failed("rewrite the path"))?;
     }
     Ok(())
+}
+
+/// The key's policy, when it limits anything.
+fn key_policy(authed: &Routed) -> Option<pb::KeyPolicy> {
+    let key = authed
+        .snapshot
+        .pool(authed.pool_ix)?
+        .keys
+        .get(authed.key_ix)?;
+    policy::active(key).cloned()
+}
+
+/// The key's share and token budgets (read only: nothing is taken).
+fn check_standing(
+    authed: &Routed,
+    policy: &pb::KeyPolicy,
+    now_ms: i64,
+) -> Result<(), GatewayError> {
+    let Some(key) = authed
+        .snapshot
+        .pool(authed.pool_ix)
+        .and_then(|p| p.keys.get(authed.key_ix))
+    else {
+        return Ok(());
+    };
+    let local = if policy::counts_tokens(policy) {
+        limits::token_log(&key.id)
+    } else {
+        TokenLog::default()
+    };
+    policy::check_standing(
+        policy,
+        &Standing {
+            usage: key.usage.as_ref(),
+            snapshot_generated_ms: authed.snapshot.generated_at_ms(),
+            local: &local,
+            now_ms,
+        },
+    )
+}
+
+/// Takes the key's concurrency slot (if it has a limit), then its rate (if it has one); a slot
+/// taken for a request the rate refuses is given back at once. The slot's start, when one was
+/// taken.
+fn admit_limits(
+    policy: &pb::KeyPolicy,
+    key_id: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, GatewayError> {
+    let slot = if policy.max_concurrent_requests > 0 {
+        limits::take_slot(key_id, policy.max_concurrent_requests, now_ms)?
+    } else {
+        None
+    };
+    if policy.requests_per_minute > 0 {
+        if let Err(err) = limits::take_rate(key_id, policy.requests_per_minute, now_ms) {
+            if let Some(started) = slot {
+                limits::release_slot(key_id, started);
+            }
+            return Err(err);
+        }
+    }
+    Ok(slot)
 }
 
 /// Whether the key's pool (or the key's own routing) turns WebSockets off.

@@ -106,6 +106,30 @@ where
     false
 }
 
+/// Like [`update_shared_data`], but `decide` may refuse (nothing is written then): `None` when
+/// the host failed or other writers kept winning, else what `decide` said.
+pub fn decide_shared_data<T, E, F>(key: &str, mut decide: F) -> Option<Result<T, E>>
+where
+    F: FnMut(&[u8]) -> Result<(Vec<u8>, T), E>,
+{
+    for _ in 0..8 {
+        let (current, cas) = match hostcalls::get_shared_data(key) {
+            Ok((value, cas)) => (value.unwrap_or_default(), cas),
+            Err(_) => return None,
+        };
+        let (next, decided) = match decide(&current) {
+            Ok(write) => write,
+            Err(refused) => return Some(Err(refused)),
+        };
+        match hostcalls::set_shared_data(key, Some(&next), cas) {
+            Ok(()) => return Some(Ok(decided)),
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 pub fn set_response_header(name: &str, value: &str) -> Result<(), Status> {
     hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value))
 }

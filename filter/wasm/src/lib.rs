@@ -6,7 +6,9 @@
 mod cache;
 mod downstream;
 mod host;
+mod limits;
 mod metrics;
+mod report;
 mod service;
 mod translation;
 mod upstream;
@@ -62,8 +64,9 @@ impl RootContext for Root {
                 return false;
             }
         };
-        if matches!(role, Role::Upstream(_)) {
-            // This worker's outcome outbox is flushed on the tick (filter_core::outbox).
+        if matches!(role, Role::Upstream(_) | Role::Downstream(_)) {
+            // This worker's outcome outbox is flushed on the tick (filter_core::outbox); the
+            // listener's carries its policy refusals.
             let period = u64::try_from(outbox::MAX_WAIT_MS).unwrap_or(100);
             if host::set_tick_period(period).is_err() {
                 host::log(
@@ -93,8 +96,8 @@ impl RootContext for Root {
         if let Some(service) = self.service.as_mut() {
             service.on_tick(host::now_ms());
         }
-        if matches!(self.role, Some(Role::Upstream(_))) {
-            upstream::flush_outcomes(host::now_ms());
+        if matches!(self.role, Some(Role::Upstream(_) | Role::Downstream(_))) {
+            report::flush_outcomes(host::now_ms());
         }
     }
 

@@ -12,6 +12,11 @@
 //! by an error event is judged by `verdict::stream_verdict`, not counted a success. That is one
 //! SSE scan per chunk; JSON is parsed only for a (possible) final event.
 //!
+//! The same scan reads the tokens the answer states (`tokens`; a JSON answer of Claude's
+//! Messages or Gemini's generateContent through a bounded tail window): they go into the
+//! outcome, and a key with a token budget has them added to its count on this Envoy
+//! (`limits::add_tokens`) when the attempt ends.
+//!
 //! Envoy (1.40) runs the cluster's upstream HTTP filters once per attempt and hands each attempt
 //! its own copy of the buffered request body (the router copies its buffer on a retry), so the
 //! body an upstream filter replaces is that attempt's alone. Headers, by contrast, are shared
@@ -25,22 +30,23 @@ use codexmesh_filter_core::evidence::{self, UsageLimit};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
 use codexmesh_filter_core::headers::is_account_response_header;
 use codexmesh_filter_core::local::{self, token_fingerprint, LocalAccount, SeenQuota};
-use codexmesh_filter_core::outbox::Outbox;
 use codexmesh_filter_core::pb;
+use codexmesh_filter_core::policy;
 use codexmesh_filter_core::provider::{self, HeaderOp, Provider};
 use codexmesh_filter_core::routing::{self, Limits};
 use codexmesh_filter_core::stats::PoolCounter;
 use codexmesh_filter_core::stream_end::StreamWatch;
+use codexmesh_filter_core::tokens::{self, TailWindow, TokenUsage};
 use codexmesh_filter_core::translate::responses::Outcome;
 use codexmesh_filter_core::turnstate;
 use codexmesh_filter_core::verdict::{self, NoAnswer, Verdict};
 use codexmesh_filter_core::{claude, gemini};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
 use crate::downstream::CLIENT_BETA_PROPERTY;
-use crate::{cache, host, metrics, reply_error, OUTCOME_QUEUE, VM_ID};
+use crate::report::enqueue;
+use crate::{cache, host, limits, metrics, reply_error};
 
 /// Error bodies larger than this are not read (they are not the upstream's JSON errors).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -72,6 +78,13 @@ struct Attempt {
     provider: Provider,
     /// A Gemini generate call: the account's project, set in the body when it has arrived.
     project: Option<String>,
+    /// A 200 JSON answer that states its usage at its end (Claude Messages, Gemini generate).
+    answer_tail: Option<TailWindow>,
+    /// The tokens the answer stated.
+    usage: TokenUsage,
+    /// The key has a token budget: its answers' tokens are counted here, with entries older
+    /// than this (unix ms, `policy::Standing::local_cutoff_ms`) taken as in the snapshot.
+    count_tokens: Option<(String, i64)>,
 }
 
 #[derive(Default)]
@@ -134,6 +147,20 @@ impl HttpContext for Upstream {
         let Some(attempt) = self.attempt.as_mut() else {
             return Action::Continue;
         };
+        if let Some(tail) = attempt.answer_tail.as_mut() {
+            if body_size > 0 {
+                if let Some(chunk) = host::response_body(body_size) {
+                    tail.push(&chunk);
+                }
+            }
+            if end_of_stream {
+                if let Some(stated) = tokens::json_answer_usage(attempt.provider, tail.bytes()) {
+                    attempt.usage = stated;
+                }
+                attempt.answer_tail = None;
+            }
+            return Action::Continue;
+        }
         if let Some(scanner) = attempt.stream.as_mut() {
             if body_size > 0 {
                 if let Some(chunk) = host::response_body(body_size) {
@@ -214,6 +241,15 @@ impl Upstream {
             }
             apply_verdict(&attempt, now_ms);
         }
+        if let Some(stream) = attempt.stream.as_ref() {
+            attempt.usage = stream.usage();
+        }
+        if let Some((key_id, forget_before_ms)) = attempt.count_tokens.as_ref() {
+            let total = attempt.usage.total();
+            if total > 0 {
+                limits::add_tokens(key_id, total, now_ms, *forget_before_ms);
+            }
+        }
         enqueue(outcome(&attempt, now_ms), now_ms);
     }
 
@@ -236,10 +272,18 @@ impl Upstream {
         let endpoint = Endpoint::from_name(&handoff.endpoint);
         let provider = endpoint.map_or(Provider::Codex, Endpoint::provider);
         let pool = snapshot.pool_by_id(&handoff.pool_id);
-        let settings = pool.and_then(|pool| {
-            let key = pool.keys.iter().find(|k| k.id == handoff.key_id)?;
-            routing::effective_routing(pool, key)
-        });
+        let key = pool.and_then(|pool| pool.keys.iter().find(|k| k.id == handoff.key_id));
+        let settings = pool
+            .zip(key)
+            .and_then(|(pool, key)| routing::effective_routing(pool, key));
+        let count_tokens = key
+            .filter(|k| policy::active(k).is_some_and(policy::counts_tokens))
+            .map(|k| {
+                let cutoff = snapshot
+                    .generated_at_ms()
+                    .saturating_sub(policy::REPORT_GRACE_MS);
+                (k.id.clone(), cutoff)
+            });
         let limits = Limits::from_settings(settings);
         let path = host::request_header(":path").unwrap_or_default();
         let path = path.split('?').next().unwrap_or_default().to_string();
@@ -332,6 +376,9 @@ impl Upstream {
             stream_end: None,
             provider,
             project,
+            answer_tail: None,
+            usage: TokenUsage::default(),
+            count_tokens,
         });
         Ok(())
     }
@@ -385,6 +432,12 @@ impl Upstream {
         let is_stream = lookup("content-type").is_some_and(|ct| ct.contains("text/event-stream"));
         if status == 200 && is_stream && !end_of_stream && streams_model_turns(&attempt.handoff) {
             attempt.stream = Some(StreamWatch::new(attempt.provider));
+        } else if status == 200
+            && !is_stream
+            && !end_of_stream
+            && answers_usage_json(&attempt.handoff)
+        {
+            attempt.answer_tail = Some(TailWindow::default());
         }
         apply_verdict(attempt, now_ms);
         if let Some(turn_state) = lookup("x-codex-turn-state").filter(|_| status < 400) {
@@ -413,6 +466,15 @@ fn streams_model_turns(handoff: &RouteHandoff) -> bool {
                 | Endpoint::ClaudeMessages
                 | Endpoint::GeminiStreamGenerate
         )
+    )
+}
+
+/// Whether the hand-off's endpoint answers a model turn as one JSON body stating its usage at
+/// its end (when its answer is not a stream).
+fn answers_usage_json(handoff: &RouteHandoff) -> bool {
+    matches!(
+        Endpoint::from_name(&handoff.endpoint),
+        Some(Endpoint::ClaudeMessages | Endpoint::GeminiGenerate)
     )
 }
 
@@ -549,48 +611,8 @@ fn outcome(attempt: &Attempt, now_ms: i64) -> pb::Outcome {
         } else {
             attempt.handoff.reason.clone()
         },
+        input_tokens: attempt.usage.input,
+        output_tokens: attempt.usage.output,
         ..Default::default()
     }
-}
-
-thread_local! {
-    /// The outcome queue's id in this VM, resolved once (again if the service came back).
-    static QUEUE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
-    /// Outcomes waiting to be handed to the service in one message (see `outbox`).
-    static OUTBOX: std::cell::RefCell<Outbox> = std::cell::RefCell::new(Outbox::default());
-}
-
-fn enqueue(outcome: pb::Outcome, now_ms: i64) {
-    if let Some(batch) = OUTBOX.with(|o| o.borrow_mut().push(outcome, now_ms)) {
-        send(&batch);
-    }
-}
-
-/// Hands on what waited long enough; called on the upstream root's tick.
-pub fn flush_outcomes(now_ms: i64) {
-    if let Some(batch) = OUTBOX.with(|o| o.borrow_mut().flush_due(now_ms)) {
-        send(&batch);
-    }
-}
-
-fn send(batch: &[u8]) {
-    for _ in 0..2 {
-        let queue = match QUEUE.with(std::cell::Cell::get) {
-            Some(id) => id,
-            None => match hostcalls::resolve_shared_queue(VM_ID, OUTCOME_QUEUE) {
-                Ok(Some(id)) => {
-                    QUEUE.with(|q| q.set(Some(id)));
-                    id
-                }
-                // No service running (e.g. a test config without it): nowhere to go.
-                _ => return,
-            },
-        };
-        if hostcalls::enqueue_shared_queue(queue, Some(batch)).is_ok() {
-            return;
-        }
-        // The queue went away (the service's VM was replaced): resolve it again once.
-        QUEUE.with(|q| q.set(None));
-    }
-    host::log(LogLevel::Warn, "outcome queue refused a batch");
 }

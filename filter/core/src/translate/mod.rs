@@ -101,6 +101,14 @@ pub(crate) fn top_level_type(data: &[u8]) -> Option<&str> {
         }
         return None;
     }
+    top_level_str(data, b"type")
+}
+
+/// The top-level string value of `key` in a JSON object, found without parsing it (nested
+/// values skipped by counting brackets outside strings); it reads only as far as the key, so a
+/// body's head is enough when the key comes early. `None` when the text is not an object with a
+/// plain (escape-free) string under `key` at its top level.
+pub(crate) fn top_level_str<'a>(data: &'a [u8], key: &[u8]) -> Option<&'a str> {
     let mut depth = 0usize;
     let mut i = 0usize;
     let mut expect_key = false;
@@ -125,7 +133,7 @@ pub(crate) fn top_level_type(data: &[u8]) -> Option<&str> {
                 let end = start + len;
                 if depth == 1 && expect_key {
                     expect_key = false;
-                    if data.get(start..end) == Some(b"type") {
+                    if data.get(start..end) == Some(key) {
                         let mut j = end + 1;
                         while matches!(data.get(j), Some(b' ' | b'\t' | b'\r' | b'\n' | b':')) {
                             j += 1;

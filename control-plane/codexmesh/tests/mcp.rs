@@ -111,6 +111,7 @@ async fn operators_read_pools_accounts_requests_and_audit_over_mcp() -> TestResu
         names,
         [
             "audit_entries",
+            "forecast",
             "list_accounts",
             "list_pools",
             "recent_requests"
@@ -139,6 +140,23 @@ async fn operators_read_pools_accounts_requests_and_audit_over_mcp() -> TestResu
     let (requests, raw) = call(&client, "recent_requests", json!({"limit": 10})).await?;
     answers.push_str(&raw);
     assert!(requests.is_array(), "{requests}");
+
+    let (forecast, raw) = call(&client, "forecast", json!({})).await?;
+    answers.push_str(&raw);
+    let forecast = forecast.as_array().ok_or("forecast: not a list")?;
+    let mut forecast_pools: Vec<&str> =
+        forecast.iter().filter_map(|f| f["pool"].as_str()).collect();
+    forecast_pools.sort_unstable();
+    assert_eq!(forecast_pools, ["a", "b"]);
+    for f in forecast {
+        assert!(
+            f["primary"].is_object() && f["secondary"].is_object(),
+            "{f}"
+        );
+    }
+    let (one, raw) = call(&client, "forecast", json!({"pool": "a"})).await?;
+    answers.push_str(&raw);
+    assert_eq!(one.as_array().map(Vec::len), Some(1), "{one}");
 
     let (audit, raw) = call(&client, "audit_entries", json!({"limit": 100})).await?;
     answers.push_str(&raw);
@@ -197,6 +215,25 @@ async fn operators_read_pools_accounts_requests_and_audit_over_mcp() -> TestResu
     assert_eq!(other.is_error, Some(true));
     let text = serde_json::to_string(&other)?;
     assert!(text.contains("no pool named"), "{text}");
+    let (forecast, raw) = call(&scoped, "forecast", json!({})).await?;
+    answers.push_str(&raw);
+    assert_eq!(forecast.as_array().map(Vec::len), Some(1), "{forecast}");
+    assert_eq!(forecast[0]["pool"], "a");
+    let other = scoped
+        .call_tool(
+            CallToolRequestParams::new("forecast").with_arguments(
+                json!({"pool": "b"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        other.is_error,
+        Some(true),
+        "another tenant's forecast was answered"
+    );
     let (audit, raw) = call(&scoped, "audit_entries", json!({})).await?;
     answers.push_str(&raw);
     assert!(!raw.contains("\"b\""), "{audit}");

@@ -184,7 +184,11 @@ async fn exercise(url: &str, tag: &str) -> TestResult {
             r.secret.hash_hex()
         );
         assert_eq!(store.invite_key_policy(&r.key.id).await?, Some(policy()));
-        assert_eq!(r.key.policy, Some(policy()), "the minted key enforces the invite's policy");
+        assert_eq!(
+            r.key.policy,
+            Some(policy()),
+            "the minted key enforces the invite's policy"
+        );
         assert_eq!(store.find_key(&r.key.id).await?.policy, Some(policy()));
     }
 

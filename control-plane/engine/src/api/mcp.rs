@@ -167,6 +167,14 @@ fn tools() -> Vec<Tool> {
             ),
         ),
         Tool::new(
+            "forecast",
+            "When each pool's 5-hour and weekly windows run out at the current burn rate (of \
+             one pool, or of every pool you see): used percent, burn rate per hour, projected \
+             run-out, next reset, and whether it runs out before the reset.",
+            schema(json!({"type": "object", "properties": {"pool": pool},
+                          "additionalProperties": false})),
+        ),
+        Tool::new(
             "audit_entries",
             "The audit log, newest first: who changed what, when, from where, and the outcome.",
             schema(json!({"type": "object", "properties": {"limit": limit},
@@ -203,6 +211,27 @@ fn answer<T: serde::Serialize>(result: Result<T, OpsError>) -> Result<CallToolRe
     }
 }
 
+/// The forecast of one pool, or of every pool the caller sees (in name order).
+async fn forecasts(
+    ops: &ops::Ops,
+    pool: Option<&str>,
+) -> Result<Vec<ops::forecast::PoolForecast>, OpsError> {
+    let names: Vec<String> = match pool {
+        Some(name) => vec![name.to_owned()],
+        None => ops::pools::list(ops)
+            .await?
+            .value
+            .into_iter()
+            .map(|p| p.pool.name)
+            .collect(),
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        out.push(ops::forecast::forecast(ops, &name).await?.value);
+    }
+    Ok(out)
+}
+
 /// Each account with its quota rows (one per pool it serves that the caller sees).
 async fn accounts_with_quota(ops: &ops::Ops, pool: Option<&str>) -> Result<Value, OpsError> {
     let accounts = ops::accounts::list(ops, pool).await?.value;
@@ -236,7 +265,7 @@ impl ServerHandler for OperatorTools {
             .with_server_info(Implementation::new("codexmesh", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Read-only view of a codexmesh control plane for its operators: pools, accounts \
-                 with quota and health, recent requests and the audit log, limited to the pools \
+                 with quota and health, recent requests, the pools' forecast and the audit log, limited to the pools \
                  the API token may see. Metadata only.",
             )
     }
@@ -279,6 +308,10 @@ impl ServerHandler for OperatorTools {
                 };
                 answer(ops::reports::requests(&ops, &filter).await.map(|o| o.value))
             }
+            "forecast" => {
+                let args: PoolArgs = arguments(request.arguments)?;
+                answer(forecasts(&ops, args.pool.as_deref()).await)
+            }
             "audit_entries" => {
                 let args: AuditArgs = arguments(request.arguments)?;
                 let filter = AuditFilter {
@@ -290,7 +323,7 @@ impl ServerHandler for OperatorTools {
             other => Err(McpError::invalid_params(
                 format!(
                     "no tool named {other:?} (list_pools, list_accounts, recent_requests, \
-                     audit_entries)"
+                     forecast, audit_entries)"
                 ),
                 None,
             )),

@@ -8,8 +8,9 @@
 //! - each active member gets exactly one attempt, no retry; Codex accounts a streaming
 //!   `POST {upstream_base_url}/codex/responses` with a one-word input (`store: false`, read to
 //!   its end, nothing kept); Claude subscription accounts `POST {claude_base_url}/v1/messages`
-//!   with `max_tokens: 1`; Gemini accounts are skipped (counted as such: not built yet); API
-//!   keys have no window to start;
+//!   with `max_tokens: 1`; Gemini accounts are skipped and counted as such: Code Assist's
+//!   quota is per day and resets at a fixed time (midnight Pacific), so a request cannot move
+//!   its reset; API keys have no window to start;
 //! - each attempt is written to the request log like any traffic (key `warmup`, route reason
 //!   `warmup`), its quota headers (`x-codex-*`, Anthropic's unified ones) merged into the account's evidence as the
 //!   poller's are, and the run audited once (`pool.warmup_run`, counts only);
@@ -42,7 +43,7 @@ pub struct WarmupRun {
     /// Accounts sent a request, and of those answered 2xx.
     pub sent: u32,
     pub succeeded: u32,
-    /// Active accounts of a provider warm-up does not serve yet (Gemini).
+    /// Active accounts whose window a request cannot start (Gemini: a fixed daily reset).
     pub skipped: u32,
 }
 

@@ -67,6 +67,7 @@ const PAGES = (pool) => [
   ['requests', '/requests'],
   ['audit', '/audit'],
   ['alerts', '/alerts'],
+  ['invites', '/invites'],
 ];
 
 const ui = (route) => `${cfg.admin_url}/ui${route}`;
@@ -91,6 +92,8 @@ function expectedMiss(msg) {
   return (
     ((status === '401' || status === '404') && url.startsWith(`${cfg.admin_url}/api/v1/`)) ||
     (status === '409' && /\/api\/v1\/accounts\/[^/]+\/refresh$/.test(url)) ||
+    // The invite page's refusal of a used-up invite (step e3).
+    (status === '409' && url === `${cfg.admin_url}/api/v1/invites/redeem`) ||
     (status === '404' && url === `${cfg.admin_url}/favicon.ico`)
   );
 }
@@ -630,6 +633,95 @@ async function scenario() {
       const { json } = await api('GET', `/keys/${made.id}/policy`);
       return (json && Object.keys(json).length === 0) || { notYet: json };
     });
+  });
+
+  await step('e3. the owner invites a friend; the friend redeems the link once and the key serves; a revoked invite is refused', async () => {
+    const inviteLabel = `friend-${Date.now()}`;
+    await open(page, '/invites', 'invites');
+    const form = page.locator('form[data-testid=create-invite]');
+    await form.locator('select[name=pool]').selectOption(pool);
+    await form.locator('input[name=label]').fill(inviteLabel);
+    await form.locator('input[name=max_uses]').fill('1');
+    await form.locator('textarea[name=policy]').fill('{"requests_per_minute": 600}');
+    await submit(form);
+    const linkCode = page.locator('[data-testid=new-invite] code[data-testid=new-invite-link]');
+    await linkCode.waitFor({ timeout: READY_MS });
+    const link = (await linkCode.innerText()).trim();
+    const code = new URL(link).hash.replace(/^#code=/, '');
+    assert.ok(/^cmi_\S{20,}$/.test(code), `the link carries a cmi_ code in its fragment: ${link}`);
+    secrets.push(code);
+    const listed = ((await api('GET', '/invites')).json ?? []).find((i) => i.label === inviteLabel);
+    assert.ok(listed, `the invite ${inviteLabel} in the API`);
+    assert.ok(!JSON.stringify(listed).includes(code), 'the invite listing never shows the code');
+    await until('the invite row, active', READY_MS, async () =>
+      (await page.locator(`tr[data-testid=invite-row][data-invite="${listed.id}"][data-status=active]`).count()) === 1 || { notYet: await pageState(page) });
+
+    // The friend: no session, opens the link on the control plane's own page.
+    const friendCtx = await context();
+    const friend = watch(await friendCtx.newPage(), 'invite page');
+    await friend.goto(link.replace(/^https?:\/\/[^/]+/, cfg.admin_url));
+    const redeem = friend.locator('form[data-testid=redeem-invite]');
+    await redeem.waitFor({ timeout: READY_MS });
+    assert.equal(await redeem.locator('input[name=code]').inputValue(), code, 'the code is prefilled from the fragment');
+    assert.ok(!friend.url().includes(code), `the code left the address bar: ${friend.url()}`);
+    await redeem.locator('input[name=name]').fill('Robin');
+    await redeem.locator('button[type=submit]').click();
+    const value = friend.locator('[data-testid=new-key] code[data-testid=new-key-value]');
+    await value.waitFor({ timeout: READY_MS });
+    const friendKey = (await value.innerText()).trim();
+    secrets.push(friendKey);
+    assert.ok(friendKey.startsWith('cmk_'), 'the friend got a pool key');
+    for (const tool of ['codex', 'claude-code', 'gemini-cli']) {
+      const snippet = friend.locator(`[data-testid=new-key] [data-testid=snippet][data-tool="${tool}"]`);
+      assert.equal(await snippet.count(), 1, `one ${tool} snippet on the invite page`);
+      assert.ok((await snippet.innerText()).includes(friendKey), `the ${tool} snippet contains the key`);
+    }
+    await shot(friend, 'invite-redeemed');
+    // The key is the friend's own, with the invite's policy, and it serves through Envoy.
+    const minted = ((await api('GET', '/keys')).json ?? []).find((k) => k.label === 'Robin' && k.pool === pool);
+    assert.ok(minted, 'a key labelled Robin in the pool');
+    assert.deepEqual(minted.policy, { requests_per_minute: 600 }, 'the key carries the invite policy');
+    await until('a turn with the redeemed key to be served (200)', 30_000, async () => {
+      const r = await turn(friendKey);
+      return r.status === 200 || { notYet: r.status };
+    });
+
+    // Used once: the same link again (a fresh page: on this one only the fragment would
+    // change) is refused on the page.
+    const friend2 = watch(await friendCtx.newPage(), 'invite page (again)');
+    await friend2.goto(link.replace(/^https?:\/\/[^/]+/, cfg.admin_url));
+    const again = friend2.locator('form[data-testid=redeem-invite]');
+    await again.waitFor({ timeout: READY_MS });
+    await again.locator('input[name=name]').fill('Robin again');
+    await again.locator('button[type=submit]').click();
+    await again.locator('.notice-error[role=alert]').waitFor({ timeout: READY_MS });
+    assert.equal(await friend2.locator('[data-testid=new-key]').count(), 0, 'no second key for a used-up invite');
+    await friendCtx.close();
+
+    // A second invite, revoked from the list, cannot be redeemed.
+    await open(page, '/invites', 'invites');
+    const revokedLabel = `${inviteLabel}-revoked`;
+    await form.locator('select[name=pool]').selectOption(pool);
+    await form.locator('input[name=label]').fill(revokedLabel);
+    await submit(form);
+    await linkCode.waitFor({ timeout: READY_MS });
+    const revokedCode = new URL((await linkCode.innerText()).trim()).hash.replace(/^#code=/, '');
+    secrets.push(revokedCode);
+    const second = ((await api('GET', '/invites')).json ?? []).find((i) => i.label === revokedLabel);
+    assert.ok(second, `the invite ${revokedLabel} in the API`);
+    const row = page.locator(`tr[data-testid=invite-row][data-invite="${second.id}"]`);
+    await until('a row for the second invite', READY_MS, async () =>
+      (await row.count()) === 1 || { notYet: await page.locator('tr[data-testid=invite-row]').evaluateAll((rs) => rs.map((r) => r.dataset.invite)), api: second.id });
+    await row.locator('button[data-testid=revoke-invite]').click();
+    await page.locator('dialog[open] button.button-danger').click();
+    await until('the invite shown revoked', READY_MS, async () =>
+      (await page.locator(`tr[data-testid=invite-row][data-invite="${second.id}"][data-status=revoked]`).count()) === 1 || { notYet: await row.getAttribute('data-status').catch(() => null) });
+    const refused = await fetch(`${cfg.admin_url}/api/v1/invites/redeem`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ code: revokedCode, name: 'Sam' }),
+    });
+    assert.equal(refused.status, 409, `a revoked invite is refused: ${refused.status} ${await refused.text()}`);
   });
 
   const n = cfg.requests;

@@ -191,6 +191,28 @@ async fn models_rate_and_concurrency_are_enforced_before_the_upstream() {
         .await
         .unwrap();
     assert_eq!(junk.status().as_u16(), 400);
+    // A WebSocket names its model per frame: a key with a model list is told to use HTTP SSE
+    // (426, which makes the Codex CLI fall back at once) and nothing reaches the upstream.
+    {
+        use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+        let mut req = stack
+            .envoy
+            .url("/backend-api/codex/responses")
+            .replacen("http://", "ws://", 1)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {models}").parse().unwrap());
+        req.headers_mut().insert(
+            "openai-beta",
+            "responses_websockets=2026-02-06".parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 426),
+            Ok(_) => panic!("a key with a model list opened a WebSocket"),
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
     assert_eq!(
         upstream_turns(&stack).await,
         0,

@@ -212,3 +212,162 @@ async fn a_rejected_snapshot_is_nacked_and_the_envoy_keeps_the_one_it_had() {
         .await
         .unwrap();
 }
+
+/// The webhook deliveries a loopback receiver heard: (signature header, JSON body).
+type Heard = std::sync::Arc<tokio::sync::Mutex<Vec<(String, Value)>>>;
+
+/// A minimal HTTP/1.1 receiver on 127.0.0.1:0 (one request per connection: it answers 200 with
+/// `connection: close`); returns its URL. Ends with the test's runtime.
+async fn webhook_receiver(heard: Heard) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let heard = heard.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Bounded: a delivery is small.
+                while buf.len() < 1 << 20 {
+                    let n = match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                            .map(|v| v.trim().to_owned())
+                    };
+                    let len: usize = header("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let body: Value =
+                        serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or(Value::Null);
+                    let signature = header("x-codexmesh-signature").unwrap_or_default();
+                    heard.lock().await.push((signature, body));
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+/// The `envoy_not_acking` deliveries heard so far, as (state, subject).
+async fn not_acking(heard: &Heard) -> Vec<(String, String, String)> {
+    heard
+        .lock()
+        .await
+        .iter()
+        .filter(|(_, body)| body["kind"] == "envoy_not_acking")
+        .map(|(sig, body)| {
+            (
+                body["state"].as_str().unwrap_or_default().to_owned(),
+                body["subject"].as_str().unwrap_or_default().to_owned(),
+                sig.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_that_stops_acknowledging_fires_one_alert_and_it_clears() {
+    let mut opts = StackOptions::accounts(1).without_quota_polling();
+    opts.cp_env.extend([
+        ("CODEXMESH_ALERT_INTERVAL_MS".to_owned(), "200".to_owned()),
+        ("CODEXMESH_ALERT_ENVOY_LAG_SECS".to_owned(), "1".to_owned()),
+    ]);
+    let stack = Stack::start_with(opts).await.unwrap();
+    let heard: Heard = Default::default();
+    let url = webhook_receiver(heard.clone()).await;
+    let added = stack
+        .cp
+        .cli_json(&["alert", "webhook", "add", "acks-hook", "--url", &url])
+        .unwrap();
+    let secret = added["secret"].as_str().unwrap_or_default().to_owned();
+    assert!(secret.starts_with("whsec_"), "{added}");
+    let newest = revision(&stack);
+    until_status(&stack, "the newest snapshot to be ACKed", |n| {
+        n["acked_version"].as_u64() >= Some(newest) && n["sync"] == "in_sync"
+    })
+    .await;
+
+    // The Envoy stops acknowledging: every version from now on is one the filter must reject.
+    write_sql(
+        &stack,
+        &[&format!(
+            "UPDATE pools SET max_attempts = 50 WHERE name = '{POOL}'"
+        )],
+    )
+    .await;
+    let fired = wait::until_async(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "an envoy_not_acking alert to be delivered",
+        || async {
+            let got = not_acking(&heard).await;
+            Ok(if got.is_empty() {
+                Probe::NotYet(format!("{:?}", heard.lock().await))
+            } else {
+                Probe::Ready(got)
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(fired[0].0, "firing");
+    assert_eq!(fired[0].1, NODE, "the alert names the Envoy");
+    assert!(
+        fired[0].2.starts_with("t=") && fired[0].2.contains(",v1="),
+        "the delivery is signed: {:?}",
+        fired[0].2
+    );
+    // The condition holds for several more evaluations: still one delivery.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(not_acking(&heard).await.len(), 1, "fired once per episode");
+
+    // Fixed: the Envoy acknowledges again and the episode clears, once.
+    write_sql(
+        &stack,
+        &[&format!(
+            "UPDATE pools SET max_attempts = 3 WHERE name = '{POOL}'"
+        )],
+    )
+    .await;
+    let cleared = wait::until_async(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        "the envoy_not_acking alert to be resolved",
+        || async {
+            let got = not_acking(&heard).await;
+            Ok(if got.len() >= 2 {
+                Probe::Ready(got)
+            } else {
+                Probe::NotYet(format!("{got:?}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(cleared[1].0, "resolved");
+    assert_eq!(cleared[1].1, NODE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(not_acking(&heard).await.len(), 2, "resolved once");
+    // No secret in any delivery.
+    let all = format!("{:?}", heard.lock().await);
+    assert!(!all.contains(&secret) && !all.contains(&stack.key), "{all}");
+}

@@ -21,9 +21,19 @@ cargo test --locked -p codexmesh --test architecture
 bash scripts/build.sh
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo clippy --locked -p codexmesh-filter --target wasm32-wasip1 -- -D warnings
+# The leak scan (tests/kit/src/leaks.rs): while the tests run, the kit scans every test directory,
+# process log, PostgreSQL data directory and Envoy admin dump before it goes; the report at the
+# end fails on any secret or prompt text found.
+export CODEXMESH_LEAK_SCAN_DIR="$PWD/target/leak-scan"
+rm -rf "$CODEXMESH_LEAK_SCAN_DIR"
 # Setup installed PostgreSQL: its tests must run, not skip.
 CODEXMESH_REQUIRE_POSTGRES=1 cargo test --locked --workspace "$@"
 # The same filter-core tests compiled to wasm (32-bit usize, no threads, no clock), under Node.
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --locked -p codexmesh-filter-core --target wasm32-unknown-unknown --lib
+# The leak scan's report, over everything the suite left: each kind of place must have been read.
+# (Built by scripts/build.sh with the workspace's binaries.)
+"${CARGO_TARGET_DIR:-target}/debug/codexmesh-leak-scan" \
+  --expect "process log,test dir,postgres data,envoy /config_dump,envoy /stats" \
+  "$CODEXMESH_LEAK_SCAN_DIR" target/test-artifacts
 echo "build artifacts on disk: $(du -sh target | cut -f1)"

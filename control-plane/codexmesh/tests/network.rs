@@ -88,6 +88,7 @@ impl Api {
 }
 
 fn owner_token(ws: &Workspace) -> Result<String, AnyError> {
+    codexmesh_test_kit::leaks::remember(PASSWORD);
     let v = ws.ok_json(&[
         "operator", "token", "create", "--label", "root", "--role", "owner",
     ])?;

@@ -67,6 +67,8 @@ fn operators_are_managed_from_the_shell() -> TestResult {
 
     // A second factor: enrolled (secret shown once), not enabled before a right code.
     let enrolled = ws.ok_json(&["operator", "totp-enroll", "alice@example.com"])?;
+    codexmesh_test_kit::leaks::remember(enrolled["secret"].as_str().unwrap_or_default());
+    codexmesh_test_kit::leaks::remember(PW);
     assert!(enrolled["uri"]
         .as_str()
         .is_some_and(|u| u.starts_with("otpauth://totp/")));

@@ -78,7 +78,7 @@ pub trait Cli {
 
 /// A temp dir holding one store and data dir; settings go as flags before the subcommand.
 pub struct Workspace {
-    pub dir: tempfile::TempDir,
+    pub dir: crate::leaks::TestDir,
     /// The binary run (this test run's `codexmesh`, see [`crate::bin::codexmesh`]).
     pub bin: PathBuf,
     /// A store other than the workspace's SQLite file (e.g. a temporary Postgres).

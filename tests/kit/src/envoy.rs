@@ -174,3 +174,26 @@ impl Envoy {
             .await?)
     }
 }
+
+/// The leak scan reads what Envoy's admin shows while it still answers: the whole config (with
+/// endpoints) and every stat.
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if crate::leaks::scan_dir().is_none() {
+            return;
+        }
+        let admin = self.admin.to_string();
+        for (origin, path) in [
+            ("envoy /config_dump", "/config_dump?include_eds"),
+            ("envoy /stats", "/stats"),
+            ("envoy /stats/prometheus", "/stats/prometheus"),
+            ("envoy /clusters", "/clusters"),
+        ] {
+            match crate::net::http_get(&admin, path) {
+                Ok((200, body)) => crate::leaks::scan_text(origin, body.as_bytes()),
+                Ok((status, _)) => crate::leaks::unreadable(origin, &format!("status {status}")),
+                Err(e) => crate::leaks::unreadable(origin, &e.to_string()),
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@ pub mod bin;
 pub mod cli;
 pub mod env;
 pub mod envoy;
+pub mod leaks;
 pub mod net;
 pub mod pg;
 pub mod proc;
@@ -55,10 +56,13 @@ pub type AnyError = Box<dyn std::error::Error>;
 pub type TestResult = Result<(), AnyError>;
 
 /// A fresh temporary directory for one test (`prefix` names it). `CODEXMESH_E2E_KEEP=1` keeps it
-/// (logs, bootstrap, store) after the test, for a look.
-pub fn test_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix(prefix)
-        .disable_cleanup(std::env::var_os("CODEXMESH_E2E_KEEP").is_some())
-        .tempdir()?)
+/// (logs, bootstrap, store) after the test, for a look. The leak scan reads it before it goes
+/// ([`leaks::TestDir`]).
+pub fn test_dir(prefix: &str) -> anyhow::Result<leaks::TestDir> {
+    Ok(leaks::TestDir::new(
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .disable_cleanup(std::env::var_os("CODEXMESH_E2E_KEEP").is_some())
+            .tempdir()?,
+    ))
 }

@@ -206,5 +206,7 @@ impl Drop for TempPostgres {
             .stderr(std::process::Stdio::null())
             .status();
         std::thread::sleep(Duration::from_millis(50));
+        // Every data file, once the cluster has stopped (tables, WAL, its log).
+        crate::leaks::scan_tree("postgres data", &self.data, &|_| true);
     }
 }

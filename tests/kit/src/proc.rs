@@ -187,6 +187,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        crate::leaks::scan_file("process log", &self.log);
         if LOG_TAILS.load(Ordering::Relaxed) {
             let text = self.log_text();
             if !text.is_empty() {

@@ -172,7 +172,8 @@ impl ControlPlane {
 pub fn turn_body(prompt: &str) -> Value {
     json!({
         "model": "gpt-5.1-codex",
-        "instructions": "You are a test.",
+        // The canary marks prompt text for the leak scan (crate::leaks).
+        "instructions": format!("You are a test ({}).", crate::leaks::PROMPT_CANARY),
         "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]}],
         "tools": [],
         "tool_choice": "auto",
@@ -185,7 +186,7 @@ pub fn turn_body(prompt: &str) -> Value {
 
 /// One test's whole stack: simulator, control plane with a pool, accounts and a key, and Envoy.
 pub struct Stack {
-    pub dir: tempfile::TempDir,
+    pub dir: crate::leaks::TestDir,
     pub art: Artifacts,
     pub sim: Sim,
     pub cp: ControlPlane,

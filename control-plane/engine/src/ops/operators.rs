@@ -181,6 +181,11 @@ pub struct IssuedBootstrap {
     pub expires_at_ms: i64,
 }
 
+/// Whether an owner exists (serve's start-up note: with none, it says how to make the first).
+pub async fn owner_exists(ops: &Ops) -> Result<bool, OpsError> {
+    Ok(ops.store().await?.owner_exists().await?)
+}
+
 /// Creates the one-time secret that makes the first owner. Refused once an owner exists.
 pub async fn bootstrap_secret(ops: &Ops) -> Result<Outcome<IssuedBootstrap>, OpsError> {
     let result = async {

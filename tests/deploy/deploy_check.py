@@ -12,7 +12,9 @@ Commands:
   fragments BOOTSTRAP OUTDIR        cut the pieces an existing Envoy needs out of a bootstrap
   merge CONFIG FRAGMENTS LISTENER VHOST OUT
                                     paste the fragments into an existing Envoy config
-  istio-render FRAGMENTS OUT        the Istio Gateway and EnvoyFilter from the fragments
+  istio-render FRAGMENTS OUT [WASM_URL SHA256]
+                                    the Istio Gateway and EnvoyFilter from the fragments
+  to-json FILE                      the YAML documents of FILE as one JSON list
   istio-assemble BASE ENVOYFILTERS OUT
                                     apply EnvoyFilter configPatches to a stand-in gateway config
   validate-k8s SOURCE FILE          every object in FILE against the Kubernetes schemas
@@ -309,19 +311,23 @@ WASM_SHA256 = "0" * 64
 WASM_SOURCE_CLUSTER = "codexmesh_wasm_source"
 
 
-def remote_code(wasm_holder):
+def remote_code(wasm_holder, url, sha256):
     """Swaps a wasm config's local file for the remote module with its sha256."""
     vm = wasm_holder["vm_config"]
     vm["code"] = {
         "remote": {
-            "http_uri": {"uri": WASM_URL, "cluster": WASM_SOURCE_CLUSTER, "timeout": "30s"},
-            "sha256": WASM_SHA256,
+            "http_uri": {"uri": url, "cluster": WASM_SOURCE_CLUSTER, "timeout": "30s"},
+            "sha256": sha256,
             "retry_policy": {"num_retries": 10},
         }
     }
 
 
-def istio_render(fragments, out):
+def istio_render(fragments, out, url=WASM_URL, sha256=WASM_SHA256):
+    if not url.startswith("http://") or len(sha256) != 64:
+        raise CheckError(f"istio-render: {url!r} is not an http:// URL or {sha256!r} not a sha256")
+    authority = url.split("/")[2]
+    wasm_host, _, wasm_port = authority.rpartition(":") if ":" in authority else (authority, "", "80")
     def frag(name):
         return load_yaml(os.path.join(fragments, name))
 
@@ -332,15 +338,14 @@ def istio_render(fragments, out):
         frag("routes.yaml"),
     )
     for ext in boot["bootstrap_extensions"]:
-        remote_code(ext["typed_config"]["config"])
+        remote_code(ext["typed_config"]["config"], url, sha256)
     static_clusters, upstream_clusters = [], []
     for c in clusters["clusters"]:
         for opts in c.get("typed_extension_protocol_options", {}).values():
             for f in opts.get("http_filters", []):
                 if "vm_config" in f["typed_config"].get("config", {}):
-                    remote_code(f["typed_config"]["config"])
+                    remote_code(f["typed_config"]["config"], url, sha256)
         (static_clusters if c["name"] == "codexmesh_control_plane" else upstream_clusters).append(c)
-    wasm_host = WASM_URL.split("/")[2]
     static_clusters.append({
         "name": WASM_SOURCE_CLUSTER,
         "type": "STRICT_DNS",
@@ -349,11 +354,11 @@ def istio_render(fragments, out):
         "load_assignment": {
             "cluster_name": WASM_SOURCE_CLUSTER,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": wasm_host, "port_value": 80}}}}]}],
+                "address": wasm_host, "port_value": int(wasm_port)}}}}]}],
         },
     })
     for f in hcm_frag["http_filters_before_router"]:
-        remote_code(f["typed_config"]["config"])
+        remote_code(f["typed_config"]["config"], url, sha256)
     listener_match = {
         "context": "GATEWAY",
         "listener": {
@@ -463,7 +468,10 @@ def main(argv):
             cut_fragments(*args)
         elif cmd == "merge" and len(args) == 5:
             merge(*args)
-        elif cmd == "istio-render" and len(args) == 2:
+        elif cmd == "to-json" and len(args) == 1:
+            with open(args[0], encoding="utf-8") as f:
+                print(json.dumps([d for d in yaml.safe_load_all(f) if d]))
+        elif cmd == "istio-render" and len(args) in (2, 4):
             istio_render(*args)
         elif cmd == "istio-assemble" and len(args) == 3:
             istio_assemble(*args)

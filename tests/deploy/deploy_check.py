@@ -290,8 +290,13 @@ ISTIO_HEADER = """\
 #
 # Before applying:
 # - publish codexmesh_filter.wasm (from the codexmesh image, /opt/codexmesh/) at an HTTP URL the
-#   gateway reaches, and replace CODEXMESH_WASM_URL's host/path below and every sha256 with
-#   `sha256sum codexmesh_filter.wasm` (Envoy refuses a module whose digest differs);
+#   gateway reaches and render this file for it and its digest:
+#     .venv/bin/python tests/deploy/deploy_check.py istio-render envoy/fragments OUT.yaml \\
+#       http://HOST[:PORT]/codexmesh_filter.wasm "$(sha256sum codexmesh_filter.wasm | cut -d' ' -f1)"
+#   (this copy names http://codexmesh-wasm.codexmesh.svc.cluster.local/ and an all-zero sha256:
+#   Envoy refuses a module whose digest differs, and the gateway's listener stays warming,
+#   serving nothing, until the module it fetched matches. Envoy 1.40 logs "Wasm remote code
+#   fetch is unstable" for every remote module: the tests serve through it all the same);
 # - give the gateway pods CODEXMESH_PUSH_TOKEN from the Secret codexmesh-secrets (key
 #   push-token), e.g. in the gateway's Helm values or Deployment `env` (secretKeyRef): the
 #   module reads it through host_env_keys, so it never appears in /config_dump;

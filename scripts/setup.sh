@@ -112,7 +112,8 @@ if [ "$want_test_tools" = 1 ]; then
     [ "$apt_updated" = 1 ] || { say "apt-get update"; $SUDO apt-get update -qq; apt_updated=1; }
     say "extracting Debian's kubernetes-client into .venv/kubernetes-client"
     kc_tmp=$(mktemp -d)
-    (cd "$kc_tmp" && apt-get download -qq kubernetes-client >/dev/null)
+    # Downloaded as root into a private directory: apt's sandbox user could not write there.
+    (cd "$kc_tmp" && apt-get download -qq -o APT::Sandbox::User=root kubernetes-client >/dev/null)
     dpkg-deb -x "$kc_tmp"/kubernetes-client_*.deb .venv/kubernetes-client
     rm -rf "$kc_tmp"
   fi

@@ -32,7 +32,9 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 ISTIO_SCHEMA = os.path.join(ROOT, "deploy", "istio", "istio-networking.schema.json")
-KUBERNETES_VERSION = "1.30.0"
+# The oldest Kubernetes minor the manifests promise (policy/v1 PDBs, topology spread, seccomp
+# fields), a middle one, and the newest the package bundles.
+KUBERNETES_VERSIONS = ["1.27.0", "1.30.0", "latest"]
 
 CODEXMESH_FILTER = "codexmesh.downstream"
 ROUTER = "envoy.filters.http.router"
@@ -454,7 +456,14 @@ def validate_k8s(source, path):
                     raise CheckError(f"{source}: {ident}: no schema for this Istio kind")
                 jsonschema.validate(doc, kind_schema[0])
             else:
-                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+                for version in KUBERNETES_VERSIONS:
+                    if version == "latest":
+                        version = kubernetes_validate.latest_version()
+                    try:
+                        kubernetes_validate.validate(doc, version, strict=True)
+                    except kubernetes_validate.ValidationError as e:
+                        at = ".".join(map(str, e.path))
+                        failures.append(f"{source}: {ident}: Kubernetes {version}: {e.message} at {at}")
         except kubernetes_validate.ValidationError as e:
             failures.append(f"{source}: {ident}: {e.message} at {'.'.join(map(str, e.path))}")
         except jsonschema.ValidationError as e:
@@ -463,7 +472,9 @@ def validate_k8s(source, path):
             failures.append(f"{source}: {ident}: {type(e).__name__}: {e}")
     if failures:
         raise CheckError("\n".join(failures))
-    print(f"{source}: {len(docs)} objects valid: {', '.join(kinds)}")
+    versions = ", ".join(v if v != "latest" else kubernetes_validate.latest_version()
+                         for v in KUBERNETES_VERSIONS)
+    print(f"{source}: {len(docs)} objects valid (Kubernetes {versions}): {', '.join(kinds)}")
 
 
 def main(argv):

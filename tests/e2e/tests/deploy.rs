@@ -248,6 +248,72 @@ fn has_pdb(docs: &[Value], source: &str, deployment: &Value) {
     );
 }
 
+/// Runs the gateway's init container script as rendered, its paths moved under `scratch`: the
+/// module is copied, the pod's name becomes the node id in both places it is named, and Envoy
+/// loads the bootstrap it leaves.
+fn init_container_leaves_a_bootstrap_envoy_loads(
+    source: &str,
+    init: &Value,
+    configmap: &Value,
+    scratch: &Path,
+) {
+    let sandbox = scratch.join(format!("init-{}", source.replace('/', "_")));
+    for sub in ["opt", "run", "etc"] {
+        std::fs::create_dir_all(sandbox.join(sub)).unwrap();
+    }
+    let (opt, run_dir, etc) = (
+        sandbox.join("opt"),
+        sandbox.join("run"),
+        sandbox.join("etc"),
+    );
+    std::fs::copy(wasm(), opt.join("codexmesh_filter.wasm")).unwrap();
+    write(
+        &etc.join("envoy.yaml"),
+        configmap["data"]["envoy.yaml"].as_str().unwrap_or_default(),
+    );
+    let script = init["args"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{source}: the init container has no script"))
+        .replace("/opt/codexmesh/", &format!("{}/", opt.display()))
+        .replace("/run/codexmesh/", &format!("{}/", run_dir.display()))
+        .replace("/etc/codexmesh/", &format!("{}/", etc.display()));
+    let pod = "codexmesh-gateway-5d8f7c9b4-x2x7q";
+    ok(
+        Command::new("sh")
+            .args(["-c", &script])
+            .env("POD_NAME", pod),
+        &format!("{source}: Deployment/codexmesh-gateway init container install-module"),
+    );
+    assert_eq!(
+        std::fs::metadata(run_dir.join("codexmesh_filter.wasm"))
+            .map(|m| m.len())
+            .ok(),
+        std::fs::metadata(wasm()).map(|m| m.len()).ok(),
+        "{source}: the init container did not copy the module"
+    );
+    let bootstrap = read(&run_dir.join("envoy.yaml"));
+    assert!(
+        !bootstrap.contains("__POD_NAME__")
+            && bootstrap.contains(&format!("id: \"{pod}\""))
+            && bootstrap.contains(&format!("\\\"node_id\\\":\\\"{pod}\\\"")),
+        "{source}: the init container must make the pod's name the node id (Envoy's and the \
+         module's)"
+    );
+    let runnable = run_dir.join("envoy-validate.yaml");
+    write(
+        &runnable,
+        &bootstrap.replace(
+            "/run/codexmesh/codexmesh_filter.wasm",
+            path_str(&run_dir.join("codexmesh_filter.wasm")),
+        ),
+    );
+    let (valid, log) = envoy_validates(&envoy_bin(), &runnable);
+    assert!(
+        valid,
+        "{source}: the bootstrap the gateway's init container leaves: Envoy refused it:\n{log}"
+    );
+}
+
 #[test]
 fn kustomize_renders_and_every_object_passes_the_kubernetes_schemas() {
     if !tools_present(
@@ -342,6 +408,7 @@ fn kustomize_renders_and_every_object_passes_the_kubernetes_schemas() {
             .and_then(|v| v.iter().find(|v| v["name"] == "bootstrap"))
             .map(|v| v["configMap"]["name"].clone());
         assert_eq!(mounted.as_ref(), Some(&cm["metadata"]["name"]), "{source}");
+        init_container_leaves_a_bootstrap_envoy_loads(&source, init, cm, dir.path());
     }
 
     // The Istio objects against the Istio schema (deploy/istio/istio-networking.schema.json).

@@ -99,6 +99,25 @@ if [ "$want_test_tools" = 1 ]; then
     (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error &&
       cp package-lock.json node_modules/.codexmesh-installed-lock)
   fi
+  # The deployment checks (tests/e2e/tests/deploy.rs): kubernetes-validate (bundled Kubernetes
+  # schemas) and jsonschema into .venv; Debian's kubernetes-client for `kubectl kustomize`,
+  # extracted into .venv/kubernetes-client rather than installed, so a kubectl the machine may
+  # already have (another version, another owner) stays as it is; Debian's docker-compose
+  # (1.29, `config -q` validates the compose file without a Docker engine).
+  if ! .venv/bin/python -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; then
+    say "installing kubernetes-validate into .venv"
+    .venv/bin/pip install -q -r tests/deploy/requirements.txt
+  fi
+  if [ ! -x .venv/kubernetes-client/usr/bin/kubectl ]; then
+    [ "$apt_updated" = 1 ] || { say "apt-get update"; $SUDO apt-get update -qq; apt_updated=1; }
+    say "extracting Debian's kubernetes-client into .venv/kubernetes-client"
+    kc_tmp=$(mktemp -d)
+    # Downloaded as root into a private directory: apt's sandbox user could not write there.
+    (cd "$kc_tmp" && apt-get download -qq -o APT::Sandbox::User=root kubernetes-client >/dev/null)
+    dpkg-deb -x "$kc_tmp"/kubernetes-client_*.deb .venv/kubernetes-client
+    rm -rf "$kc_tmp"
+  fi
+  command -v docker-compose >/dev/null 2>&1 || apt_install --no-install-recommends docker-compose
   if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
     say "installing the OpenAI Python SDK into .venv"
     .venv/bin/pip install -q -r tests/clients/requirements.txt

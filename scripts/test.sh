@@ -26,8 +26,9 @@ cargo clippy --locked -p codexmesh-filter --target wasm32-wasip1 -- -D warnings
 # end fails on any secret or prompt text found.
 export CODEXMESH_LEAK_SCAN_DIR="$PWD/target/leak-scan"
 rm -rf "$CODEXMESH_LEAK_SCAN_DIR"
-# Setup installed PostgreSQL: its tests must run, not skip.
-CODEXMESH_REQUIRE_POSTGRES=1 cargo test --locked --workspace "$@"
+# Setup installed PostgreSQL and the deployment checkers (kubectl's kustomize, kubernetes-validate,
+# docker-compose): their tests must run, not skip.
+CODEXMESH_REQUIRE_POSTGRES=1 CODEXMESH_REQUIRE_DEPLOY_TOOLS=1 cargo test --locked --workspace "$@"
 # The same filter-core tests compiled to wasm (32-bit usize, no threads, no clock), under Node.
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --locked -p codexmesh-filter-core --target wasm32-unknown-unknown --lib

@@ -562,7 +562,6 @@ mod tests {
                 admin_listen: "127.0.0.1:9901".parse().unwrap(),
                 control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
                 more_control_planes: Vec::new(),
-                more_control_planes: Vec::new(),
                 upstream_base_url: url.into(),
                 claude_base_url: "https://api.anthropic.com".into(),
                 gemini_base_url: "https://cloudcode-pa.googleapis.com".into(),

@@ -1,5 +1,8 @@
 //! A throwaway PostgreSQL cluster for tests: `initdb` into a temp dir, `pg_ctl start` on a free
 //! 127.0.0.1 port with the unix socket in that dir, stopped (immediate) and deleted on drop.
+//! A drill may stop it and start it again on the same data dir and port
+//! ([`TempPostgres::stop`], [`TempPostgres::restart`]) and read it with `psql`
+//! ([`TempPostgres::query_scalar`]).
 //! As root the server runs as the `postgres` user (`runuser`), since PostgreSQL refuses root.
 //!
 //! Rules: a missing PostgreSQL skips (with a note) only when nobody requires it; under

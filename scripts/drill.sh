@@ -44,7 +44,8 @@ for suite in drills drills_state; do
 done
 echo
 echo "== drill figures (CODEXMESH_DRILL_SECONDS=$seconds)"
-grep -E '^DRILL ' "$log" | tee "$out" || true
+# A line may follow the harness's `test NAME ... ` on the same line (--nocapture).
+grep -oE 'DRILL [A-Za-z0-9_]+( .*)?$' "$log" | tee "$out" || true
 grep -E '^test .* FAILED$|^failures:$' "$log" >/dev/null && status=1
 rm -f "$log"
 echo "(written to $out)"

@@ -441,10 +441,8 @@ async fn replica_killed_envoys_move_to_the_other() {
         &figs,
         &[
             ("envoys", nodes.len().to_string()),
-            (
-                "moved",
-                on[victim].len().to_string() + "/" + &moved.len().to_string(),
-            ),
+            ("on_killed_replica", on[victim].len().to_string()),
+            ("on_survivor_after", moved.len().to_string()),
             ("served_during_move", served_during.to_string()),
             ("recovery_s", secs(recovery)),
         ],

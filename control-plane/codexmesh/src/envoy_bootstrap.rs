@@ -20,6 +20,9 @@ pub struct BootstrapParams {
     pub admin_listen: SocketAddr,
     /// Where Envoy reaches the control plane's gRPC server.
     pub control_plane: ControlPlaneTarget,
+    /// Further control-plane replicas: endpoints of the same cluster next to `control_plane`,
+    /// so Envoy reconnects to another replica when one goes away.
+    pub more_control_planes: Vec<ControlPlaneTarget>,
     /// Upstream base, e.g. `https://chatgpt.com/backend-api`.
     pub upstream_base_url: String,
     /// Anthropic's API base (`claude_base_url`), e.g. `https://api.anthropic.com`.
@@ -244,12 +247,27 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         "{{\"role\":\"downstream\",\"max_request_body_bytes\":{}}}",
         params.max_request_body_bytes
     );
-    let control_plane_type = if params.control_plane.is_ip() {
+    let all_control_planes =
+        || std::iter::once(&params.control_plane).chain(&params.more_control_planes);
+    let control_plane_type = if all_control_planes().all(ControlPlaneTarget::is_ip) {
         "STATIC"
     } else {
         "STRICT_DNS"
     };
-    let vars: [(&str, String); 24] = [
+    // One endpoint renders exactly as before; each further replica is one more lb_endpoint.
+    let more_control_plane_endpoints: String = params
+        .more_control_planes
+        .iter()
+        .map(|t| {
+            format!(
+                "\n        - endpoint:\n            address:\n              socket_address: \
+                 {{ address: {}, port_value: {} }}",
+                quote(&t.host),
+                t.port
+            )
+        })
+        .collect();
+    let vars: [(&str, String); 25] = [
         ("vm_id", names::VM_ID.to_string()),
         (
             "control_plane_cluster",
@@ -264,6 +282,7 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         ("control_plane_host", quote(&params.control_plane.host)),
         ("control_plane_port", params.control_plane.port.to_string()),
         ("control_plane_cluster_type", control_plane_type.to_string()),
+        ("more_control_plane_endpoints", more_control_plane_endpoints),
         ("wasm_path", quote(wasm)),
         ("service_config", quote(&service_config)),
         (
@@ -347,6 +366,7 @@ pub fn from_settings(
         listen: settings.gateway_listen,
         admin_listen: settings.envoy_admin_listen,
         control_plane: dialable(grpc).into(),
+        more_control_planes: Vec::new(),
         upstream_base_url: settings.upstream_base_url.clone(),
         claude_base_url: settings.claude_base_url.clone(),
         gemini_base_url: settings.gemini_base_url.clone(),
@@ -368,6 +388,7 @@ mod tests {
             listen: "127.0.0.1:18080".parse().unwrap(),
             admin_listen: "127.0.0.1:19901".parse().unwrap(),
             control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
+            more_control_planes: Vec::new(),
             upstream_base_url: url.into(),
             claude_base_url: "https://api.anthropic.com".into(),
             gemini_base_url: "https://cloudcode-pa.googleapis.com".into(),
@@ -485,6 +506,39 @@ mod tests {
         assert!(yaml.contains("address: \"codexmesh.mesh.svc\", port_value: 18090"));
     }
 
+    #[test]
+    fn several_control_plane_replicas_are_endpoints_of_one_cluster() {
+        let mut p = params("http://127.0.0.1:1");
+        p.more_control_planes = vec![ControlPlaneTarget::parse("127.0.0.2:18091").unwrap()];
+        let yaml = render(&p).unwrap();
+        let at = yaml.find("- name: codexmesh_control_plane").unwrap();
+        let cluster = &yaml[at..];
+        assert_eq!(cluster.lines().nth(1).unwrap().trim(), "type: STATIC");
+        let endpoints: Vec<&str> = cluster
+            .lines()
+            .take_while(|l| !l.contains("typed_extension_protocol_options"))
+            .filter(|l| l.contains("socket_address"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                "socket_address: { address: \"127.0.0.1\", port_value: 18090 }",
+                "socket_address: { address: \"127.0.0.2\", port_value: 18091 }",
+            ]
+        );
+        // One DNS name among them makes the cluster resolve names.
+        p.more_control_planes
+            .push(ControlPlaneTarget::parse("cp-2.mesh.svc:18090").unwrap());
+        let yaml = render(&p).unwrap();
+        let at = yaml.find("- name: codexmesh_control_plane").unwrap();
+        assert_eq!(
+            yaml[at..].lines().nth(1).unwrap().trim(),
+            "type: STRICT_DNS"
+        );
+        assert!(!yaml.contains("{{"));
+    }
+
     /// Golden files of the whole bootstrap for the three upstream shapes (`snapshots/`): an IP
     /// (STATIC, plain HTTP/1.1), a DNS name over TLS (LOGICAL_DNS, ALPN h2 + SNI + SAN check) and a
     /// DNS name over plain HTTP (LOGICAL_DNS, HTTP/1.1). Review a change with `cargo insta review`
@@ -507,6 +561,7 @@ mod tests {
                 listen: "0.0.0.0:8080".parse().unwrap(),
                 admin_listen: "127.0.0.1:9901".parse().unwrap(),
                 control_plane: ControlPlaneTarget::parse("127.0.0.1:18090").unwrap(),
+                more_control_planes: Vec::new(),
                 upstream_base_url: url.into(),
                 claude_base_url: "https://api.anthropic.com".into(),
                 gemini_base_url: "https://cloudcode-pa.googleapis.com".into(),

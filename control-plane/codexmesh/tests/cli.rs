@@ -384,3 +384,49 @@ fn envoy_bootstrap_writes_a_file() -> TestResult {
     assert_eq!(r.code, 1, "{}", r.stderr);
     Ok(())
 }
+
+/// Several control-plane replicas, as a comma list or the flag repeated, become endpoints of
+/// the one control-plane cluster; one bad address refuses the whole command.
+#[test]
+fn envoy_bootstrap_takes_several_control_planes() -> TestResult {
+    let ws = Workspace::new()?;
+    let out = ws.path().join("bootstrap.yaml");
+    let out_arg = out.to_str().ok_or("path")?;
+    let endpoints = |yaml: &str| -> Vec<String> {
+        let at = yaml.find("- name: codexmesh_control_plane").unwrap_or(0);
+        yaml[at..]
+            .lines()
+            .take_while(|l| !l.contains("typed_extension_protocol_options"))
+            .filter(|l| l.contains("socket_address"))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    };
+    let want = [
+        "socket_address: { address: \"127.0.0.1\", port_value: 18090 }",
+        "socket_address: { address: \"127.0.0.2\", port_value: 18091 }",
+    ];
+    for args in [
+        vec!["--control-plane", "127.0.0.1:18090,127.0.0.2:18091"],
+        vec![
+            "--control-plane",
+            "127.0.0.1:18090",
+            "--control-plane",
+            "127.0.0.2:18091",
+        ],
+    ] {
+        let mut full = vec!["envoy-bootstrap", "--out", out_arg];
+        full.extend(args.iter().copied());
+        ws.ok_json(&full)?;
+        assert_eq!(endpoints(&std::fs::read_to_string(&out)?), want, "{args:?}");
+    }
+    let r = ws.run(&[
+        "envoy-bootstrap",
+        "--out",
+        out_arg,
+        "--control-plane",
+        "127.0.0.1:18090,no port",
+    ])?;
+    assert_ne!(r.code, 0, "a bad replica address must be refused");
+    assert!(r.stderr.contains("no port"), "{}", r.stderr);
+    Ok(())
+}

@@ -1,5 +1,8 @@
 //! A throwaway PostgreSQL cluster for tests: `initdb` into a temp dir, `pg_ctl start` on a free
 //! 127.0.0.1 port with the unix socket in that dir, stopped (immediate) and deleted on drop.
+//! A drill may stop it and start it again on the same data dir and port
+//! ([`TempPostgres::stop`], [`TempPostgres::restart`]) and read it with `psql`
+//! ([`TempPostgres::query_scalar`]).
 //! As root the server runs as the `postgres` user (`runuser`), since PostgreSQL refuses root.
 //!
 //! Rules: a missing PostgreSQL skips (with a note) only when nobody requires it; under
@@ -19,6 +22,8 @@ pub struct TempPostgres {
     data: PathBuf,
     bin: PathBuf,
     run_as: Option<String>,
+    /// `pg_ctl start`'s server options (port, socket dir), kept for a restart.
+    server_opts: String,
     // Last: removed after the server is stopped.
     _dir: tempfile::TempDir,
 }
@@ -93,6 +98,7 @@ impl TempPostgres {
             data,
             bin,
             run_as,
+            server_opts: String::new(),
             _dir: dir,
         };
         let dir_path = pg._dir.path().to_path_buf();
@@ -115,24 +121,80 @@ impl TempPostgres {
              synchronous_commit=off -c full_page_writes=off -c max_connections=60",
             dir_path.display()
         );
-        let log = dir_path.join("server.log");
-        pg.run(
+        pg.server_opts = opts;
+        pg.start_server()?;
+        pg.url = format!("postgres://cm@127.0.0.1:{port}/postgres");
+        Ok(Some(pg))
+    }
+
+    /// `pg_ctl start` on this cluster's data dir, port and socket dir (waits until it accepts
+    /// connections, at most 60 s).
+    fn start_server(&self) -> Result<()> {
+        let log = self._dir.path().join("server.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
-                &pg.data.to_string_lossy(),
+                &self.data.to_string_lossy(),
                 "-l",
                 &log.to_string_lossy(),
                 "-o",
-                &opts,
+                &self.server_opts,
                 "-w",
                 "-t",
                 "60",
                 "start",
             ],
-        )?;
-        pg.url = format!("postgres://cm@127.0.0.1:{port}/postgres");
-        Ok(Some(pg))
+        )
+    }
+
+    /// Stops the server (`-m fast`: open connections are closed, committed data stays) and
+    /// waits until it is down. The data dir and port are kept for [`TempPostgres::restart`].
+    pub fn stop(&self) -> Result<()> {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data.to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        )
+    }
+
+    /// Starts the stopped server again on the same data dir and port.
+    pub fn restart(&self) -> Result<()> {
+        self.start_server()
+    }
+
+    /// The first column of the first row of `sql` run with `psql` on database `db` (text).
+    pub fn query_scalar(&self, db: &str, sql: &str) -> Result<String> {
+        let port = self.port()?;
+        let out = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "cm", "-d", db])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .current_dir(Path::new("/"))
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn port(&self) -> Result<String> {
+        Ok(self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .ok_or_else(|| anyhow!("no port in url"))?
+            .to_owned())
     }
 
     fn command(&self, tool: &str) -> Command {
@@ -172,13 +234,7 @@ impl TempPostgres {
 
     /// `CREATE DATABASE name` through the server's own `createdb`.
     pub fn create_database(&self, name: &str) -> Result<String> {
-        let port = self
-            .url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.split('/').next())
-            .ok_or_else(|| anyhow!("no port in url"))?
-            .to_owned();
+        let port = self.port()?;
         self.run(
             "createdb",
             &["-h", "127.0.0.1", "-p", &port, "-U", "cm", name],

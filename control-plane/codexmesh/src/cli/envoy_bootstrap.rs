@@ -18,19 +18,22 @@ pub struct Args {
     #[arg(long, value_name = "ID", default_value = bootstrap::DEFAULT_NODE_ID)]
     node_id: String,
     /// Where Envoy reaches the control plane, when not at grpc_listen: HOST:PORT, where
-    /// HOST may be a DNS name (a container or Kubernetes service)
-    #[arg(long, value_name = "HOST:PORT")]
-    control_plane: Option<String>,
+    /// HOST may be a DNS name (a container or Kubernetes service). Several replicas: repeat
+    /// the flag or give a comma list; each is an endpoint of the control-plane cluster
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    control_plane: Vec<String>,
 }
 
 pub fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
     let settings = ctx.settings();
     let (path, node_id) = (&args.out, args.node_id.as_str());
-    let control_plane = args
+    let mut control_planes = args
         .control_plane
-        .as_deref()
-        .map(bootstrap::ControlPlaneTarget::parse)
-        .transpose()?;
+        .iter()
+        .map(|t| bootstrap::ControlPlaneTarget::parse(t))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let control_plane = control_planes.next();
     if control_plane.is_none() && settings.grpc_listen.port() == 0 {
         return Err(CliError::Usage(
             "grpc_listen has port 0; Envoy needs the control plane's real port".to_owned(),
@@ -44,6 +47,7 @@ pub fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
     let mut params = bootstrap::from_settings(settings, node_id, settings.grpc_listen);
     if let Some(target) = control_plane {
         params.control_plane = target;
+        params.more_control_planes = control_planes.collect();
     }
     let yaml = bootstrap::render(&params)?;
     files::write_shared_file(path, yaml.as_bytes()).map_err(|source| CliError::Write {

@@ -633,6 +633,52 @@ mod tests {
         );
     }
 
+    /// The limits against slow and hostile clients land where Envoy reads them: the buffer
+    /// limit on the listener and every upstream cluster (not the control plane's), the header
+    /// limits and HTTP/2 windows in the connection manager, and the overload manager's heap and
+    /// connection monitors.
+    #[test]
+    fn hostile_client_limits_are_rendered_where_envoy_reads_them() {
+        let mut p = params("http://127.0.0.1:1");
+        p.limits = EnvoyLimits {
+            buffer_limit_bytes: 12345,
+            max_heap_bytes: 987_654_321,
+            max_connections: 4321,
+            max_request_headers_kb: 33,
+            max_headers_count: 77,
+            request_headers_timeout_secs: 7,
+            http2_max_concurrent_streams: 55,
+        };
+        let yaml = render(&p).unwrap();
+        assert!(!yaml.contains("{{"), "unfilled placeholder");
+        let buffer = "per_connection_buffer_limit_bytes: 12345";
+        // The listener and the four upstream clusters.
+        assert_eq!(yaml.matches(buffer).count(), 5, "{yaml}");
+        let listener = yaml.find("- name: codexmesh_gateway").unwrap();
+        let chains = yaml.find("filter_chains:").unwrap();
+        assert!(yaml[listener..chains].contains(buffer));
+        let cp = yaml.find("- name: codexmesh_control_plane").unwrap();
+        assert!(!yaml[cp..].contains(buffer));
+        for line in [
+            "max_request_headers_kb: 33",
+            "request_headers_timeout: 7s",
+            "max_headers_count: 77",
+            "max_concurrent_streams: 55",
+            "initial_stream_window_size: 65536",
+            "max_heap_size_bytes: 987654321",
+            "max_active_downstream_connections: 4321",
+            "ignore_global_conn_limit: true",
+            "- name: envoy.overload_actions.shrink_heap",
+            "- name: envoy.overload_actions.stop_accepting_requests",
+            "- name: envoy.overload_actions.reset_high_memory_stream",
+        ] {
+            assert!(yaml.contains(line), "missing {line}");
+        }
+        let overload = yaml.find("overload_manager:").unwrap();
+        let static_resources = yaml.find("static_resources:").unwrap();
+        assert!(overload < static_resources && !yaml[..overload].contains("  overload_manager"));
+    }
+
     #[test]
     fn rejects_bad_inputs() {
         assert!(matches!(

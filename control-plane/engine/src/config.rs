@@ -734,8 +734,8 @@ declare_settings! {
             default: "1073741824",
             range: 67_108_864..=u64::MAX,
             help: "Heap size the overload manager measures Envoy against (Envoy bootstrap)",
-            readme: "(1 GiB; from 85 % Envoy resets the streams holding the most buffered \
-                     memory, at 90 % it returns freed memory to the system, at 95 % it answers \
+            readme: "(1 GiB; from 85 % Envoy resets the streams buffering the most (1 MiB or more), \
+                     at 90 % it returns freed memory to the system, at 95 % it answers \
                      new requests 503)",
         }
         envoy_max_connections: Count {

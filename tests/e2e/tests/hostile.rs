@@ -449,6 +449,49 @@ async fn header_floods_get_431_slow_headers_408_and_oversized_bodies_413_without
     }
     let details = envoy_stat(&stack, "http.codexmesh.downstream_rq_4xx").await;
 
+    // The same floods over HTTP/2 (h2c): refused (431 or a reset stream), never served, and
+    // the connection's other streams carry on.
+    stack.sim.clear_requests().await.unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut h2_answers = Vec::new();
+    for flood in 0..2 {
+        let mut req = h2
+            .post(format!("http://{addr}/backend-api/codex/responses"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if flood == 0 {
+            req = req.header("x-flood", "a".repeat(100 * 1024));
+        } else {
+            for i in 0..150 {
+                req = req.header(format!("x-flood-{i}"), i.to_string());
+            }
+        }
+        match req.send().await {
+            Ok(resp) => {
+                assert_eq!(resp.status().as_u16(), 431, "h2 flood {flood}");
+                h2_answers.push("431");
+            }
+            Err(e) => {
+                assert!(!e.is_timeout(), "h2 flood {flood}: {e:#}");
+                h2_answers.push("reset");
+            }
+        }
+    }
+    assert!(stack.sim.turn_requests().await.unwrap().is_empty());
+    let served = h2
+        .post(format!("http://{addr}/backend-api/codex/responses"))
+        .bearer_auth(&key)
+        .json(&turn_body("h2 after the flood"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status().as_u16(), 200);
+    assert_eq!(served.version(), reqwest::Version::HTTP_2);
+
     // Slowloris: half a header block, then silence; Envoy answers 408 within its timeout.
     let mut slow = TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"POST /backend-api/codex/responses HTTP/1.1\r\nHost: x\r\nx-slow: 1\r\n")
@@ -565,9 +608,10 @@ async fn header_floods_get_431_slow_headers_408_and_oversized_bodies_413_without
     let grown = rss_after.saturating_sub(rss_before);
     let (p50, _) = normal_client(&stack, 5, "after the floods").await;
     println!(
-        "HOSTILE header_flood requests={rounds} status=431 took_s={:.1} envoy_4xx={details} \
+        "HOSTILE header_flood requests={rounds} status=431 h2={} took_s={:.1} envoy_4xx={details} \
          slowloris_408_after_s={:.1} oversized_413={} envoy_rss_before_mib={} envoy_rss_after_mib={} \
          grown_mib={} normal_p50_ms={}",
+        h2_answers.join(","),
         flood_took.as_secs_f64(),
         slow_took.as_secs_f64(),
         with_length.len() + chunked.len(),

@@ -37,6 +37,70 @@ pub struct BootstrapParams {
     /// Request bodies over this are refused with 413 (the filter by content length, Envoy while
     /// buffering).
     pub max_request_body_bytes: u64,
+    /// Envoy's limits against slow and hostile clients.
+    pub limits: EnvoyLimits,
+}
+
+/// Envoy's limits against slow and hostile clients (the bootstrap's overload manager, buffer
+/// limits and HTTP/1 and HTTP/2 limits; the README's "Limits against slow and hostile
+/// clients"). Rules kept: every value is one an operator can set (the `envoy_*` settings), and
+/// the bootstrap renders them only where the template names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyLimits {
+    /// `per_connection_buffer_limit_bytes` of the listener and the upstream clusters: how much
+    /// Envoy queues for one connection before it stops reading the other side (watermarks).
+    pub buffer_limit_bytes: u64,
+    /// The heap the overload manager's `fixed_heap` monitor measures against.
+    pub max_heap_bytes: u64,
+    /// Open downstream connections at once (`global_downstream_max_connections`).
+    pub max_connections: u64,
+    /// `max_request_headers_kb` (HTTP/1 and HTTP/2): a larger header block gets 431.
+    pub max_request_headers_kb: u64,
+    /// `common_http_protocol_options.max_headers_count`: more headers get 431.
+    pub max_headers_count: u64,
+    /// `request_headers_timeout`: a header block not complete in this long is refused.
+    pub request_headers_timeout_secs: u64,
+    /// `http2_protocol_options.max_concurrent_streams` of a downstream HTTP/2 connection.
+    pub http2_max_concurrent_streams: u64,
+}
+
+impl Default for EnvoyLimits {
+    /// The settings' defaults (control-plane/engine/src/config.rs).
+    fn default() -> Self {
+        Self {
+            buffer_limit_bytes: 32 << 10,
+            max_heap_bytes: 1 << 30,
+            max_connections: 10_000,
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+            request_headers_timeout_secs: 10,
+            http2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+impl EnvoyLimits {
+    /// The template's placeholders these limits fill.
+    fn vars(&self) -> [(&'static str, String); 7] {
+        [
+            ("buffer_limit_bytes", self.buffer_limit_bytes.to_string()),
+            ("max_heap_bytes", self.max_heap_bytes.to_string()),
+            ("max_connections", self.max_connections.to_string()),
+            (
+                "max_request_headers_kb",
+                self.max_request_headers_kb.to_string(),
+            ),
+            ("max_headers_count", self.max_headers_count.to_string()),
+            (
+                "request_headers_timeout",
+                format!("{}s", self.request_headers_timeout_secs),
+            ),
+            (
+                "http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams.to_string(),
+            ),
+        ]
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -310,6 +374,9 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
     for (name, value) in vars {
         out = out.replace(&format!("{{{{{name}}}}}"), &value);
     }
+    for (name, value) in params.limits.vars() {
+        out = out.replace(&format!("{{{{{name}}}}}"), &value);
+    }
     // Claude's and Gemini's clusters and routes, exactly as the Codex upstream's: the base URL's
     // path goes in front of the client's path (`/v1/…`, `/v1internal:…`).
     for (provider, target, path) in [
@@ -375,6 +442,15 @@ pub fn from_settings(
             .unwrap_or_else(|_| settings.wasm_path.clone()),
         websocket_max_lifetime_secs: settings.websocket_max_lifetime.as_secs(),
         max_request_body_bytes: settings.max_request_body_bytes,
+        limits: EnvoyLimits {
+            buffer_limit_bytes: settings.envoy_buffer_limit_bytes,
+            max_heap_bytes: settings.envoy_max_heap_bytes,
+            max_connections: settings.envoy_max_connections,
+            max_request_headers_kb: settings.envoy_max_request_headers_kb,
+            max_headers_count: settings.envoy_max_headers_count,
+            request_headers_timeout_secs: settings.envoy_request_headers_timeout.as_secs(),
+            http2_max_concurrent_streams: settings.envoy_http2_max_concurrent_streams,
+        },
     }
 }
 
@@ -395,6 +471,7 @@ mod tests {
             wasm_path: "/tmp/x.wasm".into(),
             websocket_max_lifetime_secs: 3600,
             max_request_body_bytes: 1 << 20,
+            limits: EnvoyLimits::default(),
         }
     }
 
@@ -568,6 +645,7 @@ mod tests {
                 wasm_path: "/opt/codexmesh/codexmesh_filter.wasm".into(),
                 websocket_max_lifetime_secs: 3000,
                 max_request_body_bytes: 16 << 20,
+                limits: EnvoyLimits::default(),
             };
             let yaml = render(&params).unwrap();
             assert!(!yaml.contains("{{"), "{name}: unfilled placeholder");
@@ -608,6 +686,52 @@ mod tests {
             stats.contains(r"regex: '^wasmcustom\.codexmesh\.filter\.(pool\.([A-Za-z0-9_-]+)\.)'"),
             "{stats}"
         );
+    }
+
+    /// The limits against slow and hostile clients land where Envoy reads them: the buffer
+    /// limit on the listener and every upstream cluster (not the control plane's), the header
+    /// limits and HTTP/2 windows in the connection manager, and the overload manager's heap and
+    /// connection monitors.
+    #[test]
+    fn hostile_client_limits_are_rendered_where_envoy_reads_them() {
+        let mut p = params("http://127.0.0.1:1");
+        p.limits = EnvoyLimits {
+            buffer_limit_bytes: 12345,
+            max_heap_bytes: 987_654_321,
+            max_connections: 4321,
+            max_request_headers_kb: 33,
+            max_headers_count: 77,
+            request_headers_timeout_secs: 7,
+            http2_max_concurrent_streams: 55,
+        };
+        let yaml = render(&p).unwrap();
+        assert!(!yaml.contains("{{"), "unfilled placeholder");
+        let buffer = "per_connection_buffer_limit_bytes: 12345";
+        // The listener and the four upstream clusters.
+        assert_eq!(yaml.matches(buffer).count(), 5, "{yaml}");
+        let listener = yaml.find("- name: codexmesh_gateway").unwrap();
+        let chains = yaml.find("filter_chains:").unwrap();
+        assert!(yaml[listener..chains].contains(buffer));
+        let cp = yaml.find("- name: codexmesh_control_plane").unwrap();
+        assert!(!yaml[cp..].contains(buffer));
+        for line in [
+            "max_request_headers_kb: 33",
+            "request_headers_timeout: 7s",
+            "max_headers_count: 77",
+            "max_concurrent_streams: 55",
+            "initial_stream_window_size: 65536",
+            "max_heap_size_bytes: 987654321",
+            "max_active_downstream_connections: 4321",
+            "ignore_global_conn_limit: true",
+            "- name: envoy.overload_actions.shrink_heap",
+            "- name: envoy.overload_actions.stop_accepting_requests",
+            "- name: envoy.overload_actions.reset_high_memory_stream",
+        ] {
+            assert!(yaml.contains(line), "missing {line}");
+        }
+        let overload = yaml.find("overload_manager:").unwrap();
+        let static_resources = yaml.find("static_resources:").unwrap();
+        assert!(overload < static_resources && !yaml[..overload].contains("  overload_manager"));
     }
 
     #[test]

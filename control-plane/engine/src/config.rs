@@ -709,6 +709,89 @@ declare_settings! {
             help: "Refuse request bodies larger than this with 413 (Envoy bootstrap)",
             readme: "(64 MiB; larger bodies get `413 request_too_large`)",
         }
+        // Envoy's limits against slow and hostile clients (issue 16): rendered into the
+        // bootstrap (envoy/bootstrap.template.yaml, the "Limits against slow and hostile
+        // clients" blocks) and described in the README's "Limits against slow and hostile
+        // clients".
+        envoy_buffer_limit_bytes: Count {
+            key: envoy_buffer_limit_bytes,
+            flag: "envoy-buffer-limit-bytes",
+            value_name: "BYTES",
+            env: "CODEXMESH_ENVOY_BUFFER_LIMIT_BYTES",
+            default: "32768",
+            range: 1024..=16_777_216,
+            help: "Envoy's per-connection buffer limit (watermark) on the listener and the upstream \
+                   clusters (Envoy bootstrap)",
+            readme: "(32 KiB: a client that stops reading makes Envoy stop reading the upstream \
+                     once this much is queued; request bodies are buffered up to \
+                     `max_request_body_bytes` regardless)",
+        }
+        envoy_max_heap_bytes: Count {
+            key: envoy_max_heap_bytes,
+            flag: "envoy-max-heap-bytes",
+            value_name: "BYTES",
+            env: "CODEXMESH_ENVOY_MAX_HEAP_BYTES",
+            default: "1073741824",
+            range: 67_108_864..=u64::MAX,
+            help: "Heap size the overload manager measures Envoy against (Envoy bootstrap)",
+            readme: "(1 GiB; from 85 % Envoy resets the streams buffering the most (1 MiB or more), \
+                     at 90 % it returns freed memory to the system, at 95 % it answers \
+                     new requests 503)",
+        }
+        envoy_max_connections: Count {
+            key: envoy_max_connections,
+            flag: "envoy-max-connections",
+            value_name: "COUNT",
+            env: "CODEXMESH_ENVOY_MAX_CONNECTIONS",
+            default: "10000",
+            range: 1..=10_000_000,
+            help: "Open downstream connections Envoy accepts at once; more are closed at accept \
+                   (Envoy bootstrap)",
+            readme: "(each proxied stream also holds an upstream connection: keep twice this \
+                     under Envoy's `ulimit -n`)",
+        }
+        envoy_max_request_headers_kb: Count {
+            key: envoy_max_request_headers_kb,
+            flag: "envoy-max-request-headers-kb",
+            value_name: "KIB",
+            env: "CODEXMESH_ENVOY_MAX_REQUEST_HEADERS_KB",
+            default: "60",
+            range: 1..=8192,
+            help: "Largest request header block Envoy accepts, in KiB; larger gets 431 (Envoy \
+                   bootstrap)",
+            readme: "",
+        }
+        envoy_max_headers_count: Count {
+            key: envoy_max_headers_count,
+            flag: "envoy-max-headers-count",
+            value_name: "COUNT",
+            env: "CODEXMESH_ENVOY_MAX_HEADERS_COUNT",
+            default: "100",
+            range: 1..=10_000,
+            help: "Most headers a request may carry; more gets 431 (Envoy bootstrap)",
+            readme: "",
+        }
+        envoy_request_headers_timeout: Secs {
+            key: envoy_request_headers_timeout_secs,
+            flag: "envoy-request-headers-timeout-secs",
+            value_name: "SECS",
+            env: "CODEXMESH_ENVOY_REQUEST_HEADERS_TIMEOUT_SECS",
+            default: "10",
+            range: 1..=3600,
+            help: "A client must send a request's whole header block within this long (Envoy \
+                   bootstrap)",
+            readme: "(a slowloris connection is closed with 408)",
+        }
+        envoy_http2_max_concurrent_streams: Count {
+            key: envoy_http2_max_concurrent_streams,
+            flag: "envoy-http2-max-concurrent-streams",
+            value_name: "COUNT",
+            env: "CODEXMESH_ENVOY_HTTP2_MAX_CONCURRENT_STREAMS",
+            default: "100",
+            range: 1..=2_147_483_647,
+            help: "Streams one HTTP/2 client connection may have open at once (Envoy bootstrap)",
+            readme: "(stream and connection windows 64 KiB and 1 MiB)",
+        }
         require_totp: Switch {
             key: require_totp,
             flag: "require-totp",

@@ -429,7 +429,76 @@ pub fn frames_body(frames: Vec<String>, delay: Duration) -> Body {
     Body::from_stream(stream)
 }
 
+/// The filler a model turn's request asks for with the test-only headers `x-sim-filler-events: N`
+/// and `x-sim-filler-bytes: B` (default 1024): N SSE comment frames (`: xxx…`, which every SSE
+/// reader skips) of about B bytes each after the first event. Each is made only when the
+/// connection takes the previous one, so a long, large stream costs the simulator nothing
+/// while its reader stalls. Bounded: at most [`MAX_FILLER_EVENTS`] of [`MAX_FILLER_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filler {
+    pub events: u64,
+    pub bytes: usize,
+}
+
+/// Most filler frames one stream may ask for.
+pub const MAX_FILLER_EVENTS: u64 = 100_000_000;
+/// Largest filler frame.
+pub const MAX_FILLER_BYTES: usize = 1 << 20;
+
+impl Filler {
+    /// From the request's headers; `None` without `x-sim-filler-events` (or with 0 or garbage).
+    pub fn of(headers: &HeaderMap) -> Option<Self> {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let events = number("x-sim-filler-events")?.min(MAX_FILLER_EVENTS);
+        let bytes = number("x-sim-filler-bytes")
+            .map_or(1024, |b| usize::try_from(b).unwrap_or(MAX_FILLER_BYTES))
+            .clamp(8, MAX_FILLER_BYTES);
+        (events > 0).then_some(Self { events, bytes })
+    }
+
+    /// One comment frame of about `bytes` bytes (shared: cloning it copies nothing).
+    fn frame(&self) -> Bytes {
+        let mut f = String::with_capacity(self.bytes + 4);
+        f.push_str(": ");
+        f.extend(std::iter::repeat_n('x', self.bytes.saturating_sub(4)));
+        f.push_str("\n\n");
+        Bytes::from(f)
+    }
+}
+
+/// [`sse_body`] with `filler` frames after the first event, each made as the reader takes the
+/// last; `delay` goes before every frame after the first.
+pub fn filled_sse_body(events: Vec<Value>, delay: Duration, filler: Filler) -> Body {
+    let frames: Vec<Bytes> = events.iter().map(|e| Bytes::from(frame(e))).collect();
+    let chunk = filler.frame();
+    let stream = futures_util::stream::unfold(
+        (frames.into_iter(), 0u64, filler.events),
+        move |(mut it, sent, mut filler_left)| {
+            let chunk = chunk.clone();
+            async move {
+                let next = if sent > 0 && filler_left > 0 {
+                    filler_left -= 1;
+                    chunk
+                } else {
+                    it.next()?
+                };
+                if sent > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Some((Ok::<Bytes, Infallible>(next), (it, sent + 1, filler_left)))
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
+
 async fn responses(State(st): State<Shared>, req: Request) -> Response {
+    let filler = Filler::of(req.headers());
     let (turn, stream, failure, delay, account_id, turn_state, etag) =
         match prepare_turn(&st, Incoming::of(&req), false).await {
             Prepared::Answer(r) => return r,
@@ -485,7 +554,10 @@ async fn responses(State(st): State<Shared>, req: Request) -> Response {
     };
     put(&mut headers, "content-type", "text/event-stream".into());
     put(&mut headers, "cache-control", "no-cache".into());
-    (headers, sse_body(events, delay)).into_response()
+    match filler {
+        Some(filler) => (headers, filled_sse_body(events, delay, filler)).into_response(),
+        None => (headers, sse_body(events, delay)).into_response(),
+    }
 }
 
 async fn compact(State(st): State<Shared>, req: Request) -> Response {
@@ -663,5 +735,40 @@ mod tests {
         assert_eq!(fmt_percent(12.5), "12.5");
         assert_eq!(fmt_percent(100.0 / 3.0), "33.3333");
         assert_eq!(fmt_percent(0.00001), "0.0");
+    }
+
+    #[tokio::test]
+    async fn filler_frames_come_after_the_first_event_and_are_bounded() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(Filler::of(&headers), None);
+        headers.insert("x-sim-filler-events", HeaderValue::from_static("3"));
+        headers.insert("x-sim-filler-bytes", HeaderValue::from_static("16"));
+        let filler = Filler::of(&headers).unwrap();
+        assert_eq!(
+            filler,
+            Filler {
+                events: 3,
+                bytes: 16
+            }
+        );
+        headers.insert(
+            "x-sim-filler-bytes",
+            HeaderValue::from_static("999999999999"),
+        );
+        assert_eq!(Filler::of(&headers).unwrap().bytes, MAX_FILLER_BYTES);
+        headers.insert("x-sim-filler-events", HeaderValue::from_static("nope"));
+        assert_eq!(Filler::of(&headers), None);
+
+        let events = vec![json!({"type": "a"}), json!({"type": "b"})];
+        let body = filled_sse_body(events, Duration::ZERO, filler);
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let blocks: Vec<&str> = text.split_terminator("\n\n").collect();
+        assert_eq!(blocks.len(), 5, "{text}");
+        assert!(blocks[0].contains("\"a\""), "{text}");
+        assert!(blocks[1..4]
+            .iter()
+            .all(|b| b.starts_with(": ") && b.len() == 14));
+        assert!(blocks[4].contains("\"b\""), "{text}");
     }
 }

@@ -270,13 +270,17 @@ async fn sigkill_during_token_refreshes_loses_no_rotated_token() -> Result<()> {
     const MIN_KILLS: usize = 10;
     /// How long the simulator's token endpoint takes: the window a kill can land in.
     const REFRESH_DELAY_MS: i64 = 300;
-    let load_for = drill_seconds(20);
-    // 10 s access tokens refreshed at half their life (every 5 s, 5 s before they lapse), a
-    // 2 s refresh lease (what a killed holder leaves behind).
+    let load_for = drill_seconds(25);
+    // Access tokens of 16, 18, 20 and 22 s (so the accounts refresh out of step), refreshed at
+    // half their life (8 to 11 s before they lapse: more than a kill, the 2 s refresh lease a
+    // killed holder leaves behind and a restart take together); the simulator's token
+    // endpoint answers after 300 ms, the window a kill can land in.
     let mut stack = Stack::start_with(StackOptions {
-        accounts: vec![json!({"access_token_ttl_secs": 10}); ACCOUNTS],
+        accounts: (0..ACCOUNTS)
+            .map(|i| json!({"access_token_ttl_secs": 16 + 2 * i}))
+            .collect(),
         cp_env: vec![
-            setting("CODEXMESH_REFRESH_LEAD_SECS", "8"),
+            setting("CODEXMESH_REFRESH_LEAD_SECS", "60"),
             setting("CODEXMESH_REFRESH_LEASE_SECS", "2"),
             setting("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0"),
         ],
@@ -292,7 +296,7 @@ async fn sigkill_during_token_refreshes_loses_no_rotated_token() -> Result<()> {
     let mut down = Duration::ZERO;
     // Bounded: at most 60 kills.
     while (kills < MIN_KILLS || started.elapsed() < load_for) && kills < 60 {
-        tokio::time::sleep(Duration::from_millis(400 + rng.below(1200))).await;
+        tokio::time::sleep(Duration::from_millis(1200 + rng.below(1600))).await;
         if kills % 2 == 1 {
             // Every other kill waits (up to 6 s) for a refresh in flight, then lands inside it.
             let until = Instant::now() + Duration::from_secs(6);

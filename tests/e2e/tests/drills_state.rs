@@ -734,6 +734,26 @@ async fn a_full_sqlite_disk_fails_writes_clearly_and_recovers() -> Result<()> {
     );
     assert!(!pools.iter().any(|p| p == "during-full"), "{pools:?}");
 
+    // A supervisor restarting serve on the full disk gets a server that comes up and serves
+    // snapshots (reads work), not a crash loop.
+    stack.cp.kill();
+    stack.cp.start()?;
+    let restarted_pid = stack.cp.proc()?.pid();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted_running = stack
+        .cp
+        .serve
+        .as_mut()
+        .map(|s| s.proc.is_running())
+        .unwrap_or(false);
+    assert!(
+        restarted_running,
+        "serve restarted on a full disk exited:\n{}",
+        codexmesh_test_kit::tail(&stack.cp.proc()?.log_text())
+    );
+    let (status, body) = stack.turn(&stack.key).await?;
+    assert_eq!(status, 200, "after the restart on a full disk: {body}");
+
     // Space returns: the server recovers by itself.
     std::fs::remove_file(disk.path().join("filler"))?;
     let freed = Instant::now();
@@ -772,7 +792,7 @@ async fn a_full_sqlite_disk_fails_writes_clearly_and_recovers() -> Result<()> {
         "DRILL sqlite_disk_full {} filler_mb={:.1} writes_accepted_while_full={accepted} \
          refused_status={refused_status} full_log_lines={full_lines} full_s={full_seconds:.1} \
          recovery_s={:.2} snapshot_push_s={:.2} revision={revision} acked={} \
-         integrity=ok cp_restarts=0",
+         integrity=ok restarted_on_full_disk=ok",
         report.figures(),
         filler as f64 / 1_048_576.0,
         recovery.as_secs_f64(),

@@ -779,6 +779,11 @@ async fn a_full_sqlite_disk_fails_writes_clearly_and_recovers() -> Result<()> {
         .await?;
     let (revision, acked) = acked_version(&stack.cp)?;
     assert!(acked.is_some(), "Envoy acknowledged nothing");
+    assert_eq!(
+        stack.cp.proc()?.pid(),
+        restarted_pid,
+        "serve restarted itself"
+    );
     let report = load.finish().await?;
     let full_seconds = filled_at.elapsed().as_secs_f64() - freed.elapsed().as_secs_f64();
     let integrity_after = integrity_check(&db).await?;

@@ -236,8 +236,10 @@ impl Store {
                                 .await?;
                             Ok(())
                         })
-                    })
-                    .after_release(|conn, _meta| {
+                    });
+                if path.is_some() {
+                    // Not for an in-memory store: its one connection is the whole database.
+                    options = options.after_release(|conn, _meta| {
                         Box::pin(async move {
                             // A write that fails with SQLITE_FULL or SQLITE_IOERR may make SQLite
                             // roll back the whole transaction itself; sqlx still counts it open,
@@ -259,6 +261,7 @@ impl Store {
                             Ok(true)
                         })
                     });
+                }
             }
             Backend::Postgres => {
                 options = options.max_connections(8);

@@ -431,15 +431,31 @@ async fn a_flapping_upstream_is_hidden_from_clients() -> Result<()> {
     }
     let count = |s: &str| by_status.get(s).copied().unwrap_or(0);
     let attempts: usize = by_status.values().sum();
+    // Envoy's own count of upstream connections the simulator reset under a request.
+    let (code, stats) = codexmesh_test_kit::http_get(
+        &stack.envoy.admin.to_string(),
+        "/stats?filter=upstream_cx_destroy_remote_with_active_rq",
+    )?;
+    assert_eq!(code, 200, "{stats}");
+    let envoy_resets: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cluster.codexmesh_upstream."))
+        .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+        .sum();
     println!(
         "DRILL flapping_upstream {} upstream_attempts={attempts} upstream_429={} \
-         upstream_resets={} served_by_flapping={flapper_served} seconds={seconds:.1}",
+         upstream_resets={} envoy_upstream_resets={envoy_resets} \
+         served_by_flapping={flapper_served} seconds={seconds:.1}",
         report.figures(),
         count("429"),
         count("502"),
     );
     assert!(count("429") >= 1, "no 429 was hit: {by_status:?}");
     assert!(count("502") >= 1, "no reset was hit: {by_status:?}");
+    assert!(
+        envoy_resets >= 1,
+        "Envoy saw no upstream connection reset under a request: {stats}"
+    );
     assert_eq!(
         report.failed, 0,
         "failed client requests: {:?}",

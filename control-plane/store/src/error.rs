@@ -195,6 +195,18 @@ fn conflict_message(what: Entity, ident: &str, reason: &ConflictReason) -> Strin
 }
 
 impl StoreError {
+    /// Whether the database refused a write because its disk (or file) is full: SQLite's
+    /// `SQLITE_FULL` (13), PostgreSQL's `disk_full` (53100). Reads still work then.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(d)) => {
+                matches!(d.code().as_deref(), Some("13" | "53100"))
+                    || d.message().contains("disk is full")
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn not_found(what: Entity, ident: impl Into<String>, lookup: Lookup) -> Self {
         StoreError::NotFound {
             what,

@@ -53,6 +53,7 @@ use std::time::Duration;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::AnyPool;
+use sqlx::Connection as _;
 
 // The public API: the store, what its methods take and return, its errors. The aggregate
 // modules stay private: their methods are on `Store`.
@@ -236,6 +237,31 @@ impl Store {
                             Ok(())
                         })
                     });
+                if path.is_some() {
+                    // Not for an in-memory store: its one connection is the whole database.
+                    options = options.after_release(|conn, _meta| {
+                        Box::pin(async move {
+                            // A write that fails with SQLITE_FULL or SQLITE_IOERR may make SQLite
+                            // roll back the whole transaction itself; sqlx still counts it open,
+                            // its ROLLBACK then fails, and the connection would go back to the
+                            // pool believing it is inside a transaction: its next "transaction"
+                            // becomes a savepoint of a transaction nobody ends, holding the
+                            // write lock forever (every other writer: "database is locked";
+                            // its own writes visible only to itself). The ping runs after any
+                            // queued rollback; a connection still counted in a transaction
+                            // then is closed (SQLite rolls back whatever is left) instead.
+                            conn.ping().await?;
+                            if conn.is_in_transaction() {
+                                tracing::warn!(
+                                    "closing a SQLite connection left inside a transaction \
+                                     (a failed write's automatic rollback)"
+                                );
+                                return Ok(false);
+                            }
+                            Ok(true)
+                        })
+                    });
+                }
             }
             Backend::Postgres => {
                 options = options.max_connections(8);

@@ -31,6 +31,7 @@ pub mod clock;
 pub mod control;
 pub mod device;
 pub mod errors;
+pub mod flap;
 pub mod gemini;
 pub mod jwt;
 pub mod models;
@@ -47,7 +48,6 @@ pub mod websocket;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -132,13 +132,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     match tls {
         None => {
-            let listener = listener.tap_io(|tcp| {
-                // Small SSE chunks must leave at once.
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(shutdown)
-                .await
+            // Handlers may reset their connection (injected resets, `crate::flap`).
+            let listener = flap::ResetListener::new(listener);
+            axum::serve(
+                listener,
+                router(state).into_make_service_with_connect_info::<flap::ConnReset>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         }
         Some(config) => {
             axum::serve(tls::TlsListener::new(listener, config)?, router(state))

@@ -136,6 +136,9 @@ pub enum FailMode {
     /// HTTP 200 SSE that sends `response.created` and the deltas, then closes without
     /// `response.completed`.
     SseTruncated,
+    /// The connection is reset (TCP RST) before any answer byte (Codex HTTP turns; see
+    /// [`crate::flap`]). Recorded with status 502.
+    Reset,
 }
 
 /// One injected failure, used by the next matching request.
@@ -294,6 +297,8 @@ pub struct Behavior {
     /// Google's token endpoint hands out a new refresh token at every refresh (and the old
     /// one becomes single-use like Claude's); off by default, as Google keeps them.
     pub google_rotates_refresh_tokens: bool,
+    /// Accounts whose Codex turns flap between answers, 429s and resets ([`crate::flap`]).
+    pub flap: Option<crate::flap::Flap>,
 }
 
 impl Default for Behavior {
@@ -324,6 +329,7 @@ impl Default for Behavior {
             device_denied_status: 403,
             device_expired_status: 403,
             google_rotates_refresh_tokens: false,
+            flap: None,
         }
     }
 }
@@ -387,6 +393,9 @@ pub struct BehaviorPatch {
     pub device_expired_status: Option<u16>,
     /// See [`Behavior::google_rotates_refresh_tokens`].
     pub google_rotates_refresh_tokens: Option<bool>,
+    /// See [`Behavior::flap`]; `null` stops the flapping.
+    #[serde(default, deserialize_with = "double_option")]
+    pub flap: Option<Option<crate::flap::Flap>>,
     /// Restore every default first.
     #[serde(default)]
     pub reset: bool,
@@ -416,6 +425,9 @@ impl Behavior {
             return Err(format!(
                 "websocket_max_lifetime_secs must be 1..={MAX_WEBSOCKET_LIFETIME_SECS}"
             ));
+        }
+        if let Some(Some(flap)) = &p.flap {
+            flap.check()?;
         }
         if p.device_code_ttl_secs.is_some_and(|t| t <= 0) {
             return Err("device_code_ttl_secs must be > 0".into());
@@ -507,6 +519,9 @@ impl Behavior {
         }
         if let Some(v) = p.google_rotates_refresh_tokens {
             self.google_rotates_refresh_tokens = v;
+        }
+        if let Some(v) = p.flap {
+            self.flap = v;
         }
         Ok(())
     }

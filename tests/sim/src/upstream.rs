@@ -205,6 +205,8 @@ struct Incoming {
     path: String,
     headers: HeaderMap,
     decoded: Option<DecodedBody>,
+    /// The connection's reset switch (plain HTTP).
+    conn: Option<crate::flap::ConnReset>,
 }
 
 impl Incoming {
@@ -213,6 +215,7 @@ impl Incoming {
             path: full_path(req),
             headers: req.headers().clone(),
             decoded: req.extensions().get::<DecodedBody>().cloned(),
+            conn: crate::flap::ConnReset::of(req.extensions()),
         }
     }
 }
@@ -278,8 +281,18 @@ async fn prepare_turn(st: &Shared, req: Incoming, compact: bool) -> Prepared {
     if response_delay > 0 {
         tokio::time::sleep(Duration::from_millis(response_delay)).await;
     }
-    let failure = st.lock().behavior.take_failure(&path, Some(&account_id));
+    let failure = {
+        let mut g = st.lock();
+        let queued = g.behavior.take_failure(&path, Some(&account_id));
+        queued.or_else(|| {
+            let flap = g.behavior.flap.as_ref()?;
+            (!compact).then(|| flap.failure_now(&account_id)).flatten()
+        })
+    };
     if let Some(f) = &failure {
+        if f.mode == FailMode::Reset && !compact {
+            return Prepared::Answer(crate::flap::reset_answer(req.conn.as_ref()));
+        }
         if f.mode == FailMode::Http || compact {
             return Prepared::Answer(failure_response(f));
         }

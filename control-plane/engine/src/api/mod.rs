@@ -337,7 +337,8 @@ impl IntoResponse for ApiError {
 
 /// The one place an [`OpsError`] becomes an HTTP answer: invalid input 400 (naming the field
 /// when known), unauthenticated 401, forbidden 403, not found 404, conflict 409, rate limited
-/// 429, upstream 502, store unavailable 503, else 500 (details only in the server log).
+/// 429, upstream 502, store unavailable 503 (a full disk says so), else 500 (details only in
+/// the server log).
 impl From<OpsError> for ApiError {
     fn from(e: OpsError) -> Self {
         let kind = e.kind();
@@ -353,6 +354,15 @@ impl From<OpsError> for ApiError {
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         };
         let message = match kind {
+            ErrorKind::Unavailable if e.is_disk_full() => {
+                tracing::error!(
+                    error = %e,
+                    "admin API: the store's disk is full; changes fail until space is freed"
+                );
+                "the store's disk is full: changes cannot be saved until space is freed \
+                 (reads and serving still work)"
+                    .to_owned()
+            }
             ErrorKind::Unavailable => {
                 tracing::error!(error = %e, "admin API: store unavailable");
                 "the store is unavailable; try again".to_owned()

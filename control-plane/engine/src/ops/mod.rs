@@ -312,6 +312,15 @@ fn store_field(e: &StoreError) -> Option<&str> {
 }
 
 impl OpsError {
+    /// Whether the store refused a write because its disk is full
+    /// ([`StoreError::is_disk_full`]).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            OpsError::Store(e) | OpsError::Refresh(RefreshError::Store(e)) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             OpsError::Store(e) => store_kind(e),

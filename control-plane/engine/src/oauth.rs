@@ -235,12 +235,29 @@ pub fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// An HTTP client for the token endpoint and the upstream (rustls, webpki roots).
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+/// The builder of every outbound client: rustls, webpki (public) roots, certificates always
+/// verified.
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("codexmesh/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// An HTTP client for the token endpoint and the upstream (rustls, webpki roots only).
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    client_builder().build()
+}
+
+/// The HTTP client of these settings: the public roots plus `upstream_ca_file`'s certificates
+/// when one is named (never less verification than [`http_client`]).
+pub fn http_client_for(settings: &crate::config::Settings) -> Result<reqwest::Client, String> {
+    let mut builder = client_builder();
+    if let Some(path) = &settings.upstream_ca_file {
+        for cert in crate::tls::upstream_roots(path).map_err(|e| e.to_string())? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// Parses a successful token answer.

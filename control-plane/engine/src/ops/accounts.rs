@@ -161,7 +161,8 @@ async fn ensure_project(ops: &Ops, creds: &LoginCredentials) -> Result<Option<St
     if creds.provider != Provider::Gemini || creds.project_id.is_some() {
         return Ok(None);
     }
-    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let http =
+        crate::oauth::http_client_for(ops.settings()).map_err(|e| OpsError::Http(e.to_string()))?;
     discover_gemini_project(&http, &ops.settings().gemini_base_url, &creds.access_token)
         .await
         .map(Some)
@@ -517,7 +518,8 @@ async fn refresh_checked(ops: &Ops, ident: &str) -> Result<Outcome<Refreshed>, O
     let store = ops.store().await?;
     let key = ops.settings().master_keys()?;
     store.verify_master_key(&key).await?;
-    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let http =
+        crate::oauth::http_client_for(ops.settings()).map_err(|e| OpsError::Http(e.to_string()))?;
     let refresher = Refresher::new(
         store.clone(),
         key,
@@ -764,7 +766,8 @@ pub async fn login_start(
     store.pool_by_name(pool).await?;
     let key = ops.settings().master_keys()?;
     store.verify_master_key(&key).await?;
-    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let http =
+        crate::oauth::http_client_for(ops.settings()).map_err(|e| OpsError::Http(e.to_string()))?;
     let issuer = ops
         .settings()
         .auth_base_url

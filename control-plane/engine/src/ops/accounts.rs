@@ -462,6 +462,28 @@ pub async fn resume(ops: &Ops, ident: &str) -> Result<Outcome<Changed<Account>>,
     set_paused(ops, ident, false).await
 }
 
+/// Sets (`Some`) or clears (`None`) the account's egress proxy: the HTTP proxy its refresh,
+/// quota polls and warm-up go through (checked: `http://HOST:PORT`). Needs the right to change
+/// every pool the account is in.
+pub async fn set_egress_proxy(
+    ops: &Ops,
+    ident: &str,
+    proxy: Option<&str>,
+) -> Result<Outcome<Changed<Account>>, OpsError> {
+    let result = async {
+        let account = ops.account_to_change(ident).await?;
+        let store = ops.store().await?;
+        let mut changed = store
+            .set_account_egress_proxy(ops.actor(), &account.id, proxy)
+            .await?;
+        changed.item = ops.redact_account(changed.item);
+        Ok(Outcome::new(changed))
+    }
+    .await;
+    ops.audited("account.set_egress_proxy", Some(ident), &[], result)
+        .await
+}
+
 async fn set_paused(
     ops: &Ops,
     ident: &str,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use codexmesh_test_kit::stack::{CpEnv, StackOptions};
 use codexmesh_test_kit::tls::Pki;
-use codexmesh_test_kit::{Cli, ControlPlane, Envoy, Stack};
+use codexmesh_test_kit::{ControlPlane, Envoy, Stack};
 
 /// An upstream whose certificate chains to nothing trusted is refused: by the control plane's
 /// refresh (the CLI's `account refresh`, the same client `serve` uses) and by Envoy's upstream

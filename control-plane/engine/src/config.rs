@@ -976,6 +976,28 @@ impl Fault {
 }
 
 impl Settings {
+    /// The gRPC push channel's TLS (`None`: plain, as without these settings).
+    pub fn grpc_tls(&self) -> Result<Option<crate::tls::ListenerTls>, crate::tls::TlsError> {
+        crate::tls::ListenerTls::from_settings(
+            "gRPC",
+            ["grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca"],
+            self.grpc_tls_cert.as_deref(),
+            self.grpc_tls_key.as_deref(),
+            self.grpc_tls_client_ca.as_deref(),
+        )
+    }
+
+    /// The admin API's TLS (`None`: plain HTTP).
+    pub fn admin_tls(&self) -> Result<Option<crate::tls::ListenerTls>, crate::tls::TlsError> {
+        crate::tls::ListenerTls::from_settings(
+            "admin API",
+            ["admin_tls_cert", "admin_tls_key", "admin_tls_client_ca"],
+            self.admin_tls_cert.as_deref(),
+            self.admin_tls_key.as_deref(),
+            self.admin_tls_client_ca.as_deref(),
+        )
+    }
+
     /// Resolves from the process environment and the config file named by flag or env.
     pub fn from_env(flags: &SettingsFlags) -> Result<Self, ConfigError> {
         Self::resolve(flags, &|name| std::env::var(name).ok())
@@ -1024,7 +1046,7 @@ impl Settings {
         }
         // Half a TLS configuration (a key without a certificate, a client CA alone) is refused
         // here, so no command runs on settings `serve` would reject.
-        for tls in [crate::tls::grpc_tls(self), crate::tls::admin_tls(self)] {
+        for tls in [self.grpc_tls(), self.admin_tls()] {
             if let Err(e) = tls {
                 return Err(invalid("tls", e.to_string()));
             }

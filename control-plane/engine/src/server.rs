@@ -74,10 +74,12 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     let push_token = settings.push_token()?;
     store.verify_master_key(&key).await?;
     // Read before binding: a bad certificate file stops `serve` before anything listens.
-    let grpc_tls = crate::tls::grpc_tls(settings)?
+    let grpc_tls = settings
+        .grpc_tls()?
         .map(|t| t.server_config("gRPC", &[b"h2"]))
         .transpose()?;
-    let admin_tls = crate::tls::admin_tls(settings)?
+    let admin_tls = settings
+        .admin_tls()?
         .map(|t| t.server_config("admin API", &[b"h2", b"http/1.1"]))
         .transpose()?;
     let (grpc_tls_on, admin_tls_on) = (grpc_tls.is_some(), admin_tls.is_some());

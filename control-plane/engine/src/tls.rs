@@ -147,28 +147,6 @@ impl ListenerTls {
     }
 }
 
-/// The gRPC push channel's TLS, from the settings (`None`: plain, as without these settings).
-pub fn grpc_tls(settings: &crate::config::Settings) -> Result<Option<ListenerTls>, TlsError> {
-    ListenerTls::from_settings(
-        "gRPC",
-        ["grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca"],
-        settings.grpc_tls_cert.as_deref(),
-        settings.grpc_tls_key.as_deref(),
-        settings.grpc_tls_client_ca.as_deref(),
-    )
-}
-
-/// The admin API's TLS, from the settings (`None`: plain HTTP).
-pub fn admin_tls(settings: &crate::config::Settings) -> Result<Option<ListenerTls>, TlsError> {
-    ListenerTls::from_settings(
-        "admin API",
-        ["admin_tls_cert", "admin_tls_key", "admin_tls_client_ca"],
-        settings.admin_tls_cert.as_deref(),
-        settings.admin_tls_key.as_deref(),
-        settings.admin_tls_client_ca.as_deref(),
-    )
-}
-
 /// Every certificate of a PEM file (at least one).
 pub fn read_certs(
     what: &'static str,

@@ -301,8 +301,8 @@ impl ConnectProxy {
     }
 }
 
-/// An account's `egress_proxy`: its refresh tunnels through that proxy (CONNECT to the HTTPS
-/// token endpoint), another account's does not, and with the proxy gone the account's refresh
+/// An account's `egress_proxy`: its refresh and its quota poll tunnel through that proxy
+/// (CONNECT to the HTTPS simulator), another account's refresh does not, and with the proxy gone the account's refresh
 /// fails rather than going direct. Bad values are refused naming the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accounts_refresh_goes_through_its_egress_proxy_and_only_its() {
@@ -349,6 +349,18 @@ async fn an_accounts_refresh_goes_through_its_egress_proxy_and_only_its() {
     assert!(
         through >= 1,
         "acct-0's refresh did not tunnel through its proxy"
+    );
+
+    // The quota polls too: polling the pool opens a tunnel for acct-0 (acct-1 goes direct).
+    let before_polls = proxy.tunnels();
+    let polled = stack
+        .cp
+        .cli_json(&["pool", "refresh-quota", "team"])
+        .unwrap();
+    assert_eq!(polled["polled"], 2, "{polled}");
+    assert!(
+        proxy.tunnels() > before_polls,
+        "acct-0's quota poll did not tunnel through its proxy"
     );
 
     // The proxy gone: acct-0 fails, it never goes direct; acct-1 still refreshes.

@@ -363,6 +363,38 @@ async fn an_accounts_refresh_goes_through_its_egress_proxy_and_only_its() {
         "acct-0's quota poll did not tunnel through its proxy"
     );
 
+    // `apply -f` names it too: acct-1 through the proxy, then back to direct.
+    let doc = stack.dir.path().join("egress.yaml");
+    std::fs::write(
+        &doc,
+        format!(
+            "api_version: codexmesh.dev/v1\nkind: Pool\nmetadata: {{name: team}}\nspec:\n  \
+             accounts:\n    - {{account: acct-0}}\n    - {{account: acct-1, egress_proxy: \"{url}\"}}\n"
+        ),
+    )
+    .unwrap();
+    stack
+        .cp
+        .cli_json(&["apply", "-f", doc.to_str().unwrap()])
+        .unwrap();
+    let listed = stack.cp.cli_json(&["account", "list"]).unwrap();
+    let text = listed.to_string();
+    assert_eq!(text.matches(url.as_str()).count(), 2, "{listed}");
+    let before_apply = proxy.tunnels();
+    let r = stack
+        .cp
+        .cli_json(&["account", "refresh", "acct-1"])
+        .unwrap();
+    assert_eq!(r["refreshed"], true, "{r}");
+    assert!(
+        proxy.tunnels() > before_apply,
+        "acct-1's proxy from apply -f unused"
+    );
+    stack
+        .cp
+        .cli_json(&["account", "set", "acct-1", "--egress-proxy", "none"])
+        .unwrap();
+
     // The proxy gone: acct-0 fails, it never goes direct; acct-1 still refreshes.
     proxy.task.abort();
     let _ = proxy.task.await;

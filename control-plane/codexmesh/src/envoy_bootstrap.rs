@@ -37,6 +37,11 @@ pub struct BootstrapParams {
     /// Request bodies over this are refused with 413 (the filter by content length, Envoy while
     /// buffering).
     pub max_request_body_bytes: u64,
+    /// The CA bundle upstream certificates must chain to ([`SYSTEM_CA_BUNDLE`] unless the
+    /// settings' `upstream_ca_file` names a private one).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// TLS (and a client certificate) to the control plane; plain gRPC when `None`.
+    pub control_plane_tls: Option<ControlPlaneTls>,
     /// Envoy's limits against slow and hostile clients.
     pub limits: EnvoyLimits,
 }
@@ -113,6 +118,10 @@ pub enum BootstrapError {
     BadWasmPath(PathBuf),
     #[error("control-plane address {0:?} must be HOST:PORT (an IP or a DNS name, port 1-65535)")]
     BadControlPlane(String),
+    #[error("TLS file path {0:?} is not valid UTF-8")]
+    BadTlsPath(PathBuf),
+    #[error("control-plane TLS server name {0:?} must be a DNS name or an IP")]
+    BadServerName(String),
 }
 
 /// Where Envoy dials the control plane: an IP (a STATIC cluster) or a DNS name (STRICT_DNS,
@@ -228,16 +237,13 @@ impl UpstreamTarget {
         }
     }
 
-    /// The cluster's TLS transport socket (SNI and SAN check on the host), or nothing.
-    fn tls_socket(&self) -> String {
+    /// The cluster's TLS transport socket (SNI and SAN check on the host, certificates from
+    /// `trusted_ca`), or nothing.
+    fn tls_socket(&self, trusted_ca: &str) -> String {
         if !self.tls {
             return String::new();
         }
-        format!(
-            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: {}\n        common_tls_context:\n          alpn_protocols: [h2, http/1.1]\n          validation_context:\n            trusted_ca: {{ filename: /etc/ssl/certs/ca-certificates.crt }}\n            match_typed_subject_alt_names:\n            - san_type: DNS\n              matcher: {{ exact: {} }}",
-            quote(&self.host),
-            quote(&self.host)
-        )
+        tls_transport_socket(&self.host, trusted_ca, "[h2, http/1.1]", None)
     }
 
     /// TLS upstreams negotiate h2 by ALPN; plain ones (the simulator, an egress proxy) speak h1.
@@ -261,6 +267,88 @@ impl UpstreamTarget {
         } else {
             format!("{host}:{}", self.port)
         }
+    }
+}
+
+/// The system CA bundle Envoy trusts for upstreams unless `upstream_ca_file` names another.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// An `UpstreamTlsContext` transport socket (at a cluster's indentation): the peer's certificate
+/// must chain to `trusted_ca` and name `host` (a DNS SAN, or an IP SAN for an address; SNI only
+/// for a name); `client` is a certificate chain and key Envoy presents.
+fn tls_transport_socket(
+    host: &str,
+    trusted_ca: &str,
+    alpn: &str,
+    client: Option<(&str, &str)>,
+) -> String {
+    let is_ip = host.parse::<IpAddr>().is_ok();
+    let sni = if is_ip {
+        String::new()
+    } else {
+        format!("        sni: {}\n", quote(host))
+    };
+    let san_type = if is_ip { "IP_ADDRESS" } else { "DNS" };
+    let certs = match client {
+        Some((chain, key)) => format!(
+            "          tls_certificates:\n          - certificate_chain: {{ filename: {} }}\n            private_key: {{ filename: {} }}\n",
+            quote(chain),
+            quote(key)
+        ),
+        None => String::new(),
+    };
+    let ca = if trusted_ca == SYSTEM_CA_BUNDLE {
+        // As it always was (the goldens keep the bare path).
+        trusted_ca.to_owned()
+    } else {
+        quote(trusted_ca)
+    };
+    format!(
+        "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{sni}        common_tls_context:\n          alpn_protocols: {alpn}\n{certs}          validation_context:\n            trusted_ca: {{ filename: {ca} }}\n            match_typed_subject_alt_names:\n            - san_type: {san_type}\n              matcher: {{ exact: {} }}",
+        quote(host)
+    )
+}
+
+/// How Envoy reaches the control plane over TLS (`codexmesh envoy-bootstrap
+/// --control-plane-ca`): the CA its certificate must chain to, the name it must carry, and the
+/// client certificate Envoy presents (required when `serve` has `grpc_tls_client_ca`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneTls {
+    /// PEM bundle the control plane's certificate must chain to.
+    pub ca: PathBuf,
+    /// The name (DNS or IP) its certificate must carry; the dialed host when `None`.
+    pub server_name: Option<String>,
+    /// Certificate chain and private key (PEM files) Envoy presents.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl ControlPlaneTls {
+    fn render(&self, dialed_host: &str) -> Result<String, BootstrapError> {
+        let path = |p: &PathBuf| {
+            p.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| BootstrapError::BadTlsPath(p.clone()))
+        };
+        let ca = path(&self.ca)?;
+        let client = match &self.client_cert {
+            Some((chain, key)) => Some((path(chain)?, path(key)?)),
+            None => None,
+        };
+        let name = self.server_name.as_deref().unwrap_or(dialed_host);
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        if !name_ok {
+            return Err(BootstrapError::BadServerName(name.to_owned()));
+        }
+        let socket = tls_transport_socket(
+            name,
+            &ca,
+            "[h2]",
+            client.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        );
+        Ok(format!("\n{socket}"))
     }
 }
 
@@ -300,7 +388,18 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
     let claude = UpstreamTarget::parse(&params.claude_base_url)?;
     let gemini = UpstreamTarget::parse(&params.gemini_base_url)?;
     let cluster_type = upstream.cluster_type();
-    let tls = upstream.tls_socket();
+    let trusted_ca = match &params.upstream_ca_file {
+        Some(p) => p
+            .to_str()
+            .ok_or_else(|| BootstrapError::BadTlsPath(p.clone()))?
+            .to_owned(),
+        None => SYSTEM_CA_BUNDLE.to_owned(),
+    };
+    let tls = upstream.tls_socket(&trusted_ca);
+    let control_plane_tls = match &params.control_plane_tls {
+        Some(t) => t.render(&params.control_plane.host)?,
+        None => String::new(),
+    };
     let protocol = upstream.protocol();
     let tls_ws = tls.replace(
         "alpn_protocols: [h2, http/1.1]",
@@ -331,7 +430,7 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
             )
         })
         .collect();
-    let vars: [(&str, String); 25] = [
+    let vars: [(&str, String); 26] = [
         ("vm_id", names::VM_ID.to_string()),
         (
             "control_plane_cluster",
@@ -347,6 +446,7 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         ("control_plane_port", params.control_plane.port.to_string()),
         ("control_plane_cluster_type", control_plane_type.to_string()),
         ("more_control_plane_endpoints", more_control_plane_endpoints),
+        ("control_plane_tls", control_plane_tls),
         ("wasm_path", quote(wasm)),
         ("service_config", quote(&service_config)),
         (
@@ -387,7 +487,7 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
             ("cluster_type", target.cluster_type().to_string()),
             ("host", quote(&target.host)),
             ("port", target.port.to_string()),
-            ("tls", target.tls_socket()),
+            ("tls", target.tls_socket(&trusted_ca)),
             ("protocol", target.protocol().to_string()),
             ("authority", quote(&target.authority())),
             ("prefix", quote(&format!("{}{path}", target.base_path))),
@@ -451,6 +551,11 @@ pub fn from_settings(
             request_headers_timeout_secs: settings.envoy_request_headers_timeout.as_secs(),
             http2_max_concurrent_streams: settings.envoy_http2_max_concurrent_streams,
         },
+        upstream_ca_file: settings
+            .upstream_ca_file
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        control_plane_tls: None,
     }
 }
 
@@ -472,6 +577,8 @@ mod tests {
             websocket_max_lifetime_secs: 3600,
             max_request_body_bytes: 1 << 20,
             limits: EnvoyLimits::default(),
+            upstream_ca_file: None,
+            control_plane_tls: None,
         }
     }
 
@@ -646,6 +753,8 @@ mod tests {
                 websocket_max_lifetime_secs: 3000,
                 max_request_body_bytes: 16 << 20,
                 limits: EnvoyLimits::default(),
+                upstream_ca_file: None,
+                control_plane_tls: None,
             };
             let yaml = render(&params).unwrap();
             assert!(!yaml.contains("{{"), "{name}: unfilled placeholder");
@@ -732,6 +841,81 @@ mod tests {
         let overload = yaml.find("overload_manager:").unwrap();
         let static_resources = yaml.find("static_resources:").unwrap();
         assert!(overload < static_resources && !yaml[..overload].contains("  overload_manager"));
+    }
+
+    #[test]
+    fn upstream_tls_verifies_against_the_named_bundle_and_the_host() {
+        // Default: the system bundle, the DNS name as SNI and SAN.
+        let yaml = render(&params("https://chatgpt.com/backend-api")).unwrap();
+        assert!(yaml.contains("trusted_ca: { filename: /etc/ssl/certs/ca-certificates.crt }"));
+        assert!(yaml.contains("san_type: DNS\n              matcher: { exact: \"chatgpt.com\" }"));
+        assert!(
+            !yaml.contains("trust_chain_verification"),
+            "never ACCEPT_UNTRUSTED"
+        );
+        // A private CA by name; an IP upstream is matched as an IP SAN, without SNI.
+        let mut p = params("https://10.0.0.7:8443/backend-api");
+        p.upstream_ca_file = Some(PathBuf::from("/etc/codexmesh/private-ca.pem"));
+        let yaml = render(&p).unwrap();
+        assert!(yaml.contains("trusted_ca: { filename: \"/etc/codexmesh/private-ca.pem\" }"));
+        assert!(
+            yaml.contains("san_type: IP_ADDRESS\n              matcher: { exact: \"10.0.0.7\" }")
+        );
+        assert!(!yaml.contains("sni: \"10.0.0.7\""));
+    }
+
+    #[test]
+    fn the_control_plane_cluster_gets_tls_and_a_client_certificate_when_asked() {
+        let cluster = |yaml: &str| {
+            let at = yaml.find("- name: codexmesh_control_plane").unwrap();
+            yaml[at..].to_owned()
+        };
+        let mut p = params("https://chatgpt.com/backend-api");
+        assert!(!cluster(&render(&p).unwrap()).contains("transport_socket"));
+        p.control_plane = ControlPlaneTarget::parse("codexmesh.mesh.svc:18090").unwrap();
+        p.control_plane_tls = Some(ControlPlaneTls {
+            ca: PathBuf::from("/certs/ca.pem"),
+            server_name: None,
+            client_cert: Some((
+                PathBuf::from("/certs/envoy.pem"),
+                PathBuf::from("/certs/envoy.key"),
+            )),
+        });
+        let c = cluster(&render(&p).unwrap());
+        assert!(c.contains("UpstreamTlsContext"), "{c}");
+        assert!(c.contains("sni: \"codexmesh.mesh.svc\""), "{c}");
+        assert!(c.contains("alpn_protocols: [h2]"), "{c}");
+        assert!(
+            c.contains("certificate_chain: { filename: \"/certs/envoy.pem\" }"),
+            "{c}"
+        );
+        assert!(
+            c.contains("private_key: { filename: \"/certs/envoy.key\" }"),
+            "{c}"
+        );
+        assert!(
+            c.contains("trusted_ca: { filename: \"/certs/ca.pem\" }"),
+            "{c}"
+        );
+        assert!(
+            c.contains("matcher: { exact: \"codexmesh.mesh.svc\" }"),
+            "{c}"
+        );
+        // Another name to check, and no client certificate.
+        p.control_plane_tls = Some(ControlPlaneTls {
+            ca: PathBuf::from("/certs/ca.pem"),
+            server_name: Some("cp.internal".to_owned()),
+            client_cert: None,
+        });
+        let c = cluster(&render(&p).unwrap());
+        assert!(c.contains("matcher: { exact: \"cp.internal\" }"), "{c}");
+        assert!(!c.contains("tls_certificates"), "{c}");
+        p.control_plane_tls = Some(ControlPlaneTls {
+            ca: PathBuf::from("/certs/ca.pem"),
+            server_name: Some("bad name\"".to_owned()),
+            client_cert: None,
+        });
+        assert!(matches!(render(&p), Err(BootstrapError::BadServerName(_))));
     }
 
     #[test]

@@ -253,6 +253,7 @@ fn cases() -> BTreeMap<&'static str, Isolation> {
         ("DELETE /api/v1/accounts/{account}", res(&["/api/v1/accounts/acct-b"], "/api/v1/accounts/acct-a", "/api/v1/accounts/zz-none", None)),
         ("POST /api/v1/accounts/{account}/pause", res(&["/api/v1/accounts/acct-b/pause"], "/api/v1/accounts/acct-a/pause", "/api/v1/accounts/zz-none/pause", None)),
         ("POST /api/v1/accounts/{account}/resume", res(&["/api/v1/accounts/acct-b/resume"], "/api/v1/accounts/acct-a/resume", "/api/v1/accounts/zz-none/resume", None)),
+        ("PUT /api/v1/accounts/{account}/egress_proxy", res(&["/api/v1/accounts/acct-b/egress_proxy"], "/api/v1/accounts/acct-a/egress_proxy", "/api/v1/accounts/zz-none/egress_proxy", Some(json!({"egress_proxy": "http://proxy.internal:3128"})))),
         ("POST /api/v1/accounts/{account}/refresh", res(&["/api/v1/accounts/acct-b/refresh"], "/api/v1/accounts/acct-a/refresh", "/api/v1/accounts/zz-none/refresh", None)),
         ("GET /api/v1/accounts/{account}/activity", res(&["/api/v1/accounts/acct-b/activity"], "/api/v1/accounts/acct-a/activity", "/api/v1/accounts/zz-none/activity", None)),
         ("POST /api/v1/pools/{pool}/accounts", res(&["/api/v1/pools/b/accounts"], "/api/v1/pools/a/accounts", "/api/v1/pools/zz-none/accounts", Some(auth_json_body()))),
@@ -646,6 +647,46 @@ async fn bad_input_is_named_and_changes_nothing() -> TestResult {
         assert_eq!(code, 400, "{query}: {v}");
         assert_eq!(v["error"]["field"], field, "{query}: {v}");
     }
+    // An egress proxy: a bad URL names egress_proxy; a good one is stored canonical, null
+    // clears it.
+    for body in [
+        json!({"egress_proxy": "https://proxy:3128"}),
+        json!({"egress_proxy": "http://user:pw@proxy:3128"}),
+        json!({"egress_proxy": 3128}),
+        json!({"egress_proxy": "http://p:1", "other": 1}),
+    ] {
+        let (code, v) = t
+            .call(
+                Some(&t.owner),
+                Method::PUT,
+                "/api/v1/accounts/acct-a/egress_proxy",
+                Some(&body),
+            )
+            .await?;
+        assert_eq!(code, 400, "{body}: {v}");
+        let field = v["error"]["field"].as_str().unwrap_or_default();
+        assert!(field == "egress_proxy" || field == "other", "{body}: {v}");
+    }
+    let (code, v) = t
+        .call(
+            Some(&t.owner),
+            Method::PUT,
+            "/api/v1/accounts/acct-a/egress_proxy",
+            Some(&json!({"egress_proxy": "HTTP://Proxy.Internal:3128/"})),
+        )
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["egress_proxy"], "http://proxy.internal:3128", "{v}");
+    let (code, v) = t
+        .call(
+            Some(&t.owner),
+            Method::PUT,
+            "/api/v1/accounts/acct-a/egress_proxy",
+            Some(&json!({"egress_proxy": null})),
+        )
+        .await?;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["egress_proxy"].is_null(), "{v}");
     // A broken auth.json upload names auth_json.
     let resp = t
         .http

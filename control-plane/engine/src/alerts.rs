@@ -121,7 +121,8 @@ impl Evaluator {
         store: Store,
         holder: impl Into<String>,
     ) -> Result<Self, OpsError> {
-        let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+        let http =
+            crate::oauth::http_client_for(settings).map_err(|e| OpsError::Http(e.to_string()))?;
         Ok(Self::new(
             settings,
             store,

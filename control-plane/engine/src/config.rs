@@ -562,6 +562,62 @@ declare_settings! {
             help: "Admin HTTP listen address; port 0 picks one",
             readme: "",
         }
+        grpc_tls_cert: OptionalPath {
+            key: grpc_tls_cert,
+            flag: "grpc-tls-cert",
+            value_name: "PEM",
+            env: "CODEXMESH_GRPC_TLS_CERT",
+            help: "The gRPC push channel's TLS certificate chain (PEM); with grpc_tls_key the channel speaks TLS",
+            readme: "plain gRPC",
+        }
+        grpc_tls_key: OptionalPath {
+            key: grpc_tls_key,
+            flag: "grpc-tls-key",
+            value_name: "PEM",
+            env: "CODEXMESH_GRPC_TLS_KEY",
+            help: "The private key of grpc_tls_cert (PEM)",
+            readme: "",
+        }
+        grpc_tls_client_ca: OptionalPath {
+            key: grpc_tls_client_ca,
+            flag: "grpc-tls-client-ca",
+            value_name: "PEM",
+            env: "CODEXMESH_GRPC_TLS_CLIENT_CA",
+            help: "CA bundle (PEM) for the gRPC channel's clients: when set, every Envoy must present a certificate it issued",
+            readme: "no client certificates",
+        }
+        admin_tls_cert: OptionalPath {
+            key: admin_tls_cert,
+            flag: "admin-tls-cert",
+            value_name: "PEM",
+            env: "CODEXMESH_ADMIN_TLS_CERT",
+            help: "The admin API's TLS certificate chain (PEM); with admin_tls_key the admin API speaks HTTPS",
+            readme: "plain HTTP",
+        }
+        admin_tls_key: OptionalPath {
+            key: admin_tls_key,
+            flag: "admin-tls-key",
+            value_name: "PEM",
+            env: "CODEXMESH_ADMIN_TLS_KEY",
+            help: "The private key of admin_tls_cert (PEM)",
+            readme: "",
+        }
+        admin_tls_client_ca: OptionalPath {
+            key: admin_tls_client_ca,
+            flag: "admin-tls-client-ca",
+            value_name: "PEM",
+            env: "CODEXMESH_ADMIN_TLS_CLIENT_CA",
+            help: "CA bundle (PEM) for the admin API's clients: when set, every client must present a certificate it issued",
+            readme: "no client certificates",
+        }
+        upstream_ca_file: OptionalPath {
+            key: upstream_ca_file,
+            flag: "upstream-ca-file",
+            value_name: "PEM",
+            env: "CODEXMESH_UPSTREAM_CA_FILE",
+            help: "CA bundle (PEM) trusted for upstreams besides the public roots (a private CA); Envoy's upstream clusters use this file instead of the system bundle",
+            readme: "public roots only (the system bundle in Envoy); certificates are always verified",
+        }
         gateway_listen: Addr {
             key: gateway_listen,
             flag: "gateway-listen",
@@ -1003,6 +1059,28 @@ impl Fault {
 }
 
 impl Settings {
+    /// The gRPC push channel's TLS (`None`: plain, as without these settings).
+    pub fn grpc_tls(&self) -> Result<Option<crate::tls::ListenerTls>, crate::tls::TlsError> {
+        crate::tls::ListenerTls::from_settings(
+            "gRPC",
+            ["grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca"],
+            self.grpc_tls_cert.as_deref(),
+            self.grpc_tls_key.as_deref(),
+            self.grpc_tls_client_ca.as_deref(),
+        )
+    }
+
+    /// The admin API's TLS (`None`: plain HTTP).
+    pub fn admin_tls(&self) -> Result<Option<crate::tls::ListenerTls>, crate::tls::TlsError> {
+        crate::tls::ListenerTls::from_settings(
+            "admin API",
+            ["admin_tls_cert", "admin_tls_key", "admin_tls_client_ca"],
+            self.admin_tls_cert.as_deref(),
+            self.admin_tls_key.as_deref(),
+            self.admin_tls_client_ca.as_deref(),
+        )
+    }
+
     /// Resolves from the process environment and the config file named by flag or env.
     pub fn from_env(flags: &SettingsFlags) -> Result<Self, ConfigError> {
         Self::resolve(flags, &|name| std::env::var(name).ok())
@@ -1048,6 +1126,13 @@ impl Settings {
                     redact_url(&self.store)
                 ),
             ));
+        }
+        // Half a TLS configuration (a key without a certificate, a client CA alone) is refused
+        // here, so no command runs on settings `serve` would reject.
+        for tls in [self.grpc_tls(), self.admin_tls()] {
+            if let Err(e) = tls {
+                return Err(invalid("tls", e.to_string()));
+            }
         }
         for (name, url) in [
             ("upstream_base_url", &self.upstream_base_url),

@@ -20,6 +20,7 @@
 //! - `refresh`, `oauth`, `login`: tokens and the auth server;
 //! - `quota`: active quota polls and the evidence write;
 //! - `status`, `requests`: the reports operators read (through [`ops::reports`]);
+//! - [`tls`]: TLS on the two listeners (client certificates) and the outbound client's trust;
 //! - `metrics`: the Prometheus metrics (`/metrics`) and the readiness check (`/readyz`).
 
 pub mod alerts;
@@ -39,6 +40,7 @@ mod requests;
 pub mod server;
 pub mod snapshot;
 mod status;
+pub mod tls;
 pub mod usage_push;
 pub mod warmup;
 mod watch;

@@ -29,6 +29,8 @@
 //! consumed) the refresh token, and sending a consumed refresh token again would revoke the
 //! whole login.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -235,12 +237,89 @@ pub fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// An HTTP client for the token endpoint and the upstream (rustls, webpki roots).
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+/// The builder of every outbound client: rustls, webpki (public) roots, certificates always
+/// verified.
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("codexmesh/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// An HTTP client for the token endpoint and the upstream (rustls, webpki roots only).
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    client_builder().build()
+}
+
+/// The HTTP client of these settings: the public roots plus `upstream_ca_file`'s certificates
+/// when one is named (never less verification than [`http_client`]).
+pub fn http_client_for(settings: &crate::config::Settings) -> Result<reqwest::Client, String> {
+    let mut builder = client_builder();
+    if let Some(path) = &settings.upstream_ca_file {
+        for cert in crate::tls::upstream_roots(path).map_err(|e| e.to_string())? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// The clients of accounts with an egress proxy: one per proxy URL, made on first use and kept,
+/// each trusting what [`http_client_for`] trusts. An account with a proxy is never served by
+/// the direct client: a proxy that cannot be used is an error for that call.
+#[derive(Clone, Default)]
+pub struct Egress {
+    roots: Arc<Vec<reqwest::Certificate>>,
+    proxied: Arc<Mutex<HashMap<String, reqwest::Client>>>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proxies = self.proxied.lock().map(|m| m.len()).unwrap_or_default();
+        f.debug_struct("Egress")
+            .field("extra_roots", &self.roots.len())
+            .field("proxies", &proxies)
+            .finish()
+    }
+}
+
+impl Egress {
+    /// The egress clients of these settings (`upstream_ca_file` trusted besides the public
+    /// roots).
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
+        let roots = match &settings.upstream_ca_file {
+            Some(path) => crate::tls::upstream_roots(path).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            roots: Arc::new(roots),
+            proxied: Arc::default(),
+        })
+    }
+
+    /// `direct` for an account without a proxy; else the client tunnelling through `proxy`.
+    pub fn client(
+        &self,
+        direct: &reqwest::Client,
+        proxy: Option<&str>,
+    ) -> Result<reqwest::Client, String> {
+        let Some(proxy) = proxy else {
+            return Ok(direct.clone());
+        };
+        let mut cache = self
+            .proxied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = cache.get(proxy) {
+            return Ok(c.clone());
+        }
+        let unusable = |e: reqwest::Error| format!("egress proxy {proxy}: {e}");
+        let mut builder = client_builder().proxy(reqwest::Proxy::all(proxy).map_err(unusable)?);
+        for cert in self.roots.iter() {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        let client = builder.build().map_err(unusable)?;
+        cache.insert(proxy.to_owned(), client.clone());
+        Ok(client)
+    }
 }
 
 /// Parses a successful token answer.

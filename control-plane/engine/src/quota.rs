@@ -30,6 +30,8 @@ pub struct Upstreams {
     pub codex: String,
     pub claude: String,
     pub gemini: String,
+    /// The clients of accounts with their own egress proxy.
+    pub egress: crate::oauth::Egress,
 }
 
 impl Upstreams {
@@ -38,6 +40,9 @@ impl Upstreams {
             codex: s.upstream_base_url.clone(),
             claude: s.claude_base_url.clone(),
             gemini: s.gemini_base_url.clone(),
+            // A bad CA file stops `serve` earlier (its direct client); here it would only
+            // mean fewer roots, which fails closed.
+            egress: crate::oauth::Egress::from_settings(s).unwrap_or_default(),
         }
     }
 }
@@ -225,6 +230,15 @@ pub async fn poll_account(
             Polled::Failed("an API-key account has no usage endpoint".to_owned()),
         ));
     }
+    // Through the account's egress proxy when it names one (never directly instead).
+    let http = match upstreams
+        .egress
+        .client(http, s.account.egress_proxy.as_deref())
+    {
+        Ok(c) => c,
+        Err(e) => return Ok((s.account, Polled::Failed(e))),
+    };
+    let http = &http;
     let result = match s.account.provider {
         Provider::Codex => {
             poll_once(

@@ -195,6 +195,8 @@ pub struct RefresherConfig {
     pub google_client: oauth::Grant,
     pub lead_ms: i64,
     pub lease_ms: i64,
+    /// The clients of accounts with their own egress proxy.
+    pub egress: oauth::Egress,
     /// Test-only (see [`Fault`]).
     #[cfg(feature = "test-faults")]
     pub fault: Option<Fault>,
@@ -212,6 +214,9 @@ impl RefresherConfig {
             },
             lead_ms: i64::try_from(s.refresh_lead.as_millis()).unwrap_or(i64::MAX),
             lease_ms: i64::try_from(s.refresh_lease.as_millis()).unwrap_or(60_000),
+            // A bad CA file stops `serve` earlier (its direct client); here it would only mean
+            // fewer roots, which fails closed.
+            egress: oauth::Egress::from_settings(s).unwrap_or_default(),
             #[cfg(feature = "test-faults")]
             fault: s.fault,
         }
@@ -410,14 +415,19 @@ impl Refresher {
         );
         tracing::info!(account = %acc.label, provider = %acc.provider,
             trigger = req.trigger.as_str(), "refreshing access token");
-        let answer = oauth::refresh_grant_for(
-            &self.inner.http,
-            &grant,
-            token_url,
-            &secrets.refresh_token,
-            timeout,
-        )
-        .await;
+        // Through the account's egress proxy when it names one (never directly instead).
+        let answer = match self
+            .inner
+            .cfg
+            .egress
+            .client(&self.inner.http, acc.egress_proxy.as_deref())
+        {
+            Ok(http) => {
+                oauth::refresh_grant_for(&http, &grant, token_url, &secrets.refresh_token, timeout)
+                    .await
+            }
+            Err(e) => Err(oauth::TokenError::Transient(e)),
+        };
         match answer {
             Ok(t) => {
                 let claims = t.id_token.as_deref().map(authjson::id_claims);
@@ -717,6 +727,7 @@ mod tests {
                 },
                 lead_ms: 900_000,
                 lease_ms: 60_000,
+                egress: oauth::Egress::default(),
                 #[cfg(feature = "test-faults")]
                 fault: None,
             },

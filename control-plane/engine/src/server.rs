@@ -37,6 +37,8 @@ pub enum ServeError {
     Server(&'static str, String),
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub struct RunningServer {
@@ -52,6 +54,12 @@ pub struct RunningServer {
     alerts: JoinHandle<()>,
 }
 
+/// A listener as bound: plain TCP, or TLS when the settings name a certificate.
+enum Incoming {
+    Plain(TcpListener),
+    Tls(crate::tls::TlsIncoming),
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
@@ -65,6 +73,16 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     let key = settings.master_keys()?;
     let push_token = settings.push_token()?;
     store.verify_master_key(&key).await?;
+    // Read before binding: a bad certificate file stops `serve` before anything listens.
+    let grpc_tls = settings
+        .grpc_tls()?
+        .map(|t| t.server_config("gRPC", &[b"h2"]))
+        .transpose()?;
+    let admin_tls = settings
+        .admin_tls()?
+        .map(|t| t.server_config("admin API", &[b"h2", b"http/1.1"]))
+        .transpose()?;
+    let (grpc_tls_on, admin_tls_on) = (grpc_tls.is_some(), admin_tls.is_some());
 
     let grpc_listener = bind("gRPC", settings.grpc_listen).await?;
     let admin_listener = bind("admin HTTP", settings.admin_listen).await?;
@@ -83,7 +101,8 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
             source,
         })?;
 
-    let http = crate::oauth::http_client().map_err(|e| ServeError::Http(e.to_string()))?;
+    let http =
+        crate::oauth::http_client_for(settings).map_err(|e| ServeError::Http(e.to_string()))?;
     let cancel = CancellationToken::new();
     let cp_id = snapshot::new_control_plane_id();
     let hub = SnapshotHub::start(
@@ -130,17 +149,37 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
     .with_metrics(metrics.clone());
     let grpc = {
         let cancel = cancel.clone();
+        let router = tonic::transport::Server::builder()
+            // Lets a client notice a frozen control plane (and us a vanished Envoy).
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(service.routes());
+        let incoming = match grpc_tls {
+            Some(config) => {
+                Incoming::Tls(crate::tls::TlsIncoming::new(grpc_listener, config).map_err(
+                    |source| ServeError::Bind {
+                        what: "gRPC",
+                        addr: grpc_addr,
+                        source,
+                    },
+                )?)
+            }
+            None => Incoming::Plain(grpc_listener),
+        };
         tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                // Lets a client notice a frozen control plane (and us a vanished Envoy).
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-                .add_service(service.routes())
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc_listener),
-                    cancel.clone().cancelled_owned(),
-                )
-                .await;
+            let stop = cancel.clone().cancelled_owned();
+            let result = match incoming {
+                Incoming::Plain(l) => {
+                    router
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                        .await
+                }
+                Incoming::Tls(l) => {
+                    router
+                        .serve_with_incoming_shutdown(l.into_stream(), stop)
+                        .await
+                }
+            };
             cancel.cancel();
             result
         })
@@ -163,18 +202,36 @@ pub async fn start(settings: &Settings, store: Store) -> Result<RunningServer, S
         api_settings.admin_listen = admin_addr;
         let ops = crate::ops::Ops::with_store(api_settings, Actor::new("api".to_owned()), store);
         let app = crate::api::router(ops, envoys, hub.subscribe(), cancel.clone(), metrics);
+        let incoming = match admin_tls {
+            Some(config) => Incoming::Tls(
+                crate::tls::TlsIncoming::new(admin_listener, config).map_err(|source| {
+                    ServeError::Bind {
+                        what: "admin HTTP",
+                        addr: admin_addr,
+                        source,
+                    }
+                })?,
+            ),
+            None => Incoming::Plain(admin_listener),
+        };
         tokio::spawn(async move {
-            let result = axum::serve(
-                admin_listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(cancel.clone().cancelled_owned())
-            .await;
+            let stop = cancel.clone().cancelled_owned();
+            let result = match incoming {
+                Incoming::Plain(l) => {
+                    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                    axum::serve(l, app).with_graceful_shutdown(stop).await
+                }
+                Incoming::Tls(l) => {
+                    axum::serve(l, crate::tls::WithPeer(app))
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+            };
             cancel.cancel();
             result
         })
     };
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "serving");
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, grpc_tls = grpc_tls_on, admin_tls = admin_tls_on, "serving");
     Ok(RunningServer {
         grpc_addr,
         admin_addr,

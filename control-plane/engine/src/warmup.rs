@@ -191,6 +191,18 @@ async fn warm(
     account_id: &str,
 ) -> Result<bool, StoreError> {
     let s = store.account_secrets(account_id, keys).await?;
+    // Through the account's egress proxy when it names one (never directly instead).
+    let http = match upstreams
+        .egress
+        .client(http, s.account.egress_proxy.as_deref())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(account = %s.account.label, error = %e, "warm-up skipped");
+            return Ok(false);
+        }
+    };
+    let http = &http;
     let provider = s.account.provider;
     let (path, request) = match provider {
         Provider::Claude => {

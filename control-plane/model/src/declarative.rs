@@ -272,6 +272,10 @@ pub struct MembershipDoc {
     /// Its share (round robin, session spreading), 1–1000; default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The account's egress proxy (`http://HOST:PORT`, or `none` for direct; an account
+    /// property, not the membership's); absent: left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<String>,
 }
 
 fn default_weight() -> u32 {

@@ -152,6 +152,13 @@ pub enum Step {
         from: (u32, u32),
         to: (u32, u32),
     },
+    /// The account's egress proxy (`None`: direct).
+    SetEgressProxy {
+        account_id: String,
+        label: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
     CreateKey {
         pool: String,
         label: String,
@@ -222,7 +229,7 @@ impl Step {
         match self {
             Step::CreatePool { .. } | Step::RestorePool { .. } => 0,
             Step::SetPoolRouting { .. } | Step::SetPoolNetwork { .. } => 1,
-            Step::Join { .. } | Step::SetMembership { .. } => 2,
+            Step::Join { .. } | Step::SetMembership { .. } | Step::SetEgressProxy { .. } => 2,
             Step::CreateKey { .. }
             | Step::SetKeyOperator { .. }
             | Step::SetKeyRouting { .. }
@@ -494,8 +501,30 @@ impl<'a> Planner<'a> {
         let mut members: Vec<&Account> = named.iter().map(|(_, a)| *a).collect();
         let mut member_objects = Vec::new();
         let mut member_steps = Vec::new();
-        for (m, account) in &named {
+        for (i, (m, account)) in named.iter().enumerate() {
             let object = format!("{name}/{}", account.label);
+            if let Some(raw) = &m.egress_proxy {
+                let path = format!("spec.accounts[{i}].egress_proxy");
+                let to = if raw.trim().eq_ignore_ascii_case("none") {
+                    None
+                } else {
+                    Some(crate::egress::parse_egress_proxy(raw).map_err(|e| o.invalid(&path, e))?)
+                };
+                if to != account.egress_proxy {
+                    member_steps.push(Step::SetEgressProxy {
+                        account_id: account.id.clone(),
+                        label: account.label.clone(),
+                        from: account.egress_proxy.clone(),
+                        to: to.clone(),
+                    });
+                    member_objects.push(change(
+                        ObjectKind::Membership,
+                        object.clone(),
+                        vec![field("egress_proxy", account.egress_proxy.clone(), to)],
+                        Some("the account's, in every pool".to_owned()),
+                    ));
+                }
+            }
             match current_members.iter().find(|(a, _, _)| a.id == account.id) {
                 Some((_, priority, weight)) => {
                     let mut f = Vec::new();
@@ -1155,6 +1184,7 @@ pub fn export_pools(state: &ConfigState, access: &Access, name: Option<&str>) ->
                     account: account_ref(&visible, &a.id),
                     priority: *priority,
                     weight: *weight,
+                    egress_proxy: a.egress_proxy.clone(),
                 })
                 .collect(),
             keys: keys
@@ -1382,6 +1412,51 @@ mod tests {
         // Pools first, removals after additions, operators last.
         let phases: Vec<u8> = p.steps.iter().map(Step::phase).collect();
         assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{phases:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_accounts_egress_proxy_is_set_cleared_or_left_alone() -> Result<(), ConfigError> {
+        let doc = |proxy: &str| {
+            format!(
+                "{HEAD}kind: Pool\nmetadata: {{name: a}}\nspec:\n  accounts:\n    - \
+                 {{account: alice@example.com{proxy}}}\n    - {{account: bob@example.com, priority: 1}}\n  \
+                 keys: [{{label: ci}}, {{label: old}}]\n"
+            )
+        };
+        // Absent: left as it is.
+        assert!(plan_text(&doc(""), &state(), false)?.is_noop());
+        let p = plan_text(
+            &doc(", egress_proxy: \"HTTP://Proxy.Internal:3128\""),
+            &state(),
+            false,
+        )?;
+        assert_eq!(
+            p.steps,
+            vec![Step::SetEgressProxy {
+                account_id: "acc_1".into(),
+                label: "alice@example.com".into(),
+                from: None,
+                to: Some("http://proxy.internal:3128".into()),
+            }]
+        );
+        // `none` on an account with a proxy clears it.
+        let mut with_proxy = state();
+        with_proxy.accounts[0].egress_proxy = Some("http://proxy.internal:3128".into());
+        let p = plan_text(&doc(", egress_proxy: none"), &with_proxy, false)?;
+        assert!(matches!(
+            &p.steps[..],
+            [Step::SetEgressProxy { to: None, .. }]
+        ));
+        assert!(plan_text(
+            &doc(", egress_proxy: \"http://proxy.internal:3128\""),
+            &with_proxy,
+            false
+        )?
+        .is_noop());
+        // A bad value is refused at its path.
+        let e = plan_text(&doc(", egress_proxy: \"https://p:1\""), &state(), false).unwrap_err();
+        assert_eq!(e.path, "spec.accounts[0].egress_proxy", "{e}");
         Ok(())
     }
 

@@ -72,6 +72,7 @@ pub mod credential_files;
 pub mod credentials;
 pub mod declarative;
 pub mod declarative_plan;
+pub mod egress;
 pub mod forecast;
 pub mod gemini_credentials;
 pub mod headroom;

@@ -186,6 +186,9 @@ pub struct Account {
     /// SHA-256 (hex) of that file's content when it was last imported.
     #[serde(skip)]
     pub source_hash: Option<String>,
+    /// The HTTP proxy (`http://host:port`) the control plane's own calls for this account go
+    /// through (refresh, quota polls, warm-up); direct when `None` ([`crate::egress`]).
+    pub egress_proxy: Option<String>,
     /// Every pool the account is a member of, by pool name.
     pub pools: Vec<Membership>,
 }
@@ -600,6 +603,7 @@ pub mod fixtures {
             last_refresh_error: None,
             source_path: None,
             source_hash: None,
+            egress_proxy: None,
             pools: Vec::new(),
         }
     }

@@ -598,6 +598,51 @@ impl Store {
         Ok(account)
     }
 
+    /// Sets (or with `None` clears) the egress proxy of account `ident` (checked and made
+    /// canonical by [`codexmesh_model::egress::parse_egress_proxy`]); audited, no snapshot bump
+    /// (the data path does not read it).
+    pub async fn set_account_egress_proxy(
+        &self,
+        actor: &Actor,
+        ident: &str,
+        proxy: Option<&str>,
+    ) -> Result<Changed<Account>, StoreError> {
+        let proxy = proxy
+            .map(codexmesh_model::egress::parse_egress_proxy)
+            .transpose()
+            .map_err(|m| StoreError::invalid("egress_proxy", m))?;
+        let (mut tx, revision) = self.begin_unpublished_write().await?;
+        let account = resolve_account_tx(&mut tx, ident).await?;
+        if account.egress_proxy == proxy {
+            tx.rollback().await?;
+            return Ok(Changed {
+                changed: false,
+                item: account,
+            });
+        }
+        sqlx::query("UPDATE accounts SET egress_proxy = $1, updated_at = $2 WHERE id = $3")
+            .bind(proxy.clone())
+            .bind(now_ms())
+            .bind(account.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "account.set_egress_proxy",
+            Some(&account.id),
+            json!({"label": account.label, "from": account.egress_proxy, "to": proxy}),
+            revision,
+        )
+        .await?;
+        let account = resolve_account_tx(&mut tx, &account.id).await?;
+        tx.commit().await?;
+        Ok(Changed {
+            changed: true,
+            item: account,
+        })
+    }
+
     /// [`Store::account`] with its membership in pool `pool` in view; without a pool, an
     /// account in several pools is an error asking for one.
     pub async fn account_in_pool(

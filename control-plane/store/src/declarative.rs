@@ -282,6 +282,24 @@ async fn run_step_tx(
                        "to": {"priority": to.0, "weight": to.1}}),
             )
         }
+        Step::SetEgressProxy {
+            account_id,
+            label,
+            from,
+            to,
+        } => {
+            sqlx::query("UPDATE accounts SET egress_proxy = $1 WHERE id = $2")
+                .bind(to.clone())
+                .bind(account_id.clone())
+                .execute(&mut **tx)
+                .await?;
+            touch_account_tx(tx, account_id).await?;
+            (
+                "account.set_egress_proxy",
+                account_id.clone(),
+                json!({"label": label, "from": from, "to": to}),
+            )
+        }
         Step::Leave {
             pool,
             account_id,

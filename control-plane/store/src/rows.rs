@@ -28,7 +28,7 @@ pub(crate) const ACCOUNT_SELECT: &str = "SELECT a.id, a.label, \
      a.cooldown_until, a.access_token_expires_at, a.tokens_updated_at, \
      a.created_at, a.updated_at, a.sealed_access_token, a.token_revision, a.health, \
      a.last_refresh_at, a.refresh_failures, a.next_refresh_at, a.last_refresh_error, \
-     a.source_path, a.source_hash \
+     a.source_path, a.source_hash, a.egress_proxy \
      FROM accounts a";
 
 pub(crate) const MEMBERSHIP_SELECT: &str = "SELECT m.account_id, m.pool_id, p.name AS pool_name, \
@@ -210,6 +210,7 @@ pub(crate) fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
         last_refresh_error: col(row, "last_refresh_error")?,
         source_path: col(row, "source_path")?,
         source_hash: col(row, "source_hash")?,
+        egress_proxy: col(row, "egress_proxy")?,
         pools: Vec::new(),
     })
 }

@@ -131,6 +131,7 @@ async fn loaded_stack() -> (Stack, Load) {
         accounts: vec![json!({}), json!({})],
         cp_env: vec![setting("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0")],
         sim_behavior: Some(streaming_sim()),
+        ..StackOptions::default()
     })
     .await
     .unwrap();
@@ -223,7 +224,7 @@ struct PgGateway {
     envoys: Vec<Envoy>,
     key: String,
     // Last: dropped after the processes in it.
-    _dir: tempfile::TempDir,
+    _dir: codexmesh_test_kit::leaks::TestDir,
 }
 
 impl PgGateway {

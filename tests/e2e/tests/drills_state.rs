@@ -285,6 +285,7 @@ async fn sigkill_during_token_refreshes_loses_no_rotated_token() -> Result<()> {
             setting("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0"),
         ],
         sim_behavior: Some(json!({"refresh_delay_ms": REFRESH_DELAY_MS, "event_delay_ms": 10})),
+        ..StackOptions::default()
     })
     .await?;
     stack.sim.clear_requests().await?;
@@ -389,6 +390,7 @@ async fn a_flapping_upstream_is_hidden_from_clients() -> Result<()> {
         accounts: vec![json!({}); 4],
         cp_env: vec![setting("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0")],
         sim_behavior: Some(json!({"event_delay_ms": 10})),
+        ..StackOptions::default()
     })
     .await?;
     // Every member may be tried once per request.
@@ -473,7 +475,7 @@ async fn a_flapping_upstream_is_hidden_from_clients() -> Result<()> {
 
 /// A tmpfs mounted on a fresh directory, unmounted (lazily, by path) when dropped.
 struct SmallDisk {
-    dir: tempfile::TempDir,
+    dir: codexmesh_test_kit::leaks::TestDir,
 }
 
 impl SmallDisk {

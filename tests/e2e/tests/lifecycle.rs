@@ -64,6 +64,7 @@ async fn tokens_are_refreshed_before_expiry_without_a_failed_request() {
             setting("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0"),
         ],
         sim_behavior: None,
+        ..StackOptions::default()
     })
     .await
     .unwrap();
@@ -129,6 +130,7 @@ async fn health_drops_under_upstream_failures_and_recovers() {
             setting("CODEXMESH_QUOTA_POLL_INTERVAL_SECS", "0"),
         ],
         sim_behavior: None,
+        ..StackOptions::default()
     })
     .await
     .unwrap();

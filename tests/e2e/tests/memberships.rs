@@ -84,6 +84,7 @@ async fn one_login_in_two_pools_refreshes_once_per_refresh() {
             // A 12 s lead: a token with a 16 s life is refreshed 4 s after it was issued.
             cp_env: vec![setting("CODEXMESH_REFRESH_LEAD_SECS", "12")],
             sim_behavior: None,
+            ..StackOptions::default()
         }
         .without_quota_polling(),
     )

@@ -116,6 +116,7 @@ async fn metrics_move_with_real_traffic() {
         // Every account is polled about once a second.
         cp_env: vec![("CODEXMESH_QUOTA_POLL_INTERVAL_SECS".into(), "1".into())],
         sim_behavior: None,
+        ..StackOptions::default()
     })
     .await
     .unwrap();

@@ -69,6 +69,18 @@ impl Envoy {
         dir: &Path,
         name: &str,
     ) -> Result<PathBuf> {
+        Self::render_bootstrap_with(cp, grpc, control_plane, &[], dir, name)
+    }
+
+    /// [`Envoy::render_bootstrap`] with further `envoy-bootstrap` arguments (`extra`).
+    pub fn render_bootstrap_with(
+        cp: &ControlPlane,
+        grpc: SocketAddr,
+        control_plane: Option<&str>,
+        extra: &[String],
+        dir: &Path,
+        name: &str,
+    ) -> Result<PathBuf> {
         let bootstrap = dir.join(format!("{name}.yaml"));
         let mut cmd = cp.command();
         cmd.env("CODEXMESH_GRPC_LISTEN", grpc.to_string())
@@ -81,6 +93,7 @@ impl Envoy {
         if let Some(target) = control_plane {
             cmd.args(["--control-plane", target]);
         }
+        cmd.args(extra);
         let out = cmd.output()?;
         if !out.status.success() {
             bail!(

@@ -37,6 +37,7 @@ pub mod sim;
 pub mod source;
 pub mod sse;
 pub mod stack;
+pub mod tls;
 pub mod wait;
 
 pub use auth::{jwt, Login};

@@ -34,6 +34,8 @@ enum Running {
 /// A running simulator and a client of its control API.
 pub struct Sim {
     pub addr: SocketAddr,
+    /// With [`Sim::spawn_tls`]: its self-signed certificate (PEM), the one root to trust.
+    pub ca_file: Option<std::path::PathBuf>,
     http: reqwest::Client,
     running: Running,
 }
@@ -41,6 +43,16 @@ pub struct Sim {
 fn client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// A client of a TLS simulator, trusting its certificate only.
+fn tls_client(cert: &Path) -> Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(cert)?)?;
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
         .build()?)
 }
 
@@ -81,6 +93,7 @@ impl Sim {
             .map_err(|e| anyhow!("the simulator did not start: {e}"))?;
         Ok(Self {
             addr,
+            ca_file: None,
             http: client()?,
             running: Running::Thread {
                 stop: Some(stop_tx),
@@ -97,9 +110,36 @@ impl Sim {
         let addr = parse_addr(&proc.wait_for_line("listening on ", Duration::from_secs(20))?)?;
         Ok(Self {
             addr,
+            ca_file: None,
             http: client()?,
             running: Running::Child(proc),
         })
+    }
+
+    /// Like [`Sim::spawn`], serving HTTPS with a self-signed certificate (for 127.0.0.1,
+    /// localhost and ::1) written to `dir/sim-ca.pem` ([`Sim::ca_file`]); every URL is
+    /// `https://`.
+    pub fn spawn_tls(art: &Artifacts, dir: &Path) -> Result<Self> {
+        let cert = dir.join("sim-ca.pem");
+        let mut cmd = Command::new(&art.sim);
+        cmd.args(["--listen", "127.0.0.1:0", "--tls", "--tls-cert-out"])
+            .arg(&cert);
+        let mut proc = Proc::spawn("sim", cmd, dir)?;
+        let addr = parse_addr(&proc.wait_for_line("listening on ", Duration::from_secs(20))?)?;
+        Ok(Self {
+            addr,
+            http: tls_client(&cert)?,
+            ca_file: Some(cert),
+            running: Running::Child(proc),
+        })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The PID of a spawned simulator (`None` in process).
@@ -118,19 +158,19 @@ impl Sim {
         }
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR` (`https://` with [`Sim::spawn_tls`]).
     pub fn root_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme(), self.addr)
     }
 
     /// The upstream base URL (`CODEXMESH_UPSTREAM_BASE_URL`): `http://ADDR/backend-api`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/backend-api", self.addr)
+        format!("{}://{}/backend-api", self.scheme(), self.addr)
     }
 
     /// The OAuth token endpoint (`CODEXMESH_OAUTH_TOKEN_URL`).
     pub fn token_url(&self) -> String {
-        format!("http://{}/oauth/token", self.addr)
+        format!("{}://{}/oauth/token", self.scheme(), self.addr)
     }
 
     /// Settings flags pointing every outbound call of `codexmesh` at this simulator.
@@ -155,12 +195,12 @@ impl Sim {
 
     /// Anthropic's OAuth token endpoint here (`CODEXMESH_CLAUDE_TOKEN_URL`).
     pub fn claude_token_url(&self) -> String {
-        format!("http://{}/v1/oauth/token", self.addr)
+        format!("{}://{}/v1/oauth/token", self.scheme(), self.addr)
     }
 
     /// Google's OAuth token endpoint here (`CODEXMESH_GOOGLE_TOKEN_URL`).
     pub fn google_token_url(&self) -> String {
-        format!("http://{}/google/oauth2/token", self.addr)
+        format!("{}://{}/google/oauth2/token", self.scheme(), self.addr)
     }
 
     /// Settings flags pointing `codexmesh`'s Claude and Gemini calls at this simulator: both

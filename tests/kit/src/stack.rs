@@ -209,6 +209,11 @@ pub struct StackOptions {
     pub cp_env: Vec<(String, String)>,
     /// Simulator behaviour to set before anything is imported.
     pub sim_behavior: Option<Value>,
+    /// The simulator serves HTTPS ([`Sim::spawn_tls`]); the control plane and Envoy trust its
+    /// certificate through `CODEXMESH_UPSTREAM_CA_FILE`.
+    pub sim_tls: bool,
+    /// Further `codexmesh envoy-bootstrap` arguments (e.g. `--control-plane-ca`).
+    pub envoy_bootstrap_args: Vec<String>,
 }
 
 impl StackOptions {
@@ -238,8 +243,19 @@ impl Stack {
     pub async fn start_with(opts: StackOptions) -> Result<Self> {
         let dir = crate::test_dir("codexmesh-e2e-")?;
         let art = Artifacts::locate()?;
-        let sim = Sim::spawn(&art, dir.path())?;
-        let env = CpEnv::new(dir.path(), &sim, &art, opts.cp_env.clone());
+        let sim = if opts.sim_tls {
+            Sim::spawn_tls(&art, dir.path())?
+        } else {
+            Sim::spawn(&art, dir.path())?
+        };
+        let mut cp_env = opts.cp_env.clone();
+        if let Some(ca) = &sim.ca_file {
+            cp_env.push((
+                "CODEXMESH_UPSTREAM_CA_FILE".into(),
+                ca.display().to_string(),
+            ));
+        }
+        let env = CpEnv::new(dir.path(), &sim, &art, cp_env);
         if let Some(knobs) = &opts.sim_behavior {
             sim.behavior(knobs.clone()).await?;
         }
@@ -256,7 +272,15 @@ impl Stack {
             .to_string();
         let grpc = cp.start()?;
         let push = cp.env.push_token.clone();
-        let envoy = Envoy::start(&art, &cp, grpc, &push, dir.path(), "envoy").await?;
+        let bootstrap = Envoy::render_bootstrap_with(
+            &cp,
+            grpc,
+            None,
+            &opts.envoy_bootstrap_args,
+            dir.path(),
+            "envoy",
+        )?;
+        let envoy = Envoy::run(&art, &bootstrap, &push, dir.path(), "envoy").await?;
         let stack = Self {
             dir,
             art,

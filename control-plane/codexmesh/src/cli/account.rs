@@ -67,6 +67,10 @@ pub enum Args {
         /// Share of round robin and of session spreading (1-1000); default 1
         #[arg(long, value_name = "N", allow_hyphen_values = true)]
         weight: Option<String>,
+        /// The HTTP proxy this account's refresh, quota polls and warm-up go through
+        /// (http://HOST:PORT); "none" for direct
+        #[arg(long, value_name = "URL|none")]
+        egress_proxy: Option<String>,
     },
     /// Delete an account and its stored tokens (from every pool), or with --pool take it out
     /// of that pool only (deleting it when that was its last pool)
@@ -199,6 +203,7 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             pool,
             priority,
             weight,
+            egress_proxy,
         } => {
             let priority = priority
                 .map(|r| parse_u32_in("--priority", &r, &(0..=u32::MAX)))
@@ -206,6 +211,22 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             let weight = weight
                 .map(|r| parse_u32_in("--weight", &r, &WEIGHT))
                 .transpose()?;
+            if let Some(proxy) = egress_proxy {
+                let proxy = Some(proxy.as_str()).filter(|p| !p.eq_ignore_ascii_case("none"));
+                let result = notify(accounts::set_egress_proxy(ops, &account, proxy).await?);
+                if priority.is_none() && weight.is_none() {
+                    let a = &result.item;
+                    if out.json {
+                        return out.json(a);
+                    }
+                    return out.line(&format!(
+                        "account {} ({}): egress proxy {}",
+                        a.label,
+                        a.id,
+                        a.egress_proxy.as_deref().unwrap_or("none (direct)")
+                    ));
+                }
+            }
             let result =
                 notify(accounts::set(ops, &account, pool.as_deref(), priority, weight).await?);
             let a = &result.item;

@@ -22,6 +22,20 @@ pub struct Args {
     /// the flag or give a comma list; each is an endpoint of the control-plane cluster
     #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
     control_plane: Vec<String>,
+    /// Dial the control plane over TLS, trusting this CA bundle (PEM) for its certificate
+    /// (serve's grpc_tls_cert)
+    #[arg(long, value_name = "PEM")]
+    control_plane_ca: Option<PathBuf>,
+    /// The name the control plane's certificate must carry, when not the dialed host
+    #[arg(long, value_name = "NAME", requires = "control_plane_ca")]
+    control_plane_server_name: Option<String>,
+    /// Client certificate chain (PEM) Envoy presents to the control plane (needed when serve
+    /// has grpc_tls_client_ca)
+    #[arg(long, value_name = "PEM", requires_all = ["control_plane_ca", "client_key"])]
+    client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 pub fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
@@ -49,6 +63,16 @@ pub fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
         params.control_plane = target;
         params.more_control_planes = control_planes.collect();
     }
+    // Envoy reads the files from its own working directory: pin the paths down.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    params.control_plane_tls = args.control_plane_ca.map(|ca| bootstrap::ControlPlaneTls {
+        ca: absolute(ca),
+        server_name: args.control_plane_server_name,
+        client_cert: args
+            .client_cert
+            .zip(args.client_key)
+            .map(|(c, k)| (absolute(c), absolute(k))),
+    });
     let yaml = bootstrap::render(&params)?;
     files::write_shared_file(path, yaml.as_bytes()).map_err(|source| CliError::Write {
         path: path.clone(),

@@ -1,7 +1,7 @@
 //! `/api/v1/accounts` and pool memberships: list, read, import a credential file upload (Codex
 //! auth.json, Claude Code .credentials.json or `{"api_key"}`, Gemini CLI oauth_creds.json) into a
-//! pool, pause, resume, refresh now, delete; join a pool, change priority and weight there,
-//! leave it.
+//! pool, pause, resume, refresh now, delete, set its egress proxy; join a pool, change priority
+//! and weight there, leave it.
 //!
 //! Rules: each handler is one [`crate::ops::accounts`] call for the [`Caller`]; an upload is
 //! the credential file itself as the JSON body, parsed by the same parser as `account import`
@@ -29,6 +29,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(refresh))
+        .routes(routes!(put_egress_proxy))
         .routes(routes!(put_membership, leave))
 }
 
@@ -61,6 +62,14 @@ pub(super) struct MembershipBody {
     pub priority: Option<u32>,
     /// Share for weighted strategies (at least 1).
     pub weight: Option<u32>,
+}
+
+/// An account's egress proxy.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EgressProxyBody {
+    /// `http://HOST:PORT` (e.g. `http://proxy.internal:3128`); `null` for direct.
+    pub egress_proxy: Option<String>,
 }
 
 /// What a deletion did.
@@ -246,6 +255,30 @@ async fn refresh(
         },
         notices: o.notices,
     }))
+}
+
+/// Sets or (with `null`) clears the account's egress proxy: its token refresh, quota polls and
+/// warm-up go through that HTTP proxy (CONNECT), never directly while it is set.
+#[utoipa::path(put, path = "/api/v1/accounts/{account}/egress_proxy", tag = "accounts",
+    params(("account" = String, Path, description = "Account id or label")),
+    request_body = EgressProxyBody,
+    responses((status = 200, body = Reply<Changed<Account>>), (status = 400, body = super::ErrorBody),
+              (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+async fn put_egress_proxy(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(account): Path<String>,
+    JsonBody(body): JsonBody<EgressProxyBody>,
+) -> Result<Json<Reply<Changed<Account>>>, ApiError> {
+    Ok(Json(
+        ops::accounts::set_egress_proxy(
+            &caller.ops(&state),
+            &account,
+            body.egress_proxy.as_deref(),
+        )
+        .await?
+        .into(),
+    ))
 }
 
 /// Adds the account to the pool, or changes its priority/weight there when it is a member.

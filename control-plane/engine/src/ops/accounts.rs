@@ -161,7 +161,8 @@ async fn ensure_project(ops: &Ops, creds: &LoginCredentials) -> Result<Option<St
     if creds.provider != Provider::Gemini || creds.project_id.is_some() {
         return Ok(None);
     }
-    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let http =
+        crate::oauth::http_client_for(ops.settings()).map_err(|e| OpsError::Http(e.to_string()))?;
     discover_gemini_project(&http, &ops.settings().gemini_base_url, &creds.access_token)
         .await
         .map(Some)
@@ -461,6 +462,28 @@ pub async fn resume(ops: &Ops, ident: &str) -> Result<Outcome<Changed<Account>>,
     set_paused(ops, ident, false).await
 }
 
+/// Sets (`Some`) or clears (`None`) the account's egress proxy: the HTTP proxy its refresh,
+/// quota polls and warm-up go through (checked: `http://HOST:PORT`). Needs the right to change
+/// every pool the account is in.
+pub async fn set_egress_proxy(
+    ops: &Ops,
+    ident: &str,
+    proxy: Option<&str>,
+) -> Result<Outcome<Changed<Account>>, OpsError> {
+    let result = async {
+        let account = ops.account_to_change(ident).await?;
+        let store = ops.store().await?;
+        let mut changed = store
+            .set_account_egress_proxy(ops.actor(), &account.id, proxy)
+            .await?;
+        changed.item = ops.redact_account(changed.item);
+        Ok(Outcome::new(changed))
+    }
+    .await;
+    ops.audited("account.set_egress_proxy", Some(ident), &[], result)
+        .await
+}
+
 async fn set_paused(
     ops: &Ops,
     ident: &str,
@@ -517,7 +540,8 @@ async fn refresh_checked(ops: &Ops, ident: &str) -> Result<Outcome<Refreshed>, O
     let store = ops.store().await?;
     let key = ops.settings().master_keys()?;
     store.verify_master_key(&key).await?;
-    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let http =
+        crate::oauth::http_client_for(ops.settings()).map_err(|e| OpsError::Http(e.to_string()))?;
     let refresher = Refresher::new(
         store.clone(),
         key,
@@ -764,7 +788,8 @@ pub async fn login_start(
     store.pool_by_name(pool).await?;
     let key = ops.settings().master_keys()?;
     store.verify_master_key(&key).await?;
-    let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+    let http =
+        crate::oauth::http_client_for(ops.settings()).map_err(|e| OpsError::Http(e.to_string()))?;
     let issuer = ops
         .settings()
         .auth_base_url

@@ -173,7 +173,8 @@ pub async fn test_webhook(ops: &Ops, ident: &str) -> Result<Outcome<WebhookTest>
             "message": "a test delivery from codexmesh",
         })
         .to_string();
-        let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+        let http = crate::oauth::http_client_for(ops.settings())
+            .map_err(|e| OpsError::Http(e.to_string()))?;
         let sent = crate::webhooks::send(&http, &url, &secret, &body).await;
         let (status, error) = match &sent {
             Ok(s) => (*s, None),

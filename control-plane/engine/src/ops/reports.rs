@@ -277,7 +277,8 @@ pub async fn refresh_quota(ops: &Ops, pool: &str) -> Result<Outcome<QuotaRefresh
     } else if !accounts.is_empty() {
         let key = ops.settings().master_keys()?;
         store.verify_master_key(&key).await?;
-        let http = crate::oauth::http_client().map_err(|e| OpsError::Http(e.to_string()))?;
+        let http = crate::oauth::http_client_for(ops.settings())
+            .map_err(|e| OpsError::Http(e.to_string()))?;
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(QUOTA_REFRESH_CONCURRENCY));
         let mut jobs = tokio::task::JoinSet::new();
         for a in &accounts {

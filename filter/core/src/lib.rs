@@ -18,6 +18,8 @@ pub mod headers;
 pub mod local;
 pub mod network;
 pub mod outbox;
+#[cfg(test)]
+mod parser_props;
 pub mod policy;
 pub mod pool_index;
 pub mod provider;

@@ -10,7 +10,8 @@
 //!   (`to_yaml`) to documents equal to it; every refusal is a typed error with a message and, for
 //!   YAML, a position inside the text.
 //! - Inputs the coverage-guided runs (`fuzz/`) found are kept as regression cases
-//!   (`fuzz/regressions/<target>/`), replayed here.
+//!   (`fuzz/regressions/<target>/`), replayed here, and the fuzz targets' own checks
+//!   (`fuzz/checks/model.rs`) run on every case.
 
 use codexmesh_model::credentials::{self, unsigned_jwt};
 use codexmesh_model::{
@@ -18,6 +19,8 @@ use codexmesh_model::{
 };
 use serde_json::json;
 
+#[path = "../../../fuzz/checks/model.rs"]
+mod checks;
 #[path = "../../../tests/seeded/mod.rs"]
 mod seeded;
 use seeded::{input, Rng};
@@ -163,11 +166,13 @@ fn credential_files_parse_or_refuse_and_render_back() {
         );
     }
     for (i, bytes) in regressions("credential_file").iter().enumerate() {
+        checks::credential_file(bytes);
         check_credential_file(bytes, &|| format!("regression {i}: {bytes:?}"));
     }
     let mut rng = Rng::new(11);
     for case in 0..seeded::cases(4000) {
         let bytes = input(&mut rng, &seeds, 2048);
+        checks::credential_file(&bytes);
         check_credential_file(&bytes, &|| {
             format!("case {case}: {:?}", String::from_utf8_lossy(&bytes))
         });
@@ -213,6 +218,7 @@ fn apply_yaml_reads_or_refuses_and_writes_back() {
         check_yaml(text, &|| format!("seed {i}"));
     }
     for (i, bytes) in regressions("declarative_yaml").iter().enumerate() {
+        checks::declarative_yaml(bytes);
         let text = String::from_utf8_lossy(bytes);
         check_yaml(&text, &|| format!("regression {i}: {text:?}"));
     }
@@ -220,6 +226,7 @@ fn apply_yaml_reads_or_refuses_and_writes_back() {
     let mut rng = Rng::new(12);
     for case in 0..seeded::cases(3000) {
         let bytes = input(&mut rng, &seeds, 2048);
+        checks::declarative_yaml(&bytes);
         let text = String::from_utf8_lossy(&bytes);
         check_yaml(&text, &|| format!("case {case}: {text:?}"));
     }

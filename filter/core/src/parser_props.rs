@@ -12,7 +12,8 @@
 //! - Asserted beyond "no panic": a stream read in any chunking gives what it gives read whole; a
 //!   decoded snapshot encodes and decodes to itself; a translated request is JSON that streams
 //!   and stores nothing; every refusal is a 4xx in OpenAI's shape; bounded buffers stay bounded.
-//! - Inputs the coverage-guided runs found that once failed are kept below as regression cases.
+//! - The fuzz targets' own checks (`fuzz/checks/filter_core.rs`) run here too, on seeded inputs
+//!   and (natively: wasm has no filesystem) on every input kept in `fuzz/regressions/<target>/`.
 
 use prost::Message;
 use serde_json::Value;
@@ -27,6 +28,8 @@ use crate::translate::responses::{responses_request, Collector, OutcomeScanner};
 use crate::translate::sse::{SseParser, DEFAULT_MAX_EVENT};
 use crate::translate::{error::from_upstream_answer, ApiError};
 
+#[path = "../../../fuzz/checks/filter_core.rs"]
+mod checks;
 #[path = "../../../tests/seeded/mod.rs"]
 mod seeded;
 use seeded::{chunks, input, split_points, Rng};
@@ -308,4 +311,74 @@ fn walk_index(index: &SnapshotIndex) {
     }
     let _ = crate::auth::authenticate(index, Some("Bearer cmk_live"));
     let _ = index.key_by_hash(&[0; 32]);
+}
+
+/// The fuzz targets' checks, each with its seeds (a control byte first where the target reads one).
+fn fuzz_checks() -> Vec<(&'static str, fn(&[u8]), Vec<Vec<u8>>)> {
+    let with_control = |seeds: &[&[u8]]| -> Vec<Vec<u8>> {
+        seeds.iter().map(|s| [&[7u8][..], s].concat()).collect()
+    };
+    let plain = |seeds: &[&[u8]]| seeds.iter().map(|s| s.to_vec()).collect::<Vec<_>>();
+    vec![
+        (
+            "snapshot_decode",
+            checks::snapshot_decode as fn(&[u8]),
+            vec![crate::snapshot::tests::sample().encode_to_vec()],
+        ),
+        ("sse_parser", checks::sse_parser, with_control(SSE_SEEDS)),
+        (
+            "stream_watch",
+            checks::stream_watch,
+            with_control(SSE_SEEDS),
+        ),
+        ("v1_requests", checks::v1_requests, plain(REQUEST_SEEDS)),
+        ("v1_streams", checks::v1_streams, with_control(SSE_SEEDS)),
+        (
+            "upstream_answers",
+            checks::upstream_answers,
+            plain(ANSWER_SEEDS),
+        ),
+    ]
+}
+
+#[test]
+fn fuzz_target_checks_hold_on_seeded_inputs() {
+    let mut rng = Rng::new(7);
+    for (_, check, seeds) in fuzz_checks() {
+        let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+        for seed in &seeds {
+            check(seed);
+        }
+        for _ in 0..seeded::cases(1000) {
+            let mut data = input(&mut rng, &seeds, 2048);
+            if rng.one_in(2) && !data.is_empty() {
+                data[0] = rng.next_u64() as u8; // another chunking, provider or bound
+            }
+            check(&data);
+        }
+    }
+}
+
+/// Every input a coverage-guided run kept (`fuzz/regressions/<target>/`), replayed.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn fuzz_regressions_replay() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
+    let mut replayed = 0;
+    for (target, check, _) in fuzz_checks() {
+        let Ok(entries) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        for file in files {
+            let Ok(data) = std::fs::read(&file) else {
+                continue;
+            };
+            println!("replaying {}", file.display());
+            check(&data);
+            replayed += 1;
+        }
+    }
+    println!("{replayed} regression inputs replayed");
 }

@@ -870,12 +870,27 @@ fn body_routes() -> Vec<(String, Method, String, Value, bool)> {
             } => (path, body),
             _ => continue,
         };
-        out.push((route.to_owned(), method_of(route), path.to_owned(), body, true));
+        out.push((
+            route.to_owned(),
+            method_of(route),
+            path.to_owned(),
+            body,
+            true,
+        ));
     }
     for (route, body) in [
-        ("POST /api/v1/session", json!({"name": "nobody", "password": "a long enough password"})),
-        ("POST /api/v1/bootstrap", json!({"secret": "cmb_x", "name": "root", "password": "a long enough password"})),
-        ("POST /api/v1/invites/redeem", json!({"code": "cmi_x", "name": "friend"})),
+        (
+            "POST /api/v1/session",
+            json!({"name": "nobody", "password": "a long enough password"}),
+        ),
+        (
+            "POST /api/v1/bootstrap",
+            json!({"secret": "cmb_x", "name": "root", "password": "a long enough password"}),
+        ),
+        (
+            "POST /api/v1/invites/redeem",
+            json!({"code": "cmi_x", "name": "friend"}),
+        ),
     ] {
         let path = route.split(' ').nth(1).unwrap_or_default().to_owned();
         out.push((route.to_owned(), method_of(route), path, body, false));

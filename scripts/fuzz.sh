@@ -67,14 +67,14 @@ for t in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 "${parallel[@]}" >"$log" 2>&1 || status=$?
   after=$(find "artifacts/$t" -type f | wc -l)
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s+=$2} END {print s+0}')
+  execs=$( (grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" || true) | awk '{s+=$2} END {print s+0}')
   last=$(grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE)' "$log" | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(find "corpus/$t" -type f | wc -l)
   crashes=$((after - before))
   if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then
-    crashes="?(exit $status, see fuzz/$log)"
+    crashes="? (exit $status, see fuzz/$log)"
     crashed=1
   elif [ "$crashes" -ne 0 ]; then
     crashed=1

@@ -126,7 +126,8 @@ pub fn random_bytes(rng: &mut Rng, max_len: usize) -> Vec<u8> {
         if rng.one_in(3) {
             out.push(rng.next_u64() as u8);
         } else {
-            out.extend_from_slice(*rng.pick(TOKENS));
+            let token = *rng.pick(TOKENS);
+            out.extend_from_slice(token);
         }
     }
     out
@@ -253,7 +254,8 @@ pub fn random_text(rng: &mut Rng) -> String {
     ];
     let mut s = String::new();
     for _ in 0..1 + rng.below(2) {
-        s.push_str(*rng.pick(WORDS));
+        let word = *rng.pick(WORDS);
+        s.push_str(word);
     }
     s
 }

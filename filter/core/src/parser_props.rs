@@ -73,7 +73,10 @@ const ANSWER_SEEDS: &[&[u8]] = &[
 ];
 
 /// Every event `parser` gives for `parts`, then its end; `None` once it failed.
-fn sse_events(max_event: usize, parts: &[&[u8]]) -> (Vec<(Option<String>, Vec<u8>)>, bool) {
+/// Events as (name, data), and whether the parser failed.
+type ReadEvents = (Vec<(Option<String>, Vec<u8>)>, bool);
+
+fn sse_events(max_event: usize, parts: &[&[u8]]) -> ReadEvents {
     let mut parser = SseParser::new(max_event);
     let mut events = Vec::new();
     let mut failed = false;
@@ -314,7 +317,10 @@ fn walk_index(index: &SnapshotIndex) {
 }
 
 /// The fuzz targets' checks, each with its seeds (a control byte first where the target reads one).
-fn fuzz_checks() -> Vec<(&'static str, fn(&[u8]), Vec<Vec<u8>>)> {
+/// A fuzz target: its name, its check, its seeds.
+type FuzzCheck = (&'static str, fn(&[u8]), Vec<Vec<u8>>);
+
+fn fuzz_checks() -> Vec<FuzzCheck> {
     let with_control = |seeds: &[&[u8]]| -> Vec<Vec<u8>> {
         seeds.iter().map(|s| [&[7u8][..], s].concat()).collect()
     };

@@ -50,6 +50,8 @@ const SSE_SEEDS: &[&[u8]] = &[
     b"data: {\"error\":{\"code\":429,\"status\":\"RESOURCE_EXHAUSTED\",\"details\":[{\"@type\":\"type.googleapis.com/google.rpc.RetryInfo\",\"retryDelay\":\"12.5s\"}]}}\n\n",
 ];
 
+const MIXED_SNAPSHOT: &[u8] = include_bytes!("../../../fuzz/seeds/snapshot_decode/mixed_pools.bin");
+
 const REQUEST_SEEDS: &[&[u8]] = &[
     include_bytes!("translate/fixtures/chat_dropped_params.json"),
     include_bytes!("translate/fixtures/chat_json_schema.json"),
@@ -272,7 +274,13 @@ fn upstream_answers_are_read_without_panics() {
 #[test]
 fn snapshot_decode_accepts_or_refuses_any_bytes() {
     let valid = crate::snapshot::tests::sample().encode_to_vec();
-    let seeds: &[&[u8]] = &[&valid];
+    let seeds: &[&[u8]] = &[&valid, MIXED_SNAPSHOT];
+    // The fuzzers' seed (written by hand: two pools, one with accounts of every provider).
+    let Ok(mixed) = SnapshotIndex::decode(MIXED_SNAPSHOT) else {
+        panic!("the snapshot seed decodes");
+    };
+    assert_eq!((mixed.version(), mixed.pools().len()), (7, 2));
+    assert!(Provider::ALL.iter().all(|p| mixed.lane(0, *p).is_some()));
     let mut rng = Rng::new(6);
     for case in 0..seeded::cases(3000) {
         let bytes = input(&mut rng, seeds, 1024);
@@ -329,7 +337,10 @@ fn fuzz_checks() -> Vec<FuzzCheck> {
         (
             "snapshot_decode",
             checks::snapshot_decode as fn(&[u8]),
-            vec![crate::snapshot::tests::sample().encode_to_vec()],
+            vec![
+                crate::snapshot::tests::sample().encode_to_vec(),
+                MIXED_SNAPSHOT.to_vec(),
+            ],
         ),
         ("sse_parser", checks::sse_parser, with_control(SSE_SEEDS)),
         (

@@ -18,6 +18,11 @@ pub mod headers;
 pub mod local;
 pub mod network;
 pub mod outbox;
+#[cfg(test)]
+mod parser_props;
+// The fuzz checks (`fuzz/checks/`, run by `parser_props`) name this crate as the fuzzers do.
+#[cfg(test)]
+extern crate self as codexmesh_filter_core;
 pub mod policy;
 pub mod pool_index;
 pub mod provider;

@@ -80,6 +80,16 @@ pub async fn run(settings: &Settings) -> Result<(), UpError> {
             )));
         }
     }
+    // `up` runs its Envoy beside the control plane on loopback, over plain gRPC: TLS on the
+    // push channel is for Envoys elsewhere (serve + `envoy-bootstrap --control-plane-ca`).
+    if settings.grpc_tls_cert.is_some() || settings.grpc_tls_client_ca.is_some() {
+        return Err(UpError::Usage(
+            "grpc_tls_* is set, but `up` dials its own Envoy over loopback without TLS: run \
+             `codexmesh serve` and render Envoy's bootstrap with `codexmesh envoy-bootstrap \
+             --control-plane-ca PEM --client-cert PEM --client-key PEM` instead"
+                .to_owned(),
+        ));
+    }
     if !settings.wasm_path.is_file() {
         return Err(UpError::NoWasm(settings.wasm_path.clone()));
     }

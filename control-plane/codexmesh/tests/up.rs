@@ -248,3 +248,28 @@ fn up_refuses_without_a_wasm_module() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn up_refuses_tls_on_the_push_channel_it_cannot_dial() -> TestResult {
+    let ws = Workspace::new()?;
+    let cert = ws.path().join("cp.pem");
+    std::fs::write(&cert, "not read before the refusal")?;
+    let r: codexmesh_test_kit::Run = ws
+        .command()
+        .env("CODEXMESH_GRPC_TLS_CERT", &cert)
+        .env("CODEXMESH_GRPC_TLS_KEY", &cert)
+        .arg("up")
+        .output()?
+        .into();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("envoy-bootstrap --control-plane-ca"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !ws.db_path().exists(),
+        "nothing is created before the checks pass"
+    );
+    Ok(())
+}

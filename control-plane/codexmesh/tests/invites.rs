@@ -303,8 +303,8 @@ fn the_cli_creates_lists_and_revokes_invites() -> TestResult {
         "2h",
         "--label",
         "pals",
-        "--policy",
-        r#"{"allowed_models": ["gpt-5*"]}"#,
+        "--allowed-models",
+        "gpt-5*",
     ])?;
     let code = created["code"].as_str().ok_or("no code")?;
     assert!(code.starts_with("cmi_"), "{created}");
@@ -359,15 +359,8 @@ fn the_cli_creates_lists_and_revokes_invites() -> TestResult {
             "max_uses",
         ),
         (
-            vec![
-                "invite",
-                "create",
-                "--pool",
-                "friends",
-                "--policy",
-                r#"{"rpm": 1}"#,
-            ],
-            "rpm",
+            vec!["invite", "create", "--pool", "friends", "--rpm", "0"],
+            "--rpm",
         ),
         (
             vec!["invite", "create", "--pool", "nope"],

@@ -24,10 +24,9 @@ pub enum Args {
         /// A note for operators (who it is for)
         #[arg(long)]
         label: Option<String>,
-        /// The policy each minted key gets, as JSON as the API spells it, e.g.
-        /// '{"allowed_models":["gpt-5*"],"requests_per_minute":30}'
-        #[arg(long, value_name = "JSON")]
-        policy: Option<String>,
+        /// The limits each minted key gets (the flags of `key create`)
+        #[command(flatten)]
+        policy: Box<super::key::PolicyArgs>,
     },
     /// List invites: uses left, expiry and status (never the code)
     List {
@@ -58,14 +57,6 @@ fn expires_ms(text: &str) -> Result<i64, CliError> {
         .map_err(|_| CliError::Usage(format!("--expires {text:?} is too long")))
 }
 
-/// The `--policy` JSON, or a usage error naming the field at fault.
-fn policy(text: Option<&str>) -> Result<KeyPolicy, CliError> {
-    match text {
-        None => Ok(KeyPolicy::default()),
-        Some(t) => serde_json::from_str(t).map_err(|e| CliError::Usage(format!("--policy: {e}"))),
-    }
-}
-
 pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
     let out = &ctx.out;
     match args {
@@ -74,14 +65,14 @@ pub async fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
             expires,
             uses,
             label,
-            policy: policy_json,
+            policy,
         } => {
             let request = InviteRequest {
                 pool: &pool,
                 label: label.as_deref(),
                 max_uses: uses,
                 expires_in_ms: expires_ms(&expires)?,
-                policy: policy(policy_json.as_deref())?,
+                policy: policy.apply(KeyPolicy::default())?,
             };
             let issued = notify(invites::create(&ctx.ops, &request).await?);
             if out.json {
@@ -159,17 +150,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expiry_and_policy_flags_are_checked_naming_the_flag() {
+    fn the_expiry_flag_is_checked_naming_the_flag() {
         assert!(matches!(expires_ms("24h"), Ok(86_400_000)));
         let Err(e) = expires_ms("soon") else {
             panic!("accepted --expires soon");
         };
         assert!(e.to_string().starts_with("--expires \"soon\""), "{e}");
-        assert!(policy(Some(r#"{"requests_per_minute": 5}"#))
-            .is_ok_and(|p| p.requests_per_minute == Some(5)));
-        let Err(e) = policy(Some(r#"{"rpm": 5}"#)) else {
-            panic!("accepted an unknown policy field");
-        };
-        assert!(e.to_string().contains("rpm"), "{e}");
     }
 }

@@ -70,7 +70,8 @@ pub enum Args {
     },
 }
 
-/// A key's limits as flags (`key create`, `key policy`). Values are checked by codexmesh.
+/// A key's limits as flags (`key create`, `key policy`, `invite create` for the keys it mints).
+/// Values are checked by codexmesh.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PolicyArgs {
     /// Models the key may use: names or prefixes ending in * (gpt-5*,o3), comma separated
@@ -141,7 +142,7 @@ impl PolicyArgs {
     }
 
     /// `p` with the given flags set, checked (errors name the flag).
-    fn apply(&self, mut p: KeyPolicy) -> Result<KeyPolicy, CliError> {
+    pub(crate) fn apply(&self, mut p: KeyPolicy) -> Result<KeyPolicy, CliError> {
         if let Some(m) = &self.allowed_models {
             p.allowed_models = m
                 .split(',')

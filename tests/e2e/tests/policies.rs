@@ -428,13 +428,15 @@ async fn a_key_past_its_quota_share_is_refused_until_the_share_frees_up() {
     let stack = Stack::start_with(opts).await.unwrap();
     let token = owner_token(&stack);
     let shared = new_key(&stack, "shared").await;
-    // 2 % of a one-account pool: two points of its 5-hour window.
+    // 3 % of a one-account pool: three points of its 5-hour window (one point of slack: a
+    // reading that reaches the control plane out of turn may count a point early, and a CI run
+    // once saw the block after a single turn at 2 %).
     set_policy(
         &stack,
         &token,
         "shared",
         &shared,
-        json!({"allowed_models": MODELS, "primary_share_percent": 2.0}),
+        json!({"allowed_models": MODELS, "primary_share_percent": 3.0}),
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);

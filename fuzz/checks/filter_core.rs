@@ -32,6 +32,17 @@ pub fn snapshot_decode(data: &[u8]) {
     let Ok(index) = SnapshotIndex::decode(data) else {
         panic!("decodes as a message but not as an index");
     };
+    walk_index(&index);
+}
+
+/// Everything a request reads from a snapshot, on whatever it holds (also run by filter-core's
+/// property tests on the snapshots they build).
+pub fn walk_index(index: &SnapshotIndex) {
+    let _ = (
+        index.version(),
+        index.generated_at_ms(),
+        index.trusted_proxies(),
+    );
     for pool_ix in 0..=index.pools().len() {
         let _ = (index.pool(pool_ix), index.pool_index(pool_ix));
         for provider in Provider::ALL {
@@ -47,7 +58,8 @@ pub fn snapshot_decode(data: &[u8]) {
             assert!(index.account(&account.id).is_some());
         }
     }
-    let _ = codexmesh_filter_core::auth::authenticate(&index, Some("Bearer cmk_live"));
+    let _ = codexmesh_filter_core::auth::authenticate(index, Some("Bearer cmk_live"));
+    let _ = index.key_by_hash(&[0; 32]);
 }
 
 type Events = Vec<(Option<String>, Vec<u8>)>;

@@ -294,34 +294,8 @@ fn snapshot_decode_accepts_or_refuses_any_bytes() {
         let Ok(index) = SnapshotIndex::decode(&bytes) else {
             panic!("case {case}: decodes as a message but not as an index");
         };
-        walk_index(&index);
+        checks::walk_index(&index);
     }
-}
-
-/// Everything a request reads from a snapshot, on whatever it holds.
-fn walk_index(index: &SnapshotIndex) {
-    let _ = (
-        index.version(),
-        index.generated_at_ms(),
-        index.trusted_proxies(),
-    );
-    for pool_ix in 0..index.pools().len() + 1 {
-        let _ = (index.pool(pool_ix), index.pool_index(pool_ix));
-        for provider in Provider::ALL {
-            if let Some(lane) = index.lane(pool_ix, provider) {
-                assert!(index.lane_pool(lane).is_some());
-                let _ = index.lane_index(lane);
-            }
-        }
-    }
-    for pool in index.pools() {
-        let _ = index.pool_by_id(&pool.id);
-        for account in &pool.accounts {
-            assert!(index.account(&account.id).is_some());
-        }
-    }
-    let _ = crate::auth::authenticate(index, Some("Bearer cmk_live"));
-    let _ = index.key_by_hash(&[0; 32]);
 }
 
 /// The fuzz targets' checks, each with its seeds (a control byte first where the target reads one).

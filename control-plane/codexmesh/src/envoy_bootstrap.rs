@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use codexmesh_proto::names;
 
+use crate::envoy_egress::{self, PooledCluster};
+
 const TEMPLATE: &str = include_str!("../../../envoy/bootstrap.template.yaml");
 
 /// Everything the generated bootstrap depends on.
@@ -44,6 +46,9 @@ pub struct BootstrapParams {
     pub control_plane_tls: Option<ControlPlaneTls>,
     /// Envoy's limits against slow and hostile clients.
     pub limits: EnvoyLimits,
+    /// The accounts' egress proxies this Envoy tunnels through (canonical `http://host:port`,
+    /// `envoy_egress_proxies`): each gets its own clusters (`crate::envoy_egress`).
+    pub egress_proxies: Vec<String>,
 }
 
 /// Envoy's limits against slow and hostile clients (the bootstrap's overload manager, buffer
@@ -406,10 +411,18 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         "alpn_protocols: [http/1.1]",
     );
     let service_config = serde_json_string(&params.node_id);
-    let downstream_config = format!(
-        "{{\"role\":\"downstream\",\"max_request_body_bytes\":{}}}",
-        params.max_request_body_bytes
-    );
+    let downstream_config = if params.egress_proxies.is_empty() {
+        format!(
+            "{{\"role\":\"downstream\",\"max_request_body_bytes\":{}}}",
+            params.max_request_body_bytes
+        )
+    } else {
+        format!(
+            "{{\"role\":\"downstream\",\"max_request_body_bytes\":{},\"egress_proxies\":{}}}",
+            params.max_request_body_bytes,
+            envoy_egress::downstream_list(&params.egress_proxies)
+        )
+    };
     let all_control_planes =
         || std::iter::once(&params.control_plane).chain(&params.more_control_planes);
     let control_plane_type = if all_control_planes().all(ControlPlaneTarget::is_ip) {
@@ -496,7 +509,34 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
             out = out.replace(&format!("{{{{{provider}_{name}}}}}"), &value);
         }
     }
-    Ok(out)
+    let pooled = [
+        PooledCluster {
+            name: "codexmesh_upstream",
+            target_name: "codex",
+            target: &upstream,
+        },
+        PooledCluster {
+            name: "codexmesh_upstream_ws",
+            target_name: "codex",
+            target: &upstream,
+        },
+        PooledCluster {
+            name: "codexmesh_upstream_claude",
+            target_name: "claude",
+            target: &claude,
+        },
+        PooledCluster {
+            name: "codexmesh_upstream_gemini",
+            target_name: "gemini",
+            target: &gemini,
+        },
+    ];
+    Ok(envoy_egress::add_egress(
+        out,
+        &params.egress_proxies,
+        &pooled,
+        params.limits.buffer_limit_bytes,
+    ))
 }
 
 /// The service's plugin configuration (JSON; no secrets).
@@ -556,6 +596,7 @@ pub fn from_settings(
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         control_plane_tls: None,
+        egress_proxies: settings.envoy_egress_proxies.as_slice().to_vec(),
     }
 }
 
@@ -579,6 +620,7 @@ mod tests {
             limits: EnvoyLimits::default(),
             upstream_ca_file: None,
             control_plane_tls: None,
+            egress_proxies: Vec::new(),
         }
     }
 
@@ -729,15 +771,32 @@ mod tests {
     /// (or `INSTA_UPDATE=always` then `git diff`).
     #[test]
     fn bootstrap_goldens() {
-        for (name, url) in [
-            ("bootstrap_ip_upstream", "http://127.0.0.1:9000/backend-api"),
+        let proxies = vec![
+            "http://proxy.internal:3128".to_string(),
+            "http://10.0.0.5:8080".to_string(),
+        ];
+        for (name, url, egress_proxies) in [
+            (
+                "bootstrap_ip_upstream",
+                "http://127.0.0.1:9000/backend-api",
+                Vec::new(),
+            ),
             (
                 "bootstrap_dns_tls_upstream",
                 "https://chatgpt.com/backend-api",
+                Vec::new(),
             ),
             (
                 "bootstrap_dns_plain_upstream",
                 "http://egress.internal:8080/backend-api",
+                Vec::new(),
+            ),
+            // Two egress proxies: each upstream cluster's copy per proxy, the tunnels' internal
+            // listeners, the proxies' clusters and the routes' egress matchers.
+            (
+                "bootstrap_egress_proxies",
+                "https://chatgpt.com/backend-api",
+                proxies.clone(),
             ),
         ] {
             let params = BootstrapParams {
@@ -755,6 +814,7 @@ mod tests {
                 limits: EnvoyLimits::default(),
                 upstream_ca_file: None,
                 control_plane_tls: None,
+                egress_proxies,
             };
             let yaml = render(&params).unwrap();
             assert!(!yaml.contains("{{"), "{name}: unfilled placeholder");

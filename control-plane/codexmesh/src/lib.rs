@@ -12,4 +12,5 @@
 mod announce;
 pub mod cli;
 pub mod envoy_bootstrap;
+mod envoy_egress;
 mod up;

@@ -80,6 +80,7 @@ pub trait Kind {
 /// The kinds of setting values.
 pub mod kind {
     use super::{Kind, PathBuf, SocketAddr};
+    use codexmesh_model::egress::EgressProxyList;
     use codexmesh_model::network::CidrList;
     use std::time::Duration;
 
@@ -104,6 +105,17 @@ pub mod kind {
     /// A list of CIDRs (or addresses): comma-separated in a flag or the environment, an array of
     /// strings in the config file; every entry checked ([`CidrList`]).
     pub struct Cidrs;
+    /// A list of egress proxy URLs: comma-separated in a flag or the environment, an array of
+    /// strings in the config file; each checked and made canonical ([`EgressProxyList`]).
+    pub struct EgressProxies;
+
+    impl Kind for EgressProxies {
+        type Raw = EgressProxyList;
+        type Value = EgressProxyList;
+        fn value(raw: Option<EgressProxyList>) -> Option<EgressProxyList> {
+            raw
+        }
+    }
 
     impl Kind for Cidrs {
         type Raw = CidrList;
@@ -847,6 +859,15 @@ declare_settings! {
             range: 1..=2_147_483_647,
             help: "Streams one HTTP/2 client connection may have open at once (Envoy bootstrap)",
             readme: "(stream and connection windows 64 KiB and 1 MiB)",
+        }
+        envoy_egress_proxies: EgressProxies {
+            key: envoy_egress_proxies,
+            flag: "envoy-egress-proxies",
+            value_name: "URLS",
+            env: "CODEXMESH_ENVOY_EGRESS_PROXIES",
+            default: "",
+            help: "The accounts' egress proxies Envoy gets clusters for (comma-separated http://HOST:PORT; Envoy bootstrap)",
+            readme: "(empty: none; an account whose `egress_proxy` is not listed is never served by that Envoy; see [egress proxies](docs/design.md#tls-and-egress-proxies-issue-16))",
         }
         require_totp: Switch {
             key: require_totp,

@@ -237,6 +237,7 @@ pub fn build_with(
                         provider: proto_provider(acc.provider) as i32,
                         credential_kind: proto_credential_kind(acc.credential_kind) as i32,
                         project_id: acc.project_id.clone().unwrap_or_default(),
+                        egress_proxy: acc.egress_proxy.clone().unwrap_or_default(),
                     }
                 })
                 .collect();
@@ -599,6 +600,7 @@ mod tests {
                 access_token_expires_at_ms: None,
                 token_revision,
                 health: 100,
+                egress_proxy: None,
             },
             sealed_access_token: key.seal_str(id, "access_token", token)?,
             quota: None,

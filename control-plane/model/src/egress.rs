@@ -47,6 +47,70 @@ pub fn parse_egress_proxy(raw: &str) -> Result<String, String> {
     Ok(format!("http://{host}:{port}"))
 }
 
+/// The egress proxies an Envoy is rendered with (the `envoy_egress_proxies` setting,
+/// `envoy-bootstrap --egress-proxy`): each canonical ([`parse_egress_proxy`]), no duplicates, in
+/// the order given (the filter routes the first as `e1`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressProxyList(Vec<String>);
+
+impl EgressProxyList {
+    /// Checks each entry; the first bad one is named.
+    pub fn parse<I, S>(entries: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut list: Vec<String> = Vec::new();
+        for raw in entries {
+            let canonical = parse_egress_proxy(raw.as_ref())?;
+            if !list.contains(&canonical) {
+                list.push(canonical);
+            }
+        }
+        Ok(Self(list))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Comma-separated (a flag or the environment); empty: none.
+impl std::str::FromStr for EgressProxyList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        Self::parse(s.split(','))
+    }
+}
+
+impl std::fmt::Display for EgressProxyList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl serde::Serialize for EgressProxyList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// A config file's array of strings, each checked.
+impl<'de> serde::Deserialize<'de> for EgressProxyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = Vec::<String>::deserialize(d)?;
+        Self::parse(&entries).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +129,25 @@ mod tests {
             parse_egress_proxy("http://[::1]:3128").unwrap(),
             "http://[::1]:3128"
         );
+    }
+
+    #[test]
+    fn proxy_lists_are_canonical_without_duplicates() {
+        let list: EgressProxyList =
+            " HTTP://P.internal:3128/, http://10.0.0.1:8080,http://p.internal:3128"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            list.as_slice(),
+            ["http://p.internal:3128", "http://10.0.0.1:8080"]
+        );
+        assert!("".parse::<EgressProxyList>().unwrap().is_empty());
+        let err = "http://ok:1,socks5://bad:2"
+            .parse::<EgressProxyList>()
+            .unwrap_err();
+        assert!(err.contains("socks5://bad:2"), "{err}");
+        let json: EgressProxyList = serde_json::from_str(r#"["http://a:1"]"#).unwrap();
+        assert_eq!(json.to_string(), "http://a:1");
     }
 
     #[test]

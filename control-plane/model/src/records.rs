@@ -281,6 +281,7 @@ pub struct SnapshotAccount {
     pub access_token_expires_at_ms: Option<i64>,
     pub token_revision: i64,
     pub health: u32,
+    pub egress_proxy: Option<String>,
 }
 
 /// An account with its tokens opened, for the refresher and `account export`. `Debug` hides the

@@ -599,8 +599,9 @@ impl Store {
     }
 
     /// Sets (or with `None` clears) the egress proxy of account `ident` (checked and made
-    /// canonical by [`codexmesh_model::egress::parse_egress_proxy`]); audited, no snapshot bump
-    /// (the data path does not read it).
+    /// canonical by [`codexmesh_model::egress::parse_egress_proxy`]); audited, and published:
+    /// the snapshot carries each account's proxy, so Envoys move its requests onto the
+    /// proxy's clusters.
     pub async fn set_account_egress_proxy(
         &self,
         actor: &Actor,
@@ -611,7 +612,7 @@ impl Store {
             .map(codexmesh_model::egress::parse_egress_proxy)
             .transpose()
             .map_err(|m| StoreError::invalid("egress_proxy", m))?;
-        let (mut tx, revision) = self.begin_unpublished_write().await?;
+        let (mut tx, revision) = self.begin_write().await?;
         let account = resolve_account_tx(&mut tx, ident).await?;
         if account.egress_proxy == proxy {
             tx.rollback().await?;

@@ -46,7 +46,8 @@ pub(crate) const SNAPSHOT_ACCOUNT_SELECT: &str =
     "SELECT a.id, m.pool_id, a.label, a.provider, a.credential_kind, a.project_id, \
      a.chatgpt_account_id, \
      a.plan, a.state, a.state_reason, a.cooldown_until, m.priority, m.weight, \
-     a.access_token_expires_at, a.token_revision, a.health, a.sealed_access_token \
+     a.access_token_expires_at, a.token_revision, a.health, a.egress_proxy, \
+     a.sealed_access_token \
      FROM pool_memberships m JOIN accounts a ON a.id = m.account_id \
      ORDER BY m.priority, a.label, a.id, m.pool_id";
 
@@ -341,6 +342,7 @@ fn snapshot_account_from_row(row: &AnyRow) -> Result<SnapshotAccount, StoreError
         access_token_expires_at_ms: col(row, "access_token_expires_at")?,
         token_revision: col(row, "token_revision")?,
         health: col_u32(row, "health")?.min(100),
+        egress_proxy: col(row, "egress_proxy")?,
     })
 }
 

@@ -12,9 +12,18 @@ pub enum Role {
     /// Listener filter: auth, ranking and the `/v1` translations.
     Downstream(DownstreamConfig),
     /// Cluster upstream filter: per-attempt injection and evidence, on the cluster of one
-    /// provider (`"provider"`, default codex): it injects credentials only into requests for
-    /// that provider's endpoints, so a request can never reach another provider's upstream.
-    Upstream(Provider),
+    /// provider (`"provider"`, default codex) and one egress (`"egress"`, default direct): it
+    /// injects credentials only into requests for that provider's endpoints, and only of
+    /// accounts leaving by that egress (`egress::serves`).
+    Upstream(UpstreamConfig),
+}
+
+/// The upstream filter's cluster: whose requests it may carry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamConfig {
+    pub provider: Provider,
+    /// The egress proxy (`http://host:port`) this cluster tunnels through; empty: direct.
+    pub egress: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +54,14 @@ impl Default for ServiceConfig {
 }
 
 /// The listener filter's knobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownstreamConfig {
     /// Request bodies over this many bytes are refused with 413 (the route's buffer limit is
     /// rendered from the same setting).
     pub max_request_body_bytes: u64,
+    /// The egress proxies this Envoy has clusters for, in the bootstrap's order (`egress`):
+    /// the first is routed as `e1`.
+    pub egress_proxies: Vec<String>,
 }
 
 /// 64 MiB: Codex requests carry whole transcripts.
@@ -59,6 +71,7 @@ impl Default for DownstreamConfig {
     fn default() -> Self {
         Self {
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            egress_proxies: Vec::new(),
         }
     }
 }
@@ -74,8 +87,8 @@ impl std::fmt::Display for ConfigError {
 
 /// The keys each role reads; anything else is refused, so a misspelt knob fails at load instead
 /// of silently keeping its default.
-const DOWNSTREAM_KEYS: &[&str] = &["role", "max_request_body_bytes"];
-const UPSTREAM_KEYS: &[&str] = &["role", "provider"];
+const DOWNSTREAM_KEYS: &[&str] = &["role", "max_request_body_bytes", "egress_proxies"];
+const UPSTREAM_KEYS: &[&str] = &["role", "provider", "egress"];
 const SERVICE_KEYS: &[&str] = &[
     "role",
     "control_plane_cluster",
@@ -122,6 +135,13 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
                     ConfigError("'max_request_body_bytes' must be a positive integer".into())
                 })?;
             }
+            if let Some(v) = obj.get("egress_proxies") {
+                let bad = || ConfigError("'egress_proxies' must be a list of proxy URLs".into());
+                for p in v.as_array().ok_or_else(bad)? {
+                    let p = p.as_str().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+                    cfg.egress_proxies.push(p.to_string());
+                }
+            }
             Ok(Role::Downstream(cfg))
         }
         "upstream" => {
@@ -132,7 +152,15 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
                     ConfigError("'provider' must be codex, claude or gemini".into())
                 })?,
             };
-            Ok(Role::Upstream(provider))
+            let egress = match obj.get("egress") {
+                None => String::new(),
+                Some(v) => v
+                    .as_str()
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| ConfigError("'egress' must be a proxy URL".into()))?
+                    .to_string(),
+            };
+            Ok(Role::Upstream(UpstreamConfig { provider, egress }))
         }
         "service" => {
             only_known_keys(obj, role, SERVICE_KEYS)?;
@@ -200,21 +228,49 @@ mod tests {
         assert_eq!(
             parse(br#"{"role":"downstream","max_request_body_bytes":1024}"#).unwrap(),
             Role::Downstream(DownstreamConfig {
-                max_request_body_bytes: 1024
+                max_request_body_bytes: 1024,
+                egress_proxies: Vec::new(),
             })
         );
+        assert_eq!(
+            parse(br#"{"role":"downstream","egress_proxies":["http://p:1","http://q:2"]}"#)
+                .unwrap(),
+            Role::Downstream(DownstreamConfig {
+                egress_proxies: vec!["http://p:1".into(), "http://q:2".into()],
+                ..DownstreamConfig::default()
+            })
+        );
+        assert!(parse(br#"{"role":"downstream","egress_proxies":"http://p:1"}"#).is_err());
+        assert!(parse(br#"{"role":"downstream","egress_proxies":[""]}"#).is_err());
+        assert_eq!(
+            parse(br#"{"role":"upstream","provider":"claude","egress":"http://p:1"}"#).unwrap(),
+            Role::Upstream(UpstreamConfig {
+                provider: Provider::Claude,
+                egress: "http://p:1".into()
+            })
+        );
+        assert!(parse(br#"{"role":"upstream","egress":""}"#).is_err());
         assert!(parse(br#"{"role":"downstream","max_request_body_bytes":0}"#).is_err());
         assert_eq!(
             parse(br#"{"role":"upstream"}"#).unwrap(),
-            Role::Upstream(Provider::Codex)
+            Role::Upstream(UpstreamConfig {
+                provider: Provider::Codex,
+                egress: String::new()
+            })
         );
         assert_eq!(
             parse(br#"{"role":"upstream","provider":"claude"}"#).unwrap(),
-            Role::Upstream(Provider::Claude)
+            Role::Upstream(UpstreamConfig {
+                provider: Provider::Claude,
+                egress: String::new()
+            })
         );
         assert_eq!(
             parse(br#"{"role":"upstream","provider":"gemini"}"#).unwrap(),
-            Role::Upstream(Provider::Gemini)
+            Role::Upstream(UpstreamConfig {
+                provider: Provider::Gemini,
+                egress: String::new()
+            })
         );
         assert!(parse(br#"{"role":"upstream","provider":"openai"}"#).is_err());
         assert!(parse(br#"{"role":"upstream","provider":1}"#).is_err());

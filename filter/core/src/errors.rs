@@ -64,13 +64,19 @@ pub enum ErrorKind {
     TokenBudgetExhausted,
     /// The key is past its share of the pool's 5-hour or weekly capacity (`policy`).
     QuotaShareExhausted,
+    /// The accounts that could serve tunnel through an egress proxy this Envoy was not rendered
+    /// with (`egress`): never sent directly instead.
+    EgressNotConfigured,
 }
 
 impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             Self::MissingKey | Self::MalformedKey | Self::UnknownKey | Self::RevokedKey => 401,
-            Self::NotReady | Self::NoAccountAvailable | Self::UpstreamUnavailable => 503,
+            Self::NotReady
+            | Self::NoAccountAvailable
+            | Self::UpstreamUnavailable
+            | Self::EgressNotConfigured => 503,
             Self::PoolExhausted => 429,
             Self::RouteMissing => 500,
             Self::WebSocketUnsupported => 426,
@@ -112,6 +118,7 @@ impl ErrorKind {
             Self::TooManyConcurrentRequests => "too_many_concurrent_requests",
             Self::TokenBudgetExhausted => "token_budget_exhausted",
             Self::QuotaShareExhausted => "quota_share_exhausted",
+            Self::EgressNotConfigured => "egress_proxy_not_configured",
         }
     }
 
@@ -147,7 +154,8 @@ impl ErrorKind {
             Self::NotReady
             | Self::NoAccountAvailable
             | Self::PoolExhausted
-            | Self::RouteMissing => ErrorSource::Internal,
+            | Self::RouteMissing
+            | Self::EgressNotConfigured => ErrorSource::Internal,
             Self::UpstreamUnavailable | Self::UpstreamFailed => ErrorSource::Upstream,
         }
     }
@@ -288,7 +296,8 @@ impl GatewayError {
             | ErrorKind::NoAccountAvailable
             | ErrorKind::UpstreamUnavailable
             | ErrorKind::RouteMissing
-            | ErrorKind::UpstreamFailed => "api_error",
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::EgressNotConfigured => "api_error",
         }
     }
 
@@ -426,6 +435,7 @@ mod tests {
             ErrorKind::TooManyConcurrentRequests,
             ErrorKind::TokenBudgetExhausted,
             ErrorKind::QuotaShareExhausted,
+            ErrorKind::EgressNotConfigured,
         ];
         for kind in all {
             match kind {
@@ -450,7 +460,8 @@ mod tests {
                 | ErrorKind::RateLimited
                 | ErrorKind::TooManyConcurrentRequests
                 | ErrorKind::TokenBudgetExhausted
-                | ErrorKind::QuotaShareExhausted => {}
+                | ErrorKind::QuotaShareExhausted
+                | ErrorKind::EgressNotConfigured => {}
             }
         }
         all.to_vec()

@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod auth;
 pub mod claude;
 pub mod config;
+pub mod egress;
 pub mod endpoints;
 pub mod errors;
 pub mod evidence;

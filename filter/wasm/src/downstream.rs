@@ -24,6 +24,7 @@ use codexmesh_filter_core::affinity::{
     affinity_key, gemini_session_id, locality_windows, prompt_cache_key, LOCALITY_HEAD_BYTES,
 };
 use codexmesh_filter_core::config::DownstreamConfig;
+use codexmesh_filter_core::egress;
 use codexmesh_filter_core::endpoints::{self, Endpoint, Serving, Translation};
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::handoff::{self, RouteHandoff};
@@ -589,12 +590,26 @@ impl Downstream {
             turn_state_account: turn_state_account.as_deref(),
             turn,
         };
-        let ranking =
-            ranker::rank(&snapshot, lane, settings, &local, input, now_ms).inspect_err(|err| {
+        let mut ranking = ranker::rank(&snapshot, lane, settings, &local, input, now_ms)
+            .inspect_err(|err| {
                 if err.kind == ErrorKind::PoolExhausted {
                     metrics::count(&pool.name, PoolCounter::PoolExhausted);
                 }
             })?;
+        // One egress per request (the router's retries stay in the route's cluster).
+        let ranked = ranking.accounts.len();
+        let egress = egress::narrow(&mut ranking.accounts, &self.config.egress_proxies)?;
+        if ranking.accounts.len() != ranked {
+            let kept = &ranking.accounts;
+            ranking.probes.retain(|id| kept.iter().any(|a| a.id == *id));
+        }
+        if let Some(index) = egress {
+            // Read by the route's cluster matcher; the client's own was removed with every
+            // x-codexmesh-* header (take_ownership).
+            host::set_request_header(egress::EGRESS_HEADER, &egress::route_value(index))
+                .map_err(|_| internal("choose the egress proxy"))?;
+            host::clear_route_cache();
+        }
         if !ranking.probes.is_empty() {
             claim_probes(&ranking.probes, now_ms);
         }

@@ -159,3 +159,10 @@ pub fn request_body_range(start: usize, len: usize) -> Option<Vec<u8>> {
         .ok()
         .flatten()
 }
+
+/// Makes Envoy choose the request's route again (after a header the route reads was set). Envoy
+/// registers this as the foreign function `clear_route_cache`; a host without it keeps the route
+/// it has, which the caller cannot fix, so the status is not returned.
+pub fn clear_route_cache() {
+    let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+}

@@ -110,8 +110,8 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK panics on None: a service root (never asked in practice) gets a no-op filter.
         Some(match self.role {
-            Some(Role::Downstream(cfg)) => Box::new(downstream::Downstream::new(cfg)),
-            Some(Role::Upstream(provider)) => Box::new(upstream::Upstream::new(provider)),
+            Some(Role::Downstream(ref cfg)) => Box::new(downstream::Downstream::new(cfg.clone())),
+            Some(Role::Upstream(ref cfg)) => Box::new(upstream::Upstream::new(cfg)),
             _ => Box::new(PassThrough),
         })
     }

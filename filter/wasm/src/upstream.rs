@@ -24,6 +24,8 @@
 //! The rewritten body's length differs, so `content-length` is dropped for those requests
 //! (HTTP/1.1 upstreams then get a chunked body, HTTP/2 ones need no length).
 
+use codexmesh_filter_core::config::UpstreamConfig;
+use codexmesh_filter_core::egress;
 use codexmesh_filter_core::endpoints::Endpoint;
 use codexmesh_filter_core::errors::{ErrorKind, GatewayError};
 use codexmesh_filter_core::evidence::{self, UsageLimit};
@@ -91,13 +93,17 @@ struct Attempt {
 pub struct Upstream {
     /// The provider of this filter's cluster.
     provider: Option<Provider>,
+    /// The egress proxy this cluster tunnels through (empty: direct): only its accounts'
+    /// credentials go out here (`egress::serves`).
+    egress: String,
     attempt: Option<Attempt>,
 }
 
 impl Upstream {
-    pub fn new(provider: Provider) -> Self {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
         Self {
-            provider: Some(provider),
+            provider: Some(cfg.provider),
+            egress: cfg.egress.clone(),
             attempt: None,
         }
     }
@@ -308,7 +314,9 @@ impl Upstream {
             &limits,
             now_ms,
         )
-        .filter(|a| provider::Provider::of_account(a) == Some(provider))
+        .filter(|a| {
+            provider::Provider::of_account(a) == Some(provider) && egress::serves(&self.egress, a)
+        })
         .ok_or_else(|| {
             GatewayError::new(
                 ErrorKind::NoAccountAvailable,

@@ -248,6 +248,7 @@ pub fn snapshot(accounts: usize, pools: usize, seed: u64) -> BuiltSnapshot {
             provider: pb::Provider::Codex as i32,
             credential_kind: pb::CredentialKind::Oauth as i32,
             project_id: String::new(),
+            egress_proxy: String::new(),
         };
         out[n % pools].accounts.push(account);
         account_ids.push(id);

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use codexmesh_test_kit::connect_proxy::ConnectProxy;
 use codexmesh_test_kit::stack::{CpEnv, StackOptions};
 use codexmesh_test_kit::tls::Pki;
 use codexmesh_test_kit::{ControlPlane, Envoy, Stack};
@@ -233,81 +234,13 @@ async fn half_a_tls_configuration_is_refused() {
     assert!(r.stderr.contains("grpc_tls_key"), "{}", r.stderr);
 }
 
-/// A loopback HTTP proxy that only tunnels (CONNECT), counting tunnels; anything else gets 405.
-struct ConnectProxy {
-    addr: std::net::SocketAddr,
-    tunnels: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ConnectProxy {
-    async fn start() -> Self {
-        use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let tunnels = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = tunnels.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    // The request head, bounded.
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let mut words = head.split_whitespace();
-                    let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
-                        let _ = client
-                            .write_all(
-                                b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n",
-                            )
-                            .await;
-                        return;
-                    };
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
-                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                        return;
-                    };
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    if client
-                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                        .await
-                        .is_ok()
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            tunnels,
-            task,
-        }
-    }
-
-    fn tunnels(&self) -> usize {
-        self.tunnels.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 /// An account's `egress_proxy`: its refresh and its quota poll tunnel through that proxy
 /// (CONNECT to the HTTPS simulator), another account's refresh does not, and with the proxy gone the account's refresh
 /// fails rather than going direct. Bad values are refused naming the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accounts_refresh_goes_through_its_egress_proxy_and_only_its() {
     let started = Instant::now();
-    let proxy = ConnectProxy::start().await;
+    let mut proxy = ConnectProxy::start().await.unwrap();
     let stack = Stack::start_with(StackOptions {
         sim_tls: true,
         ..StackOptions::accounts(2).without_quota_polling()
@@ -396,8 +329,7 @@ async fn an_accounts_refresh_goes_through_its_egress_proxy_and_only_its() {
         .unwrap();
 
     // The proxy gone: acct-0 fails, it never goes direct; acct-1 still refreshes.
-    proxy.task.abort();
-    let _ = proxy.task.await;
+    proxy.stop().await;
     let r = stack.cp.cli(&["account", "refresh", "acct-0"]).unwrap();
     assert_ne!(r.code, 0, "refreshed without its proxy: {}", r.stdout);
     let r = stack

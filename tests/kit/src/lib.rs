@@ -25,6 +25,7 @@ pub mod agent_clis;
 pub mod auth;
 pub mod bin;
 pub mod cli;
+pub mod connect_proxy;
 pub mod env;
 pub mod envoy;
 pub mod leaks;

@@ -36,6 +36,11 @@ pub struct Args {
     /// The private key (PEM) of --client-cert
     #[arg(long, value_name = "PEM", requires = "client_cert")]
     client_key: Option<PathBuf>,
+    /// An egress proxy (http://HOST:PORT) some accounts tunnel through: Envoy gets its own
+    /// clusters for it, and serves those accounts only through it. Repeat the flag or give a
+    /// comma list; replaces the envoy_egress_proxies setting
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    egress_proxy: Vec<String>,
 }
 
 pub fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
@@ -62,6 +67,11 @@ pub fn execute(args: Args, ctx: &Ctx) -> Result<(), CliError> {
     if let Some(target) = control_plane {
         params.control_plane = target;
         params.more_control_planes = control_planes.collect();
+    }
+    if !args.egress_proxy.is_empty() {
+        let list = codexmesh_model::egress::EgressProxyList::parse(&args.egress_proxy)
+            .map_err(|e| CliError::Usage(format!("--egress-proxy {e}")))?;
+        params.egress_proxies = list.as_slice().to_vec();
     }
     // Envoy reads the files from its own working directory: pin the paths down.
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);

@@ -260,6 +260,15 @@ impl UpstreamTarget {
         }
     }
 
+    /// `host:port` as a CONNECT request names it (the port always written).
+    fn connect_authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     fn authority(&self) -> String {
         let default = if self.tls { 443 } else { 80 };
         let host = if self.host.contains(':') {
@@ -509,26 +518,31 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
             out = out.replace(&format!("{{{{{provider}_{name}}}}}"), &value);
         }
     }
+    let (codex_at, claude_at, gemini_at) = (
+        upstream.connect_authority(),
+        claude.connect_authority(),
+        gemini.connect_authority(),
+    );
     let pooled = [
         PooledCluster {
             name: "codexmesh_upstream",
             target_name: "codex",
-            target: &upstream,
+            authority: &codex_at,
         },
         PooledCluster {
             name: "codexmesh_upstream_ws",
             target_name: "codex",
-            target: &upstream,
+            authority: &codex_at,
         },
         PooledCluster {
             name: "codexmesh_upstream_claude",
             target_name: "claude",
-            target: &claude,
+            authority: &claude_at,
         },
         PooledCluster {
             name: "codexmesh_upstream_gemini",
             target_name: "gemini",
-            target: &gemini,
+            authority: &gemini_at,
         },
     ];
     Ok(envoy_egress::add_egress(

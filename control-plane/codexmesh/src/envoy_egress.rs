@@ -15,8 +15,6 @@
 //! - Each pooled route's `cluster:` becomes a matcher on `x-codexmesh-egress` whose default is the
 //!   direct cluster: a request the filter did not mark leaves directly, as before.
 
-use crate::envoy_bootstrap::UpstreamTarget;
-
 /// The header the routes' cluster matcher reads (the filter's `egress::EGRESS_HEADER`).
 pub const EGRESS_HEADER: &str = "x-codexmesh-egress";
 
@@ -25,21 +23,13 @@ pub struct PooledCluster<'a> {
     pub name: &'static str,
     /// Names the internal listener: clusters reaching the same upstream share one.
     pub target_name: &'static str,
-    pub target: &'a UpstreamTarget,
+    /// The upstream as the CONNECT names it: `host:port` (`[v6]:port`).
+    pub authority: &'a str,
 }
 
 /// `e<i>` for the proxy at `index`.
 fn egress_name(index: usize) -> String {
     format!("e{}", index + 1)
-}
-
-/// `host:port` as a CONNECT request names it.
-fn connect_authority(target: &UpstreamTarget) -> String {
-    if target.host.contains(':') {
-        format!("[{}]:{}", target.host, target.port)
-    } else {
-        format!("{}:{}", target.host, target.port)
-    }
 }
 
 /// The proxy's host and port from its canonical URL (`http://host:port`, `[v6]` bracketed).
@@ -102,7 +92,7 @@ pub fn add_egress(
             listeners.push_str(&internal_listener(
                 &egress,
                 c.target_name,
-                &connect_authority(c.target),
+                c.authority,
                 buffer_limit_bytes,
             ));
         }

@@ -419,7 +419,7 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
         "alpn_protocols: [h2, http/1.1]",
         "alpn_protocols: [http/1.1]",
     );
-    let service_config = serde_json_string(&params.node_id);
+    let service_config = serde_json_string(&params.node_id, &params.egress_proxies);
     let downstream_config = if params.egress_proxies.is_empty() {
         format!(
             "{{\"role\":\"downstream\",\"max_request_body_bytes\":{}}}",
@@ -553,10 +553,19 @@ pub fn render(params: &BootstrapParams) -> Result<String, BootstrapError> {
     ))
 }
 
-/// The service's plugin configuration (JSON; no secrets).
-fn serde_json_string(node_id: &str) -> String {
+/// The service's plugin configuration (JSON; no secrets). The egress proxies (when any) are
+/// told to the control plane when subscribing.
+fn serde_json_string(node_id: &str, egress_proxies: &[String]) -> String {
+    let egress = if egress_proxies.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ",\"egress_proxies\":{}",
+            envoy_egress::downstream_list(egress_proxies)
+        )
+    };
     format!(
-        "{{\"role\":\"service\",\"node_id\":{},\"control_plane_cluster\":{},\"push_token_env\":{}}}",
+        "{{\"role\":\"service\",\"node_id\":{},\"control_plane_cluster\":{},\"push_token_env\":{}{egress}}}",
         quote(node_id),
         quote(names::CONTROL_PLANE_CLUSTER),
         quote(names::PUSH_TOKEN_ENV)
@@ -846,7 +855,7 @@ mod tests {
                     .any(|w| lower.contains(w));
                 let allowed = line.trim_start().starts_with('#')
                     || line.trim() == "host_env_keys: [CODEXMESH_PUSH_TOKEN]"
-                    || line.contains(r#"\"push_token_env\":\"CODEXMESH_PUSH_TOKEN\"}""#);
+                    || line.contains(r#"\"push_token_env\":\"CODEXMESH_PUSH_TOKEN\""#);
                 assert!(
                     !mentions_secret || allowed,
                     "{name}: unexpected secret-looking line: {line}"

@@ -93,6 +93,7 @@ async fn verdicts_show_in_status_and_the_api() -> TestResult {
                 node_id: "node-1".into(),
                 known_version: 0,
                 client_build: "acks-test".into(),
+                egress_proxies: Vec::new(),
             },
             &push,
         )?)

@@ -28,6 +28,7 @@ fn subscribe_req() -> pb::SubscribeRequest {
         node_id: "test-node".into(),
         known_version: 0,
         client_build: "grpc-test".into(),
+        egress_proxies: Vec::new(),
     }
 }
 

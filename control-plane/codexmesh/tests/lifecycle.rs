@@ -110,6 +110,7 @@ impl Mesh {
                     node_id: "lifecycle-test".into(),
                     known_version: 0,
                     client_build: "test".into(),
+                    egress_proxies: Vec::new(),
                 },
                 &token,
             )?)

@@ -137,6 +137,7 @@ async fn metrics_need_a_caller_that_sees_every_pool_and_follow_reports() -> Test
         node_id: "metrics-node".into(),
         known_version: 0,
         client_build: "test".into(),
+        egress_proxies: Vec::new(),
     });
     subscribe
         .metadata_mut()

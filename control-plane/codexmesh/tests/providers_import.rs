@@ -504,6 +504,7 @@ async fn served_api_watched_folder_and_snapshot() -> TestResult {
         node_id: "providers-test".into(),
         known_version: 0,
         client_build: "providers-test".into(),
+        egress_proxies: Vec::new(),
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);

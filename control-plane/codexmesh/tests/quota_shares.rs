@@ -185,6 +185,7 @@ async fn a_key_past_its_share_is_blocked_until_its_points_age_out() -> TestResul
                 node_id: "sim-node".into(),
                 known_version: 0,
                 client_build: "quota-shares-test".into(),
+                egress_proxies: Vec::new(),
             },
             &token,
         )?)
@@ -291,6 +292,7 @@ async fn a_budget_crossed_is_pushed_at_once_and_refusals_are_logged() -> TestRes
                 node_id: "n1".into(),
                 known_version: 0,
                 client_build: "budget-test".into(),
+                egress_proxies: Vec::new(),
             },
             &token,
         )?)

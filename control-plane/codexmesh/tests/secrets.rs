@@ -242,6 +242,7 @@ async fn serve_keeps_pushing_the_right_tokens_across_a_rotation() -> TestResult 
                 node_id: "rotation-test".into(),
                 known_version: 0,
                 client_build: "test".into(),
+                egress_proxies: Vec::new(),
             },
             &token,
         )?)

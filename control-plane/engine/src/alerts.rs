@@ -12,7 +12,9 @@
 //!   under `alert_headroom_percent`), `pool_exhausted` (a window's headroom 0), and
 //!   `forecast_runs_out` (a window runs out before its next reset at the current burn rate)
 //!   per unarchived pool, `envoy_not_acking` per Envoy connected to this replica whose newest
-//!   sent snapshot has not been acknowledged for longer than `alert_envoy_lag_secs`;
+//!   sent snapshot has not been acknowledged for longer than `alert_envoy_lag_secs`, and
+//!   `egress_proxy_missing` per account whose egress proxy an Envoy connected to this replica
+//!   has no clusters for (it never serves the account);
 //! - the episode state machine is [`codexmesh_model::alerts::reconcile`]; deliveries go out
 //!   from the store's outbox, [`MAX_ATTEMPTS`] attempts each with growing backoff, a resolved
 //!   only after its firing is done; each attempt's status is recorded on the webhook;
@@ -219,6 +221,17 @@ impl Evaluator {
     async fn conditions(&self, now: i64) -> Result<Vec<Condition>, OpsError> {
         let report = crate::status::build(&self.store, self.health_window_secs).await?;
         let mut out = Vec::new();
+        // The egress proxies each Envoy connected here has clusters for.
+        let nodes: Vec<(String, Vec<String>)> = self
+            .envoys
+            .as_ref()
+            .map(|e| {
+                e.list()
+                    .into_iter()
+                    .map(|v| (v.node_id, v.egress_proxies))
+                    .collect()
+            })
+            .unwrap_or_default();
         for p in report
             .pools
             .iter()
@@ -227,6 +240,10 @@ impl Evaluator {
             let pool = &p.pool.name;
             for a in &p.accounts {
                 let acc = &a.account;
+                let proxy = acc.egress_proxy.as_deref();
+                if let Some(c) = egress_unserved((&acc.id, &acc.label), proxy, pool, &nodes) {
+                    out.push(c);
+                }
                 let subject = format!("{}@{pool}", acc.id);
                 if acc.state == AccountState::NeedsReauth {
                     out.push(Condition {
@@ -400,6 +417,37 @@ fn payload(d: &DueDelivery) -> AlertPayload {
     }
 }
 
+/// `egress_proxy_missing` for an account (in `pool`) whose egress proxy some connected node
+/// (`nodes`: node id and the proxies it has clusters for) lacks.
+fn egress_unserved(
+    (id, label): (&str, &str),
+    proxy: Option<&str>,
+    pool: &str,
+    nodes: &[(String, Vec<String>)],
+) -> Option<Condition> {
+    let proxy = proxy?;
+    let mut lacking: Vec<&str> = nodes
+        .iter()
+        .filter(|(_, proxies)| !proxies.iter().any(|p| p == proxy))
+        .map(|(node, _)| node.as_str())
+        .collect();
+    lacking.sort_unstable();
+    lacking.dedup();
+    if lacking.is_empty() {
+        return None;
+    }
+    Some(Condition {
+        kind: AlertKind::EgressProxyMissing,
+        subject: format!("{id}@{pool}"),
+        pool: Some(pool.to_owned()),
+        message: format!(
+            "account {} in pool {pool} tunnels through {proxy}, which Envoy {} has no clusters for: it never serves the account (add the proxy to envoy_egress_proxies and re-render its bootstrap)",
+            label,
+            lacking.join(", ")
+        ),
+    })
+}
+
 /// `envoy_not_acking` for each connected node (id, newest version sent, newest acked) that has
 /// been behind for longer than `lag_ms`; `since` remembers when each was first seen behind
 /// (nodes caught up or gone are forgotten).
@@ -463,6 +511,31 @@ mod tests {
         let never = vec![("e3".to_owned(), Some(3), None)];
         assert!(lagging_envoys(&never, &mut since, 0, 10).is_empty());
         assert_eq!(lagging_envoys(&never, &mut since, 11, 10).len(), 1);
+    }
+
+    #[test]
+    fn an_account_behind_a_proxy_an_envoy_lacks_alerts_naming_that_envoy() {
+        let acc = ("acct_1", "alice");
+        let nodes = vec![
+            ("e1".to_owned(), vec!["http://p:1".to_owned()]),
+            ("e2".to_owned(), Vec::new()),
+        ];
+        // No proxy: nothing to miss.
+        assert!(egress_unserved(acc, None, "team", &nodes).is_none());
+        let proxy = Some("http://p:1");
+        let c = egress_unserved(acc, proxy, "team", &nodes).unwrap();
+        assert_eq!(
+            (c.kind, c.subject.as_str(), c.pool.as_deref()),
+            (AlertKind::EgressProxyMissing, "acct_1@team", Some("team"))
+        );
+        assert!(
+            c.message.contains("Envoy e2 ") && !c.message.contains("e1"),
+            "{}",
+            c.message
+        );
+        // Every Envoy has it (or none is connected here): resolved.
+        assert!(egress_unserved(acc, proxy, "team", &nodes[..1]).is_none());
+        assert!(egress_unserved(acc, proxy, "team", &[]).is_none());
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct EnvoyView {
     /// The pool the rejection concerns: decides who may read the reason (not shown).
     #[serde(skip)]
     pub nack_pool_id: Option<String>,
+    /// The egress proxies it has clusters for (told when it subscribed; canonical URLs). An
+    /// account whose proxy is not among them is never served by it (`egress_proxy_missing`).
+    pub egress_proxies: Vec<String>,
 }
 
 impl EnvoyView {
@@ -79,6 +82,7 @@ impl EnvoyView {
             nacked_at_ms: None,
             nack_reason: None,
             nack_pool_id: None,
+            egress_proxies: Vec::new(),
         }
     }
 
@@ -240,7 +244,27 @@ pub struct Registration {
     id: u64,
 }
 
+/// Egress proxies one subscriber may announce at most (more are ignored).
+pub const MAX_EGRESS_PROXIES: usize = 64;
+
 impl Registration {
+    /// Records the egress proxies the subscriber announced: client-supplied, so each is checked
+    /// (an entry that is not a canonical proxy URL is dropped) and the list is bounded.
+    pub fn with_egress_proxies(self, announced: &[String]) -> Self {
+        let proxies: Vec<String> = announced
+            .iter()
+            .take(MAX_EGRESS_PROXIES)
+            .filter_map(|p| codexmesh_model::egress::parse_egress_proxy(p).ok())
+            .collect();
+        {
+            let mut inner = self.envoys.lock();
+            if let Some(v) = inner.connected.get_mut(&self.id) {
+                v.egress_proxies = proxies;
+            }
+        }
+        self
+    }
+
     pub fn sent(&self, version: u64) {
         let mut inner = self.envoys.lock();
         if let Some(v) = inner.connected.get_mut(&self.id) {

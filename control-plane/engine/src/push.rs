@@ -484,12 +484,15 @@ impl SubscribeRoute {
         let node = loggable(&request.node_id);
         tracing::info!(peer = %peer, node = %node, known_version = request.known_version,
             client_build = %loggable(&request.client_build), "subscriber connected");
-        let registration = self.envoys.register(
-            node.clone(),
-            peer.clone(),
-            loggable(&request.client_build),
-            request.known_version,
-        );
+        let registration = self
+            .envoys
+            .register(
+                node.clone(),
+                peer.clone(),
+                loggable(&request.client_build),
+                request.known_version,
+            )
+            .with_egress_proxies(&request.egress_proxies);
         let body = SubscribeBody::new(
             self.frames.clone(),
             self.heartbeat,
@@ -905,6 +908,7 @@ mod tests {
             node_id: "envoy-1".into(),
             known_version: 0,
             client_build: "test".into(),
+            egress_proxies: Vec::new(),
         });
         for auth in [None, Some("Bearer wrong"), Some("push-secret")] {
             let r = route.serve(request(auth, hello.clone())?).await;

@@ -34,16 +34,20 @@ pub enum AlertKind {
     ForecastRunsOut,
     /// A connected Envoy has not acknowledged the newest snapshot for longer than the lag.
     EnvoyNotAcking,
+    /// An account names an egress proxy that a connected Envoy has no clusters for: that Envoy
+    /// never serves the account.
+    EgressProxyMissing,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::NeedsReauth,
         AlertKind::RefreshFailing,
         AlertKind::HeadroomLow,
         AlertKind::PoolExhausted,
         AlertKind::ForecastRunsOut,
         AlertKind::EnvoyNotAcking,
+        AlertKind::EgressProxyMissing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl AlertKind {
             AlertKind::PoolExhausted => "pool_exhausted",
             AlertKind::ForecastRunsOut => "forecast_runs_out",
             AlertKind::EnvoyNotAcking => "envoy_not_acking",
+            AlertKind::EgressProxyMissing => "egress_proxy_missing",
         }
     }
 
@@ -64,9 +69,10 @@ impl AlertKind {
     /// How urgent: `critical` when traffic is (about to be) refused, else `warning`.
     pub fn severity(self) -> Severity {
         match self {
-            AlertKind::NeedsReauth | AlertKind::PoolExhausted | AlertKind::EnvoyNotAcking => {
-                Severity::Critical
-            }
+            AlertKind::NeedsReauth
+            | AlertKind::PoolExhausted
+            | AlertKind::EnvoyNotAcking
+            | AlertKind::EgressProxyMissing => Severity::Critical,
             AlertKind::RefreshFailing | AlertKind::HeadroomLow | AlertKind::ForecastRunsOut => {
                 Severity::Warning
             }

@@ -37,6 +37,9 @@ pub struct ServiceConfig {
     pub tick_ms: u64,
     pub report_interval_ms: u64,
     pub report_batch_max: usize,
+    /// The egress proxies this Envoy has clusters for, told to the control plane when
+    /// subscribing (the same list the downstream filter routes by).
+    pub egress_proxies: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -49,6 +52,7 @@ impl Default for ServiceConfig {
             tick_ms: 200,
             report_interval_ms: 1000,
             report_batch_max: 500,
+            egress_proxies: Vec::new(),
         }
     }
 }
@@ -100,6 +104,7 @@ const SERVICE_KEYS: &[&str] = &[
     "tick_ms",
     "report_interval_ms",
     "report_batch_max",
+    "egress_proxies",
 ];
 
 fn only_known_keys(
@@ -114,6 +119,26 @@ fn only_known_keys(
             known.join(", ")
         ))),
     }
+}
+
+/// `"egress_proxies"`: a list of non-empty strings (the bootstrap writes canonical URLs).
+fn egress_proxies(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(v) = obj.get("egress_proxies") else {
+        return Ok(Vec::new());
+    };
+    let bad = || ConfigError("'egress_proxies' must be a list of proxy URLs".into());
+    v.as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|p| {
+            p.as_str()
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .ok_or_else(bad)
+        })
+        .collect()
 }
 
 pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
@@ -135,13 +160,7 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
                     ConfigError("'max_request_body_bytes' must be a positive integer".into())
                 })?;
             }
-            if let Some(v) = obj.get("egress_proxies") {
-                let bad = || ConfigError("'egress_proxies' must be a list of proxy URLs".into());
-                for p in v.as_array().ok_or_else(bad)? {
-                    let p = p.as_str().filter(|p| !p.is_empty()).ok_or_else(bad)?;
-                    cfg.egress_proxies.push(p.to_string());
-                }
-            }
+            cfg.egress_proxies = egress_proxies(obj)?;
             Ok(Role::Downstream(cfg))
         }
         "upstream" => {
@@ -200,6 +219,7 @@ pub fn parse(bytes: &[u8]) -> Result<Role, ConfigError> {
             let mut batch = cfg.report_batch_max as u64;
             number("report_batch_max", &mut batch)?;
             cfg.report_batch_max = usize::try_from(batch).unwrap_or(usize::MAX);
+            cfg.egress_proxies = egress_proxies(obj)?;
             if cfg.supervisor.backoff_max_ms < cfg.supervisor.backoff_base_ms {
                 return Err(ConfigError(
                     "'backoff_max_ms' must not be below 'backoff_base_ms'".into(),
@@ -285,6 +305,14 @@ mod tests {
         };
         assert_eq!(cfg.node_id, "e1");
         assert_eq!(cfg.supervisor.watchdog_ms, 3000);
+        assert!(cfg.egress_proxies.is_empty());
+        let Role::Service(cfg) =
+            parse(br#"{"role":"service","egress_proxies":["http://p:1"]}"#).unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(cfg.egress_proxies, ["http://p:1"]);
+        assert!(parse(br#"{"role":"service","egress_proxies":[1]}"#).is_err());
         assert_eq!(cfg.control_plane_cluster, "codexmesh_control_plane");
     }
 

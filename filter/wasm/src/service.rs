@@ -153,6 +153,7 @@ impl Service {
             node_id: self.cfg.node_id.clone(),
             known_version: self.verdicts.applied(),
             client_build: env!("CARGO_PKG_VERSION").to_string(),
+            egress_proxies: self.cfg.egress_proxies.clone(),
         };
         // Server streaming: our half closes after the request, the server's stays open.
         if let Err(status) =

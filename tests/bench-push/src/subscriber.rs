@@ -212,6 +212,7 @@ pub async fn subscribe(
         node_id,
         known_version: 0,
         client_build: "codexmesh-bench-push".to_owned(),
+        egress_proxies: Vec::new(),
     }
     .encode_to_vec();
     let mut frame = Vec::with_capacity(5 + msg.len());

@@ -707,7 +707,8 @@ fn every_envoy_config_the_project_ships_loads_in_a_real_envoy() {
     }
 
     let mut configs: Vec<(String, PathBuf)> = Vec::new();
-    // The bootstrap variants (the CLI's golden renders: IP, DNS+TLS, DNS plain upstreams).
+    // The bootstrap variants (the CLI's golden renders: IP, DNS+TLS, DNS plain upstreams, and
+    // two egress proxies).
     let snaps = root().join("control-plane/codexmesh/src/snapshots");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&snaps)
         .expect("snapshots")
@@ -715,7 +716,13 @@ fn every_envoy_config_the_project_ships_loads_in_a_real_envoy() {
         .filter(|p| p.to_string_lossy().contains("bootstrap_"))
         .collect();
     names.sort();
-    assert!(names.len() >= 3, "{names:?}");
+    assert!(names.len() >= 4, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.to_string_lossy().contains("bootstrap_egress_proxies")),
+        "{names:?}"
+    );
     for snap in names {
         let body =
             snapshot_body(&read(&snap)).replace("/opt/codexmesh/codexmesh_filter.wasm", wasm);

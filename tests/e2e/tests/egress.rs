@@ -73,12 +73,22 @@ async fn an_accounts_turns_tunnel_through_its_egress_proxy_and_never_leave_direc
     let started = Instant::now();
     let mut proxy = ConnectProxy::start().await.unwrap();
     let unknown = ConnectProxy::start().await.unwrap();
-    let stack = Stack::start_with(StackOptions {
+    let mut opts = StackOptions {
         envoy_bootstrap_args: vec!["--egress-proxy".into(), proxy.url()],
         ..StackOptions::accounts(3).without_quota_polling()
-    })
-    .await
-    .unwrap();
+    };
+    opts.cp_env
+        .push(("CODEXMESH_ALERT_INTERVAL_MS".into(), "200".into()));
+    let stack = Stack::start_with(opts).await.unwrap();
+    let open_missing = || {
+        let open = stack.cp.cli_json(&["alert", "episodes", "--open"]).unwrap();
+        open.as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["kind"] == "egress_proxy_missing")
+            .collect::<Vec<_>>()
+    };
     let (a0, a1, a2) = (
         stack.account_id(0),
         stack.account_id(1),
@@ -194,6 +204,28 @@ async fn an_accounts_turns_tunnel_through_its_egress_proxy_and_never_leave_direc
         "acct-2 sent directly"
     );
     assert_eq!(unknown.tunnels(), 0);
+    // The Envoy told the control plane its proxies: the account it cannot serve is an alert
+    // naming the proxy and the Envoy.
+    let missing = wait::until(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        "egress_proxy_missing",
+        || {
+            let open = open_missing();
+            Ok(if open.is_empty() {
+                Probe::NotYet("no open egress_proxy_missing".into())
+            } else {
+                Probe::Ready(open)
+            })
+        },
+    )
+    .unwrap();
+    let text = serde_json::to_string(&missing).unwrap();
+    assert_eq!(missing.len(), 1, "{text}");
+    assert!(
+        text.contains(&unknown.url()) && text.contains("Envoy envoy "),
+        "{text}"
+    );
 
     // 4. Failover stays behind the proxy: acct-0's usage spent (429), acct-2 on the same proxy
     // serves every turn, through it.
@@ -205,6 +237,21 @@ async fn an_accounts_turns_tunnel_through_its_egress_proxy_and_never_leave_direc
         .await
         .unwrap();
     wait_until_tunnelled(&stack, &proxy, &a2).await;
+    // Its proxy is one the Envoy has: the alert clears.
+    wait::until(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        "egress_proxy_missing to clear",
+        || {
+            let open = open_missing();
+            Ok(if open.is_empty() {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("{open:?}"))
+            })
+        },
+    )
+    .unwrap();
     stack.sim.clear_requests().await.unwrap();
     let before2 = proxy.count_sent(&marker(&a2));
     for _ in 0..4 {
@@ -265,4 +312,130 @@ async fn tls_to_the_upstream_runs_inside_the_tunnel() {
     // The tunnel carried TLS: the account's header is not readable in it.
     assert_eq!(proxy.count_sent(&marker(&a0)), 0);
     assert!(gateway_turns_of(&stack, &a0).await >= 1);
+}
+
+/// The other pooled clusters have their tunnels too: a Codex WebSocket (the upgrade and its
+/// turns) and a Claude Code turn, each for an account behind the proxy, go through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_and_claude_turns_tunnel_through_the_proxy_too() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let proxy = ConnectProxy::start().await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        envoy_bootstrap_args: vec!["--egress-proxy".into(), proxy.url()],
+        ..StackOptions::accounts(1).without_quota_polling()
+    })
+    .await
+    .unwrap();
+    // A Claude account in the same pool, imported from the file Claude Code writes.
+    let claude = stack
+        .sim
+        .create_claude_account(json!({"account_id": "claude-e"}))
+        .await
+        .unwrap();
+    let file = stack.dir.path().join("claude-e.credentials.json");
+    stack
+        .sim
+        .write_credentials_file("claude-e", &file)
+        .await
+        .unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let cli = |args: &[&str]| {
+        stack.cp.cli_json(args).unwrap();
+    };
+    cli(&[
+        "account", "import", &file, "--pool", "team", "--label", "claude-e",
+    ]);
+    cli(&["account", "set", "acct-0", "--egress-proxy", &proxy.url()]);
+    cli(&["account", "set", "claude-e", "--egress-proxy", &proxy.url()]);
+    let a0 = stack.account_id(0);
+    wait_until_tunnelled(&stack, &proxy, &a0).await;
+
+    // The WebSocket: upgrade and one turn, through the tunnel.
+    let before = proxy.count_sent(&marker(&a0));
+    let mut req = stack
+        .envoy
+        .url("/backend-api/codex/responses")
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    let headers = req.headers_mut();
+    headers.insert(
+        "authorization",
+        format!("Bearer {}", stack.key).parse().unwrap(),
+    );
+    headers.insert(
+        "openai-beta",
+        "responses_websockets=2026-02-06".parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    let create = json!({
+        "type": "response.create",
+        "model": "gpt-5.1-codex",
+        "instructions": "You are a test.",
+        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        "tools": [],
+        "store": false,
+        "stream": true,
+    });
+    ws.send(Message::Text(create.to_string().into()))
+        .await
+        .unwrap();
+    let completed = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(text) = msg {
+                if text.contains("\"response.completed\"") {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(completed, "the WebSocket turn did not complete");
+    let _ = ws.close(None).await;
+    assert_eq!(
+        proxy.count_sent(&marker(&a0)) - before,
+        1,
+        "the upgrade went through the proxy"
+    );
+    assert!(proxy.count_sent("GET /backend-api/codex/responses") >= 1);
+
+    // A Claude Code turn: its account's token is in the tunnel, and the simulator served it.
+    let token = claude["access_token"].as_str().unwrap().to_string();
+    let resp = reqwest::Client::new()
+        .post(stack.envoy.url("/v1/messages?beta=true"))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-api-key", &stack.key)
+        .json(&json!({
+            "model": "claude-sonnet-5-5",
+            "max_tokens": 64,
+            "stream": true,
+            "messages": [{"role": "user", "content": "Reply with pong"}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        proxy.count_sent(&format!("authorization: Bearer {token}")) >= 1,
+        "the Claude turn did not go through the proxy"
+    );
+    let claude_seen = stack
+        .sim
+        .requests_of("claude-e", "/v1/messages")
+        .await
+        .unwrap();
+    assert_eq!(claude_seen.len(), 1, "{claude_seen:?}");
+    let targets = proxy.targets();
+    assert!(
+        targets.iter().all(|t| t.starts_with("127.0.0.1:")),
+        "{targets:?}"
+    );
 }

@@ -333,6 +333,40 @@ def standin_config(reset_at: int) -> dict:
     }
 
 
+def connect_proxy_config(target_port: int) -> dict:
+    """An egress proxy: Envoy terminating HTTP/1.1 CONNECT and piping the tunnel to the stand-in."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "egress_proxy",
+        "codec_type": "HTTP1",
+        "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+        "route_config": {"name": "proxy", "virtual_hosts": [{
+            "name": "proxy", "domains": ["*"],
+            "routes": [{"match": {"connect_matcher": {}},
+                        "route": {"cluster": "target",
+                                  "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}],
+        }]},
+        "http_filters": [{"name": "envoy.filters.http.router",
+                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "egress_proxy",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}],
+            }],
+            "clusters": [{
+                "name": "target", "type": "STATIC", "connect_timeout": "5s",
+                "load_assignment": {"cluster_name": "target", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": target_port}}}}]}]},
+            }],
+        },
+    }
+
+
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
@@ -412,6 +446,8 @@ class Bench:
         self.runs: list[dict] = []
         self.cm_env: dict = {}
         self.seeded: dict = {}
+        self.egress_proxy = ""
+        self.egress_admin = ""
 
     # -- Envoy ------------------------------------------------------------------------------
     def start_envoy(self, name: str, config: Path, cpu: str, env: dict | None = None):
@@ -450,6 +486,13 @@ class Bench:
         if st != 200 or b"response.completed" not in body:
             raise Fail(f"the stand-in answered {st}: {body[:200]!r}")
         log(f"==> stand-in upstream on {self.standin} (content-type {hdrs.get('content-type')})")
+        if a.egress:
+            # An egress proxy every codexmesh account tunnels through (bare Envoys stay direct).
+            pcfg = self.work / "egress-proxy.json"
+            pcfg.write_text(json.dumps(connect_proxy_config(sport), indent=1))
+            _, self.egress_admin, pport = self.start_envoy("egress-proxy", pcfg, LOAD_CPU)
+            self.egress_proxy = f"http://127.0.0.1:{pport}"
+            log(f"==> egress proxy (Envoy terminating CONNECT) on {self.egress_proxy}")
 
         wanted = a.servers
         # 2. codexmesh (b): simulator for accounts, control plane, Envoy with the filter
@@ -487,9 +530,11 @@ class Bench:
                 if srv.proc is not None:
                     self.procs.stop(srv.proc)
 
-    def render_bootstrap(self, cm: str, out: Path, node_id: str):
+    def render_bootstrap(self, cm: str, out: Path, node_id: str, egress: bool = False):
         env = dict(self.cm_env)
         env.update({"CODEXMESH_GATEWAY_LISTEN": "127.0.0.1:0", "CODEXMESH_ENVOY_ADMIN_LISTEN": "127.0.0.1:0"})
+        if egress:
+            env["CODEXMESH_ENVOY_EGRESS_PROXIES"] = self.egress_proxy
         run_cmd([cm, "envoy-bootstrap", "--out", str(out), "--node-id", node_id], env=env)
 
     def setup_codexmesh(self, cm: str, with_envoy: bool):
@@ -517,6 +562,11 @@ class Bench:
             self.seed(env)
         else:
             self.import_accounts(cm, env, sim_url)
+        if self.egress_proxy:
+            if a.seed_accounts:
+                raise Fail("--egress works with --accounts (CLI imports), not --seed-accounts")
+            for i in range(1, a.accounts + 1):
+                run_cmd([cm, "account", "set", f"acct-{i}", "--egress-proxy", self.egress_proxy, "--json"], env=env)
         cp_env = dict(env)
         cp_env.update({"CODEXMESH_GRPC_LISTEN": "127.0.0.1:0", "CODEXMESH_ADMIN_LISTEN": "127.0.0.1:0"})
         cp = self.procs.start("control-plane", [cm, "serve"], env=cp_env, cpu=LOAD_CPU)
@@ -534,13 +584,20 @@ class Bench:
             return
         srv = Server("b", LABELS["b"])
         cfg = self.work / "envoy-b.yaml"
-        self.render_bootstrap(cm, cfg, "bench-b")
+        self.render_bootstrap(cm, cfg, "bench-b", egress=bool(self.egress_proxy))
         srv.logname = "envoy-b"
         srv.proc, srv.admin, port = self.start_envoy(srv.logname, cfg, SERVER_CPU, env=env)
         srv.url = f"http://127.0.0.1:{port}{PATH}"
         srv.side_procs = [cp]
         # A seeded pool of thousands is a snapshot of megabytes: more time for the first one.
         self.ready(srv, 300 if a.seed_accounts else 60)
+        if self.egress_proxy:
+            st, _, body = http("GET", f"http://{self.egress_admin}/stats?filter=egress_proxy.downstream_cx_total")
+            tunnels = int(re.findall(rb"downstream_cx_total: (\d+)", body)[0]) if st == 200 and \
+                re.findall(rb"downstream_cx_total: (\d+)", body) else 0
+            if tunnels < 1:
+                raise Fail("codexmesh's first requests did not go through the egress proxy")
+            log(f"==> codexmesh's requests tunnel through the egress proxy ({tunnels} tunnel(s) so far)")
         self.servers["b"] = srv
 
     def import_accounts(self, cm: str, env: dict, sim_url: str):
@@ -914,7 +971,9 @@ def print_report(summary: list[dict], kinds: list[str], conns: list[int], meta: 
     s = meta["settings"]
     p(f"settings: {s['rounds']} round(s), {s['duration_s']:g}s per run after {s['warmup_s']:g}s warm-up, "
       f"wrk -t1 --timeout {s['wrk_timeout_s']:g}s, {accounts_text(s)}; server on core 0, "
-      f"wrk + stand-in + control plane + simulator on core 1")
+      f"wrk + stand-in + control plane + simulator on core 1"
+      + ("; codexmesh's accounts through an egress proxy (Envoy terminating CONNECT, core 1)"
+         if s.get("egress_proxy") else ""))
     p("columns:  CPU = server process CPU per request (codexmesh: Envoy only; +cp = its control plane, core 1); "
       "x bare / +p50 / +CPU against bare Envoy (a)")
     for kind in kinds:
@@ -1021,6 +1080,9 @@ def parse_args(argv):
     ap.add_argument("--pools", type=int, default=1,
                     help="with --seed-accounts: pools the accounts are spread over; the load uses "
                          "the first pool's key (default 1)")
+    ap.add_argument("--egress", action="store_true",
+                    help="codexmesh's accounts tunnel through an egress proxy (an Envoy terminating "
+                         "CONNECT, on the load core); the bare Envoys stay direct")
     ap.add_argument("--timeout", type=float, default=5, help="wrk --timeout seconds (default 5)")
     ap.add_argument("--disturb-threshold", type=float, default=0.15,
                     help="unaccounted machine load, in cores, that marks a run disturbed (default 0.15)")
@@ -1085,7 +1147,8 @@ def main(argv) -> int:
                          "accounts": args.accounts, "seed_accounts": args.seed_accounts,
                          "pools": args.pools, "seeded": bench.seeded, "wrk_timeout_s": args.timeout,
                          "disturb_threshold_cores": args.disturb_threshold, "max_redos": args.max_redos,
-                         "clk_tck": CLK_TCK, "server_cpu": SERVER_CPU, "load_cpu": LOAD_CPU},
+                         "clk_tck": CLK_TCK, "server_cpu": SERVER_CPU, "load_cpu": LOAD_CPU,
+                         "egress_proxy": bench.egress_proxy or None},
             "urls": {s.sid: s.url for s in bench.servers.values()} | {"standin": bench.standin},
         }
         bench.run()

@@ -7,7 +7,10 @@
 #   scripts/bench-compare.sh [--quick] [--wasm PATH] [--duration S] [--warmup S] [--rounds R]
 #                            [--connections 1,32,256,1024] [--kinds session,pck,large]
 #                            [--servers a,b,c,a2] [--accounts N] [--timeout S] [--keep-logs]
-#                            [--seed-accounts N [--pools P]] [--no-build]
+#                            [--seed-accounts N [--pools P]] [--egress] [--no-build]
+#
+# --egress sends codexmesh's accounts through an egress proxy (an Envoy terminating CONNECT on the
+# load core; envoy_egress_proxies and each account's egress_proxy), the bare Envoys direct.
 #
 # --seed-accounts N writes N accounts (spread over P pools, one key each) straight into the store
 # with `codexmesh-bench-push seed` instead of N CLI imports; the load uses the first pool's key.

@@ -56,6 +56,15 @@ pub mod names {
     pub const REPORT_METHOD: &str = "Report";
     /// `/{MESH_SERVICE}/{SUBSCRIBE_METHOD}`: the HTTP/2 path of a Subscribe call.
     pub const SUBSCRIBE_PATH: &str = "/codexmesh.v1.Mesh/Subscribe";
+    /// The request header the downstream filter marks a proxied request with, and the routes'
+    /// cluster matcher reads (its value: [`egress_name`]).
+    pub const EGRESS_HEADER: &str = "x-codexmesh-egress";
+
+    /// The name of the egress proxy at `index` of an Envoy's list (`e1` first): the value of
+    /// [`EGRESS_HEADER`] and the suffix of that proxy's clusters and listeners.
+    pub fn egress_name(index: usize) -> String {
+        format!("e{}", index.saturating_add(1))
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@
 //! - Each pooled route's `cluster:` becomes a matcher on `x-codexmesh-egress` whose default is the
 //!   direct cluster: a request the filter did not mark leaves directly, as before.
 
-/// The header the routes' cluster matcher reads (the filter's `egress::EGRESS_HEADER`).
-pub const EGRESS_HEADER: &str = "x-codexmesh-egress";
+use codexmesh_proto::names::{egress_name, EGRESS_HEADER};
 
 /// One upstream cluster of the template and the upstream it reaches.
 pub struct PooledCluster<'a> {
@@ -25,11 +24,6 @@ pub struct PooledCluster<'a> {
     pub target_name: &'static str,
     /// The upstream as the CONNECT names it: `host:port` (`[v6]:port`).
     pub authority: &'a str,
-}
-
-/// `e<i>` for the proxy at `index`.
-fn egress_name(index: usize) -> String {
-    format!("e{}", index + 1)
 }
 
 /// The proxy's host and port from its canonical URL (`http://host:port`, `[v6]` bracketed).

@@ -19,13 +19,11 @@ use crate::errors::{ErrorKind, GatewayError};
 use crate::pb;
 
 /// The request header the route's cluster matcher reads (`e1`, `e2`, ...).
-pub const EGRESS_HEADER: &str = "x-codexmesh-egress";
+pub use codexmesh_proto::names::EGRESS_HEADER;
 
 /// The [`EGRESS_HEADER`] value of the proxy at `index` in the configured list (`e1` first): the
 /// bootstrap renders the same name for that proxy's clusters.
-pub fn route_value(index: usize) -> String {
-    format!("e{}", index.saturating_add(1))
-}
+pub use codexmesh_proto::names::egress_name as route_value;
 
 /// Whether the upstream filter of a cluster for `cluster_egress` (empty: the direct clusters)
 /// may inject `account`'s credentials.

@@ -15,6 +15,7 @@
 //! - Each pooled route's `cluster:` becomes a matcher on `x-codexmesh-egress` whose default is the
 //!   direct cluster: a request the filter did not mark leaves directly, as before.
 
+use codexmesh_model::egress::egress_proxy_host_port;
 use codexmesh_proto::names::{egress_name, EGRESS_HEADER};
 
 /// One upstream cluster of the template and the upstream it reaches.
@@ -24,14 +25,6 @@ pub struct PooledCluster<'a> {
     pub target_name: &'static str,
     /// The upstream as the CONNECT names it: `host:port` (`[v6]:port`).
     pub authority: &'a str,
-}
-
-/// The proxy's host and port from its canonical URL (`http://host:port`, `[v6]` bracketed).
-fn proxy_host_port(url: &str) -> Option<(String, u16)> {
-    let authority = url.strip_prefix("http://")?;
-    let (host, port) = authority.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// Adds the proxies' listeners and clusters to `rendered` (the template, every placeholder
@@ -178,7 +171,8 @@ fn internal_listener(egress: &str, target: &str, authority: &str, buffer_limit: 
 
 /// The cluster of the proxy itself (HTTP/1.1, the CONNECT's carrier).
 fn proxy_cluster(egress: &str, url: &str) -> String {
-    let (host, port) = proxy_host_port(url).unwrap_or_default();
+    // `url` is canonical (the settings and the flag are checked by the same parser).
+    let (host, port) = egress_proxy_host_port(url).unwrap_or_default();
     let kind = if host.parse::<std::net::IpAddr>().is_ok() {
         "STATIC"
     } else {
@@ -246,8 +240,7 @@ fn egress_copy(block: &str, c: &PooledCluster<'_>, egress: &str, url: &str) -> S
     text
 }
 
-/// The downstream filter's list (`egress_proxies` of its configuration), as JSON.
+/// The proxies as the filters' configuration lists them (`egress_proxies`): a JSON array.
 pub fn downstream_list(proxies: &[String]) -> String {
-    let quoted: Vec<String> = proxies.iter().map(|p| format!("\"{p}\"")).collect();
-    format!("[{}]", quoted.join(","))
+    serde_json::to_string(proxies).unwrap_or_else(|_| "[]".to_owned())
 }

@@ -13,6 +13,17 @@ pub const EGRESS_PROXY_RULE: &str =
 
 /// Checks `raw` and returns its canonical form.
 pub fn parse_egress_proxy(raw: &str) -> Result<String, String> {
+    let (host, port) = egress_proxy_host_port(raw)?;
+    if host.contains(':') {
+        Ok(format!("http://[{host}]:{port}"))
+    } else {
+        Ok(format!("http://{host}:{port}"))
+    }
+}
+
+/// Checks `raw` as [`parse_egress_proxy`] does and returns the proxy's host (lowercase; an IPv6
+/// address without its brackets) and port: where a connection to it goes.
+pub fn egress_proxy_host_port(raw: &str) -> Result<(String, u16), String> {
     let bad = || format!("{raw:?} {EGRESS_PROXY_RULE}");
     let trimmed = raw.trim();
     let lower = trimmed.to_ascii_lowercase();
@@ -24,10 +35,7 @@ pub fn parse_egress_proxy(raw: &str) -> Result<String, String> {
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or_else(bad)?;
         host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
-        (
-            format!("[{host}]"),
-            after.strip_prefix(':').ok_or_else(bad)?,
-        )
+        (host, after.strip_prefix(':').ok_or_else(bad)?)
     } else {
         let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
         let ok = !host.is_empty()
@@ -38,13 +46,13 @@ pub fn parse_egress_proxy(raw: &str) -> Result<String, String> {
         if !ok {
             return Err(bad());
         }
-        (host.to_owned(), port)
+        (host, port)
     };
     let port: u16 = port.parse().map_err(|_| bad())?;
     if port == 0 {
         return Err(bad());
     }
-    Ok(format!("http://{host}:{port}"))
+    Ok((host.to_owned(), port))
 }
 
 /// The egress proxies an Envoy is rendered with (the `envoy_egress_proxies` setting,
@@ -128,6 +136,14 @@ mod tests {
         assert_eq!(
             parse_egress_proxy("http://[::1]:3128").unwrap(),
             "http://[::1]:3128"
+        );
+        assert_eq!(
+            egress_proxy_host_port("http://[::1]:3128").unwrap(),
+            ("::1".to_string(), 3128)
+        );
+        assert_eq!(
+            egress_proxy_host_port("HTTP://Proxy.Internal:3128/").unwrap(),
+            ("proxy.internal".to_string(), 3128)
         );
     }
 

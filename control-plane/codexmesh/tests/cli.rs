@@ -430,3 +430,64 @@ fn envoy_bootstrap_takes_several_control_planes() -> TestResult {
     assert!(r.stderr.contains("no port"), "{}", r.stderr);
     Ok(())
 }
+
+/// `--egress-proxy` (a comma list or repeated) renders one set of clusters per proxy, canonical
+/// and without duplicates, and replaces the setting; a bad URL, from the flag or the setting,
+/// refuses the command naming the value and the rule, and writes nothing.
+#[test]
+fn envoy_bootstrap_takes_egress_proxies_and_refuses_bad_ones() -> TestResult {
+    let ws = Workspace::new()?;
+    let out = ws.path().join("bootstrap.yaml");
+    let out_arg = out.to_str().ok_or("path")?;
+    ws.ok_json(&[
+        "envoy-bootstrap",
+        "--out",
+        out_arg,
+        "--egress-proxy",
+        "HTTP://Proxy.Internal:3128/,http://10.0.0.5:8080",
+        "--egress-proxy",
+        "http://proxy.internal:3128",
+    ])?;
+    let yaml = std::fs::read_to_string(&out)?;
+    for want in [
+        "- name: codexmesh_egress_proxy_e1",
+        "socket_address: { address: \"proxy.internal\", port_value: 3128 }",
+        "- name: codexmesh_egress_proxy_e2",
+        "socket_address: { address: \"10.0.0.5\", port_value: 8080 }",
+    ] {
+        assert!(yaml.contains(want), "missing {want:?}");
+    }
+    assert!(
+        !yaml.contains("codexmesh_egress_proxy_e3"),
+        "a duplicate got clusters"
+    );
+    std::fs::remove_file(&out)?;
+    let r = ws.run(&[
+        "envoy-bootstrap",
+        "--out",
+        out_arg,
+        "--egress-proxy",
+        "http://user:pw@proxy:3128",
+    ])?;
+    assert_ne!(r.code, 0, "a proxy with credentials must be refused");
+    assert!(
+        r.stderr.contains("--egress-proxy") && r.stderr.contains("http://HOST:PORT"),
+        "{}",
+        r.stderr
+    );
+    let r: kit::Run = ws
+        .command()
+        .args(["envoy-bootstrap", "--out", out_arg])
+        .env("CODEXMESH_ENVOY_EGRESS_PROXIES", "socks5://proxy:1080")
+        .output()?
+        .into();
+    assert_ne!(r.code, 0, "a bad envoy_egress_proxies must be refused");
+    assert!(
+        r.stderr.contains("CODEXMESH_ENVOY_EGRESS_PROXIES")
+            && r.stderr.contains("socks5://proxy:1080"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "a refused command wrote the bootstrap");
+    Ok(())
+}
